@@ -1,0 +1,70 @@
+"""The agent's one configuration object: a YAML/JSON file, overridable by env.
+
+Environment variables ``EDGEFLEET_AGENT_<FIELD>`` override file values, so a
+systemd unit or container can adjust one setting without editing the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from agent.contract.topics import DEFAULT_PREFIX, validate_device_id
+
+ENV_PREFIX = "EDGEFLEET_AGENT_"
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: Annotated[str, AfterValidator(validate_device_id)]
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    topic_prefix: str = DEFAULT_PREFIX
+    api_url: str = "http://127.0.0.1:8000"
+    state_dir: Path = Path("/var/lib/edgefleet-agent")
+    hardware_profile: str = "x86-64-avx2"
+    # Frame source: a device index ("0"), a file path, an rtsp:// or http:// URL.
+    source: str = "0"
+    source_loop: bool = True
+    target_fps: float = Field(default=0.0, ge=0, description="0 = as fast as frames arrive")
+    inference_threads: int = Field(default=1, ge=0)
+    telemetry_interval_s: float = Field(default=5.0, gt=0)
+    keepalive_s: int = Field(default=30, ge=5)
+    download_timeout_s: float = Field(default=30.0, gt=0)
+    download_deadline_s: float = Field(default=300.0, gt=0)
+    max_package_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+
+    @classmethod
+    def load(cls, path: Path, env: dict[str, str] | None = None) -> AgentConfig:
+        """Read ``path`` (YAML or JSON), apply env overrides, validate.
+
+        Raises:
+            ValueError: the file is missing, unparsable, or a value is invalid; the
+                message names the field.
+        """
+        env = dict(os.environ) if env is None else env
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read agent config {path}: {exc.strerror}") from exc
+        try:
+            document: Any = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise ValueError(f"agent config {path} is not valid YAML/JSON: {exc}") from exc
+        if not isinstance(document, dict):
+            raise ValueError(f"agent config {path} must be a mapping of settings")
+        for name in cls.model_fields:
+            override = env.get(ENV_PREFIX + name.upper())
+            if override is not None:
+                document[name] = override
+        try:
+            return cls.model_validate(document)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"agent config {path}: {field}: {first['msg']}") from exc

@@ -1,0 +1,22 @@
+"""Broker addresses as URLs: ``mqtt://host:port`` or ``mqtts://host:port`` (TLS)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Parse a broker URL. Raises ``ValueError`` naming the accepted forms."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+        raise ValueError(f"broker URL {url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+    tls = parts.scheme in ("mqtts", "ssl")
+    return BrokerAddress(host=parts.hostname, port=parts.port or (8883 if tls else 1883), tls=tls)

@@ -1,0 +1,109 @@
+"""The package manifest: what a model package contains and how to run it.
+
+A package is a directory with ``manifest.json`` and the files it lists. The
+manifest pins every file by sha256 and size; the deploy command pins the manifest
+itself by sha256, so one hash from a trusted channel covers the whole package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.contract.preprocess import PreprocessSpec
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_SCHEMA_VERSION = 1
+
+# File names inside a package are flat: no directories, no traversal.
+FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+Runtime = Literal["onnxruntime", "openvino", "litert"]
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class PackageFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: FileName
+    sha256: Sha256
+    size_bytes: int = Field(ge=0)
+
+
+class ModelArtifact(BaseModel):
+    """One runnable form of the model (a runtime and precision) inside the package."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: FileName
+    runtime: Runtime
+    precision: Precision
+    input_name: str = "input"
+    output_name: str = "logits"
+    # "softmax": outputs are logits and the agent applies softmax; "none": already probabilities.
+    output_activation: Literal["softmax", "none"] = "softmax"
+
+
+class PackageManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = MANIFEST_SCHEMA_VERSION
+    package_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+    model_name: Annotated[str, Field(min_length=1, max_length=128)]
+    model_version: Annotated[str, Field(min_length=1, max_length=128)]
+    created_at: datetime
+    hardware_profiles: list[str] = Field(min_length=1)
+    labels: list[str] = Field(min_length=2, max_length=1000)
+    preprocessing: PreprocessSpec
+    artifacts: list[ModelArtifact] = Field(min_length=1)
+    files: list[PackageFile] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _artifacts_are_listed(self) -> PackageManifest:
+        names = {f.name for f in self.files}
+        if len(names) != len(self.files):
+            raise ValueError("files lists a name twice")
+        for artifact in self.artifacts:
+            if artifact.file not in names:
+                raise ValueError(f"artifact file {artifact.file!r} is not listed in files")
+        return self
+
+    def file(self, name: str) -> PackageFile:
+        for entry in self.files:
+            if entry.name == name:
+                return entry
+        raise KeyError(name)
+
+    def to_bytes(self) -> bytes:
+        # Sorted keys and fixed separators: the manifest's sha256 is what commands pin.
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> PackageManifest:
+        """Parse a manifest. Raises ``ValueError`` with what is wrong."""
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise ValueError(f"invalid package manifest: {exc.errors()[0]['msg']}") from exc
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe_file(path: Path) -> PackageFile:
+    return PackageFile(name=path.name, sha256=sha256_file(path), size_bytes=path.stat().st_size)

@@ -1,0 +1,52 @@
+"""Agent errors, grouped by origin (as python-tuf does).
+
+* :class:`UntrustedContentError`: what we received is wrong or hostile. Never retry
+  blindly; report it.
+* :class:`DeliveryError`: the network or broker failed. Retrying may help.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base class. ``code`` is a stable short name used in job-status reports."""
+
+    code = "agent_error"
+
+
+class UntrustedContentError(AgentError):
+    code = "untrusted_content"
+
+
+class DigestMismatchError(UntrustedContentError):
+    code = "digest_mismatch"
+
+
+class SignatureError(UntrustedContentError):
+    code = "bad_signature"
+
+
+class RollbackError(UntrustedContentError):
+    code = "rollback"
+
+
+class IncompatiblePackageError(UntrustedContentError):
+    code = "incompatible_package"
+
+
+class DeliveryError(AgentError):
+    code = "delivery"
+
+
+class DownloadError(DeliveryError):
+    code = "download_failed"
+
+
+class BrokerUnavailable(DeliveryError):
+    code = "broker_unavailable"
+
+
+class InstallError(AgentError):
+    """The package verified but could not be made to run (runtime refused it, disk full)."""
+
+    code = "install_failed"

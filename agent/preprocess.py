@@ -1,0 +1,68 @@
+"""The one implementation of :class:`~agent.contract.PreprocessSpec`.
+
+Used by the agent for every frame and by the cloud's training and evaluation, so
+that training and serving cannot disagree about how an image becomes a tensor.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from agent.contract.preprocess import PreprocessSpec
+
+_INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
+
+
+def _resize(frame_bgr: npt.NDArray[np.uint8], spec: PreprocessSpec) -> npt.NDArray[np.uint8]:
+    interpolation = _INTERPOLATION[spec.interpolation]
+    height, width = frame_bgr.shape[:2]
+    if spec.resize == "center_crop":
+        # Crop the largest centred region with the target aspect ratio, then resize.
+        target_ratio = spec.width / spec.height
+        if width / height > target_ratio:
+            crop_w = round(height * target_ratio)
+            x0 = (width - crop_w) // 2
+            frame_bgr = frame_bgr[:, x0 : x0 + crop_w]
+        else:
+            crop_h = round(width / target_ratio)
+            y0 = (height - crop_h) // 2
+            frame_bgr = frame_bgr[y0 : y0 + crop_h]
+    elif spec.resize == "letterbox":
+        ratio = min(spec.width / width, spec.height / height)
+        new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
+        resized = cv2.resize(frame_bgr, (new_w, new_h), interpolation=interpolation)
+        canvas = np.zeros((spec.height, spec.width, 3), dtype=np.uint8)
+        y0, x0 = (spec.height - new_h) // 2, (spec.width - new_w) // 2
+        canvas[y0 : y0 + new_h, x0 : x0 + new_w] = resized
+        return canvas
+    if frame_bgr.shape[0] == spec.height and frame_bgr.shape[1] == spec.width:
+        return frame_bgr
+    return np.asarray(cv2.resize(frame_bgr, (spec.width, spec.height), interpolation=interpolation))
+
+
+def preprocess(frame_bgr: npt.NDArray[np.uint8], spec: PreprocessSpec) -> npt.NDArray[np.generic]:
+    """Turn one decoded BGR uint8 frame (H, W, 3) into a batch-of-one input tensor.
+
+    Raises:
+        ValueError: the frame is not an (H, W, 3) uint8 array.
+    """
+    if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 BGR frame, got {frame_bgr.shape} {frame_bgr.dtype}")
+    image = _resize(frame_bgr, spec)
+    if spec.color_order == "rgb":
+        image = image[:, :, ::-1]
+    tensor: npt.NDArray[np.generic]
+    if spec.dtype == "float32":
+        scaled = image.astype(np.float32) * np.float32(spec.scale)
+        mean = np.asarray(spec.mean, dtype=np.float32)
+        std = np.asarray(spec.std, dtype=np.float32)
+        tensor = (scaled - mean) / std
+    elif spec.dtype == "int8":
+        tensor = (image.astype(np.int16) - 128).astype(np.int8)
+    else:
+        tensor = np.ascontiguousarray(image)
+    if spec.layout == "nchw":
+        tensor = tensor.transpose(2, 0, 1)
+    return np.ascontiguousarray(tensor[np.newaxis])

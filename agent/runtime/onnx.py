@@ -1,0 +1,38 @@
+"""ONNX Runtime backend (CPU by default; other execution providers when present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.contract.manifest import ModelArtifact
+from agent.runtime.base import RuntimeLoadError
+
+
+class OnnxRuntimeBackend:
+    runtime = "onnxruntime"
+
+    def __init__(self, model_path: Path, artifact: ModelArtifact, *, threads: int = 0) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - depends on the device image
+            raise RuntimeLoadError("onnxruntime is not installed") from exc
+        options = ort.SessionOptions()
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own exception types; wrap them once here.
+            raise RuntimeLoadError(f"onnxruntime could not load {model_path.name}: {exc}") from exc
+        inputs = self._session.get_inputs()
+        self._input_name = artifact.input_name if any(i.name == artifact.input_name for i in inputs) else inputs[0].name
+        self._output_name = self._session.get_outputs()[0].name
+
+    def run(self, tensor: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
+        outputs = self._session.run([self._output_name], {self._input_name: tensor})
+        return np.asarray(outputs[0], dtype=np.float32)

@@ -1,0 +1,3 @@
+"""EdgeFleet control plane: model pipeline, registry, rollouts and fleet ingest."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+
+from cloud import crud
+from cloud.api.deps import SessionDep
+from cloud.models import DeviceCreate, DevicePublic, TelemetryPublic
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+
+@router.get("", response_model=list[DevicePublic])
+def list_devices(session: SessionDep, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)):  # type: ignore[no-untyped-def]
+    return crud.list_devices(session, offset, limit)
+
+
+@router.post("", response_model=DevicePublic, status_code=201)
+def create_device(device_in: DeviceCreate, session: SessionDep):  # type: ignore[no-untyped-def]
+    return crud.create_device(session, device_in)
+
+
+@router.get("/{device_id}", response_model=DevicePublic)
+def get_device(device_id: str, session: SessionDep):  # type: ignore[no-untyped-def]
+    return crud.get_device(session, device_id)
+
+
+@router.get("/{device_id}/telemetry", response_model=list[TelemetryPublic])
+def device_telemetry(device_id: str, session: SessionDep, limit: int = Query(100, ge=1, le=1000)):  # type: ignore[no-untyped-def]
+    crud.get_device(session, device_id)
+    return crud.list_telemetry(session, device_id, limit)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+from agent.contract import MANIFEST_FILE, PackageManifest
+from cloud import crud
+from cloud.api.deps import SessionDep
+from cloud.models import PackagePublic
+
+router = APIRouter(prefix="/packages", tags=["packages"])
+
+
+@router.get("", response_model=list[PackagePublic])
+def list_packages(session: SessionDep):  # type: ignore[no-untyped-def]
+    return crud.list_packages(session)
+
+
+@router.get("/{package_id}", response_model=PackagePublic)
+def get_package(package_id: str, session: SessionDep):  # type: ignore[no-untyped-def]
+    return crud.get_package(session, package_id)
+
+
+@router.get("/{package_id}/files/{name}", response_class=FileResponse)
+def package_file(package_id: str, name: str, session: SessionDep) -> FileResponse:
+    """Serve one file of a package. Supports HTTP Range so devices can resume."""
+    package = crud.get_package(session, package_id)
+    directory = Path(package.path)
+    if name != MANIFEST_FILE:
+        # Only names the manifest lists are served: no path tricks reach the disk.
+        manifest = PackageManifest.from_bytes((directory / MANIFEST_FILE).read_bytes())
+        try:
+            manifest.file(name)
+        except KeyError:
+            raise crud.NotFound(f"package {package_id!r} has no file {name!r}") from None
+    return FileResponse(directory / name, media_type="application/octet-stream")

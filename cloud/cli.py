@@ -1,0 +1,111 @@
+"""``edgefleet``: the operator and control-plane command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="EdgeFleet control plane and operator CLI.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def serve(log_level: str = "INFO") -> None:
+    """Run the control plane (API, ingest, and an embedded broker when EDGEFLEET_MQTT_URL is unset)."""
+    import uvicorn
+
+    from cloud.api.main import create_app
+    from cloud.core.config import Settings
+    from cloud.server import ControlPlane
+
+    _logging(log_level)
+    settings = Settings()
+    plane = ControlPlane(settings)
+    plane.start()
+    try:
+        uvicorn.run(create_app(plane), host=settings.api_host, port=settings.api_port, log_level=log_level.lower())
+    finally:
+        plane.stop()
+
+
+@app.command()
+def demo(
+    devices: Annotated[int, typer.Option(min=1, max=50, help="number of simulated camera devices")] = 5,
+    seconds: Annotated[float, typer.Option(min=1, help="seconds of inference after the rollout")] = 20.0,
+    workdir: Annotated[Path, typer.Option(help="where the demo keeps its database, models and devices")] = Path(
+        ".edgefleet-demo"
+    ),
+    log_level: str = "WARNING",
+) -> None:
+    """Train, package, deploy to N agent processes over MQTT, run inference, print the fleet."""
+    from cloud.demo import run_demo
+
+    _logging(log_level)
+    try:
+        summary = run_demo(devices=devices, seconds=seconds, workdir=workdir, console=console)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted; stopped every process the demo started[/]")
+        raise typer.Exit(130) from None
+    print(summary)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="directory to write <class>/<n>.png and metadata.csv into")],
+    per_class: Annotated[int, typer.Option(min=1)] = 200,
+    size: Annotated[int, typer.Option(min=16, max=1024)] = 64,
+    seed: int = 0,
+    blur: Annotated[float, typer.Option(min=0)] = 0.0,
+    noise: Annotated[float, typer.Option(min=0)] = 3.0,
+) -> None:
+    """Generate a synthetic labelled scene dataset (4 classes, varied lighting)."""
+    from cloud.pipeline.data.synth import write_synthetic_dataset
+
+    write_synthetic_dataset(out, images_per_class=per_class, size=size, seed=seed, blur_sigma=blur, noise_std=noise)
+    console.print(f"wrote {per_class * 4} images to {out}")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="ImageFolder dataset directory")],
+    name: str = "shapes",
+    epochs: Annotated[int, typer.Option(min=1)] = 8,
+    seed: int = 0,
+    profile: Annotated[list[str] | None, typer.Option(help="hardware profiles the package targets")] = None,
+) -> None:
+    """Train, evaluate, export ONNX, register the model version and build its package."""
+    from cloud.core.config import Settings
+    from cloud.core.db import make_engine, migrate
+    from cloud.pipeline.quickstart import train_and_package
+    from cloud.pipeline.train.trainer import TrainConfig
+
+    settings = Settings()
+    migrate(settings.resolved_database_url)
+    try:
+        result = train_and_package(make_engine(settings.resolved_database_url), data_root=data,
+                                   models_dir=settings.models_dir, packages_dir=settings.packages_dir,
+                                   model_name=name, hardware_profiles=profile or ["x86-64-avx2"],
+                                   config=TrainConfig(epochs=epochs, seed=seed))
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"registered {result.model_version} (accuracy {result.accuracy:.3f}), package {result.package_id}")
+
+
+def main() -> None:
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

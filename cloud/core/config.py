@@ -1,0 +1,59 @@
+"""The control plane's one settings object (env prefix ``EDGEFLEET_``)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agent.contract import DEFAULT_MAX_REPORT_BYTES, DEFAULT_PREFIX
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path(".edgefleet")
+    # Unset: a SQLite file in data_dir. PostgreSQL: postgresql+psycopg://user@host/db
+    database_url: str | None = None
+    # Unset: an embedded amqtt broker on loopback, started by the control plane.
+    mqtt_url: str | None = None
+    embedded_broker_port: int = Field(default=0, ge=0, le=65535, description="0 = pick a free port")
+    topic_prefix: str = DEFAULT_PREFIX
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    # The base URL devices use to download packages; defaults to the API address.
+    public_url: str | None = None
+    max_report_bytes: int = Field(default=DEFAULT_MAX_REPORT_BYTES, gt=0)
+    command_ttl_s: int = Field(default=3600, gt=0)
+
+    @model_validator(mode="after")
+    def _production_needs_real_services(self) -> Settings:
+        if self.environment == "production" and (self.database_url is None or self.mqtt_url is None):
+            raise ValueError(
+                "production needs EDGEFLEET_DATABASE_URL and EDGEFLEET_MQTT_URL; "
+                "the embedded SQLite and broker are for development only"
+            )
+        return self
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'edgefleet.db').resolve()}"
+
+    @property
+    def packages_dir(self) -> Path:
+        return self.data_dir / "packages"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def base_url(self, api_port: int | None = None) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.api_host}:{api_port or self.api_port}"

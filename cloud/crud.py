@@ -1,0 +1,279 @@
+"""Data access in one place. Routes and ingest call these; they never build queries."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from agent.contract import DeployCommand, JobState, JobStatusReport, StatusReport, TelemetryReport
+from agent.contract.messages import DeviceState
+from cloud.models import (
+    Deployment,
+    DeploymentState,
+    Device,
+    DeviceCreate,
+    DeviceJob,
+    ModelVersion,
+    Package,
+    TelemetryRecord,
+    utc_now,
+)
+
+
+FINAL_JOB_STATES = frozenset(state.value for state in JobState if state.is_final)
+
+
+class NotFound(LookupError):
+    """A referenced resource does not exist (the API maps this to 404)."""
+
+
+class Conflict(ValueError):
+    """The request clashes with existing state (the API maps this to 409)."""
+
+
+def short_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+# --- devices -----------------------------------------------------------------
+def create_device(session: Session, device_in: DeviceCreate) -> Device:
+    if session.get(Device, device_in.id) is not None:
+        raise Conflict(f"device {device_in.id!r} already exists")
+    device = Device.model_validate(device_in)
+    session.add(device)
+    session.commit()
+    session.refresh(device)
+    return device
+
+
+def get_device(session: Session, device_id: str) -> Device:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFound(f"device {device_id!r} does not exist")
+    return device
+
+
+def list_devices(session: Session, offset: int = 0, limit: int = 100) -> list[Device]:
+    return list(session.exec(select(Device).order_by(col(Device.id)).offset(offset).limit(limit)))
+
+
+def device_exists(session: Session, device_id: str) -> bool:
+    return session.get(Device, device_id) is not None
+
+
+# --- ingest ------------------------------------------------------------------
+def apply_status(session: Session, report: StatusReport) -> None:
+    device = get_device(session, report.device_id)
+    device.online = report.state == DeviceState.ONLINE
+    device.last_seen_at = utc_now()
+    if device.online:
+        device.agent_version = report.agent_version or device.agent_version
+        device.hardware_profile = report.hardware_profile or device.hardware_profile
+        device.running_model_version = report.running_model_version
+        device.running_package_id = report.running_package_id
+        device.runtime = report.runtime
+    session.add(device)
+    session.commit()
+
+
+def store_telemetry(session: Session, report: TelemetryReport) -> bool:
+    """Store one telemetry window. Returns False for a duplicate message id (QoS 1 redelivery)."""
+    record = TelemetryRecord(
+        message_id=report.message_id,
+        device_id=report.device_id,
+        model_version=report.model_version,
+        package_id=report.package_id,
+        runtime=report.runtime,
+        sent_at=report.sent_at,
+        window_s=report.window_s,
+        frames=report.frames,
+        fps=report.fps,
+        p50_latency_ms=report.p50_latency_ms,
+        p95_latency_ms=report.p95_latency_ms,
+        mean_confidence=report.mean_confidence,
+        class_counts=report.class_counts,
+        inference_errors=report.inference_errors,
+        camera_ok=report.camera_ok,
+        cpu_percent=report.cpu_percent,
+        memory_mb=report.memory_mb,
+    )
+    session.add(record)
+    device = session.get(Device, report.device_id)
+    if device is not None:
+        device.last_seen_at = utc_now()
+        device.online = True
+        session.add(device)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        return False
+    return True
+
+
+def apply_job_report(session: Session, report: JobStatusReport) -> bool:
+    """Advance a device job. Final states are sticky. Returns False for unknown jobs."""
+    job = session.get(DeviceJob, report.job_id)
+    if job is None or job.device_id != report.device_id:
+        return False
+    if job.state in FINAL_JOB_STATES:
+        return True
+    job.state = report.state.value
+    job.error_code = report.error_code
+    job.error = report.error
+    job.updated_at = utc_now()
+    session.add(job)
+    session.flush()
+    _refresh_deployment_state(session, job.deployment_id)
+    session.commit()
+    return True
+
+
+def _refresh_deployment_state(session: Session, deployment_id: str) -> None:
+    deployment = session.get(Deployment, deployment_id)
+    if deployment is None:
+        return
+    states = list(session.exec(select(DeviceJob.state).where(DeviceJob.deployment_id == deployment_id)))
+    finals = [s for s in states if s in FINAL_JOB_STATES]
+    if len(finals) < len(states):
+        return
+    succeeded = sum(1 for s in finals if s == "succeeded")
+    deployment.state = (
+        DeploymentState.SUCCEEDED
+        if succeeded == len(finals)
+        else DeploymentState.FAILED
+        if succeeded == 0
+        else DeploymentState.PARTIAL
+    )
+    session.add(deployment)
+
+
+def list_telemetry(session: Session, device_id: str, limit: int = 100) -> list[TelemetryRecord]:
+    query = (
+        select(TelemetryRecord)
+        .where(TelemetryRecord.device_id == device_id)
+        .order_by(col(TelemetryRecord.received_at).desc())
+        .limit(limit)
+    )
+    return list(session.exec(query))
+
+
+def devices_reporting(session: Session, model_version: str) -> int:
+    """How many distinct devices stored telemetry with frames for ``model_version``."""
+    query = select(func.count(func.distinct(TelemetryRecord.device_id))).where(
+        TelemetryRecord.model_version == model_version, TelemetryRecord.frames > 0
+    )
+    return int(session.exec(query).one())
+
+
+def latest_telemetry_per_device(session: Session) -> dict[str, TelemetryRecord]:
+    newest = (
+        select(TelemetryRecord.device_id, func.max(TelemetryRecord.id).label("max_id"))
+        .group_by(col(TelemetryRecord.device_id))
+        .subquery()
+    )
+    query = select(TelemetryRecord).join(newest, col(TelemetryRecord.id) == newest.c.max_id)
+    return {record.device_id: record for record in session.exec(query)}
+
+
+# --- models and packages -----------------------------------------------------
+def next_model_version(session: Session, name: str) -> str:
+    count = session.exec(select(func.count()).select_from(ModelVersion).where(ModelVersion.name == name)).one()
+    return f"{name}-{int(count) + 1}"
+
+
+def add_model_version(session: Session, model_version: ModelVersion) -> ModelVersion:
+    session.add(model_version)
+    session.commit()
+    session.refresh(model_version)
+    return model_version
+
+
+def get_model_version(session: Session, version: str) -> ModelVersion:
+    model = session.exec(select(ModelVersion).where(ModelVersion.version == version)).first()
+    if model is None:
+        raise NotFound(f"model version {version!r} does not exist")
+    return model
+
+
+def list_model_versions(session: Session) -> list[ModelVersion]:
+    return list(session.exec(select(ModelVersion).order_by(col(ModelVersion.id).desc())))
+
+
+def add_package(session: Session, package: Package) -> Package:
+    session.add(package)
+    session.commit()
+    session.refresh(package)
+    return package
+
+
+def get_package(session: Session, package_id: str) -> Package:
+    package = session.get(Package, package_id)
+    if package is None:
+        raise NotFound(f"package {package_id!r} does not exist")
+    return package
+
+
+def list_packages(session: Session) -> list[Package]:
+    return list(session.exec(select(Package).order_by(col(Package.created_at).desc())))
+
+
+# --- deployments -------------------------------------------------------------
+def create_deployment(
+    session: Session,
+    package: Package,
+    device_ids: list[str],
+    *,
+    manifest_url: str,
+    command_ttl_s: int,
+) -> tuple[Deployment, list[DeployCommand]]:
+    """Create a deployment and one job per device; return the commands to publish.
+
+    Raises:
+        NotFound: a device id is not registered.
+    """
+    devices = list(session.exec(select(Device).where(col(Device.id).in_(device_ids))))
+    missing = sorted(set(device_ids) - {d.id for d in devices})
+    if missing:
+        raise NotFound(f"unknown device ids: {', '.join(missing[:10])}")
+    deployment = Deployment(id=short_id("dep"), package_id=package.id)
+    session.add(deployment)
+    expires_at = datetime.now(UTC) + timedelta(seconds=command_ttl_s)
+    commands: list[DeployCommand] = []
+    for device in devices:
+        job = DeviceJob(id=short_id("job"), deployment_id=deployment.id, device_id=device.id, package_id=package.id)
+        device.command_seq += 1
+        session.add_all([job, device])
+        commands.append(
+            DeployCommand(
+                device_id=device.id,
+                job_id=job.id,
+                package_id=package.id,
+                model_version=package.model_version,
+                manifest_url=manifest_url,
+                manifest_sha256=package.manifest_sha256,
+                seq=device.command_seq,
+                expires_at=expires_at,
+            )
+        )
+    session.commit()
+    session.refresh(deployment)
+    return deployment, commands
+
+
+def get_deployment(session: Session, deployment_id: str) -> tuple[Deployment, list[DeviceJob]]:
+    deployment = session.get(Deployment, deployment_id)
+    if deployment is None:
+        raise NotFound(f"deployment {deployment_id!r} does not exist")
+    jobs = list(
+        session.exec(select(DeviceJob).where(DeviceJob.deployment_id == deployment_id).order_by(col(DeviceJob.device_id)))
+    )
+    return deployment, jobs
+
+
+def list_deployments(session: Session) -> list[Deployment]:
+    return list(session.exec(select(Deployment).order_by(col(Deployment.created_at).desc())))

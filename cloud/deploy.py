@@ -1,0 +1,28 @@
+"""Starting a deployment: create the jobs, then publish one command per device."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlmodel import Session
+
+from agent.contract import MANIFEST_FILE
+from cloud import crud
+from cloud.models import Deployment, DeviceJob
+
+if TYPE_CHECKING:
+    from cloud.server import ControlPlane
+
+
+def start_deployment(
+    plane: ControlPlane, session: Session, package_id: str, device_ids: list[str]
+) -> tuple[Deployment, list[DeviceJob]]:
+    package = crud.get_package(session, package_id)
+    manifest_url = f"{plane.base_url}/api/v1/packages/{package.id}/files/{MANIFEST_FILE}"
+    deployment, commands = crud.create_deployment(
+        session, package, device_ids, manifest_url=manifest_url, command_ttl_s=plane.settings.command_ttl_s
+    )
+    assert plane.mqtt is not None, "control plane is not connected to a broker"
+    for command in commands:
+        plane.mqtt.publish_command(command)
+    return crud.get_deployment(session, deployment.id)

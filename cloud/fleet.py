@@ -1,0 +1,28 @@
+"""The fleet table: one row per device with its latest telemetry."""
+
+from __future__ import annotations
+
+from sqlmodel import Session
+
+from cloud import crud
+
+
+def fleet_rows(session: Session) -> list[dict[str, object]]:
+    latest = crud.latest_telemetry_per_device(session)
+    rows: list[dict[str, object]] = []
+    for device in crud.list_devices(session, limit=100_000):
+        record = latest.get(device.id)
+        rows.append(
+            {
+                "device_id": device.id,
+                "online": device.online,
+                "hardware_profile": device.hardware_profile,
+                "model_version": device.running_model_version,
+                "runtime": device.runtime,
+                "fps": record.fps if record else None,
+                "p95_latency_ms": record.p95_latency_ms if record else None,
+                "mean_confidence": record.mean_confidence if record else None,
+                "last_seen_at": device.last_seen_at.isoformat() if device.last_seen_at else None,
+            }
+        )
+    return rows

@@ -1,0 +1,82 @@
+"""The one module in the control plane that talks MQTT.
+
+Subscribes to every device report (handing each to :class:`cloud.ingest.ReportIngest`)
+and publishes commands. Other modules exchange typed messages with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+
+from agent.contract import DeployCommand, Topics
+from agent.contract.broker_url import parse_broker_url
+
+log = logging.getLogger(__name__)
+
+
+class CloudMqtt:
+    def __init__(
+        self,
+        broker_url: str,
+        topics: Topics,
+        on_report: Callable[[str, bytes], object],
+        *,
+        client_id: str | None = None,
+    ) -> None:
+        self.topics = topics
+        self._on_report = on_report
+        self._address = parse_broker_url(broker_url)
+        self.connected = threading.Event()
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"ef-cloud-{uuid.uuid4().hex[:8]}",
+            clean_session=True,
+            protocol=mqtt.MQTTv311,
+        )
+        if self._address.tls:
+            self._client.tls_set()
+        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        # Ingest is the bottleneck, not the socket: let QoS 1 flow.
+        self._client.max_inflight_messages_set(100)
+        self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_message = self._handle_message
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._client.connect_async(self._address.host, self._address.port, keepalive=30)
+        self._client.loop_start()
+        if not self.connected.wait(timeout_s):
+            self._client.loop_stop()
+            raise ConnectionError(f"could not reach MQTT broker at {self._address.host}:{self._address.port}")
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def publish_command(self, command: DeployCommand) -> None:
+        self._client.publish(self.topics.commands(command.device_id), command.to_bytes(), qos=1)
+
+    def _handle_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
+                        reason_code: mqtt.ReasonCode, properties: mqtt.Properties | None) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the control plane: %s", reason_code)
+            return
+        client.subscribe([(topic, 1) for topic in self.topics.all_reports()])
+        self.connected.set()
+        log.info("control plane subscribed to reports under %s", self.topics.prefix)
+
+    def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
+                           reason_code: mqtt.ReasonCode, properties: mqtt.Properties | None) -> None:
+        self.connected.clear()
+        log.warning("control plane lost the broker (%s); reconnecting", reason_code)
+
+    def _handle_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        try:
+            self._on_report(message.topic, message.payload)
+        except Exception:  # ingest never raises by contract; this is the last line of defence
+            log.exception("report handler failed on %s", message.topic)

@@ -1,0 +1,82 @@
+"""The running control plane: database, broker connection, ingest and HTTP API."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+import uvicorn
+from sqlalchemy import Engine
+
+from agent.contract import Topics
+from cloud.core.broker import EmbeddedBroker, free_port
+from cloud.core.config import Settings
+from cloud.core.db import make_engine, migrate
+from cloud.ingest import ReportIngest
+from cloud.mqtt_bridge import CloudMqtt
+
+log = logging.getLogger(__name__)
+
+
+class ControlPlane:
+    """Owns the long-lived parts. ``start`` is idempotent in spirit: call once, then ``stop``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.engine: Engine = make_engine(settings.resolved_database_url)
+        self.broker: EmbeddedBroker | None = None
+        self.broker_url = settings.mqtt_url or ""
+        self.ingest = ReportIngest(self.engine, self.topics, max_report_bytes=settings.max_report_bytes)
+        self.mqtt: CloudMqtt | None = None
+        self.api_port = settings.api_port
+        self._http: uvicorn.Server | None = None
+        self._http_thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.base_url(self.api_port)
+
+    def start(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.packages_dir.mkdir(parents=True, exist_ok=True)
+        migrate(self.settings.resolved_database_url)
+        if not self.settings.mqtt_url:
+            self.broker = EmbeddedBroker(self.settings.embedded_broker_port)
+            self.broker.start()
+            self.broker_url = self.broker.url
+        self.mqtt = CloudMqtt(self.broker_url, self.topics, self.ingest.handle)
+        self.mqtt.start()
+
+    def serve_http_in_thread(self, timeout_s: float = 15.0) -> str:
+        """Run the API with uvicorn on a background thread; return its base URL."""
+        from cloud.api.main import create_app
+
+        if self.api_port == 0:
+            self.api_port = free_port()
+        config = uvicorn.Config(
+            create_app(self), host=self.settings.api_host, port=self.api_port, log_level="warning", lifespan="off"
+        )
+        self._http = uvicorn.Server(config)
+        self._http_thread = threading.Thread(target=self._http.run, name="http", daemon=True)
+        self._http_thread.start()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex((self.settings.api_host, self.api_port)) == 0:
+                    return self.base_url
+            time.sleep(0.05)
+        raise RuntimeError(f"API did not start listening on port {self.api_port}")
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.should_exit = True
+            if self._http_thread is not None:
+                self._http_thread.join(timeout=5)
+        if self.mqtt is not None:
+            self.mqtt.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        self.engine.dispose()
