@@ -80,7 +80,7 @@ def data_synth(
 def train(
     data: Annotated[Path, typer.Option(help="ImageFolder dataset directory")],
     name: str = "shapes",
-    epochs: Annotated[int, typer.Option(min=1)] = 8,
+    epochs: Annotated[int, typer.Option(min=1)] = 12,
     seed: int = 0,
     profile: Annotated[list[str] | None, typer.Option(help="hardware profiles the package targets")] = None,
 ) -> None:

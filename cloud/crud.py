@@ -23,7 +23,6 @@ from cloud.models import (
     utc_now,
 )
 
-
 FINAL_JOB_STATES = frozenset(state.value for state in JobState if state.is_final)
 
 

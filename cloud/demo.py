@@ -71,7 +71,7 @@ def run_demo(*, devices: int, seconds: float, workdir: Path, console: Console) -
         data_root = workdir / "data" / "shapes"
         if not (data_root / "metadata.csv").exists():
             console.print("[bold]data[/] generating a synthetic scene dataset (4 classes)")
-            write_synthetic_dataset(data_root, images_per_class=250, seed=1)
+            write_synthetic_dataset(data_root, images_per_class=400, seed=1)
         result = train_and_package(plane.engine, data_root=data_root, models_dir=settings.models_dir,
                                    packages_dir=settings.packages_dir,
                                    hardware_profiles=[DEMO_PROFILE, "x86-64-avx512-vnni"])

@@ -8,6 +8,7 @@ tests and demos can render shifted feeds without the cloud.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import cv2
@@ -59,7 +60,7 @@ def render_scene(
     radius = size * rng.uniform(0.22, 0.34)
     center = (size / 2 + rng.uniform(-0.12, 0.12) * size, size / 2 + rng.uniform(-0.12, 0.12) * size)
     angle = rng.uniform(0, 2 * math.pi)
-    image = canvas.copy()
+    image: npt.NDArray[np.float32] = canvas.copy()
     if label == "circle":
         cv2.circle(image, (round(center[0]), round(center[1])), round(radius), colour, thickness=-1, lineType=cv2.LINE_AA)
     elif label == "square":
@@ -74,9 +75,9 @@ def render_scene(
                      (round(center[0] + dx), round(center[1] + dy)), colour, thickness, lineType=cv2.LINE_AA)
     image *= conditions.brightness
     if conditions.blur_sigma > 0:
-        image = cv2.GaussianBlur(image, (0, 0), conditions.blur_sigma)
+        image = np.asarray(cv2.GaussianBlur(image, (0, 0), conditions.blur_sigma), dtype=np.float32)
     if conditions.noise_std > 0:
-        image += rng.normal(0, conditions.noise_std, size=image.shape).astype(np.float32)
+        image = image + rng.normal(0, conditions.noise_std, size=image.shape).astype(np.float32)
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
@@ -105,7 +106,9 @@ class SyntheticSource:
     """
 
     def __init__(self, *, seed: int = 0, width: int = 640, height: int = 480, frames_per_scene: int = 15,
-                 conditions: SceneConditions = SceneConditions()) -> None:
+                 conditions: SceneConditions = SceneConditions(), frame_interval_s: float = 0.0) -> None:
+        self.frame_interval_s = frame_interval_s
+        self._next_at = 0.0
         self._rng = np.random.default_rng(seed)
         self.width, self.height = width, height
         self.frames_per_scene = frames_per_scene
@@ -114,6 +117,12 @@ class SyntheticSource:
         self._frame: npt.NDArray[np.uint8] | None = None
 
     def read(self) -> npt.NDArray[np.uint8] | None:
+        if self.frame_interval_s:
+            # Pace like a real camera so simulated devices do not burn the CPU.
+            wait_s = self._next_at - time.monotonic()
+            if wait_s > 0:
+                time.sleep(wait_s)
+            self._next_at = max(self._next_at, time.monotonic()) + self.frame_interval_s
         if self._frame is None or self._count % self.frames_per_scene == 0:
             label = SCENE_CLASSES[int(self._rng.integers(len(SCENE_CLASSES)))]
             self._frame = render_frame(label, self._rng, width=self.width, height=self.height,

@@ -89,4 +89,12 @@ class OpenCvSource:
 
 
 def open_source(location: str, *, loop: bool = True, file_fps: float = 0.0) -> FrameSource:
+    """Open a camera index, file, URL, or ``synthetic:<seed>`` (a simulated camera)."""
+    if location.startswith("synthetic:"):
+        from agent.capture.scenes import SyntheticSource
+
+        seed = location.removeprefix("synthetic:")
+        if not seed.isdigit():
+            raise ValueError(f"synthetic source {location!r} must look like synthetic:<integer seed>")
+        return SyntheticSource(seed=int(seed), frame_interval_s=1.0 / file_fps if file_fps > 0 else 0.0)
     return OpenCvSource(location, loop=loop, file_fps=file_fps)

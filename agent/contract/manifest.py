@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from agent.contract.preprocess import PreprocessSpec
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_SCHEMA_VERSION: Literal[1] = 1
 
 # File names inside a package are flat: no directories, no traversal.
 FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
@@ -48,6 +48,13 @@ class ModelArtifact(BaseModel):
     output_name: str = "logits"
     # "softmax": outputs are logits and the agent applies softmax; "none": already probabilities.
     output_activation: Literal["softmax", "none"] = "softmax"
+    # Golden vectors for the on-device self-test: an .npz file in the package with
+    # arrays "inputs" (preprocessed batch) and "outputs" (reference scores), and the
+    # largest absolute difference in scores the device accepts.
+    golden_file: FileName | None = None
+    golden_tolerance: float = Field(default=1e-3, ge=0)
+    # Hardware profiles this artifact is meant for; empty = every profile of the package.
+    profiles: list[str] = Field(default_factory=list)
 
 
 class PackageManifest(BaseModel):
@@ -72,6 +79,8 @@ class PackageManifest(BaseModel):
         for artifact in self.artifacts:
             if artifact.file not in names:
                 raise ValueError(f"artifact file {artifact.file!r} is not listed in files")
+            if artifact.golden_file is not None and artifact.golden_file not in names:
+                raise ValueError(f"golden file {artifact.golden_file!r} is not listed in files")
         return self
 
     def file(self, name: str) -> PackageFile:

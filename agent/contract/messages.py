@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from agent.contract.topics import ReportKind, validate_device_id
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 # Reports are small by design (DESIGN.md section 4); anything bigger is rejected unread.
 DEFAULT_MAX_REPORT_BYTES = 64 * 1024
 

@@ -11,6 +11,9 @@ import threading
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.contract import DeviceState, StatusReport, Topics
 from agent.contract.broker_url import parse_broker_url
@@ -48,7 +51,7 @@ class MqttUplink:
         self.connected = threading.Event()
         # Persistent session: commands sent while we were away are delivered on reconnect.
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=f"ef-agent-{device_id}",
             clean_session=False,
             protocol=mqtt.MQTTv311,
@@ -91,8 +94,8 @@ class MqttUplink:
         client: mqtt.Client,
         userdata: object,
         flags: mqtt.ConnectFlags,
-        reason_code: mqtt.ReasonCode,
-        properties: mqtt.Properties | None,
+        reason_code: ReasonCode,
+        properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
             log.error("broker refused connection: %s", reason_code)
@@ -107,8 +110,8 @@ class MqttUplink:
         client: mqtt.Client,
         userdata: object,
         flags: mqtt.DisconnectFlags,
-        reason_code: mqtt.ReasonCode,
-        properties: mqtt.Properties | None,
+        reason_code: ReasonCode,
+        properties: Properties | None,
     ) -> None:
         self.connected.clear()
         log.warning("disconnected from broker (%s); paho reconnects with backoff", reason_code)
@@ -116,6 +119,6 @@ class MqttUplink:
     def _handle_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         # Never let a bad command kill paho's network thread.
         try:
-            self._on_command(message.payload)
+            self._on_command(bytes(message.payload))
         except Exception:
             log.exception("command handler failed")

@@ -45,10 +45,14 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(url: str) -> None:
-    """Bring the schema at ``url`` to the newest migration."""
+    """Bring the schema at ``url`` to the newest migration(s).
+
+    ``heads`` rather than ``head``: independent features add migrations that branch
+    from the same parent until a merge revision joins them.
+    """
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), "head")
+    command.upgrade(alembic_config(url), "heads")
 
 
 def session_scope(engine: Engine) -> Iterator[Session]:

@@ -1,7 +1,7 @@
 """initial schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-23 18:54:57.647189
 """
 from collections.abc import Sequence
@@ -9,7 +9,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
-
 
 revision: str = '0001'
 down_revision: str | None = None

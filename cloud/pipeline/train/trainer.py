@@ -23,9 +23,9 @@ DEFAULT_SPEC = PreprocessSpec(width=64, height=64, resize="center_crop", color_o
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 8
-    batch_size: int = 64
-    learning_rate: float = 3e-3
+    epochs: int = 12
+    batch_size: int = 32
+    learning_rate: float = 5e-3
     width: int = 16
     seed: int = 0
 

@@ -1,0 +1,40 @@
+# Two commands matter: `make demo` and `make test`. Everything else supports them.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed-stamp
+# The machine's pip config lists local indexes that may be empty; keep pip quiet about them.
+PIP     = $(BIN)/pip --quiet --disable-pip-version-check
+
+.PHONY: demo test install lint typecheck imports clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel 2>&1 | grep -v "is ignored" || true
+	# CPU torch first (the pinned local build); the project's torch range admits it,
+	# so the next step pulls no CUDA packages.
+	$(PIP) install torch==2.13.0 2>&1 | grep -v "is ignored" || true
+	$(PIP) install -e ".[all]" 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import torch, fastapi, onnxruntime, agent, cloud" 
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edgefleet demo --devices 5
+
+lint: $(STAMP)
+	$(BIN)/ruff check agent cloud tests tools
+
+imports: $(STAMP)
+	# The agent must never import cloud/, torch, fastapi or sqlmodel.
+	$(BIN)/lint-imports
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint imports typecheck
+	$(BIN)/pytest -q -ra $(PYTEST_ARGS)
+
+clean:
+	rm -rf .edgefleet .edgefleet-demo .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -1,0 +1,53 @@
+"""Real agent processes for integration tests, and packaging helpers."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloud.demo import spawn_agent, stop_processes
+from cloud.pipeline.quickstart import PipelineResult, register_and_package
+from cloud.server import ControlPlane
+from tests.support.models import TrainedModel
+
+TEST_PROFILE = "x86-64-avx2"
+
+
+@dataclass
+class AgentProcess:
+    device_id: str
+    state_dir: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def log(self) -> str:
+        path = self.state_dir / "agent.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def publish_model(plane: ControlPlane, model: TrainedModel, *, name: str = "shapes",
+                  profiles: list[str] | None = None) -> PipelineResult:
+    return register_and_package(
+        plane.engine, onnx_path=model.onnx_path, labels=model.labels, model_name=name,
+        dataset_id=model.dataset_id, packages_dir=plane.settings.packages_dir,
+        hardware_profiles=profiles or [TEST_PROFILE], metrics={"accuracy": model.accuracy},
+    )
+
+
+def start_agent(plane: ControlPlane, workdir: Path, device_id: str, *, source: str = "synthetic:1",
+                fps: float = 10.0, profile: str = TEST_PROFILE, extra: dict[str, object] | None = None) -> AgentProcess:
+    state_dir = workdir / "devices" / device_id
+    state_dir.mkdir(parents=True, exist_ok=True)
+    config: dict[str, object] = {
+        "device_id": device_id, "mqtt_url": plane.broker_url, "topic_prefix": plane.settings.topic_prefix,
+        "api_url": plane.base_url, "state_dir": str(state_dir), "hardware_profile": profile,
+        "source": source, "target_fps": fps, "telemetry_interval_s": 1.0, "inference_threads": 1,
+        **(extra or {}),
+    }
+    process = spawn_agent(config, state_dir / "agent.yaml", state_dir / "agent.log")
+    return AgentProcess(device_id, state_dir, process)
+
+
+def stop_agents(agents: list[AgentProcess]) -> None:
+    stop_processes([a.process for a in agents])

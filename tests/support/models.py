@@ -1,0 +1,56 @@
+"""Small real models for tests: trained on synthetic scenes, or deliberately broken."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from cloud.pipeline.data.dataset import scan_imagefolder
+from cloud.pipeline.data.synth import write_synthetic_dataset
+from cloud.pipeline.train.trainer import DEFAULT_SPEC, TrainConfig, export_onnx, train
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    onnx_path: Path
+    labels: list[str]
+    dataset_id: str
+    accuracy: float
+
+
+def train_tiny_model(workdir: Path, *, seed: int = 0) -> TrainedModel:
+    data = write_synthetic_dataset(workdir / "data", images_per_class=150, seed=seed)
+    dataset = scan_imagefolder(data)
+    result = train(dataset, TrainConfig(epochs=6, seed=seed), DEFAULT_SPEC, show_progress=False)
+    path = export_onnx(result.model, DEFAULT_SPEC, workdir / "model.onnx")
+    return TrainedModel(path, dataset.labels, dataset.dataset_id, float(result.metrics["accuracy"]))
+
+
+def constant_model(path: Path, num_classes: int, value: float, *, spec=DEFAULT_SPEC) -> Path:  # type: ignore[no-untyped-def]
+    """An ONNX model whose every output is ``value`` (use ``float('nan')`` for a NaN model)."""
+    shape = list(spec.input_shape(1))
+    graph = helper.make_graph(
+        nodes=[
+            helper.make_node("ReduceMean", ["input"], ["pooled"], keepdims=0),
+            helper.make_node("Mul", ["pooled", "zero"], ["zeroed"]),
+            helper.make_node("Unsqueeze", ["zeroed", "axes"], ["column"]),
+            helper.make_node("Add", ["column", "const"], ["logits"]),
+        ],
+        name="constant",
+        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *shape[1:]])],
+        outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_classes])],
+        initializer=[
+            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+            helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("const", TensorProto.FLOAT, [1, num_classes],
+                               np.full(num_classes, value, dtype=np.float32).tolist()),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
