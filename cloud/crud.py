@@ -100,13 +100,13 @@ def store_telemetry(session: Session, report: TelemetryReport) -> bool:
         cpu_percent=report.cpu_percent,
         memory_mb=report.memory_mb,
     )
-    session.add(record)
-    device = session.get(Device, report.device_id)
-    if device is not None:
-        device.last_seen_at = utc_now()
-        device.online = True
-        session.add(device)
     try:
+        device = session.get(Device, report.device_id)
+        if device is not None:
+            device.last_seen_at = utc_now()
+            device.online = True
+            session.add(device)
+        session.add(record)
         session.commit()
     except IntegrityError:
         session.rollback()

@@ -41,7 +41,11 @@ def create_app(plane: ControlPlane) -> FastAPI:
         # One readable sentence first; the structured errors stay for clients that want them.
         return JSONResponse(
             status_code=422,
-            content={"detail": f"invalid request: {_describe_validation(exc)}", "errors": exc.errors()},
+            content={
+                "detail": f"invalid request: {_describe_validation(exc)}",
+                # ctx may hold exception objects; keep only the JSON-safe parts.
+                "errors": [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()],
+            },
         )
 
     @app.get("/api/v1/health", tags=["meta"])
