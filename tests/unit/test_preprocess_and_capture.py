@@ -17,7 +17,7 @@ def test_preprocess_applies_colour_order_layout_and_normalisation() -> None:
                           mean=(1.0, 2.0, 3.0), std=(1.0, 2.0, 3.0))
     tensor = preprocess(frame, spec)
     assert tensor.shape == (1, 3, 8, 10) and tensor.dtype == np.float32
-    assert tensor[0, :, 0, 0].tolist() == [(30 - 1) / 1, (20 - 2) / 2, (10 - 3) / 3]
+    assert tensor[0, :, 0, 0] == pytest.approx([(30 - 1) / 1, (20 - 2) / 2, (10 - 3) / 3])
     nhwc = preprocess(frame, spec.model_copy(update={"layout": "nhwc", "color_order": "bgr"}))
     assert nhwc.shape == (1, 8, 10, 3) and nhwc[0, 0, 0].tolist() == [9.0, 9.0, 9.0]
 
