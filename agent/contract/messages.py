@@ -52,6 +52,50 @@ class DeviceState(StrEnum):
     OFFLINE = "offline"
 
 
+class PipelineStatus(BaseModel):
+    """One camera + model pipeline on a device (a device may run several)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ShortText
+    model_version: ShortText | None = None
+    package_id: ShortText | None = None
+    runtime: ShortText | None = None
+
+
+class FrameTotals(BaseModel):
+    """Cumulative frame accounting of one pipeline since the agent started.
+
+    ``captured - skipped_by_rate_limit - overwritten`` frames reached the model;
+    each of them is either ``processed`` or counted in ``inference_errors_total``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    captured: int = Field(default=0, ge=0)
+    skipped_by_rate_limit: int = Field(default=0, ge=0)
+    overwritten: int = Field(default=0, ge=0)
+    processed: int = Field(default=0, ge=0)
+    inference_errors_total: int = Field(default=0, ge=0)
+    invalid_outputs_total: int = Field(default=0, ge=0)
+    camera_reconnects: int = Field(default=0, ge=0)
+
+
+class RuntimeMeasurement(BaseModel):
+    """How one candidate artifact/runtime fared in the on-device self-test and timing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runtime: ShortText
+    precision: ShortText
+    device: ShortText = ""
+    file: ShortText = ""
+    accepted: bool = False
+    reason: ShortText = ""
+    max_abs_error: float | None = None
+    median_latency_ms: float | None = Field(default=None, ge=0)
+
+
 class StatusReport(_Message):
     """Retained on ``<device>/status``; the Last Will publishes the offline form."""
 
@@ -62,6 +106,11 @@ class StatusReport(_Message):
     running_model_version: ShortText | None = None
     running_package_id: ShortText | None = None
     runtime: ShortText | None = None
+    # Added by issue 5 (optional, so older peers still validate):
+    # the install state machine's current state ("idle" when no install runs) and,
+    # on devices with several camera/model pipelines, what each one really serves.
+    install_state: ShortText | None = None
+    pipelines: list[PipelineStatus] = Field(default_factory=list, max_length=16)
 
 
 class TelemetryReport(_Message):
@@ -84,6 +133,12 @@ class TelemetryReport(_Message):
     memory_mb: float = Field(default=0.0, ge=0)
     dropped_reports: int = Field(default=0, ge=0)
     rejected_commands: int = Field(default=0, ge=0)
+    # Added by issue 5 (optional): a per-device report sequence number so gaps are
+    # visible, the pipeline this window belongs to, and cumulative frame accounting.
+    report_seq: int | None = Field(default=None, ge=0)
+    pipeline: ShortText | None = None
+    invalid_outputs: int = Field(default=0, ge=0)
+    frame_totals: FrameTotals | None = None
 
 
 class JobState(StrEnum):
@@ -110,6 +165,13 @@ class JobStatusReport(_Message):
     error_code: ShortText | None = None
     error: Annotated[str, Field(max_length=2000)] | None = None
     running_model_version: ShortText | None = None
+    # Added by issue 5 (optional): the agent's install state machine state, the
+    # runtime it chose and every candidate it measured, and the probation figures
+    # that led to a commit or a local rollback.
+    install_state: ShortText | None = None
+    runtime: ShortText | None = None
+    runtime_measurements: list[RuntimeMeasurement] = Field(default_factory=list, max_length=32)
+    probation: dict[ShortText, float | None] = Field(default_factory=dict, max_length=32)
 
 
 class DeployCommand(_Message):
@@ -128,6 +190,9 @@ class DeployCommand(_Message):
     seq: int = Field(ge=0)
     expires_at: datetime
     signature: Annotated[str, Field(max_length=512)] | None = None
+    # Added by issue 5 (optional): which camera/model pipeline to install into on a
+    # device running several; None means the device's first pipeline.
+    pipeline: ShortText | None = None
 
 
 Report = StatusReport | TelemetryReport | JobStatusReport
