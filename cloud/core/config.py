@@ -29,6 +29,22 @@ class Settings(BaseSettings):
     public_url: str | None = None
     max_report_bytes: int = Field(default=DEFAULT_MAX_REPORT_BYTES, gt=0)
     command_ttl_s: int = Field(default=3600, gt=0)
+    # --- security (docs/security.md) ---
+    # None: 3 root keys with threshold 2 in production, 1 of 1 in development and the demo.
+    tuf_root_keys: int | None = Field(default=None, ge=1, le=15)
+    tuf_root_threshold: int | None = Field(default=None, ge=1, le=15)
+    tuf_root_expiry_s: int = Field(default=365 * 86_400, gt=0)
+    tuf_targets_expiry_s: int = Field(default=90 * 86_400, gt=0)
+    tuf_snapshot_expiry_s: int = Field(default=7 * 86_400, gt=0)
+    tuf_timestamp_expiry_s: int = Field(default=86_400, gt=0)
+    enrollment_token_ttl_s: int = Field(default=3600, gt=0)
+    device_cert_validity_days: int = Field(default=90, gt=0)
+    # Mutual TLS to the broker for mqtts:// URLs: the broker CA, and our client certificate and key.
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+    # The broker URL handed to devices at enrollment; defaults to the one the control plane uses.
+    device_mqtt_url: str | None = None
 
     @model_validator(mode="after")
     def _production_needs_real_services(self) -> Settings:
@@ -52,6 +68,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def security_dir(self) -> Path:
+        return self.data_dir / "security"
 
     def base_url(self, api_port: int | None = None) -> str:
         if self.public_url:

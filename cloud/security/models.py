@@ -1,0 +1,73 @@
+"""Security tables: API tokens, enrollment tokens, issued device certificates.
+
+Secrets are stored as sha256 digests only. The tokens are 256-bit random values,
+so a fast hash is enough: there is no password to brute-force.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import DateTime
+from sqlmodel import Field, SQLModel
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Role(StrEnum):
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+    # A device's own credential: it reaches only that device's endpoints.
+    DEVICE = "device"
+
+    @property
+    def rank(self) -> int:
+        return {"device": 0, "viewer": 1, "operator": 2, "admin": 3}[self.value]
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_token"
+
+    id: str = Field(primary_key=True, max_length=32)
+    name: str = Field(max_length=128)
+    role: str = Field(max_length=16)
+    token_sha256: str = Field(max_length=64, unique=True, index=True)
+    device_id: str | None = Field(default=None, max_length=64, index=True)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=DateTime(timezone=True))
+    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class ApiTokenPublic(SQLModel):
+    id: str
+    name: str
+    role: str
+    device_id: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class EnrollmentToken(SQLModel, table=True):
+    __tablename__ = "enrollment_token"
+
+    id: str = Field(primary_key=True, max_length=32)
+    device_id: str = Field(max_length=64, index=True)
+    hardware_profile: str = Field(default="x86-64-avx2", max_length=64)
+    token_sha256: str = Field(max_length=64, unique=True, index=True)
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True))
+    used_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utc_now, sa_type=DateTime(timezone=True))
+
+
+class DeviceCertificate(SQLModel, table=True):
+    __tablename__ = "device_certificate"
+
+    # Serials are 159-bit random numbers: stored as decimal text, portable across databases.
+    serial: str = Field(primary_key=True, max_length=64)
+    device_id: str = Field(max_length=64, index=True)
+    not_after: datetime = Field(sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utc_now, sa_type=DateTime(timezone=True))
+    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))

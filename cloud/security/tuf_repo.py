@@ -1,0 +1,340 @@
+"""The control plane's TUF repository, built on python-tuf's Metadata API.
+
+Layout under ``directory``::
+
+    keys/<keyid>.pem                    Ed25519 private keys (0600), role membership is in root
+    metadata/<N>.root.json              every root version (clients walk the chain)
+    metadata/<N>.targets.json           consistent snapshots: every version stays servable
+    metadata/<N>.snapshot.json
+    metadata/timestamp.json             the only unversioned file clients fetch
+    metadata/{root,targets,snapshot}.json   the newest version, for this module to load
+    targets/<package_id>/<sha256>.<name>    target files, hash-prefixed (consistent snapshots)
+
+Every package file is a target ``<package_id>/<name>``; each carries the same
+``custom`` metadata (model id, version, runtime, precision, hardware profiles) so
+the device can refuse a package for another profile before downloading it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from securesystemslib.signer import CryptoSigner, SSlibKey
+from tuf.api.metadata import (
+    MetaFile,
+    Metadata,
+    Root,
+    Signed,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+
+from agent.contract import MANIFEST_FILE, PackageManifest
+from cloud.security.keys import ensure_private_dir, load_private_key, write_private_key
+
+__all__ = ["ROLES", "TufPolicy", "TufRepository", "package_custom_metadata"]
+
+ROLES = ("root", "targets", "snapshot", "timestamp")
+DAY_S = 86_400
+
+
+@dataclass(frozen=True)
+class TufPolicy:
+    """Thresholds and lifetimes. Expiry is what turns a freeze attack into an error."""
+
+    root_keys: int = 1
+    root_threshold: int = 1
+    root_expiry_s: int = 365 * DAY_S
+    targets_expiry_s: int = 90 * DAY_S
+    snapshot_expiry_s: int = 7 * DAY_S
+    timestamp_expiry_s: int = DAY_S
+    # Re-sign a role once less than this fraction of its lifetime is left.
+    refresh_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.root_threshold <= self.root_keys:
+            raise ValueError(f"root threshold {self.root_threshold} must be between 1 and the {self.root_keys} root keys")
+
+    @classmethod
+    def for_environment(cls, environment: str, **overrides: Any) -> TufPolicy:
+        """Production: root 2 of 3 keys. Development and the demo: a single root key."""
+        base: dict[str, Any] = {"root_keys": 3, "root_threshold": 2} if environment == "production" else {}
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    def lifetime_s(self, role: str) -> int:
+        return int(getattr(self, f"{role}_expiry_s"))
+
+
+def package_custom_metadata(manifest: PackageManifest) -> dict[str, Any]:
+    """The TUF ``custom`` field for every target of ``manifest``'s package."""
+    primary = manifest.artifacts[0]
+    return {
+        "package_id": manifest.package_id,
+        "model_id": manifest.model_name,
+        "model_version": manifest.model_version,
+        "runtime": primary.runtime,
+        "precision": primary.precision,
+        "hardware_profiles": list(manifest.hardware_profiles),
+    }
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class TufRepository:
+    """Creates, signs and serves TUF metadata. Safe across threads and processes (file lock)."""
+
+    def __init__(self, directory: Path, policy: TufPolicy | None = None) -> None:
+        self.directory = directory
+        self.policy = policy or TufPolicy()
+        self.metadata_dir = directory / "metadata"
+        self.targets_dir = directory / "targets"
+        self.keys_dir = directory / "keys"
+        self._thread_lock = threading.RLock()
+
+    # -- locking -------------------------------------------------------------
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self._thread_lock, (self.directory / ".lock").open("a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    # -- keys ----------------------------------------------------------------
+    def _new_key(self) -> SSlibKey:
+        private = Ed25519PrivateKey.generate()
+        key = SSlibKey.from_crypto(private.public_key())
+        write_private_key(self.keys_dir / f"{key.keyid}.pem", private)
+        return key
+
+    def _signer(self, keyid: str) -> CryptoSigner:
+        private = load_private_key(self.keys_dir / f"{keyid}.pem")
+        return CryptoSigner(private, SSlibKey.from_crypto(private.public_key()))  # type: ignore[arg-type]
+
+    def _sign(self, md: Metadata[Any], keyids: list[str]) -> None:
+        md.signatures.clear()
+        for keyid in keyids:
+            md.sign(self._signer(keyid), append=True)
+
+    # -- files ---------------------------------------------------------------
+    def _write(self, filename: str, md: Metadata[Any]) -> None:
+        path = self.metadata_dir / filename
+        tmp = path.with_name(f".{filename}.tmp")
+        tmp.write_bytes(md.to_bytes())
+        os.replace(tmp, path)
+
+    def _load(self, role: str) -> Metadata[Any]:
+        return Metadata.from_file(str(self.metadata_dir / f"{role}.json"))
+
+    def _bump(self, signed: Signed, role: str) -> None:
+        signed.version += 1
+        signed.expires = _now() + timedelta(seconds=self.policy.lifetime_s(role))
+
+    @property
+    def initialised(self) -> bool:
+        return (self.metadata_dir / "root.json").exists()
+
+    def root(self) -> Root:
+        return self._load("root").signed  # type: ignore[no-any-return]
+
+    def trusted_root_bytes(self) -> bytes:
+        """The newest root, as devices receive it at enrollment (their trust anchor)."""
+        return (self.metadata_dir / "root.json").read_bytes()
+
+    # -- creation ------------------------------------------------------------
+    def initialise(self) -> bool:
+        """Create keys and version-1 metadata for every role. Returns False if it already existed.
+
+        Raises:
+            KeyPermissionError: the key directory is readable by others.
+        """
+        with self._locked():
+            ensure_private_dir(self.keys_dir)
+            if self.initialised:
+                return False
+            self.metadata_dir.mkdir(parents=True, exist_ok=True)
+            self.targets_dir.mkdir(parents=True, exist_ok=True)
+            root = Root(expires=_now() + timedelta(seconds=self.policy.root_expiry_s), consistent_snapshot=True)
+            for role in ROLES:
+                count = self.policy.root_keys if role == "root" else 1
+                for _ in range(count):
+                    root.add_key(self._new_key(), role)
+                root.roles[role].threshold = self.policy.root_threshold if role == "root" else 1
+            root_md = Metadata(root)
+            self._sign(root_md, root.roles["root"].keyids)
+            self._write_root(root_md)
+            targets_md = Metadata(Targets(expires=_now() + timedelta(seconds=self.policy.targets_expiry_s)))
+            self._publish_targets(targets_md, bump=False)
+            return True
+
+    def _write_root(self, root_md: Metadata[Root]) -> None:
+        self._write(f"{root_md.signed.version}.root.json", root_md)
+        self._write("root.json", root_md)
+
+    def _publish_targets(self, targets_md: Metadata[Targets], *, bump: bool = True) -> None:
+        if bump:
+            self._bump(targets_md.signed, "targets")
+        self._sign(targets_md, self.root().roles["targets"].keyids)
+        self._write(f"{targets_md.signed.version}.targets.json", targets_md)
+        self._write("targets.json", targets_md)
+        self._publish_snapshot()
+
+    def _publish_snapshot(self) -> None:
+        first = not (self.metadata_dir / "snapshot.json").exists()
+        snapshot_md = Metadata(Snapshot()) if first else self._load("snapshot")
+        targets_version = self._load("targets").signed.version
+        snapshot_md.signed.meta["targets.json"] = MetaFile(version=targets_version)
+        self._bump(snapshot_md.signed, "snapshot")
+        if first:
+            snapshot_md.signed.version = 1
+        self._sign(snapshot_md, self.root().roles["snapshot"].keyids)
+        self._write(f"{snapshot_md.signed.version}.snapshot.json", snapshot_md)
+        self._write("snapshot.json", snapshot_md)
+        self._publish_timestamp()
+
+    def _publish_timestamp(self) -> None:
+        first = not (self.metadata_dir / "timestamp.json").exists()
+        timestamp_md = Metadata(Timestamp()) if first else self._load("timestamp")
+        timestamp_md.signed.snapshot_meta = MetaFile(version=self._load("snapshot").signed.version)
+        self._bump(timestamp_md.signed, "timestamp")
+        if first:
+            timestamp_md.signed.version = 1
+        self._sign(timestamp_md, self.root().roles["timestamp"].keyids)
+        self._write("timestamp.json", timestamp_md)
+
+    # -- targets -------------------------------------------------------------
+    def has_package(self, package_id: str) -> bool:
+        return f"{package_id}/{MANIFEST_FILE}" in self._load("targets").signed.targets
+
+    def add_package(self, package_dir: Path) -> str:
+        """Add every file of the package in ``package_dir`` as a target; sign a new targets version.
+
+        Idempotent: a package already present is left alone. Returns the package id.
+
+        Raises:
+            ValueError: the directory holds no valid manifest.
+            FileNotFoundError: a file the manifest lists is missing.
+        """
+        manifest = PackageManifest.from_bytes((package_dir / MANIFEST_FILE).read_bytes())
+        custom = package_custom_metadata(manifest)
+        with self._locked():
+            targets_md = self._load("targets")
+            if f"{manifest.package_id}/{MANIFEST_FILE}" in targets_md.signed.targets:
+                return manifest.package_id
+            destination = self.targets_dir / manifest.package_id
+            destination.mkdir(parents=True, exist_ok=True)
+            for name in [MANIFEST_FILE, *(entry.name for entry in manifest.files)]:
+                target_path = f"{manifest.package_id}/{name}"
+                info = TargetFile.from_file(target_path, str(package_dir / name), ["sha256"])
+                info.unrecognized_fields["custom"] = custom
+                shutil.copyfile(package_dir / name, destination / f"{info.hashes['sha256']}.{name}")
+                targets_md.signed.targets[target_path] = info
+            self._publish_targets(targets_md)
+        return manifest.package_id
+
+    # -- expiry --------------------------------------------------------------
+    def refresh_expiring(self, now: datetime | None = None) -> list[str]:
+        """Re-sign targets, snapshot and timestamp when little of their lifetime is left.
+
+        Called before serving ``timestamp.json``, so an idle repository never lets
+        its short-lived timestamp expire under devices. Returns the roles re-signed.
+        """
+        now = now or datetime.now(UTC)
+
+        def expiring(role: str) -> bool:
+            left = (self._load(role).signed.expires - now).total_seconds()
+            return left < self.policy.lifetime_s(role) * self.policy.refresh_fraction
+
+        if not self.initialised or not any(expiring(r) for r in ("timestamp", "snapshot", "targets")):
+            return []
+        with self._locked():
+            if expiring("targets"):
+                self._publish_targets(self._load("targets"))
+                return ["targets", "snapshot", "timestamp"]
+            if expiring("snapshot"):
+                self._publish_snapshot()
+                return ["snapshot", "timestamp"]
+            if expiring("timestamp"):
+                self._publish_timestamp()
+                return ["timestamp"]
+        return []
+
+    # -- rotation ------------------------------------------------------------
+    def rotate_keys(self, role: str, *, keys: int | None = None, threshold: int | None = None) -> Root:
+        """Replace every key of ``role`` with new ones and publish a new root version.
+
+        The new root is signed by the old root keys *and* the new ones, so a device
+        that trusts the old root accepts it and the new root verifies itself. The
+        rotated role's metadata is re-signed with its new keys. Old private keys are
+        deleted: after a compromise they must not sign anything again.
+
+        Raises:
+            ValueError: unknown role, or an impossible threshold.
+        """
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+        with self._locked():
+            root_md: Metadata[Root] = self._load("root")
+            root = root_md.signed
+            old_root_keyids = list(root.roles["root"].keyids)
+            old_keyids = list(root.roles[role].keyids)
+            count = keys or len(old_keyids)
+            new_threshold = threshold or root.roles[role].threshold
+            if not 1 <= new_threshold <= count:
+                raise ValueError(f"threshold {new_threshold} must be between 1 and the {count} new keys")
+            for keyid in old_keyids:
+                root.revoke_key(keyid, role)
+            for _ in range(count):
+                root.add_key(self._new_key(), role)
+            root.roles[role].threshold = new_threshold
+            self._bump(root, "root")
+            signers = list(dict.fromkeys([*old_root_keyids, *root.roles["root"].keyids]))
+            self._sign(root_md, signers)
+            # Both the old and the new root must accept this version before it is published.
+            Metadata.from_file(str(self.metadata_dir / "root.json")).verify_delegate("root", root_md)
+            root_md.verify_delegate("root", root_md)
+            self._write_root(root_md)
+            for keyid in old_keyids:
+                (self.keys_dir / f"{keyid}.pem").unlink(missing_ok=True)
+            if role == "targets":
+                self._publish_targets(self._load("targets"))
+            elif role == "snapshot":
+                self._publish_snapshot()
+            elif role == "timestamp":
+                self._publish_timestamp()
+            return root
+
+    # -- serving -------------------------------------------------------------
+    def metadata_file(self, name: str) -> Path | None:
+        """The file for a metadata request name (``timestamp.json``, ``3.snapshot.json``), or None."""
+        return _child(self.metadata_dir, name)
+
+    def target_file(self, relative: str) -> Path | None:
+        """The file for a target request path (``<package>/<sha256>.<name>``), or None."""
+        return _child(self.targets_dir, relative)
+
+
+def _child(base: Path, relative: str) -> Path | None:
+    # Only plain names below base: no traversal, no hidden files (the lock, temp files).
+    parts = relative.split("/")
+    if any(not part or part.startswith(".") for part in parts):
+        return None
+    path = base.joinpath(*parts)
+    return path if path.is_file() else None
