@@ -10,6 +10,7 @@ import logging
 import queue
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psutil
 
@@ -23,14 +24,16 @@ from agent.contract import (
     DeviceState,
     JobState,
     JobStatusReport,
+    PackageManifest,
     StatusReport,
     TelemetryReport,
     Topics,
     parse_command,
 )
-from agent.errors import AgentError, InstallError, RollbackError, SignatureError
+from agent.errors import AgentError, InstallError, UntrustedContentError
 from agent.infer.engine import InferenceEngine, LoadedModel, load_model
 from agent.runtime.base import RuntimeLoadError
+from agent.security import NotEnrolledError, PackageUpdater, load_director_key, verify_command
 from agent.telemetry.window import WindowStats
 from agent.update.fetcher import ArtifactFetcher, HttpFetcher
 from agent.update.installer import fetch_and_verify
@@ -55,6 +58,18 @@ class AgentApp:
         self.fetcher = fetcher or HttpFetcher(
             timeout_s=config.download_timeout_s, deadline_s=config.download_deadline_s
         )
+        # Packages come only through TUF, anchored at the root received at enrollment.
+        api_url = config.api_url.rstrip("/")
+        self.updater = PackageUpdater(
+            metadata_dir=config.state_dir / "tuf" / "metadata",
+            metadata_url=config.tuf_metadata_url or f"{api_url}/tuf/metadata/",
+            targets_url=config.tuf_targets_url or f"{api_url}/tuf/targets/",
+            trusted_root=config.tuf_root_file,
+            fetcher=self.fetcher,
+        )
+        # Without the director key every command is refused (reported as not_enrolled).
+        self.director_key = load_director_key(config.director_key_file) if config.director_key_file else None
+        self.update_check_error: str | None = None
         self.slot = FrameSlot()
         self.stats = WindowStats()
         self.engine = InferenceEngine(self.slot, self.stats)
@@ -70,6 +85,9 @@ class AgentApp:
             status_provider=self._status,
             on_command=self._receive_command,
             keepalive_s=config.keepalive_s,
+            tls_ca_file=str(config.mqtt_ca_file) if config.mqtt_ca_file else None,
+            tls_cert_file=str(config.mqtt_cert_file) if config.mqtt_cert_file else None,
+            tls_key_file=str(config.mqtt_key_file) if config.mqtt_key_file else None,
         )
         self._threads = [
             threading.Thread(target=self._capture_loop, name="capture", daemon=True),
@@ -163,6 +181,7 @@ class AgentApp:
                 cpu_percent=self._process.cpu_percent(None),
                 memory_mb=round(self._process.memory_info().rss / 2**20, 1),
                 rejected_commands=self.rejected_commands,
+                update_check_error=self.update_check_error,
             )
             self.uplink.publish(self.topics.telemetry(self.config.device_id), report)
 
@@ -188,10 +207,8 @@ class AgentApp:
             self.rejected_commands += 1
             log.error("rejected malformed command: %s", exc)
             return
-        if command.device_id != self.config.device_id:
-            self.rejected_commands += 1
-            log.error("rejected command addressed to %s", command.device_id)
-            return
+        # Addressing, signature, expiry and sequence are checked (and rejections reported)
+        # in _check_command, off paho's thread.
         try:
             self._commands.put_nowait(command)
         except queue.Full:
@@ -207,12 +224,50 @@ class AgentApp:
             self._handle_deploy(command)
 
     def _check_command(self, command: DeployCommand) -> None:
-        if command.expires_at < datetime.now(UTC):
-            raise SignatureError(f"command expired at {command.expires_at.isoformat()}")
-        if command.seq <= self.store.last_command_seq():
-            raise RollbackError(f"command seq {command.seq} is not newer than {self.store.last_command_seq()}")
+        """Director signature, addressee, expiry, sequence; then persist the sequence (anti-replay).
+
+        Raises:
+            UntrustedContentError: a subclass naming why the command is refused.
+        """
+        if self.director_key is None:
+            raise NotEnrolledError("no director public key configured: enroll the device first")
+        verify_command(command, director_key=self.director_key, device_id=self.config.device_id,
+                       last_seq=self.store.last_command_seq(), now=datetime.now(UTC))
+        self.store.set_last_command_seq(command.seq)
+
+    def _reject_command(self, command: DeployCommand, exc: AgentError) -> None:
+        self.rejected_commands += 1
+        log.error("rejected command %s (%s): %s", command.job_id, exc.code, exc)
+        self._report_job(command, JobState.REJECTED, exc)
+
+    def _fetch_package(self, command: DeployCommand) -> tuple[PackageManifest, Path]:
+        """Refresh TUF metadata and fetch the package the (verified) command names.
+
+        Records the outcome of the metadata check for telemetry (a frozen repository shows there).
+        """
+        try:
+            result = fetch_and_verify(
+                command,
+                updater=self.updater,
+                store=self.store,
+                hardware_profile=self.config.hardware_profile,
+                max_package_bytes=self.config.max_package_bytes,
+                on_state=lambda state: self._report_job(command, state),
+            )
+        except AgentError as exc:
+            self.update_check_error = exc.code
+            raise
+        self.update_check_error = None
+        return result
 
     def _handle_deploy(self, command: DeployCommand) -> None:
+        # Verify before anything else, including the "already running" shortcut:
+        # an unverified command must not even earn a success report.
+        try:
+            self._check_command(command)
+        except AgentError as exc:
+            self._reject_command(command, exc)
+            return
         current = self.engine.model
         if current is not None and current.manifest.package_id == command.package_id:
             # A redelivered command (persistent session) for what already runs.
@@ -220,23 +275,16 @@ class AgentApp:
             return
         self._report_job(command, JobState.RECEIVED)
         try:
-            self._check_command(command)
-            self.store.set_last_command_seq(command.seq)
-            manifest, package_dir = fetch_and_verify(
-                command,
-                fetcher=self.fetcher,
-                store=self.store,
-                hardware_profile=self.config.hardware_profile,
-                max_package_bytes=self.config.max_package_bytes,
-                on_state=lambda state: self._report_job(command, state),
-            )
+            manifest, package_dir = self._fetch_package(command)
             self._report_job(command, JobState.INSTALLING)
             try:
                 model: LoadedModel = load_model(manifest, package_dir, threads=self.config.inference_threads)
             except RuntimeLoadError as exc:
                 raise InstallError(str(exc)) from exc
         except AgentError as exc:
-            state = JobState.REJECTED if exc.code in ("bad_signature", "rollback") else JobState.FAILED
+            # Refused content (bad signature, rollback, expiry, wrong profile...) is a rejection;
+            # delivery and install trouble is a failure that a retry may fix.
+            state = JobState.REJECTED if isinstance(exc, UntrustedContentError) else JobState.FAILED
             log.error(
                 "deployment %s of package %s %s (%s): %s; still serving %s",
                 command.job_id,

@@ -38,6 +38,19 @@ class AgentConfig(BaseModel):
     download_timeout_s: float = Field(default=30.0, gt=0)
     download_deadline_s: float = Field(default=300.0, gt=0)
     max_package_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    # --- security (written by `edgefleet-agent enroll`; docs/security.md) ---
+    # Mutual TLS for mqtts:// broker URLs: the broker CA, and this device's certificate and key.
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+    # The TUF root received at enrollment (trust anchor) and the director's public key.
+    tuf_root_file: Path | None = None
+    director_key_file: Path | None = None
+    # This device's API token (for certificate rotation); kept in a 0600 file, never in the config.
+    api_token_file: Path | None = None
+    # Where TUF metadata and targets are served; default: <api_url>/tuf/metadata/ and /tuf/targets/.
+    tuf_metadata_url: str | None = None
+    tuf_targets_url: str | None = None
 
     @classmethod
     def load(cls, path: Path, env: dict[str, str] | None = None) -> AgentConfig:

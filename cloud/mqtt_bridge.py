@@ -27,6 +27,9 @@ class CloudMqtt:
         on_report: Callable[[str, bytes], object],
         *,
         client_id: str | None = None,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
     ) -> None:
         self.topics = topics
         self._on_report = on_report
@@ -39,7 +42,8 @@ class CloudMqtt:
             protocol=mqtt.MQTTv311,
         )
         if self._address.tls:
-            self._client.tls_set()
+            # Mutual TLS when given a certificate: the broker ACL knows the control plane by its CN.
+            self._client.tls_set(ca_certs=tls_ca_file, certfile=tls_cert_file, keyfile=tls_key_file)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         # Ingest is the bottleneck, not the socket: let QoS 1 flow.
         self._client.max_inflight_messages_set(100)

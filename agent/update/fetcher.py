@@ -1,51 +1,123 @@
-"""Artifact delivery over HTTP, bounded in size and in total time."""
+"""Artifact delivery for the TUF updater: HTTP(S) with a total deadline and resume.
+
+python-tuf verifies what arrives and stops reading past the signed length, and
+its default fetcher stops a *stalled* socket; but a server that trickles a byte
+a second is never stalled. This fetcher bounds the whole download in wall time
+(``deadline_s``) and, when a connection drops mid-file, resumes with an HTTP
+``Range`` request from the last byte received instead of starting over.
+"""
 
 from __future__ import annotations
 
+import http.client
+import re
 import time
 import urllib.error
 import urllib.request
-from typing import Protocol
+from collections.abc import Iterator
 
-from agent.errors import DownloadError
+from tuf.api import exceptions as tuf_exceptions
+from tuf.ngclient.fetcher import FetcherInterface
+
+__all__ = ["ArtifactFetcher", "DeadlineExceeded", "HttpFetcher"]
+
+# Anything that speaks python-tuf's fetcher interface can deliver packages (tests pass hostile ones).
+ArtifactFetcher = FetcherInterface
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
-class ArtifactFetcher(Protocol):
-    """Returns the bytes at ``url``; raises :class:`DownloadError` on any delivery failure."""
-
-    def fetch(self, url: str, *, max_bytes: int) -> bytes: ...
+class DeadlineExceeded(tuf_exceptions.DownloadError):
+    """The download did not finish within its total deadline."""
 
 
-class HttpFetcher:
-    """Plain HTTP(S) GET with a per-read timeout *and* a total deadline.
+class _Interrupted(Exception):
+    """The connection ended before the body did; resumable."""
 
-    A socket timeout stops a stalled server but not one that trickles a byte a
-    second; ``deadline_s`` bounds the whole download.
+
+class HttpFetcher(FetcherInterface):
+    """HTTP(S) GET with a per-read timeout, a total deadline and Range resume.
+
+    Args:
+        timeout_s: longest silence on the socket (connect or between reads).
+        deadline_s: longest a single file may take in total, across resumes.
+        chunk_bytes: largest read; reads return as soon as any bytes arrive.
+        max_resumes: Range retries after a dropped connection, per file.
     """
 
-    def __init__(self, *, timeout_s: float = 30.0, deadline_s: float = 300.0, chunk_bytes: int = 64 * 1024):
+    def __init__(self, *, timeout_s: float = 30.0, deadline_s: float = 300.0, chunk_bytes: int = 64 * 1024,
+                 max_resumes: int = 5) -> None:
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s
         self.chunk_bytes = chunk_bytes
+        self.max_resumes = max_resumes
 
-    def fetch(self, url: str, *, max_bytes: int) -> bytes:
-        started = time.monotonic()
+    def _open(self, url: str, offset: int, started: float) -> http.client.HTTPResponse:
+        remaining = self.deadline_s - (time.monotonic() - started)
+        if remaining <= 0:
+            raise DeadlineExceeded(f"{url}: download exceeded its {self.deadline_s:g}s deadline")
+        request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as response:
-                declared = response.headers.get("Content-Length")
-                if declared is not None and int(declared) > max_bytes:
-                    raise DownloadError(f"{url}: {declared} bytes exceeds the {max_bytes}-byte limit")
-                chunks: list[bytes] = []
-                received = 0
-                while chunk := response.read(self.chunk_bytes):
-                    received += len(chunk)
-                    if received > max_bytes:
-                        raise DownloadError(f"{url}: more than the {max_bytes}-byte limit was sent")
-                    if time.monotonic() - started > self.deadline_s:
-                        raise DownloadError(f"{url}: download exceeded its {self.deadline_s:.0f}s deadline")
-                    chunks.append(chunk)
-                return b"".join(chunks)
+            response = urllib.request.urlopen(request, timeout=min(self.timeout_s, remaining))
         except urllib.error.HTTPError as exc:
-            raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise DownloadError(f"{url}: {exc}") from exc
+            exc.close()
+            raise tuf_exceptions.DownloadHTTPError(f"{url}: HTTP {exc.code} {exc.reason}", exc.code) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise tuf_exceptions.DownloadError(f"{url}: {exc}") from exc
+        assert isinstance(response, http.client.HTTPResponse)
+        return response
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        started = time.monotonic()
+        # Open eagerly so that HTTP errors surface from fetch() itself, as tuf expects.
+        return self._chunks(url, self._open(url, 0, started), started)
+
+    def _chunks(self, url: str, response: http.client.HTTPResponse, started: float) -> Iterator[bytes]:
+        received = 0
+        resumes = 0
+        skip = 0  # bytes to drop when a server ignored our Range header and resent from zero
+        try:
+            while True:
+                try:
+                    for chunk in self._body(url, response, started):
+                        if skip:
+                            dropped = min(skip, len(chunk))
+                            chunk, skip = chunk[dropped:], skip - dropped
+                        if chunk:
+                            received += len(chunk)
+                            yield chunk
+                    return
+                except (_Interrupted, OSError, http.client.HTTPException) as exc:
+                    if resumes >= self.max_resumes:
+                        raise tuf_exceptions.DownloadError(f"{url}: connection lost {resumes + 1} times: {exc}") from exc
+                    resumes += 1
+                    response.close()
+                    response = self._open(url, received, started)
+                    skip = self._resume_skip(url, response, received)
+        finally:
+            response.close()
+
+    def _body(self, url: str, response: http.client.HTTPResponse, started: float) -> Iterator[bytes]:
+        declared = response.getheader("Content-Length")
+        expected = int(declared) if declared and declared.isdigit() else None
+        got = 0
+        while True:
+            if time.monotonic() - started > self.deadline_s:
+                raise DeadlineExceeded(f"{url}: download exceeded its {self.deadline_s:g}s deadline")
+            # read1 returns whatever one socket read yields, so a trickle still reaches the deadline check.
+            chunk = response.read1(self.chunk_bytes)
+            if not chunk:
+                if expected is not None and got < expected:
+                    raise _Interrupted(f"body ended after {got} of {expected} bytes")
+                return
+            got += len(chunk)
+            yield chunk
+
+    @staticmethod
+    def _resume_skip(url: str, response: http.client.HTTPResponse, offset: int) -> int:
+        if response.status == 206:
+            match = _CONTENT_RANGE.match(response.getheader("Content-Range") or "")
+            if not match or int(match.group(1)) != offset:
+                raise tuf_exceptions.DownloadError(f"{url}: server resumed at the wrong offset")
+            return 0
+        return offset  # 200: the whole body again; drop what we already have

@@ -1,69 +1,90 @@
-"""Download a package and verify it against the hashes the command pinned.
+"""Fetch a package through TUF and store it. Pure of MQTT; I/O goes through the injected updater and store.
 
-Pure of MQTT; I/O goes through the injected fetcher and store.
+The deploy command only *names* a package. Which bytes are right is decided by
+the signed TUF metadata: every file is a target whose length and sha256 the
+updater checks, and whose ``custom`` metadata says which hardware it fits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urljoin
+from typing import Any, Protocol
 
-from agent.contract import DeployCommand, JobState, PackageManifest, sha256_bytes
+from agent.contract import MANIFEST_FILE, DeployCommand, JobState, PackageManifest
 from agent.errors import DigestMismatchError, IncompatiblePackageError, UntrustedContentError
-from agent.update.fetcher import ArtifactFetcher
 from agent.update.store import PackageStore
 
-MAX_MANIFEST_BYTES = 256 * 1024
+__all__ = ["PackageSource", "fetch_and_verify"]
+
+
+class _Target(Protocol):
+    @property
+    def length(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def custom(self) -> dict[str, object]: ...
+
+
+class PackageSource(Protocol):
+    """What the installer needs from a TUF client (``agent.security.PackageUpdater``)."""
+
+    def refresh(self) -> None: ...
+    def target(self, path: str) -> _Target: ...
+    # The target handed back is the one ``target`` returned (an implementation type).
+    def download(self, target: Any) -> bytes: ...
 
 
 def fetch_and_verify(
     command: DeployCommand,
     *,
-    fetcher: ArtifactFetcher,
+    updater: PackageSource,
     store: PackageStore,
     hardware_profile: str,
     max_package_bytes: int,
     on_state: Callable[[JobState], None],
 ) -> tuple[PackageManifest, Path]:
-    """Fetch the manifest and every file, verify all sha256s, store the package.
+    """Refresh TUF metadata, download every file of ``command.package_id``, store the package.
 
-    Returns the manifest and the stored package directory.
+    Returns the manifest and the stored package directory. The active package is not touched.
 
     Raises:
-        DigestMismatchError: the manifest or a file does not match its pinned hash.
-        IncompatiblePackageError: the package is not built for ``hardware_profile``.
-        UntrustedContentError: the manifest is malformed or names another package.
-        DownloadError: delivery failed.
+        IncompatiblePackageError: the signed metadata does not list ``hardware_profile``.
+        DigestMismatchError: a file does not match its signed hash or length.
+        UntrustedContentError: any other refusal (bad signature, rollback, expired metadata...).
+        DownloadError: delivery failed (including the total download deadline).
         InstallError: the package could not be written to disk.
     """
     on_state(JobState.DOWNLOADING)
-    manifest_bytes = fetcher.fetch(command.manifest_url, max_bytes=MAX_MANIFEST_BYTES)
-    if sha256_bytes(manifest_bytes) != command.manifest_sha256:
-        raise DigestMismatchError("manifest sha256 does not match the one in the deploy command")
+    updater.refresh()
+    package_id = command.package_id
+    manifest_target = updater.target(f"{package_id}/{MANIFEST_FILE}")
+    profiles = manifest_target.custom.get("hardware_profiles")
+    # Checked before any package byte is fetched: TUF vouches for the bytes, not for the fit.
+    if not isinstance(profiles, list) or hardware_profile not in profiles:
+        raise IncompatiblePackageError(
+            f"package {package_id} is signed for hardware profiles {profiles}, this device is {hardware_profile!r}"
+        )
+    if manifest_target.sha256 != command.manifest_sha256:
+        raise DigestMismatchError(f"command pins manifest {command.manifest_sha256[:12]}, TUF lists {manifest_target.sha256[:12]}")
+    manifest_bytes = updater.download(manifest_target)
     try:
         manifest = PackageManifest.from_bytes(manifest_bytes)
     except ValueError as exc:
         raise UntrustedContentError(str(exc)) from exc
-    if manifest.package_id != command.package_id:
-        raise UntrustedContentError(
-            f"manifest is for package {manifest.package_id!r}, command names {command.package_id!r}"
-        )
-    if hardware_profile not in manifest.hardware_profiles:
-        raise IncompatiblePackageError(
-            f"package {manifest.package_id} targets {manifest.hardware_profiles}, this device is {hardware_profile!r}"
-        )
-    total_bytes = sum(entry.size_bytes for entry in manifest.files)
+    if manifest.package_id != package_id or hardware_profile not in manifest.hardware_profiles:
+        raise UntrustedContentError(f"manifest of {package_id} contradicts its signed target metadata")
+
+    targets = []
+    for entry in manifest.files:
+        target = updater.target(f"{package_id}/{entry.name}")
+        if target.length != entry.size_bytes or target.sha256 != entry.sha256:
+            raise DigestMismatchError(f"file {entry.name} of {package_id}: manifest and TUF metadata disagree")
+        targets.append((entry.name, target))
+    total_bytes = sum(target.length for _, target in targets)
     if total_bytes > max_package_bytes:
         raise UntrustedContentError(f"package is {total_bytes} bytes; the limit is {max_package_bytes}")
-
-    files: dict[str, bytes] = {}
-    for entry in manifest.files:
-        data = fetcher.fetch(urljoin(command.manifest_url, entry.name), max_bytes=entry.size_bytes)
-        on_state(JobState.VERIFYING)
-        if len(data) != entry.size_bytes or sha256_bytes(data) != entry.sha256:
-            raise DigestMismatchError(
-                f"file {entry.name} of package {manifest.package_id} does not match its manifest sha256"
-            )
-        files[entry.name] = data
+    files = {name: updater.download(target) for name, target in targets}
+    on_state(JobState.VERIFYING)
     return manifest, store.commit(manifest, manifest_bytes, files)

@@ -41,6 +41,9 @@ class MqttUplink:
         on_command: Callable[[bytes], None],
         keepalive_s: int = 30,
         max_queued_messages: int = 10_000,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
     ) -> None:
         self.device_id = device_id
         self.topics = topics
@@ -57,7 +60,8 @@ class MqttUplink:
             protocol=mqtt.MQTTv311,
         )
         if self._address.tls:
-            self._client.tls_set()
+            # Mutual TLS: trust only the broker CA from enrollment, and prove who we are with our certificate.
+            self._client.tls_set(ca_certs=tls_ca_file, certfile=tls_cert_file, keyfile=tls_key_file)
         offline = StatusReport(device_id=device_id, state=DeviceState.OFFLINE).to_bytes()
         self._client.will_set(topics.status(device_id), offline, qos=QOS_AT_LEAST_ONCE, retain=True)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)

@@ -1,0 +1,132 @@
+"""Enrollment and certificate rotation: the device side.
+
+The key pair is generated here and never leaves the device; the control plane
+sees only a CSR. What comes back (certificate, broker CA, TUF root, director
+public key, a device API token) is written under ``<state_dir>/identity/`` with
+owner-only permissions, and the agent config is pointed at it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agent.fsutil import atomic_write_bytes
+
+__all__ = ["EnrollmentError", "enroll", "identity_paths", "rotate_certificate"]
+
+
+class EnrollmentError(ValueError):
+    """The control plane refused the enrollment, or could not be reached."""
+
+
+def identity_paths(state_dir: Path) -> dict[str, Path]:
+    identity = state_dir / "identity"
+    return {
+        "mqtt_key_file": identity / "device.key",
+        "mqtt_cert_file": identity / "device.pem",
+        "mqtt_ca_file": identity / "broker-ca.pem",
+        "tuf_root_file": identity / "tuf-root.json",
+        "director_key_file": identity / "director.pub",
+        "api_token_file": identity / "api-token",
+    }
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+def _new_key_and_csr() -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    # The CN is ignored by the control plane (it uses the token's device id); it is here for humans.
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgefleet-device")]))
+           .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+
+
+def _post(url: str, body: dict[str, Any], *, token: str | None = None, timeout_s: float = 30.0) -> dict[str, Any]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            document: Any = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:500]
+        raise EnrollmentError(f"{url}: HTTP {exc.code}: {detail}") from exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise EnrollmentError(f"{url}: {exc}") from exc
+    if not isinstance(document, dict):
+        raise EnrollmentError(f"{url}: unexpected response")
+    return document
+
+
+def enroll(server_url: str, token: str, state_dir: Path, *, config_path: Path | None = None,
+           overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Enroll this device with a one-time ``token``; write identity files and the agent config.
+
+    Returns the agent config as a dict (also written to ``config_path`` when given,
+    merged over any settings already in that file).
+
+    Raises:
+        EnrollmentError: the server refused (bad, used or expired token) or is unreachable.
+    """
+    key_pem, csr_pem = _new_key_and_csr()
+    bundle = _post(f"{server_url.rstrip('/')}/api/v1/enroll", {"token": token, "csr_pem": csr_pem.decode()})
+    paths = identity_paths(state_dir)
+    _write_private(paths["mqtt_key_file"], key_pem)
+    atomic_write_bytes(paths["mqtt_cert_file"], str(bundle["certificate_pem"]).encode())
+    atomic_write_bytes(paths["mqtt_ca_file"], str(bundle["broker_ca_pem"]).encode())
+    atomic_write_bytes(paths["tuf_root_file"], str(bundle["tuf_root_json"]).encode())
+    atomic_write_bytes(paths["director_key_file"], str(bundle["director_public_key_pem"]).encode())
+    _write_private(paths["api_token_file"], str(bundle["api_token"]).encode())
+
+    config: dict[str, Any] = {}
+    if config_path is not None and config_path.exists():
+        loaded = yaml.safe_load(config_path.read_text())
+        config = loaded if isinstance(loaded, dict) else {}
+    config.update({
+        "device_id": bundle["device_id"], "hardware_profile": bundle["hardware_profile"],
+        "mqtt_url": bundle["mqtt_url"], "api_url": bundle["api_url"], "topic_prefix": bundle["topic_prefix"],
+        "state_dir": str(state_dir), **{name: str(path) for name, path in paths.items()},
+    })
+    config.update(overrides or {})
+    if config_path is not None:
+        atomic_write_bytes(config_path, yaml.safe_dump(config).encode())
+    return config
+
+
+def rotate_certificate(api_url: str, device_id: str, state_dir: Path) -> None:
+    """Get a new certificate for a new key, authenticated by the device's API token.
+
+    The old certificate is revoked by the control plane once the new one is issued.
+
+    Raises:
+        EnrollmentError: refused or unreachable.
+    """
+    paths = identity_paths(state_dir)
+    token = paths["api_token_file"].read_text().strip()
+    key_pem, csr_pem = _new_key_and_csr()
+    answer = _post(f"{api_url.rstrip('/')}/api/v1/devices/{device_id}/certificate",
+                   {"csr_pem": csr_pem.decode()}, token=token)
+    _write_private(paths["mqtt_key_file"], key_pem)
+    atomic_write_bytes(paths["mqtt_cert_file"], str(answer["certificate_pem"]).encode())

@@ -1,0 +1,72 @@
+"""Security rejections, as subclasses of the agent's error families.
+
+Each has its own ``code`` (what job reports and telemetry carry) but stays in its
+family: a forged command is a :class:`SignatureError`, a replayed one a
+:class:`RollbackError`, a trickling download a :class:`DownloadError`.
+"""
+
+from __future__ import annotations
+
+from agent.errors import (
+    DigestMismatchError,
+    DownloadError,
+    RollbackError,
+    SignatureError,
+    UntrustedContentError,
+)
+
+__all__ = [
+    "CommandExpiredError",
+    "DownloadDeadlineError",
+    "LengthExceededError",
+    "MetadataExpiredError",
+    "MisaddressedCommandError",
+    "NotEnrolledError",
+    "ReplayedCommandError",
+    "UnknownTargetError",
+    "UnsignedCommandError",
+]
+
+
+class UnsignedCommandError(SignatureError):
+    code = "unsigned_command"
+
+
+class CommandExpiredError(UntrustedContentError):
+    code = "expired_command"
+
+
+class ReplayedCommandError(RollbackError):
+    code = "replayed_command"
+
+
+class MisaddressedCommandError(UntrustedContentError):
+    code = "misaddressed_command"
+
+
+class MetadataExpiredError(UntrustedContentError):
+    """Signed metadata is past its expiry: the repository (or a mirror) is frozen."""
+
+    code = "expired_metadata"
+
+
+class LengthExceededError(DigestMismatchError):
+    """More bytes arrived than the signed length (endless data, or a longer tampered file)."""
+
+    code = "length_exceeded"
+
+
+class UnknownTargetError(UntrustedContentError):
+    """The command names a package that the signed targets metadata does not list."""
+
+    code = "unknown_target"
+
+
+class DownloadDeadlineError(DownloadError):
+    code = "download_deadline"
+
+
+class NotEnrolledError(UntrustedContentError):
+    """The agent has no TUF root or director key: it cannot trust any command or package."""
+
+    code = "not_enrolled"
