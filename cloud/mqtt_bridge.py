@@ -30,9 +30,12 @@ class CloudMqtt:
         tls_ca_file: str | None = None,
         tls_cert_file: str | None = None,
         tls_key_file: str | None = None,
+        sign: Callable[[DeployCommand], DeployCommand] | None = None,
     ) -> None:
         self.topics = topics
         self._on_report = on_report
+        # Every command leaves signed by the director key, whichever module built it.
+        self._sign = sign
         self._address = parse_broker_url(broker_url)
         self.connected = threading.Event()
         self._client = mqtt.Client(
@@ -63,6 +66,8 @@ class CloudMqtt:
         self._client.loop_stop()
 
     def publish_command(self, command: DeployCommand) -> None:
+        if command.signature is None and self._sign is not None:
+            command = self._sign(command)
         self._client.publish(self.topics.commands(command.device_id), command.to_bytes(), qos=1)
 
     def _handle_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,

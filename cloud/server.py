@@ -16,6 +16,7 @@ from cloud.core.config import Settings
 from cloud.core.db import make_engine, migrate
 from cloud.ingest import ReportIngest
 from cloud.mqtt_bridge import CloudMqtt
+from cloud.security import FleetSecurity
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ class ControlPlane:
         self.broker_url = settings.mqtt_url or ""
         self.ingest = ReportIngest(self.engine, self.topics, max_report_bytes=settings.max_report_bytes)
         self.mqtt: CloudMqtt | None = None
+        # TUF repository, fleet CAs and director key (docs/security.md).
+        self.security = FleetSecurity(settings, self.engine)
         self.api_port = settings.api_port
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -43,11 +46,16 @@ class ControlPlane:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.settings.packages_dir.mkdir(parents=True, exist_ok=True)
         migrate(self.settings.resolved_database_url)
+        self.security.initialise()
         if not self.settings.mqtt_url:
             self.broker = EmbeddedBroker(self.settings.embedded_broker_port)
             self.broker.start()
             self.broker_url = self.broker.url
-        self.mqtt = CloudMqtt(self.broker_url, self.topics, self.ingest.handle)
+        self.mqtt = CloudMqtt(self.broker_url, self.topics, self.ingest.handle,
+                              tls_ca_file=_path(self.settings.mqtt_ca_file),
+                              tls_cert_file=_path(self.settings.mqtt_cert_file),
+                              tls_key_file=_path(self.settings.mqtt_key_file),
+                              sign=self.security.sign_command)
         self.mqtt.start()
 
     def serve_http_in_thread(self, timeout_s: float = 15.0) -> str:
@@ -80,3 +88,7 @@ class ControlPlane:
         if self.broker is not None:
             self.broker.stop()
         self.engine.dispose()
+
+
+def _path(value: object) -> str | None:
+    return str(value) if value else None

@@ -102,5 +102,15 @@ def api(control_plane):  # type: ignore[no-untyped-def]
 
 
 def control_plane_admin_headers(plane) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    """Headers that authenticate as an admin (none needed until API tokens exist)."""
-    return {}
+    """Headers that authenticate as an admin: one admin API token per control plane, made on first use."""
+    token = getattr(plane, "_test_admin_token", None)
+    if token is None:
+        from sqlmodel import Session
+
+        from cloud.security.models import Role
+        from cloud.security.tokens import create_api_token
+
+        with Session(plane.engine) as session:
+            token, _ = create_api_token(session, name="tests admin", role=Role.ADMIN)
+        plane._test_admin_token = token
+    return {"Authorization": f"Bearer {token}"}

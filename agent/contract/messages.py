@@ -113,6 +113,25 @@ class StatusReport(_Message):
     pipelines: list[PipelineStatus] = Field(default_factory=list, max_length=16)
 
 
+class ShadowWindow(BaseModel):
+    """One telemetry window of the shadow phase (issue 6): a candidate model runs beside the
+    active one on a sampled fraction of frames; only the active model's results are used.
+
+    ``agreements`` counts shadowed frames where both models predicted the same class.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    package_id: ShortText
+    model_version: ShortText | None = None
+    frames: int = Field(default=0, ge=0)
+    agreements: int = Field(default=0, ge=0)
+    candidate_errors: int = Field(default=0, ge=0)
+    candidate_p95_latency_ms: float | None = Field(default=None, ge=0)
+    active_p95_latency_ms: float | None = Field(default=None, ge=0)
+    class_counts: dict[ShortText, int] = Field(default_factory=dict, max_length=1000)
+
+
 class TelemetryReport(_Message):
     """Periodic health and inference statistics for one window of frames."""
 
@@ -139,6 +158,8 @@ class TelemetryReport(_Message):
     pipeline: ShortText | None = None
     invalid_outputs: int = Field(default=0, ge=0)
     frame_totals: FrameTotals | None = None
+    # Added by issue 6 (optional): the candidate's results while it shadows the active model.
+    shadow: ShadowWindow | None = None
     # Added by issue 4 (optional): the error code of the last failed update check
     # (e.g. "expired_metadata" when the repository or a mirror is frozen); None after a success.
     update_check_error: ShortText | None = None
@@ -196,6 +217,12 @@ class DeployCommand(_Message):
     # Added by issue 5 (optional): which camera/model pipeline to install into on a
     # device running several; None means the device's first pipeline.
     pipeline: ShortText | None = None
+    # Added by issue 6 (optional): "shadow" asks the device to fetch and verify the package
+    # and run it beside the active model on ``shadow_sample_fraction`` of frames for
+    # ``shadow_duration_s``, reporting ``TelemetryReport.shadow``, without switching to it.
+    mode: Literal["install", "shadow"] = "install"
+    shadow_sample_fraction: float = Field(default=0.25, gt=0, le=1)
+    shadow_duration_s: float = Field(default=300.0, gt=0, le=7 * 86_400)
 
 
 Report = StatusReport | TelemetryReport | JobStatusReport

@@ -80,7 +80,9 @@ def fetch_and_verify(
     for entry in manifest.files:
         target = updater.target(f"{package_id}/{entry.name}")
         if target.length != entry.size_bytes or target.sha256 != entry.sha256:
-            raise DigestMismatchError(f"file {entry.name} of {package_id}: manifest and TUF metadata disagree")
+            raise DigestMismatchError(
+                f"file {entry.name} of {package_id}: the manifest's sha256/size and the signed TUF metadata disagree"
+            )
         targets.append((entry.name, target))
     total_bytes = sum(target.length for _, target in targets)
     if total_bytes > max_package_bytes:

@@ -1,15 +1,32 @@
-"""FastAPI dependencies, as ``Annotated`` aliases so routes stay one line each."""
+"""FastAPI dependencies, as ``Annotated`` aliases so routes stay one line each.
+
+Access control lives here, once: :func:`require_access` is applied to every
+resource router in :mod:`cloud.api.main` (viewer for reads, operator for
+anything that changes state), device tokens reach only their own device's
+endpoints, and :data:`AdminDep` guards key and token management.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 from sqlmodel import Session
+
+from cloud.security.models import Role
+from cloud.security.tokens import Principal, authenticate
 
 if TYPE_CHECKING:
     from cloud.server import ControlPlane
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Routes a device token may call, and only with its own id in the path.
+DEVICE_ROUTES = frozenset({
+    "/api/v1/devices/{device_id}",
+    "/api/v1/devices/{device_id}/telemetry",
+    "/api/v1/devices/{device_id}/certificate",
+})
 
 
 def get_plane(request: Request) -> ControlPlane:
@@ -24,3 +41,42 @@ def get_session(request: Request) -> Iterator[Session]:
 
 PlaneDep = Annotated["ControlPlane", Depends(get_plane)]
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_principal(request: Request, session: SessionDep) -> Principal:
+    """The caller behind ``Authorization: Bearer <token>``. 401 when absent, unknown or revoked."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPException(401, "missing API token: send 'Authorization: Bearer <token>' "
+                                 "(an admin creates one with `edgefleet token create`)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    principal = authenticate(session, token.strip())
+    if principal is None:
+        raise HTTPException(401, "unknown or revoked API token", headers={"WWW-Authenticate": "Bearer"})
+    request.state.principal = principal
+    return principal
+
+
+def require_access(request: Request, principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    """Viewer for reads, operator for writes; device tokens only on their own device's routes."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    if principal.role == Role.DEVICE:
+        if path in DEVICE_ROUTES and request.path_params.get("device_id") == principal.device_id:
+            return principal
+        raise HTTPException(403, f"device {principal.device_id} may only reach its own device endpoints")
+    needed = Role.VIEWER if request.method in READ_METHODS else Role.OPERATOR
+    if not principal.at_least(needed):
+        raise HTTPException(403, f"role {principal.role.value} may not {request.method} {path}; it needs {needed.value}")
+    return principal
+
+
+def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    if not principal.at_least(Role.ADMIN):
+        raise HTTPException(403, f"role {principal.role.value} may not manage keys or tokens; it needs admin")
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(require_access)]
+AdminDep = Annotated[Principal, Depends(require_admin)]

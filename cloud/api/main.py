@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from cloud import __version__
-from cloud.api.routes import deployments, devices, fleet, models, packages
+from cloud.api.deps import require_access
+from cloud.api.routes import auth, deployments, devices, enroll, fleet, models, packages, tuf
 from cloud.crud import Conflict, NotFound
 
 if TYPE_CHECKING:
@@ -56,6 +57,10 @@ def create_app(plane: ControlPlane) -> FastAPI:
             "mqtt_connected": bool(plane.mqtt and plane.mqtt.connected.is_set()),
         }
 
+    # Every resource router needs a token: viewer to read, operator to change (cloud/api/deps.py).
     for module in (devices, models, packages, deployments, fleet):
-        app.include_router(module.router, prefix="/api/v1")
+        app.include_router(module.router, prefix="/api/v1", dependencies=[Depends(require_access)])
+    app.include_router(auth.router, prefix="/api/v1")  # admin only (its own dependency)
+    app.include_router(enroll.router, prefix="/api/v1")  # one-time token, or a device's own token
+    app.include_router(tuf.router)  # public: the content is signed
     return app

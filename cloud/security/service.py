@@ -58,6 +58,7 @@ class FleetSecurity:
         ))
         self.ca = FleetCA(base / "ca")
         self.director = DirectorKey(base / "director" / "director.pem")
+        self._published: set[str] = set()
 
     def initialise(self) -> None:
         """Create any missing key material. Raises ``KeyPermissionError`` on loose permissions."""
@@ -71,6 +72,16 @@ class FleetSecurity:
         return self.tuf.add_package(package_dir)
 
     def sign_command(self, command: DeployCommand) -> DeployCommand:
+        """Sign ``command``, first making sure TUF lists the package it names.
+
+        The command is only a hint; without the package among the signed targets the
+        device would refuse it. Packages live in ``packages_dir/<package_id>``.
+        """
+        if command.package_id not in self._published:
+            package_dir = self.settings.packages_dir / command.package_id
+            if package_dir.is_dir():
+                self.tuf.add_package(package_dir)  # idempotent: a listed package is left alone
+                self._published.add(command.package_id)
         return self.director.sign(command)
 
     # -- devices -------------------------------------------------------------

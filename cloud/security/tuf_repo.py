@@ -31,8 +31,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import CryptoSigner, SSlibKey
 from tuf.api.metadata import (
-    MetaFile,
     Metadata,
+    MetaFile,
     Root,
     Signed,
     Snapshot,

@@ -6,8 +6,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlmodel import Session
+
+from agent.security.enroll import enroll
 from cloud.demo import spawn_agent, stop_processes
 from cloud.pipeline.quickstart import PipelineResult, register_and_package
+from cloud.security.tokens import create_enrollment_token
 from cloud.server import ControlPlane
 from tests.support.models import TrainedModel
 
@@ -35,11 +39,23 @@ def publish_model(plane: ControlPlane, model: TrainedModel, *, name: str = "shap
     )
 
 
+def enroll_agent(plane: ControlPlane, state_dir: Path, device_id: str, *, profile: str = TEST_PROFILE) -> dict[str, object]:
+    """Enroll ``device_id`` the way a real device does (one-time token, key made here, CSR over HTTP).
+
+    Returns the agent config settings enrollment produced: certificate and key paths,
+    the TUF root and director public key it must trust.
+    """
+    with Session(plane.engine) as session:
+        token, _ = create_enrollment_token(session, device_id, hardware_profile=profile, ttl_s=600)
+    return enroll(plane.base_url, token, state_dir)
+
+
 def start_agent(plane: ControlPlane, workdir: Path, device_id: str, *, source: str = "synthetic:1",
                 fps: float = 10.0, profile: str = TEST_PROFILE, extra: dict[str, object] | None = None) -> AgentProcess:
     state_dir = workdir / "devices" / device_id
     state_dir.mkdir(parents=True, exist_ok=True)
     config: dict[str, object] = {
+        **enroll_agent(plane, state_dir, device_id, profile=profile),
         "device_id": device_id, "mqtt_url": plane.broker_url, "topic_prefix": plane.settings.topic_prefix,
         "api_url": plane.base_url, "state_dir": str(state_dir), "hardware_profile": profile,
         "source": source, "target_fps": fps, "telemetry_interval_s": 1.0, "inference_threads": 1,

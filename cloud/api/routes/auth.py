@@ -1,0 +1,82 @@
+"""Admin-only: API tokens, enrollment tokens, certificate revocation, key status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel, Field
+from sqlmodel import col, select
+
+from cloud.api.deps import PlaneDep, SessionDep, require_admin
+from cloud.security.models import ApiToken, ApiTokenPublic, Role
+from cloud.security.tokens import create_api_token, create_enrollment_token, revoke_api_token
+
+router = APIRouter(tags=["security"], dependencies=[Depends(require_admin)])
+
+
+class TokenCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=128)
+    role: Role = Role.VIEWER
+
+
+class TokenCreated(BaseModel):
+    id: str
+    name: str
+    role: Role
+    token: str
+
+
+class EnrollmentTokenCreate(BaseModel):
+    device_id: str = Field(max_length=64)
+    hardware_profile: str = Field(default="x86-64-avx2", max_length=64)
+
+
+class EnrollmentTokenCreated(BaseModel):
+    device_id: str
+    token: str
+    expires_at: datetime
+
+
+@router.post("/tokens", response_model=TokenCreated, status_code=201)
+def create_token(body: TokenCreate, session: SessionDep) -> TokenCreated:
+    """Create an operator API token. The secret is in this response only; it is stored hashed."""
+    if body.role == Role.DEVICE:
+        raise HTTPException(422, "device tokens are issued by enrollment, not here")
+    secret, row = create_api_token(session, name=body.name, role=body.role)
+    return TokenCreated(id=row.id, name=row.name, role=body.role, token=secret)
+
+
+@router.get("/tokens", response_model=list[ApiTokenPublic])
+def list_tokens(session: SessionDep):  # type: ignore[no-untyped-def]
+    return list(session.exec(select(ApiToken).order_by(col(ApiToken.created_at))))
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+def delete_token(token_id: str, session: SessionDep) -> None:
+    if not revoke_api_token(session, token_id):
+        raise HTTPException(404, f"token {token_id!r} does not exist")
+
+
+@router.post("/enrollment-tokens", response_model=EnrollmentTokenCreated, status_code=201)
+def create_enrollment(body: EnrollmentTokenCreate, session: SessionDep, plane: PlaneDep) -> EnrollmentTokenCreated:
+    """A one-time token for `edgefleet-agent enroll --token`, valid for EDGEFLEET_ENROLLMENT_TOKEN_TTL_S."""
+    try:
+        secret, expires_at = create_enrollment_token(session, body.device_id, hardware_profile=body.hardware_profile,
+                                                     ttl_s=plane.settings.enrollment_token_ttl_s)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return EnrollmentTokenCreated(device_id=body.device_id, token=secret, expires_at=expires_at)
+
+
+@router.post("/devices/{device_id}/revoke")
+def revoke_device(device_id: str, session: SessionDep, plane: PlaneDep) -> dict[str, object]:
+    """Revoke every certificate of the device and rewrite the CRL (restart or SIGHUP the broker)."""
+    serials = plane.security.revoke_device(session, device_id)
+    return {"device_id": device_id, "revoked_serials": [str(s) for s in serials],
+            "crl_file": str(plane.security.ca.crl_file)}
+
+
+@router.get("/security/status")
+def security_status(plane: PlaneDep) -> dict[str, object]:
+    return plane.security.status()
