@@ -62,6 +62,7 @@ class CloudMqtt:
             raise ConnectionError(f"could not reach MQTT broker at {self._address.host}:{self._address.port}")
 
     def stop(self) -> None:
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -82,7 +83,8 @@ class CloudMqtt:
     def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
                            reason_code: mqtt.ReasonCode, properties: mqtt.Properties | None) -> None:
         self.connected.clear()
-        log.warning("control plane lost the broker (%s); reconnecting", reason_code)
+        if not getattr(self, "_stopping", False):
+            log.warning("control plane lost the broker (%s); reconnecting", reason_code)
 
     def _handle_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         try:
