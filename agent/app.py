@@ -1,4 +1,4 @@
-"""Wires the agent together: uplink, capture, inference, updates and telemetry.
+"""Wires the agent together: uplink, pipelines (capture + inference), installs and telemetry.
 
 Collaborators are passed in (``source``, ``fetcher``) so tests can hand the real
 agent a synthetic camera or a hostile artifact server.
@@ -9,15 +9,15 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
 
 from agent import __version__
-from agent.capture.latest import FrameSlot
 from agent.capture.source import FrameSource, open_source
-from agent.config import AgentConfig
+from agent.config import AgentConfig, PipelineConfig
 from agent.contract import (
     ContractError,
     DeployCommand,
@@ -25,22 +25,41 @@ from agent.contract import (
     JobState,
     JobStatusReport,
     PackageManifest,
+    PipelineStatus,
     StatusReport,
     TelemetryReport,
     Topics,
     parse_command,
 )
-from agent.errors import AgentError, InstallError, UntrustedContentError
-from agent.infer.engine import InferenceEngine, LoadedModel, load_model
-from agent.runtime.base import RuntimeLoadError
+from agent.errors import AgentError
+from agent.infer.engine import InferenceEngine, ResultSink
+from agent.pipeline import Pipeline
+from agent.profiles import PROFILES_DIR, FirmwareProfile, load_profile
+from agent.results import JsonLinesSink
 from agent.security import NotEnrolledError, PackageUpdater, load_director_key, verify_command
-from agent.telemetry.window import WindowStats
 from agent.update.fetcher import ArtifactFetcher, HttpFetcher
 from agent.update.installer import fetch_and_verify
-from agent.update.store import ActivePackage, PackageStore
-from agent.uplink.mqtt import MqttUplink
+from agent.update.machine import InstallState
+from agent.update.manager import InstallManager, InstallSettings
+from agent.update.probation import ProbationLimits
+from agent.update.store import PackageStore
+from agent.uplink.mqtt import MqttResultsSink, MqttUplink
+from agent.uplink.outbox import Outbox
 
 log = logging.getLogger(__name__)
+
+# Used when neither the config nor a firmware profile sets a memory budget.
+DEFAULT_MEMORY_BUDGET_MB = 1024.0
+# How long a clean stop waits for buffered reports to reach the broker.
+STOP_FLUSH_S = 5.0
+
+
+def _load_profile(config: AgentConfig) -> FirmwareProfile | None:
+    path = (config.profiles_dir or PROFILES_DIR) / f"{config.hardware_profile}.yaml"
+    if not path.exists():
+        log.warning("no firmware profile %s; every runtime the package offers is a candidate", path)
+        return None
+    return load_profile(path)
 
 
 class AgentApp:
@@ -53,8 +72,8 @@ class AgentApp:
     ) -> None:
         self.config = config
         self.topics = Topics(config.topic_prefix)
-        self.store = PackageStore(config.state_dir)
-        self.source = source or open_source(config.source, loop=config.source_loop, file_fps=config.target_fps)
+        pipeline_configs = config.pipeline_configs()
+        self.store = PackageStore(config.state_dir, pipeline_configs[0].name)
         self.fetcher = fetcher or HttpFetcher(
             timeout_s=config.download_timeout_s, deadline_s=config.download_deadline_s
         )
@@ -70,44 +89,115 @@ class AgentApp:
         # Without the director key every command is refused (reported as not_enrolled).
         self.director_key = load_director_key(config.director_key_file) if config.director_key_file else None
         self.update_check_error: str | None = None
-        self.slot = FrameSlot()
-        self.stats = WindowStats()
-        self.engine = InferenceEngine(self.slot, self.stats)
         self.rejected_commands = 0
-        self._camera_ok = True
         self._commands: queue.Queue[DeployCommand] = queue.Queue(maxsize=100)
         self._stop = threading.Event()
         self._process = psutil.Process()
+
+        self.profile = _load_profile(config)
+        self.sinks: list[ResultSink] = []
+        if config.results_jsonl_path is not None:
+            self.sinks.append(JsonLinesSink(config.results_jsonl_path, max_bytes=config.results_max_bytes))
+        if config.results_mqtt_url:
+            self.sinks.append(MqttResultsSink(config.results_mqtt_url, config.results_mqtt_topic,
+                                              client_id=f"ef-results-{config.device_id}"))
+        settings = self._install_settings()
+        self.pipelines: dict[str, Pipeline] = {}
+        self.managers: dict[str, InstallManager] = {}
+        for index, pipeline_config in enumerate(pipeline_configs):
+            pipeline = self._build_pipeline(pipeline_config, source if index == 0 else None)
+            store = self.store if index == 0 else PackageStore(config.state_dir, pipeline_config.name)
+            self.pipelines[pipeline.name] = pipeline
+            self.managers[pipeline.name] = InstallManager(
+                device_id=config.device_id, pipeline=pipeline, store=store, fetch_package=self._fetch_package,
+                settings=settings, send_job_report=self._send_job_report,
+                on_serving_changed=self._serving_changed, stop=self._stop,
+            )
+
+        self.outbox = Outbox(config.state_dir / "outbox.sqlite", max_reports=config.max_outbox_reports)
         self.uplink = MqttUplink(
             device_id=config.device_id,
             broker_url=config.mqtt_url,
             topics=self.topics,
             status_provider=self._status,
             on_command=self._receive_command,
+            outbox=self.outbox,
             keepalive_s=config.keepalive_s,
+            reconnect_min_s=config.reconnect_min_s,
+            reconnect_max_s=config.reconnect_max_s,
             tls_ca_file=str(config.mqtt_ca_file) if config.mqtt_ca_file else None,
             tls_cert_file=str(config.mqtt_cert_file) if config.mqtt_cert_file else None,
             tls_key_file=str(config.mqtt_key_file) if config.mqtt_key_file else None,
         )
         self._threads = [
-            threading.Thread(target=self._capture_loop, name="capture", daemon=True),
             threading.Thread(target=self._command_loop, name="commands", daemon=True),
             threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True),
         ]
 
+    def _install_settings(self) -> InstallSettings:
+        config, profile = self.config, self.profile
+        threads = config.inference_threads or (profile.threads if profile else 1)
+        budget_mb = config.memory_budget_mb or (profile.memory_budget_mb if profile else DEFAULT_MEMORY_BUDGET_MB)
+        return InstallSettings(
+            hardware_profile=config.hardware_profile,
+            profile_runtimes=[choice.model_dump() for choice in profile.runtimes] if profile else None,
+            threads=threads,
+            max_package_bytes=config.max_package_bytes,
+            memory_budget_mb=float(budget_mb),
+            timing_runs=config.runtime_timing_runs,
+            max_resumes=config.max_install_resumes,
+            probation=ProbationLimits(
+                window_s=config.probation_window_s,
+                min_frames=config.probation_min_frames,
+                max_error_ratio=config.probation_max_error_ratio,
+                max_invalid_outputs=config.probation_max_invalid_outputs,
+                max_p95_latency_ratio=config.probation_max_p95_latency_ratio,
+                min_confidence_ratio=config.probation_min_confidence_ratio,
+                max_wait_s=config.probation_max_wait_s,
+            ),
+        )
+
+    def _build_pipeline(self, pipeline_config: PipelineConfig, source: FrameSource | None) -> Pipeline:
+        source_fps = pipeline_config.target_fps if pipeline_config.source_fps is None else pipeline_config.source_fps
+        return Pipeline(
+            pipeline_config.name,
+            source or open_source(pipeline_config.source, loop=pipeline_config.source_loop, file_fps=source_fps),
+            target_fps=pipeline_config.target_fps,
+            policy=pipeline_config.frame_policy,
+            sinks=self.sinks,
+            source_label=pipeline_config.source,
+        )
+
+    @property
+    def engine(self) -> InferenceEngine:
+        """The first pipeline's inference engine (the single-camera case)."""
+        return next(iter(self.pipelines.values())).engine
+
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
-        self._restore_active_model()
-        self.engine.start()
+        for manager in self.managers.values():
+            manager.restore()
+        for pipeline in self.pipelines.values():
+            pipeline.start()
         for thread in self._threads:
             thread.start()
         self.uplink.start()
 
     def stop(self) -> None:
+        """Stop capture, finish frames in hand, send the last telemetry and buffered reports, go offline."""
         self._stop.set()
-        self.engine.stop()
+        for pipeline in self.pipelines.values():
+            pipeline.stop()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._publish_telemetry()
+        self.uplink.flush(STOP_FLUSH_S)
         self.uplink.stop()
-        self.source.close()
+        for sink in self.sinks:
+            close: Callable[[], None] | None = getattr(sink, "close", None)
+            if close is not None:
+                close()
+        self.outbox.close()
 
     def run_forever(self) -> None:
         self.start()
@@ -120,22 +210,11 @@ class AgentApp:
     def request_stop(self) -> None:
         self._stop.set()
 
-    def _restore_active_model(self) -> None:
-        active = self.store.active()
-        if active is None:
-            log.info("no model installed yet; waiting for a deployment")
-            return
-        try:
-            manifest = self.store.load_verified(active.package_id)
-            self.engine.swap(
-                load_model(manifest, self.store.package_dir(active.package_id), threads=self.config.inference_threads)
-            )
-        except (AgentError, RuntimeLoadError) as exc:
-            log.error("stored model %s cannot be served: %s", active.model_version, exc)
-
     # -- reports -------------------------------------------------------------
     def _status(self) -> StatusReport:
-        model = self.engine.model
+        first = next(iter(self.pipelines.values()))
+        model = first.engine.model
+        install_states = [m.state for m in self.managers.values() if m.state is not InstallState.IDLE]
         return StatusReport(
             device_id=self.config.device_id,
             state=DeviceState.ONLINE,
@@ -144,11 +223,28 @@ class AgentApp:
             running_model_version=model.version if model else None,
             running_package_id=model.manifest.package_id if model else None,
             runtime=model.artifact.runtime if model else None,
+            install_state=(install_states[0] if install_states else InstallState.IDLE).value,
+            pipelines=[
+                PipelineStatus(
+                    name=name,
+                    model_version=p.engine.model.version if p.engine.model else None,
+                    package_id=p.engine.model.manifest.package_id if p.engine.model else None,
+                    runtime=p.engine.model.runtime_label if p.engine.model else None,
+                )
+                for name, p in self.pipelines.items()
+            ],
         )
 
+    def _serving_changed(self) -> None:
+        self.uplink.publish_status()
+
+    def _send_job_report(self, report: JobStatusReport) -> None:
+        self.uplink.publish(self.topics.job(self.config.device_id, report.job_id), report)
+
     def _report_job(self, command: DeployCommand, state: JobState, error: AgentError | None = None) -> None:
-        model = self.engine.model
-        report = JobStatusReport(
+        pipeline = self.pipelines.get(command.pipeline or "") or next(iter(self.pipelines.values()))
+        model = pipeline.engine.model
+        self._send_job_report(JobStatusReport(
             device_id=self.config.device_id,
             job_id=command.job_id,
             package_id=command.package_id,
@@ -156,14 +252,14 @@ class AgentApp:
             error_code=error.code if error else None,
             error=str(error) if error else None,
             running_model_version=model.version if model else None,
-        )
-        self.uplink.publish(self.topics.job(self.config.device_id, command.job_id), report)
+        ))
 
-    def _telemetry_loop(self) -> None:
-        self._process.cpu_percent(None)  # prime: the first call always returns 0
-        while not self._stop.wait(self.config.telemetry_interval_s):
-            window = self.stats.snapshot_and_reset()
-            model = self.engine.model
+    def _publish_telemetry(self) -> None:
+        cpu_percent = self._process.cpu_percent(None)
+        memory_mb = round(self._process.memory_info().rss / 2**20, 1)
+        for name, pipeline in self.pipelines.items():
+            window = pipeline.stats.snapshot_and_reset()
+            model = pipeline.engine.model
             report = TelemetryReport(
                 device_id=self.config.device_id,
                 model_version=model.version if model else None,
@@ -177,26 +273,23 @@ class AgentApp:
                 mean_confidence=window.mean_confidence,
                 class_counts=window.class_counts,
                 inference_errors=window.inference_errors,
-                camera_ok=self._camera_ok,
-                cpu_percent=self._process.cpu_percent(None),
-                memory_mb=round(self._process.memory_info().rss / 2**20, 1),
+                camera_ok=pipeline.camera_ok,
+                cpu_percent=cpu_percent,
+                memory_mb=memory_mb,
+                dropped_reports=self.outbox.dropped(),
                 rejected_commands=self.rejected_commands,
                 update_check_error=self.update_check_error,
+                report_seq=self.outbox.next_seq(),
+                pipeline=name,
+                invalid_outputs=window.invalid_outputs,
+                frame_totals=pipeline.totals(),
             )
             self.uplink.publish(self.topics.telemetry(self.config.device_id), report)
 
-    # -- capture -------------------------------------------------------------
-    def _capture_loop(self) -> None:
-        while not self._stop.is_set():
-            frame = self.source.read()
-            if frame is None:
-                if self._camera_ok:
-                    log.warning("camera source %s returned no frame", self.config.source)
-                self._camera_ok = False
-                self._stop.wait(0.1)
-                continue
-            self._camera_ok = True
-            self.slot.put(frame)
+    def _telemetry_loop(self) -> None:
+        self._process.cpu_percent(None)  # prime: the first call always returns 0
+        while not self._stop.wait(self.config.telemetry_interval_s):
+            self._publish_telemetry()
 
     # -- commands ------------------------------------------------------------
     def _receive_command(self, payload: bytes) -> None:
@@ -216,6 +309,9 @@ class AgentApp:
             log.error("command queue full; dropped job %s", command.job_id)
 
     def _command_loop(self) -> None:
+        # First finish whatever install a crash interrupted (the resume table decides how).
+        for manager in self.managers.values():
+            manager.resume()
         while not self._stop.is_set():
             try:
                 command = self._commands.get(timeout=0.5)
@@ -240,8 +336,10 @@ class AgentApp:
         log.error("rejected command %s (%s): %s", command.job_id, exc.code, exc)
         self._report_job(command, JobState.REJECTED, exc)
 
-    def _fetch_package(self, command: DeployCommand) -> tuple[PackageManifest, Path]:
-        """Refresh TUF metadata and fetch the package the (verified) command names.
+    def _fetch_package(
+        self, command: DeployCommand, store: PackageStore, on_state: Callable[[JobState], None]
+    ) -> tuple[PackageManifest, Path]:
+        """Refresh TUF metadata and fetch the package the (verified) command names into ``store``.
 
         Records the outcome of the metadata check for telemetry (a frozen repository shows there).
         """
@@ -249,10 +347,10 @@ class AgentApp:
             result = fetch_and_verify(
                 command,
                 updater=self.updater,
-                store=self.store,
+                store=store,
                 hardware_profile=self.config.hardware_profile,
                 max_package_bytes=self.config.max_package_bytes,
-                on_state=lambda state: self._report_job(command, state),
+                on_state=on_state,
             )
         except AgentError as exc:
             self.update_check_error = exc.code
@@ -261,6 +359,15 @@ class AgentApp:
         return result
 
     def _handle_deploy(self, command: DeployCommand) -> None:
+        manager = self.managers.get(command.pipeline or next(iter(self.managers)))
+        if manager is None:
+            self._reject_command(command, AgentError(f"this device has no pipeline {command.pipeline!r}"))
+            return
+        if manager.is_known_job(command.job_id):
+            # Redelivered (persistent session) after we already took it on: the install
+            # record, not this copy, carries it to the end.
+            log.info("ignoring redelivered command for job %s", command.job_id)
+            return
         # Verify before anything else, including the "already running" shortcut:
         # an unverified command must not even earn a success report.
         try:
@@ -268,37 +375,9 @@ class AgentApp:
         except AgentError as exc:
             self._reject_command(command, exc)
             return
-        current = self.engine.model
+        current = manager.pipeline.engine.model
         if current is not None and current.manifest.package_id == command.package_id:
-            # A redelivered command (persistent session) for what already runs.
             self._report_job(command, JobState.SUCCEEDED)
             return
         self._report_job(command, JobState.RECEIVED)
-        try:
-            manifest, package_dir = self._fetch_package(command)
-            self._report_job(command, JobState.INSTALLING)
-            try:
-                model: LoadedModel = load_model(manifest, package_dir, threads=self.config.inference_threads)
-            except RuntimeLoadError as exc:
-                raise InstallError(str(exc)) from exc
-        except AgentError as exc:
-            # Refused content (bad signature, rollback, expiry, wrong profile...) is a rejection;
-            # delivery and install trouble is a failure that a retry may fix.
-            state = JobState.REJECTED if isinstance(exc, UntrustedContentError) else JobState.FAILED
-            log.error(
-                "deployment %s of package %s %s (%s): %s; still serving %s",
-                command.job_id,
-                command.package_id,
-                state.value,
-                exc.code,
-                exc,
-                current.version if current else "nothing",
-            )
-            self._report_job(command, state, exc)
-            return
-        self.engine.swap(model)
-        self.store.set_active(ActivePackage(manifest.package_id, manifest.model_version))
-        self._report_job(command, JobState.SUCCEEDED)
-        self.uplink.publish_status()
-        log.info("deployment %s succeeded: serving %s", command.job_id, manifest.model_version)
-
+        manager.install(command)

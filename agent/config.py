@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -17,6 +17,23 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from agent.contract.topics import DEFAULT_PREFIX, validate_device_id
 
 ENV_PREFIX = "EDGEFLEET_AGENT_"
+
+
+class PipelineConfig(BaseModel):
+    """One camera feeding one model. A device may run several (two cameras, two models)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+    # A device index ("0"), a file path, an rtsp:// or http:// URL, or synthetic:<seed>.
+    source: str
+    source_loop: bool = True
+    target_fps: float = Field(default=0.0, ge=0, description="0 = as fast as frames arrive")
+    # Pace files and synthetic sources like a camera at this rate (None = target_fps, 0 = unpaced).
+    source_fps: float | None = Field(default=None, ge=0)
+    # "newest": a slow model sees the newest frame, older ones are overwritten (cameras).
+    # "every": capture waits for inference, no frame is overwritten (recorded files, tests).
+    frame_policy: Literal["newest", "every"] = "newest"
 
 
 class AgentConfig(BaseModel):
@@ -38,6 +55,40 @@ class AgentConfig(BaseModel):
     download_timeout_s: float = Field(default=30.0, gt=0)
     download_deadline_s: float = Field(default=300.0, gt=0)
     max_package_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    frame_policy: Literal["newest", "every"] = "newest"
+    source_fps: float | None = Field(default=None, ge=0)
+    # Several camera/model pipelines; when empty, one pipeline "main" from the fields above.
+    pipelines: list[PipelineConfig] = Field(default_factory=list, max_length=8)
+    # Per-frame results for local consumers (either, both or neither).
+    results_jsonl_path: Path | None = None
+    results_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    results_mqtt_url: str | None = None
+    results_mqtt_topic: str = "edgefleet/results"
+    # Firmware profiles: runtimes to measure, threads, memory budget.
+    profiles_dir: Path | None = None
+    memory_budget_mb: float | None = Field(default=None, gt=0, description="None = the profile's budget")
+    runtime_timing_runs: int = Field(default=20, ge=1)
+    # Install state machine: restarts of one install before it is given up (crash loop).
+    max_install_resumes: int = Field(default=3, ge=0)
+    # Probation after each switch; see agent.update.probation.ProbationLimits.
+    probation_window_s: float = Field(default=10.0, ge=0)
+    probation_min_frames: int = Field(default=20, ge=0)
+    probation_max_error_ratio: float = Field(default=0.05, ge=0, le=1)
+    probation_max_invalid_outputs: int = Field(default=0, ge=0)
+    probation_max_p95_latency_ratio: float = Field(default=3.0, gt=1)
+    probation_min_confidence_ratio: float = Field(default=0.5, ge=0, le=1)
+    probation_max_wait_s: float = Field(default=300.0, gt=0)
+    # Offline buffering of reports and reconnects.
+    max_outbox_reports: int = Field(default=10_000, ge=1)
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+
+    def pipeline_configs(self) -> list[PipelineConfig]:
+        if self.pipelines:
+            return list(self.pipelines)
+        return [PipelineConfig(name="main", source=self.source, source_loop=self.source_loop,
+                               target_fps=self.target_fps, source_fps=self.source_fps,
+                               frame_policy=self.frame_policy)]
     # --- security (written by `edgefleet-agent enroll`; docs/security.md) ---
     # Mutual TLS for mqtts:// broker URLs: the broker CA, and this device's certificate and key.
     mqtt_ca_file: Path | None = None

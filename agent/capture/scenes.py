@@ -114,21 +114,33 @@ class SyntheticSource:
         self.frames_per_scene = frames_per_scene
         self.conditions = conditions
         self._count = 0
+        self._rendered_at = -1
         self._frame: npt.NDArray[np.uint8] | None = None
+        self.reconnects = 0  # a simulated camera never goes away
 
-    def read(self) -> npt.NDArray[np.uint8] | None:
+    def grab(self) -> bool:
+        """Advance the simulated clock by one frame; rendering waits for :meth:`retrieve`."""
         if self.frame_interval_s:
             # Pace like a real camera so simulated devices do not burn the CPU.
             wait_s = self._next_at - time.monotonic()
             if wait_s > 0:
                 time.sleep(wait_s)
             self._next_at = max(self._next_at, time.monotonic()) + self.frame_interval_s
-        if self._frame is None or self._count % self.frames_per_scene == 0:
+        self._count += 1
+        return True
+
+    def retrieve(self) -> npt.NDArray[np.uint8] | None:
+        scene = (self._count - 1) // self.frames_per_scene
+        if self._frame is None or scene != self._rendered_at:
             label = SCENE_CLASSES[int(self._rng.integers(len(SCENE_CLASSES)))]
             self._frame = render_frame(label, self._rng, width=self.width, height=self.height,
                                        conditions=self.conditions)
-        self._count += 1
+            self._rendered_at = scene
         return self._frame
+
+    def read(self) -> npt.NDArray[np.uint8] | None:
+        self.grab()
+        return self.retrieve()
 
     def close(self) -> None:
         pass

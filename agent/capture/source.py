@@ -1,4 +1,8 @@
-"""Camera sources over OpenCV ``VideoCapture``: a device index, a file or a URL."""
+"""Camera sources over OpenCV ``VideoCapture``: a device index, a file or a URL.
+
+Sources split reading into ``grab`` (advance, no decode) and ``retrieve`` (decode the
+grabbed frame) so that frames skipped by the target frame rate cost almost nothing.
+"""
 
 from __future__ import annotations
 
@@ -14,26 +18,43 @@ log = logging.getLogger(__name__)
 
 
 class FrameSource(Protocol):
-    """Yields decoded BGR frames. ``read`` returns ``None`` when no frame is available."""
+    """Yields BGR frames. ``grab`` returns False when no frame is available now."""
 
-    def read(self) -> npt.NDArray[np.uint8] | None: ...
+    reconnects: int
+
+    def grab(self) -> bool: ...
+
+    def retrieve(self) -> npt.NDArray[np.uint8] | None: ...
 
     def close(self) -> None: ...
+
+
+def read_frame(source: FrameSource) -> npt.NDArray[np.uint8] | None:
+    """Grab and decode one frame (``None`` when the source has none)."""
+    return source.retrieve() if source.grab() else None
 
 
 class OpenCvSource:
     """``cv2.VideoCapture`` with looping for files and reopen-with-backoff for cameras.
 
-    ``read`` never raises: a vanished camera yields ``None`` until it comes back.
+    Never raises: a vanished camera, dropped stream or deleted file yields no frame
+    until it comes back; ``reconnects`` counts how often it went away.
     """
 
     def __init__(
-        self, location: str, *, loop: bool = True, max_backoff_s: float = 5.0, file_fps: float = 0.0
+        self,
+        location: str,
+        *,
+        loop: bool = True,
+        min_backoff_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+        file_fps: float = 0.0,
     ) -> None:
         self.location = location
         self.loop = loop
+        self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
-        self._backoff_s = 0.2
+        self._backoff_s = min_backoff_s
         self._next_open_at = 0.0
         self._capture: cv2.VideoCapture | None = None
         self._is_file = not location.isdigit() and "://" not in location
@@ -50,37 +71,41 @@ class OpenCvSource:
         capture = cv2.VideoCapture(target)
         if capture.isOpened():
             self._capture = capture
-            self._backoff_s = 0.2
+            self._backoff_s = self.min_backoff_s
             return True
         capture.release()
         self._next_open_at = now + self._backoff_s
-        self._backoff_s = min(self._backoff_s * 2, self.max_backoff_s)
         log.warning("camera source %s unavailable; retrying in %.1fs", self.location, self._backoff_s)
+        self._backoff_s = min(self._backoff_s * 2, self.max_backoff_s)
         return False
 
-    def read(self) -> npt.NDArray[np.uint8] | None:
+    def grab(self) -> bool:
         if self._capture is None and not self._open():
-            return None
+            return False
         assert self._capture is not None
         if self._frame_interval_s:
             wait_s = self._last_frame_at + self._frame_interval_s - time.monotonic()
             if wait_s > 0:
                 time.sleep(wait_s)
             self._last_frame_at = time.monotonic()
-        ok, frame = self._capture.read()
-        if ok and frame is not None:
-            return np.asarray(frame, dtype=np.uint8)
+        if self._capture.grab():
+            return True
         if self._is_file and self.loop:
             self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            ok, frame = self._capture.read()
-            if ok and frame is not None:
-                return np.asarray(frame, dtype=np.uint8)
-        # The source went away (unplugged camera, dropped stream, deleted file): reopen later.
+            if self._capture.grab():
+                return True
+        # The source went away (unplugged camera, dropped stream, file ended): reopen later.
         self._capture.release()
         self._capture = None
         self.reconnects += 1
         self._next_open_at = time.monotonic() + self._backoff_s
-        return None
+        return False
+
+    def retrieve(self) -> npt.NDArray[np.uint8] | None:
+        if self._capture is None:
+            return None
+        ok, frame = self._capture.retrieve()
+        return np.asarray(frame, dtype=np.uint8) if ok and frame is not None else None
 
     def close(self) -> None:
         if self._capture is not None:
@@ -89,7 +114,13 @@ class OpenCvSource:
 
 
 def open_source(location: str, *, loop: bool = True, file_fps: float = 0.0) -> FrameSource:
-    """Open a camera index, file, URL, or ``synthetic:<seed>`` (a simulated camera)."""
+    """Open a camera index, file, URL, or ``synthetic:<seed>`` (a simulated camera).
+
+    ``file_fps`` paces files and synthetic sources like a camera (0 = as fast as possible).
+
+    Raises:
+        ValueError: a ``synthetic:`` location without an integer seed.
+    """
     if location.startswith("synthetic:"):
         from agent.capture.scenes import SyntheticSource
 

@@ -5,19 +5,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from agent.capture.latest import FrameSlot
+from agent.capture.latest import FrameItem, FrameSlot
 from agent.contract import ModelArtifact, PackageManifest
 from agent.preprocess import preprocess
 from agent.runtime.base import InferenceBackend, RuntimeLoadError, load_backend
 from agent.telemetry.window import WindowStats
+from agent.update.probation import Baseline, ProbationWatch
 
 log = logging.getLogger(__name__)
+
+# Recent frames of the serving model kept as the probation baseline for its successor.
+BASELINE_FRAMES = 256
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,33 @@ class LoadedModel:
     def version(self) -> str:
         return self.manifest.model_version
 
+    @property
+    def runtime_label(self) -> str:
+        """e.g. ``onnxruntime/fp32/CPUExecutionProvider``: what the cloud stratifies canaries by."""
+        return f"{self.artifact.runtime}/{self.artifact.precision}/{self.backend.device}"
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    pipeline: str
+    frame_seq: int
+    model_version: str
+    label: str
+    confidence: float
+    latency_ms: float
+    inference_ms: float
+    at: float
+
+
+class ResultSink(Protocol):
+    """A local consumer of per-frame results (a JSON-lines file, a local MQTT topic)."""
+
+    def emit(self, result: FrameResult) -> None: ...
+
+
+class InvalidOutput(ValueError):
+    """The model returned NaN or Inf."""
+
 
 def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     shifted = logits - logits.max(axis=-1, keepdims=True)
@@ -37,16 +71,21 @@ def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return np.asarray(exp / exp.sum(axis=-1, keepdims=True), dtype=np.float32)
 
 
-def load_model(manifest: PackageManifest, package_dir: Path, *, threads: int = 0) -> LoadedModel:
-    """Load the package's first artifact this agent can run, and warm it up once.
+def load_model(
+    manifest: PackageManifest, package_dir: Path, *, threads: int = 0, artifact_file: str | None = None,
+    device: str = "",
+) -> LoadedModel:
+    """Load the named artifact (else the package's first that loads) and warm it up once.
 
     Raises:
         RuntimeLoadError: no artifact loads, or the warm-up run fails or has the wrong shape.
     """
     errors: list[str] = []
-    for artifact in manifest.artifacts:
+    ordered = sorted(manifest.artifacts, key=lambda a: a.file != artifact_file)
+    for artifact in ordered:
         try:
-            backend = load_backend(artifact, package_dir / artifact.file, threads=threads)
+            backend = load_backend(artifact, package_dir / artifact.file, threads=threads,
+                                   device=device if artifact.file == artifact_file else "")
             spec = manifest.preprocessing
             dtype = np.float32 if spec.dtype == "float32" else np.uint8 if spec.dtype == "uint8" else np.int8
             warmup = backend.run(np.zeros(spec.input_shape(1), dtype=dtype))
@@ -61,57 +100,124 @@ def load_model(manifest: PackageManifest, package_dir: Path, *, threads: int = 0
 
 
 class InferenceEngine:
-    """Inference thread: take the newest frame, preprocess, run, record.
+    """Inference thread: take the newest frame, (preprocess), run, record, emit.
 
     The active model is one reference read once per frame, so :meth:`swap` takes
-    effect between two frames and never drops one.
+    effect between two frames and never drops one: the frame in hand finishes on
+    the model it started with.
     """
 
-    def __init__(self, slot: FrameSlot, stats: WindowStats) -> None:
+    def __init__(self, slot: FrameSlot[FrameItem], stats: WindowStats, *, name: str = "main",
+                 sinks: Sequence[ResultSink] = ()) -> None:
+        self.name = name
         self._slot = slot
         self._stats = stats
+        self._sinks = list(sinks)
         self._model: LoadedModel | None = None
+        self._watch: ProbationWatch | None = None
+        self._recent: deque[tuple[float, float]] = deque(maxlen=BASELINE_FRAMES)
+        self._busy = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"inference-{name}", daemon=True)
 
     @property
     def model(self) -> LoadedModel | None:
         return self._model
 
-    def swap(self, model: LoadedModel) -> LoadedModel | None:
+    def baseline(self) -> Baseline:
+        """The serving model's recent p95 inference latency and mean confidence on live frames."""
+        recent = list(self._recent)
+        if not recent:
+            return Baseline()
+        latencies = np.asarray([latency for latency, _ in recent])
+        return Baseline(p95_latency_ms=round(float(np.percentile(latencies, 95)), 3),
+                        mean_confidence=round(float(np.mean([c for _, c in recent])), 4))
+
+    def swap(self, model: LoadedModel | None, *, watch: ProbationWatch | None = None) -> LoadedModel | None:
+        """Serve ``model`` from the next frame on; ``watch`` collects its probation evidence."""
+        self._watch = watch
         previous, self._model = self._model, model
-        log.info("now serving model %s (%s)", model.version, model.artifact.runtime)
+        self._recent.clear()
+        if model is not None:
+            log.info("[%s] now serving model %s (%s)", self.name, model.version, model.runtime_label)
         return previous
+
+    def end_watch(self) -> None:
+        self._watch = None
 
     def start(self) -> None:
         self._thread.start()
+
+    def drain(self, timeout_s: float) -> None:
+        """Wait until the frame in the slot and the frame in hand are done (for a clean stop)."""
+        deadline = time.monotonic() + timeout_s
+        while (self._slot.pending() or self._busy.is_set()) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def stop(self) -> None:
         self._stop.set()
         self._slot.close()
         self._thread.join(timeout=5)
 
-    def infer_frame(self, model: LoadedModel, frame: npt.NDArray[np.uint8]) -> tuple[str, float]:
-        tensor = preprocess(frame, model.manifest.preprocessing)
+    def infer_frame(self, model: LoadedModel, item: FrameItem) -> tuple[str, float, float]:
+        """Returns (label, confidence, inference-only milliseconds).
+
+        Raises:
+            InvalidOutput: the scores are NaN or Inf.
+        """
+        spec = model.manifest.preprocessing
+        tensor = item.tensor if item.tensor is not None and item.spec == spec else preprocess(item.frame, spec)
+        started = time.perf_counter()
         scores = model.backend.run(tensor)[0]
+        inference_ms = (time.perf_counter() - started) * 1000.0
+        if not np.all(np.isfinite(scores)):
+            raise InvalidOutput("model produced a non-finite score")
         probabilities = softmax(scores) if model.artifact.output_activation == "softmax" else scores
         index = int(np.argmax(probabilities))
-        confidence = float(probabilities[index])
-        if not np.isfinite(confidence):
-            raise ValueError("model produced a non-finite score")
-        return model.manifest.labels[index], confidence
+        return model.manifest.labels[index], float(probabilities[index]), inference_ms
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            frame = self._slot.take(timeout_s=0.5)
-            model = self._model
-            if frame is None or model is None:
+        while not self._stop.is_set() or self._slot.pending():
+            item = self._slot.take(timeout_s=0.5)
+            if item is None:
                 continue
-            started = time.perf_counter()
+            self._busy.set()
             try:
-                label, confidence = self.infer_frame(model, frame)
-            except Exception:  # a bad frame or a failing runtime must not stop the loop
-                log.exception("inference failed")
-                self._stats.record_error()
-                continue
-            self._stats.record((time.perf_counter() - started) * 1000.0, confidence, label)
+                self._process(item)
+            finally:
+                self._busy.clear()
+
+    def _process(self, item: FrameItem) -> None:
+        model, watch = self._model, self._watch
+        if model is None:
+            return
+        if watch is not None and watch.model_key is not model:
+            watch = None
+        started = time.perf_counter()
+        try:
+            label, confidence, inference_ms = self.infer_frame(model, item)
+        except InvalidOutput:
+            self._stats.record_invalid()
+            if watch is not None:
+                watch.record_invalid()
+            return
+        except Exception:  # a bad frame or a failing runtime must not stop the loop
+            log.exception("[%s] inference failed", self.name)
+            self._stats.record_error()
+            if watch is not None:
+                watch.record_error()
+            return
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        self._stats.record(latency_ms, confidence, label)
+        self._recent.append((inference_ms, confidence))
+        if watch is not None:
+            watch.record(inference_ms, confidence)
+        if self._sinks:
+            result = FrameResult(pipeline=self.name, frame_seq=item.seq, model_version=model.version, label=label,
+                                 confidence=round(confidence, 5), latency_ms=round(latency_ms, 3),
+                                 inference_ms=round(inference_ms, 3), at=time.time())
+            for sink in self._sinks:
+                try:
+                    sink.emit(result)
+                except Exception:  # a full disk or a dead local broker must not stop inference
+                    log.exception("[%s] result sink failed", self.name)

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend (CPU by default; other execution providers when present)."""
+"""ONNX Runtime backend: CPU by default; CUDA, TensorRT, OpenVINO execution providers when present."""
 
 from __future__ import annotations
 
@@ -10,11 +10,28 @@ import numpy.typing as npt
 from agent.contract.manifest import ModelArtifact
 from agent.runtime.base import RuntimeLoadError
 
+# Accelerated providers first; the CPU provider is always the last fallback.
+PREFERRED_PROVIDERS = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "CPUExecutionProvider",
+)
+
+
+def available_providers() -> list[str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover - depends on the device image
+        return []
+    present = set(ort.get_available_providers())
+    return [p for p in PREFERRED_PROVIDERS if p in present]
+
 
 class OnnxRuntimeBackend:
     runtime = "onnxruntime"
 
-    def __init__(self, model_path: Path, artifact: ModelArtifact, *, threads: int = 0) -> None:
+    def __init__(self, model_path: Path, artifact: ModelArtifact, *, threads: int = 0, device: str = "") -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - depends on the device image
@@ -22,13 +39,20 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         if threads > 0:
             options.intra_op_num_threads = threads
+            # One model per pipeline thread: ORT's inter-op pool would only add idle spinners.
+            options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        present = set(ort.get_available_providers())
+        if device and device not in present:
+            raise RuntimeLoadError(f"onnxruntime execution provider {device} is not available here")
+        providers = [device] if device else []
+        if "CPUExecutionProvider" not in providers:
+            providers.append("CPUExecutionProvider")
         try:
-            self._session = ort.InferenceSession(
-                str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            self._session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types; wrap them once here.
             raise RuntimeLoadError(f"onnxruntime could not load {model_path.name}: {exc}") from exc
+        self.device = self._session.get_providers()[0]
         inputs = self._session.get_inputs()
         self._input_name = artifact.input_name if any(i.name == artifact.input_name for i in inputs) else inputs[0].name
         self._output_name = self._session.get_outputs()[0].name

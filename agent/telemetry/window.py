@@ -24,6 +24,7 @@ class WindowSnapshot:
     mean_confidence: float | None
     class_counts: dict[str, int]
     inference_errors: int
+    invalid_outputs: int = 0
 
 
 @dataclass
@@ -31,6 +32,7 @@ class _Window:
     started_at: float = field(default_factory=time.monotonic)
     frames: int = 0
     errors: int = 0
+    invalid: int = 0
     confidence_sum: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     class_counts: Counter[str] = field(default_factory=Counter)
@@ -41,6 +43,8 @@ class WindowStats:
         self._lock = threading.Lock()
         self._window = _Window()
         self.total_frames = 0
+        self.total_errors = 0
+        self.total_invalid = 0
 
     def record(self, latency_ms: float, confidence: float, label: str) -> None:
         with self._lock:
@@ -55,6 +59,12 @@ class WindowStats:
     def record_error(self) -> None:
         with self._lock:
             self._window.errors += 1
+            self.total_errors += 1
+
+    def record_invalid(self) -> None:
+        with self._lock:
+            self._window.invalid += 1
+            self.total_invalid += 1
 
     def snapshot_and_reset(self) -> WindowSnapshot:
         with self._lock:
@@ -70,4 +80,5 @@ class WindowStats:
             mean_confidence=round(window.confidence_sum / window.frames, 4) if window.frames else None,
             class_counts=dict(window.class_counts),
             inference_errors=window.errors,
+            invalid_outputs=window.invalid,
         )

@@ -1,21 +1,35 @@
-"""Where verified packages live on the device, and which one is active.
+"""Where verified packages live on the device: two slots (A/B) per pipeline, and the
+persisted install record the state machine resumes from.
 
 Layout under ``state_dir``::
 
-    packages/<package_id>/manifest.json + files   verified, immutable
-    staging/<package_id>/                         being written; never loaded
-    state.json                                    active and previous package, last command seq
+    state.json                                  device-wide: last accepted command seq
+    pipelines/<name>/update.json                active slot, slot contents, install record
+    pipelines/<name>/slots/A|B/                 a verified package (manifest.json + files)
+    pipelines/<name>/slots/.B.staging/          being written; never loaded
+
+Every JSON file is replaced atomically (:mod:`agent.fsutil`), so a crash leaves
+either the old or the new record, never half of one.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.contract.manifest import MANIFEST_FILE, PackageManifest, sha256_file
 from agent.errors import DigestMismatchError, InstallError
+from agent.faults import fail_write_point
 from agent.fsutil import atomic_write_bytes, atomic_write_json, read_json
+from agent.update.machine import InstallState
+
+SlotName = Literal["A", "B"]
+SLOTS: tuple[SlotName, SlotName] = ("A", "B")
 
 
 @dataclass(frozen=True)
@@ -24,55 +38,129 @@ class ActivePackage:
     model_version: str
 
 
-class PackageStore:
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.packages_dir = state_dir / "packages"
-        self.staging_dir = state_dir / "staging"
-        self.state_file = state_dir / "state.json"
-        self.packages_dir.mkdir(parents=True, exist_ok=True)
+class SlotContent(BaseModel):
+    """A verified package in a slot, and the runtime chosen for it by measurement."""
 
-    # -- state ---------------------------------------------------------------
-    def _state(self) -> dict[str, object]:
+    model_config = ConfigDict(extra="ignore")
+
+    package_id: str
+    model_version: str
+    artifact_file: str | None = None
+    device: str = ""
+    runtime: str | None = None
+
+
+class InstallRecord(BaseModel):
+    """One install in flight, saved before each of its steps."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    state: InstallState
+    command: dict[str, Any]
+    target_slot: SlotName
+    previous_slot: SlotName | None = None
+    resumes: int = 0
+    error_code: str | None = None
+    error: str | None = None
+    rejected: bool = False  # the failure was untrusted content (reported as "rejected")
+    runtime: str | None = None
+    measurements: list[dict[str, Any]] = Field(default_factory=list)
+    probation: dict[str, float | None] = Field(default_factory=dict)
+
+
+def _empty_slots() -> dict[SlotName, SlotContent | None]:
+    return {"A": None, "B": None}
+
+
+class UpdateState(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    active_slot: SlotName | None = None
+    slots: dict[SlotName, SlotContent | None] = Field(default_factory=_empty_slots)
+    install: InstallRecord | None = None
+    # The job id of the last install that reached a final state, to ignore redelivered commands.
+    last_job_id: str | None = None
+
+    def other_slot(self) -> SlotName:
+        return "B" if self.active_slot == "A" else "A"
+
+    def content(self, slot: SlotName | None) -> SlotContent | None:
+        return self.slots.get(slot) if slot is not None else None
+
+
+class PackageStore:
+    def __init__(self, state_dir: Path, pipeline: str = "main") -> None:
+        self.state_dir = state_dir
+        self.state_file = state_dir / "state.json"
+        self.root = state_dir / "pipelines" / pipeline
+        self.slots_dir = self.root / "slots"
+        self.update_file = self.root / "update.json"
+        self.slots_dir.mkdir(parents=True, exist_ok=True)
+        # Called just before staging writes start (the install manager persists STAGE there).
+        self.before_stage: Callable[[], None] | None = None
+
+    # -- device-wide state ---------------------------------------------------
+    def _device_state(self) -> dict[str, object]:
         state = read_json(self.state_file)
         return state if isinstance(state, dict) else {}
 
-    def active(self) -> ActivePackage | None:
-        entry = self._state().get("active")
-        if isinstance(entry, dict) and {"package_id", "model_version"} <= entry.keys():
-            return ActivePackage(str(entry["package_id"]), str(entry["model_version"]))
-        return None
-
-    def set_active(self, package: ActivePackage) -> None:
-        state = self._state()
-        state["previous"], state["active"] = state.get("active"), package.__dict__
-        atomic_write_json(self.state_file, state)
-
     def last_command_seq(self) -> int:
-        seq = self._state().get("last_command_seq", -1)
+        seq = self._device_state().get("last_command_seq", -1)
         return seq if isinstance(seq, int) else -1
 
     def set_last_command_seq(self, seq: int) -> None:
-        state = self._state()
+        state = self._device_state()
         state["last_command_seq"] = seq
         atomic_write_json(self.state_file, state)
 
-    # -- packages ------------------------------------------------------------
+    # -- slots and the install record ----------------------------------------
+    def read(self) -> UpdateState:
+        document = read_json(self.update_file)
+        if not isinstance(document, dict):
+            return UpdateState()
+        try:
+            return UpdateState.model_validate(document)
+        except ValidationError:
+            # Only our own atomic writes produce this file; an unreadable one means a
+            # bug or disk damage. Serving nothing is worse than starting clean.
+            return UpdateState()
+
+    def write(self, state: UpdateState) -> None:
+        atomic_write_json(self.update_file, state.model_dump(mode="json"))
+
+    def active(self) -> ActivePackage | None:
+        state = self.read()
+        content = state.content(state.active_slot)
+        return ActivePackage(content.package_id, content.model_version) if content else None
+
+    def slot_dir(self, slot: SlotName) -> Path:
+        return self.slots_dir / slot
+
     def package_dir(self, package_id: str) -> Path:
-        return self.packages_dir / package_id
+        """The slot directory holding ``package_id`` (the inactive slot if none does yet)."""
+        state = self.read()
+        for slot in SLOTS:
+            content = state.content(slot)
+            if content is not None and content.package_id == package_id:
+                return self.slot_dir(slot)
+        return self.slot_dir(state.other_slot())
 
     def commit(self, manifest: PackageManifest, manifest_bytes: bytes, files: dict[str, bytes]) -> Path:
-        """Write a verified package to staging, then move it into place in one rename.
+        """Write a verified package into the inactive slot: staging directory, then one rename.
 
         Raises:
             InstallError: the disk refused the write (full, read-only).
         """
-        staging = self.staging_dir / manifest.package_id
-        final = self.package_dir(manifest.package_id)
+        if self.before_stage is not None:
+            self.before_stage()
+        target = self.read().other_slot()
+        staging = self.slots_dir / f".{target}.staging"
+        final = self.slot_dir(target)
         try:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
             for name, data in files.items():
+                fail_write_point("stage")
                 atomic_write_bytes(staging / name, data)
             atomic_write_bytes(staging / MANIFEST_FILE, manifest_bytes)
             if final.exists():
@@ -80,7 +168,7 @@ class PackageStore:
             staging.rename(final)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            raise InstallError(f"could not store package {manifest.package_id}: {exc}") from exc
+            raise InstallError(f"could not stage package {manifest.package_id} in slot {target}: {exc}") from exc
         return final
 
     def load_verified(self, package_id: str) -> PackageManifest:
@@ -90,11 +178,16 @@ class PackageStore:
             DigestMismatchError: a stored file changed since it was verified.
             InstallError: the package is missing or its manifest unreadable.
         """
-        directory = self.package_dir(package_id)
+        return self.load_verified_dir(self.package_dir(package_id), package_id)
+
+    @staticmethod
+    def load_verified_dir(directory: Path, package_id: str) -> PackageManifest:
         try:
             manifest = PackageManifest.from_bytes((directory / MANIFEST_FILE).read_bytes())
         except (OSError, ValueError) as exc:
             raise InstallError(f"stored package {package_id} is unreadable: {exc}") from exc
+        if manifest.package_id != package_id:
+            raise InstallError(f"slot {directory.name} holds {manifest.package_id}, expected {package_id}")
         for entry in manifest.files:
             path = directory / entry.name
             if not path.exists() or sha256_file(path) != entry.sha256:

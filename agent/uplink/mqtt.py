@@ -1,12 +1,22 @@
-"""The one module on the device that talks MQTT (paho-mqtt).
+"""The one module on the device that talks MQTT to the control plane (paho-mqtt).
 
 Everything else hands it typed reports and receives raw command payloads; topics
 come from :class:`agent.contract.Topics`.
+
+* Reports go to the on-disk :class:`~agent.uplink.outbox.Outbox` first; a sender
+  thread publishes them in order at QoS 1 while connected and forgets each only
+  once the broker acknowledged it.
+* Persistent session (``clean_session=False``) and a retained status with a Last
+  Will ("offline").
+* Our own network loop, so reconnects use jittered exponential backoff
+  (:func:`~agent.uplink.backoff.jittered_backoff_s`) instead of paho's fixed one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 import threading
 from collections.abc import Callable
 
@@ -18,14 +28,18 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.contract import DeviceState, StatusReport, Topics
 from agent.contract.broker_url import parse_broker_url
 from agent.contract.messages import _Message
+from agent.uplink.backoff import jittered_backoff_s
+from agent.uplink.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
 QOS_AT_LEAST_ONCE = 1
+# paho's default in-flight window for QoS>0 (DESIGN.md section 4): send in batches of that size.
+MAX_INFLIGHT = 20
 
 
 class MqttUplink:
-    """A persistent-session MQTT client with a retained status and a Last Will.
+    """A persistent-session MQTT client with a retained status, a Last Will and an on-disk outbox.
 
     ``status_provider`` is called on every (re)connect so the retained status always
     names the model that is really running.
@@ -39,19 +53,30 @@ class MqttUplink:
         topics: Topics,
         status_provider: Callable[[], StatusReport],
         on_command: Callable[[bytes], None],
+        outbox: Outbox,
         keepalive_s: int = 30,
-        max_queued_messages: int = 10_000,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+        ack_timeout_s: float = 10.0,
         tls_ca_file: str | None = None,
         tls_cert_file: str | None = None,
         tls_key_file: str | None = None,
     ) -> None:
         self.device_id = device_id
         self.topics = topics
+        self.outbox = outbox
         self._status_provider = status_provider
         self._on_command = on_command
         self._address = parse_broker_url(broker_url)
         self._keepalive_s = keepalive_s
+        self._reconnect_min_s = reconnect_min_s
+        self._reconnect_max_s = reconnect_max_s
+        self._ack_timeout_s = ack_timeout_s
+        self._rng = random.Random()
+        self._attempt = 0
         self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._wake_sender = threading.Event()
         # Persistent session: commands sent while we were away are delivered on reconnect.
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -64,35 +89,111 @@ class MqttUplink:
             self._client.tls_set(ca_certs=tls_ca_file, certfile=tls_cert_file, keyfile=tls_key_file)
         offline = StatusReport(device_id=device_id, state=DeviceState.OFFLINE).to_bytes()
         self._client.will_set(topics.status(device_id), offline, qos=QOS_AT_LEAST_ONCE, retain=True)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
-        # paho buffers in memory while disconnected; the bound keeps memory flat.
-        self._client.max_queued_messages_set(max_queued_messages)
+        self._client.max_inflight_messages_set(MAX_INFLIGHT)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
+        self._network = threading.Thread(target=self._network_loop, name="mqtt-network", daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-outbox", daemon=True)
 
     def start(self) -> None:
-        self._client.connect_async(self._address.host, self._address.port, keepalive=self._keepalive_s)
-        self._client.loop_start()
+        self._network.start()
+        self._sender.start()
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until the outbox is empty (everything acknowledged). Returns whether it is."""
+        done = threading.Event()
+        deadline_s = timeout_s
+        while len(self.outbox) and deadline_s > 0 and self.connected.is_set():
+            self._wake_sender.set()
+            done.wait(0.05)
+            deadline_s -= 0.05
+        return len(self.outbox) == 0
 
     def stop(self) -> None:
         if self.connected.is_set():
             offline = StatusReport(device_id=self.device_id, state=DeviceState.OFFLINE)
-            self._client.publish(
+            info = self._client.publish(
                 self.topics.status(self.device_id), offline.to_bytes(), qos=QOS_AT_LEAST_ONCE, retain=True
-            ).wait_for_publish(timeout=2)
-        self._client.disconnect()
-        self._client.loop_stop()
+            )
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=2)
+            self._client.disconnect()
+        self._stop.set()
+        self._wake_sender.set()
+        self._network.join(timeout=5)
+        self._sender.join(timeout=5)
 
     def publish(self, topic: str, message: _Message, *, retain: bool = False) -> None:
-        """Queue ``message`` at QoS 1; paho delivers it when the broker is reachable."""
-        info = self._client.publish(topic, message.to_bytes(), qos=QOS_AT_LEAST_ONCE, retain=retain)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            log.warning("publish to %s not queued: %s", topic, mqtt.error_string(info.rc))
+        """Queue ``message`` durably; it is delivered at QoS 1, in order, when the broker is reachable."""
+        self.outbox.append(topic, message.to_bytes(), retain=retain)
+        self._wake_sender.set()
 
     def publish_status(self) -> None:
-        self.publish(self.topics.status(self.device_id), self._status_provider(), retain=True)
+        """Publish the retained status now if connected (it is re-sent on every connect anyway)."""
+        if self.connected.is_set():
+            status = self._status_provider()
+            self._client.publish(self.topics.status(self.device_id), status.to_bytes(), qos=QOS_AT_LEAST_ONCE,
+                                 retain=True)
 
+    # -- threads -------------------------------------------------------------
+    def _network_loop(self) -> None:
+        first = True
+        while not self._stop.is_set():
+            try:
+                if first:
+                    self._client.connect(self._address.host, self._address.port, keepalive=self._keepalive_s)
+                    first = False
+                else:
+                    self._client.reconnect()
+            except (OSError, mqtt.WebsocketConnectionError) as exc:
+                self._wait_before_reconnect(f"cannot reach broker: {exc}")
+                continue
+            while not self._stop.is_set():
+                if self._client.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS:
+                    break
+            self.connected.clear()
+            if not self._stop.is_set():
+                self._wait_before_reconnect("connection lost")
+        # Let paho flush the DISCONNECT we queued in stop().
+        self._client.loop(timeout=0.2)
+
+    def _wait_before_reconnect(self, why: str) -> None:
+        delay_s = jittered_backoff_s(self._attempt, min_s=self._reconnect_min_s, max_s=self._reconnect_max_s,
+                                     rng=self._rng)
+        self._attempt += 1
+        log.warning("%s; reconnecting in %.2fs (%d reports buffered)", why, delay_s, len(self.outbox))
+        self._stop.wait(delay_s)
+
+    def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            if not self.connected.is_set():
+                self.connected.wait(0.5)
+                continue
+            batch = self.outbox.peek(MAX_INFLIGHT)
+            if not batch:
+                self._wake_sender.wait(0.5)
+                self._wake_sender.clear()
+                continue
+            acknowledged: int | None = None
+            infos = [(report_id, self._client.publish(topic, payload, qos=QOS_AT_LEAST_ONCE, retain=retain))
+                     for report_id, topic, payload, retain in batch]
+            for report_id, info in infos:
+                try:
+                    info.wait_for_publish(timeout=self._ack_timeout_s)
+                except (RuntimeError, ValueError):
+                    break
+                if not info.is_published():
+                    break
+                acknowledged = report_id
+            if acknowledged is not None:
+                # Only the acknowledged prefix is forgotten; the rest is sent again (ingest
+                # is idempotent on message_id, so a duplicate costs nothing).
+                self.outbox.remove_through(acknowledged)
+            else:
+                self._stop.wait(0.2)
+
+    # -- paho callbacks ------------------------------------------------------
     def _handle_connect(
         self,
         client: mqtt.Client,
@@ -104,10 +205,13 @@ class MqttUplink:
         if reason_code.is_failure:
             log.error("broker refused connection: %s", reason_code)
             return
-        log.info("connected to broker %s:%d", self._address.host, self._address.port)
+        log.info("connected to broker %s:%d (session present: %s)", self._address.host, self._address.port,
+                 flags.session_present)
+        self._attempt = 0
         client.subscribe(self.topics.commands(self.device_id), qos=QOS_AT_LEAST_ONCE)
         self.connected.set()
         self.publish_status()
+        self._wake_sender.set()
 
     def _handle_disconnect(
         self,
@@ -118,11 +222,37 @@ class MqttUplink:
         properties: Properties | None,
     ) -> None:
         self.connected.clear()
-        log.warning("disconnected from broker (%s); paho reconnects with backoff", reason_code)
+        log.warning("disconnected from broker (%s)", reason_code)
 
     def _handle_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        # Never let a bad command kill paho's network thread.
+        # Never let a bad command kill the network thread.
         try:
             self._on_command(bytes(message.payload))
         except Exception:
             log.exception("command handler failed")
+
+
+class MqttResultsSink:
+    """Per-frame results to a local broker topic (QoS 0: results are a live feed, not records)."""
+
+    def __init__(self, broker_url: str, topic: str, *, client_id: str) -> None:
+        import json
+
+        self._json = json
+        self.topic = topic
+        address = parse_broker_url(broker_url)
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
+                                   protocol=mqtt.MQTTv311)
+        self._client.connect_async(address.host, address.port, keepalive=30)
+        self._client.loop_start()
+
+    def emit(self, result: object) -> None:
+        from dataclasses import asdict, is_dataclass
+
+        document = asdict(result) if is_dataclass(result) and not isinstance(result, type) else result
+        self._client.publish(f"{self.topic}/{getattr(result, 'pipeline', 'main')}",
+                             self._json.dumps(document, separators=(",", ":")), qos=0)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()

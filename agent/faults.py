@@ -1,0 +1,45 @@
+"""Fault-injection hooks for the table-driven fault tests (never set them in production).
+
+* ``EDGEFLEET_AGENT_CRASH_AT=<state>[,<state>...]``: the agent calls ``os._exit``
+  right after it has persisted the named install state, before doing that step.
+  To the state machine this is indistinguishable from ``kill -9`` or a power cut
+  at that point, which is what the tests need to reproduce deterministically.
+* ``EDGEFLEET_AGENT_FAIL_WRITE_AT=<point>``: file writes at the named point
+  (``stage``) raise ``OSError(ENOSPC)``, as a full or failing disk would.
+
+Both are read from the environment on every call so a test can set them per process.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+CRASH_ENV = "EDGEFLEET_AGENT_CRASH_AT"
+FAIL_WRITE_ENV = "EDGEFLEET_AGENT_FAIL_WRITE_AT"
+CRASH_EXIT_CODE = 86
+
+
+def _named(env_name: str, point: str) -> bool:
+    value = os.environ.get(env_name, "")
+    return point in {part.strip() for part in value.split(",") if part.strip()}
+
+
+def crash_point(point: str) -> None:
+    """Exit the process at once (no cleanup, no flush) when ``point`` is named in the env."""
+    if _named(CRASH_ENV, point):
+        log.critical("fault injection: crashing at %s", point)
+        os._exit(CRASH_EXIT_CODE)
+
+
+def fail_write_point(point: str) -> None:
+    """Raise ``OSError(ENOSPC)`` when ``point`` is named in the env.
+
+    Raises:
+        OSError: the fault is injected.
+    """
+    if _named(FAIL_WRITE_ENV, point):
+        raise OSError(errno.ENOSPC, f"fault injection: write failure at {point}")

@@ -1,0 +1,99 @@
+"""One camera feeding one model: capture thread → one-slot hand-off → inference thread.
+
+A device may run several pipelines (two cameras, two models), each with its own
+A/B slots and install state machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from agent.capture.latest import FrameItem, FramePolicy, FrameSlot
+from agent.capture.rate import RateLimiter
+from agent.capture.source import FrameSource
+from agent.contract import FrameTotals
+from agent.infer.engine import InferenceEngine, ResultSink
+from agent.preprocess import preprocess
+from agent.telemetry.window import WindowStats
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    def __init__(self, name: str, source: FrameSource, *, target_fps: float, policy: FramePolicy = "newest",
+                 sinks: Sequence[ResultSink] = (), source_label: str = "") -> None:
+        self.name = name
+        self.source = source
+        self.source_label = source_label
+        self.slot: FrameSlot[FrameItem] = FrameSlot(policy)
+        self.stats = WindowStats()
+        self.engine = InferenceEngine(self.slot, self.stats, name=name, sinks=sinks)
+        self.limiter = RateLimiter(target_fps)
+        self.camera_ok = True
+        self.captured = 0
+        self.skipped = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._capture_loop, name=f"capture-{name}", daemon=True)
+
+    def start(self) -> None:
+        self.engine.start()
+        self._thread.start()
+
+    def stop(self, *, drain_s: float = 5.0) -> None:
+        """Stop capturing, let inference finish the frame it was given, then stop it."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.engine.drain(drain_s)
+        self.engine.stop()
+        self.source.close()
+
+    def totals(self) -> FrameTotals:
+        return FrameTotals(
+            captured=self.captured,
+            skipped_by_rate_limit=self.skipped,
+            overwritten=self.slot.overwritten,
+            processed=self.stats.total_frames,
+            inference_errors_total=self.stats.total_errors,
+            invalid_outputs_total=self.stats.total_invalid,
+            camera_reconnects=self.source.reconnects,
+        )
+
+    def _capture_loop(self) -> None:
+        seq = 0
+        while not self._stop.is_set():
+            model = self.engine.model
+            if model is None:
+                # Nothing to serve yet: leave the camera alone rather than decode for nobody.
+                self._stop.wait(0.1)
+                continue
+            if not self.source.grab():
+                if self.camera_ok:
+                    log.warning("[%s] camera source %s returned no frame", self.name, self.source_label)
+                self.camera_ok = False
+                self._stop.wait(0.05)
+                continue
+            if not self.limiter.due(time.monotonic()):
+                # Skipped frames are grabbed but never decoded: that is what makes skipping cheap.
+                self.captured += 1
+                self.skipped += 1
+                continue
+            frame = self.source.retrieve()
+            if frame is None:
+                self.camera_ok = False
+                continue
+            if not self.camera_ok:
+                log.info("[%s] camera source %s is back", self.name, self.source_label)
+            self.camera_ok = True
+            self.captured += 1
+            seq += 1
+            # Preprocess here, on the capture thread, so it overlaps the previous frame's
+            # inference; the engine redoes it only if a swap changed the spec meanwhile.
+            spec = model.manifest.preprocessing
+            try:
+                item = FrameItem(seq=seq, frame=frame, tensor=preprocess(frame, spec), spec=spec)
+            except ValueError:
+                item = FrameItem(seq=seq, frame=frame)
+            self.slot.put(item)
