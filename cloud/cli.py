@@ -15,6 +15,15 @@ data_app = typer.Typer(help="Datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
 
+# Operator commands over HTTP (cloud/cli_ops.py): every listing takes --json.
+from cloud import cli_ops  # noqa: E402  (kept next to the add_typer lines it feeds)
+
+app.add_typer(cli_ops.device_app, name="device")
+app.add_typer(cli_ops.deployment_app, name="deployment")
+app.add_typer(cli_ops.package_app, name="package")
+app.add_typer(cli_ops.fleet_app, name="fleet")
+app.add_typer(cli_ops.status_app, name="status")
+
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -276,3 +276,14 @@ def get_deployment(session: Session, deployment_id: str) -> tuple[Deployment, li
 
 def list_deployments(session: Session) -> list[Deployment]:
     return list(session.exec(select(Deployment).order_by(col(Deployment.created_at).desc())))
+
+
+def list_device_jobs(session: Session, device_id: str, limit: int = 50) -> list[DeviceJob]:
+    """A device's install history (its deployment jobs), newest first."""
+    query = (
+        select(DeviceJob)
+        .where(DeviceJob.device_id == device_id)
+        .order_by(col(DeviceJob.created_at).desc())
+        .limit(limit)
+    )
+    return list(session.exec(query))

@@ -63,4 +63,10 @@ def create_app(plane: ControlPlane) -> FastAPI:
     app.include_router(auth.router, prefix="/api/v1")  # admin only (its own dependency)
     app.include_router(enroll.router, prefix="/api/v1")  # one-time token, or a device's own token
     app.include_router(tuf.router)  # public: the content is signed
+    # Operator experience: the dashboard (/ui, its own cookie login) and Prometheus /metrics.
+    from cloud.dashboard import install_dashboard
+    from cloud.metrics import install_metrics
+
+    install_dashboard(app)
+    install_metrics(app, plane)
     return app

@@ -1,0 +1,74 @@
+"""The dashboard reads and acts through the control plane's own HTTP API, in process.
+
+Going through ``/api/v1`` (over an ASGI transport, no socket) means the dashboard
+shows exactly what the API serves, and every action passes the API's own role
+checks and validation with the logged-in user's token. Features that have not
+landed on a control plane (their routes answer 404 or 405) show an empty state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+__all__ = ["ApiAnswer", "InProcessApi"]
+
+
+@dataclass(frozen=True)
+class ApiAnswer:
+    status: int
+    body: Any
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def detail(self) -> str:
+        if isinstance(self.body, dict) and "detail" in self.body:
+            return str(self.body["detail"])
+        return str(self.body)[:500]
+
+
+class InProcessApi:
+    def __init__(self, app: FastAPI, token: str) -> None:
+        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://control-plane",
+                                         headers={"authorization": f"Bearer {token}"}, timeout=30)
+
+    async def __aenter__(self) -> InProcessApi:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.aclose()
+
+    async def call(self, method: str, path: str, body: Any = None, **params: Any) -> ApiAnswer:
+        response = await self._client.request(method, path, json=body,
+                                              params={k: v for k, v in params.items() if v is not None})
+        try:
+            payload: Any = response.json() if response.content else None
+        except ValueError:
+            payload = response.text
+        return ApiAnswer(response.status_code, payload)
+
+    async def get(self, path: str, default: Any = None, **params: Any) -> Any:
+        """The JSON body, or ``default`` when the route or resource does not exist."""
+        answer = await self.call("GET", path, **params)
+        if answer.status in (404, 405):
+            return default
+        if not answer.ok:
+            raise ApiProblem(answer)
+        return answer.body
+
+    async def post(self, path: str, body: Any = None) -> ApiAnswer:
+        return await self.call("POST", path, body)
+
+
+class ApiProblem(Exception):
+    """The API answered a read with an error other than 404 (e.g. 403 for this role)."""
+
+    def __init__(self, answer: ApiAnswer) -> None:
+        super().__init__(answer.detail)
+        self.answer = answer

@@ -1,0 +1,163 @@
+"""Prometheus ``/metrics`` for the control plane.
+
+Values are read at scrape time (a custom collector), not pushed from every code path:
+the database already holds device, deployment and rollout state, and ingest keeps its
+own counters. So a scrape costs a few GROUP BY queries and nothing else pays for it.
+
+Each control plane gets its own :class:`CollectorRegistry` so that several planes in
+one process (tests, the demo) never share or double-register metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, inspect, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col, select
+
+from cloud.models import Deployment, Device, DeviceJob
+
+if TYPE_CHECKING:
+    from cloud.server import ControlPlane
+
+__all__ = ["INGEST_REJECT_REASONS", "ControlPlaneCollector", "install_metrics", "metrics_registry"]
+
+log = logging.getLogger(__name__)
+
+# Every reason ingest can reject for (docs/protocol.md), exported at 0 from the start so
+# that ``rate()`` and ``increase()`` in alert rules have a series before the first reject.
+INGEST_REJECT_REASONS = ("topic", "oversized", "malformed", "schema", "device_mismatch", "unknown_device",
+                         "unknown_job")
+INGEST_KINDS = ("status", "telemetry", "job")
+
+# Tables owned by other features (rollout engine, drift monitor). Their state columns are
+# counted when the table exists, so /metrics works on any schema version.
+_OPTIONAL_STATE_TABLES: dict[str, tuple[str, ...]] = {
+    "edgefleet_rollouts": ("rollout",),
+    "edgefleet_drift_alerts": ("drift_alert", "alert"),
+    "edgefleet_retraining_proposals": ("retraining_proposal", "proposal"),
+}
+_OPTIONAL_HELP = {
+    "edgefleet_rollouts": "Rollouts by state.",
+    "edgefleet_drift_alerts": "Drift alerts by state.",
+    "edgefleet_retraining_proposals": "Retraining proposals by state.",
+}
+
+
+class ControlPlaneCollector(Collector):
+    """Collects fleet, ingest, deployment, rollout and drift figures at scrape time."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield from self._ingest()
+        connected = GaugeMetricFamily("edgefleet_mqtt_connected", "1 when the control plane is connected to the broker.")
+        connected.add_metric([], 1.0 if self.plane.mqtt and self.plane.mqtt.connected.is_set() else 0.0)
+        yield connected
+        try:
+            with Session(self.plane.engine) as session:
+                yield from self._devices(session)
+                yield from self._deployments(session)
+                yield from self._optional_states(session)
+        except SQLAlchemyError:
+            # A scrape must not 500 because the database blinked; the gauge below says so.
+            log.exception("metrics: database query failed")
+            up = GaugeMetricFamily("edgefleet_database_up", "1 when the last scrape could query the database.")
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up = GaugeMetricFamily("edgefleet_database_up", "1 when the last scrape could query the database.")
+        up.add_metric([], 1.0)
+        yield up
+
+    def _ingest(self) -> Iterator[CounterMetricFamily]:
+        counters = self.plane.ingest.counters
+        accepted = CounterMetricFamily("edgefleet_ingest_reports", "Device reports accepted, by kind.",
+                                       labels=["kind"])
+        for kind in sorted(set(INGEST_KINDS) | set(counters.accepted)):
+            accepted.add_metric([kind], float(counters.accepted.get(kind, 0)))
+        yield accepted
+        rejected = CounterMetricFamily("edgefleet_ingest_rejected", "Device reports rejected, by reason.",
+                                       labels=["reason"])
+        for reason in sorted(set(INGEST_REJECT_REASONS) | set(counters.rejected)):
+            rejected.add_metric([reason], float(counters.rejected.get(reason, 0)))
+        yield rejected
+        yield CounterMetricFamily("edgefleet_ingest_duplicates", "Reports dropped as QoS 1 redeliveries.",
+                                  value=float(counters.duplicates))
+        yield CounterMetricFamily("edgefleet_ingest_storage_errors", "Reports that could not be stored.",
+                                  value=float(counters.storage_errors))
+
+    def _devices(self, session: Session) -> Iterator[GaugeMetricFamily]:
+        by_state = GaugeMetricFamily("edgefleet_devices", "Registered devices by connection state and hardware profile.",
+                                     labels=["state", "hardware_profile"])
+        rows = session.exec(select(Device.online, Device.hardware_profile, func.count())
+                            .group_by(col(Device.online), col(Device.hardware_profile))).all()
+        profiles = sorted({profile for _, profile, _ in rows})
+        counts = {(bool(online), profile): int(n) for online, profile, n in rows}
+        for profile in profiles:
+            for online in (True, False):
+                by_state.add_metric(["online" if online else "offline", profile], float(counts.get((online, profile), 0)))
+        yield by_state
+        online_total = GaugeMetricFamily("edgefleet_devices_online", "Devices online now.")
+        online_total.add_metric([], float(sum(n for (online, _), n in counts.items() if online)))
+        yield online_total
+        versions = GaugeMetricFamily("edgefleet_devices_running", "Online devices by the model version they run.",
+                                     labels=["model_version"])
+        for version, n in session.exec(select(Device.running_model_version, func.count())
+                                       .where(Device.online == True)  # noqa: E712  (SQL expression)
+                                       .group_by(Device.running_model_version)).all():
+            versions.add_metric([version or "none"], float(n))
+        yield versions
+
+    def _deployments(self, session: Session) -> Iterator[GaugeMetricFamily]:
+        deployments = GaugeMetricFamily("edgefleet_deployments", "Deployments by state.", labels=["state"])
+        for state, n in session.exec(select(Deployment.state, func.count()).group_by(Deployment.state)).all():
+            deployments.add_metric([state], float(n))
+        yield deployments
+        jobs = GaugeMetricFamily("edgefleet_device_jobs", "Device jobs by state.", labels=["state"])
+        for state, n in session.exec(select(DeviceJob.state, func.count()).group_by(DeviceJob.state)).all():
+            jobs.add_metric([state], float(n))
+        yield jobs
+
+    def _optional_states(self, session: Session) -> Iterator[GaugeMetricFamily]:
+        tables = set(inspect(session.get_bind()).get_table_names())
+        for metric, candidates in _OPTIONAL_STATE_TABLES.items():
+            family = GaugeMetricFamily(metric, _OPTIONAL_HELP[metric], labels=["state"])
+            table = next((t for t in candidates if t in tables), None)
+            if table is not None:
+                columns = {c["name"] for c in inspect(session.get_bind()).get_columns(table)}
+                column = "state" if "state" in columns else "status" if "status" in columns else None
+                if column is not None:
+                    # Names come from the fixed tables above, never from input.
+                    query = text(f'SELECT "{column}", COUNT(*) FROM "{table}" GROUP BY "{column}"')
+                    for state, n in session.execute(query).all():
+                        family.add_metric([str(state)], float(n))
+            yield family
+
+
+def metrics_registry(plane: ControlPlane) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ControlPlaneCollector(plane))
+    return registry
+
+
+def install_metrics(app: FastAPI, plane: ControlPlane) -> None:
+    """Serve ``GET /metrics`` in the Prometheus text exposition format.
+
+    Outside ``/api/v1`` and without a token, as Prometheus scrapes by default; it holds
+    counts only. Restrict it at the network edge if even counts are sensitive.
+    """
+    registry = metrics_registry(plane)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
