@@ -70,6 +70,10 @@ class PackageManifest(BaseModel):
     preprocessing: PreprocessSpec
     artifacts: list[ModelArtifact] = Field(min_length=1)
     files: list[PackageFile] = Field(min_length=1)
+    # Added by issue 7 (optional): the drift reference (histogram edges from the training
+    # reference's quantiles, the logit projection, calibrated test constants), a file
+    # listed in ``files`` so the manifest's hash covers it too.
+    drift_reference_file: FileName | None = None
 
     @model_validator(mode="after")
     def _artifacts_are_listed(self) -> PackageManifest:
@@ -81,6 +85,8 @@ class PackageManifest(BaseModel):
                 raise ValueError(f"artifact file {artifact.file!r} is not listed in files")
             if artifact.golden_file is not None and artifact.golden_file not in names:
                 raise ValueError(f"golden file {artifact.golden_file!r} is not listed in files")
+        if self.drift_reference_file is not None and self.drift_reference_file not in names:
+            raise ValueError(f"drift reference {self.drift_reference_file!r} is not listed in files")
         return self
 
     def file(self, name: str) -> PackageFile:

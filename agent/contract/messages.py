@@ -7,13 +7,17 @@ either side is an error rather than silently dropped data.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
+import math
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent.contract.topics import ReportKind, validate_device_id
 
@@ -160,9 +164,6 @@ class TelemetryReport(_Message):
     frame_totals: FrameTotals | None = None
     # Added by issue 6 (optional): the candidate's results while it shadows the active model.
     shadow: ShadowWindow | None = None
-    # Added by issue 4 (optional): the error code of the last failed update check
-    # (e.g. "expired_metadata" when the repository or a mirror is frozen); None after a success.
-    update_check_error: ShortText | None = None
 
 
 class JobState(StrEnum):
@@ -225,11 +226,120 @@ class DeployCommand(_Message):
     shadow_duration_s: float = Field(default=300.0, gt=0, le=7 * 86_400)
 
 
-Report = StatusReport | TelemetryReport | JobStatusReport
+# --- drift windows and samples (issue 7) -------------------------------------
+# Per-kind size caps, tighter than DEFAULT_MAX_REPORT_BYTES: a drift window is a few KB
+# by design, a sample report carries at most one small inline JPEG.
+MAX_DRIFT_REPORT_BYTES = 8 * 1024
+MAX_SAMPLE_REPORT_BYTES = 32 * 1024
+MAX_INLINE_SAMPLE_BYTES = 16 * 1024
+_INLINE_B64_CHARS = 4 * ((MAX_INLINE_SAMPLE_BYTES + 2) // 3)
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class DriftReport(_Message):
+    """One closed window of subsampled frames: fixed-edge histograms and moments.
+
+    ``histograms`` is :func:`agent.contract.drift.encode_histograms` of shape
+    (len(features), 32); ``means``/``stds`` follow ``features``; ``class_counts``
+    follows the package's labels.
+    """
+
+    kind: Literal["drift"] = "drift"
+    model_version: ShortText | None = None
+    package_id: ShortText | None = None
+    reference_sha256: Sha256Hex | None = None
+    pipeline: ShortText | None = None
+    window_seq: int = Field(ge=0)
+    window_started_at: datetime
+    window_ended_at: datetime
+    frames_seen: int = Field(ge=0)
+    frames: int = Field(ge=1, le=65_535)
+    features: list[Annotated[str, Field(max_length=64)]] = Field(min_length=1, max_length=64)
+    histograms: Annotated[str, Field(max_length=6000)]
+    means: list[float] = Field(max_length=64)
+    stds: list[float] = Field(max_length=64)
+    class_counts: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=1000)
+    # The device's own quick check (largest |z| of a window mean); drives its drift sampler.
+    local_score: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DriftReport:
+        from agent.contract.drift import decode_histograms
+
+        if len(self.means) != len(self.features) or len(self.stds) != len(self.features):
+            raise ValueError("means and stds must have one entry per feature")
+        if not all(math.isfinite(v) for v in (*self.means, *self.stds)):
+            raise ValueError("means and stds must be finite")
+        counts = decode_histograms(self.histograms, len(self.features))
+        if any(int(row.sum()) > self.frames for row in counts):
+            raise ValueError("a histogram counts more frames than the window holds")
+        if self.window_ended_at < self.window_started_at:
+            raise ValueError("window_ended_at is before window_started_at")
+        return self
+
+
+class SampleReport(_Message):
+    """One captured frame (or, in stats-only mode, only its statistics).
+
+    The JPEG travels inline (``image_b64``, at most 16 KB) or was uploaded to the
+    control plane's HTTP API first (``upload="http"``), in both cases named by
+    ``image_sha256``.
+    """
+
+    kind: Literal["sample"] = "sample"
+    sample_id: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    model_version: ShortText | None = None
+    package_id: ShortText | None = None
+    pipeline: ShortText | None = None
+    sampler: Literal["random", "uncertainty", "drift", "operator"]
+    reason: ShortText = ""
+    captured_at: datetime
+    predicted_label: ShortText | None = None
+    confidence: float | None = Field(default=None, ge=0, le=1)
+    features: dict[Annotated[str, Field(max_length=64)], float] = Field(default_factory=dict, max_length=32)
+    stats_only: bool = False
+    upload: Literal["inline", "http"] | None = None
+    image_sha256: Sha256Hex | None = None
+    image_bytes: int = Field(default=0, ge=0, le=4 * 1024 * 1024)
+    image_width: int = Field(default=0, ge=0, le=8192)
+    image_height: int = Field(default=0, ge=0, le=8192)
+    image_b64: Annotated[str, Field(max_length=_INLINE_B64_CHARS)] | None = None
+
+    @model_validator(mode="after")
+    def _image_fields(self) -> SampleReport:
+        if not all(math.isfinite(v) for v in self.features.values()):
+            raise ValueError("features must be finite")
+        if self.stats_only:
+            if self.upload is not None or self.image_sha256 is not None or self.image_b64 is not None:
+                raise ValueError("a stats-only sample carries no image")
+            return self
+        if self.upload is None or self.image_sha256 is None:
+            raise ValueError("a sample with an image needs upload and image_sha256")
+        if (self.upload == "inline") != (self.image_b64 is not None):
+            raise ValueError("image_b64 is required for inline uploads and forbidden otherwise")
+        if self.image_b64 is not None:
+            try:
+                image = base64.b64decode(self.image_b64.encode("ascii"), validate=True)
+            except (binascii.Error, UnicodeEncodeError) as exc:
+                raise ValueError("image_b64 is not base64") from exc
+            if len(image) > MAX_INLINE_SAMPLE_BYTES:
+                raise ValueError(f"inline image exceeds {MAX_INLINE_SAMPLE_BYTES} bytes")
+            if hashlib.sha256(image).hexdigest() != self.image_sha256:
+                raise ValueError("image_sha256 does not match the inline image")
+        return self
+
+
+Report = StatusReport | TelemetryReport | JobStatusReport | DriftReport | SampleReport
 _REPORT_MODELS: dict[ReportKind, type[_Message]] = {
     ReportKind.STATUS: StatusReport,
     ReportKind.TELEMETRY: TelemetryReport,
     ReportKind.JOB: JobStatusReport,
+    ReportKind.DRIFT: DriftReport,
+    ReportKind.SAMPLES: SampleReport,
+}
+_KIND_MAX_BYTES: dict[ReportKind, int] = {
+    ReportKind.DRIFT: MAX_DRIFT_REPORT_BYTES,
+    ReportKind.SAMPLES: MAX_SAMPLE_REPORT_BYTES,
 }
 
 
@@ -290,13 +400,13 @@ def parse_report(
     Raises:
         ContractError: one of its subclasses, with ``reason`` naming the rejection.
     """
-    document = _decode_json(payload, max_bytes)
+    document = _decode_json(payload, min(max_bytes, _KIND_MAX_BYTES.get(kind, max_bytes)))
     report = _validate(_REPORT_MODELS[kind], document)
     if report.device_id != topic_device_id:
         raise DeviceMismatch(
             f"payload device_id {report.device_id!r} does not match topic device {topic_device_id!r}"
         )
-    assert isinstance(report, StatusReport | TelemetryReport | JobStatusReport)
+    assert isinstance(report, StatusReport | TelemetryReport | JobStatusReport | DriftReport | SampleReport)
     return report
 
 

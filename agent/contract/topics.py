@@ -23,6 +23,8 @@ class ReportKind(StrEnum):
     STATUS = "status"
     TELEMETRY = "telemetry"
     JOB = "jobs"
+    DRIFT = "drift"
+    SAMPLES = "samples"
 
 
 class TopicError(ValueError):
@@ -53,6 +55,12 @@ class Topics:
     def job(self, device_id: str, job_id: str) -> str:
         return f"{self.prefix}/{device_id}/jobs/{job_id}"
 
+    def drift(self, device_id: str) -> str:
+        return f"{self.prefix}/{device_id}/drift"
+
+    def samples(self, device_id: str) -> str:
+        return f"{self.prefix}/{device_id}/samples"
+
     def commands(self, device_id: str) -> str:
         return f"{self.prefix}/{device_id}/commands"
 
@@ -62,6 +70,8 @@ class Topics:
             f"{self.prefix}/+/status",
             f"{self.prefix}/+/telemetry",
             f"{self.prefix}/+/jobs/+",
+            f"{self.prefix}/+/drift",
+            f"{self.prefix}/+/samples",
         ]
 
     def parse_report(self, topic: str) -> tuple[str, ReportKind]:
@@ -74,7 +84,8 @@ class Topics:
         if not topic.startswith(head):
             raise TopicError(f"topic {topic!r} is outside prefix {self.prefix!r}")
         parts = topic[len(head) :].split("/")
-        if len(parts) == 2 and parts[1] in (ReportKind.STATUS, ReportKind.TELEMETRY):
+        if len(parts) == 2 and parts[1] in (ReportKind.STATUS, ReportKind.TELEMETRY, ReportKind.DRIFT,
+                                            ReportKind.SAMPLES):
             return parts[0], ReportKind(parts[1])
         if len(parts) == 3 and parts[1] == ReportKind.JOB and parts[2]:
             return parts[0], ReportKind.JOB

@@ -1,0 +1,152 @@
+"""The drift reference shipped in a model package, and the histogram wire encoding.
+
+A package may carry ``drift_reference.json`` (named by the manifest's
+``drift_reference_file``): for every monitored feature the fixed histogram edges
+(interior quantiles of the training reference), the reference counts in those
+bins and the reference moments; the projection applied to the model's output
+logits; and the calibrated sequential-test constants. Devices only need the edges
+and the projection; the control plane needs the rest to test windows.
+
+Histograms travel as one base64 string of little-endian uint16 counts, shape
+(features, 32): 64 bytes a feature, and they merge by addition (DESIGN.md 8).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Annotated, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DRIFT_REFERENCE_FILE = "drift_reference.json"
+HISTOGRAM_BINS = 32
+UINT16_MAX = 65_535
+
+# Per-frame image statistics, computed on the model's view of the frame (after the
+# package's resize/crop, before normalisation), so training images and device frames
+# pass through the same code.
+IMAGE_FEATURES: tuple[str, ...] = (
+    "luma_mean",
+    "luma_std",
+    "saturation_mean",
+    "sharpness_log_lapvar",
+    "noise_sigma",
+    "clipped_fraction",
+)
+OUTPUT_FEATURES: tuple[str, ...] = ("top_score", "entropy", "margin")
+
+FeatureName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
+
+
+def projection_feature_names(dims: int) -> tuple[str, ...]:
+    return tuple(f"proj_{i}" for i in range(dims))
+
+
+class FeatureReference(BaseModel):
+    """One monitored feature: 31 interior edges make 32 bins (the outer two are open)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: FeatureName
+    edges: list[float] = Field(min_length=HISTOGRAM_BINS - 1, max_length=HISTOGRAM_BINS - 1)
+    counts: list[int] = Field(min_length=HISTOGRAM_BINS, max_length=HISTOGRAM_BINS)
+    mean: float
+    std: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _sorted(self) -> FeatureReference:
+        if any(b < a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError(f"edges of {self.name} must be non-decreasing")
+        if any(c < 0 for c in self.counts):
+            raise ValueError(f"counts of {self.name} must be non-negative")
+        return self
+
+
+class SequentialCalibration(BaseModel):
+    """CUSUM constants over window scores (``-log10`` of the Holm-adjusted window p-value).
+
+    ``k`` is subtracted from every window's score (the allowance), ``h`` is the alarm
+    level, ``clear_windows`` consecutive clean windows close an open alert. Calibrated
+    on clean windows of ``window_frames`` frames so that false alarms stay rare.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: float = Field(default=2.0, ge=0)
+    h: float = Field(default=6.0, gt=0)
+    clear_windows: int = Field(default=3, ge=1)
+    max_score: float = Field(default=20.0, gt=0)
+    window_frames: int = Field(default=300, ge=1)
+    clean_windows: int = Field(default=0, ge=0)
+    clean_alarms: int = Field(default=0, ge=0)
+
+
+class DriftReference(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1
+    bins: Literal[32] = HISTOGRAM_BINS
+    labels: list[str] = Field(min_length=2, max_length=1000)
+    features: list[FeatureReference] = Field(min_length=1, max_length=64)
+    class_counts: list[int] = Field(default_factory=list)
+    # Low-dimensional projection of the model's output logits: ``(logits - mean) @ matrix.T``.
+    # Logits rather than penultimate features: the exported graph has one output, and
+    # the logits are a linear map of the penultimate layer (see docs/drift.md).
+    projection_source: Literal["logits"] = "logits"
+    projection_mean: list[float] = Field(default_factory=list)
+    projection: list[list[float]] = Field(default_factory=list, max_length=16)
+    reference_size: int = Field(ge=1)
+    calibration: SequentialCalibration = Field(default_factory=SequentialCalibration)
+    source: str = Field(default="", max_length=256)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def edges_array(self) -> npt.NDArray[np.float64]:
+        return np.asarray([f.edges for f in self.features], dtype=np.float64)
+
+    def counts_array(self) -> npt.NDArray[np.float64]:
+        return np.asarray([f.counts for f in self.features], dtype=np.float64)
+
+    def projection_arrays(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        matrix = np.asarray(self.projection, dtype=np.float32).reshape(len(self.projection), -1)
+        mean = np.asarray(self.projection_mean, dtype=np.float32)
+        return matrix, mean
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> DriftReference:
+        """Parse a reference file. Raises ``ValueError`` saying what is wrong."""
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "<root>"
+            raise ValueError(f"invalid drift reference: {where}: {first['msg']}") from exc
+
+
+def encode_histograms(counts: npt.NDArray[np.integer] | npt.NDArray[np.floating]) -> str:
+    """Base64 of (features, 32) counts as little-endian uint16, saturating at 65535."""
+    array = np.clip(np.asarray(counts), 0, UINT16_MAX).astype("<u2")
+    if array.ndim != 2 or array.shape[1] != HISTOGRAM_BINS:
+        raise ValueError(f"histograms must have shape (features, {HISTOGRAM_BINS}), got {array.shape}")
+    return base64.b64encode(array.tobytes()).decode("ascii")
+
+
+def decode_histograms(text: str, features: int) -> npt.NDArray[np.int64]:
+    """Inverse of :func:`encode_histograms`. Raises ``ValueError`` on a malformed string."""
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise ValueError(f"histograms are not base64: {exc}") from exc
+    expected = features * HISTOGRAM_BINS * 2
+    if len(raw) != expected:
+        raise ValueError(f"histograms hold {len(raw)} bytes, expected {expected} for {features} features")
+    return np.frombuffer(raw, dtype="<u2").reshape(features, HISTOGRAM_BINS).astype(np.int64)

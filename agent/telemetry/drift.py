@@ -1,0 +1,309 @@
+"""Drift windows on the device: per-frame statistics folded into fixed-edge histograms.
+
+Pure numpy/OpenCV over data; no I/O. The pieces:
+
+* :func:`model_view` — the frame as the model sees it (the package's crop/resize),
+  so image statistics on the device and on training images come from the same pixels.
+* :func:`image_stats`, :func:`output_stats`, :func:`frame_features` — one feature
+  vector per frame, in the order of the reference's features.
+* :class:`FrameSubsampler` — consecutive video frames are strongly correlated
+  (DESIGN.md 8): keep at most one frame per ``interval_s``, or a frame whose
+  thumbnail changed enough (a scene change), never two within ``min_gap_s``.
+* :class:`DriftWindow` — histograms with the reference's fixed edges, moments and
+  class counts; closed by frame count or by time into a :class:`DriftReport`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from agent.contract import DriftReport, PreprocessSpec, utc_now
+from agent.contract.drift import (
+    HISTOGRAM_BINS,
+    IMAGE_FEATURES,
+    OUTPUT_FEATURES,
+    DriftReference,
+    encode_histograms,
+    projection_feature_names,
+)
+from agent.preprocess import preprocess
+
+__all__ = [
+    "DriftWindow",
+    "FrameFeatures",
+    "FrameSubsampler",
+    "frame_features",
+    "image_stats",
+    "model_view",
+    "output_stats",
+    "project_logits",
+]
+
+# Immerkær (1996) fast noise estimation kernel: the difference of two Laplacians
+# cancels image structure to first order, leaving mostly sensor noise.
+_NOISE_KERNEL = np.asarray([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
+_CLIP_LOW, _CLIP_HIGH = 2, 253
+
+
+def model_view(frame_bgr: npt.NDArray[np.uint8], spec: PreprocessSpec) -> npt.NDArray[np.uint8]:
+    """The BGR uint8 pixels the model is fed (after the package's crop and resize)."""
+    view_spec = spec.model_copy(update={"dtype": "uint8", "layout": "nhwc", "color_order": "bgr"})
+    return np.asarray(preprocess(frame_bgr, view_spec)[0], dtype=np.uint8)
+
+
+def image_stats(view_bgr: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
+    """Luma mean and spread, mean saturation (0-1), log10 Laplacian variance (sharpness),
+    noise sigma (grey levels) and the fraction of clipped pixels — :data:`IMAGE_FEATURES` order.
+
+    Raises:
+        ValueError: not an (H, W, 3) uint8 image of at least 3x3 pixels.
+    """
+    if view_bgr.ndim != 3 or view_bgr.shape[2] != 3 or view_bgr.shape[0] < 3 or view_bgr.shape[1] < 3:
+        raise ValueError(f"expected an (H, W, 3) image of at least 3x3 pixels, got {view_bgr.shape}")
+    grey_u8 = cv2.cvtColor(view_bgr, cv2.COLOR_BGR2GRAY)
+    grey = grey_u8.astype(np.float32)
+    saturation = cv2.cvtColor(view_bgr, cv2.COLOR_BGR2HSV)[:, :, 1]
+    laplacian = cv2.Laplacian(grey, cv2.CV_32F)
+    height, width = grey.shape
+    residual = cv2.filter2D(grey, cv2.CV_32F, _NOISE_KERNEL)[1:-1, 1:-1]
+    noise_sigma = math.sqrt(math.pi / 2.0) * float(np.abs(residual).sum()) / (6.0 * (width - 2) * (height - 2))
+    clipped = float(np.count_nonzero((grey_u8 <= _CLIP_LOW) | (grey_u8 >= _CLIP_HIGH))) / grey_u8.size
+    return np.asarray(
+        [
+            float(grey.mean()),
+            float(grey.std()),
+            float(saturation.mean()) / 255.0,
+            math.log10(1.0 + float(laplacian.var())),
+            noise_sigma,
+            clipped,
+        ],
+        dtype=np.float64,
+    )
+
+
+def output_stats(probabilities: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.float64], int]:
+    """(top score, entropy in nats, top-1 minus top-2 margin) and the predicted class index."""
+    p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    order = np.argsort(p)[::-1]
+    top = float(p[order[0]])
+    second = float(p[order[1]]) if p.size > 1 else 0.0
+    safe = np.clip(p, 1e-12, 1.0)
+    entropy = float(-(p * np.log(safe)).sum())
+    return np.asarray([top, max(entropy, 0.0), top - second], dtype=np.float64), int(order[0])
+
+
+def project_logits(logits: npt.NDArray[np.floating], reference: DriftReference) -> npt.NDArray[np.float64]:
+    """The reference's low-dimensional projection of the output logits (empty when it has none)."""
+    if not reference.projection:
+        return np.zeros(0, dtype=np.float64)
+    matrix, mean = reference.projection_arrays()
+    centred = np.asarray(logits, dtype=np.float64).reshape(-1) - mean
+    return np.asarray(matrix, dtype=np.float64) @ centred
+
+
+@dataclass(frozen=True)
+class FrameFeatures:
+    """One subsampled frame: the feature vector (reference order) and the predicted class."""
+
+    values: npt.NDArray[np.float64]
+    class_index: int
+
+    def as_dict(self, names: list[str]) -> dict[str, float]:
+        return {name: round(float(v), 6) for name, v in zip(names, self.values, strict=True)}
+
+
+def frame_features(
+    view_bgr: npt.NDArray[np.uint8],
+    logits: npt.NDArray[np.floating],
+    probabilities: npt.NDArray[np.floating],
+    reference: DriftReference,
+) -> FrameFeatures:
+    """Every monitored feature of one frame, in ``reference.feature_names`` order."""
+    outputs, class_index = output_stats(probabilities)
+    by_name: dict[str, float] = {}
+    by_name.update(zip(IMAGE_FEATURES, image_stats(view_bgr).tolist(), strict=True))
+    by_name.update(zip(OUTPUT_FEATURES, outputs.tolist(), strict=True))
+    projected = project_logits(logits, reference)
+    by_name.update(zip(projection_feature_names(len(projected)), projected.tolist(), strict=True))
+    values = np.asarray([by_name.get(name, math.nan) for name in reference.feature_names], dtype=np.float64)
+    return FrameFeatures(values=values, class_index=class_index)
+
+
+class FrameSubsampler:
+    """Decides which frames enter a drift window.
+
+    Keeps a frame when ``interval_s`` passed since the last kept one, or when its
+    16x16 grey thumbnail differs from the last kept one's by at least
+    ``scene_change`` grey levels (mean absolute difference) and ``min_gap_s`` passed.
+    """
+
+    def __init__(self, *, interval_s: float = 1.0, scene_change: float = 20.0, min_gap_s: float = 0.2) -> None:
+        if interval_s < 0 or min_gap_s < 0 or scene_change <= 0:
+            raise ValueError("interval_s and min_gap_s must be >= 0 and scene_change > 0")
+        self.interval_s = interval_s
+        self.scene_change = scene_change
+        self.min_gap_s = min_gap_s
+        self._last_at: float | None = None
+        self._last_thumb: npt.NDArray[np.float32] | None = None
+        self.offered = 0
+        self.kept = 0
+
+    @staticmethod
+    def _thumbnail(frame_bgr: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        small = cv2.resize(frame_bgr, (16, 16), interpolation=cv2.INTER_AREA)
+        return np.asarray(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY), dtype=np.float32)
+
+    def accept(self, frame_bgr: npt.NDArray[np.uint8], now_s: float) -> bool:
+        """Whether to keep this frame (``now_s`` is a monotonic clock in seconds)."""
+        self.offered += 1
+        if self._last_at is None or now_s - self._last_at >= self.interval_s:
+            keep = True
+            thumb = self._thumbnail(frame_bgr)
+        else:
+            if now_s - self._last_at < self.min_gap_s:
+                return False
+            thumb = self._thumbnail(frame_bgr)
+            assert self._last_thumb is not None
+            keep = float(np.abs(thumb - self._last_thumb).mean()) >= self.scene_change
+        if keep:
+            self._last_at, self._last_thumb = now_s, thumb
+            self.kept += 1
+        return keep
+
+
+@dataclass
+class _Accumulator:
+    started_s: float
+    started_at: datetime
+    features: int
+    classes: int
+    counts: npt.NDArray[np.int64] = field(init=False)
+    sums: npt.NDArray[np.float64] = field(init=False)
+    squares: npt.NDArray[np.float64] = field(init=False)
+    finite: npt.NDArray[np.int64] = field(init=False)
+    class_counts: npt.NDArray[np.int64] = field(init=False)
+    frames: int = 0
+    frames_seen: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = np.zeros((self.features, HISTOGRAM_BINS), dtype=np.int64)
+        self.sums = np.zeros(self.features, dtype=np.float64)
+        self.squares = np.zeros(self.features, dtype=np.float64)
+        self.finite = np.zeros(self.features, dtype=np.int64)
+        self.class_counts = np.zeros(self.classes, dtype=np.int64)
+
+
+class DriftWindow:
+    """Accumulates subsampled frames; :meth:`close_if_due` turns them into a report.
+
+    A window closes when it holds ``max_frames`` frames, or when ``max_window_s``
+    seconds passed since it opened and it holds at least one frame. Not thread-safe:
+    one inference thread owns it.
+    """
+
+    def __init__(
+        self,
+        reference: DriftReference,
+        *,
+        device_id: str,
+        model_version: str | None = None,
+        package_id: str | None = None,
+        reference_sha256: str | None = None,
+        pipeline: str | None = None,
+        max_frames: int = 300,
+        max_window_s: float = 600.0,
+    ) -> None:
+        if not 1 <= max_frames <= 65_535:
+            raise ValueError("max_frames must be between 1 and 65535 (uint16 histogram counts)")
+        if max_window_s <= 0:
+            raise ValueError("max_window_s must be positive")
+        self.reference = reference
+        self.names = reference.feature_names
+        self._edges = reference.edges_array()
+        self._ref_mean = np.asarray([f.mean for f in reference.features], dtype=np.float64)
+        self._ref_std = np.asarray([f.std for f in reference.features], dtype=np.float64)
+        self.device_id = device_id
+        self.model_version = model_version
+        self.package_id = package_id
+        self.reference_sha256 = reference_sha256
+        self.pipeline = pipeline
+        self.max_frames = max_frames
+        self.max_window_s = max_window_s
+        self.window_seq = 0
+        self._acc: _Accumulator | None = None
+
+    def _open(self, now_s: float) -> _Accumulator:
+        if self._acc is None:
+            self._acc = _Accumulator(now_s, utc_now(), len(self.names), len(self.reference.labels))
+        return self._acc
+
+    def count_seen(self, now_s: float) -> None:
+        """Count a frame that the subsampler skipped (reported as ``frames_seen``)."""
+        self._open(now_s).frames_seen += 1
+
+    def add(self, features: FrameFeatures, now_s: float) -> None:
+        acc = self._open(now_s)
+        acc.frames_seen += 1
+        acc.frames += 1
+        values = features.values
+        for index, value in enumerate(values):
+            if not math.isfinite(value):
+                continue  # a feature the frame could not give; its histogram just counts fewer
+            acc.counts[index, int(np.searchsorted(self._edges[index], value, side="right"))] += 1
+            acc.sums[index] += value
+            acc.squares[index] += value * value
+            acc.finite[index] += 1
+        if 0 <= features.class_index < acc.class_counts.size:
+            acc.class_counts[features.class_index] += 1
+
+    @property
+    def frames(self) -> int:
+        return 0 if self._acc is None else self._acc.frames
+
+    def due(self, now_s: float) -> bool:
+        acc = self._acc
+        if acc is None or acc.frames == 0:
+            return False
+        return acc.frames >= self.max_frames or now_s - acc.started_s >= self.max_window_s
+
+    def close_if_due(self, now_s: float) -> DriftReport | None:
+        return self.close() if self.due(now_s) else None
+
+    def close(self) -> DriftReport | None:
+        """Close the open window now; ``None`` when it holds no frame."""
+        acc, self._acc = self._acc, None
+        if acc is None or acc.frames == 0:
+            return None
+        n = np.maximum(acc.finite, 1)
+        means = acc.sums / n
+        stds = np.sqrt(np.maximum(acc.squares / n - means * means, 0.0))
+        # Standardised mean shift of the worst feature: cheap, window-size independent,
+        # good enough to switch the drift-triggered sampler on; the real test is in the cloud.
+        shift = np.abs(means - self._ref_mean) / np.maximum(self._ref_std, 1e-9)
+        local_score = float(np.max(np.where(acc.finite > 0, shift, 0.0)))
+        report = DriftReport(
+            device_id=self.device_id,
+            model_version=self.model_version,
+            package_id=self.package_id,
+            reference_sha256=self.reference_sha256,
+            pipeline=self.pipeline,
+            window_seq=self.window_seq,
+            window_started_at=acc.started_at,
+            window_ended_at=max(utc_now(), acc.started_at),
+            frames_seen=acc.frames_seen,
+            frames=acc.frames,
+            features=list(self.names),
+            histograms=encode_histograms(acc.counts),
+            means=[round(float(v), 6) for v in means],
+            stds=[round(float(v), 6) for v in stds],
+            class_counts=[int(c) for c in acc.class_counts],
+            local_score=round(min(local_score, 1e6), 4),
+        )
+        self.window_seq += 1
+        return report
