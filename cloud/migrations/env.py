@@ -7,6 +7,7 @@ from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
 import cloud.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+import cloud.pipeline.registry.models  # noqa: F401
 import cloud.security.models  # noqa: F401
 
 config = context.config

@@ -1,8 +1,12 @@
-"""The thin model path end to end: dataset → train → evaluate → ONNX → register → package."""
+"""Short paths through the pipeline for the demo and tests.
+
+* :func:`train_and_package`: dataset directory → ingest → train → gate → build → package.
+* :func:`register_and_package`: an already exported ONNX file → registered version → FP32 package
+  (the thin path the integration tests use to get a package quickly).
+"""
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,9 +16,12 @@ from sqlmodel import Session
 from agent.contract import ModelArtifact, PreprocessSpec, sha256_file
 from cloud import crud
 from cloud.models import ModelVersion, Package
-from cloud.pipeline.data.dataset import scan_imagefolder
+from cloud.pipeline.errors import PipelineInputError
 from cloud.pipeline.package.builder import build_package
-from cloud.pipeline.train.trainer import DEFAULT_SPEC, TrainConfig, export_onnx, train
+from cloud.pipeline.service import PipelinePaths, build_model, code_version, ingest, train_model
+from cloud.pipeline.train.trainer import DEFAULT_SPEC, TrainConfig
+
+__all__ = ["PipelineResult", "code_version", "register_and_package", "train_and_package"]
 
 
 @dataclass(frozen=True)
@@ -22,15 +29,6 @@ class PipelineResult:
     model_version: str
     package_id: str
     accuracy: float
-
-
-def code_version() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def register_and_package(
@@ -46,7 +44,7 @@ def register_and_package(
     metrics: dict[str, object] | None = None,
     spec: PreprocessSpec = DEFAULT_SPEC,
 ) -> PipelineResult:
-    """Register an exported ONNX model as the next version of ``model_name`` and package it."""
+    """Register an exported ONNX model as the next version of ``model_name`` and package it (FP32 only)."""
     with Session(engine) as session:
         version = crud.next_model_version(session, model_name)
         model = crud.add_model_version(session, ModelVersion(
@@ -80,12 +78,21 @@ def train_and_package(
     config: TrainConfig = TrainConfig(),
     show_progress: bool = True,
 ) -> PipelineResult:
-    """Train on ``data_root``, export ONNX, register the version and build its package."""
-    dataset = scan_imagefolder(data_root)
-    result = train(dataset, config, DEFAULT_SPEC, show_progress=show_progress)
-    onnx_path = export_onnx(result.model, DEFAULT_SPEC, models_dir / model_name / f"{dataset.dataset_id}-seed{config.seed}" / "model.onnx")
-    return register_and_package(
-        engine, onnx_path=onnx_path, labels=dataset.labels, model_name=model_name, dataset_id=dataset.dataset_id,
-        packages_dir=packages_dir, hardware_profiles=hardware_profiles,
-        hyperparameters=result.hyperparameters, metrics=result.metrics,
-    )
+    """Ingest ``data_root``, train, gate, build every profile's artifacts and package them.
+
+    Raises:
+        PipelineInputError: the dataset is unusable, or the model or every artifact was rejected.
+    """
+    data_dir = models_dir.parent
+    paths = PipelinePaths(datasets_dir=data_dir / "datasets", models_dir=models_dir, packages_dir=packages_dir,
+                          builds_dir=data_dir / "builds")
+    ingested = ingest(engine, paths, data_root)
+    outcome = train_model(engine, paths, dataset_id=ingested.dataset.dataset_id, name=model_name, config=config,
+                          spec=DEFAULT_SPEC, show_progress=show_progress)
+    if outcome.status != "validated":
+        raise PipelineInputError(f"model {outcome.model_version} was {outcome.status}: {'; '.join(outcome.decision.reasons)}")
+    built = build_model(engine, paths, version=outcome.model_version, profiles=hardware_profiles)
+    if built.package_id is None:
+        raise PipelineInputError(f"no artifact of {outcome.model_version} passed its gates")
+    accuracy = outcome.evaluation.accuracy if outcome.evaluation else 0.0
+    return PipelineResult(model_version=outcome.model_version, package_id=built.package_id, accuracy=accuracy)

@@ -34,13 +34,18 @@ def build_package(
     spec: PreprocessSpec,
     artifacts: list[tuple[Path, ModelArtifact]],
     hardware_profiles: list[str],
+    extra_files: list[Path] | None = None,
 ) -> BuiltPackage:
     """Write ``packages_dir/<package_id>/`` with the artifacts and ``manifest.json``.
 
     The package id includes a hash of the artifact bytes, so rebuilding the same
-    model gives the same id and a different model never collides.
+    model gives the same id and a different model never collides. ``extra_files``
+    (golden vectors, OpenVINO weights next to their .xml) are copied under their
+    own names and listed in the manifest, so its hash covers them too.
     """
-    content_hash = sha256_bytes(b"".join(describe_file(p).sha256.encode() for p, _ in artifacts))[:10]
+    extras = list(extra_files or [])
+    content_hash = sha256_bytes(b"".join(describe_file(p).sha256.encode()
+                                         for p in [*(p for p, _ in artifacts), *extras]))[:10]
     package_id = f"{model_version}-{content_hash}"
     directory = packages_dir / package_id
     if directory.exists():
@@ -50,6 +55,9 @@ def build_package(
     for source, artifact in artifacts:
         shutil.copyfile(source, directory / artifact.file)
         files.append(describe_file(directory / artifact.file))
+    for source in extras:
+        shutil.copyfile(source, directory / source.name)
+        files.append(describe_file(directory / source.name))
     manifest = PackageManifest(
         package_id=package_id,
         model_name=model_name,

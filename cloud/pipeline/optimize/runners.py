@@ -1,0 +1,88 @@
+"""Run a built artifact on a batch the way a device would, for evaluation and golden vectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud.pipeline.errors import BuildToolError
+
+
+class ArtifactRunner(Protocol):
+    def __call__(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+
+
+def onnxruntime_runner(path: Path, threads: int = 1) -> ArtifactRunner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise BuildToolError(f"onnxruntime cannot load {path.name}: {exc}") from exc
+    input_name = session.get_inputs()[0].name
+
+    def run(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return np.asarray(session.run(None, {input_name: batch})[0], dtype=np.float32)
+
+    return run
+
+
+def openvino_runner(path: Path, threads: int = 1) -> ArtifactRunner:
+    import openvino as ov
+
+    core = ov.Core()
+    try:
+        compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                          "PERFORMANCE_HINT": "LATENCY"})
+    except Exception as exc:
+        raise BuildToolError(f"OpenVINO cannot compile {path.name}: {exc}") from exc
+    request = compiled.create_infer_request()
+
+    def run(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        # One infer request reused: the same path a device's steady-state loop takes.
+        outputs = [np.asarray(request.infer({0: item[np.newaxis]})[0], dtype=np.float32) for item in batch]
+        return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
+
+    return run
+
+
+def litert_runner(path: Path, threads: int = 1) -> ArtifactRunner:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    interpreter.allocate_tensors()
+    input_index = interpreter.get_input_details()[0]["index"]
+    output_index = interpreter.get_output_details()[0]["index"]
+
+    def run(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        outputs = []
+        for item in batch:
+            interpreter.set_tensor(input_index, item[np.newaxis])
+            interpreter.invoke()
+            outputs.append(np.asarray(interpreter.get_tensor(output_index), dtype=np.float32))
+        return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
+
+    return run
+
+
+def runner_for(runtime: str, path: Path, threads: int = 1) -> ArtifactRunner:
+    """Raises ``BuildToolError`` for a runtime this control plane cannot execute."""
+    if runtime == "onnxruntime":
+        return onnxruntime_runner(path, threads)
+    if runtime == "openvino":
+        return openvino_runner(path, threads)
+    if runtime == "litert":
+        return litert_runner(path, threads)
+    raise BuildToolError(f"no runner for runtime {runtime!r}")
+
+
+def run_batched(runner: ArtifactRunner, x: npt.NDArray[np.float32], batch_size: int = 64) -> npt.NDArray[np.float32]:
+    outputs = [runner(x[start : start + batch_size]) for start in range(0, len(x), batch_size)]
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)

@@ -1,0 +1,1 @@
+"""The model and dataset registry: tables (``models``) and data access (``store``)."""

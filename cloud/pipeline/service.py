@@ -1,0 +1,436 @@
+"""The pipeline's use cases, shared by the CLI, the API and the demo.
+
+ingest → validate → train → evaluate → gate → build per profile → quantization gate → package.
+Each function takes the database engine and a :class:`PipelinePaths`; the pure parts
+(validation, metrics, gates) live in their own modules and never touch disk or DB.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from agent.contract import PreprocessSpec, sha256_file
+from agent.profiles import FirmwareProfile, load_profiles
+from cloud import crud
+from cloud.models import ModelVersion, Package
+from cloud.pipeline.data.dataset import (
+    DatasetVersion,
+    load_stored_dataset,
+    load_tensors_with_index,
+    scan_imagefolder,
+    store_dataset,
+)
+from cloud.pipeline.data.validate import ValidationLimits, ValidationReport, validate_dataset
+from cloud.pipeline.errors import BuildToolError, PipelineInputError
+from cloud.pipeline.evaluate.gates import (
+    GateDecision,
+    QuantizationGateConfig,
+    ValidationThresholds,
+    validation_gate,
+)
+from cloud.pipeline.evaluate.metrics import EvaluationReport, evaluate_predictions
+from cloud.pipeline.optimize.build import BuildOutcome, BuildRequest, EvaluationSet, build_for_profiles
+from cloud.pipeline.optimize.quantize import select_calibration
+from cloud.pipeline.optimize.runners import run_batched, runner_for
+from cloud.pipeline.package.builder import BuiltPackage, build_package
+from cloud.pipeline.registry import store
+from cloud.pipeline.registry.models import DatasetRecord, ModelBuild, ModelLineage
+from cloud.pipeline.train.model import MobileNetV2
+from cloud.pipeline.train.trainer import TrainConfig, environment, export_onnx, train
+
+GOLDEN_INPUTS = 8
+
+
+@dataclass(frozen=True)
+class PipelinePaths:
+    """Where the pipeline keeps datasets, models, build work directories and packages."""
+
+    datasets_dir: Path
+    models_dir: Path
+    packages_dir: Path
+    builds_dir: Path
+
+    @classmethod
+    def under(cls, data_dir: Path) -> PipelinePaths:
+        """The control plane's layout (``Settings.models_dir`` and ``packages_dir`` live here too)."""
+        return cls(datasets_dir=data_dir / "datasets", models_dir=data_dir / "models",
+                   packages_dir=data_dir / "packages", builds_dir=data_dir / "builds")
+
+
+@dataclass
+class IngestResult:
+    dataset: DatasetVersion
+    record: DatasetRecord
+    report: ValidationReport
+
+
+@dataclass
+class ModelOutcome:
+    model_version: str
+    status: str
+    decision: GateDecision
+    evaluation: EvaluationReport | None
+
+
+@dataclass
+class BuildResult:
+    build_id: str
+    model_version: str
+    package: BuiltPackage | None
+    outcome: BuildOutcome
+    notes: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def package_id(self) -> str | None:
+        return self.package.manifest.package_id if self.package else None
+
+
+def code_version() -> str | None:
+    """The git commit of the code that trained the model, with ``-dirty`` for local changes."""
+    cwd = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=cwd)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "cloud/pipeline"],
+                               capture_output=True, text=True, timeout=5, cwd=cwd)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = sha.stdout.strip()
+    if not commit:
+        return None
+    return f"{commit}-dirty" if dirty.stdout.strip() else commit
+
+
+def resolve_profiles(names: list[str]) -> list[FirmwareProfile]:
+    """Raises ``PipelineInputError`` naming the unknown profiles and the known ones."""
+    known = load_profiles()
+    if not names:
+        raise PipelineInputError(f"name at least one hardware profile; known: {', '.join(sorted(known))}")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise PipelineInputError(f"unknown hardware profile(s) {unknown}; known: {', '.join(sorted(known))}")
+    return [known[n] for n in dict.fromkeys(names)]
+
+
+# --- datasets ----------------------------------------------------------------
+def validate_directory(root: Path, limits: ValidationLimits = ValidationLimits()) -> ValidationReport:
+    """Validate an ImageFolder directory without ingesting it."""
+    return validate_dataset(scan_imagefolder(root), limits)[1]
+
+
+def ingest(engine: Engine, paths: PipelinePaths, root: Path,
+           limits: ValidationLimits = ValidationLimits()) -> IngestResult:
+    """Scan, validate, copy into the content-addressed store and register a dataset version.
+
+    Corrupt images are excluded and reported; the same bytes always give the same id.
+    """
+    scanned = scan_imagefolder(root)
+    cleaned, report = validate_dataset(scanned, limits)
+    stored = store_dataset(cleaned, paths.datasets_dir)
+    record = DatasetRecord(
+        id=stored.dataset_id, source_path=str(root.resolve()), store_path=str(paths.datasets_dir.resolve()),
+        labels=stored.labels, metadata_fields=stored.metadata_fields, split_counts=stored.split_counts(),
+        issues=[issue.as_dict() for issue in report.issues], image_count=len(stored.samples),
+        excluded_count=len(report.excluded_files),
+    )
+    with Session(engine) as session:
+        record = store.save_dataset(session, record)
+        session.expunge(record)
+    return IngestResult(dataset=stored, record=record, report=report)
+
+
+def load_dataset(paths: PipelinePaths, dataset_id: str) -> DatasetVersion:
+    return load_stored_dataset(paths.datasets_dir, dataset_id)
+
+
+def _blocking_issues(dataset: DatasetVersion) -> list[str]:
+    return [f"{i['file']}: {i['reason']}" for i in dataset.issues if i["severity"] == "error" and i["kind"] != "corrupt"]
+
+
+# --- evaluation helpers --------------------------------------------------------
+def evaluation_set(dataset: DatasetVersion, spec: PreprocessSpec, split: str = "test") -> EvaluationSet:
+    x, y, samples = load_tensors_with_index(dataset.split(split), dataset.labels, spec)
+    return EvaluationSet(x=x, y=y, metadata=[s.meta for s in samples], labels=dataset.labels)
+
+
+def evaluate_onnx(onnx_path: Path, data: EvaluationSet) -> EvaluationReport:
+    scores = run_batched(runner_for("onnxruntime", onnx_path), data.x)
+    predictions = scores.argmax(axis=1) if len(scores) else np.zeros(0, dtype=np.int64)
+    return evaluate_predictions(predictions, data.y, data.labels, data.metadata)
+
+
+def _production_evaluation(session: Session, name: str, dataset: DatasetVersion,
+                           exclude_version: str) -> tuple[EvaluationReport | None, str | None, list[str]]:
+    production = store.production_model(session, name)
+    if production is None or production.version == exclude_version:
+        return None, None, []
+    if list(production.labels) != list(dataset.labels):
+        return None, production.version, [f"production {production.version} has labels {production.labels}, "
+                                          f"not {dataset.labels}: not compared"]
+    lineage = store.get_lineage(session, production.id) if production.id is not None else None
+    spec = PreprocessSpec.model_validate(lineage.preprocessing) if lineage and lineage.preprocessing else None
+    if spec is None:
+        return None, production.version, [f"production {production.version} has no recorded preprocessing"]
+    return evaluate_onnx(Path(production.onnx_path), evaluation_set(dataset, spec)), production.version, []
+
+
+def _gate_and_record(session: Session, model: ModelVersion, *, source: str, spec: PreprocessSpec,
+                     evaluation: EvaluationReport | None, dataset: DatasetVersion | None,
+                     thresholds: ValidationThresholds, env: dict[str, Any],
+                     checkpoint: Path | None) -> ModelOutcome:
+    assert model.id is not None
+    if evaluation is None or dataset is None:
+        decision = GateDecision("registered", notes=["no labelled dataset: not evaluated, not validated"])
+        compared = None
+    else:
+        production_eval, compared, extra_notes = _production_evaluation(session, model.name, dataset, model.version)
+        decision = validation_gate(evaluation, thresholds, production_eval, compared)
+        decision.notes.extend(extra_notes)
+        if production_eval is not None:
+            decision.notes.append(f"compared with production {compared}: accuracy {production_eval.accuracy:.3f}")
+    store.save_lineage(session, ModelLineage(
+        model_version_id=model.id, source=source, preprocessing=spec.model_dump(mode="json"), environment=env,
+        evaluation=evaluation.as_dict() if evaluation else {}, gate=decision.as_dict(), compared_with=compared,
+        checkpoint_path=str(checkpoint) if checkpoint else None,
+    ))
+    store.set_status(session, model, decision.status)
+    return ModelOutcome(model_version=model.version, status=decision.status, decision=decision, evaluation=evaluation)
+
+
+# --- training ------------------------------------------------------------------
+def train_model(engine: Engine, paths: PipelinePaths, *, dataset_id: str, name: str, config: TrainConfig,
+                spec: PreprocessSpec, thresholds: ValidationThresholds = ValidationThresholds(),
+                show_progress: bool = True) -> ModelOutcome:
+    """Train on a stored dataset version, evaluate, gate, and register with full lineage.
+
+    Raises:
+        PipelineInputError: unknown dataset, or a dataset whose validation found blocking errors.
+    """
+    dataset = load_dataset(paths, dataset_id)
+    blocking = _blocking_issues(dataset)
+    if blocking:
+        raise PipelineInputError(f"dataset {dataset_id} failed validation; fix: {'; '.join(blocking[:5])}")
+    with Session(engine) as session:
+        version = crud.next_model_version(session, name)
+    model_dir = paths.models_dir / name / version
+    result = train(dataset, config, spec, show_progress=show_progress, checkpoint_dir=model_dir / "checkpoints")
+    onnx_path = export_onnx(result.model, spec, model_dir / "model.onnx")
+    torch.save({"state_dict": result.model.state_dict(), "config": result.hyperparameters,
+                "num_classes": len(dataset.labels)}, model_dir / "model.pt")
+    evaluation = evaluate_onnx(onnx_path, evaluation_set(dataset, spec))
+    hyperparameters = {**result.hyperparameters, "preprocessing": spec.model_dump(mode="json")}
+    with Session(engine) as session:
+        model = crud.add_model_version(session, ModelVersion(
+            name=name, version=version, dataset_id=dataset.dataset_id, code_version=code_version(),
+            labels=dataset.labels, hyperparameters=hyperparameters, metrics=evaluation.as_dict(),
+            onnx_path=str(onnx_path.resolve()), onnx_sha256=sha256_file(onnx_path),
+        ))
+        return _gate_and_record(session, model, source="trained", spec=spec, evaluation=evaluation, dataset=dataset,
+                                thresholds=thresholds, env=result.environment, checkpoint=result.checkpoint)
+
+
+# --- import --------------------------------------------------------------------
+def read_labels(path: Path) -> list[str]:
+    """A JSON list or one label per line. Raises ``PipelineInputError`` if unreadable or < 2 labels."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PipelineInputError(f"cannot read labels file {path}: {exc}") from exc
+    labels = json.loads(text) if text.lstrip().startswith("[") else [line.strip() for line in text.splitlines()]
+    labels = [str(label) for label in labels if str(label)]
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise PipelineInputError(f"{path} must list at least two distinct labels, one per line or as a JSON list")
+    return labels
+
+
+def read_spec(path: Path) -> PreprocessSpec:
+    try:
+        return PreprocessSpec.model_validate_json(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PipelineInputError(f"invalid preprocessing spec {path}: {exc}") from exc
+
+
+def _check_onnx_classifier(onnx_path: Path, labels: list[str], spec: PreprocessSpec) -> None:
+    try:
+        scores = runner_for("onnxruntime", onnx_path)(np.zeros(spec.input_shape(1), dtype=np.float32))
+    except BuildToolError as exc:
+        raise PipelineInputError(f"{onnx_path} is not a loadable ONNX model for input {spec.input_shape(1)}: {exc}") from exc
+    except Exception as exc:  # ORT's shape errors on run: the spec does not match the model's input
+        raise PipelineInputError(f"{onnx_path} does not accept input {spec.input_shape(1)} from the "
+                                 f"preprocessing spec: {exc}") from exc
+    if scores.ndim != 2 or scores.shape[1] != len(labels):
+        raise PipelineInputError(f"{onnx_path.name} outputs shape {list(scores.shape)} but the labels file lists "
+                                 f"{len(labels)} classes; they must match")
+
+
+def import_model(engine: Engine, paths: PipelinePaths, *, model_path: Path, labels: list[str],
+                 spec: PreprocessSpec, name: str, dataset_id: str | None = None,
+                 thresholds: ValidationThresholds = ValidationThresholds()) -> ModelOutcome:
+    """Register an externally trained ONNX classifier; evaluate and gate it when a dataset is given.
+
+    Raises:
+        PipelineInputError: not an ONNX file, shapes that do not match labels/spec, unknown dataset,
+            or dataset labels that differ from the model's.
+    """
+    if not model_path.is_file():
+        raise PipelineInputError(f"model file {model_path} does not exist")
+    if model_path.suffix.lower() != ".onnx":
+        raise PipelineInputError(f"{model_path.name}: only ONNX models can be imported here (TFLite import is not "
+                                 "supported by this control plane yet); export your model to ONNX")
+    _check_onnx_classifier(model_path, labels, spec)
+    dataset = load_dataset(paths, dataset_id) if dataset_id else None
+    if dataset is not None and dataset.labels != labels:
+        raise PipelineInputError(f"dataset {dataset_id} has labels {dataset.labels} but the model's labels are "
+                                 f"{labels}; use the same class names in the same order")
+    with Session(engine) as session:
+        version = crud.next_model_version(session, name)
+    model_dir = paths.models_dir / name / version
+    model_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = model_dir / "model.onnx"
+    shutil.copyfile(model_path, onnx_path)
+    evaluation = evaluate_onnx(onnx_path, evaluation_set(dataset, spec)) if dataset else None
+    with Session(engine) as session:
+        model = crud.add_model_version(session, ModelVersion(
+            name=name, version=version, dataset_id=dataset.dataset_id if dataset else "", code_version=None,
+            labels=labels, hyperparameters={"imported_from": str(model_path), "preprocessing": spec.model_dump(mode="json")},
+            metrics=evaluation.as_dict() if evaluation else {}, onnx_path=str(onnx_path.resolve()),
+            onnx_sha256=sha256_file(onnx_path),
+        ))
+        return _gate_and_record(session, model, source="imported", spec=spec, evaluation=evaluation,
+                                dataset=dataset, thresholds=thresholds, env=environment(), checkpoint=None)
+
+
+# --- builds --------------------------------------------------------------------
+def _load_torch_model(model_dir: Path, labels: list[str]) -> torch.nn.Module | None:
+    path = model_dir / "model.pt"
+    if not path.exists():
+        return None
+    saved = torch.load(path, weights_only=False)
+    config = saved["config"]
+    module = MobileNetV2(saved["num_classes"], config["width_multiplier"], config["architecture"])
+    module.load_state_dict(saved["state_dict"])
+    return module.eval()
+
+
+def build_model(engine: Engine, paths: PipelinePaths, *, version: str, profiles: list[str],
+                quantization_overrides: dict[str, Any] | None = None,
+                gate: QuantizationGateConfig = QuantizationGateConfig(),
+                calibration_images: int = 128, calibration: npt.NDArray[np.float32] | None = None,
+                allow_unvalidated: bool = False, use_nncf: bool = True,
+                log: Callable[[str], None] = lambda _: None) -> BuildResult:
+    """Build every artifact ``profiles`` can use, gate the INT8 ones, and package the accepted ones.
+
+    ``calibration`` replaces the calibration set drawn from the training split (tests
+    use it to force a bad INT8 build).
+
+    Raises:
+        NotFound: unknown model version.
+        PipelineInputError: unknown profiles, or a model that is not validated (unless ``allow_unvalidated``).
+    """
+    targets = resolve_profiles(profiles)
+    with Session(engine) as session:
+        model = crud.get_model_version(session, version)
+        lineage = store.get_lineage(session, model.id) if model.id is not None else None
+        session.expunge(model)
+    if model.status not in ("validated", "production") and not allow_unvalidated:
+        reasons = "; ".join((lineage.gate.get("reasons") if lineage else None) or []) or "not validated"
+        raise PipelineInputError(f"model {version} is {model.status} ({reasons}); only validated models are built "
+                                 "(use --allow-unvalidated to build anyway)")
+    spec = PreprocessSpec.model_validate(lineage.preprocessing) if lineage and lineage.preprocessing else None
+    if spec is None:
+        raise PipelineInputError(f"model {version} has no recorded preprocessing spec")
+    dataset = load_dataset(paths, model.dataset_id) if model.dataset_id else None
+    evaluation = evaluation_set(dataset, spec) if dataset else None
+    if calibration is None and dataset is not None:
+        train_x = load_tensors_with_index(dataset.split("train"), dataset.labels, spec)[0]
+        calibration = select_calibration(train_x, calibration_images) if len(train_x) else None
+    if dataset is not None:
+        golden_source = evaluation_set(dataset, spec, "val").x
+        golden_inputs = golden_source[:GOLDEN_INPUTS] if len(golden_source) else evaluation.x[:GOLDEN_INPUTS]  # type: ignore[union-attr]
+    else:
+        # No data: deterministic pseudo-images in the model's input range still pin the numerics.
+        golden_inputs = np.random.default_rng(0).normal(0, 1, (GOLDEN_INPUTS, *spec.input_shape(1)[1:])).astype(np.float32)
+    model_dir = Path(model.onnx_path).parent
+    build_id = crud.short_id("build")
+    outcome = build_for_profiles(BuildRequest(
+        fp32_onnx=Path(model.onnx_path), spec=spec, labels=list(model.labels), profiles=targets,
+        work_dir=paths.builds_dir / build_id, calibration=calibration, evaluation=evaluation,
+        golden_inputs=golden_inputs, torch_model=_load_torch_model(model_dir, list(model.labels)),
+        quantization_overrides=quantization_overrides or {}, gate=gate, use_nncf=use_nncf,
+    ), log=log)
+    accepted = outcome.accepted
+    package: BuiltPackage | None = None
+    if accepted:
+        package = build_package(
+            packages_dir=paths.packages_dir, model_name=model.name, model_version=model.version,
+            labels=list(model.labels), spec=spec, hardware_profiles=[p.name for p in targets],
+            # FP32 ONNX first: an agent that loads "the first artifact it can run" gets the safe one.
+            artifacts=[(a.path, a.artifact) for a in accepted],
+            extra_files=[extra for a in accepted for extra in a.extra_files],
+        )
+    with Session(engine) as session:
+        if package is not None:
+            assert model.id is not None
+            if session.get(Package, package.manifest.package_id) is None:
+                crud.add_package(session, Package(
+                    id=package.manifest.package_id, model_version_id=model.id, model_version=model.version,
+                    hardware_profiles=[p.name for p in targets], manifest_sha256=package.manifest_sha256,
+                    size_bytes=package.size_bytes, path=str(package.directory.resolve()),
+                ))
+        assert model.id is not None
+        store.add_build(session, ModelBuild(
+            id=build_id, model_version_id=model.id, profiles=[p.name for p in targets],
+            artifacts=[a.summary() for a in outcome.artifacts], notes=outcome.notes,
+            package_id=package.manifest.package_id if package else None,
+        ))
+    return BuildResult(build_id=build_id, model_version=model.version, package=package, outcome=outcome,
+                       notes=outcome.notes)
+
+
+def promote(engine: Engine, version: str) -> ModelVersion:
+    """Make a validated model the production model of its name (the previous one is retired).
+
+    Raises:
+        NotFound: unknown version. PipelineInputError: the model is not validated.
+    """
+    with Session(engine) as session:
+        model = crud.get_model_version(session, version)
+        if model.status not in ("validated", "production"):
+            raise PipelineInputError(f"model {version} is {model.status}; only a validated model can go to production")
+        current = store.production_model(session, model.name)
+        if current is not None and current.version != version:
+            store.set_status(session, current, "retired")
+        model = store.set_status(session, model, "production")
+        session.expunge(model)
+        return model
+
+
+def describe_model(session: Session, version: str) -> dict[str, Any]:
+    """Everything the registry knows about one model version: lineage, metrics, builds, artifacts."""
+    model = crud.get_model_version(session, version)
+    assert model.id is not None
+    lineage = store.get_lineage(session, model.id)
+    builds = store.list_builds(session, model.id)
+    return {
+        "version": model.version, "name": model.name, "status": model.status, "dataset_id": model.dataset_id,
+        "code_version": model.code_version, "labels": model.labels, "hyperparameters": model.hyperparameters,
+        "onnx_sha256": model.onnx_sha256, "created_at": model.created_at.isoformat(),
+        "source": lineage.source if lineage else None,
+        "environment": lineage.environment if lineage else {},
+        "evaluation": lineage.evaluation if lineage else model.metrics,
+        "gate": lineage.gate if lineage else {},
+        "compared_with": lineage.compared_with if lineage else None,
+        "builds": [{"id": b.id, "profiles": b.profiles, "package_id": b.package_id, "artifacts": b.artifacts,
+                    "notes": b.notes, "created_at": b.created_at.isoformat()} for b in builds],
+    }
