@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -53,6 +54,10 @@ class ReportIngest:
         self.max_report_bytes = max_report_bytes
         self.counters = IngestCounters()
         self._lock = threading.Lock()
+        # Called with (session, report) after a report is stored; the rollout engine keeps
+        # shadow results and invalid-output counts this way (issue 6). A failing listener
+        # is logged and never loses the report.
+        self.listeners: list[Callable[[Session, object], None]] = []
 
     def _reject(self, reason: str, topic: str, detail: str) -> None:
         with self._lock:
@@ -76,6 +81,8 @@ class ReportIngest:
                     self._reject("unknown_device", topic, f"device {report.device_id!r} is not registered")
                     return False
                 stored = self._store(session, report)
+                if stored:
+                    self._notify(session, report)
         except SQLAlchemyError:
             with self._lock:
                 self.counters.storage_errors += 1
@@ -87,6 +94,14 @@ class ReportIngest:
             else:
                 self.counters.duplicates += 1
         return stored
+
+    def _notify(self, session: Session, report: object) -> None:
+        for listener in self.listeners:
+            try:
+                listener(session, report)
+            except Exception:  # a listener's bug must not turn a stored report into a rejection
+                session.rollback()
+                log.exception("report listener %r failed", listener)
 
     def _store(self, session: Session, report: StatusReport | TelemetryReport | JobStatusReport) -> bool:
         if isinstance(report, StatusReport):

@@ -16,6 +16,9 @@ from cloud.core.config import Settings
 from cloud.core.db import make_engine, migrate
 from cloud.ingest import ReportIngest
 from cloud.mqtt_bridge import CloudMqtt
+from cloud.rollout.config import RolloutEngineSettings
+from cloud.rollout.engine import EngineConfig, RolloutEngine
+from cloud.rollout.listener import record_rollout_window
 from cloud.security import FleetSecurity
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,10 @@ class ControlPlane:
         self.mqtt: CloudMqtt | None = None
         # TUF repository, fleet CAs and director key (docs/security.md).
         self.security = FleetSecurity(settings, self.engine)
+        # Staged rollouts (issue 6): the engine thread starts with the plane unless disabled.
+        self.ingest.listeners.append(record_rollout_window)
+        self.rollout_settings = RolloutEngineSettings()
+        self.rollouts: RolloutEngine | None = None
         self.api_port = settings.api_port
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -57,6 +64,16 @@ class ControlPlane:
                               tls_key_file=_path(self.settings.mqtt_key_file),
                               sign=self.security.sign_command)
         self.mqtt.start()
+        if self.rollout_settings.engine_enabled:
+            self.rollouts = self.make_rollout_engine()
+            self.rollouts.start()
+
+    def make_rollout_engine(self, name: str = "plane") -> RolloutEngine:
+        """A rollout engine publishing through this plane's (signing) MQTT bridge."""
+        assert self.mqtt is not None, "start the control plane first"
+        config = EngineConfig(tick_s=self.rollout_settings.tick_s, command_ttl_s=self.settings.command_ttl_s,
+                              max_dispatch_per_tick=self.rollout_settings.max_dispatch_per_tick)
+        return RolloutEngine(self.engine, self.mqtt.publish_command, lambda: self.base_url, config=config, name=name)
 
     def serve_http_in_thread(self, timeout_s: float = 15.0) -> str:
         """Run the API with uvicorn on a background thread; return its base URL."""
@@ -79,6 +96,8 @@ class ControlPlane:
         raise RuntimeError(f"API did not start listening on port {self.api_port}")
 
     def stop(self) -> None:
+        if self.rollouts is not None:
+            self.rollouts.stop()
         if self._http is not None:
             self._http.should_exit = True
             if self._http_thread is not None:

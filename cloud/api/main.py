@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from cloud import __version__
 from cloud.api.deps import require_access
-from cloud.api.routes import auth, deployments, devices, enroll, fleet, models, packages, tuf
+from cloud.api.routes import auth, deployments, devices, enroll, fleet, models, packages, rollouts, tuf
 from cloud.crud import Conflict, NotFound
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
     # Every resource router needs a token: viewer to read, operator to change (cloud/api/deps.py).
     for module in (devices, models, packages, deployments, fleet):
         app.include_router(module.router, prefix="/api/v1", dependencies=[Depends(require_access)])
+    app.include_router(rollouts.router, prefix="/api/v1", dependencies=[Depends(require_access)])
     app.include_router(auth.router, prefix="/api/v1")  # admin only (its own dependency)
     app.include_router(enroll.router, prefix="/api/v1")  # one-time token, or a device's own token
     app.include_router(tuf.router)  # public: the content is signed

@@ -8,6 +8,7 @@ from sqlmodel import SQLModel
 
 import cloud.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 import cloud.pipeline.registry.models  # noqa: F401
+import cloud.rollout.models  # noqa: F401
 import cloud.security.models  # noqa: F401
 
 config = context.config

@@ -1,0 +1,89 @@
+"""Staged rollouts (issue 6): create, dry-run, inspect, and operator actions; device labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud.api.deps import SessionDep
+from cloud.rollout import service
+from cloud.rollout.decisions import OperatorAction
+from cloud.rollout.planner import PlanError
+from cloud.rollout.spec import Label, RolloutSpec
+
+router = APIRouter(tags=["rollouts"])
+
+
+class DeviceLabels(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tags: list[Label] = Field(default_factory=list, max_length=64)
+    groups: list[Label] = Field(default_factory=list, max_length=64)
+
+
+def _actor(request: Request) -> str:
+    principal = getattr(request.state, "principal", None)
+    return f"operator:{principal.name}" if principal is not None else "operator"
+
+
+def _plan_error(exc: PlanError) -> HTTPException:
+    return HTTPException(422, f"cannot plan this rollout: {exc}")
+
+
+@router.post("/rollouts/plan")
+def plan_rollout(spec: RolloutSpec, session: SessionDep) -> dict[str, Any]:
+    """Dry run: the devices each stage would take now, per stratum. Nothing is stored."""
+    try:
+        return service.plan_for_spec(session, spec).as_dict()
+    except PlanError as exc:
+        raise _plan_error(exc) from exc
+
+
+@router.post("/rollouts", status_code=201)
+def create_rollout(spec: RolloutSpec, session: SessionDep, request: Request) -> dict[str, Any]:
+    try:
+        rollout = service.create_rollout(session, spec, actor=_actor(request))
+    except PlanError as exc:
+        raise _plan_error(exc) from exc
+    return service.rollout_detail(session, rollout.id)
+
+
+@router.get("/rollouts")
+def list_rollouts(session: SessionDep) -> list[dict[str, Any]]:
+    return [{"id": r.id, "name": r.name, "state": r.state, "stage": r.stage, "phase": r.phase,
+             "stages": len(r.spec.get("stages", [])), "created_at": r.created_at, "finished_at": r.finished_at}
+            for r in service.list_rollouts(session)]
+
+
+@router.get("/rollouts/{rollout_id}")
+def show_rollout(rollout_id: str, session: SessionDep) -> dict[str, Any]:
+    return service.rollout_detail(session, rollout_id)
+
+
+@router.get("/rollouts/{rollout_id}/devices")
+def rollout_devices(rollout_id: str, session: SessionDep) -> list[dict[str, Any]]:
+    service.get_rollout(session, rollout_id)
+    return [{"device_id": r.device_id, "stratum": r.stratum, "stage": r.stage, "state": r.state,
+             "reason": r.reason, "attempts": r.attempts, "package_id": r.package_id,
+             "previous_package_id": r.previous_package_id, "job_id": r.job_id, "restarts": r.restarts,
+             "state_since": r.state_since}
+            for r in service.rollout_devices(session, rollout_id)]
+
+
+@router.post("/rollouts/{rollout_id}/{action}")
+def act_on_rollout(rollout_id: str, action: OperatorAction, session: SessionDep, request: Request) -> dict[str, Any]:
+    """approve, pause, resume, abort (roll touched devices back) or cancel (stop at once, no rollback)."""
+    service.operator_action(session, rollout_id, action, actor=_actor(request))
+    return service.rollout_detail(session, rollout_id)
+
+
+@router.put("/devices/{device_id}/labels")
+def set_device_labels(device_id: str, labels: DeviceLabels, session: SessionDep) -> dict[str, list[str]]:
+    return service.set_labels(session, device_id, tags=labels.tags, groups=labels.groups)
+
+
+@router.get("/devices/{device_id}/labels")
+def get_device_labels(device_id: str, session: SessionDep) -> dict[str, list[str]]:
+    return service.get_labels(session, device_id)

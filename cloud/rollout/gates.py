@@ -1,0 +1,324 @@
+"""Pure gate statistics: canary windows against a control group, per stratum.
+
+Input is plain data (telemetry windows, install outcomes, shadow windows); output
+is a list of :class:`GateResult` carrying the numbers that drove each verdict, so a
+decision can be stored and shown exactly as it was made.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from scipy.stats import chi2_contingency
+
+from cloud.rollout.spec import GateThresholds, ShadowSpec
+
+__all__ = [
+    "GateResult",
+    "GateStatus",
+    "GroupStats",
+    "InstallOutcomes",
+    "ShadowStats",
+    "TelemetryWindow",
+    "aggregate",
+    "class_distribution_test",
+    "evaluate_shadow",
+    "evaluate_stratum",
+]
+
+
+class GateStatus(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INSUFFICIENT = "insufficient"
+
+
+@dataclass(frozen=True)
+class TelemetryWindow:
+    device_id: str
+    frames: int
+    inference_errors: int = 0
+    p95_latency_ms: float | None = None
+    mean_confidence: float | None = None
+    class_counts: dict[str, int] = field(default_factory=dict)
+    drift_score: float | None = None
+
+
+@dataclass
+class GroupStats:
+    """Telemetry of one group (canaries or control) in one stratum, summed."""
+
+    devices: int = 0
+    windows: int = 0
+    frames: int = 0
+    errors: int = 0
+    confidence_frames: int = 0
+    confidence_sum: float = 0.0
+    p95_latency_ms: list[float] = field(default_factory=list)
+    class_counts: Counter[str] = field(default_factory=Counter)
+    drift_scores: list[float] = field(default_factory=list)
+    restarts: int = 0
+
+    @property
+    def error_rate(self) -> float | None:
+        attempts = self.frames + self.errors
+        return self.errors / attempts if attempts else None
+
+    @property
+    def mean_confidence(self) -> float | None:
+        return self.confidence_sum / self.confidence_frames if self.confidence_frames else None
+
+    @property
+    def median_p95_latency_ms(self) -> float | None:
+        return statistics.median(self.p95_latency_ms) if self.p95_latency_ms else None
+
+    @property
+    def restarts_per_device(self) -> float | None:
+        return self.restarts / self.devices if self.devices else None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "devices": self.devices, "windows": self.windows, "frames": self.frames, "errors": self.errors,
+            "error_rate": _round(self.error_rate), "mean_confidence": _round(self.mean_confidence),
+            "median_p95_latency_ms": _round(self.median_p95_latency_ms), "restarts": self.restarts,
+            "class_counts": dict(sorted(self.class_counts.items())),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "class_counts": dict(self.class_counts)}
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> GroupStats:
+        return cls(**{**document, "class_counts": Counter(document.get("class_counts", {}))})
+
+
+def aggregate(windows: Iterable[TelemetryWindow], *, restarts: int = 0, devices: int | None = None) -> GroupStats:
+    stats = GroupStats(restarts=restarts)
+    seen: set[str] = set()
+    for window in windows:
+        seen.add(window.device_id)
+        stats.windows += 1
+        stats.frames += window.frames
+        stats.errors += window.inference_errors
+        if window.mean_confidence is not None and window.frames:
+            stats.confidence_frames += window.frames
+            stats.confidence_sum += window.mean_confidence * window.frames
+        if window.p95_latency_ms is not None and window.frames:
+            stats.p95_latency_ms.append(window.p95_latency_ms)
+        stats.class_counts.update(window.class_counts)
+        if window.drift_score is not None:
+            stats.drift_scores.append(window.drift_score)
+    stats.devices = len(seen) if devices is None else devices
+    return stats
+
+
+@dataclass(frozen=True)
+class InstallOutcomes:
+    succeeded: int = 0
+    failed: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.succeeded + self.failed
+
+
+@dataclass
+class ShadowStats:
+    """Summed shadow windows of one stratum: candidate beside the active model."""
+
+    devices: int = 0
+    frames: int = 0
+    agreements: int = 0
+    candidate_errors: int = 0
+    candidate_p95_latency_ms: list[float] = field(default_factory=list)
+    active_p95_latency_ms: list[float] = field(default_factory=list)
+
+    @property
+    def agreement_rate(self) -> float | None:
+        return self.agreements / self.frames if self.frames else None
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    status: GateStatus
+    observed: float | None
+    threshold: float | None
+    message: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"gate": self.gate, "status": self.status.value, "observed": _round(self.observed),
+                "threshold": self.threshold, "message": self.message, "numbers": self.numbers}
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def class_distribution_test(canary: Counter[str], control: Counter[str]) -> tuple[float, float, float]:
+    """Chi-square test of homogeneity on a 2 x K table of predicted-class counts.
+
+    Returns ``(chi2, p_value, total_variation_distance)``. Classes that neither group
+    predicted are dropped (a zero column has no expected count).
+    """
+    labels = sorted(label for label in set(canary) | set(control) if canary[label] + control[label] > 0)
+    canary_total = sum(canary[label] for label in labels)
+    control_total = sum(control[label] for label in labels)
+    tvd = 0.5 * sum(abs(canary[label] / canary_total - control[label] / control_total) for label in labels)
+    if len(labels) < 2:
+        return 0.0, 1.0, tvd
+    table = [[canary[label] for label in labels], [control[label] for label in labels]]
+    chi2, p_value, _dof, _expected = chi2_contingency(table, correction=False)
+    return float(chi2), float(p_value), float(tvd)
+
+
+def _install_gate(t: GateThresholds, installs: InstallOutcomes) -> GateResult:
+    numbers = {"succeeded": installs.succeeded, "failed": installs.failed, "min_outcomes": t.min_install_outcomes}
+    if installs.total < t.min_install_outcomes:
+        return GateResult("install_failure_rate", GateStatus.INSUFFICIENT, None, t.max_install_failure_rate,
+                          f"{installs.total} install outcomes, need {t.min_install_outcomes}", numbers)
+    rate = installs.failed / installs.total
+    status = GateStatus.FAIL if rate > t.max_install_failure_rate else GateStatus.PASS
+    return GateResult("install_failure_rate", status, rate, t.max_install_failure_rate,
+                      f"{installs.failed}/{installs.total} installs failed", numbers)
+
+
+def _enough(group: GroupStats, minimum: int) -> bool:
+    return group.frames + group.errors >= minimum
+
+
+def _error_rate_gate(t: GateThresholds, canary: GroupStats, control: GroupStats) -> GateResult:
+    numbers = {"canary": canary.error_rate, "control": control.error_rate, "canary_frames": canary.frames,
+               "canary_errors": canary.errors, "control_frames": control.frames, "control_errors": control.errors}
+    if not _enough(canary, t.min_frames):
+        return GateResult("error_rate", GateStatus.INSUFFICIENT, canary.error_rate, t.max_error_rate,
+                          f"{canary.frames + canary.errors} canary frames, need {t.min_frames}", numbers)
+    canary_rate = canary.error_rate or 0.0
+    # Without a control group only the absolute cap applies.
+    limit = t.max_error_rate
+    if _enough(control, t.min_frames) and control.error_rate is not None:
+        limit = min(t.max_error_rate, control.error_rate + t.max_error_rate_increase)
+    status = GateStatus.FAIL if canary_rate > limit else GateStatus.PASS
+    return GateResult("error_rate", status, canary_rate, limit,
+                      f"canary error rate {canary_rate:.4f} vs limit {limit:.4f}", numbers)
+
+
+def _restart_gate(t: GateThresholds, canary: GroupStats, control: GroupStats) -> GateResult:
+    canary_rate = canary.restarts_per_device
+    control_rate = control.restarts_per_device or 0.0
+    numbers = {"canary_restarts": canary.restarts, "canary_devices": canary.devices,
+               "control_restarts": control.restarts, "control_devices": control.devices}
+    if canary_rate is None:
+        return GateResult("restarts", GateStatus.INSUFFICIENT, None, None, "no canary devices", numbers)
+    limit = control_rate + t.max_restart_rate_increase
+    status = GateStatus.FAIL if canary_rate > limit else GateStatus.PASS
+    return GateResult("restarts", status, canary_rate, limit,
+                      f"{canary_rate:.3f} restarts per canary device vs limit {limit:.3f}", numbers)
+
+
+def _latency_gate(t: GateThresholds, canary: GroupStats, control: GroupStats) -> GateResult:
+    canary_p95, control_p95 = canary.median_p95_latency_ms, control.median_p95_latency_ms
+    numbers = {"canary_median_p95_ms": _round(canary_p95), "control_median_p95_ms": _round(control_p95),
+               "canary_windows": len(canary.p95_latency_ms), "control_windows": len(control.p95_latency_ms)}
+    if len(canary.p95_latency_ms) < t.min_latency_windows or len(control.p95_latency_ms) < t.min_latency_windows:
+        return GateResult("p95_latency_ratio", GateStatus.INSUFFICIENT, None, t.max_p95_latency_ratio,
+                          f"need {t.min_latency_windows} latency windows in each group", numbers)
+    assert canary_p95 is not None and control_p95 is not None
+    ratio = canary_p95 / max(control_p95, 1e-6)
+    status = GateStatus.FAIL if ratio > t.max_p95_latency_ratio else GateStatus.PASS
+    return GateResult("p95_latency_ratio", status, ratio, t.max_p95_latency_ratio,
+                      f"p95 latency {ratio:.2f}x the control group", numbers)
+
+
+def _confidence_gate(t: GateThresholds, canary: GroupStats, control: GroupStats) -> GateResult:
+    numbers = {"canary": _round(canary.mean_confidence), "control": _round(control.mean_confidence)}
+    if canary.confidence_frames < t.min_frames or control.confidence_frames < t.min_frames:
+        return GateResult("mean_confidence", GateStatus.INSUFFICIENT, canary.mean_confidence, None,
+                          f"need {t.min_frames} frames with confidence in each group", numbers)
+    assert canary.mean_confidence is not None and control.mean_confidence is not None
+    drop = control.mean_confidence - canary.mean_confidence
+    status = GateStatus.FAIL if drop > t.max_confidence_drop else GateStatus.PASS
+    return GateResult("mean_confidence", status, drop, t.max_confidence_drop,
+                      f"mean confidence {canary.mean_confidence:.3f} vs control {control.mean_confidence:.3f}",
+                      numbers)
+
+
+def _class_distribution_gate(t: GateThresholds, canary: GroupStats, control: GroupStats) -> GateResult:
+    canary_n, control_n = sum(canary.class_counts.values()), sum(control.class_counts.values())
+    numbers: dict[str, Any] = {"canary": dict(sorted(canary.class_counts.items())),
+                               "control": dict(sorted(control.class_counts.items())),
+                               "alpha": t.class_distribution_alpha, "min_tvd": t.class_distribution_min_tvd}
+    if canary_n < t.min_frames or control_n < t.min_frames:
+        return GateResult("class_distribution", GateStatus.INSUFFICIENT, None, t.class_distribution_alpha,
+                          f"{canary_n} canary / {control_n} control predictions, need {t.min_frames} each", numbers)
+    chi2, p_value, tvd = class_distribution_test(canary.class_counts, control.class_counts)
+    numbers.update(chi2=round(chi2, 3), p_value=p_value, tvd=round(tvd, 4))
+    shifted = p_value < t.class_distribution_alpha and tvd > t.class_distribution_min_tvd
+    return GateResult("class_distribution", GateStatus.FAIL if shifted else GateStatus.PASS, p_value,
+                      t.class_distribution_alpha,
+                      f"chi-square p={p_value:.3g}, total variation distance {tvd:.3f}", numbers)
+
+
+def _drift_gate(t: GateThresholds, canary: GroupStats, control: GroupStats) -> GateResult | None:
+    if not canary.drift_scores and not control.drift_scores:
+        return None  # drift statistics are optional: devices without them skip this gate
+    numbers = {"canary_windows": len(canary.drift_scores), "control_windows": len(control.drift_scores)}
+    if len(canary.drift_scores) < t.min_drift_windows or len(control.drift_scores) < t.min_drift_windows:
+        return GateResult("drift_score", GateStatus.INSUFFICIENT, None, t.max_drift_score_increase,
+                          f"need {t.min_drift_windows} drift windows in each group", numbers)
+    increase = statistics.median(canary.drift_scores) - statistics.median(control.drift_scores)
+    status = GateStatus.FAIL if increase > t.max_drift_score_increase else GateStatus.PASS
+    return GateResult("drift_score", status, increase, t.max_drift_score_increase,
+                      f"median drift score {increase:+.3f} against the control group", numbers)
+
+
+def evaluate_stratum(
+    thresholds: GateThresholds, *, installs: InstallOutcomes, canary: GroupStats, control: GroupStats
+) -> list[GateResult]:
+    """Every gate for one stratum of one stage: install, runtime health, model quality."""
+    results = [
+        _install_gate(thresholds, installs),
+        _error_rate_gate(thresholds, canary, control),
+        _restart_gate(thresholds, canary, control),
+        _latency_gate(thresholds, canary, control),
+        _confidence_gate(thresholds, canary, control),
+        _class_distribution_gate(thresholds, canary, control),
+    ]
+    drift = _drift_gate(thresholds, canary, control)
+    if drift is not None:
+        results.append(drift)
+    return results
+
+
+def evaluate_shadow(spec: ShadowSpec, shadow: ShadowStats) -> list[GateResult]:
+    """Gates of the shadow phase: agreement with the active model, candidate latency and errors."""
+    numbers = {"frames": shadow.frames, "agreements": shadow.agreements, "candidate_errors": shadow.candidate_errors,
+               "devices": shadow.devices, "min_frames": spec.min_frames}
+    if shadow.frames + shadow.candidate_errors < spec.min_frames:
+        message = f"{shadow.frames} shadowed frames, need {spec.min_frames}"
+        return [GateResult(name, GateStatus.INSUFFICIENT, None, limit, message, numbers) for name, limit in (
+            ("shadow_agreement", spec.min_agreement), ("shadow_latency_ratio", spec.max_latency_ratio),
+            ("shadow_error_rate", spec.max_error_rate))]
+    agreement = shadow.agreement_rate or 0.0
+    results = [GateResult("shadow_agreement", GateStatus.FAIL if agreement < spec.min_agreement else GateStatus.PASS,
+                          agreement, spec.min_agreement,
+                          f"candidate agrees with the active model on {agreement:.1%} of frames", numbers)]
+    if shadow.candidate_p95_latency_ms and shadow.active_p95_latency_ms:
+        ratio = statistics.median(shadow.candidate_p95_latency_ms) / max(
+            statistics.median(shadow.active_p95_latency_ms), 1e-6)
+        results.append(GateResult("shadow_latency_ratio",
+                                  GateStatus.FAIL if ratio > spec.max_latency_ratio else GateStatus.PASS, ratio,
+                                  spec.max_latency_ratio, f"candidate p95 latency {ratio:.2f}x the active model",
+                                  numbers))
+    error_rate = shadow.candidate_errors / (shadow.frames + shadow.candidate_errors)
+    results.append(GateResult("shadow_error_rate",
+                              GateStatus.FAIL if error_rate > spec.max_error_rate else GateStatus.PASS, error_rate,
+                              spec.max_error_rate, f"candidate failed on {error_rate:.1%} of shadowed frames",
+                              numbers))
+    return results
