@@ -1,11 +1,12 @@
 """Fault-injection hooks for the table-driven fault tests (never set them in production).
 
-* ``EDGEFLEET_AGENT_CRASH_AT=<state>[,<state>...]``: the agent calls ``os._exit``
-  right after it has persisted the named install state, before doing that step.
+* ``EDGEFLEET_AGENT_CRASH_AT=<state>[@<model_version>][,...]``: the agent calls
+  ``os._exit`` right after it has persisted the named install state, before doing
+  that step (only while installing ``<model_version>`` when one is given).
   To the state machine this is indistinguishable from ``kill -9`` or a power cut
   at that point, which is what the tests need to reproduce deterministically.
-* ``EDGEFLEET_AGENT_FAIL_WRITE_AT=<point>``: file writes at the named point
-  (``stage``) raise ``OSError(ENOSPC)``, as a full or failing disk would.
+* ``EDGEFLEET_AGENT_FAIL_WRITE_AT=<point>[@<model_version>]``: file writes at the
+  named point (``stage``) raise ``OSError(ENOSPC)``, as a full or failing disk would.
 
 Both are read from the environment on every call so a test can set them per process.
 """
@@ -23,23 +24,24 @@ FAIL_WRITE_ENV = "EDGEFLEET_AGENT_FAIL_WRITE_AT"
 CRASH_EXIT_CODE = 86
 
 
-def _named(env_name: str, point: str) -> bool:
+def _named(env_name: str, point: str, qualifier: str) -> bool:
     value = os.environ.get(env_name, "")
-    return point in {part.strip() for part in value.split(",") if part.strip()}
+    entries = {part.strip() for part in value.split(",") if part.strip()}
+    return point in entries or f"{point}@{qualifier}" in entries
 
 
-def crash_point(point: str) -> None:
+def crash_point(point: str, qualifier: str = "") -> None:
     """Exit the process at once (no cleanup, no flush) when ``point`` is named in the env."""
-    if _named(CRASH_ENV, point):
+    if _named(CRASH_ENV, point, qualifier):
         log.critical("fault injection: crashing at %s", point)
         os._exit(CRASH_EXIT_CODE)
 
 
-def fail_write_point(point: str) -> None:
+def fail_write_point(point: str, qualifier: str = "") -> None:
     """Raise ``OSError(ENOSPC)`` when ``point`` is named in the env.
 
     Raises:
         OSError: the fault is injected.
     """
-    if _named(FAIL_WRITE_ENV, point):
+    if _named(FAIL_WRITE_ENV, point, qualifier):
         raise OSError(errno.ENOSPC, f"fault injection: write failure at {point}")

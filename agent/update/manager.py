@@ -157,7 +157,7 @@ class InstallManager:
         record.state = new_state
         self.state = new_state
         self._persist(record)
-        crash_point(new_state.value)
+        crash_point(new_state.value, str(record.command.get("model_version", "")))
         if new_state not in (S.IDLE, S.COMMIT, S.ROLLBACK, S.ABORT):
             self._report(record, job_state_for(new_state))
 

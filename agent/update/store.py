@@ -160,7 +160,7 @@ class PackageStore:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
             for name, data in files.items():
-                fail_write_point("stage")
+                fail_write_point("stage", manifest.model_version)
                 atomic_write_bytes(staging / name, data)
             atomic_write_bytes(staging / MANIFEST_FILE, manifest_bytes)
             if final.exists():
