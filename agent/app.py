@@ -33,6 +33,7 @@ from agent.contract import (
 )
 from agent.errors import AgentError
 from agent.infer.engine import InferenceEngine, ResultSink
+from agent.metrics import AgentMetrics, MetricsServer
 from agent.pipeline import Pipeline
 from agent.profiles import PROFILES_DIR, FirmwareProfile, load_profile
 from agent.results import JsonLinesSink
@@ -90,6 +91,8 @@ class AgentApp:
         self.director_key = load_director_key(config.director_key_file) if config.director_key_file else None
         self.update_check_error: str | None = None
         self.rejected_commands = 0
+        self.metrics = AgentMetrics(config.device_id, __version__)
+        self._metrics_server: MetricsServer | None = None
         self._commands: queue.Queue[DeployCommand] = queue.Queue(maxsize=100)
         self._stop = threading.Event()
         self._process = psutil.Process()
@@ -182,6 +185,9 @@ class AgentApp:
         for thread in self._threads:
             thread.start()
         self.uplink.start()
+        if self.config.metrics_port is not None:
+            self._metrics_server = MetricsServer(self.metrics, host=self.config.metrics_host,
+                                                 port=self.config.metrics_port).start()
 
     def stop(self) -> None:
         """Stop capture, finish frames in hand, send the last telemetry and buffered reports, go offline."""
@@ -198,6 +204,8 @@ class AgentApp:
             if close is not None:
                 close()
         self.outbox.close()
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
 
     def run_forever(self) -> None:
         self.start()
@@ -285,6 +293,7 @@ class AgentApp:
                 frame_totals=pipeline.totals(),
             )
             self.uplink.publish(self.topics.telemetry(self.config.device_id), report)
+            self.metrics.observe_window(report)
 
     def _telemetry_loop(self) -> None:
         self._process.cpu_percent(None)  # prime: the first call always returns 0

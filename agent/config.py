@@ -82,6 +82,9 @@ class AgentConfig(BaseModel):
     max_outbox_reports: int = Field(default=10_000, ge=1)
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    # Optional Prometheus endpoint (agent/metrics.py): None = off. Loopback unless widened on purpose.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     def pipeline_configs(self) -> list[PipelineConfig]:
         if self.pipelines:
