@@ -1,0 +1,92 @@
+"""Governance tables (migration ``0006_monitor``): audit log, proposals, dataset lineage."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime
+from sqlmodel import Field, SQLModel
+
+from cloud.models import utc_now
+
+
+def _ts(**kwargs: Any) -> Any:
+    return Field(default_factory=utc_now, sa_type=DateTime(timezone=True), **kwargs)
+
+
+def _json(default_factory: Any) -> Any:
+    return Field(default_factory=default_factory, sa_column=Column(JSON, nullable=False))
+
+
+class AuditEvent(SQLModel, table=True):
+    """Who or what did what, to which subject, when, with the numbers that drove it."""
+
+    __tablename__ = "audit_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(index=True)
+    actor: str = Field(max_length=128)
+    action: str = Field(index=True, max_length=64)
+    subject_type: str = Field(max_length=32)
+    subject_id: str = Field(index=True, max_length=128)
+    details: dict[str, Any] = _json(dict)
+
+
+class RetrainingProposal(SQLModel, table=True):
+    """Opened by a drift alert; carried through labelling, training and validation."""
+
+    __tablename__ = "retraining_proposal"
+
+    id: str = Field(primary_key=True, max_length=32)
+    # open → training → validated | rejected → rollout_proposed
+    state: str = Field(default="open", index=True, max_length=24)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    created_by: str = Field(max_length=128)
+    base_model_version: str | None = Field(default=None, max_length=128)
+    base_package_id: str | None = Field(default=None, max_length=64)
+    base_dataset_id: str | None = Field(default=None, max_length=80)
+    alert_ids: list[str] = _json(list)
+    device_ids: list[str] = _json(list)
+    new_dataset_id: str | None = Field(default=None, max_length=80)
+    new_model_version: str | None = Field(default=None, max_length=128)
+    new_package_id: str | None = Field(default=None, max_length=64)
+    validation: dict[str, Any] = _json(dict)
+    rollout_proposal_id: str | None = Field(default=None, max_length=32)
+
+
+class RolloutProposal(SQLModel, table=True):
+    """A canary rollout of a retrained release that waits for approval (or auto-approval)."""
+
+    __tablename__ = "rollout_proposal"
+
+    id: str = Field(primary_key=True, max_length=32)
+    retraining_proposal_id: str | None = Field(default=None, max_length=32)
+    model_version: str = Field(max_length=128)
+    package_id: str = Field(max_length=64)
+    device_ids: list[str] = _json(list)
+    # pending → approved → started | rejected
+    state: str = Field(default="pending", index=True, max_length=16)
+    auto_approved: bool = False
+    decided_by: str | None = Field(default=None, max_length=128)
+    decided_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    rollout_id: str | None = Field(default=None, max_length=64)
+    deployment_id: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _ts()
+    reason: str = Field(default="", max_length=512)
+
+
+class DatasetLineage(SQLModel, table=True):
+    """A dataset version made by governance: its parent and the samples it added."""
+
+    __tablename__ = "dataset_lineage"
+
+    dataset_id: str = Field(primary_key=True, max_length=80)
+    parent_dataset_id: str | None = Field(default=None, max_length=80)
+    sample_ids: list[str] = _json(list)
+    device_ids: list[str] = _json(list)
+    store_path: str = ""
+    proposal_id: str | None = Field(default=None, max_length=32)
+    created_by: str = Field(max_length=128)
+    created_at: datetime = _ts()

@@ -1,0 +1,131 @@
+"""Tables of drift monitoring and sample capture (migration ``0006_monitor``).
+
+Idempotent ingest: every table fed by device reports has a unique ``message_id``,
+so a QoS 1 redelivery is a no-op.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from cloud.models import utc_now
+
+
+def _ts(**kwargs: Any) -> Any:
+    return Field(default_factory=utc_now, sa_type=DateTime(timezone=True), **kwargs)
+
+
+def _json(default_factory: Any) -> Any:
+    return Field(default_factory=default_factory, sa_column=Column(JSON, nullable=False))
+
+
+class DriftWindowRecord(SQLModel, table=True):
+    """One device window as received, with the control plane's test of it."""
+
+    __tablename__ = "drift_window"
+    __table_args__ = (UniqueConstraint("message_id", name="uq_drift_window_message_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(max_length=64)
+    device_id: str = Field(index=True, max_length=64)
+    model_version: str | None = Field(default=None, max_length=128)
+    package_id: str | None = Field(default=None, index=True, max_length=64)
+    window_seq: int = 0
+    window_started_at: datetime = Field(sa_type=DateTime(timezone=True))
+    window_ended_at: datetime = Field(sa_type=DateTime(timezone=True))
+    received_at: datetime = _ts(index=True)
+    frames: int = 0
+    frames_seen: int = 0
+    features: list[str] = _json(list)
+    histograms: str = Field(sa_column=Column(Text, nullable=False))
+    means: list[float] = _json(list)
+    stds: list[float] = _json(list)
+    class_counts: list[int] = _json(list)
+    local_score: float | None = None
+    tested: bool = False
+    untested_reason: str | None = Field(default=None, max_length=256)
+    p_value: float | None = None
+    score: float | None = None
+    cusum: float | None = None
+    evidence: dict[str, Any] = _json(dict)
+
+
+class DriftDetectorState(SQLModel, table=True):
+    """The sequential test's state for one device and package (survives restarts)."""
+
+    __tablename__ = "drift_detector"
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    package_id: str = Field(primary_key=True, max_length=64)
+    statistic: float = 0.0
+    alarm: bool = False
+    clean_run: int = 0
+    clean_streak: int = 0
+    windows: int = 0
+    updated_at: datetime = _ts()
+
+
+class DriftAlert(SQLModel, table=True):
+    __tablename__ = "drift_alert"
+
+    id: str = Field(primary_key=True, max_length=32)
+    scope: str = Field(default="device", max_length=16)  # "device" or "fleet"
+    device_id: str | None = Field(default=None, index=True, max_length=64)
+    package_id: str | None = Field(default=None, max_length=64)
+    model_version: str | None = Field(default=None, max_length=128)
+    state: str = Field(default="open", index=True, max_length=16)  # "open" or "cleared"
+    opened_at: datetime = _ts()
+    cleared_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    cleared_reason: str | None = Field(default=None, max_length=256)
+    score: float = 0.0
+    window_ids: list[int] = _json(list)
+    evidence: dict[str, Any] = _json(dict)
+    proposal_id: str | None = Field(default=None, max_length=32)
+
+
+class SampleBlob(SQLModel, table=True):
+    """A sample image, content-addressed by sha256 (uploaded over HTTP or inline)."""
+
+    __tablename__ = "sample_blob"
+
+    sha256: str = Field(primary_key=True, max_length=64)
+    device_id: str = Field(index=True, max_length=64)
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    size_bytes: int
+    created_at: datetime = _ts(index=True)
+
+
+class SampleRecord(SQLModel, table=True):
+    __tablename__ = "sample"
+    __table_args__ = (
+        UniqueConstraint("message_id", name="uq_sample_message_id"),
+        UniqueConstraint("sample_id", name="uq_sample_sample_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(max_length=64)
+    sample_id: str = Field(max_length=64)
+    device_id: str = Field(index=True, max_length=64)
+    model_version: str | None = Field(default=None, max_length=128)
+    package_id: str | None = Field(default=None, max_length=64)
+    sampler: str = Field(max_length=16)
+    reason: str = Field(default="", max_length=256)
+    captured_at: datetime = Field(sa_type=DateTime(timezone=True))
+    received_at: datetime = _ts(index=True)
+    predicted_label: str | None = Field(default=None, max_length=256)
+    confidence: float | None = None
+    features: dict[str, float] = _json(dict)
+    stats_only: bool = False
+    image_sha256: str | None = Field(default=None, index=True, max_length=64)
+    image_bytes: int = 0
+    image_width: int = 0
+    image_height: int = 0
+    # Labelling: "unlabelled" → "labelled" (or "rejected": not usable); who and when.
+    status: str = Field(default="unlabelled", index=True, max_length=16)
+    label: str | None = Field(default=None, max_length=256)
+    labelled_by: str | None = Field(default=None, max_length=128)
+    labelled_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
