@@ -35,6 +35,7 @@ def build_package(
     artifacts: list[tuple[Path, ModelArtifact]],
     hardware_profiles: list[str],
     extra_files: list[Path] | None = None,
+    drift_reference: Path | None = None,
 ) -> BuiltPackage:
     """Write ``packages_dir/<package_id>/`` with the artifacts and ``manifest.json``.
 
@@ -44,6 +45,9 @@ def build_package(
     own names and listed in the manifest, so its hash covers them too.
     """
     extras = list(extra_files or [])
+    # The drift reference (issue 7) travels like any extra file, and the manifest names it.
+    if drift_reference is not None:
+        extras.append(drift_reference)
     content_hash = sha256_bytes(b"".join(describe_file(p).sha256.encode()
                                          for p in [*(p for p, _ in artifacts), *extras]))[:10]
     package_id = f"{model_version}-{content_hash}"
@@ -68,6 +72,7 @@ def build_package(
         preprocessing=spec,
         artifacts=[artifact for _, artifact in artifacts],
         files=files,
+        drift_reference_file=drift_reference.name if drift_reference is not None else None,
     )
     raw = manifest.to_bytes()
     (directory / MANIFEST_FILE).write_bytes(raw)
