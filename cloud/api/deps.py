@@ -8,6 +8,7 @@ endpoints, and :data:`AdminDep` guards key and token management.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated
 
@@ -21,12 +22,8 @@ if TYPE_CHECKING:
     from cloud.server import ControlPlane
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# Routes a device token may call, and only with its own id in the path.
-DEVICE_ROUTES = frozenset({
-    "/api/v1/devices/{device_id}",
-    "/api/v1/devices/{device_id}/telemetry",
-    "/api/v1/devices/{device_id}/certificate",
-})
+# The URLs a device token may call, and only with its own id in them.
+DEVICE_URL = re.compile(r"^/api/v1/devices/(?P<device_id>[^/]+)(?:/telemetry|/certificate)?/?$")
 
 
 def get_plane(request: Request) -> ControlPlane:
@@ -60,10 +57,10 @@ def get_principal(request: Request, session: SessionDep) -> Principal:
 
 def require_access(request: Request, principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     """Viewer for reads, operator for writes; device tokens only on their own device's routes."""
-    route = request.scope.get("route")
-    path = getattr(route, "path", request.url.path)
+    path = request.url.path
     if principal.role == Role.DEVICE:
-        if path in DEVICE_ROUTES and request.path_params.get("device_id") == principal.device_id:
+        match = DEVICE_URL.match(path)
+        if match and match["device_id"] == principal.device_id:
             return principal
         raise HTTPException(403, f"device {principal.device_id} may only reach its own device endpoints")
     needed = Role.VIEWER if request.method in READ_METHODS else Role.OPERATOR
