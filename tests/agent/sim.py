@@ -55,10 +55,10 @@ class Release:
 class _RepoHandler(SimpleHTTPRequestHandler):
     corrupt: set[str] = set()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         path = Path(self.translate_path(self.path))
         if path.is_file() and any(marker in path.name for marker in self.corrupt):
             data = bytearray(path.read_bytes())

@@ -65,7 +65,7 @@ def test_disagreeing_and_unloadable_candidates_are_discarded_and_the_fastest_win
     profile = [c.model_dump() for c in load_profiles()[PROFILE].runtimes]
     runtimes = {a.runtime for a in manifest.artifacts}
     available = {runtime: available_devices(runtime) for runtime in runtimes}
-    candidates, measurements = plan_candidates(manifest, hardware_profile=PROFILE, profile_runtimes=profile,
+    candidates, _measurements = plan_candidates(manifest, hardware_profile=PROFILE, profile_runtimes=profile,
                                                available=available)
     # The profile names no litert or int8 ONNX for this package here: only fp32 ONNX Runtime and OpenVINO remain.
     assert {(c.artifact.runtime, c.artifact.file) for c in candidates} == {
