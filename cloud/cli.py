@@ -24,6 +24,11 @@ app.add_typer(cli_ops.package_app, name="package")
 app.add_typer(cli_ops.fleet_app, name="fleet")
 app.add_typer(cli_ops.status_app, name="status")
 
+# Staged rollouts (cloud/cli_rollout.py).
+from cloud.cli_rollout import rollout_app  # noqa: E402
+
+app.add_typer(rollout_app, name="rollout")
+
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -162,6 +162,7 @@ class _Pass:
         self.now = now
         self.outbox = outbox
         self.spec = RolloutSpec.model_validate(rollout.spec)
+        self.actor = f"engine:{engine.name}"
         self.rows = list(session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id)))
         device_ids = [row.device_id for row in self.rows]
         self.devices = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(device_ids)))}
@@ -205,7 +206,7 @@ class _Pass:
     def finish(self, state: RolloutState, reason: str, numbers: dict[str, Any] | None = None) -> None:
         self.rollout.state = state
         self.rollout.finished_at = self.now
-        record_decision(self.session, self.rollout, state.value, reason, numbers or {})
+        record_decision(self.session, self.rollout, state.value, reason, numbers or {}, actor=self.actor)
 
     # -- device states ----------------------------------------------------------
     def track_restarts(self) -> None:
@@ -512,7 +513,7 @@ class _Pass:
             decision.reason += " (approved by the operator)"
         if action == Action.WAIT:
             return
-        record_decision(self.session, rollout, action.value, decision.reason, decision.numbers)
+        record_decision(self.session, rollout, action.value, decision.reason, decision.numbers, actor=self.actor)
         log.info("rollout %s stage %d: %s (%s)", rollout.id, rollout.stage, action.value, decision.reason)
         if action == Action.PROMOTE:
             rollout.stage += 1

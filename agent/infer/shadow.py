@@ -1,0 +1,138 @@
+"""Shadow mode: a candidate model runs beside the active one before any switch (issue 6).
+
+The active model's result is what the device uses; the candidate only sees a sampled
+fraction of the same frames, and the device reports how often the two agree and how
+fast the candidate is (``TelemetryReport.shadow``). The rollout engine gates on those
+numbers before it lets the stage install the candidate.
+
+:class:`ShadowRunner` holds no thread and no I/O: the inference thread calls
+:meth:`ShadowRunner.observe` with each frame and the active model's label, and the
+telemetry loop calls :meth:`ShadowRunner.take_window` once per report.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.contract import ShadowWindow
+from agent.infer.engine import LoadedModel, softmax
+from agent.preprocess import preprocess
+
+__all__ = ["ShadowRunner", "run_candidate"]
+
+# Per-window latency samples kept for the percentile; bounded like the telemetry window's.
+MAX_LATENCY_SAMPLES = 2048
+
+
+class CandidateOutputError(ValueError):
+    """The candidate returned NaN or Inf scores for a frame."""
+
+
+def run_candidate(model: LoadedModel, frame_bgr: npt.NDArray[np.uint8]) -> tuple[str, float, float]:
+    """Run ``model`` on one BGR frame: ``(label, confidence, inference milliseconds)``.
+
+    Raises:
+        CandidateOutputError: the scores are not finite.
+        ValueError, RuntimeError: preprocessing or the runtime failed.
+    """
+    tensor = preprocess(frame_bgr, model.manifest.preprocessing)
+    started = time.perf_counter()
+    scores = model.backend.run(tensor)[0]
+    inference_ms = (time.perf_counter() - started) * 1000.0
+    if not np.all(np.isfinite(scores)):
+        raise CandidateOutputError("candidate produced a non-finite score")
+    probabilities = softmax(scores) if model.artifact.output_activation == "softmax" else scores
+    index = int(np.argmax(probabilities))
+    return model.manifest.labels[index], float(probabilities[index]), inference_ms
+
+
+class ShadowRunner:
+    """Runs ``candidate`` on ``sample_fraction`` of frames for ``duration_s`` seconds.
+
+    Thread-safe: ``observe`` runs on the inference thread, ``take_window`` on the
+    telemetry thread. A failing candidate frame is counted, never raised.
+    """
+
+    def __init__(
+        self,
+        candidate: LoadedModel,
+        *,
+        sample_fraction: float,
+        duration_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 0 < sample_fraction <= 1:
+            raise ValueError(f"sample_fraction must be in (0, 1], not {sample_fraction}")
+        self.candidate = candidate
+        self.sample_fraction = sample_fraction
+        self._clock = clock
+        self.ends_at = clock() + duration_s
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._frames = 0
+        self._agreements = 0
+        self._errors = 0
+        self._candidate_ms: list[float] = []
+        self._active_ms: list[float] = []
+        self._labels: Counter[str] = Counter()
+
+    @property
+    def package_id(self) -> str:
+        return self.candidate.manifest.package_id
+
+    @property
+    def expired(self) -> bool:
+        return self._clock() >= self.ends_at
+
+    def wants_frame(self) -> bool:
+        """Whether to shadow the next frame (decided before any candidate work is done)."""
+        return not self.expired and self._rng.random() < self.sample_fraction
+
+    def observe(self, frame_bgr: npt.NDArray[np.uint8], active_label: str, active_inference_ms: float | None,
+                *, sampled: bool | None = None) -> None:
+        """Shadow one frame the active model labelled ``active_label`` (if it is sampled)."""
+        if not (self.wants_frame() if sampled is None else sampled):
+            return
+        try:
+            label, _confidence, inference_ms = run_candidate(self.candidate, frame_bgr)
+        except (CandidateOutputError, ValueError, RuntimeError):
+            with self._lock:
+                self._errors += 1
+            return
+        with self._lock:
+            self._frames += 1
+            self._agreements += label == active_label
+            self._labels[label] += 1
+            if len(self._candidate_ms) < MAX_LATENCY_SAMPLES:
+                self._candidate_ms.append(inference_ms)
+                if active_inference_ms is not None:
+                    self._active_ms.append(active_inference_ms)
+
+    def take_window(self) -> ShadowWindow | None:
+        """The results since the last call, or None when nothing was shadowed and it has ended."""
+        with self._lock:
+            frames, agreements, errors = self._frames, self._agreements, self._errors
+            candidate_ms, active_ms, labels = self._candidate_ms, self._active_ms, dict(self._labels)
+            self._reset()
+        if frames == 0 and errors == 0 and self.expired:
+            return None
+        return ShadowWindow(
+            package_id=self.candidate.manifest.package_id, model_version=self.candidate.version, frames=frames,
+            agreements=agreements, candidate_errors=errors, candidate_p95_latency_ms=_p95(candidate_ms),
+            active_p95_latency_ms=_p95(active_ms), class_counts=labels,
+        )
+
+
+def _p95(values: list[float]) -> float | None:
+    return round(float(np.percentile(values, 95)), 3) if values else None

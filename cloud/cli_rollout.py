@@ -1,0 +1,221 @@
+"""``edgefleet rollout ...``: staged rollouts over the control plane's HTTP API (issue 6).
+
+``plan SPEC`` is a dry run; ``create SPEC`` starts one; ``show ID`` prints every
+decision with the numbers that drove it; ``approve / pause / resume / abort /
+cancel ID`` are the operator actions; ``label DEVICE`` sets the tags and groups a
+target selects on; ``engine`` runs a rollout engine as its own process.
+Server, token, ``--json`` and exit codes work as for every other operator command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cloud.cli_ops import (
+    DEFAULT_SERVER,
+    ApiError,
+    Exit,
+    JsonOpt,
+    ServerOpt,
+    TokenOpt,
+    client_from,
+    emit_json,
+    fail,
+)
+from cloud.rollout.spec import SpecError, load_spec
+
+__all__ = ["rollout_app"]
+
+rollout_app = typer.Typer(help="Staged rollouts gated on health and model quality.", no_args_is_help=True)
+console = Console()
+
+SpecArg = Annotated[Path, typer.Argument(help="rollout spec, YAML (see docs/rollouts.md)")]
+IdArg = Annotated[str, typer.Argument(help="rollout id")]
+
+
+def _request(server: str, token: str | None, method: str, path: str, body: Any = None) -> Any:
+    client = client_from(server, token)
+    try:
+        return client.request(method, path, json=body) if body is not None else client.request(method, path)
+    except ApiError as exc:
+        fail(exc.detail, exc.exit_code)
+    finally:
+        client.close()
+
+
+def _spec_body(path: Path) -> dict[str, Any]:
+    try:
+        return load_spec(path).model_dump(mode="json")
+    except SpecError as exc:
+        fail(str(exc), Exit.BAD_INPUT)
+
+
+@rollout_app.command("plan")
+def plan(spec: SpecArg, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, json_out: JsonOpt = False) -> None:
+    """Dry run: list the devices each stage would take, per stratum. Nothing is started."""
+    result = _request(server, token, "POST", "/api/v1/rollouts/plan", _spec_body(spec))
+    if json_out:
+        emit_json(result)
+        return
+    strata = ", ".join(f"{k} ({n})" for k, n in result["strata"].items())
+    console.print(f"strata: {strata}")
+    table = Table(title="devices per stage")
+    for column in ("stage", "cumulative per stratum", "new devices", "offline now", "devices"):
+        table.add_column(column)
+    for stage in result["stages"]:
+        sizes = ", ".join(f"{k}: {n}" for k, n in stage["cumulative_per_stratum"].items())
+        table.add_row(str(stage["stage"]), sizes, str(len(stage["devices"])), str(len(stage["offline"])),
+                      " ".join(stage["devices"]))
+    console.print(table)
+    for device_id, reason in sorted(result["skipped"].items()):
+        console.print(f"skipped {device_id}: {reason}", highlight=False)
+
+
+@rollout_app.command("create")
+def create(spec: SpecArg, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, json_out: JsonOpt = False) -> None:
+    """Start a rollout from a spec file; prints its id."""
+    detail = _request(server, token, "POST", "/api/v1/rollouts", _spec_body(spec))
+    if json_out:
+        emit_json(detail)
+        return
+    console.print(f"rollout {detail['id']} started: {detail['device_count']} devices, {detail['stages']} stages")
+
+
+@rollout_app.command("list")
+def list_rollouts(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, json_out: JsonOpt = False) -> None:
+    """Every rollout, newest first."""
+    rollouts = _request(server, token, "GET", "/api/v1/rollouts")
+    if json_out:
+        emit_json(rollouts)
+        return
+    table = Table(title=f"rollouts ({len(rollouts)})")
+    for column in ("id", "name", "state", "stage", "created"):
+        table.add_column(column)
+    for r in rollouts:
+        table.add_row(r["id"], r["name"], r["state"], f"{r['stage'] + 1}/{r['stages']} {r['phase']}",
+                      str(r["created_at"]))
+    console.print(table)
+
+
+def _gate_lines(numbers: dict[str, Any]) -> list[str]:
+    lines = []
+    for stratum, verdict in sorted(numbers.get("strata", {}).items()):
+        source = verdict.get("control_source")
+        head = f"  {stratum}" + (" [halted]" if verdict.get("halted") else "") + (
+            f" (control: {source})" if source else "")
+        lines.append(head)
+        for gate in verdict.get("gates", []):
+            lines.append(f"    {gate['status']:<12} {gate['gate']:<22} observed={gate['observed']} "
+                         f"threshold={gate['threshold']}  {gate['message']}")
+    return lines
+
+
+@rollout_app.command("show")
+def show(rollout_id: IdArg, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+         json_out: JsonOpt = False) -> None:
+    """State, devices per stratum, and every decision with the numbers that drove it."""
+    detail = _request(server, token, "GET", f"/api/v1/rollouts/{rollout_id}")
+    if json_out:
+        emit_json(detail)
+        return
+    console.print(f"[bold]{detail['id']}[/] {detail['name']}: {detail['state']}, stage "
+                  f"{detail['stage'] + 1}/{detail['stages']} ({detail['phase']})", highlight=False)
+    if detail["halted_strata"]:
+        console.print(f"halted strata: {', '.join(detail['halted_strata'])}", highlight=False)
+    table = Table(title="devices")
+    table.add_column("stratum")
+    table.add_column("states")
+    for stratum, states in detail["devices_by_stratum"].items():
+        table.add_row(stratum, ", ".join(f"{s}: {n}" for s, n in sorted(states.items())))
+    console.print(table)
+    console.print("[bold]decisions[/]")
+    for decision in detail["decisions"]:
+        console.print(f"{decision['created_at']} stage {decision['stage'] + 1} [bold]{decision['action']}[/] by "
+                      f"{decision['actor']}: {decision['reason']}", highlight=False, soft_wrap=True)
+        for line in _gate_lines(decision["numbers"]):
+            console.print(line, highlight=False, soft_wrap=True)
+    evaluation = detail.get("evaluation") or {}
+    if evaluation and detail["state"] not in ("completed", "aborted", "cancelled"):
+        console.print(f"[bold]latest evaluation[/] ({evaluation.get('at')}): {evaluation.get('reason')}",
+                      highlight=False, soft_wrap=True)
+        for line in _gate_lines(evaluation):
+            console.print(line, highlight=False, soft_wrap=True)
+
+
+def _act(action: str, rollout_id: str, server: str, token: str | None, json_out: bool) -> None:
+    detail = _request(server, token, "POST", f"/api/v1/rollouts/{rollout_id}/{action}")
+    if json_out:
+        emit_json(detail)
+        return
+    console.print(f"rollout {rollout_id}: {detail['state']}")
+
+
+@rollout_app.command("approve")
+def approve(rollout_id: IdArg, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+            json_out: JsonOpt = False) -> None:
+    """Let a rollout waiting for approval move past its current stage."""
+    _act("approve", rollout_id, server, token, json_out)
+
+
+@rollout_app.command("pause")
+def pause(rollout_id: IdArg, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+          json_out: JsonOpt = False) -> None:
+    """Stop dispatching and promoting; devices already installing are still tracked."""
+    _act("pause", rollout_id, server, token, json_out)
+
+
+@rollout_app.command("resume")
+def resume(rollout_id: IdArg, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+           json_out: JsonOpt = False) -> None:
+    """Continue a paused rollout."""
+    _act("resume", rollout_id, server, token, json_out)
+
+
+@rollout_app.command("abort")
+def abort(rollout_id: IdArg, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+          json_out: JsonOpt = False) -> None:
+    """Stop and roll every touched device back to its previous version."""
+    _act("abort", rollout_id, server, token, json_out)
+
+
+@rollout_app.command("cancel")
+def cancel(rollout_id: IdArg, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+           json_out: JsonOpt = False) -> None:
+    """Force-cancel: stop at once, without rolling anything back."""
+    _act("cancel", rollout_id, server, token, json_out)
+
+
+@rollout_app.command("label")
+def label(
+    device_id: Annotated[str, typer.Argument(help="device id")],
+    tag: Annotated[list[str] | None, typer.Option(help="a tag (repeat for several)")] = None,
+    group: Annotated[list[str] | None, typer.Option(help="a group (repeat for several)")] = None,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+) -> None:
+    """Replace a device's tags and groups (what a rollout target selects on)."""
+    labels = _request(server, token, "PUT", f"/api/v1/devices/{device_id}/labels",
+                      {"tags": tag or [], "groups": group or []})
+    console.print(f"{device_id}: tags {labels['tags']}, groups {labels['groups']}", highlight=False)
+
+
+@rollout_app.command("engine")
+def engine(
+    base_url: Annotated[str, typer.Option(help="where devices download packages (the control plane's URL)")],
+    tick_s: Annotated[float, typer.Option(min=0.05, help="seconds between passes")] = 1.0,
+    name: Annotated[str | None, typer.Option(help="engine name in the decision log")] = None,
+) -> None:
+    """Run a rollout engine process (settings from EDGEFLEET_* like `edgefleet serve`)."""
+    from cloud.core.config import Settings
+    from cloud.rollout.run import run_engine
+
+    settings = Settings()
+    if not settings.mqtt_url:
+        fail("a separate engine needs EDGEFLEET_MQTT_URL (the embedded broker lives in `edgefleet serve`)",
+             Exit.BAD_INPUT)
+    run_engine(settings, base_url=base_url, tick_s=tick_s, name=name)
