@@ -29,6 +29,11 @@ from cloud.cli_rollout import rollout_app  # noqa: E402
 
 app.add_typer(rollout_app, name="rollout")
 
+# Keys, tokens and broker configuration (cloud/cli_security.py): keys ..., token ..., broker-config.
+from cloud.cli_security import app as security_app  # noqa: E402
+
+app.add_typer(security_app)
+
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
