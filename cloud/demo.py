@@ -21,6 +21,8 @@ from cloud.core.config import Settings
 from cloud.fleet import fleet_rows
 from cloud.pipeline.data.synth import write_synthetic_dataset
 from cloud.pipeline.quickstart import train_and_package
+from cloud.security.models import Role
+from cloud.security.tokens import create_api_token
 from cloud.server import ControlPlane
 
 DEMO_PROFILE = "x86-64-avx2"
@@ -43,6 +45,22 @@ def spawn_agent(config: dict[str, object], config_path: Path, log_path: Path) ->
             [sys.executable, "-m", "agent", "run", "--config", str(config_path)],
             stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+
+
+def enroll_agent(client: httpx.Client, base_url: str, device_id: str, state_dir: Path) -> dict[str, object]:
+    """Enroll a device as an operator would: a one-time token, then `edgefleet-agent enroll` on the device.
+
+    Returns the settings enrollment wrote (certificate, TUF root, director key paths).
+    """
+    response = client.post("/api/v1/enrollment-tokens", json={"device_id": device_id, "hardware_profile": DEMO_PROFILE})
+    response.raise_for_status()
+    config_path = state_dir / "agent.yaml"
+    subprocess.run([sys.executable, "-m", "agent", "enroll", "--server", base_url, "--token", response.json()["token"],
+                    "--config", str(config_path), "--state-dir", str(state_dir)],
+                   check=True, capture_output=True, timeout=60)
+    enrolled = yaml.safe_load(config_path.read_text())
+    assert isinstance(enrolled, dict)
+    return enrolled
 
 
 def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -82,7 +100,13 @@ def run_demo(*, devices: int, seconds: float, workdir: Path, console: Console) -
         if not video.exists():
             write_video(str(video), frames=450, fps=15.0, seed=7)
 
-        client = httpx.Client(base_url=base_url, timeout=10)
+        # Every API call needs a token: the demo makes an admin one and shows how to use it.
+        with Session(plane.engine) as session:
+            admin_token, _ = create_api_token(session, name="demo admin", role=Role.ADMIN)
+        console.print(f"[bold]api[/] admin token {admin_token}\n"
+                      f"  curl -H 'Authorization: Bearer {admin_token}' {base_url}/api/v1/fleet\n"
+                      f"  (more tokens: edgefleet token create --name NAME --role viewer|operator|admin)")
+        client = httpx.Client(base_url=base_url, timeout=10, headers={"Authorization": f"Bearer {admin_token}"})
         device_ids = [f"cam-{i:02d}" for i in range(1, devices + 1)]
         for device_id in device_ids:
             response = client.post("/api/v1/devices", json={"id": device_id, "hardware_profile": DEMO_PROFILE})
@@ -91,6 +115,7 @@ def run_demo(*, devices: int, seconds: float, workdir: Path, console: Console) -
             state_dir = workdir / "devices" / device_id
             state_dir.mkdir(parents=True, exist_ok=True)
             agents.append(spawn_agent({
+                **enroll_agent(client, base_url, device_id, state_dir),
                 "device_id": device_id, "mqtt_url": plane.broker_url, "topic_prefix": settings.topic_prefix,
                 "api_url": base_url, "state_dir": str(state_dir), "hardware_profile": DEMO_PROFILE,
                 "source": str(video), "target_fps": 15.0, "telemetry_interval_s": 2.0,
