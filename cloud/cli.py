@@ -11,8 +11,6 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(help="EdgeFleet control plane and operator CLI.", no_args_is_help=True)
-data_app = typer.Typer(help="Datasets.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
 console = Console()
 
 # Operator commands over HTTP (cloud/cli_ops.py): every listing takes --json.
@@ -23,6 +21,11 @@ app.add_typer(cli_ops.deployment_app, name="deployment")
 app.add_typer(cli_ops.package_app, name="package")
 app.add_typer(cli_ops.fleet_app, name="fleet")
 app.add_typer(cli_ops.status_app, name="status")
+
+# Pipeline commands (cloud/cli_pipeline.py): data, train, build, model.
+from cloud import cli_pipeline  # noqa: E402
+
+cli_pipeline.register(app)
 
 # Staged rollouts (cloud/cli_rollout.py).
 from cloud.cli_rollout import rollout_app  # noqa: E402
@@ -77,49 +80,6 @@ def demo(
         console.print("[yellow]interrupted; stopped every process the demo started[/]")
         raise typer.Exit(130) from None
     print(summary)
-
-
-@data_app.command("synth")
-def data_synth(
-    out: Annotated[Path, typer.Argument(help="directory to write <class>/<n>.png and metadata.csv into")],
-    per_class: Annotated[int, typer.Option(min=1)] = 200,
-    size: Annotated[int, typer.Option(min=16, max=1024)] = 64,
-    seed: int = 0,
-    blur: Annotated[float, typer.Option(min=0)] = 0.0,
-    noise: Annotated[float, typer.Option(min=0)] = 3.0,
-) -> None:
-    """Generate a synthetic labelled scene dataset (4 classes, varied lighting)."""
-    from cloud.pipeline.data.synth import write_synthetic_dataset
-
-    write_synthetic_dataset(out, images_per_class=per_class, size=size, seed=seed, blur_sigma=blur, noise_std=noise)
-    console.print(f"wrote {per_class * 4} images to {out}")
-
-
-@app.command()
-def train(
-    data: Annotated[Path, typer.Option(help="ImageFolder dataset directory")],
-    name: str = "shapes",
-    epochs: Annotated[int, typer.Option(min=1)] = 12,
-    seed: int = 0,
-    profile: Annotated[list[str] | None, typer.Option(help="hardware profiles the package targets")] = None,
-) -> None:
-    """Train, evaluate, export ONNX, register the model version and build its package."""
-    from cloud.core.config import Settings
-    from cloud.core.db import make_engine, migrate
-    from cloud.pipeline.quickstart import train_and_package
-    from cloud.pipeline.train.trainer import TrainConfig
-
-    settings = Settings()
-    migrate(settings.resolved_database_url)
-    try:
-        result = train_and_package(make_engine(settings.resolved_database_url), data_root=data,
-                                   models_dir=settings.models_dir, packages_dir=settings.packages_dir,
-                                   model_name=name, hardware_profiles=profile or ["x86-64-avx2"],
-                                   config=TrainConfig(epochs=epochs, seed=seed))
-    except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    console.print(f"registered {result.model_version} (accuracy {result.accuracy:.3f}), package {result.package_id}")
 
 
 def main() -> None:

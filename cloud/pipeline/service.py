@@ -102,7 +102,8 @@ def code_version() -> str | None:
     cwd = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=cwd)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "cloud/pipeline"],
+        # Dirty = uncommitted changes in the pipeline's own code (cwd is cloud/pipeline).
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
                                capture_output=True, text=True, timeout=5, cwd=cwd)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -423,7 +424,7 @@ def describe_model(session: Session, version: str) -> dict[str, Any]:
     lineage = store.get_lineage(session, model.id)
     builds = store.list_builds(session, model.id)
     return {
-        "version": model.version, "name": model.name, "status": model.status, "dataset_id": model.dataset_id,
+        "id": model.id, "metrics": model.metrics, "version": model.version, "name": model.name, "status": model.status, "dataset_id": model.dataset_id,
         "code_version": model.code_version, "labels": model.labels, "hyperparameters": model.hyperparameters,
         "onnx_sha256": model.onnx_sha256, "created_at": model.created_at.isoformat(),
         "source": lineage.source if lineage else None,

@@ -74,8 +74,9 @@ def validate_dataset(dataset: DatasetVersion, limits: ValidationLimits = Validat
         DatasetVersion, ValidationReport]:
     """Check every image; return the version without corrupt files, and the report.
 
-    The returned version keeps the original ``dataset_id`` (the id names the bytes
-    that were ingested, readable or not); the report lists what was excluded.
+    The returned version's id is computed over the usable images only: the id names
+    what training sees, so a directory that differs only by a corrupt file gives the
+    same version. The report lists what was excluded.
     """
     report = ValidationReport(dataset_id=dataset.dataset_id)
     usable: list[Sample] = []
@@ -150,7 +151,9 @@ def validate_dataset(dataset: DatasetVersion, limits: ValidationLimits = Validat
                                                   f"{width}x{height}: {', '.join(reasons)}"))
 
     report.usable_images = len(usable)
-    cleaned = replace(dataset, samples=usable, issues=[issue.as_dict() for issue in report.issues])
+    report.dataset_id = dataset_id_for(usable)
+    cleaned = replace(dataset, dataset_id=report.dataset_id, samples=usable,
+                      issues=[issue.as_dict() for issue in report.issues])
     return cleaned, report
 
 

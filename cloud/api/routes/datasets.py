@@ -1,0 +1,50 @@
+"""Dataset routes: ingest a directory the control plane can read, validate, list, show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from cloud.api.deps import PlaneDep, SessionDep
+from cloud.api.routes.models import user_errors
+from cloud.pipeline.registry import store
+from cloud.pipeline.registry.models import DatasetPublic
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+
+class DatasetSource(BaseModel):
+    path: str = Field(min_length=1, description="an ImageFolder directory on the control plane's filesystem")
+
+
+@router.get("", response_model=list[DatasetPublic])
+def list_datasets(session: SessionDep):  # type: ignore[no-untyped-def]
+    return store.list_datasets(session)
+
+
+@router.post("", response_model=DatasetPublic, status_code=201)
+def ingest_dataset(body: DatasetSource, plane: PlaneDep):  # type: ignore[no-untyped-def]
+    """Validate and store a content-addressed version; corrupt images are excluded and listed in ``issues``."""
+    from cloud.pipeline.service import PipelinePaths, ingest
+
+    with user_errors():
+        return ingest(plane.engine, PipelinePaths.under(plane.settings.data_dir), Path(body.path)).record
+
+
+@router.post("/validate")
+def validate_dataset(body: DatasetSource) -> dict[str, Any]:
+    """Validate a directory without ingesting it."""
+    from cloud.pipeline.service import validate_directory
+
+    with user_errors():
+        report = validate_directory(Path(body.path))
+    return {"dataset_id": report.dataset_id, "ok": report.ok, "usable_images": report.usable_images,
+            "excluded_files": report.excluded_files, "issues": [i.as_dict() for i in report.issues]}
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic)
+def get_dataset(dataset_id: str, session: SessionDep):  # type: ignore[no-untyped-def]
+    return store.get_dataset(session, dataset_id)

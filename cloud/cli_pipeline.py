@@ -1,0 +1,339 @@
+"""Pipeline commands: ``edgefleet data ingest|synth|validate|list``, ``edgefleet train``,
+``edgefleet build``, ``edgefleet model list|show|import|promote``.
+
+They run in-process against the control plane's database and data directory
+(``EDGEFLEET_DATA_DIR``, ``EDGEFLEET_DATABASE_URL``), like ``edgefleet serve``.
+Listings and results take ``--json``; bad input exits with status 2 and a message.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from cloud.pipeline.service import PipelinePaths
+
+data_app = typer.Typer(help="Datasets: synthesize, validate, ingest, list.", no_args_is_help=True)
+model_app = typer.Typer(help="The model registry: list, show, import, promote.", no_args_is_help=True)
+console = Console(stderr=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
+ProfileOption = Annotated[list[str] | None, typer.Option("--profile", "-p", help="hardware profile (repeatable)")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the pipeline commands to the main ``edgefleet`` app."""
+    app.add_typer(data_app, name="data")
+    app.add_typer(model_app, name="model")
+    app.command("train")(train)
+    app.command("build")(build)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    # Bad input (ValueError, including PipelineInputError) and unknown names → exit 2 with the message.
+    from cloud.crud import NotFound
+
+    try:
+        yield
+    except (ValueError, NotFound) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _context() -> tuple[Engine, PipelinePaths]:
+    from cloud.core.config import Settings
+    from cloud.core.db import make_engine, migrate
+    from cloud.pipeline.service import PipelinePaths
+
+    settings = Settings()
+    migrate(settings.resolved_database_url)
+    return make_engine(settings.resolved_database_url), PipelinePaths.under(settings.data_dir)
+
+
+def _emit(as_json: bool, payload: Any, human: Callable[[], None]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(payload, indent=1, default=str) + "\n")
+    else:
+        human()
+
+
+def _issues_table(issues: list[dict[str, str]], limit: int = 30) -> None:
+    table = Table(title=f"{len(issues)} issue(s)")
+    for column in ("severity", "kind", "file", "reason"):
+        table.add_column(column)
+    for issue in issues[:limit]:
+        table.add_row(issue["severity"], issue["kind"], issue["file"], issue["reason"])
+    Console().print(table)
+
+
+# --- data --------------------------------------------------------------------
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="directory to write <class>/<n>.png and metadata.csv into")],
+    per_class: Annotated[int, typer.Option(min=1)] = 200,
+    size: Annotated[int, typer.Option(min=16, max=1024)] = 64,
+    seed: int = 0,
+    blur: Annotated[float, typer.Option(min=0)] = 0.0,
+    noise: Annotated[float, typer.Option(min=0)] = 3.0,
+) -> None:
+    """Generate a synthetic labelled scene dataset (4 classes; lighting and camera metadata for slices)."""
+    from cloud.pipeline.data.synth import write_synthetic_dataset
+
+    with _user_errors():
+        write_synthetic_dataset(out, images_per_class=per_class, size=size, seed=seed, blur_sigma=blur,
+                                noise_std=noise)
+    console.print(f"wrote {per_class * 4} images and metadata.csv to {out}")
+
+
+@data_app.command("validate")
+def data_validate(root: Annotated[Path, typer.Argument(help="ImageFolder directory")], as_json: JsonOption = False) -> None:
+    """Check a directory before ingesting: corrupt files, duplicates, tiny classes, odd sizes. Exit 1 on blocking errors."""
+    from cloud.pipeline.service import validate_directory
+
+    with _user_errors():
+        report = validate_directory(root)
+    issues = [i.as_dict() for i in report.issues]
+    _emit(as_json, {"dataset_id": report.dataset_id, "ok": report.ok, "usable_images": report.usable_images,
+                    "excluded_files": report.excluded_files, "issues": issues},
+          lambda: (_issues_table(issues), console.print(f"{report.dataset_id}: {report.usable_images} usable images, "
+                                                        f"{len(report.excluded_files)} excluded")))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("ingest")
+def data_ingest(root: Annotated[Path, typer.Argument(help="ImageFolder directory")], as_json: JsonOption = False) -> None:
+    """Validate and store a content-addressed dataset version (same bytes → same id)."""
+    from cloud.pipeline.service import ingest
+
+    engine, paths = _context()
+    with _user_errors():
+        result = ingest(engine, paths, root)
+    record = result.record
+    _emit(as_json, record.model_dump(mode="json"),
+          lambda: (_issues_table(record.issues) if record.issues else None,
+                   console.print(f"dataset {record.id}: {record.image_count} images "
+                                 f"({record.excluded_count} excluded), splits "
+                                 f"{ {k: sum(v.values()) for k, v in record.split_counts.items()} }")))
+
+
+@data_app.command("list")
+def data_list(as_json: JsonOption = False) -> None:
+    """List ingested dataset versions."""
+    from sqlmodel import Session
+
+    from cloud.pipeline.registry import store
+
+    engine, _ = _context()
+    with Session(engine) as session:
+        records = [r.model_dump(mode="json") for r in store.list_datasets(session)]
+
+    def human() -> None:
+        table = Table(title="datasets")
+        for column in ("id", "images", "excluded", "labels", "created"):
+            table.add_column(column)
+        for r in records:
+            table.add_row(r["id"], str(r["image_count"]), str(r["excluded_count"]), ",".join(r["labels"]), r["created_at"])
+        Console().print(table)
+
+    _emit(as_json, records, human)
+
+
+# --- train -------------------------------------------------------------------
+def train(
+    dataset: Annotated[str | None, typer.Option(help="an ingested dataset id (ds-...)")] = None,
+    data: Annotated[Path | None, typer.Option(help="an ImageFolder directory to ingest first")] = None,
+    name: str = "shapes",
+    profile: Annotated[str | None, typer.Option(help="take width and input size from this firmware profile")] = None,
+    input_size: Annotated[int | None, typer.Option(min=16, max=1024, help="override the input size (px)")] = None,
+    width: Annotated[float | None, typer.Option(min=0.1, max=2.0, help="override the width multiplier")] = None,
+    architecture: Annotated[str | None, typer.Option(help="mobilenetv2 | compact")] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option(min=2)] = 32,
+    learning_rate: Annotated[float, typer.Option(min=1e-6)] = 1e-2,
+    seed: int = 0,
+    threads: Annotated[int, typer.Option(min=1)] = 1,
+    min_accuracy: Annotated[float, typer.Option(min=0, max=1)] = 0.8,
+    min_slice_accuracy: Annotated[float, typer.Option(min=0, max=1)] = 0.7,
+    max_regression_pp: Annotated[float, typer.Option(min=0)] = 1.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Train the MobileNetV2-style model, evaluate it, gate it (validated/rejected) and register its lineage.
+
+    Without --profile the demo's small defaults apply (64 px, compact, width 0.5).
+    """
+    from agent.profiles import load_profiles
+    from cloud.pipeline.evaluate.gates import ValidationThresholds
+    from cloud.pipeline.service import ingest, train_model
+    from cloud.pipeline.train.trainer import DEFAULT_SPEC, TrainConfig, spec_for_input_size
+
+    engine, paths = _context()
+    with _user_errors():
+        if (dataset is None) == (data is None):
+            raise ValueError("give exactly one of --dataset ds-... or --data DIR")
+        if data is not None:
+            dataset = ingest(engine, paths, data).record.id
+        assert dataset is not None
+        overrides: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+                                     "seed": seed, "threads": threads}
+        if width is not None:
+            overrides["width_multiplier"] = width
+        if architecture is not None:
+            if architecture not in ("mobilenetv2", "compact"):
+                raise ValueError("--architecture must be mobilenetv2 or compact")
+            overrides["architecture"] = architecture
+        if profile is not None:
+            profiles = load_profiles()
+            if profile not in profiles:
+                raise ValueError(f"unknown profile {profile!r}; known: {', '.join(sorted(profiles))}")
+            config = TrainConfig.for_profile(profiles[profile], **overrides)
+            spec = spec_for_input_size(input_size or profiles[profile].input_size)
+        else:
+            config = TrainConfig(**overrides)
+            spec = spec_for_input_size(input_size) if input_size else DEFAULT_SPEC
+        thresholds = ValidationThresholds(min_accuracy=min_accuracy, min_slice_accuracy=min_slice_accuracy,
+                                          max_regression_pp=max_regression_pp)
+        outcome = train_model(engine, paths, dataset_id=dataset, name=name, config=config, spec=spec,
+                              thresholds=thresholds, show_progress=not as_json)
+    payload = {"model_version": outcome.model_version, "status": outcome.status,
+               "accuracy": outcome.evaluation.accuracy if outcome.evaluation else None,
+               "reasons": outcome.decision.reasons, "notes": outcome.decision.notes}
+    _emit(as_json, payload, lambda: console.print(
+        f"{outcome.model_version}: {outcome.status} (test accuracy {payload['accuracy']})"
+        + "".join(f"\n  - {r}" for r in outcome.decision.reasons)))
+
+
+# --- build -------------------------------------------------------------------
+def build(
+    version: Annotated[str, typer.Argument(help="model version, e.g. shapes-3")],
+    profile: ProfileOption = None,
+    calibration_method: Annotated[str | None, typer.Option(help="minmax | entropy | percentile")] = None,
+    per_channel: Annotated[bool | None, typer.Option("--per-channel/--per-tensor", help="weight quantization granularity")] = None,
+    calibration_images: Annotated[int, typer.Option(min=1)] = 128,
+    max_drop_pp: Annotated[float, typer.Option(min=0, help="INT8 accuracy drop limit, percentage points")] = 1.0,
+    allow_unvalidated: Annotated[bool, typer.Option(help="build a model the validation gate did not pass")] = False,
+    no_nncf: Annotated[bool, typer.Option("--no-nncf", help="OpenVINO INT8 from the QDQ ONNX instead of NNCF")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Build, evaluate and gate every artifact each profile can use, and package the accepted ones."""
+    from cloud.pipeline.evaluate.gates import QuantizationGateConfig
+    from cloud.pipeline.service import build_model
+
+    engine, paths = _context()
+    with _user_errors():
+        overrides = {"calibration_method": calibration_method, "per_channel": per_channel}
+        result = build_model(engine, paths, version=version, profiles=profile or [],
+                             quantization_overrides={k: v for k, v in overrides.items() if v is not None},
+                             gate=QuantizationGateConfig(max_accuracy_drop_pp=max_drop_pp),
+                             calibration_images=calibration_images, allow_unvalidated=allow_unvalidated,
+                             use_nncf=not no_nncf, log=(lambda _: None) if as_json else console.print)
+    artifacts = [a.summary() for a in result.outcome.artifacts]
+    payload = {"build_id": result.build_id, "model_version": result.model_version, "package_id": result.package_id,
+               "artifacts": artifacts, "notes": result.notes}
+
+    def human() -> None:
+        table = Table(title=f"build {result.build_id} → package {result.package_id}")
+        for column in ("file", "runtime", "precision", "accuracy", "gate", "profiles"):
+            table.add_column(column)
+        for a in artifacts:
+            gate = "-" if a["gate"] is None else a["gate"]["status"] + "".join(f"\n{r}" for r in a["gate"]["reasons"])
+            table.add_row(a["file"], a["runtime"], a["precision"], str(a["accuracy"]), gate, ",".join(a["profiles"]))
+        Console().print(table)
+        for note in result.notes:
+            if note["status"] not in ("built",):
+                console.print(f"{note['profile']}: {note['target']} {note['status']}: {note['message']}")
+
+    _emit(as_json, payload, human)
+    if result.package_id is None:
+        raise typer.Exit(1)
+
+
+# --- model -------------------------------------------------------------------
+@model_app.command("list")
+def model_list(as_json: JsonOption = False) -> None:
+    """List registered model versions with status and test accuracy."""
+    from sqlmodel import Session
+
+    from cloud import crud
+
+    engine, _ = _context()
+    with Session(engine) as session:
+        rows = [{"version": m.version, "name": m.name, "status": m.status, "dataset_id": m.dataset_id,
+                 "accuracy": m.metrics.get("accuracy"), "code_version": m.code_version,
+                 "created_at": m.created_at.isoformat()} for m in crud.list_model_versions(session)]
+
+    def human() -> None:
+        table = Table(title="models")
+        for column in ("version", "status", "accuracy", "dataset", "created"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(r["version"], r["status"], str(r["accuracy"]), r["dataset_id"], r["created_at"])
+        Console().print(table)
+
+    _emit(as_json, rows, human)
+
+
+@model_app.command("show")
+def model_show(version: str, as_json: JsonOption = False) -> None:
+    """Lineage of one model: dataset, code version, parameters, environment, metrics, gate, builds."""
+    from sqlmodel import Session
+
+    from cloud.pipeline.service import describe_model
+
+    engine, _ = _context()
+    with _user_errors(), Session(engine) as session:
+        described = describe_model(session, version)
+    _emit(as_json, described, lambda: Console().print_json(json.dumps(described, default=str)))
+
+
+@model_app.command("import")
+def model_import(
+    model_file: Annotated[Path, typer.Argument(help="an ONNX classifier")],
+    labels: Annotated[Path, typer.Option(help="labels file: one per line, or a JSON list")],
+    spec: Annotated[Path, typer.Option(help="preprocessing spec JSON (agent.contract.PreprocessSpec)")],
+    name: Annotated[str, typer.Option(help="model name in the registry")],
+    dataset: Annotated[str | None, typer.Option(help="labelled dataset id to evaluate, calibrate and gate on")] = None,
+    profile: ProfileOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Import an external ONNX model; with --dataset it is evaluated and gated, with --profile also built."""
+    from cloud.pipeline.service import build_model, import_model, read_labels, read_spec
+
+    engine, paths = _context()
+    with _user_errors():
+        outcome = import_model(engine, paths, model_path=model_file, labels=read_labels(labels), spec=read_spec(spec),
+                               name=name, dataset_id=dataset)
+        built = None
+        if profile and outcome.status == "validated":
+            built = build_model(engine, paths, version=outcome.model_version, profiles=profile)
+    payload = {"model_version": outcome.model_version, "status": outcome.status, "reasons": outcome.decision.reasons,
+               "notes": outcome.decision.notes,
+               "accuracy": outcome.evaluation.accuracy if outcome.evaluation else None,
+               "package_id": built.package_id if built else None,
+               "artifacts": [a.summary() for a in built.outcome.artifacts] if built else []}
+    _emit(as_json, payload, lambda: console.print(
+        f"{outcome.model_version}: {outcome.status}; package {payload['package_id']}"
+        + "".join(f"\n  - {r}" for r in outcome.decision.reasons)))
+
+
+@model_app.command("promote")
+def model_promote(version: str) -> None:
+    """Make a validated model the production model: later candidates must not be worse than it."""
+    from cloud.pipeline.service import promote
+
+    engine, _ = _context()
+    with _user_errors():
+        model = promote(engine, version)
+    console.print(f"{model.version} is now production")
