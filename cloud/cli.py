@@ -26,6 +26,9 @@ app.add_typer(cli_ops.status_app, name="status")
 from cloud import cli_pipeline  # noqa: E402
 
 cli_pipeline.register(app)
+from cloud import cli_monitor  # noqa: E402  (drift, samples, governance, model lineage)
+
+cli_monitor.register(app)
 
 # Staged rollouts (cloud/cli_rollout.py).
 from cloud.cli_rollout import rollout_app  # noqa: E402

@@ -39,6 +39,10 @@ class ControlPlane:
         self.security = FleetSecurity(settings, self.engine)
         # Staged rollouts (issue 6): the engine thread starts with the plane unless disabled.
         self.ingest.listeners.append(record_rollout_window)
+        # Drift windows and samples (issue 7): stored, tested and alerted on by cloud.monitor.
+        from cloud.monitor.service import install as install_monitor
+
+        install_monitor(self.ingest)
         self.rollout_settings = RolloutEngineSettings()
         self.rollouts: RolloutEngine | None = None
         self.api_port = settings.api_port

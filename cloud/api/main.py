@@ -76,6 +76,12 @@ def create_app(plane: ControlPlane) -> FastAPI:
     app.include_router(auth.router, prefix="/api/v1")  # admin only (its own dependency)
     app.include_router(enroll.router, prefix="/api/v1")  # one-time token, or a device's own token
     app.include_router(tuf.router)  # public: the content is signed
+    # Drift, samples, labelling and governance (issue 7); sample uploads carry their own device rule.
+    from cloud.api.routes import drift, governance, samples
+
+    for module in (drift, samples, governance):
+        app.include_router(module.router, prefix="/api/v1", dependencies=[Depends(require_access)])
+    app.include_router(samples.device_router, prefix="/api/v1")
     # Operator experience: the dashboard (/ui, its own cookie login) and Prometheus /metrics.
     from cloud.dashboard import install_dashboard
     from cloud.metrics import install_metrics

@@ -60,14 +60,20 @@ def run_logits(onnx_path: Path, images_bgr: list[npt.NDArray[np.uint8]], spec: P
 
 def feature_matrix(views_bgr: list[npt.NDArray[np.uint8]], logits: npt.NDArray[np.floating],
                    projection: npt.NDArray[np.float64], projection_mean: npt.NDArray[np.float64],
-                   activation: str = "softmax") -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-    """(N, features) in reference order and the predicted class of each image."""
+                   activation: str = "softmax", image_features: npt.NDArray[np.float64] | None = None,
+                   ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """(N, features) in reference order and the predicted class of each image.
+
+    ``image_features`` (N, 6) replaces the image statistics computed from the views: for
+    device samples, whose statistics the device computed on the raw frame before JPEG.
+    """
     probabilities = softmax(logits) if activation == "softmax" else np.asarray(logits, dtype=np.float64)
     rows, classes = [], []
-    for view, row_logits, row_p in zip(views_bgr, logits, probabilities, strict=True):
+    for index, (view, row_logits, row_p) in enumerate(zip(views_bgr, logits, probabilities, strict=True)):
         outputs, predicted = output_stats(row_p)
         projected = projection @ (np.asarray(row_logits, dtype=np.float64) - projection_mean)
-        rows.append(np.concatenate([image_stats(view), outputs, projected]))
+        stats = image_stats(view) if image_features is None else np.asarray(image_features[index], dtype=np.float64)
+        rows.append(np.concatenate([stats, outputs, projected]))
         classes.append(predicted)
     return np.asarray(rows, dtype=np.float64), np.asarray(classes, dtype=np.int64)
 
@@ -93,6 +99,7 @@ def build_reference(
     calibration_windows: int = 400,
     seed: int = 0,
     source: str = "",
+    image_features: npt.NDArray[np.float64] | None = None,
 ) -> DriftReference:
     """A reference from images the model should see in service (e.g. the validation split).
 
@@ -110,7 +117,7 @@ def build_reference(
     eigenvalues, eigenvectors = np.linalg.eigh(np.cov((logits - projection_mean).T))
     dims = min(projection_dims, len(labels))
     projection = eigenvectors[:, np.argsort(eigenvalues)[::-1][:dims]].T
-    values, classes = feature_matrix(views, logits, projection, projection_mean, activation)
+    values, classes = feature_matrix(views, logits, projection, projection_mean, activation, image_features)
     names = [*IMAGE_FEATURES, *OUTPUT_FEATURES, *projection_feature_names(dims)]
 
     order = np.random.default_rng(seed).permutation(len(views))

@@ -35,12 +35,12 @@ import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent.capture.scenes import SCENE_CLASSES, SceneConditions, render_scene  # noqa: E402
-from agent.contract import DriftReport  # noqa: E402
-from agent.contract.drift import DriftReference, decode_histograms  # noqa: E402
-from agent.telemetry.drift import DriftWindow, frame_features, model_view  # noqa: E402
-from cloud.monitor.reference import build_reference, run_logits, softmax  # noqa: E402
-from cloud.monitor.stats import Cusum, test_window  # noqa: E402
+from agent.capture.scenes import SCENE_CLASSES, SceneConditions, render_scene
+from agent.contract import DriftReport
+from agent.contract.drift import DriftReference, decode_histograms
+from agent.telemetry.drift import DriftWindow, frame_features, model_view
+from cloud.monitor.reference import build_reference, run_logits, softmax
+from cloud.monitor.stats import Cusum, test_window
 
 LIGHTING = (0.7, 1.0, 1.2)  # the training generator's dim / normal / bright
 BASE_NOISE = 3.0

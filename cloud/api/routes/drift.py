@@ -1,0 +1,62 @@
+"""Drift alerts with their evidence, per-device windows, and the fleet test (issue 7)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query
+from sqlmodel import col, select
+
+from cloud.api.deps import SessionDep
+from cloud.crud import NotFound
+from cloud.monitor import service
+from cloud.monitor.models import DriftAlert, DriftWindowRecord
+
+router = APIRouter(prefix="/drift", tags=["drift"])
+
+
+@router.get("/alerts")
+def list_alerts(session: SessionDep, state: str | None = Query(default=None, pattern="^(open|cleared)$"),
+                device_id: str | None = None, limit: int = Query(default=200, ge=1, le=1000)) -> list[dict[str, Any]]:
+    return [service.alert_detail(a) for a in service.list_alerts(session, state=state, device_id=device_id,
+                                                                  limit=limit)]
+
+
+@router.get("/alerts/{alert_id}")
+def get_alert(alert_id: str, session: SessionDep) -> dict[str, Any]:
+    alert = session.get(DriftAlert, alert_id)
+    if alert is None:
+        raise NotFound(f"drift alert {alert_id!r} does not exist")
+    return service.alert_detail(alert)
+
+
+@router.get("/devices/{device_id}/windows")
+def device_windows(device_id: str, session: SessionDep,
+                   limit: int = Query(default=50, ge=1, le=1000)) -> list[dict[str, Any]]:
+    """The device's latest windows, newest first, with the test's numbers."""
+    rows = session.exec(select(DriftWindowRecord).where(col(DriftWindowRecord.device_id) == device_id)
+                        .order_by(col(DriftWindowRecord.id).desc()).limit(limit))
+    return [{"id": w.id, "window_seq": w.window_seq, "package_id": w.package_id, "model_version": w.model_version,
+             "frames": w.frames, "frames_seen": w.frames_seen, "window_ended_at": w.window_ended_at,
+             "tested": w.tested, "untested_reason": w.untested_reason, "p_value": w.p_value, "score": w.score,
+             "cusum": w.cusum, "evidence": w.evidence} for w in rows]
+
+
+@router.get("/fleet/{package_id}")
+def fleet(package_id: str, session: SessionDep, minutes: float = Query(default=60.0, gt=0, le=7 * 24 * 60)
+          ) -> dict[str, Any]:
+    """Merge every device's windows of the last ``minutes`` for this package and test the sum."""
+    try:
+        return service.fleet_test(session, package_id, since_minutes=minutes)
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from exc
+
+
+@router.post("/fleet/{package_id}/evaluate")
+def fleet_evaluate(package_id: str, session: SessionDep,
+                   minutes: float = Query(default=60.0, gt=0, le=7 * 24 * 60)) -> dict[str, Any]:
+    """Like GET, and opens a fleet alert when the merged window drifted."""
+    try:
+        return service.fleet_test(session, package_id, since_minutes=minutes, open_alert=True)
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from exc

@@ -1,0 +1,74 @@
+"""Retraining proposals, rollout proposals and their approval, the audit log, lineage (issue 7)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+
+from cloud.api.deps import PlaneDep, SessionDep
+from cloud.governance import proposals
+from cloud.governance.audit import list_events
+from cloud.governance.lineage import lineage
+from cloud.monitor.config import MonitorSettings
+
+router = APIRouter(prefix="/governance", tags=["governance"])
+
+
+def _actor(request: Request) -> str:
+    principal = getattr(request.state, "principal", None)
+    return f"operator:{principal.name}" if principal is not None else "operator"
+
+
+@router.get("/proposals")
+def list_proposals(session: SessionDep, state: str | None = None) -> list[dict[str, Any]]:
+    return [proposals.proposal_detail(p) for p in proposals.list_proposals(session, state)]
+
+
+@router.get("/proposals/{proposal_id}")
+def get_proposal(proposal_id: str, session: SessionDep) -> dict[str, Any]:
+    return proposals.proposal_detail(proposals.get_proposal(session, proposal_id))
+
+
+@router.post("/proposals/{proposal_id}/retrain")
+def retrain(proposal_id: str, plane: PlaneDep, request: Request, epochs: int = Query(default=6, ge=1, le=200)
+            ) -> dict[str, Any]:
+    """Run the retraining now (blocking): new dataset version, training, validation, rollout proposal."""
+    from cloud.governance.retrain import RetrainSettings
+    from cloud.governance.retrain import retrain as run
+    from cloud.pipeline.errors import PipelineInputError
+
+    settings = plane.settings
+    config = RetrainSettings(datasets_dir=settings.data_dir / "datasets", models_dir=settings.models_dir,
+                             packages_dir=settings.packages_dir, epochs=epochs,
+                             auto_approve=MonitorSettings().auto_approve_rollouts)
+    try:
+        return proposals.proposal_detail(run(plane.engine, proposal_id, config, actor=_actor(request), plane=plane))
+    except PipelineInputError as exc:
+        raise HTTPException(422, str(exc)) from exc
+
+
+@router.get("/rollout-proposals")
+def list_rollout_proposals(session: SessionDep, state: str | None = None) -> list[dict[str, Any]]:
+    return [p.model_dump(mode="json") for p in proposals.list_rollout_proposals(session, state)]
+
+
+@router.post("/rollout-proposals/{proposal_id}/approve")
+def approve(proposal_id: str, session: SessionDep, plane: PlaneDep, request: Request) -> dict[str, Any]:
+    return proposals.approve_rollout(session, proposal_id, actor=_actor(request), plane=plane).model_dump(mode="json")
+
+
+@router.post("/rollout-proposals/{proposal_id}/reject")
+def reject(proposal_id: str, session: SessionDep, request: Request, reason: str = "") -> dict[str, Any]:
+    return proposals.reject_rollout(session, proposal_id, actor=_actor(request), reason=reason).model_dump(mode="json")
+
+
+@router.get("/audit")
+def audit(session: SessionDep, subject_id: str | None = None, action: str | None = None,
+          limit: int = Query(default=200, ge=1, le=5000)) -> list[dict[str, Any]]:
+    return [e.model_dump(mode="json") for e in list_events(session, subject_id=subject_id, action=action, limit=limit)]
+
+
+@router.get("/lineage/{model_version}")
+def model_lineage(model_version: str, session: SessionDep) -> dict[str, Any]:
+    return lineage(session, model_version)

@@ -1,0 +1,97 @@
+"""Sample images and the labelling API (issue 7).
+
+Devices upload a sample's JPEG with ``PUT /devices/{id}/samples/blobs`` (their own
+token, or an operator's) and then publish the MQTT sample report naming its sha256.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud.api.deps import SessionDep, get_principal
+from cloud.governance.labelling import LabelError, accept_labels, list_samples, sample_image
+from cloud.monitor import service
+from cloud.monitor.config import MonitorSettings
+from cloud.monitor.models import SampleRecord
+from cloud.security.models import Role
+from cloud.security.tokens import Principal
+
+router = APIRouter(tags=["samples"])
+# Reached by device tokens, so it carries its own access rule instead of require_access.
+device_router = APIRouter(tags=["samples"])
+
+
+def device_or_operator(request: Request, principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    """A device may upload only for itself; otherwise an operator is needed."""
+    device_id = request.path_params.get("device_id")
+    if principal.role == Role.DEVICE:
+        if principal.device_id == device_id:
+            return principal
+        raise HTTPException(403, f"device {principal.device_id} may only upload its own samples")
+    if not principal.at_least(Role.OPERATOR):
+        raise HTTPException(403, f"role {principal.role.value} may not upload samples; it needs operator")
+    return principal
+
+
+@device_router.put("/devices/{device_id}/samples/blobs", status_code=201,
+                   dependencies=[Depends(device_or_operator)])
+async def upload_blob(device_id: str, request: Request, session: SessionDep) -> dict[str, Any]:
+    limit = MonitorSettings().max_upload_bytes
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > limit:
+        raise HTTPException(413, f"sample image of {declared} bytes exceeds the {limit}-byte limit")
+    content = await request.body()
+    if len(content) > limit:
+        raise HTTPException(413, f"sample image of {len(content)} bytes exceeds the {limit}-byte limit")
+    if not content.startswith(b"\xff\xd8"):
+        raise HTTPException(415, "sample images must be JPEG (body starting with FF D8)")
+    if not service.device_exists(session, device_id):
+        raise HTTPException(404, f"device {device_id!r} is not registered")
+    return {"sha256": service.store_blob(session, device_id, content), "size_bytes": len(content)}
+
+
+def _public(record: SampleRecord) -> dict[str, Any]:
+    return {"sample_id": record.sample_id, "device_id": record.device_id, "model_version": record.model_version,
+            "sampler": record.sampler, "reason": record.reason, "captured_at": record.captured_at,
+            "predicted_label": record.predicted_label, "confidence": record.confidence, "status": record.status,
+            "label": record.label, "labelled_by": record.labelled_by, "image_sha256": record.image_sha256,
+            "image_bytes": record.image_bytes, "features": record.features}
+
+
+@router.get("/samples")
+def samples(session: SessionDep, status: str | None = Query(default="unlabelled"),
+            device_id: Annotated[list[str] | None, Query()] = None, sampler: str | None = None,
+            limit: int = Query(default=500, ge=1, le=5000), offset: int = Query(default=0, ge=0)
+            ) -> list[dict[str, Any]]:
+    """Samples to label (``status=unlabelled``, the default), or any status with ``status=``."""
+    return [_public(r) for r in list_samples(session, status=status or None, device_ids=device_id, sampler=sampler,
+                                             limit=limit, offset=offset)]
+
+
+@router.get("/samples/{sample_id}/image", response_class=Response)
+def image(sample_id: str, session: SessionDep) -> Response:
+    return Response(content=sample_image(session, sample_id), media_type="image/jpeg")
+
+
+class LabelBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: dict[str, str | None] = Field(min_length=1, max_length=5000,
+                                          description="sample_id -> label; null rejects the sample")
+    labeller: str | None = Field(default=None, max_length=64, description="e.g. 'oracle:synthetic'")
+
+
+@router.post("/samples/labels")
+def label(batch: LabelBatch, session: SessionDep, request: Request) -> dict[str, Any]:
+    principal = getattr(request.state, "principal", None)
+    actor = f"operator:{principal.name}" if principal is not None else "operator"
+    if batch.labeller:
+        actor = f"{actor} via {batch.labeller}"
+    try:
+        changed = accept_labels(session, batch.labels, actor=actor)
+    except LabelError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return {"labelled": changed}

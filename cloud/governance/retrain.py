@@ -1,0 +1,262 @@
+"""Retraining that closes the loop: previous dataset + accepted samples → train → validate →
+release with a drift reference → canary rollout proposal.
+
+Validation compares the new model with the one it replaces on two sets: the previous
+dataset's test split (must be no worse, within ``tolerance``) and the held-out part
+(val + test splits) of the new samples (must be better). Both numbers go into the
+proposal and the audit log, pass or fail.
+
+The new release's drift reference describes the data it is proposed for: the
+unbiased random-stream samples of the devices that drifted (uncertainty-sampled
+frames would bias it). Image statistics come from the device's own measurements
+on the raw frame (a JPEG loses exactly the noise and sharpness they measure);
+output statistics from the new model on the sample images.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from agent.contract import ModelArtifact, PreprocessSpec, sha256_file
+from agent.contract.drift import IMAGE_FEATURES, DriftReference
+from cloud import crud
+from cloud.crud import Conflict
+from cloud.governance import audit
+from cloud.governance.models import DatasetLineage, RetrainingProposal
+from cloud.governance.proposals import get_proposal, propose_rollout
+from cloud.models import ModelVersion, Package, utc_now
+from cloud.monitor.models import SampleBlob, SampleRecord
+from cloud.monitor.reference import build_reference, run_logits
+from cloud.pipeline.data.dataset import (
+    DatasetVersion,
+    Sample,
+    dataset_id_for,
+    decode_image,
+    load_stored_dataset,
+    store_dataset,
+)
+from cloud.pipeline.package.builder import build_package
+
+if TYPE_CHECKING:
+    from cloud.server import ControlPlane
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RetrainSettings", "accuracy", "package_release", "retrain"]
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    datasets_dir: Path
+    models_dir: Path
+    packages_dir: Path
+    hardware_profiles: tuple[str, ...] = ("x86-64-avx2",)
+    epochs: int = 6
+    seed: int = 0
+    # The new model may lose at most this much accuracy on the old test set.
+    tolerance: float = 0.02
+    # ... and must gain at least this much on the new drifted data.
+    min_gain: float = 0.0
+    reference_window_frames: int = 40
+    auto_approve: bool = False
+
+
+def accuracy(onnx_path: Path, images: list[np.ndarray], labels: list[int], spec: PreprocessSpec) -> float:
+    if not images:
+        return float("nan")
+    predictions = run_logits(onnx_path, images, spec).argmax(axis=1)
+    return float(np.mean(predictions == np.asarray(labels)))
+
+
+def package_release(session: Session, *, onnx_path: Path, labels: list[str], model_name: str, dataset_id: str,
+                    packages_dir: Path, hardware_profiles: list[str], reference: DriftReference,
+                    spec: PreprocessSpec, metrics: dict[str, Any] | None = None,
+                    hyperparameters: dict[str, Any] | None = None, status: str = "registered") -> Package:
+    """Register ``onnx_path`` as the next version of ``model_name`` and build its package with ``reference``."""
+    version = crud.next_model_version(session, model_name)
+    model = crud.add_model_version(session, ModelVersion(
+        name=model_name, version=version, dataset_id=dataset_id, status=status, labels=labels,
+        hyperparameters=hyperparameters or {}, metrics=metrics or {}, onnx_path=str(onnx_path),
+        onnx_sha256=sha256_file(onnx_path)))
+    reference_path = onnx_path.parent / "drift_reference.json"
+    reference_path.write_bytes(reference.to_bytes())
+    built = build_package(packages_dir=packages_dir, model_name=model_name, model_version=version, labels=labels,
+                          spec=spec, hardware_profiles=hardware_profiles,
+                          artifacts=[(onnx_path, ModelArtifact(file="model.onnx", runtime="onnxruntime",
+                                                               precision="fp32"))],
+                          drift_reference=reference_path)
+    assert model.id is not None
+    return crud.add_package(session, Package(
+        id=built.manifest.package_id, model_version_id=model.id, model_version=version,
+        hardware_profiles=hardware_profiles, manifest_sha256=built.manifest_sha256, size_bytes=built.size_bytes,
+        path=str(built.directory.resolve())))
+
+
+def _fail(session: Session, proposal: RetrainingProposal, actor: str, reason: str, numbers: dict[str, Any]) -> None:
+    proposal.state, proposal.validation, proposal.updated_at = "rejected", {**numbers, "reason": reason}, utc_now()
+    session.add(proposal)
+    audit.record(session, actor=actor, action="retraining.rejected", subject_type="retraining_proposal",
+                 subject_id=proposal.id, details={**numbers, "reason": reason})
+    session.commit()
+
+
+def retrain(engine: Engine, proposal_id: str, settings: RetrainSettings, *, actor: str,
+            plane: ControlPlane | None = None) -> RetrainingProposal:
+    """Run the proposal's retraining end to end. Returns the updated proposal.
+
+    Raises:
+        NotFound: unknown proposal.
+        Conflict: the proposal is not open, has no base model or no labelled samples.
+        PipelineInputError: the base dataset is not in ``settings.datasets_dir``.
+    """
+    from cloud.pipeline.train.trainer import TrainConfig, export_onnx, train
+
+    with Session(engine) as session:
+        proposal = get_proposal(session, proposal_id)
+        if proposal.state != "open":
+            raise Conflict(f"proposal {proposal.id} is {proposal.state}; only open proposals can be retrained")
+        if proposal.base_package_id is None or proposal.base_dataset_id is None:
+            raise Conflict(f"proposal {proposal.id} has no base release to retrain from")
+        base_package = crud.get_package(session, proposal.base_package_id)
+        base_model = session.get(ModelVersion, base_package.model_version_id)
+        assert base_model is not None
+        previous = load_stored_dataset(settings.datasets_dir, proposal.base_dataset_id)
+        accepted = list(session.exec(select(SampleRecord).where(
+            col(SampleRecord.status) == "labelled", col(SampleRecord.device_id).in_(proposal.device_ids),
+            col(SampleRecord.image_sha256).is_not(None))))
+        accepted = [s for s in accepted if s.label in previous.labels]
+        if not accepted:
+            raise Conflict(f"proposal {proposal.id} has no labelled samples from {', '.join(proposal.device_ids)}")
+        proposal.state, proposal.updated_at = "training", utc_now()
+        session.add(proposal)
+        audit.record(session, actor=actor, action="retraining.started", subject_type="retraining_proposal",
+                     subject_id=proposal.id, details={"base_dataset_id": previous.dataset_id,
+                                                      "accepted_samples": len(accepted)})
+        session.commit()
+
+        # 1. The new dataset version: previous + accepted samples (content-addressed).
+        sample_dir = settings.datasets_dir / "device-samples"
+        sample_dir.mkdir(parents=True, exist_ok=True)
+        added: list[Sample] = []
+        for record in accepted:
+            blob = session.get(SampleBlob, record.image_sha256)
+            if blob is None:
+                continue
+            path = sample_dir / f"{record.image_sha256}.jpg"
+            if not path.exists():
+                path.write_bytes(blob.content)
+            assert record.label is not None and record.image_sha256 is not None
+            added.append(Sample(path=path, label=record.label, sha256=record.image_sha256,
+                                relative=f"device-samples/{record.device_id}/{record.sample_id}.jpg",
+                                metadata=(("device", record.device_id), ("sampler", record.sampler),
+                                          ("source", "device-sample"))))
+        fields = sorted({*previous.metadata_fields, "device", "sampler", "source"})
+        samples = [*previous.samples, *added]
+        draft = DatasetVersion(root=settings.datasets_dir, dataset_id=dataset_id_for(samples), labels=previous.labels,
+                               samples=samples, metadata_fields=fields)
+        dataset = store_dataset(draft, settings.datasets_dir)
+        if session.get(DatasetLineage, dataset.dataset_id) is None:
+            session.add(DatasetLineage(dataset_id=dataset.dataset_id, parent_dataset_id=previous.dataset_id,
+                                       sample_ids=sorted(r.sample_id for r in accepted),
+                                       device_ids=sorted({r.device_id for r in accepted}),
+                                       store_path=str(settings.datasets_dir), proposal_id=proposal.id,
+                                       created_by=actor))
+        proposal.new_dataset_id = dataset.dataset_id
+        audit.record(session, actor=actor, action="dataset.created", subject_type="dataset",
+                     subject_id=dataset.dataset_id, details={"parent": previous.dataset_id, "added": len(added),
+                                                             "images": len(dataset.samples)})
+        session.add(proposal)
+        session.commit()
+
+        # 2. Train.
+        spec = PreprocessSpec.model_validate(_manifest_spec(base_package))
+        result = train(dataset, TrainConfig(epochs=settings.epochs, seed=settings.seed), spec, show_progress=False)
+        onnx_path = export_onnx(result.model, spec, settings.models_dir / base_model.name / dataset.dataset_id /
+                                f"seed{settings.seed}" / "model.onnx")
+
+        # 3. Validate: old test set and the held-out new drifted data, old model vs new.
+        new_ids = {s.sha256 for s in added}
+        old_test = [s for s in previous.split("test")]
+        drift_held_out = [s for s in dataset.samples if s.sha256 in new_ids and s.split != "train"]
+        numbers: dict[str, Any] = {"old_test_images": len(old_test), "drift_held_out_images": len(drift_held_out),
+                                   "train_images": len(dataset.split("train")), "added_samples": len(added)}
+        for name, subset in (("old_test", old_test), ("drift", drift_held_out)):
+            images, targets = _load(subset, dataset.labels)
+            numbers[f"{name}_accuracy_before"] = round(accuracy(Path(base_model.onnx_path), images, targets, spec), 4)
+            numbers[f"{name}_accuracy_after"] = round(accuracy(onnx_path, images, targets, spec), 4)
+        passed = (numbers["old_test_accuracy_after"] >= numbers["old_test_accuracy_before"] - settings.tolerance
+                  and numbers["drift_accuracy_after"] > numbers["drift_accuracy_before"] + settings.min_gain)
+        audit.record(session, actor=actor, action="retraining.validated", subject_type="retraining_proposal",
+                     subject_id=proposal.id, details={**numbers, "passed": passed})
+        session.commit()
+        if not passed:
+            _fail(session, proposal, actor, "the new model is not better on the drifted data, or worse on the old test set",
+                  numbers)
+            return proposal
+
+        # 4. Release with a reference for the devices it is proposed for.
+        reference = _reference_for(session, proposal, onnx_path, spec, dataset.labels, settings)
+        package = package_release(session, onnx_path=onnx_path, labels=dataset.labels, model_name=base_model.name,
+                                  dataset_id=dataset.dataset_id, packages_dir=settings.packages_dir,
+                                  hardware_profiles=list(settings.hardware_profiles), reference=reference, spec=spec,
+                                  metrics={**result.metrics, "validation": numbers},
+                                  hyperparameters=result.hyperparameters)
+        proposal.new_model_version, proposal.new_package_id = package.model_version, package.id
+        proposal.validation, proposal.state, proposal.updated_at = {**numbers, "passed": True}, "validated", utc_now()
+        session.add(proposal)
+        audit.record(session, actor=actor, action="release.built", subject_type="package", subject_id=package.id,
+                     details={"model_version": package.model_version, "dataset_id": dataset.dataset_id,
+                              "reference_frames": reference.reference_size})
+        session.commit()
+        propose_rollout(session, proposal, actor=actor, auto_approve=settings.auto_approve, plane=plane)
+        session.refresh(proposal)
+        return proposal
+
+
+def _manifest_spec(package: Package) -> dict[str, Any]:
+    import json
+
+    manifest = json.loads((Path(package.path) / "manifest.json").read_text())
+    spec: dict[str, Any] = manifest["preprocessing"]
+    return spec
+
+
+def _load(samples: list[Sample], labels: list[str]) -> tuple[list[np.ndarray], list[int]]:
+    images, targets = [], []
+    for sample in samples:
+        image = decode_image(sample.path)
+        if image is not None:
+            images.append(image)
+            targets.append(labels.index(sample.label))
+    return images, targets
+
+
+def _reference_for(session: Session, proposal: RetrainingProposal, onnx_path: Path, spec: PreprocessSpec,
+                   labels: list[str], settings: RetrainSettings) -> DriftReference:
+    records = list(session.exec(select(SampleRecord).where(
+        col(SampleRecord.device_id).in_(proposal.device_ids), col(SampleRecord.sampler) == "random",
+        col(SampleRecord.image_sha256).is_not(None))))
+    images, features = [], []
+    for record in records:
+        blob = session.get(SampleBlob, record.image_sha256)
+        if blob is None or not all(name in record.features for name in IMAGE_FEATURES):
+            continue
+        image = cv2.imdecode(np.frombuffer(blob.content, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            continue
+        images.append(np.asarray(image, dtype=np.uint8))
+        features.append([record.features[name] for name in IMAGE_FEATURES])
+    if len(images) < 64:
+        raise Conflict(f"only {len(images)} random-stream samples from the drifted devices; a reference needs 64")
+    logits = run_logits(onnx_path, images, spec)
+    return build_reference(images, logits, labels, spec, window_frames=settings.reference_window_frames,
+                           image_features=np.asarray(features, dtype=np.float64),
+                           source=f"random samples of {', '.join(proposal.device_ids)}"[:256])

@@ -1,0 +1,21 @@
+"""Monitoring and governance settings (env prefix ``EDGEFLEET_MONITOR_``), in one place."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MonitorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_MONITOR_", extra="ignore")
+
+    # Windows with fewer frames are stored but not tested (too little evidence).
+    min_window_frames: int = Field(default=20, ge=1)
+    # An opened device alert opens (or joins) a retraining proposal.
+    propose_retraining: bool = True
+    # A validated retrained release is proposed as a canary rollout; approve it without a human?
+    auto_approve_rollouts: bool = False
+    # Retention.
+    sample_retention_days: float = Field(default=30.0, gt=0)
+    drift_window_retention_days: float = Field(default=90.0, gt=0)
+    max_upload_bytes: int = Field(default=256 * 1024, gt=0)
