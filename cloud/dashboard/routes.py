@@ -34,7 +34,25 @@ templates.env.globals["version"] = __version__
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
-ROLLOUT_ACTIONS = ("approve", "pause", "resume", "abort")
+ROLLOUT_ACTIONS = ("approve", "pause", "resume", "abort", "cancel")
+# Which actions make sense in which rollout state (cloud/rollout/decisions.py); the API
+# still has the last word (409 for an action the state does not allow).
+ACTIONS_BY_STATE: dict[str, tuple[str, ...]] = {
+    "running": ("pause", "abort", "cancel"),
+    "paused": ("resume", "abort", "cancel"),
+    "awaiting_approval": ("approve", "pause", "abort", "cancel"),
+    "aborting": ("cancel",),
+    "finishing": ("abort", "cancel"),
+}
+ACTION_LABELS = {"approve": "Approve next stage", "pause": "Pause", "resume": "Resume", "abort": "Abort and roll back",
+                 "cancel": "Force-cancel"}
+ACTION_QUESTIONS = {
+    "approve": "Approve this stage and continue?",
+    "pause": "Pause this rollout? Devices in flight finish; no new device is dispatched.",
+    "resume": "Resume this rollout?",
+    "abort": "Abort this rollout? Every device it touched goes back to its previous version.",
+    "cancel": "Force-cancel this rollout? It stops at once and nothing is rolled back.",
+}
 PROPOSAL_ACTIONS = ("approve", "reject")
 
 
@@ -427,13 +445,38 @@ async def rollout_page(request: Request, rollout_id: str) -> Response:
     user = await _user(request)
     async with _api(request, user) as api:
         rollout = await api.get(f"/api/v1/rollouts/{quote(rollout_id, safe='')}")
+        devices = await api.get(f"/api/v1/rollouts/{quote(rollout_id, safe='')}/devices", default=[])
     if rollout is None:
         return _render(request, user, "not_found.html", None,
                        {"what": f"rollout {rollout_id!r}", "back": "/ui/rollouts"}, status_code=404)
     return _render(request, user, "rollout.html", "rollout_live.html", {
-        "rollout": rollout, "actions": ROLLOUT_ACTIONS,
+        "rollout": rollout, "devices": devices or [], "stage_rows": _stage_rows(rollout, devices or []),
+        "actions": ACTIONS_BY_STATE.get(str(rollout.get("state")), ()),
+        "action_labels": ACTION_LABELS, "action_questions": ACTION_QUESTIONS,
         "message": request.query_params.get("message"), "error": request.query_params.get("error"),
     })
+
+
+def _stage_rows(rollout: dict[str, Any], devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per stage: planned cumulative size per stratum, and its devices by state now."""
+    plan = rollout.get("plan") or {}
+    sizes = plan.get("stage_sizes") or [s.get("cumulative_per_stratum", {}) for s in plan.get("stages", [])]
+    current = rollout.get("stage")
+    rows = []
+    for index, per_stratum in enumerate(sizes):
+        states: dict[str, int] = {}
+        for device in devices:
+            if device.get("stage") == index:
+                states[str(device.get("state"))] = states.get(str(device.get("state")), 0) + 1
+        if rollout.get("state") == "completed" or (isinstance(current, int) and index < current):
+            status = "done"
+        elif index == current:
+            status = "stopped" if rollout.get("state") in ("aborted", "cancelled") else "current"
+        else:
+            status = "upcoming"
+        rows.append({"index": index, "sizes": per_stratum if isinstance(per_stratum, dict) else {},
+                     "states": states, "devices": sum(states.values()), "status": status})
+    return rows
 
 
 @router.post("/rollouts/{rollout_id}/{action}", response_class=HTMLResponse)
@@ -450,11 +493,9 @@ async def rollout_action(request: Request, rollout_id: str, action: str) -> Resp
         # Without JS there was no confirm() dialog: ask on a page of its own.
         return _render(request, user, "confirm.html", None, {
             "action": action, "what": f"rollout {rollout_id}", "post_to": f"{back}/{action}", "back": back,
-            "reason": form.get("reason", ""),
         })
-    body = {"reason": form["reason"]} if form.get("reason") else None
     async with _api(request, user) as api:
-        answer = await api.post(f"/api/v1/rollouts/{quote(rollout_id, safe='')}/{action}", body)
+        answer = await api.post(f"/api/v1/rollouts/{quote(rollout_id, safe='')}/{action}")
     if not answer.ok:
         return _flash_redirect(back, error=f"{action} refused: {answer.detail}")
     return _flash_redirect(back, message=f"{action} requested")

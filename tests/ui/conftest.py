@@ -1,0 +1,127 @@
+"""Browser fixtures: Playwright driving the system Chromium against a live control plane.
+
+Playwright never downloads a browser here (no ``playwright install``): it launches
+``/usr/bin/chromium`` from the Debian packages that ``make test`` / ``.ci/run``
+install when missing. A missing browser fails the run; it never skips silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud.security.models import Role
+from tests.support.services import wait_for
+from tests.ui.helpers import PROFILES, make_release, make_token
+
+CHROMIUM = os.environ.get("EDGEFLEET_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        pytest.fail(f"no Chromium at {CHROMIUM}: run `make test` (it installs the Debian packages chromium and "
+                    "chromium-driver) or `apt-get install -y chromium chromium-driver`")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def screenshot() -> Any:
+    """``screenshot(page, name)`` saves a full-page PNG under test-artifacts/ui/."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    def take(page: Any, name: str) -> Path:
+        path = ARTIFACTS / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return take
+
+
+class Fleet:
+    """A simulated fleet on the real broker: two hardware profiles, all running release ``v1``."""
+
+    def __init__(self, plane: Any, api: Any, workdir: Path, per_profile: tuple[int, int] = (4, 2)) -> None:
+        from tools.fleet_sim import FleetSimulator, ModelBehaviour
+
+        self.plane = plane
+        self.v1 = make_release(plane, workdir / "v1", value=0.5)
+        self.v2 = make_release(plane, workdir / "v2", value=0.25)
+        self.device_ids: dict[str, list[str]] = {}
+        self.sims = []
+        for profile, count in zip(PROFILES, per_profile, strict=True):
+            ids = [f"{profile.split('-')[0]}-{i:02d}" for i in range(1, count + 1)]
+            self.device_ids[profile] = ids
+            for device_id in ids:
+                response = api.post("/api/v1/devices", json={"id": device_id, "hardware_profile": profile})
+                assert response.status_code == 201, response.text
+            # Both versions behave alike: a healthy release, so gates pass on evidence.
+            self.sims.append(FleetSimulator(
+                plane.broker_url, ids, topic_prefix=plane.settings.topic_prefix, telemetry_interval_s=0.5,
+                hardware_profile=profile, initial_model_version=self.v1.model_version,
+                initial_package_id=self.v1.package_id, default_behaviour=ModelBehaviour(fps=40.0),
+                seed=len(self.sims)))
+        for sim in self.sims:
+            sim.start(timeout_s=30)
+        wait_for(lambda: all(d["online"] and d["running_model_version"] == self.v1.model_version
+                             for d in api.get("/api/v1/devices").json()), 30, what="the simulated fleet online on v1")
+
+    @property
+    def all_ids(self) -> list[str]:
+        return sorted(i for ids in self.device_ids.values() for i in ids)
+
+    def sim_for(self, device_id: str) -> Any:
+        return next(s for s in self.sims if device_id in s.device_ids)
+
+    def stop(self) -> None:
+        for sim in self.sims:
+            sim.stop()
+
+
+@pytest.fixture
+def fleet(control_plane, api, tmp_path: Path) -> Iterator[Fleet]:  # type: ignore[no-untyped-def]
+    simulated = Fleet(control_plane, api, tmp_path / "releases")
+    try:
+        yield simulated
+    finally:
+        simulated.stop()
+
+
+@pytest.fixture
+def tokens(control_plane) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {role.value: make_token(control_plane, role, f"{role.value} user") for role in
+            (Role.VIEWER, Role.OPERATOR)}
+
+
+@pytest.fixture
+def login(browser, control_plane) -> Any:  # type: ignore[no-untyped-def]
+    """``login(token)`` opens a fresh browser context logged in with ``token``; returns its page."""
+    contexts: list[Any] = []
+
+    def open_page(token: str) -> Any:
+        context = browser.new_context(base_url=control_plane.base_url, viewport={"width": 1280, "height": 900})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.goto("/ui/login")
+        page.get_by_label("API token").fill(token)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url("**/ui/fleet")
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()

@@ -1,0 +1,230 @@
+"""Issue 8: the dashboard in a real browser (system Chromium) on a live control plane and a simulated fleet.
+
+Every test saves screenshots of the pages it visits under test-artifacts/ui/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from cloud.dashboard.auth import csrf_for
+from tests.support.services import wait_for
+
+pytestmark = pytest.mark.integration
+
+# Small sample minimums so the gates decide in seconds on a 6-device simulated fleet.
+FAST_GATES = {"min_frames": 20, "min_latency_windows": 1, "probation_min_windows": 1, "gate_wait_s": 600,
+              "control_window_s": 120}
+
+
+def _spec(fleet: Any, *, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "release": {"package_id": fleet.v2.package_id},
+        "target": {"all_devices": True},
+        # One canary per stratum, then a pause for approval; then everyone.
+        "stages": [{"count": 2, "require_approval": True}, {"percent": 100}],
+        "soak_s": 1,
+        "gates": FAST_GATES,
+    }
+
+
+def _start_rollout_from_ui(page: Page, spec: dict[str, Any]) -> str:
+    page.goto("/ui/rollouts")
+    form = page.locator("#new-rollout")
+    if form.get_attribute("open") is None:
+        form.locator("summary").first.click()
+    form.locator("details summary", has_text="Advanced").click()
+    page.get_by_label("Rollout spec").fill(json.dumps(spec))
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Start rollout").click()
+    page.wait_for_url(re.compile(r".*/ui/rollouts/[^/?]+\?message=.*"))
+    expect(page.get_by_role("status").filter(has_text="rollout started")).to_be_visible()
+    return page.url.split("/ui/rollouts/")[1].split("?")[0]
+
+
+def _state(api: Any, rollout_id: str) -> str:
+    return str(api.get(f"/api/v1/rollouts/{rollout_id}").json()["state"])
+
+
+def test_fleet_page_lists_devices_filters_and_updates_live(fleet, login, tokens, api, screenshot) -> None:  # type: ignore[no-untyped-def]
+    page = login(tokens["viewer"])
+    rows = page.locator("#fleet-table tbody tr")
+    expect(rows).to_have_count(len(fleet.all_ids))
+    for device_id in fleet.all_ids:
+        row = page.locator(f'tr[data-device="{device_id}"]')
+        expect(row).to_contain_text("online")
+        expect(row).to_contain_text(fleet.v1.model_version)
+    expect(page.get_by_test_id("count-online")).to_have_text(str(len(fleet.all_ids)))
+    screenshot(page, "fleet")
+
+    # Search and filters apply as you type, and the URL keeps them.
+    page.get_by_label("Search").fill("rpi5")
+    expect(rows).to_have_count(len(fleet.device_ids["rpi5-arm64"]))
+    assert "q=rpi5" in page.url
+    page.get_by_label("Search").fill("")
+    page.get_by_label("Profile").select_option("x86-64-avx2")
+    expect(rows).to_have_count(len(fleet.device_ids["x86-64-avx2"]))
+    page.get_by_label("Profile").select_option("")
+
+    # Live: a device drops off and the page shows it without a reload.
+    page.evaluate("window.__noReload = true")
+    gone = fleet.device_ids["x86-64-avx2"][0]
+    fleet.sim_for(gone).go_offline(gone, mode="graceful")
+    expect(page.locator(f'tr[data-device="{gone}"] td').first).to_have_text("offline", timeout=15_000)
+    assert page.evaluate("window.__noReload") is True
+    page.get_by_label("Status").select_option("offline")
+    expect(rows).to_have_count(1)
+    expect(page.get_by_test_id("count-offline")).to_have_text("1")
+    assert page.evaluate("window.__noReload") is True
+    screenshot(page, "fleet-offline-filter")
+
+
+def test_device_model_and_alert_pages_render(fleet, login, tokens, screenshot) -> None:  # type: ignore[no-untyped-def]
+    page = login(tokens["viewer"])
+    device_id = fleet.device_ids["rpi5-arm64"][0]
+    page.get_by_role("link", name=device_id).click()
+    expect(page.get_by_role("heading", name=f"Device {device_id}")).to_be_visible()
+    # Charts fill in live as telemetry windows arrive (at least two points make a line).
+    expect(page.locator('svg[data-chart="chart-fps"] polyline')).to_have_count(1, timeout=15_000)
+    expect(page.locator('svg[data-chart="chart-latency"] polyline')).to_have_count(2)
+    expect(page.get_by_role("img", name="Frames per second")).to_be_visible()
+    expect(page.locator("section", has=page.get_by_role("heading", name="Recent windows")).locator("tbody tr").first
+           ).to_contain_text(fleet.v1.model_version)
+    screenshot(page, "device")
+
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Models").click()
+    expect(page.locator(f'tr[data-model="{fleet.v2.model_version}"]')).to_contain_text("accuracy")
+    expect(page.locator(f'tr[data-model="{fleet.v1.model_version}"] td.num')).to_have_text(str(len(fleet.all_ids)))
+    screenshot(page, "models")
+    page.get_by_role("link", name=fleet.v1.model_version).click()
+    expect(page.locator("#slices-table")).to_contain_text("dark")
+    expect(page.get_by_role("heading", name="Lineage")).to_be_visible()
+    expect(page.get_by_role("link", name=device_id)).to_be_visible()
+    screenshot(page, "model")
+
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Alerts").click()
+    expect(page.get_by_role("heading", name="Drift alerts")).to_be_visible()
+    screenshot(page, "alerts")
+
+
+def test_rollout_started_from_the_ui_progresses_with_gate_evidence(fleet, login, tokens, api, screenshot) -> None:  # type: ignore[no-untyped-def]
+    page = login(tokens["operator"])
+    rollout_id = _start_rollout_from_ui(page, _spec(fleet, name="ui canary"))
+
+    # Stage 1 (one canary per stratum) installs, passes its gates and waits for approval;
+    # the page follows live, and shows the per-stratum evidence behind the decision.
+    expect(page.get_by_test_id("rollout-state")).to_have_text("awaiting approval", timeout=60_000)
+    evidence = page.locator("#gate-evidence table.evidence")
+    expect(evidence).to_have_count(2)
+    for profile in fleet.device_ids:
+        table = page.locator(f'#gate-evidence table[data-stratum^="{profile}"]')
+        expect(table).to_be_visible()
+        expect(table.locator("tbody tr")).not_to_have_count(0)
+        expect(table.locator("tbody")).to_contain_text("pass")
+    expect(page.locator("#decisions-table")).to_contain_text("requires approval")
+    screenshot(page, "rollout-awaiting-approval")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Approve next stage").click()
+    expect(page.get_by_test_id("rollout-state")).to_have_text("completed", timeout=60_000)
+    expect(page.get_by_test_id("rollout-stage")).to_have_text("2 of 2")
+    expect(page.locator('#decisions-table tr[data-decision="operator_approve"]')).to_contain_text("operator:operator user")
+    screenshot(page, "rollout-completed")
+    devices = api.get("/api/v1/devices").json()
+    assert {d["running_model_version"] for d in devices} == {fleet.v2.model_version}
+
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Rollouts").click()
+    expect(page.locator(f'tr[data-rollout="{rollout_id}"]')).to_contain_text("completed")
+    screenshot(page, "rollouts")
+
+
+def test_abort_from_the_ui_rolls_the_canary_back(fleet, login, tokens, api, screenshot) -> None:  # type: ignore[no-untyped-def]
+    page = login(tokens["operator"])
+    rollout_id = _start_rollout_from_ui(page, _spec(fleet, name="ui abort"))
+    expect(page.get_by_test_id("rollout-state")).to_have_text("awaiting approval", timeout=60_000)
+    canaries = [d["device_id"] for d in api.get(f"/api/v1/rollouts/{rollout_id}/devices").json()
+                if d["state"] == "succeeded"]
+    assert len(canaries) == 2
+    assert all(api.get(f"/api/v1/devices/{c}").json()["running_model_version"] == fleet.v2.model_version
+               for c in canaries)
+
+    # Dismissing the confirmation changes nothing.
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_role("button", name="Abort and roll back").click()
+    expect(page.get_by_test_id("rollout-state")).to_have_text("awaiting approval")
+    assert _state(api, rollout_id) == "awaiting_approval"
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Abort and roll back").click()
+    expect(page.get_by_role("status").filter(has_text="abort requested")).to_be_visible()
+    expect(page.get_by_test_id("rollout-state")).to_have_text("aborted", timeout=60_000)
+    for canary in canaries:
+        expect(page.locator(f'#rollout-devices tr[data-device="{canary}"]')).to_contain_text("rolled back")
+    expect(page.locator('#decisions-table tr[data-decision="operator_abort"]')).to_be_visible()
+    screenshot(page, "rollout-aborted")
+    wait_for(lambda: all(d["running_model_version"] == fleet.v1.model_version for d in api.get("/api/v1/devices").json()),
+             30, what="every device back on the previous version")
+
+    # The device page's install history shows the install and the rollback.
+    page.goto(f"/ui/devices/{canaries[0]}")
+    history = page.locator("section", has=page.get_by_role("heading", name="Install history")).locator("tbody tr")
+    expect(history).to_have_count(2)
+    expect(history.filter(has_text=fleet.v1.package_id)).to_have_count(1)
+    expect(history.filter(has_text=fleet.v2.package_id)).to_have_count(1)
+    screenshot(page, "device-after-rollback")
+
+
+def test_viewer_sees_no_action_buttons_and_cannot_act(fleet, login, tokens, api, control_plane, screenshot) -> None:  # type: ignore[no-untyped-def]
+    created = api.post("/api/v1/rollouts", json=_spec(fleet, name="viewer look"))
+    assert created.status_code == 201, created.text
+    rollout_id = created.json()["id"]
+
+    page = login(tokens["viewer"])
+    expect(page.get_by_test_id("whoami")).to_contain_text("viewer")
+    page.goto("/ui/rollouts")
+    expect(page.locator(f'tr[data-rollout="{rollout_id}"]')).to_be_visible()
+    expect(page.get_by_role("button", name="Start rollout")).to_have_count(0)
+    page.goto(f"/ui/rollouts/{rollout_id}")
+    expect(page.get_by_test_id("rollout-state")).to_be_visible()
+    expect(page.locator("[data-action]")).to_have_count(0)
+    expect(page.get_by_role("group", name="Rollout actions")).to_have_count(0)
+    screenshot(page, "rollout-as-viewer")
+
+    # Hiding buttons is not the protection: a forged POST is refused by the dashboard and the API.
+    forged = page.request.post(f"/ui/rollouts/{rollout_id}/abort",
+                               form={"csrf": csrf_for(tokens["viewer"]), "confirm": "yes"})
+    assert "can view but not act" in forged.text()
+    viewer_api = httpx.post(f"{control_plane.base_url}/api/v1/rollouts/{rollout_id}/abort",
+                            headers={"authorization": f"Bearer {tokens['viewer']}"}, timeout=10)
+    assert viewer_api.status_code == 403
+    assert _state(api, rollout_id) not in ("aborting", "aborted")
+
+
+def test_login_refuses_bad_tokens_and_logout_ends_the_session(browser, control_plane, tokens, screenshot) -> None:  # type: ignore[no-untyped-def]
+    context = browser.new_context(base_url=control_plane.base_url)
+    page = context.new_page()
+    try:
+        page.goto("/ui/models")
+        expect(page).to_have_url(re.compile(r".*/ui/login\?next=%2Fui%2Fmodels"))
+        page.get_by_label("API token").fill("efo_not-a-token")
+        page.get_by_role("button", name="Log in").click()
+        expect(page.get_by_role("alert")).to_have_text("unknown or revoked token")
+        screenshot(page, "login-refused")
+        page.get_by_label("API token").fill(tokens["operator"])
+        page.get_by_role("button", name="Log in").click()
+        expect(page).to_have_url(re.compile(r".*/ui/models$"))
+        cookie = next(c for c in context.cookies() if c["name"] == "edgefleet_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        page.get_by_role("button", name="Log out").click()
+        expect(page).to_have_url(re.compile(r".*/ui/login$"))
+        page.goto("/ui/fleet")
+        expect(page).to_have_url(re.compile(r".*/ui/login\?next=.*"))
+    finally:
+        context.close()
