@@ -1,0 +1,131 @@
+"""Builds per profile: INT8 through the quantization gate, golden vectors, honest notes; imports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlmodel import Session
+
+from agent.contract import MANIFEST_FILE, PackageManifest
+from cloud.pipeline.optimize.runners import runner_for
+from cloud.pipeline.service import build_model, describe_model, import_model, ingest, read_labels, read_spec
+from cloud.pipeline.train.trainer import DEFAULT_SPEC
+
+pytestmark = pytest.mark.integration
+
+
+def _import_good_model(engine, paths, good_onnx) -> str:  # type: ignore[no-untyped-def]
+    dataset_id = ingest(engine, paths, good_onnx.data_root).record.id
+    outcome = import_model(engine, paths, model_path=good_onnx.onnx_path, labels=read_labels(good_onnx.labels_path),
+                           spec=read_spec(good_onnx.spec_path), name="shapes", dataset_id=dataset_id)
+    assert outcome.status == "validated", outcome.decision.reasons
+    return outcome.model_version
+
+
+def _manifest(package_dir: Path) -> PackageManifest:
+    return PackageManifest.from_bytes((package_dir / MANIFEST_FILE).read_bytes())
+
+
+def test_int8_with_an_accuracy_drop_over_the_limit_is_rejected(engine, paths, good_onnx) -> None:  # type: ignore[no-untyped-def]
+    version = _import_good_model(engine, paths, good_onnx)
+    # Calibrating on one blank image gives activation ranges that saturate on real scenes.
+    blank = np.zeros((1, *DEFAULT_SPEC.input_shape(1)[1:]), dtype=np.float32)
+    result = build_model(engine, paths, version=version, profiles=["rpi5-arm64", "jetson-orin", "coral-edgetpu"],
+                         calibration=blank)
+
+    by_file = {a.artifact.file: a for a in result.outcome.artifacts}
+    int8 = by_file["model-int8-s8s8-pc-minmax.onnx"]
+    assert int8.gate is not None and int8.gate.status == "rejected"
+    assert any(reason.startswith("accuracy drop") and "exceeds the limit of 1.00 pp" in reason
+               for reason in int8.gate.reasons)
+    assert int8.evaluation is not None and result.outcome.fp32_evaluation is not None
+    assert int8.evaluation.accuracy < result.outcome.fp32_evaluation.accuracy - 0.01
+    # The rejected artifact is not shipped; the FP32 one is, for every profile.
+    assert result.package is not None
+    manifest = _manifest(result.package.directory)
+    assert [(a.runtime, a.precision) for a in manifest.artifacts] == [("onnxruntime", "fp32")]
+    assert manifest.artifacts[0].profiles == ["coral-edgetpu", "jetson-orin", "rpi5-arm64"]
+
+    # What cannot be built here is marked, with a reason; nothing is faked.
+    notes = {(n["profile"], n["target"]): n for n in result.notes}
+    assert notes[("jetson-orin", "tensorrt-engine")]["status"] == "built_on_device"
+    assert notes[("coral-edgetpu", "edgetpu-tflite")]["status"] == "built_externally"
+    assert "edgetpu_compiler" in notes[("coral-edgetpu", "edgetpu-tflite")]["message"]
+    assert notes[("rpi5-arm64", "litert-int8")]["status"] == "not_built"
+    assert notes[("rpi5-arm64", "onnx-int8-s8s8-pc-minmax")]["status"] == "rejected"
+    with Session(engine) as session:
+        build = describe_model(session, version)["builds"][0]
+    assert build["package_id"] == result.package_id
+    assert any(a["file"] == int8.artifact.file and a["accepted"] is False for a in build["artifacts"])
+
+
+def test_imported_onnx_is_quantized_gated_and_packaged(control_plane, api, good_onnx) -> None:  # type: ignore[no-untyped-def]
+    dataset = api.post("/api/v1/datasets", json={"path": str(good_onnx.data_root)})
+    assert dataset.status_code == 201, dataset.text
+    response = api.post(
+        "/api/v1/models/import",
+        files={"model": ("external.onnx", good_onnx.onnx_path.read_bytes(), "application/octet-stream")},
+        data={"labels": good_onnx.labels_path.read_text(), "preprocessing": good_onnx.spec_path.read_text(),
+              "name": "byom", "dataset_id": dataset.json()["id"], "profiles": "x86-64-avx512-vnni,x86-64-avx2"},
+        timeout=300,
+    )
+    assert response.status_code == 201, response.text
+    imported = response.json()
+    assert imported["status"] == "validated" and imported["accuracy"] >= 0.9
+    build = imported["build"]
+    artifacts = {a["file"]: a for a in build["artifacts"]}
+    # Quantized per profile: S8S8 for VNNI, U8S8 with reduce_range for AVX2 (ONNX Runtime's advice).
+    vnni = artifacts["model-int8-s8s8-pc-minmax.onnx"]
+    avx2 = artifacts["model-int8-u8s8-pc-rr-minmax.onnx"]
+    assert vnni["profiles"] == ["x86-64-avx512-vnni"] and avx2["profiles"] == ["x86-64-avx2"]
+    assert avx2["settings"]["reduce_range"] is True and avx2["settings"]["activation_type"] == "uint8"
+    # Gated: every INT8 artifact carries a decision.
+    assert vnni["gate"]["status"] == "accepted", vnni["gate"]
+    assert all(a["gate"] is not None for a in build["artifacts"] if a["precision"] == "int8")
+    assert {"openvino-fp32", "openvino-fp16"} <= {f"{a['runtime']}-{a['precision']}" for a in build["artifacts"]}
+
+    # Packaged: the manifest lists each accepted artifact with golden vectors the device can replay.
+    package = api.get(f"/api/v1/packages/{build['package_id']}").json()
+    package_dir = Path(control_plane.settings.packages_dir) / package["id"]
+    manifest = _manifest(package_dir)
+    assert manifest.artifacts[0].file == "model-fp32.onnx"
+    shipped = {a.file for a in manifest.artifacts}
+    assert shipped == {a["file"] for a in build["artifacts"] if a["accepted"]}
+    assert "model-int8-s8s8-pc-minmax.onnx" in shipped
+    for artifact in manifest.artifacts:
+        assert artifact.golden_file is not None
+        golden = np.load(package_dir / artifact.golden_file)
+        replayed = runner_for(artifact.runtime, package_dir / artifact.file)(golden["inputs"])
+        assert np.abs(replayed - golden["outputs"]).max() <= artifact.golden_tolerance
+        assert manifest.file(artifact.file).sha256 == artifacts[artifact.file]["sha256"]
+    if any(a.runtime == "openvino" for a in manifest.artifacts):
+        assert "model-ov-fp32.bin" in {f.name for f in manifest.files}
+
+    # Lineage through the API: dataset, metrics, gate, the build with artifact hashes.
+    lineage = api.get(f"/api/v1/models/{imported['model_version']}").json()
+    assert lineage["source"] == "imported" and lineage["dataset_id"] == dataset.json()["id"]
+    assert lineage["builds"][0]["package_id"] == build["package_id"]
+    assert lineage["evaluation"]["slices"]
+
+
+def test_api_reports_bad_input_with_what_to_fix(control_plane, api, good_onnx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    missing = api.post("/api/v1/datasets", json={"path": str(tmp_path / "nowhere")})
+    assert missing.status_code == 400 and "does not exist" in missing.json()["detail"]
+    unknown = api.post("/api/v1/models/train", json={"dataset_id": "ds-0000000000000000"})
+    assert unknown.status_code == 400 and "ingest it first" in unknown.json()["detail"]
+    wrong_labels = api.post(
+        "/api/v1/models/import",
+        files={"model": ("m.onnx", good_onnx.onnx_path.read_bytes(), "application/octet-stream")},
+        data={"labels": "a\nb\nc", "preprocessing": good_onnx.spec_path.read_text(), "name": "x"},
+    )
+    assert wrong_labels.status_code == 400 and "3 classes" in wrong_labels.json()["detail"]
+    bad_spec = api.post(
+        "/api/v1/models/import",
+        files={"model": ("m.onnx", good_onnx.onnx_path.read_bytes(), "application/octet-stream")},
+        data={"labels": good_onnx.labels_path.read_text(), "preprocessing": json.dumps({"width": 3}), "name": "x"},
+    )
+    assert bad_spec.status_code == 400 and "PreprocessSpec" in bad_spec.json()["detail"]
+    assert api.get("/api/v1/models/none-1").status_code == 404
