@@ -167,6 +167,7 @@ class AgentApp:
             source or open_source(pipeline_config.source, loop=pipeline_config.source_loop, file_fps=source_fps),
             target_fps=pipeline_config.target_fps,
             policy=pipeline_config.frame_policy,
+            queue_depth=pipeline_config.frame_queue_depth,
             sinks=self.sinks,
             source_label=pipeline_config.source,
         )

@@ -34,6 +34,8 @@ class PipelineConfig(BaseModel):
     # "newest": a slow model sees the newest frame, older ones are overwritten (cameras).
     # "every": capture waits for inference, no frame is overwritten (recorded files, tests).
     frame_policy: Literal["newest", "every"] = "newest"
+    # Frames the "every" policy may queue ahead of inference (the "newest" policy keeps one).
+    frame_queue_depth: int = Field(default=3, ge=1, le=64)
 
 
 class AgentConfig(BaseModel):
@@ -56,6 +58,7 @@ class AgentConfig(BaseModel):
     download_deadline_s: float = Field(default=300.0, gt=0)
     max_package_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     frame_policy: Literal["newest", "every"] = "newest"
+    frame_queue_depth: int = Field(default=3, ge=1, le=64)
     source_fps: float | None = Field(default=None, ge=0)
     # Several camera/model pipelines; when empty, one pipeline "main" from the fields above.
     pipelines: list[PipelineConfig] = Field(default_factory=list, max_length=8)
@@ -91,7 +94,7 @@ class AgentConfig(BaseModel):
             return list(self.pipelines)
         return [PipelineConfig(name="main", source=self.source, source_loop=self.source_loop,
                                target_fps=self.target_fps, source_fps=self.source_fps,
-                               frame_policy=self.frame_policy)]
+                               frame_policy=self.frame_policy, frame_queue_depth=self.frame_queue_depth)]
     # --- security (written by `edgefleet-agent enroll`; docs/security.md) ---
     # Mutual TLS for mqtts:// broker URLs: the broker CA, and this device's certificate and key.
     mqtt_ca_file: Path | None = None

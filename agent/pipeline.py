@@ -24,11 +24,11 @@ log = logging.getLogger(__name__)
 
 class Pipeline:
     def __init__(self, name: str, source: FrameSource, *, target_fps: float, policy: FramePolicy = "newest",
-                 sinks: Sequence[ResultSink] = (), source_label: str = "") -> None:
+                 queue_depth: int = 3, sinks: Sequence[ResultSink] = (), source_label: str = "") -> None:
         self.name = name
         self.source = source
         self.source_label = source_label
-        self.slot: FrameSlot[FrameItem] = FrameSlot(policy)
+        self.slot: FrameSlot[FrameItem] = FrameSlot(policy, depth=queue_depth)
         self.stats = WindowStats()
         self.engine = InferenceEngine(self.slot, self.stats, name=name, sinks=sinks)
         self.limiter = RateLimiter(target_fps)

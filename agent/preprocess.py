@@ -6,6 +6,8 @@ that training and serving cannot disagree about how an image becomes a tensor.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +26,8 @@ def _resize(frame_bgr: npt.NDArray[np.uint8], spec: PreprocessSpec) -> npt.NDArr
         if width / height > target_ratio:
             crop_w = round(height * target_ratio)
             x0 = (width - crop_w) // 2
-            frame_bgr = frame_bgr[:, x0 : x0 + crop_w]
+            # Contiguous first: OpenCV's area resize is markedly slower on a strided view.
+            frame_bgr = np.ascontiguousarray(frame_bgr[:, x0 : x0 + crop_w])
         else:
             crop_h = round(width / target_ratio)
             y0 = (height - crop_h) // 2
@@ -42,6 +45,19 @@ def _resize(frame_bgr: npt.NDArray[np.uint8], spec: PreprocessSpec) -> npt.NDArr
     return np.asarray(cv2.resize(frame_bgr, (spec.width, spec.height), interpolation=interpolation))
 
 
+@lru_cache(maxsize=16)
+def _normalisation_table(spec: PreprocessSpec) -> npt.NDArray[np.float32]:
+    """``table[v, c]`` = ``(v * scale - mean[c]) / std[c]`` in float32 for every uint8 ``v``.
+
+    The same float32 operations in the same order as normalising pixel by pixel, so
+    the result is bit-identical, at a third of the cost (one gather per pixel).
+    """
+    values = np.arange(256, dtype=np.float32)[:, np.newaxis] * np.float32(spec.scale)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    return np.ascontiguousarray((values - mean) / std, dtype=np.float32)
+
+
 def preprocess(frame_bgr: npt.NDArray[np.uint8], spec: PreprocessSpec) -> npt.NDArray[np.generic]:
     """Turn one decoded BGR uint8 frame (H, W, 3) into a batch-of-one input tensor.
 
@@ -55,10 +71,14 @@ def preprocess(frame_bgr: npt.NDArray[np.uint8], spec: PreprocessSpec) -> npt.ND
         image = image[:, :, ::-1]
     tensor: npt.NDArray[np.generic]
     if spec.dtype == "float32":
-        scaled = image.astype(np.float32) * np.float32(spec.scale)
-        mean = np.asarray(spec.mean, dtype=np.float32)
-        std = np.asarray(spec.std, dtype=np.float32)
-        tensor = (scaled - mean) / std
+        table = _normalisation_table(spec)
+        if spec.layout == "nchw":
+            planes = np.ascontiguousarray(image.transpose(2, 0, 1))
+            chw = np.empty((1, 3, spec.height, spec.width), dtype=np.float32)
+            for channel in range(3):
+                np.take(table[:, channel], planes[channel], out=chw[0, channel])
+            return chw
+        tensor = table[image, np.arange(3)]
     elif spec.dtype == "int8":
         tensor = (image.astype(np.int16) - 128).astype(np.int8)
     else:

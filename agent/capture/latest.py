@@ -1,14 +1,16 @@
-"""A one-slot buffer between the capture thread and the inference thread.
+"""The bounded hand-off between the capture thread and the inference thread.
 
-``newest`` policy (cameras): the newest frame wins; a slow model never builds a
-backlog of stale frames, and the frames it never saw are counted as
-``overwritten``. ``every`` policy (recorded files, tests): the capture thread waits
-until inference took the previous frame, so no frame is ever overwritten.
+``newest`` policy (cameras): one slot, the newest frame wins; a slow model never
+builds a backlog of stale frames, and the frames it never saw are counted as
+``overwritten``. ``every`` policy (recorded files, tests): a FIFO of ``depth``
+frames; the capture thread waits while it is full, so no frame is ever
+overwritten, and the few frames of slack absorb scheduling hiccups on a busy CPU.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
@@ -34,10 +36,13 @@ class FrameItem:
 class FrameSlot(Generic[T]):
     """Holds at most one item (a :class:`FrameItem` in the agent)."""
 
-    def __init__(self, policy: FramePolicy = "newest") -> None:
+    def __init__(self, policy: FramePolicy = "newest", *, depth: int = 2) -> None:
+        if depth < 1:
+            raise ValueError("depth must be at least 1")
         self.policy = policy
+        self.depth = depth if policy == "every" else 1
         self._cond = threading.Condition()
-        self._item: T | None = None
+        self._items: deque[T] = deque()
         self._closed = False
         self.offered = 0
         self.overwritten = 0
@@ -46,12 +51,13 @@ class FrameSlot(Generic[T]):
         """Offer ``item``. Returns False when the slot was closed (the frame is not counted)."""
         with self._cond:
             if self.policy == "every":
-                self._cond.wait_for(lambda: self._item is None or self._closed)
+                self._cond.wait_for(lambda: len(self._items) < self.depth or self._closed)
             if self._closed:
                 return False
-            if self._item is not None:
+            if self.policy == "newest" and self._items:
+                self._items.clear()
                 self.overwritten += 1
-            self._item = item
+            self._items.append(item)
             self.offered += 1
             self._cond.notify_all()
             return True
@@ -59,15 +65,17 @@ class FrameSlot(Generic[T]):
     def take(self, timeout_s: float) -> T | None:
         """Wait up to ``timeout_s`` for a frame not taken yet."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._item is not None or self._closed, timeout_s):
+            if not self._cond.wait_for(lambda: bool(self._items) or self._closed, timeout_s):
                 return None
-            item, self._item = self._item, None
+            if not self._items:
+                return None
+            item = self._items.popleft()
             self._cond.notify_all()
             return item
 
     def pending(self) -> bool:
         with self._cond:
-            return self._item is not None
+            return bool(self._items)
 
     def close(self) -> None:
         with self._cond:
