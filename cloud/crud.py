@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -65,7 +66,8 @@ def device_exists(session: Session, device_id: str) -> bool:
 
 
 # --- ingest ------------------------------------------------------------------
-def apply_status(session: Session, report: StatusReport) -> None:
+def apply_status(session: Session, report: StatusReport, *, commit: bool = True) -> None:
+    """Apply a status report to its device (``commit=False``: leave it to the caller's batch)."""
     device = get_device(session, report.device_id)
     device.online = report.state == DeviceState.ONLINE
     device.last_seen_at = utc_now()
@@ -76,30 +78,13 @@ def apply_status(session: Session, report: StatusReport) -> None:
         device.running_package_id = report.running_package_id
         device.runtime = report.runtime
     session.add(device)
-    session.commit()
+    if commit:
+        session.commit()
 
 
 def store_telemetry(session: Session, report: TelemetryReport) -> bool:
     """Store one telemetry window. Returns False for a duplicate message id (QoS 1 redelivery)."""
-    record = TelemetryRecord(
-        message_id=report.message_id,
-        device_id=report.device_id,
-        model_version=report.model_version,
-        package_id=report.package_id,
-        runtime=report.runtime,
-        sent_at=report.sent_at,
-        window_s=report.window_s,
-        frames=report.frames,
-        fps=report.fps,
-        p50_latency_ms=report.p50_latency_ms,
-        p95_latency_ms=report.p95_latency_ms,
-        mean_confidence=report.mean_confidence,
-        class_counts=report.class_counts,
-        inference_errors=report.inference_errors,
-        camera_ok=report.camera_ok,
-        cpu_percent=report.cpu_percent,
-        memory_mb=report.memory_mb,
-    )
+    record = TelemetryRecord(**telemetry_row(report, utc_now()))
     try:
         device = session.get(Device, report.device_id)
         if device is not None:
@@ -112,6 +97,70 @@ def store_telemetry(session: Session, report: TelemetryReport) -> bool:
         session.rollback()
         return False
     return True
+
+
+def telemetry_row(report: TelemetryReport, received_at: datetime) -> dict[str, object]:
+    """The telemetry table's columns for one report (the one place that maps them)."""
+    return {
+        "message_id": report.message_id,
+        "device_id": report.device_id,
+        "model_version": report.model_version,
+        "package_id": report.package_id,
+        "runtime": report.runtime,
+        "sent_at": report.sent_at,
+        "received_at": received_at,
+        "window_s": report.window_s,
+        "frames": report.frames,
+        "fps": report.fps,
+        "p50_latency_ms": report.p50_latency_ms,
+        "p95_latency_ms": report.p95_latency_ms,
+        "mean_confidence": report.mean_confidence,
+        "class_counts": report.class_counts,
+        "inference_errors": report.inference_errors,
+        "camera_ok": report.camera_ok,
+        "cpu_percent": report.cpu_percent,
+        "memory_mb": report.memory_mb,
+    }
+
+
+# --- batched ingest (issue 9): one statement per batch, the caller commits ----------
+def registered_device_ids(session: Session, device_ids: Iterable[str]) -> set[str]:
+    """Which of ``device_ids`` are registered (one query)."""
+    wanted = sorted(set(device_ids))
+    if not wanted:
+        return set()
+    return set(session.exec(select(Device.id).where(col(Device.id).in_(wanted))))
+
+
+def insert_telemetry_rows(session: Session, rows: list[dict[str, object]]) -> set[str]:
+    """Insert telemetry rows, skipping message ids already stored; return the ids inserted.
+
+    ``ON CONFLICT (message_id) DO NOTHING`` makes a QoS 1 redelivery a no-op even when
+    two ingest nodes race on the same message, without aborting the batch.
+    """
+    if not rows:
+        return set()
+    table = TelemetryRecord.__table__  # type: ignore[attr-defined]
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:  # pragma: no cover - only PostgreSQL and SQLite are supported
+        raise NotImplementedError(f"batched ingest does not support {dialect}")
+    statement = (
+        dialect_insert(table).on_conflict_do_nothing(index_elements=["message_id"]).returning(table.c.message_id)
+    )
+    return {row[0] for row in session.execute(statement, rows)}
+
+
+def touch_devices(session: Session, device_ids: Iterable[str], seen_at: datetime) -> None:
+    """Mark devices online and seen at ``seen_at`` (sorted ids: concurrent nodes lock rows in one order)."""
+    ids = sorted(set(device_ids))
+    if ids:
+        session.execute(
+            update(Device).where(col(Device.id).in_(ids)).values(last_seen_at=seen_at, online=True)
+        )
 
 
 def apply_job_report(session: Session, report: JobStatusReport) -> bool:

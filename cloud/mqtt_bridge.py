@@ -2,6 +2,18 @@
 
 Subscribes to every device report (handing each to :class:`cloud.ingest.ReportIngest`)
 and publishes commands. Other modules exchange typed messages with it.
+
+For scale-out and no loss (issue 9, docs/scaling.md):
+
+* ``on_report_acked``: manual acknowledgements. Each QoS 1 report is handed over with an
+  ``ack`` callback that ingest calls only after the report is committed, so the broker
+  redelivers whatever a crashed node had not stored.
+* ``session_id``: a stable client id per ingest node makes the session persistent
+  (reports sent while the node is down wait in the broker); without it the session is
+  clean, so a replaced node never leaves an orphan session collecting messages.
+* ``shared_group``: subscribe with ``$share/<group>/...`` so several nodes split the traffic.
+* ``protocol="5"``: MQTT 5 lets us raise the broker's in-flight window to this client
+  (Receive Maximum); with 3.1.1 Mosquitto's ``max_inflight_messages`` (20) applies.
 """
 
 from __future__ import annotations
@@ -12,6 +24,8 @@ import uuid
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent.contract import DeployCommand, Topics
 from agent.contract.broker_url import parse_broker_url
@@ -31,19 +45,36 @@ class CloudMqtt:
         tls_cert_file: str | None = None,
         tls_key_file: str | None = None,
         sign: Callable[[DeployCommand], DeployCommand] | None = None,
+        on_report_acked: Callable[[str, bytes, Callable[[], None], int], None] | None = None,
+        session_id: str | None = None,
+        shared_group: str | None = None,
+        protocol: str = "3.1.1",
+        receive_maximum: int = 1000,
+        session_expiry_s: int = 7 * 86_400,
     ) -> None:
         self.topics = topics
         self._on_report = on_report
+        self._on_report_acked = on_report_acked
+        self._shared_group = shared_group
+        self._persistent = session_id is not None
+        self._v5 = protocol == "5"
+        self._connect_properties: Properties | None = None
+        if self._v5:
+            self._connect_properties = Properties(PacketTypes.CONNECT)
+            self._connect_properties.ReceiveMaximum = receive_maximum
+            self._connect_properties.SessionExpiryInterval = session_expiry_s if self._persistent else 0
         # Every command leaves signed by the director key, whichever module built it.
         self._sign = sign
         self._address = parse_broker_url(broker_url)
         self.connected = threading.Event()
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"ef-cloud-{uuid.uuid4().hex[:8]}",
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
+            client_id=session_id or client_id or f"ef-cloud-{uuid.uuid4().hex[:8]}",
+            clean_session=None if self._v5 else not self._persistent,
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
         )
+        if on_report_acked is not None:
+            self._client.manual_ack_set(True)
         if self._address.tls:
             # Mutual TLS when given a certificate: the broker ACL knows the control plane by its CN.
             self._client.tls_set(ca_certs=tls_ca_file, certfile=tls_cert_file, keyfile=tls_key_file)
@@ -55,7 +86,11 @@ class CloudMqtt:
         self._client.on_message = self._handle_message
 
     def start(self, timeout_s: float = 10.0) -> None:
-        self._client.connect_async(self._address.host, self._address.port, keepalive=30)
+        if self._v5:
+            self._client.connect_async(self._address.host, self._address.port, keepalive=30,
+                                       clean_start=not self._persistent, properties=self._connect_properties)
+        else:
+            self._client.connect_async(self._address.host, self._address.port, keepalive=30)
         self._client.loop_start()
         if not self.connected.wait(timeout_s):
             self._client.loop_stop()
@@ -76,7 +111,8 @@ class CloudMqtt:
         if reason_code.is_failure:
             log.error("broker refused the control plane: %s", reason_code)
             return
-        client.subscribe([(topic, 1) for topic in self.topics.all_reports()])
+        prefix = f"$share/{self._shared_group}/" if self._shared_group else ""
+        client.subscribe([(prefix + topic, 1) for topic in self.topics.all_reports()])
         self.connected.set()
         log.info("control plane subscribed to reports under %s", self.topics.prefix)
 
@@ -87,6 +123,13 @@ class CloudMqtt:
             log.warning("control plane lost the broker (%s); reconnecting", reason_code)
 
     def _handle_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        if self._on_report_acked is not None:
+            mid, qos = message.mid, message.qos
+            try:
+                self._on_report_acked(message.topic, message.payload, lambda: client.ack(mid, qos), qos)
+            except Exception:  # not acknowledged: the broker redelivers it on the next session
+                log.exception("report handler failed on %s", message.topic)
+            return
         try:
             self._on_report(message.topic, message.payload)
         except Exception:  # ingest never raises by contract; this is the last line of defence

@@ -16,6 +16,7 @@ from cloud.core.config import Settings
 from cloud.core.db import make_engine, migrate
 from cloud.ingest import ReportIngest
 from cloud.mqtt_bridge import CloudMqtt
+from cloud.retention import RetentionPolicy, RetentionWorker
 from cloud.rollout.config import RolloutEngineSettings
 from cloud.rollout.engine import EngineConfig, RolloutEngine
 from cloud.rollout.listener import record_rollout_window
@@ -33,7 +34,12 @@ class ControlPlane:
         self.engine: Engine = make_engine(settings.resolved_database_url)
         self.broker: EmbeddedBroker | None = None
         self.broker_url = settings.mqtt_url or ""
-        self.ingest = ReportIngest(self.engine, self.topics, max_report_bytes=settings.max_report_bytes)
+        self.ingest = ReportIngest(self.engine, self.topics, max_report_bytes=settings.max_report_bytes,
+                                   batch_max_rows=settings.ingest_batch_max_rows,
+                                   batch_wait_s=settings.ingest_batch_wait_ms / 1000,
+                                   queue_max=settings.ingest_queue_max)
+        # Telemetry downsampling and retention, on whichever node holds the lease (issue 9).
+        self.retention: RetentionWorker | None = None
         self.mqtt: CloudMqtt | None = None
         # TUF repository, fleet CAs and director key (docs/security.md).
         self.security = FleetSecurity(settings, self.engine)
@@ -62,12 +68,26 @@ class ControlPlane:
             self.broker = EmbeddedBroker(self.settings.embedded_broker_port)
             self.broker.start()
             self.broker_url = self.broker.url
+        # Batched ingest, acknowledging each report to the broker only once it is committed.
+        self.ingest.start()
         self.mqtt = CloudMqtt(self.broker_url, self.topics, self.ingest.handle,
+                              on_report_acked=self.ingest.submit,
+                              session_id=self.settings.ingest_client_id,
+                              shared_group=self.settings.ingest_shared_group,
+                              # amqtt, the embedded broker, speaks MQTT 3.1.1 only.
+                              protocol="3.1.1" if self.broker is not None else self.settings.mqtt_protocol,
+                              receive_maximum=self.settings.ingest_receive_maximum,
+                              session_expiry_s=self.settings.ingest_session_expiry_s,
                               tls_ca_file=_path(self.settings.mqtt_ca_file),
                               tls_cert_file=_path(self.settings.mqtt_cert_file),
                               tls_key_file=_path(self.settings.mqtt_key_file),
                               sign=self.security.sign_command)
         self.mqtt.start()
+        if self.settings.retention_enabled:
+            holder = self.settings.ingest_client_id or f"plane-{socket.gethostname()}-{id(self):x}"
+            self.retention = RetentionWorker(self.engine, RetentionPolicy.from_settings(self.settings),
+                                             holder=holder, interval_s=self.settings.retention_interval_s)
+            self.retention.start()
         if self.rollout_settings.engine_enabled:
             self.rollouts = self.make_rollout_engine()
             self.rollouts.start()
@@ -106,6 +126,10 @@ class ControlPlane:
             self._http.should_exit = True
             if self._http_thread is not None:
                 self._http_thread.join(timeout=5)
+        if self.retention is not None:
+            self.retention.stop()
+        # Store and acknowledge what is queued while still connected; the rest is redelivered.
+        self.ingest.stop()
         if self.mqtt is not None:
             self.mqtt.stop()
         if self.broker is not None:

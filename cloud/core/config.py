@@ -45,6 +45,26 @@ class Settings(BaseSettings):
     mqtt_key_file: Path | None = None
     # The broker URL handed to devices at enrollment; defaults to the one the control plane uses.
     device_mqtt_url: str | None = None
+    # --- scale-out and ingest (issue 9, docs/scaling.md) ---
+    # MQTT 5 lets ingest raise the broker's in-flight window (Receive Maximum); the
+    # embedded amqtt broker speaks 3.1.1 only and always gets 3.1.1.
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    # A stable id per ingest node makes its broker session persistent: reports sent while
+    # the node is down wait for it. Unset: a clean session (single node, development).
+    ingest_client_id: str | None = Field(default=None, max_length=64)
+    # Several nodes in one group split device traffic ($share/<group>/...).
+    ingest_shared_group: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    ingest_session_expiry_s: int = Field(default=7 * 86_400, gt=0)
+    ingest_receive_maximum: int = Field(default=2000, ge=1, le=65_535)
+    ingest_batch_max_rows: int = Field(default=500, ge=1, le=10_000)
+    ingest_batch_wait_ms: float = Field(default=10.0, ge=0, le=1000)
+    ingest_queue_max: int = Field(default=50_000, ge=100)
+    # Telemetry tiers: raw rows, then 1-minute, then 1-hour rollups (cloud/retention.py).
+    retention_enabled: bool = True
+    retention_interval_s: float = Field(default=600.0, gt=0)
+    telemetry_raw_retention_h: float = Field(default=48.0, gt=0)
+    telemetry_minute_retention_d: float = Field(default=14.0, gt=0)
+    telemetry_hour_retention_d: float = Field(default=400.0, gt=0)
 
     @model_validator(mode="after")
     def _production_needs_real_services(self) -> Settings:

@@ -12,6 +12,7 @@ import cloud.monitor.models  # noqa: F401
 import cloud.pipeline.registry.models  # noqa: F401
 import cloud.rollout.models  # noqa: F401
 import cloud.security.models  # noqa: F401
+import cloud.workers.models  # noqa: F401
 
 config = context.config
 target_metadata = SQLModel.metadata
