@@ -120,6 +120,10 @@ def _timeout_for(state: DeviceState, timeouts: Timeouts) -> float | None:
 
 
 def _fail_or_retry(obs: DeviceObservation, max_retries: int, reason: str) -> DeviceTransition:
+    if not obs.online and obs.state != DeviceState.QUEUED:
+        # It acknowledged the command and then vanished (a crash mid-install): a failure,
+        # never "offline, counted apart", or a crashing release would hide behind retries.
+        return DeviceTransition(DeviceState.FAILED, f"{reason}; went offline after receiving the release")
     if obs.attempts <= max_retries:
         return DeviceTransition(DeviceState.PENDING, f"retry {obs.attempts}/{max_retries}: {reason}", retry=True)
     return DeviceTransition(DeviceState.FAILED, reason)

@@ -513,6 +513,8 @@ class _Pass:
             decision.reason += " (approved by the operator)"
         if action == Action.WAIT:
             return
+        if decision.failed_strata:
+            decision.numbers["failed_strata"] = decision.failed_strata
         record_decision(self.session, rollout, action.value, decision.reason, decision.numbers, actor=self.actor)
         log.info("rollout %s stage %d: %s (%s)", rollout.id, rollout.stage, action.value, decision.reason)
         if action == Action.PROMOTE:

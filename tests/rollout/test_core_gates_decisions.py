@@ -119,6 +119,8 @@ def _next(obs: DeviceObservation, **timeouts: float):  # type: ignore[no-untyped
     (_obs(DeviceState.INSTALLING, age_s=700, job="installing", attempts=2), DeviceState.FAILED),
     # Offline after installing is never "counted apart": probation runs out and it fails.
     (_obs(DeviceState.PROBATION, age_s=1000, job="succeeded", online=False), DeviceState.FAILED),
+    # Acknowledged, then vanished mid-install (a crash): failed at once, not retried into "offline".
+    (_obs(DeviceState.INSTALLING, age_s=700, job="installing", online=False, attempts=1), DeviceState.FAILED),
     (_obs(DeviceState.OFFLINE, online=True), DeviceState.PENDING),
     (_obs(DeviceState.OFFLINE, age_s=8 * 86400, online=False), DeviceState.EXPIRED),
 ])

@@ -48,3 +48,80 @@ def test_good_release_passes_every_stage_and_reaches_every_online_device(plane, 
         assert len(fleet.log.for_package(new.package_id)) == 60
     finally:
         fleet.stop()
+
+
+def _oracle_fleet(plane, api, tmp_path: Path, trained_model, candidates: dict[str, object]):  # type: ignore[no-untyped-def]
+    """Devices whose telemetry comes from running the real models (agent load_model + onnxruntime)."""
+    from tests.rollout.fleet_helpers import package_dir, publish_trained
+    from tests.support.rollout_devices import ModelOracle
+
+    old = publish_trained(plane, trained_model, "shapes")
+    oracle = ModelOracle()
+    oracle.add_package(package_dir(plane, old))
+    for result in candidates.values():
+        oracle.add_package(package_dir(plane, result))  # type: ignore[arg-type]
+    return old, start_fleet(plane, api, FLEET, old, oracle=oracle)
+
+
+def test_nan_release_aborts_in_first_stage_and_every_touched_device_rolls_back(plane, api, trained_model,
+                                                                               tmp_path: Path) -> None:
+    nan = publish_constant(plane, tmp_path, "shapes-nan", value=float("nan"))
+    old, fleet = _oracle_fleet(plane, api, tmp_path, trained_model, {"nan": nan})
+    try:
+        detail = create(api, fast_spec("nan", {"package_id": nan.package_id}))
+        done = wait_state(api, detail["id"])
+        assert done["state"] == "aborted", actions(done)
+        # Each stratum was stopped in stage 0 by its own error-rate gate (NaN outputs are errors).
+        stops = [d for d in done["decisions"] if d["action"] in ("halt_strata", "abort")]
+        assert stops[-1]["action"] == "abort" and {d["stage"] for d in stops} == {0}
+        stopped = {}
+        for decision in stops:
+            for stratum in decision["numbers"]["failed_strata"]:
+                stopped[stratum] = {g["gate"]: g for g in decision["numbers"]["strata"][stratum]["gates"]}
+        assert set(stopped) == set(detail["plan"]["strata"])
+        for gates in stopped.values():
+            assert gates["error_rate"]["status"] == "fail" and gates["error_rate"]["observed"] == 1.0
+        touched = set(fleet.log.for_package(nan.package_id))
+        stage_zero = {d for d, r in rows(api, detail["id"]).items() if r["stage"] == 0}
+        assert touched == stage_zero
+        assert len(touched) == sum(detail["plan"]["stage_sizes"][0].values()) == 6
+        # Every touched device runs the old version again; nobody else was ever sent the release.
+        assert set(fleet.running(touched).values()) == {old.package_id}
+        assert {r["state"] for d, r in rows(api, detail["id"]).items() if d in touched} == {"rolled_back"}
+        assert set(fleet.running().values()) == {old.package_id}
+    finally:
+        fleet.stop()
+
+
+def test_release_crashing_the_agent_aborts_in_first_stage_and_crashed_devices_roll_back(plane, api,
+                                                                                         tmp_path: Path) -> None:
+    from tools.fleet_sim import DeployPlan
+
+    old = publish_constant(plane, tmp_path, "cam-old")
+    new = publish_constant(plane, tmp_path, "cam-crash")
+    fleet = start_fleet(plane, api, FLEET, old)
+    for sim in fleet.sims.values():
+        # The agent dies while loading the release and says nothing more: no failure report, just gone.
+        sim.set_deploy_hook(lambda device, command: DeployPlan.crash("installing")
+                            if command.package_id == new.package_id else DeployPlan.succeed())
+    try:
+        detail = create(api, fast_spec("crash", {"package_id": new.package_id}, timeouts={"installing_s": 3}))
+        wait_state(api, detail["id"], ("aborting",), timeout_s=60)
+        touched = set(fleet.log.for_package(new.package_id))
+        assert len(touched) == 6 == sum(detail["plan"]["stage_sizes"][0].values())
+        stops = [d for d in api.get(f"/api/v1/rollouts/{detail['id']}").json()["decisions"]
+                 if d["action"] in ("halt_strata", "abort")]
+        assert {d["stage"] for d in stops} == {0}
+        assert all("install_failure_rate" in d["reason"] for d in stops)
+        # Crashed devices are not counted apart as "offline": they failed. Their rollback waits
+        # until they come back (the agent restarts on its old version), then completes.
+        states = rows(api, detail["id"])
+        assert {states[d]["state"] for d in touched} == {"rollback_pending"}
+        for device_id in touched:
+            fleet.sim_of(device_id).go_online(device_id)
+        done = wait_state(api, detail["id"])
+        assert done["state"] == "aborted", actions(done)
+        assert {r["state"] for d, r in rows(api, detail["id"]).items() if d in touched} == {"rolled_back"}
+        assert set(fleet.running().values()) == {old.package_id}
+    finally:
+        fleet.stop()
