@@ -17,8 +17,10 @@ class RateLimiter:
         if self.interval_s == 0.0:
             return True
         if self._next_due_s is None or now_s >= self._next_due_s:
-            previous = self._next_due_s if self._next_due_s is not None else now_s
-            # Keep a steady cadence, but never "catch up" with a burst after a stall.
-            self._next_due_s = max(previous + self.interval_s, now_s)
+            late_s = now_s - self._next_due_s if self._next_due_s is not None else self.interval_s
+            # Keep a steady cadence while on time; after a stall restart the cadence from
+            # now rather than "catching up" with a burst of frames.
+            base = self._next_due_s if self._next_due_s is not None and late_s < self.interval_s else now_s
+            self._next_due_s = base + self.interval_s
             return True
         return False
