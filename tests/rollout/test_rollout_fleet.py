@@ -125,3 +125,57 @@ def test_release_crashing_the_agent_aborts_in_first_stage_and_crashed_devices_ro
         assert set(fleet.running().values()) == {old.package_id}
     finally:
         fleet.stop()
+
+
+def test_release_predicting_a_different_class_distribution_is_stopped_by_the_quality_gate(
+        plane, api, trained_model, tmp_path: Path) -> None:
+    # Installs and runs without a single error, but has collapsed onto one class.
+    collapsed = publish_constant(plane, tmp_path, "shapes-collapsed", value=0.0)
+    old, fleet = _oracle_fleet(plane, api, tmp_path, trained_model, {"collapsed": collapsed})
+    try:
+        detail = create(api, fast_spec("collapsed", {"package_id": collapsed.package_id}))
+        done = wait_state(api, detail["id"])
+        assert done["state"] == "aborted", actions(done)
+        stops = [d for d in done["decisions"] if d["action"] in ("halt_strata", "abort")]
+        assert {d["stage"] for d in stops} == {0}  # before the second stage
+        for decision in stops:
+            for stratum in decision["numbers"]["failed_strata"]:
+                gates = {g["gate"]: g for g in decision["numbers"]["strata"][stratum]["gates"]}
+                assert gates["error_rate"]["status"] == "pass"
+                assert gates["install_failure_rate"]["status"] == "pass"
+                assert gates["class_distribution"]["status"] == "fail"
+                assert gates["class_distribution"]["numbers"]["p_value"] < 0.001
+        assert len(fleet.log.for_package(collapsed.package_id)) == 6
+        assert set(fleet.running().values()) == {old.package_id}
+    finally:
+        fleet.stop()
+
+
+def test_shuffled_labels_are_stopped_by_the_shadow_phase_before_any_switch(plane, api, trained_model,
+                                                                          tmp_path: Path) -> None:
+    from tests.rollout.fleet_helpers import publish_trained
+
+    # The same network with its label mapping shuffled: it installs and runs healthily,
+    # but names the wrong class for every frame.
+    shuffled_labels = trained_model.labels[1:] + trained_model.labels[:1]
+    shuffled = publish_trained(plane, trained_model, "shapes-shuffled", labels=shuffled_labels)
+    old, fleet = _oracle_fleet(plane, api, tmp_path, trained_model, {"shuffled": shuffled})
+    try:
+        spec = fast_spec("shuffled", {"package_id": shuffled.package_id},
+                         shadow={"duration_s": 2, "sample_fraction": 0.5, "min_frames": 30, "stages": [0]})
+        detail = create(api, spec)
+        done = wait_state(api, detail["id"])
+        assert done["state"] == "aborted", actions(done)
+        stops = [d for d in done["decisions"] if d["action"] in ("halt_strata", "abort")]
+        assert stops and all(d["stage"] == 0 and d["numbers"]["phase"] == "shadow" for d in stops)
+        for decision in stops:
+            for stratum in decision["numbers"]["failed_strata"]:
+                gates = {g["gate"]: g for g in decision["numbers"]["strata"][stratum]["gates"]}
+                assert gates["shadow_agreement"]["status"] == "fail"
+                assert gates["shadow_agreement"]["observed"] < 0.5
+        # The candidate ran only in shadow, on the first stage's devices; nobody switched to it.
+        assert len(fleet.log.for_package(shuffled.package_id, mode="shadow")) == 6
+        assert not fleet.log.for_package(shuffled.package_id)
+        assert set(fleet.running().values()) == {old.package_id}
+    finally:
+        fleet.stop()
