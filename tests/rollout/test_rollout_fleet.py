@@ -179,3 +179,41 @@ def test_shuffled_labels_are_stopped_by_the_shadow_phase_before_any_switch(plane
         assert set(fleet.running().values()) == {old.package_id}
     finally:
         fleet.stop()
+
+
+def test_release_failing_on_one_hardware_profile_is_stopped_for_that_stratum_only(plane, api,
+                                                                                  tmp_path: Path) -> None:
+    from tools.fleet_sim import ModelBehaviour
+
+    old = publish_constant(plane, tmp_path, "cam-old")
+    # One release, one package per hardware profile.
+    new_x86 = publish_constant(plane, tmp_path, "cam-x86", profiles=[X86])
+    new_arm = publish_constant(plane, tmp_path, "cam-arm", profiles=[ARM])
+    fleet = start_fleet(plane, api, FLEET, old)
+    # The ARM build installs fine but half its inferences fail at runtime on that hardware.
+    fleet.sims[ARM].set_behaviour(new_arm.model_version, ModelBehaviour(error_rate=0.5))
+    arm_stratum, x86_stratum = f"{ARM}/onnxruntime", f"{X86}/onnxruntime"
+    try:
+        detail = create(api, fast_spec("per-profile", {"packages": {X86: new_x86.package_id,
+                                                                    ARM: new_arm.package_id}}))
+        done = wait_state(api, detail["id"])
+        assert done["state"] == "completed", actions(done)
+        assert done["halted_strata"] == [arm_stratum]
+        halt = next(d for d in done["decisions"] if d["action"] == "halt_strata")
+        assert halt["stage"] == 0 and halt["numbers"]["failed_strata"] == [arm_stratum]
+        gates = {g["gate"]: g["status"] for g in halt["numbers"]["strata"][arm_stratum]["gates"]}
+        assert gates["error_rate"] == "fail"
+        # The healthy stratum went on through every stage.
+        assert actions(done)[-1] == "complete"
+        states = rows(api, detail["id"])
+        arm_touched = set(fleet.log.for_package(new_arm.package_id))
+        assert len(arm_touched) == 2 and all(states[d]["stage"] == 0 for d in arm_touched)
+        assert {states[d]["state"] for d in arm_touched} == {"rolled_back"}
+        assert {r["state"] for d, r in states.items() if r["stratum"] == arm_stratum and d not in arm_touched} == {
+            "halted"}
+        assert {r["state"] for r in states.values() if r["stratum"] == x86_stratum} == {"succeeded"}
+        running = fleet.running()
+        assert {running[d] for d in states if d.startswith("arm")} == {old.package_id}
+        assert {running[d] for d in states if d.startswith("x86")} == {new_x86.package_id}
+    finally:
+        fleet.stop()
