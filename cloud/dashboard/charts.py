@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from html import escape
 
 from markupsafe import Markup
@@ -78,6 +78,10 @@ def line_chart(title: str, series: Sequence[Series], *, unit: str = "", width: i
                  f'y2="{pad_top + plot_h}"/>')
     parts.append(f'<text class="tick" x="{pad_left - 4}" y="{pad_top + 4}" text-anchor="end">{_fmt(high)}</text>'
                  f'<text class="tick" x="{pad_left - 4}" y="{pad_top + plot_h}" text-anchor="end">{_fmt(low)}</text>')
+    # Time axis: first and last sample, in UTC like every timestamp the API serves.
+    first, last = (datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S") for t in (t0, t1))
+    parts.append(f'<text class="tick" x="{pad_left}" y="{height - 6}">{first} UTC</text>'
+                 f'<text class="tick" x="{pad_left + plot_w}" y="{height - 6}" text-anchor="end">{last}</text>')
     for index, one in enumerate(series):
         color = _PALETTE[index % len(_PALETTE)]
         segments: list[list[str]] = [[]]

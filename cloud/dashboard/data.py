@@ -47,10 +47,19 @@ class InProcessApi:
     async def call(self, method: str, path: str, body: Any = None, **params: Any) -> ApiAnswer:
         response = await self._client.request(method, path, json=body,
                                               params={k: v for k, v in params.items() if v is not None})
-        try:
-            payload: Any = response.json() if response.content else None
-        except ValueError:
+        content_type = response.headers.get("content-type", "")
+        payload: Any = None
+        if not response.content:
+            payload = None
+        elif content_type.startswith("application/json"):
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = response.text
+        elif content_type.startswith("text/"):
             payload = response.text
+        else:
+            payload = response.content  # images and other binary bodies pass through untouched
         return ApiAnswer(response.status_code, payload)
 
     async def get(self, path: str, default: Any = None, **params: Any) -> Any:

@@ -245,10 +245,10 @@ def _drift_series(drift: Any) -> list[Series]:
     for window in windows:
         if not isinstance(window, dict):
             continue
-        when = _parse_time(window.get("sent_at") or window.get("window_end") or window.get("created_at"))
+        when = _parse_time(window.get("window_ended_at") or window.get("sent_at") or window.get("created_at"))
         if when is None:
             continue
-        for key in ("score", "drift_score", "psi", "p_value", "min_p_value", "cusum"):
+        for key in ("score", "cusum", "p_value"):
             value = window.get(key)
             if isinstance(value, int | float):
                 scores.setdefault(key, []).append((when, float(value)))
@@ -265,9 +265,10 @@ async def device_page(request: Request, device_id: str) -> Response:
                            {"what": f"device {device_id!r}", "back": "/ui/fleet"}, status_code=404)
         telemetry: list[dict[str, Any]] = await api.get(f"/api/v1/devices/{device_id}/telemetry", default=[],
                                                         limit=240)
-        drift = await api.get(f"/api/v1/devices/{device_id}/drift", default=None)
-        samples = await api.get(f"/api/v1/devices/{device_id}/samples", default=None)
-        alerts = await api.get("/api/v1/alerts", default=None, device_id=device_id)
+        drift = await api.get(f"/api/v1/drift/devices/{quote(device_id, safe='')}/windows", default=None, limit=120)
+        # status= (empty) asks for every sample, labelled or not.
+        samples = await api.get("/api/v1/samples", default=None, device_id=device_id, status="", limit=24)
+        alerts = await api.get("/api/v1/drift/alerts", default=None, device_id=device_id, limit=20)
     windows = sorted(telemetry, key=lambda w: str(w.get("sent_at")))
     charts = {
         "throughput": line_chart("Frames per second", [_series(windows, "fps", "fps")], chart_id="chart-fps"),
@@ -281,9 +282,14 @@ async def device_page(request: Request, device_id: str) -> Response:
     }
     drift_lines = _drift_series(drift)
     if drift_lines:
-        charts["drift"] = line_chart("Drift scores", drift_lines, chart_id="chart-drift")
+        charts["drift"] = line_chart("Drift score and CUSUM per window", [s for s in drift_lines if s.label != "p_value"],
+                                     chart_id="chart-drift", y_min=0)
+        p_values = [s for s in drift_lines if s.label == "p_value"]
+        if p_values:
+            charts["drift_p"] = line_chart("Window p-value (low = unlike the training data)", p_values,
+                                           chart_id="chart-drift-p", y_min=0, y_max=1)
     jobs = await run_in_threadpool(_device_jobs, request, device_id)
-    device_alerts = [a for a in (alerts or []) if isinstance(a, dict) and a.get("device_id") in (None, device_id)]
+    device_alerts = [a for a in _items(alerts) if a.get("device_id") in (None, device_id)]
     return _render(request, user, "device.html", "device_live.html", {
         "device": device, "recent": list(reversed(windows))[:10], "charts": charts, "has_drift_api": drift is not None,
         "drift_available": bool(drift_lines), "samples": _sample_list(samples), "has_samples_api": samples is not None,
@@ -335,7 +341,7 @@ async def model_page(request: Request, version: str) -> Response:
         if model is None:
             return _render(request, user, "not_found.html", None,
                            {"what": f"model version {version!r}", "back": "/ui/models"}, status_code=404)
-        lineage = await api.get(f"/api/v1/models/{quote(version, safe='')}/lineage", default=None)
+        lineage = await api.get(f"/api/v1/governance/lineage/{quote(version, safe='')}", default=None)
         packages: list[dict[str, Any]] = await api.get("/api/v1/packages", default=[])
         fleet: list[dict[str, Any]] = await api.get("/api/v1/fleet", default=[])
     metrics = model.get("metrics") or {}
@@ -503,18 +509,56 @@ async def rollout_action(request: Request, rollout_id: str, action: str) -> Resp
 
 # --- alerts and retraining proposals -----------------------------------------
 @router.get("/alerts", response_class=HTMLResponse)
-async def alerts_page(request: Request) -> Response:
+async def alerts_page(request: Request, state: str = "") -> Response:
     user = await _user(request)
     async with _api(request, user) as api:
-        alerts = await api.get("/api/v1/alerts", default=None)
-        proposals = await api.get("/api/v1/proposals", default=None)
-        if proposals is None:
-            proposals = await api.get("/api/v1/retraining/proposals", default=None)
+        alerts = await api.get("/api/v1/drift/alerts", default=None, state=state or None)
+        proposals = await api.get("/api/v1/governance/proposals", default=None)
+        rollout_proposals = await api.get("/api/v1/governance/rollout-proposals", default=None)
     return _render(request, user, "alerts.html", "alerts_live.html", {
-        "alerts": _items(alerts), "alerts_available": alerts is not None,
+        "alerts": _items(alerts), "alerts_available": alerts is not None, "state": state,
         "proposals": _items(proposals), "proposals_available": proposals is not None,
+        "rollout_proposals": _items(rollout_proposals),
         "message": request.query_params.get("message"), "error": request.query_params.get("error"),
     })
+
+
+@router.post("/rollout-proposals/{proposal_id}/{action}", response_class=HTMLResponse)
+async def rollout_proposal_action(request: Request, proposal_id: str, action: str) -> Response:
+    user = await _user(request)
+    if action not in PROPOSAL_ACTIONS:
+        return _flash_redirect("/ui/alerts", error=f"unknown action {action!r}; use approve or reject")
+    try:
+        form = await _form(request, user)
+    except _Refused as exc:
+        return _flash_redirect("/ui/alerts", error=exc.message)
+    if form.get("confirm") != "yes":
+        return _render(request, user, "confirm.html", None, {
+            "action": action, "what": f"rollout proposal {proposal_id}",
+            "post_to": f"/ui/rollout-proposals/{quote(proposal_id, safe='')}/{action}", "back": "/ui/alerts",
+        })
+    async with _api(request, user) as api:
+        answer = await api.post(f"/api/v1/governance/rollout-proposals/{quote(proposal_id, safe='')}/{action}")
+    if not answer.ok:
+        return _flash_redirect("/ui/alerts", error=f"{action} refused: {answer.detail}")
+    body = answer.body if isinstance(answer.body, dict) else {}
+    if action == "approve" and body.get("rollout_id"):
+        return _flash_redirect(f"/ui/rollouts/{quote(str(body['rollout_id']), safe='')}",
+                               message=f"proposal {proposal_id} approved: rollout started")
+    return _flash_redirect("/ui/alerts", message=f"proposal {proposal_id} {action}d")
+
+
+@router.get("/samples/{sample_id}/image")
+async def sample_image(request: Request, sample_id: str) -> Response:
+    """A sample's JPEG through the user's token (an <img> cannot send the API's bearer header)."""
+    user = await _user(request)
+    async with _api(request, user) as api:
+        answer = await api.call("GET", f"/api/v1/samples/{quote(sample_id, safe='')}/image")
+        raw = answer.body
+    if answer.status != 200:
+        return Response(status_code=answer.status if answer.status >= 400 else 502)
+    return Response(content=raw if isinstance(raw, bytes) else b"", media_type="image/jpeg",
+                    headers={"cache-control": "private, max-age=3600"})
 
 
 def _items(document: Any) -> list[dict[str, Any]]:

@@ -228,3 +228,91 @@ def test_login_refuses_bad_tokens_and_logout_ends_the_session(browser, control_p
         expect(page).to_have_url(re.compile(r".*/ui/login\?next=.*"))
     finally:
         context.close()
+
+
+def _seed_drift(plane: Any, fleet: Any, device_id: str) -> dict[str, str]:
+    """Rows as the drift monitor writes them: windows, an open alert, a sample, and the proposals it led to.
+
+    The drift tests (issue 7) prove these rows are produced from real device windows;
+    here they are the input the pages must show.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    import cv2
+    import numpy as np
+    from sqlmodel import Session
+
+    from cloud.governance.models import RetrainingProposal, RolloutProposal
+    from cloud.monitor.models import DriftAlert, DriftWindowRecord, SampleBlob, SampleRecord
+
+    now = datetime.now(UTC)
+    ok, jpeg = cv2.imencode(".jpg", np.full((48, 48, 3), 90, dtype=np.uint8))
+    assert ok
+    image = jpeg.tobytes()
+    import hashlib
+
+    digest = hashlib.sha256(image).hexdigest()
+    with Session(plane.engine) as session:
+        for index in range(6):
+            ended = now - timedelta(seconds=60 * (6 - index))
+            session.add(DriftWindowRecord(
+                message_id=f"dw-{device_id}-{index}", device_id=device_id, model_version=fleet.v1.model_version,
+                package_id=fleet.v1.package_id, window_seq=index, window_started_at=ended - timedelta(seconds=60),
+                window_ended_at=ended, frames=300, frames_seen=300, features=["luma_mean"], histograms="",
+                tested=True, p_value=0.5 if index < 3 else 1e-6, score=1.0 + index * 3, cusum=max(0, index - 2) * 5.0))
+        session.add(DriftAlert(id="al-ui-1", device_id=device_id, package_id=fleet.v1.package_id,
+                               model_version=fleet.v1.model_version, score=16.0, proposal_id="rp-ui-1",
+                               evidence={"features": [{"name": "luma_mean", "p": 1e-6, "psi": 0.8}]}))
+        session.add(SampleBlob(sha256=digest, device_id=device_id, content=image, size_bytes=len(image)))
+        session.add(SampleRecord(message_id="smp-msg-ui-1", sample_id="smp-ui-0001", device_id=device_id,
+                                 model_version=fleet.v1.model_version, sampler="drift", reason="window drifted",
+                                 captured_at=now, predicted_label="circle", confidence=0.41, image_sha256=digest,
+                                 image_bytes=len(image), image_width=48, image_height=48))
+        session.add(RetrainingProposal(id="rp-ui-1", state="rollout_proposed", created_by="monitor",
+                                       base_model_version=fleet.v1.model_version, alert_ids=["al-ui-1"],
+                                       device_ids=[device_id], new_model_version=fleet.v2.model_version,
+                                       new_package_id=fleet.v2.package_id, rollout_proposal_id="rop-ui-1",
+                                       validation={"old_test_accuracy_after": 0.93, "drift_accuracy_after": 0.88}))
+        session.add(RolloutProposal(id="rop-ui-1", retraining_proposal_id="rp-ui-1",
+                                    model_version=fleet.v2.model_version, package_id=fleet.v2.package_id,
+                                    device_ids=[device_id], reason="retrained after drift alerts al-ui-1"))
+        session.commit()
+    return {"alert": "al-ui-1", "proposal": "rp-ui-1", "rollout_proposal": "rop-ui-1"}
+
+
+def test_drift_alerts_samples_and_proposals(fleet, login, tokens, api, control_plane, screenshot) -> None:  # type: ignore[no-untyped-def]
+    device_id = fleet.device_ids["x86-64-avx2"][1]
+    seeded = _seed_drift(control_plane, fleet, device_id)
+
+    page = login(tokens["viewer"])
+    page.goto(f"/ui/devices/{device_id}")
+    expect(page.locator('svg[data-chart="chart-drift"] polyline')).to_have_count(2)
+    expect(page.get_by_role("img", name=re.compile("Window p-value"))).to_be_visible()
+    expect(page.locator(f'#device-alerts tr[data-alert="{seeded["alert"]}"]')).to_contain_text("open")
+    sample = page.get_by_role("img", name=re.compile("sample smp-ui-0001"))
+    expect(sample).to_be_visible()
+    # The JPEG really loads through the dashboard (the API itself needs a bearer token).
+    page.wait_for_function("img => img.complete && img.naturalWidth === 48", arg=sample.element_handle())
+    screenshot(page, "device-drift")
+
+    page.goto("/ui/alerts")
+    expect(page.locator(f'tr[data-alert="{seeded["alert"]}"]')).to_contain_text(device_id)
+    expect(page.locator(f'tr[data-proposal="{seeded["proposal"]}"]')).to_contain_text(fleet.v2.model_version)
+    expect(page.locator("[data-action]")).to_have_count(0)  # a viewer: no approve/reject buttons
+    screenshot(page, "alerts-with-proposals")
+
+    operator = login(tokens["operator"])
+    operator.goto("/ui/alerts")
+    row = operator.locator(f'tr[data-rollout-proposal="{seeded["rollout_proposal"]}"]')
+    operator.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Approve").click()
+    operator.wait_for_url(re.compile(r".*/ui/rollouts/[^/?]+\?message=.*approved.*"))
+    rollout_id = operator.url.split("/ui/rollouts/")[1].split("?")[0]
+    assert api.get(f"/api/v1/rollouts/{rollout_id}").json()["device_count"] == 1
+    proposals = api.get("/api/v1/governance/rollout-proposals").json()
+    assert [p["state"] for p in proposals if p["id"] == seeded["rollout_proposal"]] == ["started"]
+
+    operator.goto(f"/ui/models/{fleet.v2.model_version}")
+    expect(operator.locator("#audit-table")).to_contain_text("rollout.approved")
+    expect(operator.locator("#audit-table")).to_contain_text("operator:operator user")
+    screenshot(operator, "model-lineage")
