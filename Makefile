@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.installed-stamp
 # The machine's pip config lists local indexes that may be empty; keep pip quiet about them.
 PIP     = $(BIN)/pip --quiet --disable-pip-version-check
 
-.PHONY: demo test install lint typecheck imports clean
+.PHONY: demo test install lint typecheck imports browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,16 @@ imports: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint imports typecheck
+# The dashboard's browser tests drive the system Chromium (Debian packages; Playwright never
+# downloads one). Installed once when missing; a no-op check when present.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  echo "make: installing chromium and chromium-driver for the browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+test: lint imports typecheck browser
 	$(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
 clean:
