@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from agent.contract import DriftReport, PreprocessSpec, utc_now
+from agent.contract import DriftReport, PackageManifest, PreprocessSpec, utc_now
 from agent.contract.drift import (
     HISTOGRAM_BINS,
     IMAGE_FEATURES,
@@ -33,11 +33,14 @@ from agent.contract.drift import (
     projection_feature_names,
 )
 from agent.preprocess import preprocess
+from agent.telemetry.samples import CapturedSample, DriftTriggeredSampler, SampleCandidate, SampleCollector
 
 __all__ = [
+    "DeviceMonitor",
     "DriftWindow",
     "FrameFeatures",
     "FrameSubsampler",
+    "Observation",
     "frame_features",
     "image_stats",
     "model_view",
@@ -307,3 +310,85 @@ class DriftWindow:
         )
         self.window_seq += 1
         return report
+
+
+@dataclass
+class Observation:
+    """What one frame produced: closed windows to publish and captured samples to upload."""
+
+    reports: list[DriftReport] = field(default_factory=list)
+    samples: list[CapturedSample] = field(default_factory=list)
+
+
+class DeviceMonitor:
+    """Feeds inferred frames into the drift window and the sample collector.
+
+    One per active model (the reference belongs to the package). ``observe`` runs on
+    the inference thread: only subsampled frames cost more than a thumbnail.
+    ``drift_trigger_score`` is the device's own standardised mean shift above which
+    the drift-triggered sampler switches on.
+    """
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        manifest: PackageManifest,
+        reference: DriftReference | None,
+        reference_sha256: str | None = None,
+        subsampler: FrameSubsampler | None = None,
+        collector: SampleCollector | None = None,
+        window_frames: int = 300,
+        window_s: float = 600.0,
+        drift_trigger_score: float = 1.0,
+        pipeline: str | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.reference = reference
+        self.subsampler = subsampler or FrameSubsampler()
+        self.collector = collector
+        self.drift_trigger_score = drift_trigger_score
+        self.window = None if reference is None else DriftWindow(
+            reference, device_id=device_id, model_version=manifest.model_version, package_id=manifest.package_id,
+            reference_sha256=reference_sha256, pipeline=pipeline, max_frames=window_frames, max_window_s=window_s)
+
+    def observe(self, frame_bgr: npt.NDArray[np.uint8], scores: npt.NDArray[np.floating], *, now_s: float,
+                activation: str = "softmax", captured_at: datetime | None = None) -> Observation:
+        out = Observation()
+        if self.subsampler.accept(frame_bgr, now_s):
+            logits = np.asarray(scores, dtype=np.float64).reshape(-1)
+            probabilities = _softmax(logits) if activation == "softmax" else logits
+            view = model_view(frame_bgr, self.manifest.preprocessing)
+            if self.reference is not None and self.window is not None:
+                features = frame_features(view, logits, probabilities, self.reference)
+                self.window.add(features, now_s)
+                named = features.as_dict(self.reference.feature_names)
+                class_index = features.class_index
+            else:
+                outputs, class_index = output_stats(probabilities)
+                named = {**dict(zip(IMAGE_FEATURES, image_stats(view).tolist(), strict=True)),
+                         **dict(zip(OUTPUT_FEATURES, outputs.tolist(), strict=True))}
+            if self.collector is not None:
+                label = self.manifest.labels[class_index] if class_index < len(self.manifest.labels) else ""
+                candidate = SampleCandidate(frame_bgr=frame_bgr, probabilities=probabilities, label=label,
+                                            now_s=now_s, captured_at=captured_at or utc_now(),
+                                            features={k: round(v, 6) for k, v in named.items()})
+                captured = self.collector.offer(candidate)
+                if captured is not None:
+                    out.samples.append(captured)
+        elif self.window is not None:
+            self.window.count_seen(now_s)
+        if self.window is not None:
+            report = self.window.close_if_due(now_s)
+            if report is not None:
+                out.reports.append(report)
+                drift_sampler = self.collector.sampler("drift") if self.collector is not None else None
+                if (isinstance(drift_sampler, DriftTriggeredSampler) and report.local_score is not None
+                        and report.local_score >= self.drift_trigger_score):
+                    drift_sampler.trigger(now_s)
+        return out
+
+
+def _softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    shifted = np.exp(logits - logits.max())
+    return np.asarray(shifted / shifted.sum(), dtype=np.float64)

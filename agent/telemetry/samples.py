@@ -248,8 +248,8 @@ def encode_jpeg(image_bgr: npt.NDArray[np.uint8], *, max_side: int = 160, qualit
     height, width = image_bgr.shape[:2]
     scale = min(1.0, max_side / max(height, width))
     if scale < 1.0:
-        image_bgr = cv2.resize(image_bgr, (max(1, round(width * scale)), max(1, round(height * scale))),
-                               interpolation=cv2.INTER_AREA)
+        image_bgr = np.asarray(cv2.resize(image_bgr, (max(1, round(width * scale)), max(1, round(height * scale))),
+                                          interpolation=cv2.INTER_AREA), dtype=np.uint8)
     for q in range(quality, 19, -15):
         ok, encoded = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, q])
         if ok and encoded.size <= max_bytes:
@@ -303,13 +303,21 @@ class CollectorCounters:
 
 
 class SampleCollector:
-    """Samplers → near-duplicate filter → JPEG → budget. ``stats_only`` never produces an image."""
+    """Samplers → near-duplicate filter → JPEG → budget. ``stats_only`` never produces an image.
+
+    ``sampler_budgets`` optionally caps one sampler inside the device budget, so that
+    a flood of uncertain frames cannot crowd out the small unbiased random stream:
+    when the first sampler that selects a frame is over its own cap, the next one
+    that selects it may still take it.
+    """
 
     def __init__(self, samplers: list[Sampler], budget: SampleBudget, *,
                  dedupe: NearDuplicateFilter | None = None, stats_only: bool = False, max_side: int = 160,
-                 jpeg_quality: int = 85, max_image_bytes: int = MAX_INLINE_SAMPLE_BYTES) -> None:
+                 jpeg_quality: int = 85, max_image_bytes: int = MAX_INLINE_SAMPLE_BYTES,
+                 sampler_budgets: dict[SamplerName, SampleBudget] | None = None) -> None:
         self.samplers = samplers
         self.budget = budget
+        self.sampler_budgets = dict(sampler_budgets or {})
         self.dedupe = dedupe if dedupe is not None else NearDuplicateFilter()
         self.stats_only = stats_only
         self.max_side = max_side
@@ -323,12 +331,20 @@ class SampleCollector:
     def offer(self, candidate: SampleCandidate) -> CapturedSample | None:
         self.counters.offered += 1
         chosen: tuple[SamplerName, str] | None = None
+        selected = False
         for sampler in self.samplers:
             reason = sampler.select(candidate)
-            if reason is not None:
+            if reason is None:
+                continue
+            selected = True
+            own = self.sampler_budgets.get(sampler.name)
+            if own is None or own.fits(0, candidate.now_s):
                 chosen = (sampler.name, reason)
                 break
         if chosen is None:
+            if selected:
+                self.counters.selected += 1
+                self.counters.over_budget += 1
             return None
         self.counters.selected += 1
         # Fail fast on the count budget before spending CPU on hashing and encoding.
@@ -349,9 +365,13 @@ class SampleCollector:
                 self.counters.too_large += 1
                 return None
         size = len(jpeg) if jpeg is not None else 0
-        if not self.budget.try_spend(size, candidate.now_s):
+        own = self.sampler_budgets.get(chosen[0])
+        if not self.budget.fits(size, candidate.now_s) or (own is not None and not own.fits(size, candidate.now_s)):
             self.counters.over_budget += 1
             return None
+        self.budget.spend(size, candidate.now_s)
+        if own is not None:
+            own.spend(size, candidate.now_s)
         self.dedupe.remember(image_hash)
         self.counters.captured += 1
         self.counters.bytes_captured += size

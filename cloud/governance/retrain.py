@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RetrainSettings", "accuracy", "package_release", "retrain"]
 
+MIN_REFERENCE_SAMPLES = 64
+
 
 @dataclass(frozen=True)
 class RetrainSettings:
@@ -135,6 +137,10 @@ def retrain(engine: Engine, proposal_id: str, settings: RetrainSettings, *, acto
         accepted = [s for s in accepted if s.label in previous.labels]
         if not accepted:
             raise Conflict(f"proposal {proposal.id} has no labelled samples from {', '.join(proposal.device_ids)}")
+        random_stream = len(_random_samples(session, proposal))
+        if random_stream < MIN_REFERENCE_SAMPLES:
+            raise Conflict(f"only {random_stream} random-stream samples from the drifted devices; the new release's "
+                           f"drift reference needs {MIN_REFERENCE_SAMPLES}: let the devices sample longer")
         proposal.state, proposal.updated_at = "training", utc_now()
         session.add(proposal)
         audit.record(session, actor=actor, action="retraining.started", subject_type="retraining_proposal",
@@ -239,11 +245,15 @@ def _load(samples: list[Sample], labels: list[str]) -> tuple[list[np.ndarray], l
     return images, targets
 
 
-def _reference_for(session: Session, proposal: RetrainingProposal, onnx_path: Path, spec: PreprocessSpec,
-                   labels: list[str], settings: RetrainSettings) -> DriftReference:
-    records = list(session.exec(select(SampleRecord).where(
+def _random_samples(session: Session, proposal: RetrainingProposal) -> list[SampleRecord]:
+    return list(session.exec(select(SampleRecord).where(
         col(SampleRecord.device_id).in_(proposal.device_ids), col(SampleRecord.sampler) == "random",
         col(SampleRecord.image_sha256).is_not(None))))
+
+
+def _reference_for(session: Session, proposal: RetrainingProposal, onnx_path: Path, spec: PreprocessSpec,
+                   labels: list[str], settings: RetrainSettings) -> DriftReference:
+    records = _random_samples(session, proposal)
     images, features = [], []
     for record in records:
         blob = session.get(SampleBlob, record.image_sha256)
@@ -254,8 +264,8 @@ def _reference_for(session: Session, proposal: RetrainingProposal, onnx_path: Pa
             continue
         images.append(np.asarray(image, dtype=np.uint8))
         features.append([record.features[name] for name in IMAGE_FEATURES])
-    if len(images) < 64:
-        raise Conflict(f"only {len(images)} random-stream samples from the drifted devices; a reference needs 64")
+    if len(images) < MIN_REFERENCE_SAMPLES:
+        raise Conflict(f"only {len(images)} usable random-stream samples; a reference needs {MIN_REFERENCE_SAMPLES}")
     logits = run_logits(onnx_path, images, spec)
     return build_reference(images, logits, labels, spec, window_frames=settings.reference_window_frames,
                            image_features=np.asarray(features, dtype=np.float64),

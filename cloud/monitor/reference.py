@@ -30,7 +30,7 @@ from agent.contract.drift import (
 )
 from agent.preprocess import preprocess
 from agent.telemetry.drift import image_stats, model_view, output_stats
-from cloud.monitor.stats import Cusum, test_window
+from cloud.monitor.stats import Cusum, evaluate_window
 
 __all__ = ["build_reference", "feature_matrix", "histogram", "run_logits", "softmax"]
 
@@ -156,7 +156,7 @@ def calibrate(reference: DriftReference, values: npt.NDArray[np.float64], classe
         drawn = np.repeat(rng.integers(0, len(values), size=half), 2)
         counts = histogram(values[drawn], edges)
         class_counts = np.bincount(classes[drawn], minlength=labels).tolist()
-        scores.append(test_window(reference, counts, class_counts).score)
+        scores.append(evaluate_window(reference, counts, class_counts).score)
     k = max(1.0, float(np.quantile(scores, 0.99)))
     base = SequentialCalibration(k=k, h=1.0, window_frames=window_frames)
     peak = 0.0

@@ -27,7 +27,7 @@ from cloud.governance import audit
 from cloud.models import Device, Package, utc_now
 from cloud.monitor.config import MonitorSettings
 from cloud.monitor.models import DriftAlert, DriftDetectorState, DriftWindowRecord, SampleBlob, SampleRecord
-from cloud.monitor.stats import Cusum, CusumState, WindowTest, test_window
+from cloud.monitor.stats import Cusum, CusumState, WindowTest, evaluate_window
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def store_drift_report(session: Session, report: DriftReport, reject: Reject,
         if counts is None:
             record.untested_reason = "window features do not cover the reference's features"
         else:
-            result = test_window(reference, counts, list(report.class_counts), means=list(report.means),
+            result = evaluate_window(reference, counts, list(report.class_counts), means=list(report.means),
                                  min_frames=settings.min_window_frames)
             if not result.tested:
                 record.untested_reason = f"fewer than {settings.min_window_frames} frames"
@@ -338,7 +338,7 @@ def fleet_test(session: Session, package_id: str, *, since_minutes: float = 60.0
             classes += np.asarray(window.class_counts, dtype=np.int64)
         devices.add(window.device_id)
         used += 1
-    result = test_window(reference, total, classes.tolist(), min_frames=settings.min_window_frames)
+    result = evaluate_window(reference, total, classes.tolist(), min_frames=settings.min_window_frames)
     summary: dict[str, Any] = {"package_id": package_id, "devices": sorted(devices), "windows": used,
                                "tested": result.tested, **result.evidence()}
     threshold = reference.calibration.k + reference.calibration.h

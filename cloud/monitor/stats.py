@@ -7,7 +7,7 @@
 * :func:`psi` — the population stability index, reported as a score, never used to
   decide (its null distribution depends on the window size; DESIGN.md 8).
 * :func:`holm` — Holm's step-down correction across features.
-* :func:`test_window` — every feature plus the predicted-class counts → one window
+* :func:`evaluate_window` — every feature plus the predicted-class counts → one window
   p-value (the smallest Holm-adjusted p) and a score ``-log10(p)``.
 * :class:`Cusum` — CUSUM over window scores, so a run of correlated shifted windows
   raises one alert, not one per window; the alert clears after clean windows.
@@ -25,7 +25,7 @@ from scipy import stats as scipy_stats
 
 from agent.contract.drift import DriftReference, SequentialCalibration
 
-__all__ = ["Cusum", "CusumState", "FeatureTest", "WindowTest", "chi2_two_sample", "holm", "psi", "test_window"]
+__all__ = ["Cusum", "CusumState", "FeatureTest", "WindowTest", "chi2_two_sample", "evaluate_window", "holm", "psi"]
 
 CLASS_FEATURE = "predicted_class"
 
@@ -137,7 +137,7 @@ class WindowTest:
         }
 
 
-def test_window(
+def evaluate_window(
     reference: DriftReference,
     counts: npt.NDArray[np.integer],
     class_counts: list[int] | None = None,

@@ -40,7 +40,7 @@ from agent.contract import DriftReport
 from agent.contract.drift import DriftReference, decode_histograms
 from agent.telemetry.drift import DriftWindow, frame_features, model_view
 from cloud.monitor.reference import build_reference, run_logits, softmax
-from cloud.monitor.stats import Cusum, test_window
+from cloud.monitor.stats import Cusum, evaluate_window
 
 LIGHTING = (0.7, 1.0, 1.2)  # the training generator's dim / normal / bright
 BASE_NOISE = 3.0
@@ -125,7 +125,7 @@ def run_stream(reference: DriftReference, onnx_path: Path, spec, rng: np.random.
         sizes.append(len(raw))
         parsed = DriftReport.model_validate_json(raw)  # what the control plane receives
         counts = decode_histograms(parsed.histograms, len(parsed.features))
-        result = test_window(reference, counts, parsed.class_counts, means=parsed.means)
+        result = evaluate_window(reference, counts, parsed.class_counts, means=parsed.means)
         events.append(cusum.step(result.score))
     return events, sizes
 

@@ -1,0 +1,217 @@
+"""The whole drift loop on real Mosquitto, a real database and a running control plane.
+
+A fleet of six simulated cameras runs a trained model (the real device code: model
+runtime, drift windows, samplers, budgets, HTTP upload, MQTT reports). Two feeds are
+darker and blurred. The control plane must raise alerts for exactly those two,
+open a retraining proposal, receive their samples within budget, accept the
+oracle's labels, retrain (better on the shifted data, no worse on the old test set),
+propose a canary rollout, start it on approval through the rollout engine, and
+after the devices install the new release their alerts must clear.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlmodel import Session, col, select
+
+from cloud.governance.retrain import accuracy, package_release
+from cloud.models import DeviceCreate
+from cloud.monitor.models import DriftAlert, DriftWindowRecord, SampleRecord
+from cloud.monitor.reference import build_reference, run_logits
+from cloud.pipeline.data.dataset import decode_image, scan_imagefolder, store_dataset
+from cloud.pipeline.data.synth import write_synthetic_dataset
+from cloud.pipeline.train.trainer import DEFAULT_SPEC, TrainConfig, export_onnx, train
+from tests.drift.simdevice import (
+    CLEAN,
+    DARK_AND_BLURRED,
+    SimDevice,
+    World,
+    default_budget,
+    dump,
+    labelled_images,
+    oracle_labels,
+)
+from tests.support.services import wait_for
+
+pytestmark = pytest.mark.integration
+
+WINDOW_FRAMES = 40
+EPOCHS = 10
+
+
+def _register(plane, device_id: str) -> str:  # type: ignore[no-untyped-def]
+    from cloud import crud
+    from cloud.security.models import Role
+    from cloud.security.tokens import create_api_token
+
+    with Session(plane.engine) as session:
+        crud.create_device(session, DeviceCreate(id=device_id))
+        token, _ = create_api_token(session, name=f"{device_id} device", role=Role.DEVICE, device_id=device_id)
+    return token
+
+
+def _windows_stored(plane, expected: int) -> bool:  # type: ignore[no-untyped-def]
+    with Session(plane.engine) as session:
+        return len(list(session.exec(select(DriftWindowRecord.id)))) >= expected
+
+
+def _open_alert_devices(plane) -> set[str]:  # type: ignore[no-untyped-def]
+    with Session(plane.engine) as session:
+        return {a.device_id for a in session.exec(select(DriftAlert).where(col(DriftAlert.state) == "open"))
+                if a.device_id}
+
+
+def test_shifted_devices_alert_retrain_roll_out_and_clear(control_plane, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    plane = control_plane
+    settings = plane.settings
+    datasets_dir = settings.data_dir / "datasets"
+
+    # -- a model, its dataset version and a release with a drift reference --------------
+    source = write_synthetic_dataset(tmp_path / "data", images_per_class=150, seed=11)
+    dataset = store_dataset(scan_imagefolder(source), datasets_dir)
+    trained = train(dataset, TrainConfig(epochs=EPOCHS, seed=0), DEFAULT_SPEC, show_progress=False)
+    base_onnx = export_onnx(trained.model, DEFAULT_SPEC, tmp_path / "base" / "model.onnx")
+    reference_images, _ = labelled_images(seed=21, count=600)
+    reference = build_reference(reference_images, run_logits(base_onnx, reference_images, DEFAULT_SPEC),
+                                dataset.labels, DEFAULT_SPEC, window_frames=WINDOW_FRAMES, calibration_windows=200)
+    with Session(plane.engine) as session:
+        base = package_release(session, onnx_path=base_onnx, labels=dataset.labels, model_name="shapes",
+                               dataset_id=dataset.dataset_id, packages_dir=settings.packages_dir,
+                               hardware_profiles=["x86-64-avx2"], reference=reference, spec=DEFAULT_SPEC,
+                               metrics=trained.metrics)
+        base_version, base_package = base.model_version, base.id
+
+    # -- the fleet: four clean cameras, two darker and blurred -------------------------
+    shifted_ids = {"cam-shift-0", "cam-shift-1"}
+    devices = []
+    for index, device_id in enumerate(["cam-clean-0", "cam-clean-1", "cam-clean-2", "cam-clean-3", *sorted(shifted_ids)]):
+        token = _register(plane, device_id)
+        world = World(seed=100 + index, shift=DARK_AND_BLURRED if device_id in shifted_ids else CLEAN)
+        device = SimDevice(device_id=device_id, broker_url=plane.broker_url, topics=plane.topics,
+                           api_url=plane.base_url, token=token, packages_dir=settings.packages_dir, world=world,
+                           window_frames=WINDOW_FRAMES, seed=index)
+        device.install(base_package)
+        devices.append(device)
+    try:
+        for device in devices:
+            device.run_windows(12)
+            device.flush()
+        published = sum(d.published["drift"] for d in devices)
+        wait_for(lambda: _windows_stored(plane, published), 60, what=f"{published} drift windows stored")
+
+        # -- alerts for exactly the shifted devices, with evidence -----------------------
+        alerts = api.get("/api/v1/drift/alerts", params={"state": "open"}).json()
+        assert {a["device_id"] for a in alerts} == shifted_ids, dump(alerts)
+        for alert in alerts:
+            names = {f["name"] for f in alert["evidence"]["features"]}
+            assert names & {"luma_mean", "sharpness_log_lapvar", "luma_std"}, dump(alert["evidence"])
+            assert alert["evidence"]["window_p"] < 1e-3
+        proposals = api.get("/api/v1/governance/proposals").json()
+        assert len(proposals) == 1 and set(proposals[0]["device_ids"]) == shifted_ids, dump(proposals)
+        proposal_id = proposals[0]["id"]
+
+        # -- samples arrived, within every device's budget (count and bytes) -------------
+        published_samples = sum(d.published["sample"] for d in devices)
+        wait_for(lambda: len(api.get("/api/v1/samples", params={"status": "unlabelled", "limit": 5000}).json())
+                 >= published_samples, 60, what="every sample stored")
+        budget = default_budget()
+        with Session(plane.engine) as session:
+            samples = list(session.exec(select(SampleRecord)))
+        by_device: dict[str, list[SampleRecord]] = defaultdict(list)
+        for sample in samples:
+            by_device[sample.device_id].append(sample)
+        assert set(by_device) >= shifted_ids
+        for device_id, rows in by_device.items():
+            rows.sort(key=lambda r: r.captured_at)
+            assert len(rows) <= budget.per_day_count and sum(r.image_bytes for r in rows) <= budget.per_day_bytes
+            for i, row in enumerate(rows):
+                minute = [r for r in rows[i:] if (r.captured_at - row.captured_at).total_seconds() < 60]
+                assert len(minute) <= budget.per_minute_count, device_id
+                assert sum(r.image_bytes for r in minute) <= budget.per_minute_bytes, device_id
+
+        # -- the oracle labels the shifted devices' samples through the labelling API -----
+        to_label = api.get("/api/v1/samples", params={"device_id": sorted(shifted_ids), "limit": 5000}).json()
+        labels = oracle_labels(devices, [s["sample_id"] for s in to_label])
+        assert len(labels) == len(to_label) >= 64
+        assert api.post("/api/v1/samples/labels", json={"labels": labels, "labeller": "oracle:synthetic"}).json() \
+            == {"labelled": len(labels)}
+
+        # -- retraining: new dataset version, training, validation, rollout proposal -------
+        response = api.post(f"/api/v1/governance/proposals/{proposal_id}/retrain", params={"epochs": EPOCHS},
+                            timeout=900)
+        assert response.status_code == 200, response.text
+        proposal = response.json()
+        assert proposal["state"] == "rollout_proposed", dump(proposal)
+        numbers = proposal["validation"]
+        assert numbers["drift_accuracy_after"] > numbers["drift_accuracy_before"], numbers
+        assert numbers["old_test_accuracy_after"] >= numbers["old_test_accuracy_before"] - 0.03, numbers
+        new_version, new_package = proposal["new_model_version"], proposal["new_package_id"]
+
+        # Independently of the pipeline's own validation: fresh shifted images, old test split.
+        shifted_images, shifted_labels = labelled_images(seed=999, count=300, shift=DARK_AND_BLURRED)
+        targets = [dataset.labels.index(label) for label in shifted_labels]
+        with Session(plane.engine) as session:
+            from cloud import crud
+
+            new_onnx = Path(crud.get_model_version(session, new_version).onnx_path)
+        before = accuracy(base_onnx, shifted_images, targets, DEFAULT_SPEC)
+        after = accuracy(new_onnx, shifted_images, targets, DEFAULT_SPEC)
+        assert after > before, (before, after)
+        old_test = [s for s in dataset.samples if s.split == "test"]
+        old_images = [decode_image(s.path) for s in old_test]
+        old_targets = [dataset.labels.index(s.label) for s in old_test]
+        old_before = accuracy(base_onnx, old_images, old_targets, DEFAULT_SPEC)  # type: ignore[arg-type]
+        old_after = accuracy(new_onnx, old_images, old_targets, DEFAULT_SPEC)  # type: ignore[arg-type]
+        assert old_after >= old_before - 0.03, (old_before, old_after)
+
+        # -- the canary rollout proposal needs approval; approval starts the rollout ------
+        pending = api.get("/api/v1/governance/rollout-proposals", params={"state": "pending"}).json()
+        assert len(pending) == 1 and set(pending[0]["device_ids"]) == shifted_ids
+        approved = api.post(f"/api/v1/governance/rollout-proposals/{pending[0]['id']}/approve").json()
+        assert approved["state"] == "started" and approved["rollout_id"], dump(approved)
+
+        shifted_devices = [d for d in devices if d.device_id in shifted_ids]
+        installed: dict[str, list[str]] = {d.device_id: [] for d in shifted_devices}
+
+        def all_installed() -> bool:
+            for device in shifted_devices:
+                installed[device.device_id] += device.handle_commands()
+            return all(new_package in packages for packages in installed.values())
+
+        wait_for(all_installed, 90, interval_s=0.5, what="the rollout's deploy commands on the shifted devices")
+
+        # -- after the rollout, the shifted devices' alerts clear; clean devices never alerted
+        windows_before = sum(d.published["drift"] for d in devices)
+        for device in devices:
+            device.run_windows(6)
+            device.flush()
+        published = sum(d.published["drift"] for d in devices)
+        assert published == windows_before + 6 * len(devices)
+        wait_for(lambda: _windows_stored(plane, published), 60, what="post-rollout windows stored")
+        wait_for(lambda: not _open_alert_devices(plane), 30, what="alerts to clear")
+        cleared = api.get("/api/v1/drift/alerts", params={"state": "cleared"}).json()
+        assert {a["device_id"] for a in cleared} == shifted_ids
+        assert all(new_package in (a["cleared_reason"] or "") for a in cleared), dump(cleared)
+
+        # -- lineage: data → devices, and the audit trail of every step ------------------
+        wait_for(lambda: set(api.get(f"/api/v1/governance/lineage/{new_version}").json()["devices_running"])
+                 == shifted_ids, 30, what="lineage to show the devices running the new model")
+        lineage = api.get(f"/api/v1/governance/lineage/{new_version}").json()
+        assert lineage["datasets"][0]["parent"] == dataset.dataset_id
+        assert set(lineage["datasets"][0]["samples_by_device"]) == shifted_ids
+        assert lineage["datasets"][0]["labelled_by"] == ["operator:tests admin via oracle:synthetic"]
+        assert lineage["datasets"][1]["dataset_id"] == dataset.dataset_id
+        assert lineage["retraining_proposals"][0]["base_model_version"] == base_version
+        actions = [e["action"] for e in api.get("/api/v1/governance/audit", params={"limit": 1000}).json()]
+        for action in ("alert.opened", "proposal.opened", "samples.labelled", "retraining.started",
+                       "dataset.created", "retraining.validated", "release.built", "rollout.proposed",
+                       "rollout.approved", "rollout.started", "alert.cleared"):
+            assert action in actions, (action, actions)
+        assert np.isfinite(lineage["retraining_proposals"][0]["validation"]["drift_accuracy_after"])
+    finally:
+        for device in devices:
+            device.close()
