@@ -144,7 +144,9 @@ class InstallManager:
         state = self.store.read()
         record = InstallRecord(state=S.DOWNLOAD, command=command.model_dump(mode="json"),
                                target_slot=state.other_slot(), previous_slot=state.active_slot)
-        self._run(record, _Context(previous=self.pipeline.engine.model))
+        # The baseline is the old model *before* this install competes with it for the
+        # CPU (self-test and timing run beside it), or it would flatter the new model.
+        self._run(record, _Context(previous=self.pipeline.engine.model, baseline=self.pipeline.engine.baseline()))
 
     # -- the machine ---------------------------------------------------------
     def _persist(self, record: InstallRecord) -> None:
@@ -288,7 +290,8 @@ class InstallManager:
             return self._fail(record, "install_failed", "switch without a selected model")
         engine = self.pipeline.engine
         ctx.previous = engine.model
-        ctx.baseline = engine.baseline()
+        if ctx.baseline == Baseline():
+            ctx.baseline = engine.baseline()
         ctx.watch = ProbationWatch(ctx.selected)
         engine.swap(ctx.selected, watch=ctx.watch)
         state = self.store.read()

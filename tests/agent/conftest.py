@@ -30,7 +30,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "v2": scored_model(root / "v2.onnx", [0.0, 3.0, 0.0, 0.0]),
         "v3": scored_model(root / "v3.onnx", [0.0, 0.0, 3.0, 0.0]),
         "nan": scored_model(root / "nan.onnx", [0.0, 3.0, 0.0, 0.0], nan_on_live_frames=True),
-        "slow": scored_model(root / "slow.onnx", [0.0, 3.0, 0.0, 0.0], work_layers=40),
+        "slow": scored_model(root / "slow.onnx", [0.0, 3.0, 0.0, 0.0], work_layers=60),
     }
 
 

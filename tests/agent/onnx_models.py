@@ -17,7 +17,7 @@ LABELS = ["circle", "square", "triangle", "cross"]
 HIDDEN = 1024
 
 
-def scored_model(path: Path, logits: list[float], *, work_layers: int = 8, nan_on_live_frames: bool = False) -> Path:
+def scored_model(path: Path, logits: list[float], *, work_layers: int = 12, nan_on_live_frames: bool = False) -> Path:
     """Outputs ``logits`` (constant) after ``work_layers`` 1024x1024 MatMuls of real work.
 
     ``work_layers`` sets the cost: 5x the layers is a model about 5x slower.
