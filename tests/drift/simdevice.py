@@ -13,6 +13,7 @@ the true class of every frame it renders, it can answer as the labelling oracle.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import queue
@@ -162,10 +163,8 @@ class SimDevice:
             runtime="onnxruntime").to_bytes(), retain=True)
 
     def _on_command(self, payload: bytes) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self.commands.put(parse_command(payload))
-        except ValueError:
-            pass
 
     def handle_commands(self) -> list[str]:
         installed = []
