@@ -15,10 +15,12 @@ come from :class:`agent.contract.Topics`.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import threading
 from collections.abc import Callable
+from dataclasses import asdict
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -28,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.contract import DeviceState, StatusReport, Topics
 from agent.contract.broker_url import parse_broker_url
 from agent.contract.messages import _Message
+from agent.infer.engine import FrameResult
 from agent.uplink.backoff import jittered_backoff_s
 from agent.uplink.outbox import Outbox
 
@@ -233,12 +236,11 @@ class MqttUplink:
 
 
 class MqttResultsSink:
-    """Per-frame results to a local broker topic (QoS 0: results are a live feed, not records)."""
+    """Per-frame results to ``<topic>/<pipeline>`` on a local broker, for consumers on the
+    device or its LAN. QoS 0: results are a live feed, not records; a dead local broker
+    costs nothing (paho drops what it cannot send)."""
 
     def __init__(self, broker_url: str, topic: str, *, client_id: str) -> None:
-        import json
-
-        self._json = json
         self.topic = topic
         address = parse_broker_url(broker_url)
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
@@ -246,12 +248,9 @@ class MqttResultsSink:
         self._client.connect_async(address.host, address.port, keepalive=30)
         self._client.loop_start()
 
-    def emit(self, result: object) -> None:
-        from dataclasses import asdict, is_dataclass
-
-        document = asdict(result) if is_dataclass(result) and not isinstance(result, type) else result
-        self._client.publish(f"{self.topic}/{getattr(result, 'pipeline', 'main')}",
-                             self._json.dumps(document, separators=(",", ":")), qos=0)
+    def emit(self, result: FrameResult) -> None:
+        self._client.publish(f"{self.topic}/{result.pipeline}",
+                             json.dumps(asdict(result), separators=(",", ":")), qos=0)
 
     def close(self) -> None:
         self._client.disconnect()

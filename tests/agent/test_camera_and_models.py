@@ -3,12 +3,15 @@ returns, two cameras with two models, and the memory budget."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from agent.capture.scenes import write_video
+from agent.contract.broker_url import parse_broker_url
 from tests.agent.conftest import ORT_FP32
 from tests.agent.sim import AgentProcess, CloudSim
 from tests.support.services import wait_for
@@ -52,8 +55,18 @@ def test_two_cameras_two_models_within_the_memory_budget(cloud: CloudSim, models
         {"name": "front", "source": "synthetic:1", "source_fps": 20.0},
         {"name": "back", "source": "synthetic:2", "source_fps": 20.0},
     ]
+    # Per-frame results also go to a local MQTT topic (here the test broker).
+    results_topic = f"{cloud.prefix}-results/{device_id}"
+    results: list[dict[str, object]] = []
+    listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    listener.on_message = lambda c, u, m: results.append(json.loads(m.payload))
+    address = parse_broker_url(cloud.mqtt_url)
+    listener.connect(address.host, address.port)
+    listener.subscribe(f"{results_topic}/#")
+    listener.loop_start()
     agent = AgentProcess(cloud.agent_config(device_id, tmp_path / device_id, pipelines=pipelines,
-                                            memory_budget_mb=2048))
+                                            memory_budget_mb=2048, results_mqtt_url=cloud.mqtt_url,
+                                            results_mqtt_topic=results_topic))
     agents.append(agent.start())
     cloud.wait_online(device_id)
     front = cloud.release("1.0.0", [(models["v1"], ORT_FP32)], name="people")
@@ -72,6 +85,10 @@ def test_two_cameras_two_models_within_the_memory_budget(cloud: CloudSim, models
     # Each pipeline's telemetry carries its own model's predictions (v1 says circle, v2 square).
     recent = cloud.telemetry(device_id)[-6:]
     assert {t.pipeline: set(t.class_counts) for t in recent if t.frames} == {"front": {"circle"}, "back": {"square"}}
+    wait_for(lambda: {(r["pipeline"], r["model_version"], r["label"]) for r in results} >= {
+        ("front", "1.0.0", "circle"), ("back", "7.0.0", "square")}, 30, what="results on the local MQTT topic")
+    listener.loop_stop()
+    listener.disconnect()
 
 
 def test_install_beyond_the_memory_budget_is_refused(cloud: CloudSim, models: dict[str, Path],
