@@ -89,7 +89,7 @@ class DriftReference(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     schema_version: Literal[1] = 1
-    bins: Literal[32] = HISTOGRAM_BINS
+    bins: Literal[32] = 32
     labels: list[str] = Field(min_length=2, max_length=1000)
     features: list[FeatureReference] = Field(min_length=1, max_length=64)
     class_counts: list[int] = Field(default_factory=list)
