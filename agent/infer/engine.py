@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -119,6 +119,8 @@ class InferenceEngine:
         self._busy = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"inference-{name}", daemon=True)
+        # Issue 7: sees each frame's raw scores on the inference thread (drift windows, samples).
+        self.output_hook: Callable[[LoadedModel, FrameItem, npt.NDArray[np.float32]], None] | None = None
 
     @property
     def model(self) -> LoadedModel | None:
@@ -159,7 +161,16 @@ class InferenceEngine:
         self._slot.close()
         self._thread.join(timeout=5)
 
-    def infer_frame(self, model: LoadedModel, item: FrameItem) -> tuple[str, float, float]:
+    def infer_frame(self, model: LoadedModel, frame: npt.NDArray[np.uint8]) -> tuple[str, float]:
+        """Run ``model`` on one decoded BGR frame: (label, confidence). For callers outside the loop.
+
+        Raises:
+            InvalidOutput: the scores are NaN or Inf.
+        """
+        label, confidence, _ = self._infer_item(model, FrameItem(seq=0, frame=frame))
+        return label, confidence
+
+    def _infer_item(self, model: LoadedModel, item: FrameItem) -> tuple[str, float, float]:
         """Returns (label, confidence, inference-only milliseconds).
 
         Raises:
@@ -172,6 +183,12 @@ class InferenceEngine:
         inference_ms = (time.perf_counter() - started) * 1000.0
         if not np.all(np.isfinite(scores)):
             raise InvalidOutput("model produced a non-finite score")
+        hook = self.output_hook
+        if hook is not None and threading.current_thread() is self._thread:
+            try:
+                hook(model, item, scores)
+            except Exception:  # drift statistics must never cost a frame's inference
+                log.exception("[%s] output hook failed", self.name)
         probabilities = softmax(scores) if model.artifact.output_activation == "softmax" else scores
         index = int(np.argmax(probabilities))
         return model.manifest.labels[index], float(probabilities[index]), inference_ms
@@ -195,7 +212,7 @@ class InferenceEngine:
             watch = None
         started = time.perf_counter()
         try:
-            label, confidence, inference_ms = self.infer_frame(model, item)
+            label, confidence, inference_ms = self._infer_item(model, item)
         except InvalidOutput:
             self._stats.record_invalid()
             if watch is not None:
