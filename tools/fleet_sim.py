@@ -280,6 +280,7 @@ class FleetSimulator:
         keepalive_s: int = 60,
         max_inflight: int = 20,
         max_buffered: int = 10_000,
+        reconnect_max_s: float = 10.0,
         seed: int = 0,
     ) -> None:
         self.address = parse_broker_url(broker_url)
@@ -293,6 +294,7 @@ class FleetSimulator:
         self.keepalive_s = keepalive_s
         self.max_inflight = max_inflight
         self.max_buffered = max_buffered
+        self.reconnect_max_s = reconnect_max_s
         self.inferring_fps = inferring_fps
         self.inferring_state_dir = inferring_state_dir
         inferring_ids = set(inferring)
@@ -436,6 +438,7 @@ class FleetSimulator:
                 clean_session=False, keepalive_s=self.keepalive_s,
                 will=Will(self.topics.status(device.device_id), offline, qos=1, retain=True),
                 max_inflight=self.max_inflight, max_buffered=self.max_buffered,
+                reconnect_max_s=self.reconnect_max_s,
                 on_message=lambda topic, payload, d=device: self._on_command(d, payload),
                 on_connect=lambda present, d=device: self._on_connect(d),
             )

@@ -1,0 +1,131 @@
+"""An ingest-only control-plane node: ``python -m cloud.workers.ingest_node``.
+
+Run several against one PostgreSQL and one broker to scale ingest out::
+
+    EDGEFLEET_DATABASE_URL=postgresql+psycopg://... EDGEFLEET_MQTT_URL=mqtt://broker:1883 \\
+    EDGEFLEET_INGEST_SHARED_GROUP=ef-ingest EDGEFLEET_INGEST_CLIENT_ID=ingest-1 \\
+    python -m cloud.workers.ingest_node
+
+Each node needs its own stable ``EDGEFLEET_INGEST_CLIENT_ID``: the broker keeps that
+session (and the reports addressed to it) while the node restarts. Settings come from
+the environment like the full control plane's (:class:`cloud.core.config.Settings`);
+the API runs elsewhere (``edgefleet serve``), and the nodes elect one of themselves
+for retention through the database. SIGTERM stops cleanly (queued reports are stored
+and acknowledged first); SIGKILL loses nothing either, it only causes redeliveries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+
+from agent.contract import Topics
+from cloud.core.config import Settings
+from cloud.core.db import make_engine, migrate
+from cloud.ingest import ReportIngest
+from cloud.mqtt_bridge import CloudMqtt
+from cloud.retention import RetentionPolicy, RetentionWorker
+
+log = logging.getLogger("cloud.workers.ingest_node")
+
+
+def _install_feature_hooks(ingest: ReportIngest) -> None:
+    """The same listeners and kind handlers as the full control plane, where those features exist."""
+    try:
+        from cloud.rollout.listener import record_rollout_window
+
+        ingest.listeners.append(record_rollout_window)
+    except ImportError:  # feature not present in this build
+        log.debug("no rollout listener")
+    try:
+        from cloud.monitor import service as monitor_service
+
+        install = getattr(monitor_service, "install", None)
+        if install is not None:
+            install(ingest)
+    except ImportError:
+        log.debug("no drift monitor")
+
+
+class IngestNode:
+    def __init__(self, settings: Settings) -> None:
+        if not settings.mqtt_url:
+            raise ValueError("an ingest node needs EDGEFLEET_MQTT_URL (it never starts an embedded broker)")
+        self.settings = settings
+        self.engine = make_engine(settings.resolved_database_url)
+        self.topics = Topics(settings.topic_prefix)
+        self.ingest = ReportIngest(self.engine, self.topics, max_report_bytes=settings.max_report_bytes,
+                                   batch_max_rows=settings.ingest_batch_max_rows,
+                                   batch_wait_s=settings.ingest_batch_wait_ms / 1000,
+                                   queue_max=settings.ingest_queue_max)
+        _install_feature_hooks(self.ingest)
+        self.mqtt = CloudMqtt(settings.mqtt_url, self.topics, self.ingest.handle,
+                              on_report_acked=self.ingest.submit, session_id=settings.ingest_client_id,
+                              shared_group=settings.ingest_shared_group, protocol=settings.mqtt_protocol,
+                              receive_maximum=settings.ingest_receive_maximum,
+                              session_expiry_s=settings.ingest_session_expiry_s,
+                              tls_ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
+                              tls_cert_file=str(settings.mqtt_cert_file) if settings.mqtt_cert_file else None,
+                              tls_key_file=str(settings.mqtt_key_file) if settings.mqtt_key_file else None)
+        holder = settings.ingest_client_id or f"ingest-{socket.gethostname()}-{os.getpid()}"
+        self.retention = (RetentionWorker(self.engine, RetentionPolicy.from_settings(settings), holder=holder,
+                                          interval_s=settings.retention_interval_s)
+                          if settings.retention_enabled else None)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        self.ingest.start()
+        self.mqtt.start(timeout_s)
+        if self.retention is not None:
+            self.retention.start()
+
+    def stop(self) -> None:
+        if self.retention is not None:
+            self.retention.stop()
+        self.ingest.stop()
+        self.mqtt.stop()
+        self.engine.dispose()
+
+    def status(self) -> dict[str, object]:
+        return {"pid": os.getpid(), "connected": self.mqtt.connected.is_set(), **self.ingest.counters.as_dict()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run an ingest-only EdgeFleet node (settings from EDGEFLEET_*).")
+    parser.add_argument("--migrate", action="store_true", help="upgrade the schema first (run on one node only)")
+    parser.add_argument("--status-file", type=Path, default=None,
+                        help="write counters as JSON here every --status-interval seconds")
+    parser.add_argument("--status-interval", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("EDGEFLEET_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = Settings()
+    if args.migrate:
+        migrate(settings.resolved_database_url)
+    node = IngestNode(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    node.start()
+
+    def write_status() -> None:
+        if args.status_file is not None:
+            tmp = args.status_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(node.status()))
+            os.replace(tmp, args.status_file)
+
+    write_status()
+    while not stop.wait(args.status_interval):
+        write_status()
+    node.stop()
+    write_status()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
