@@ -162,6 +162,9 @@ class TelemetryReport(_Message):
     pipeline: ShortText | None = None
     invalid_outputs: int = Field(default=0, ge=0)
     frame_totals: FrameTotals | None = None
+    # Added by issue 4 (optional): the error code of the last failed update check
+    # (e.g. "expired_metadata" when the repository or a mirror is frozen); None after a success.
+    update_check_error: ShortText | None = None
     # Added by issue 6 (optional): the candidate's results while it shadows the active model.
     shadow: ShadowWindow | None = None
 
