@@ -9,7 +9,7 @@ from sqlmodel import SQLModel
 import cloud.governance.models  # noqa: F401
 import cloud.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 import cloud.monitor.models  # noqa: F401
-import cloud.pipeline.registry.models  # noqa: F401
+import cloud.pipeline.registry.models
 import cloud.rollout.models  # noqa: F401
 import cloud.security.models  # noqa: F401
 import cloud.workers.models  # noqa: F401

@@ -11,7 +11,16 @@ from sqlmodel import Session
 from cloud import crud
 from cloud.pipeline.errors import PipelineInputError
 from cloud.pipeline.evaluate.gates import ValidationThresholds
-from cloud.pipeline.service import build_model, describe_model, import_model, ingest, promote, read_labels, read_spec, train_model
+from cloud.pipeline.service import (
+    build_model,
+    describe_model,
+    import_model,
+    ingest,
+    promote,
+    read_labels,
+    read_spec,
+    train_model,
+)
 from cloud.pipeline.train.trainer import DEFAULT_SPEC, TrainConfig
 
 pytestmark = pytest.mark.integration
@@ -64,7 +73,7 @@ def test_bad_candidate_is_rejected_by_the_gate_with_reasons(engine, paths, shape
         assert model.status == "rejected"
         assert describe_model(session, outcome.model_version)["gate"]["reasons"] == outcome.decision.reasons
     # A rejected model is not built, and the message says why and what to do.
-    with pytest.raises(PipelineInputError, match="is rejected .*accuracy.*allow-unvalidated"):
+    with pytest.raises(PipelineInputError, match=r"is rejected .*accuracy.*allow-unvalidated"):
         build_model(engine, paths, version=outcome.model_version, profiles=["x86-64-avx2"])
     with pytest.raises(PipelineInputError, match="only a validated model"):
         promote(engine, outcome.model_version)

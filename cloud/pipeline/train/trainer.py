@@ -111,8 +111,13 @@ def evaluate(model: nn.Module, x: npt.NDArray[np.float32], y: npt.NDArray[np.int
 
 
 def train(dataset: DatasetVersion, config: TrainConfig, spec: PreprocessSpec = DEFAULT_SPEC,
-          *, show_progress: bool = True, checkpoint_dir: Path | None = None) -> TrainResult:
+          *, show_progress: bool = True, checkpoint_dir: Path | None = None,
+          initial_state: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Train on the dataset's train split and evaluate on its test split.
+
+    ``initial_state`` (a state dict of the same architecture) fine-tunes instead of
+    starting from random weights, e.g. a short pass at full resolution after
+    training at a lower one (the network is fully convolutional).
 
     With ``checkpoint_dir``, the state after every epoch is saved there
     (``epoch-NNN.pt`` and ``last.pt``) and a run resumes from ``last.pt``.
@@ -124,19 +129,23 @@ def train(dataset: DatasetVersion, config: TrainConfig, spec: PreprocessSpec = D
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return _train(dataset, config, spec, show_progress=show_progress, checkpoint_dir=checkpoint_dir)
+        return _train(dataset, config, spec, show_progress=show_progress, checkpoint_dir=checkpoint_dir,
+                      initial_state=initial_state)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _train(dataset: DatasetVersion, config: TrainConfig, spec: PreprocessSpec, *, show_progress: bool,
-           checkpoint_dir: Path | None) -> TrainResult:
+           checkpoint_dir: Path | None, initial_state: dict[str, torch.Tensor] | None) -> TrainResult:
     x_train, y_train, _ = load_tensors_with_index(dataset.split("train"), dataset.labels, spec)
     x_test, y_test, test_samples = load_tensors_with_index(dataset.split("test"), dataset.labels, spec)
     if len(x_train) == 0:
         raise PipelineInputError(f"dataset {dataset.dataset_id} has no readable training images")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = MobileNetV2(len(dataset.labels), config.width_multiplier, config.architecture).to(device)
+    model = MobileNetV2(len(dataset.labels), config.width_multiplier, config.architecture)
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
+    model = model.to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = (len(x_train) + config.batch_size - 1) // config.batch_size
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate,
@@ -182,7 +191,8 @@ def _train(dataset: DatasetVersion, config: TrainConfig, spec: PreprocessSpec, *
                 torch.save(state, checkpoint_dir / "last.pt")
     model = model.cpu().eval()
     report = evaluate(model, x_test, y_test, dataset.labels, [s.meta for s in test_samples])
-    hyperparameters = {**asdict(config), "input_size": spec.width, "train_images": len(x_train)}
+    hyperparameters = {**asdict(config), "input_size": spec.width, "train_images": len(x_train),
+                       "fine_tuned": initial_state is not None}
     return TrainResult(model=model, metrics=report.as_dict(), hyperparameters=hyperparameters, evaluation=report,
                        environment=environment(), checkpoint=last_checkpoint)
 
