@@ -37,6 +37,14 @@ log = logging.getLogger(__name__)
 INGEST_REJECT_REASONS = ("topic", "oversized", "malformed", "schema", "device_mismatch", "unknown_device",
                          "unknown_job")
 INGEST_KINDS = ("status", "telemetry", "job")
+_COUNTER_HELP = {
+    "edgefleet_ingest_accepted": "Device reports stored, by kind; rate() of it is the ingest rate.",
+    "edgefleet_ingest_rejected": "Device reports rejected, by reason.",
+    "edgefleet_ingest_duplicates": "Reports dropped as QoS 1 redeliveries of a stored message id.",
+    "edgefleet_ingest_storage_errors": "Batches that failed to commit (retried, never acknowledged).",
+    "edgefleet_ingest_received": "Messages handed to ingest.",
+    "edgefleet_ingest_overloaded": "QoS 0 messages dropped because the ingest queue was full.",
+}
 
 # Tables owned by other features (rollout engine, drift monitor). Their state columns are
 # counted when the table exists, so /metrics works on any schema version.
@@ -80,21 +88,29 @@ class ControlPlaneCollector(Collector):
         yield up
 
     def _ingest(self) -> Iterator[CounterMetricFamily]:
-        counters = self.plane.ingest.counters
-        accepted = CounterMetricFamily("edgefleet_ingest_reports", "Device reports accepted, by kind.",
-                                       labels=["kind"])
-        for kind in sorted(set(INGEST_KINDS) | set(counters.accepted)):
-            accepted.add_metric([kind], float(counters.accepted.get(kind, 0)))
-        yield accepted
-        rejected = CounterMetricFamily("edgefleet_ingest_rejected", "Device reports rejected, by reason.",
-                                       labels=["reason"])
-        for reason in sorted(set(INGEST_REJECT_REASONS) | set(counters.rejected)):
-            rejected.add_metric([reason], float(counters.rejected.get(reason, 0)))
-        yield rejected
-        yield CounterMetricFamily("edgefleet_ingest_duplicates", "Reports dropped as QoS 1 redeliveries.",
-                                  value=float(counters.duplicates))
-        yield CounterMetricFamily("edgefleet_ingest_storage_errors", "Reports that could not be stored.",
-                                  value=float(counters.storage_errors))
+        """Ingest (and retention) counters, exported from the counters' own ``samples()``.
+
+        Whatever counter ingest adds later appears here without a change; the known
+        kinds and reasons are exported at 0 from the start.
+        """
+        samples: list[tuple[str, dict[str, str], float]] = list(self.plane.ingest.counters.samples())
+        retention = getattr(self.plane, "retention", None)
+        if retention is not None:
+            samples += list(retention.counters.samples())
+        declared = {("edgefleet_ingest_accepted_total", "kind", kind) for kind in INGEST_KINDS}
+        declared |= {("edgefleet_ingest_rejected_total", "reason", reason) for reason in INGEST_REJECT_REASONS}
+        seen = {(name, key, labels[key]) for name, labels, _ in samples for key in labels}
+        samples += [(name, {key: value}, 0.0) for name, key, value in sorted(declared - seen)]
+        families: dict[str, CounterMetricFamily] = {}
+        for name, labels, value in sorted(samples, key=lambda s: (s[0], sorted(s[1].items()))):
+            family_name = name.removesuffix("_total")
+            family = families.get(family_name)
+            if family is None:
+                family = families[family_name] = CounterMetricFamily(
+                    family_name, _COUNTER_HELP.get(family_name, family_name.replace("_", " ") + "."),
+                    labels=sorted(labels))
+            family.add_metric([labels[k] for k in sorted(labels)], value)
+        yield from families.values()
 
     def _devices(self, session: Session) -> Iterator[GaugeMetricFamily]:
         by_state = GaugeMetricFamily("edgefleet_devices", "Registered devices by connection state and hardware profile.",

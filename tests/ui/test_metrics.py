@@ -62,7 +62,7 @@ def test_control_plane_metrics_parse_and_count(control_plane, api, tmp_path: Pat
     assert metrics["edgefleet_devices"][(("hardware_profile", "rpi5-arm64"), ("state", "offline"))] == 1
     assert metrics["edgefleet_devices"][(("hardware_profile", "rpi5-arm64"), ("state", "online"))] == 1
     assert metrics["edgefleet_devices_running"][(("model_version", release.model_version),)] == 2
-    assert metrics["edgefleet_ingest_reports_total"][(("kind", "telemetry"),)] == 3
+    assert metrics["edgefleet_ingest_accepted_total"][(("kind", "telemetry"),)] == 3
     assert metrics["edgefleet_ingest_rejected_total"][(("reason", "malformed"),)] == 1
     assert metrics["edgefleet_ingest_rejected_total"][(("reason", "unknown_device"),)] == 1
     # Every reason has a series from the start, so rate() works before the first reject.
