@@ -117,3 +117,29 @@ def test_install_fault(case: Case, cloud: CloudSim, models: dict[str, Path], age
     assert agent.exited() is None, "the agent must keep running after the fault"
     if case.expect_state == "succeeded":
         assert final.runtime and final.runtime_measurements and final.probation.get("passed") == 1.0
+
+
+def test_real_sigkill_during_probation_rolls_back(cloud: CloudSim, models: dict[str, Path],
+                                                  agents: list[AgentProcess], tmp_path: Path) -> None:
+    """The hook above stands in for kill -9; here is the real signal, in the one state long enough to hit."""
+    device_id = f"cam-{uuid.uuid4().hex[:8]}"
+    old = cloud.release("1.0.0", [(models["v1"], ORT_FP32)])
+    new = cloud.release("2.0.0", [(models["v2"], ORT_FP32)])
+    agent = AgentProcess(cloud.agent_config(device_id, tmp_path / device_id))
+    agents.append(agent.start())
+    cloud.wait_online(device_id)
+    assert cloud.wait_final(cloud.deploy(device_id, old)).state == "succeeded"
+    agent.stop()
+    agent.config["probation_window_s"] = 120.0  # a probation long enough to kill the agent inside it
+    agent.start()
+    cloud.wait_online(device_id)
+    job = cloud.deploy(device_id, new)
+    wait_for(lambda: "probation" in _chain(cloud, job), 60, what="the install to reach probation")
+    agent.kill()
+    record = agent.install_record()
+    assert record is not None and record["install"]["state"] == "probation"
+    agent.start()
+    final = cloud.wait_final(job, 60)
+    assert (final.state, final.error_code, final.running_model_version) == (
+        "failed", "interrupted_in_probation", "1.0.0")
+    cloud.wait_serving(device_id, "1.0.0")
