@@ -293,9 +293,10 @@ class _Pass:
         extra: dict[str, Any] = {}
         if mode == "shadow":
             assert self.spec.shadow is not None
-            # Twice the phase: devices keep shadowing until the gate has judged, then stop on their own.
+            # As long as the phase can last before it pauses for too few samples; an install
+            # command ends it sooner, and after an abort devices stop shadowing on their own.
             extra = {"mode": "shadow", "shadow_sample_fraction": self.spec.shadow.sample_fraction,
-                     "shadow_duration_s": self.spec.shadow.duration_s * 2}
+                     "shadow_duration_s": self.spec.shadow.duration_s + self.spec.gates.gate_wait_s}
         command = DeployCommand(
             device_id=row.device_id, job_id=job_id, package_id=package.id, model_version=package.model_version,
             manifest_url=f"{self.engine.base_url}/api/v1/packages/{package.id}/files/{MANIFEST_FILE}",
@@ -429,6 +430,7 @@ class _Pass:
 
     def install_verdicts(self) -> dict[str, StratumVerdict]:
         phase_start = aware(self.rollout.phase_started_at)
+        elapsed_s = (self.now - phase_start).total_seconds()
         since = phase_start - timedelta(seconds=self.spec.gates.control_window_s)
         windows_by_device: dict[str, list[_Window]] = defaultdict(list)
         for window in self.telemetry(since):
@@ -451,7 +453,10 @@ class _Pass:
             installs = InstallOutcomes(
                 succeeded=sum(r.state == DeviceState.SUCCEEDED for r in in_stage),
                 failed=sum(r.state == DeviceState.FAILED for r in in_stage))
-            gates = evaluate_stratum(self.spec.gates, installs=installs, canary=canary, control=control)
+            settling = any(r.state in (DeviceState.PENDING, *IN_FLIGHT_STATES) for r in in_stage)
+            interim = settling or elapsed_s < self.spec.stage_soak_s(self.rollout.stage)
+            gates = evaluate_stratum(self.spec.gates, installs=installs, canary=canary, control=control,
+                                     interim=interim)
             counts = Counter(r.state for r in in_stage)
             verdict = StratumVerdict(stratum, dict(counts), gates, halted=stratum in self.rollout.halted_strata)
             verdicts[stratum] = verdict

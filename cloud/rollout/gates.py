@@ -249,19 +249,20 @@ def _confidence_gate(t: GateThresholds, canary: GroupStats, control: GroupStats)
                       numbers)
 
 
-def _class_distribution_gate(t: GateThresholds, canary: GroupStats, control: GroupStats) -> GateResult:
+def _class_distribution_gate(t: GateThresholds, canary: GroupStats, control: GroupStats, *,
+                             interim: bool) -> GateResult:
     canary_n, control_n = sum(canary.class_counts.values()), sum(control.class_counts.values())
+    alpha = t.class_distribution_alpha * (t.interim_alpha_fraction if interim else 1.0)
     numbers: dict[str, Any] = {"canary": dict(sorted(canary.class_counts.items())),
                                "control": dict(sorted(control.class_counts.items())),
-                               "alpha": t.class_distribution_alpha, "min_tvd": t.class_distribution_min_tvd}
+                               "alpha": alpha, "interim": interim, "min_tvd": t.class_distribution_min_tvd}
     if canary_n < t.min_frames or control_n < t.min_frames:
-        return GateResult("class_distribution", GateStatus.INSUFFICIENT, None, t.class_distribution_alpha,
+        return GateResult("class_distribution", GateStatus.INSUFFICIENT, None, alpha,
                           f"{canary_n} canary / {control_n} control predictions, need {t.min_frames} each", numbers)
     chi2, p_value, tvd = class_distribution_test(canary.class_counts, control.class_counts)
     numbers.update(chi2=round(chi2, 3), p_value=p_value, tvd=round(tvd, 4))
-    shifted = p_value < t.class_distribution_alpha and tvd > t.class_distribution_min_tvd
-    return GateResult("class_distribution", GateStatus.FAIL if shifted else GateStatus.PASS, p_value,
-                      t.class_distribution_alpha,
+    shifted = p_value < alpha and tvd > t.class_distribution_min_tvd
+    return GateResult("class_distribution", GateStatus.FAIL if shifted else GateStatus.PASS, p_value, alpha,
                       f"chi-square p={p_value:.3g}, total variation distance {tvd:.3f}", numbers)
 
 
@@ -279,16 +280,21 @@ def _drift_gate(t: GateThresholds, canary: GroupStats, control: GroupStats) -> G
 
 
 def evaluate_stratum(
-    thresholds: GateThresholds, *, installs: InstallOutcomes, canary: GroupStats, control: GroupStats
+    thresholds: GateThresholds, *, installs: InstallOutcomes, canary: GroupStats, control: GroupStats,
+    interim: bool = False,
 ) -> list[GateResult]:
-    """Every gate for one stratum of one stage: install, runtime health, model quality."""
+    """Every gate for one stratum of one stage: install, runtime health, model quality.
+
+    ``interim``: the stage is still soaking or installing, so this is one of many looks
+    (see ``GateThresholds.interim_alpha_fraction``).
+    """
     results = [
         _install_gate(thresholds, installs),
         _error_rate_gate(thresholds, canary, control),
         _restart_gate(thresholds, canary, control),
         _latency_gate(thresholds, canary, control),
         _confidence_gate(thresholds, canary, control),
-        _class_distribution_gate(thresholds, canary, control),
+        _class_distribution_gate(thresholds, canary, control, interim=interim),
     ]
     drift = _drift_gate(thresholds, canary, control)
     if drift is not None:

@@ -199,6 +199,11 @@ class GateThresholds(_Strict):
     # Consecutive frames are correlated, so with many frames any shift is "significant";
     # we also require a material effect (total variation distance between distributions).
     class_distribution_min_tvd: float = Field(default=0.15, ge=0, le=1)
+    # The engine looks at the gates on every tick. Before the soak is over (or while devices
+    # still install) a look is "interim" and the chi-square needs alpha times this fraction, so
+    # repeated looks do not add up to false alarms (the O'Brien-Fleming idea, simplified);
+    # a gross shift still stops the stage at once.
+    interim_alpha_fraction: float = Field(default=0.01, gt=0, le=1)
     max_drift_score_increase: float = Field(default=0.2, ge=0, description="canary minus control drift score")
     min_drift_windows: int = Field(default=3, ge=1)
     # Time to collect the minimum samples after the soak, before pausing for approval.

@@ -158,3 +158,14 @@ def jobs_per_device(plane: ControlPlane, package_id: str) -> Counter[str]:
 
 def actions(detail: dict[str, Any]) -> list[str]:
     return [d["action"] for d in detail["decisions"]]
+
+
+def wait_device_state(api: Any, rollout_id: str, device_id: str, state: str, timeout_s: float = 60) -> None:
+    try:
+        wait_for(lambda: rows(api, rollout_id)[device_id]["state"] == state, timeout_s, 0.25,
+                 what=f"{device_id} to be {state}")
+    except AssertionError:
+        detail = api.get(f"/api/v1/rollouts/{rollout_id}").json()
+        row = rows(api, rollout_id)[device_id]
+        raise AssertionError(f"{device_id} is {row}; rollout {detail['state']} stage {detail['stage']} "
+                             f"{detail['phase']}: {detail['evaluation'].get('reason')}") from None

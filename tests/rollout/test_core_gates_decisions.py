@@ -196,3 +196,18 @@ def test_operator_actions() -> None:
         apply_operator_action(RolloutState.RUNNING, OperatorAction.RESUME)
     with pytest.raises(InvalidAction):
         apply_operator_action(RolloutState.COMPLETED, OperatorAction.ABORT)
+
+
+def test_interim_looks_need_stronger_evidence_for_a_class_shift() -> None:
+    # A modest shift (p about 2e-4): enough at the decision, not on one of many interim looks.
+    canary = _windows(1, classes={"circle": 24, "cross": 12, "square": 12, "triangle": 12})
+    control = _windows(10, prefix="c", classes={"circle": 25, "cross": 25, "square": 25, "triangle": 25})
+    thresholds = GateThresholds(class_distribution_min_tvd=0.1, min_frames=100)
+
+    def status(interim: bool) -> GateStatus:
+        results = evaluate_stratum(thresholds, installs=InstallOutcomes(succeeded=1),
+                                   canary=aggregate(canary), control=aggregate(control), interim=interim)
+        return next(r.status for r in results if r.gate == "class_distribution")
+
+    assert status(interim=False) == GateStatus.FAIL
+    assert status(interim=True) == GateStatus.PASS

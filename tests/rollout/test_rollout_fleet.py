@@ -217,3 +217,43 @@ def test_release_failing_on_one_hardware_profile_is_stopped_for_that_stratum_onl
         assert {running[d] for d in states if d.startswith("x86")} == {new_x86.package_id}
     finally:
         fleet.stop()
+
+
+def test_offline_devices_are_counted_apart_get_the_release_on_return_or_expire(plane, api, tmp_path: Path) -> None:
+    from tests.rollout.fleet_helpers import wait_device_state
+    from tests.support.services import wait_for
+
+    old = publish_constant(plane, tmp_path, "cam-old")
+    new = publish_constant(plane, tmp_path, "cam-new")
+    fleet = start_fleet(plane, api, FLEET, old)
+    returning, lost = "x86-010", "arm64-005"
+    try:
+        for device_id in (returning, lost):
+            fleet.sim_of(device_id).go_offline(device_id, mode="network")
+        wait_for(lambda: not any(api.get(f"/api/v1/devices/{d}").json()["online"] for d in (returning, lost)),
+                 30, what="the two devices offline")
+        # With a passing shadow phase first (simulated agreement 97 %).
+        spec = fast_spec("offline", {"package_id": new.package_id}, timeouts={"offline_expiry_s": 8},
+                         shadow={"duration_s": 1, "sample_fraction": 0.5, "min_frames": 20, "stages": [0]})
+        detail = create(api, spec)
+        rollout_id = detail["id"]
+        wait_device_state(api, rollout_id, returning, "offline")
+        fleet.sim_of(returning).go_online(returning)
+        done = wait_state(api, rollout_id)
+        assert done["state"] == "completed", actions(done)
+        assert actions(done)[:2] == ["created", "start_install"]  # the shadow phase passed
+        states = rows(api, rollout_id)
+        assert states[returning]["state"] == "succeeded"
+        assert fleet.device(returning).running_package_id == new.package_id
+        assert not done["halted_strata"]
+        assert states[lost]["state"] == "expired"
+        assert lost not in fleet.log.for_package(new.package_id)
+        # Offline devices never counted as failures in any gate.
+        for decision in done["decisions"][1:]:  # the first is "created", with the plan's numbers
+            for verdict in decision["numbers"].get("strata", {}).values():
+                install = next((g for g in verdict["gates"] if g["gate"] == "install_failure_rate"), None)
+                assert install is None or install["numbers"]["failed"] == 0
+        online = {d for d in states if d != lost}
+        assert set(fleet.running(online).values()) == {new.package_id}
+    finally:
+        fleet.stop()
