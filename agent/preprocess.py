@@ -58,6 +58,13 @@ def _normalisation_table(spec: PreprocessSpec) -> npt.NDArray[np.float32]:
     return np.ascontiguousarray((values - mean) / std, dtype=np.float32)
 
 
+@lru_cache(maxsize=16)
+def _plane_tables(spec: PreprocessSpec) -> tuple[npt.NDArray[np.float32], ...]:
+    """One (1, 256) lookup table per output channel, in the layout ``cv2.LUT`` takes."""
+    table = _normalisation_table(spec)
+    return tuple(np.ascontiguousarray(table[:, channel]).reshape(1, 256) for channel in range(3))
+
+
 def preprocess(frame_bgr: npt.NDArray[np.uint8], spec: PreprocessSpec) -> npt.NDArray[np.generic]:
     """Turn one decoded BGR uint8 frame (H, W, 3) into a batch-of-one input tensor.
 
@@ -67,18 +74,20 @@ def preprocess(frame_bgr: npt.NDArray[np.uint8], spec: PreprocessSpec) -> npt.ND
     if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 BGR frame, got {frame_bgr.shape} {frame_bgr.dtype}")
     image = _resize(frame_bgr, spec)
+    if spec.dtype == "float32" and spec.layout == "nchw":
+        # The hot path on devices: split the BGR planes and look each one up straight into
+        # its output plane (colour order is just which plane goes where).
+        planes = cv2.split(image)
+        sources = (2, 1, 0) if spec.color_order == "rgb" else (0, 1, 2)
+        chw = np.empty((1, 3, spec.height, spec.width), dtype=np.float32)
+        for channel, (source, table) in enumerate(zip(sources, _plane_tables(spec), strict=True)):
+            cv2.LUT(planes[source], table, dst=chw[0, channel])
+        return chw
     if spec.color_order == "rgb":
         image = image[:, :, ::-1]
     tensor: npt.NDArray[np.generic]
     if spec.dtype == "float32":
-        table = _normalisation_table(spec)
-        if spec.layout == "nchw":
-            planes = np.ascontiguousarray(image.transpose(2, 0, 1))
-            chw = np.empty((1, 3, spec.height, spec.width), dtype=np.float32)
-            for channel in range(3):
-                np.take(table[:, channel], planes[channel], out=chw[0, channel])
-            return chw
-        tensor = table[image, np.arange(3)]
+        tensor = _normalisation_table(spec)[image, np.arange(3)]
     elif spec.dtype == "int8":
         tensor = (image.astype(np.int16) - 128).astype(np.int8)
     else:

@@ -54,3 +54,18 @@ def test_cloud_evaluation_and_agent_produce_the_same_tensor(dataset_root: Path, 
         assert agent_tensor.shape == cloud_tensor.shape
         # Bit for bit: one implementation, so not even float rounding may differ.
         assert np.array_equal(agent_tensor.astype(np.float32), cloud_tensor)
+
+
+@pytest.mark.parametrize("spec_name", list(SPECS))
+def test_lookup_table_normalisation_equals_the_arithmetic_form(spec_name: str) -> None:
+    """The fast path (per-plane lookup tables) must equal (v * scale - mean) / std bit for bit."""
+    spec = SPECS[spec_name]
+    frame = np.random.default_rng(9).integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
+    resized = preprocess(frame, spec.model_copy(update={"dtype": "uint8", "layout": "nhwc"}))[0]
+    if spec.dtype != "float32":
+        return
+    expected = (resized.astype(np.float32) * np.float32(spec.scale) - np.asarray(spec.mean, dtype=np.float32)) \
+        / np.asarray(spec.std, dtype=np.float32)
+    if spec.layout == "nchw":
+        expected = expected.transpose(2, 0, 1)
+    assert np.array_equal(preprocess(frame, spec)[0], expected)

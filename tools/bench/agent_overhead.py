@@ -5,8 +5,8 @@
 1. Build a MobileNetV2 (width 1.0, 224x224, about 300 M multiply-adds; written out
    here because torchvision is not a dependency) with torch, export it to ONNX,
    and write a 640x480 MJPG video of synthetic scenes. Both are cached.
-2. In a child process that imports only the agent (no torch, so its RSS is the
-   agent's), load the model with the agent's ONNX Runtime backend and measure,
+2. In a child process that imports the agent's whole import graph and nothing else
+   (no torch, so its RSS is the agent's), load the model with the agent's ONNX Runtime backend and measure,
    alternating, side by side:
    * bare: a loop of ``backend.run`` over already preprocessed tensors;
    * pipeline: the agent's own :class:`agent.pipeline.Pipeline` on the video file
@@ -120,6 +120,9 @@ def child(model_path: Path, video: Path, *, threads: int, seconds: float, rounds
     import numpy as np
     import psutil
 
+    # The agent's whole import graph (uplink, TUF updater, ...), so rss_mb is the agent's
+    # footprint and not just the pipeline's.
+    import agent.app  # noqa: F401
     from agent.capture.source import OpenCvSource, read_frame
     from agent.contract import (
         ModelArtifact,
