@@ -37,6 +37,7 @@ from agent.metrics import AgentMetrics, MetricsServer
 from agent.pipeline import Pipeline
 from agent.profiles import PROFILES_DIR, FirmwareProfile, load_profile
 from agent.results import JsonLinesSink
+from agent.telemetry.drift import agent_monitoring
 from agent.security import NotEnrolledError, PackageUpdater, load_director_key, verify_command
 from agent.update.fetcher import ArtifactFetcher, HttpFetcher
 from agent.update.installer import fetch_and_verify
@@ -132,6 +133,12 @@ class AgentApp:
             tls_cert_file=str(config.mqtt_cert_file) if config.mqtt_cert_file else None,
             tls_key_file=str(config.mqtt_key_file) if config.mqtt_key_file else None,
         )
+        # Drift windows and samples (issue 7), fed with each engine's raw scores.
+        self.monitoring = agent_monitoring(
+            config=config.monitoring, device_id=config.device_id, state_dir=config.state_dir, topics=self.topics,
+            api_url=config.api_url, api_token_file=config.api_token_file, publish=self.uplink.publish)
+        for name, pipeline in self.pipelines.items():
+            pipeline.engine.output_hook = self.monitoring.hook(name)
         self._threads = [
             threading.Thread(target=self._command_loop, name="commands", daemon=True),
             threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True),

@@ -15,6 +15,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from agent.contract.topics import DEFAULT_PREFIX, validate_device_id
+from agent.telemetry.drift import MonitoringConfig
 
 ENV_PREFIX = "EDGEFLEET_AGENT_"
 
@@ -108,6 +109,8 @@ class AgentConfig(BaseModel):
     # Where TUF metadata and targets are served; default: <api_url>/tuf/metadata/ and /tuf/targets/.
     tuf_metadata_url: str | None = None
     tuf_targets_url: str | None = None
+    # Drift windows and sample capture (issue 7; agent/telemetry/drift.py, docs/drift.md).
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @classmethod
     def load(cls, path: Path, env: dict[str, str] | None = None) -> AgentConfig:

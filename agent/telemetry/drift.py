@@ -15,15 +15,31 @@ Pure numpy/OpenCV over data; no I/O. The pieces:
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
+from typing import Literal, Protocol
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
 
-from agent.contract import DriftReport, PackageManifest, PreprocessSpec, utc_now
+from agent.contract import (
+    DriftReport,
+    ModelArtifact,
+    PackageManifest,
+    PreprocessSpec,
+    SampleReport,
+    Topics,
+    utc_now,
+)
 from agent.contract.drift import (
     HISTOGRAM_BINS,
     IMAGE_FEATURES,
@@ -33,16 +49,34 @@ from agent.contract.drift import (
     projection_feature_names,
 )
 from agent.preprocess import preprocess
-from agent.telemetry.samples import CapturedSample, DriftTriggeredSampler, SampleCandidate, SampleCollector
+from agent.telemetry.samples import (
+    BudgetLimits,
+    CapturedSample,
+    DriftTriggeredSampler,
+    OperatorRequestSampler,
+    RandomSampler,
+    SampleBudget,
+    SampleCandidate,
+    SampleCollector,
+    Sampler,
+    SampleUploader,
+    UncertaintySampler,
+)
+
+log = logging.getLogger(__name__)
 
 __all__ = [
+    "AgentMonitoring",
     "DeviceMonitor",
     "DriftWindow",
     "FrameFeatures",
     "FrameSubsampler",
+    "MonitoringConfig",
     "Observation",
+    "agent_monitoring",
     "frame_features",
     "image_stats",
+    "load_reference",
     "model_view",
     "output_stats",
     "project_logits",
@@ -392,3 +426,194 @@ class DeviceMonitor:
 def _softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     shifted = np.exp(logits - logits.max())
     return np.asarray(shifted / shifted.sum(), dtype=np.float64)
+
+
+class MonitoringConfig(BaseModel):
+    """The agent's drift and sample settings (``monitoring:`` in the agent config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    subsample_interval_s: float = Field(default=1.0, ge=0)
+    scene_change: float = Field(default=20.0, gt=0)
+    window_frames: int = Field(default=300, ge=1, le=65_535)
+    window_s: float = Field(default=600.0, gt=0)
+    drift_trigger_score: float = Field(default=1.0, gt=0)
+    # "stats_only" is the privacy mode: statistics of sampled frames, never an image.
+    samples: Literal["off", "stats_only", "inline", "http"] = "inline"
+    random_probability: float = Field(default=0.02, ge=0, le=1)
+    uncertainty: Literal["entropy", "margin", "threshold"] = "margin"
+    uncertainty_margin_below: float = Field(default=0.15, ge=0, le=1)
+    uncertainty_entropy_above: float = Field(default=0.7, ge=0, le=1)
+    uncertainty_threshold: float = Field(default=0.5, ge=0, le=1)
+    uncertainty_band: float = Field(default=0.05, ge=0, le=1)
+    drift_probability: float = Field(default=0.2, ge=0, le=1)
+    drift_active_s: float = Field(default=900.0, gt=0)
+    # Caps inside the device budget so uncertain frames cannot crowd out the random stream.
+    uncertainty_per_minute_count: int = Field(default=2, ge=0)
+    per_minute_count: int = Field(default=6, ge=0)
+    per_hour_count: int = Field(default=60, ge=0)
+    per_day_count: int = Field(default=500, ge=0)
+    per_minute_bytes: int = Field(default=64 * 1024, ge=0)
+    per_hour_bytes: int = Field(default=512 * 1024, ge=0)
+    per_day_bytes: int = Field(default=4 * 1024 * 1024, ge=0)
+    max_side: int = Field(default=160, ge=16, le=1024)
+    jpeg_quality: int = Field(default=85, ge=20, le=100)
+
+    def collector(self) -> SampleCollector | None:
+        if self.samples == "off":
+            return None
+        samplers: list[Sampler] = [
+            RandomSampler(self.random_probability),
+            DriftTriggeredSampler(self.drift_probability, active_s=self.drift_active_s),
+            UncertaintySampler(self.uncertainty, entropy_above=self.uncertainty_entropy_above,
+                               margin_below=self.uncertainty_margin_below, threshold=self.uncertainty_threshold,
+                               band=self.uncertainty_band),
+            OperatorRequestSampler(),
+        ]
+        budget = SampleBudget(BudgetLimits(
+            per_minute_count=self.per_minute_count, per_hour_count=self.per_hour_count,
+            per_day_count=self.per_day_count, per_minute_bytes=self.per_minute_bytes,
+            per_hour_bytes=self.per_hour_bytes, per_day_bytes=self.per_day_bytes))
+        own = SampleBudget(BudgetLimits(per_minute_count=self.uncertainty_per_minute_count))
+        return SampleCollector(samplers, budget, stats_only=self.samples == "stats_only", max_side=self.max_side,
+                               jpeg_quality=self.jpeg_quality, sampler_budgets={"uncertainty": own})
+
+
+class ServedModel(Protocol):
+    @property
+    def manifest(self) -> PackageManifest: ...
+
+    @property
+    def artifact(self) -> ModelArtifact: ...
+
+
+class FrameLike(Protocol):
+    @property
+    def frame(self) -> npt.NDArray[np.uint8]: ...
+
+
+def load_reference(manifest: PackageManifest, package_dir: Path) -> tuple[DriftReference, str] | None:
+    """The package's drift reference and its sha256, checked against the manifest (``None`` if absent).
+
+    Raises:
+        ValueError: the file does not match the manifest's hash or is not a valid reference.
+    """
+    if manifest.drift_reference_file is None:
+        return None
+    raw = (package_dir / manifest.drift_reference_file).read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != manifest.file(manifest.drift_reference_file).sha256:
+        raise ValueError(f"{manifest.drift_reference_file} does not match the manifest's sha256")
+    return DriftReference.from_bytes(raw), digest
+
+
+class AgentMonitoring:
+    """The agent's hook: one :class:`DeviceMonitor` per pipeline, rebuilt when the served package changes.
+
+    ``publish_drift`` and ``publish_sample`` hand reports to the uplink (never blocking);
+    ``package_dir`` finds an installed package's directory. Called on inference threads.
+    """
+
+    def __init__(self, config: MonitoringConfig, *, device_id: str,
+                 package_dir: Callable[[str, str], Path],
+                 publish_drift: Callable[[DriftReport], None],
+                 publish_sample: Callable[[CapturedSample, PackageManifest, str], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.device_id = device_id
+        self.package_dir = package_dir
+        self.publish_drift = publish_drift
+        self.publish_sample = publish_sample
+        self.clock = clock
+        self._monitors: dict[str, tuple[str, DeviceMonitor]] = {}
+        self._lock = threading.Lock()
+
+    def monitor_for(self, pipeline: str, model: ServedModel) -> DeviceMonitor:
+        package_id = model.manifest.package_id
+        with self._lock:
+            current = self._monitors.get(pipeline)
+            if current is not None and current[0] == package_id:
+                return current[1]
+        reference: tuple[DriftReference, str] | None = None
+        try:
+            reference = load_reference(model.manifest, self.package_dir(pipeline, package_id))
+        except (OSError, ValueError) as exc:
+            log.error("[%s] no drift windows for %s: %s", pipeline, package_id, exc)
+        previous = current[1] if current is not None else None
+        if previous is not None and previous.window is not None:
+            closing = previous.window.close()  # the old model's partial window still counts
+            if closing is not None:
+                self.publish_drift(closing)
+        config = self.config
+        monitor = DeviceMonitor(
+            device_id=self.device_id, manifest=model.manifest, reference=reference[0] if reference else None,
+            reference_sha256=reference[1] if reference else None,
+            subsampler=FrameSubsampler(interval_s=config.subsample_interval_s, scene_change=config.scene_change),
+            # Budgets belong to the device, not the model: keep the collector across model changes.
+            collector=previous.collector if previous is not None else config.collector(),
+            window_frames=config.window_frames, window_s=config.window_s,
+            drift_trigger_score=config.drift_trigger_score, pipeline=pipeline)
+        with self._lock:
+            self._monitors[pipeline] = (package_id, monitor)
+        return monitor
+
+    def hook(self, pipeline: str) -> Callable[[ServedModel, FrameLike, npt.NDArray[np.float32]], None]:
+        """The engine's ``output_hook`` for ``pipeline``."""
+        return lambda model, item, scores: self.on_output(pipeline, model, item.frame, scores)
+
+    def on_output(self, pipeline: str, model: ServedModel, frame_bgr: npt.NDArray[np.uint8],
+                  scores: npt.NDArray[np.floating]) -> None:
+        if not self.config.enabled:
+            return
+        monitor = self.monitor_for(pipeline, model)
+        observed = monitor.observe(frame_bgr, scores, now_s=self.clock(),
+                                   activation=model.artifact.output_activation)
+        for report in observed.reports:
+            self.publish_drift(report)
+        for sample in observed.samples:
+            self.publish_sample(sample, model.manifest, pipeline)
+
+
+def agent_monitoring(*, config: MonitoringConfig, device_id: str, state_dir: Path, topics: Topics, api_url: str,
+                     api_token_file: Path | None, publish: Callable[[str, DriftReport | SampleReport], None]
+                     ) -> AgentMonitoring:
+    """Wire :class:`AgentMonitoring` for the agent: package slots on disk, the uplink, the HTTP upload."""
+    from agent.update.store import PackageStore
+
+    token: str | None = None
+    if api_token_file is not None:
+        try:
+            token = api_token_file.read_text().strip() or None
+        except OSError as exc:
+            log.warning("cannot read the API token for sample uploads: %s", exc)
+    uploader: SampleUploader | None = None
+
+    def send(sample: CapturedSample, manifest: PackageManifest, pipeline: str) -> None:
+        upload: Literal["inline", "http"] = "http" if uploader is not None else "inline"
+        publish(topics.samples(device_id), sample.to_report(
+            device_id, upload=upload, model_version=manifest.model_version, package_id=manifest.package_id,
+            pipeline=pipeline))
+
+    pending: dict[str, tuple[PackageManifest, str]] = {}
+
+    def after_upload(sample: CapturedSample) -> None:
+        manifest, pipeline = pending.pop(sample.sample_id)
+        send(sample, manifest, pipeline)
+
+    if config.samples == "http":
+        uploader = SampleUploader(api_url=api_url, device_id=device_id, token=token, publish=after_upload)
+        uploader.start()
+
+    def publish_sample(sample: CapturedSample, manifest: PackageManifest, pipeline: str) -> None:
+        if uploader is not None and sample.jpeg is not None:
+            pending[sample.sample_id] = (manifest, pipeline)
+            uploader.submit(sample)
+        else:
+            send(sample, manifest, pipeline)
+
+    return AgentMonitoring(
+        config, device_id=device_id,
+        package_dir=lambda pipeline, package_id: PackageStore(state_dir, pipeline).package_dir(package_id),
+        publish_drift=lambda report: publish(topics.drift(device_id), report),
+        publish_sample=publish_sample)

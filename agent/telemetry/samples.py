@@ -12,9 +12,15 @@ the reason. Cheap checks run first: probabilities before pixels, pixels before J
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import queue
+import threading
+import urllib.error
+import urllib.request
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
@@ -36,6 +42,7 @@ __all__ = [
     "SampleBudget",
     "SampleCandidate",
     "SampleCollector",
+    "SampleUploader",
     "Sampler",
     "SamplerName",
     "UncertaintySampler",
@@ -379,3 +386,61 @@ class SampleCollector:
                               captured_at=candidate.captured_at, label=candidate.label,
                               confidence=candidate.confidence, features=dict(candidate.features), jpeg=jpeg,
                               width=width, height=height)
+
+
+class SampleUploader:
+    """Uploads sample JPEGs to the control plane on its own thread, then hands the report on.
+
+    ``PUT {api_url}/api/v1/devices/{device_id}/samples/blobs`` with the device's token;
+    the MQTT report naming the image is published only after the upload succeeded, so
+    the control plane never sees a report for an image it does not have. A full queue
+    or a failed upload drops the sample (samples are best effort; budgets were spent).
+    """
+
+    def __init__(self, *, api_url: str, device_id: str, token: str | None,
+                 publish: Callable[[CapturedSample], None], queue_size: int = 32, timeout_s: float = 10.0) -> None:
+        self.url = f"{api_url.rstrip('/')}/api/v1/devices/{device_id}/samples/blobs"
+        self.token = token
+        self.publish = publish
+        self.timeout_s = timeout_s
+        self.dropped = 0
+        self.uploaded = 0
+        self._queue: queue.Queue[CapturedSample | None] = queue.Queue(maxsize=queue_size)
+        self._thread = threading.Thread(target=self._loop, name="sample-upload", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout_s)
+        self._thread.join(timeout=timeout_s)
+
+    def submit(self, sample: CapturedSample) -> None:
+        try:
+            self._queue.put_nowait(sample)
+        except queue.Full:
+            self.dropped += 1
+
+    def upload(self, sample: CapturedSample) -> bool:
+        if sample.jpeg is None:
+            return True
+        request = urllib.request.Request(self.url, data=sample.jpeg, method="PUT",
+                                         headers={"content-type": "image/jpeg",
+                                                  **({"authorization": f"Bearer {self.token}"} if self.token else {})})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return 200 <= int(response.status) < 300
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def _loop(self) -> None:
+        while True:
+            sample = self._queue.get()
+            if sample is None:
+                return
+            if self.upload(sample):
+                self.uploaded += 1
+                self.publish(sample)
+            else:
+                self.dropped += 1
