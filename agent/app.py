@@ -37,8 +37,8 @@ from agent.metrics import AgentMetrics, MetricsServer
 from agent.pipeline import Pipeline
 from agent.profiles import PROFILES_DIR, FirmwareProfile, load_profile
 from agent.results import JsonLinesSink
-from agent.telemetry.drift import agent_monitoring
 from agent.security import NotEnrolledError, PackageUpdater, load_director_key, verify_command
+from agent.telemetry.drift import agent_monitoring
 from agent.update.fetcher import ArtifactFetcher, HttpFetcher
 from agent.update.installer import fetch_and_verify
 from agent.update.machine import InstallState
