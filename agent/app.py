@@ -334,7 +334,10 @@ class AgentApp:
                 command = self._commands.get(timeout=0.5)
             except queue.Empty:
                 continue
-            self._handle_deploy(command)
+            try:
+                self._handle_deploy(command)
+            except Exception:  # the command thread is the update path: it must outlive any one command
+                log.exception("handling command %s failed", command.job_id)
 
     def _check_command(self, command: DeployCommand) -> None:
         """Director signature, addressee, expiry, sequence; then persist the sequence (anti-replay).

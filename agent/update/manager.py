@@ -200,6 +200,12 @@ class InstallManager:
             record.rejected = isinstance(exc, UntrustedContentError)
             log.error("[%s] install step %s failed (%s): %s", self.pipeline.name, record.state.value, exc.code, exc)
             return False
+        except _Interrupted:
+            raise
+        except Exception as exc:  # a bug or a runtime failing oddly must end in abort/rollback, not a dead thread
+            log.exception("[%s] install step %s failed unexpectedly", self.pipeline.name, record.state.value)
+            record.error_code, record.error = "internal_error", f"{type(exc).__name__}: {exc}"[:2000]
+            return False
 
     def _fail(self, record: InstallRecord, code: str, message: str) -> bool:
         record.error_code, record.error = code, message[:2000]
