@@ -110,6 +110,9 @@ def test_shifted_devices_alert_retrain_roll_out_and_clear(control_plane, api, tm
             names = {f["name"] for f in alert["evidence"]["features"]}
             assert names & {"luma_mean", "sharpness_log_lapvar", "luma_std"}, dump(alert["evidence"])
             assert alert["evidence"]["window_p"] < 1e-3
+        # The fleet test merges every device's windows (histograms add): the fleet as a whole drifted.
+        fleet = api.get(f"/api/v1/drift/fleet/{base_package}").json()
+        assert fleet["drifted"] and len(fleet["devices"]) == len(devices), dump(fleet)
         proposals = api.get("/api/v1/governance/proposals").json()
         assert len(proposals) == 1 and set(proposals[0]["device_ids"]) == shifted_ids, dump(proposals)
         proposal_id = proposals[0]["id"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from sqlmodel import col, select
 
 from cloud.api.deps import SessionDep
@@ -60,3 +60,17 @@ def fleet_evaluate(package_id: str, session: SessionDep,
         return service.fleet_test(session, package_id, since_minutes=minutes, open_alert=True)
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from exc
+
+
+@router.post("/retention")
+def retention(session: SessionDep, request: Request) -> dict[str, Any]:
+    """Apply the sample and drift-window retention policies now (also run periodically by operators' cron)."""
+    from cloud.governance import audit
+    from cloud.monitor.retention import apply_retention
+
+    done = apply_retention(session)
+    principal = getattr(request.state, "principal", None)
+    audit.record(session, actor=f"operator:{principal.name}" if principal else "operator", action="retention.applied",
+                 subject_type="retention", subject_id="monitor", details=done)
+    session.commit()
+    return done
