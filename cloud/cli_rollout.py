@@ -105,6 +105,8 @@ def list_rollouts(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, js
 def _gate_lines(numbers: dict[str, Any]) -> list[str]:
     lines = []
     for stratum, verdict in sorted(numbers.get("strata", {}).items()):
+        if not isinstance(verdict, dict):
+            continue
         source = verdict.get("control_source")
         head = f"  {stratum}" + (" [halted]" if verdict.get("halted") else "") + (
             f" (control: {source})" if source else "")

@@ -158,7 +158,7 @@ def create_rollout(session: Session, spec: RolloutSpec, *, actor: str = "operato
             windows[stratum_of_device[record.device_id]].append(as_window(record, invalid))
     rollout.baseline = {key: aggregate(windows[key], devices=len(ids)).to_json() for key, ids in by_stratum.items()}
     record_decision(session, rollout, "created", f"planned {len(plan.devices)} devices in {len(plan.strata)} strata",
-                    {"strata": plan.strata, "stage_sizes": plan.stage_sizes, "skipped": len(plan.skipped)},
+                    {"devices_per_stratum": plan.strata, "stage_sizes": plan.stage_sizes, "skipped": len(plan.skipped)},
                     actor=actor)
     session.commit()
     session.refresh(rollout)
