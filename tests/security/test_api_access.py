@@ -94,3 +94,20 @@ def test_certificate_rotation_revokes_the_old_certificate(control_plane, api, tm
     # An admin revokes the device outright: its current certificate joins the CRL too.
     assert api.post("/api/v1/devices/cam-r/revoke").status_code == 200
     assert new_serial in control_plane.security.ca.revoked_serials()
+
+
+def test_tuf_repository_is_served_publicly_with_range(control_plane, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.security.hostile import make_package
+
+    package = make_package(tmp_path, "shapes-9")
+    control_plane.security.publish_package(package.directory)
+    target = next((control_plane.security.tuf.targets_dir / package.manifest.package_id).glob("*.model.onnx"))
+    with _client(control_plane, None) as anonymous:  # signed content needs no token
+        assert anonymous.get("/tuf/metadata/timestamp.json").status_code == 200
+        assert anonymous.get("/tuf/metadata/1.root.json").json()["signed"]["_type"] == "root"
+        url = f"/tuf/targets/{package.manifest.package_id}/{target.name}"
+        partial = anonymous.get(url, headers={"Range": "bytes=100-"})
+        assert partial.status_code == 206 and partial.content == target.read_bytes()[100:]
+        assert anonymous.get("/tuf/targets/%2E%2E/keys/x.pem").status_code == 404
+        assert anonymous.get("/tuf/metadata/.lock").status_code == 404
+    assert control_plane.security.tuf.target_file("../keys/x.pem") is None
