@@ -31,6 +31,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "v3": scored_model(root / "v3.onnx", [0.0, 0.0, 3.0, 0.0]),
         "nan": scored_model(root / "nan.onnx", [0.0, 3.0, 0.0, 0.0], nan_on_live_frames=True),
         "slow": scored_model(root / "slow.onnx", [0.0, 3.0, 0.0, 0.0], work_layers=60),
+        # Finite, right shape, but no opinion: every class at 0.25 (the healthy ones say 0.87).
+        "flat": scored_model(root / "flat.onnx", [0.0, 0.0, 0.0, 0.0]),
     }
 
 

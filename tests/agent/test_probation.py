@@ -1,6 +1,7 @@
-"""Probation on real agents: a NaN model and a 5x slower model are rolled back locally.
+"""Probation on real agents: a NaN model, a 5x slower model and a model whose
+confidence collapsed are rolled back locally.
 
-Both pass their golden self-test (the NaN model is finite on the all-zero golden
+All pass their golden self-test (the NaN model is finite on the all-zero golden
 input), so only the live-feed probation can catch them.
 """
 
@@ -18,7 +19,8 @@ from tests.support.services import wait_for
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize(("bad_model", "reason"), [("nan", "probation_invalid_outputs"), ("slow", "probation_latency")])
+@pytest.mark.parametrize(("bad_model", "reason"), [
+    ("nan", "probation_invalid_outputs"), ("slow", "probation_latency"), ("flat", "probation_confidence_collapse")])
 def test_probation_rolls_back_a_bad_model(bad_model: str, reason: str, cloud: CloudSim, models: dict[str, Path],
                                           agents: list[AgentProcess], tmp_path: Path) -> None:
     device_id = f"cam-{uuid.uuid4().hex[:8]}"
@@ -43,6 +45,9 @@ def test_probation_rolls_back_a_bad_model(bad_model: str, reason: str, cloud: Cl
     if bad_model == "slow":
         p95, baseline = final.probation["p95_latency_ms"], final.probation["baseline_p95_latency_ms"]
         assert p95 is not None and baseline is not None and p95 > 2.5 * baseline
+    elif bad_model == "flat":
+        confidence, baseline = final.probation["mean_confidence"], final.probation["baseline_mean_confidence"]
+        assert confidence is not None and baseline is not None and confidence < 0.5 * baseline
     else:
         assert (final.probation["invalid_outputs"] or 0) > 0
     cloud.wait_serving(device_id, "1.0.0")
