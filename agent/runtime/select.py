@@ -59,12 +59,15 @@ def plan_candidates(
     if not wanted:
         # The profile names none of what the package offers: try everything rather than serve nothing.
         wanted = [Candidate(a) for a in artifacts]
-    # ONNX Runtime on its default device also gets tried on any accelerated provider present.
+    # An artifact asked for on the runtime's default device is also tried on any
+    # accelerator present: ONNX Runtime's CUDA/TensorRT/OpenVINO providers, OpenVINO's GPU/NPU.
+    default_devices = {"onnxruntime": "CPUExecutionProvider", "openvino": "CPU"}
     for candidate in list(wanted):
-        if candidate.artifact.runtime == "onnxruntime" and candidate.device == "":
-            for provider in available.get("onnxruntime", []):
-                extra = Candidate(candidate.artifact, provider)
-                if provider != "CPUExecutionProvider" and extra not in wanted:
+        runtime = candidate.artifact.runtime
+        if runtime in default_devices and candidate.device == "":
+            for device in available.get(runtime, []):
+                extra = Candidate(candidate.artifact, device)
+                if device != default_devices[runtime] and extra not in wanted:
                     wanted.append(extra)
     runnable: list[Candidate] = []
     skipped: list[RuntimeMeasurement] = []

@@ -58,6 +58,11 @@ def test_candidates_follow_the_profile_and_what_is_installed(tmp_path: Path) -> 
     assert ("onnxruntime", "CUDAExecutionProvider", "model.onnx") in {
         (c.artifact.runtime, c.device, c.artifact.file) for c in candidates}
     assert not any(c.artifact.runtime == "openvino" for c in candidates)  # the profile wants openvino fp16 on GPU
+    # Without a profile every artifact is a candidate, on its default device and on each accelerator present.
+    candidates, _ = plan_candidates(manifest, hardware_profile=PROFILE, profile_runtimes=None,
+                                    available={"onnxruntime": ["CPUExecutionProvider"], "openvino": ["CPU", "GPU", "NPU"],
+                                               "litert": ["CPU"]})
+    assert {c.device for c in candidates if c.artifact.runtime == "openvino"} == {"", "GPU", "NPU"}
 
 
 def test_disagreeing_and_unloadable_candidates_are_discarded_and_the_fastest_wins(tmp_path: Path) -> None:
