@@ -82,6 +82,32 @@ def apply_status(session: Session, report: StatusReport, *, commit: bool = True)
         session.commit()
 
 
+def apply_statuses(session: Session, reports: list[StatusReport]) -> None:
+    """Batch form of :func:`apply_status` (in order; one query for all devices; the caller commits).
+
+    Raises:
+        NotFound: a report names a device that is not registered.
+    """
+    wanted = sorted({report.device_id for report in reports})
+    if not wanted:
+        return
+    devices = {device.id: device for device in session.exec(select(Device).where(col(Device.id).in_(wanted)))}
+    seen_at = utc_now()
+    for report in reports:
+        device = devices.get(report.device_id)
+        if device is None:
+            raise NotFound(f"device {report.device_id!r} does not exist")
+        device.online = report.state == DeviceState.ONLINE
+        device.last_seen_at = seen_at
+        if device.online:
+            device.agent_version = report.agent_version or device.agent_version
+            device.hardware_profile = report.hardware_profile or device.hardware_profile
+            device.running_model_version = report.running_model_version
+            device.running_package_id = report.running_package_id
+            device.runtime = report.runtime
+        session.add(device)
+
+
 def store_telemetry(session: Session, report: TelemetryReport) -> bool:
     """Store one telemetry window. Returns False for a duplicate message id (QoS 1 redelivery)."""
     record = TelemetryRecord(**telemetry_row(report, utc_now()))
@@ -143,15 +169,45 @@ def insert_telemetry_rows(session: Session, rows: list[dict[str, object]]) -> se
     table = TelemetryRecord.__table__  # type: ignore[attr-defined]
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    else:  # pragma: no cover - only PostgreSQL and SQLite are supported
+        return _insert_telemetry_psycopg(session, rows)
+    if dialect != "sqlite":  # pragma: no cover - only PostgreSQL and SQLite are supported
         raise NotImplementedError(f"batched ingest does not support {dialect}")
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
     statement = (
-        dialect_insert(table).on_conflict_do_nothing(index_elements=["message_id"]).returning(table.c.message_id)
+        sqlite_insert(table).on_conflict_do_nothing(index_elements=["message_id"]).returning(table.c.message_id)
     )
     return {row[0] for row in session.execute(statement, rows)}
+
+
+def _insert_telemetry_psycopg(session: Session, rows: list[dict[str, object]]) -> set[str]:
+    # COPY into a per-connection temporary table, then one INSERT ... SELECT. SQLAlchemy's
+    # multi-row INSERT costs ~0.4 ms a row here (psycopg re-parses a ~250 KB statement with
+    # 18 named parameters per row on every batch), and row-by-row statements pay the
+    # server's per-statement overhead; COPY pays neither.
+    from psycopg.types.json import Json
+
+    columns = list(rows[0])
+    column_list = ", ".join(columns)
+    json_index = columns.index("class_counts")
+    raw = session.connection().connection.driver_connection
+    with raw.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS telemetry_incoming ON COMMIT DELETE ROWS "
+            f"AS SELECT {column_list} FROM telemetry WITH NO DATA"
+        )
+        with cursor.copy(f"COPY telemetry_incoming ({column_list}) FROM STDIN") as copy:
+            for row in rows:
+                values = [row[name] for name in columns]
+                values[json_index] = Json(values[json_index])
+                copy.write_row(values)
+        cursor.execute(
+            f"INSERT INTO telemetry ({column_list}) SELECT {column_list} FROM telemetry_incoming "
+            "ON CONFLICT (message_id) DO NOTHING RETURNING message_id"
+        )
+        inserted = {message_id for (message_id,) in cursor.fetchall()}
+    # ON COMMIT DELETE ROWS empties the staging table: call this once per transaction.
+    return inserted
 
 
 def touch_devices(session: Session, device_ids: Iterable[str], seen_at: datetime) -> None:
@@ -170,15 +226,45 @@ def apply_job_report(session: Session, report: JobStatusReport) -> bool:
         return False
     if job.state in FINAL_JOB_STATES:
         return True
+    _advance_job(session, job, report)
+    session.flush()
+    _refresh_deployment_state(session, job.deployment_id)
+    session.commit()
+    return True
+
+
+def _advance_job(session: Session, job: DeviceJob, report: JobStatusReport) -> None:
     job.state = report.state.value
     job.error_code = report.error_code
     job.error = report.error
     job.updated_at = utc_now()
     session.add(job)
+
+
+def apply_job_reports(session: Session, reports: list[JobStatusReport]) -> list[bool]:
+    """Batch form of :func:`apply_job_report` (in order; the caller commits).
+
+    Each touched deployment is re-evaluated once per batch rather than once per report:
+    a rollout to N devices sends about 5N job reports, and re-reading all N job states
+    for each of them made ingest quadratic in fleet size.
+    """
+    applied: list[bool] = []
+    deployment_ids: set[str] = set()
+    wanted = sorted({report.job_id for report in reports})
+    jobs = {job.id: job for job in session.exec(select(DeviceJob).where(col(DeviceJob.id).in_(wanted)))} if wanted else {}
+    for report in reports:
+        job = jobs.get(report.job_id)
+        if job is None or job.device_id != report.device_id:
+            applied.append(False)
+            continue
+        applied.append(True)
+        if job.state not in FINAL_JOB_STATES:
+            _advance_job(session, job, report)
+            deployment_ids.add(job.deployment_id)
     session.flush()
-    _refresh_deployment_state(session, job.deployment_id)
-    session.commit()
-    return True
+    for deployment_id in sorted(deployment_ids):
+        _refresh_deployment_state(session, deployment_id)
+    return applied
 
 
 def _refresh_deployment_state(session: Session, deployment_id: str) -> None:

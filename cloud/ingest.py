@@ -317,20 +317,21 @@ class ReportIngest:
                 inserted = crud.insert_telemetry_rows(session, plan.telemetry_rows)
                 duplicates += plan.duplicates_in_batch + len(plan.telemetry) - len(inserted)
                 crud.touch_devices(session, plan.touch_device_ids, utc_now())
+                statuses = [report for report in plan.ordered if isinstance(report, StatusReport)]
+                crud.apply_statuses(session, statuses)
+                for report in statuses:
+                    self._touched_at.pop(report.device_id, None)  # the next telemetry re-marks it online
+                stored.extend(statuses)
+                jobs = [report for report in plan.ordered if isinstance(report, JobStatusReport)]
                 for report in plan.ordered:
-                    if isinstance(report, StatusReport):
-                        crud.apply_status(session, report, commit=False)
-                        self._touched_at.pop(report.device_id, None)  # next telemetry re-marks it online
+                    if not isinstance(report, StatusReport | JobStatusReport) and self._store_other(session, report):
                         stored.append(report)
-                    elif isinstance(report, JobStatusReport):
-                        session.flush()
-                        if crud.apply_job_report(session, report):  # commits (with everything above)
-                            stored.append(report)
-                        else:
-                            self._reject("unknown_job", report.job_id,
-                                         f"job {report.job_id!r} is not a job of {report.device_id}")
-                    elif self._store_other(session, report):
+                for report, applied in zip(jobs, crud.apply_job_reports(session, jobs), strict=True):
+                    if applied:
                         stored.append(report)
+                    else:
+                        self._reject("unknown_job", report.job_id,
+                                     f"job {report.job_id!r} is not a job of {report.device_id}")
                 session.commit()
                 for touched in plan.touch_device_ids:
                     self._touched_at[touched] = now

@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import heapq
 import json
 import logging
@@ -337,13 +338,24 @@ class FleetSimulator:
         self._call(self._start(), timeout_s=timeout_s + 5)
         if wait_connected:
             self._call(self._wait_all_connected(), timeout_s=timeout_s + 5, inner_timeout_s=timeout_s)
+        # Reporting starts once the fleet is up, so a slow connect phase causes no backlog burst.
+        self._call(self._async(self._start_ticker))
 
-    def stop(self, *, graceful: bool = True) -> None:
-        """Stop every device (graceful: offline status + DISCONNECT; else TCP drop) and the loop."""
+    def _start_ticker(self) -> None:
+        self._ticker = self._loop.create_task(self._telemetry_ticker())
+
+    def stop(self, *, graceful: bool = True, purge_sessions: bool = False) -> None:
+        """Stop every device (graceful: offline status + DISCONNECT; else TCP drop) and the loop.
+
+        ``purge_sessions``: afterwards connect each device once with a clean session, so a
+        shared broker does not keep thousands of persistent sessions from a benchmark.
+        """
         if not self._thread.is_alive():
             return
         try:
             self._call(self._stop(graceful), timeout_s=60)
+            if purge_sessions:
+                self._call(self._purge(), timeout_s=300)
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
@@ -427,7 +439,6 @@ class FleetSimulator:
         for device in self._devices.values():
             self._connect(device)
             await asyncio.sleep(pause_s)
-        self._ticker = self._loop.create_task(self._telemetry_ticker())
 
     def _connect(self, device: _SimDevice) -> None:
         offline = StatusReport(device_id=device.device_id, state=DeviceState.OFFLINE).to_bytes()
@@ -488,6 +499,21 @@ class FleetSimulator:
         for task in leftovers:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
+
+    async def _purge(self) -> None:
+        async def purge_one(device: _SimDevice) -> None:
+            client = MqttClient(f"ef-agent-{device.device_id}", host=self.address.host, port=self.address.port,
+                                clean_session=True, keepalive_s=self.keepalive_s)
+            connected = asyncio.Event()
+            client.on_connect = lambda present: connected.set()
+            client.start()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(connected.wait(), timeout=10)
+            await client.disconnect()
+
+        devices = list(self._devices.values())
+        for start in range(0, len(devices), 200):  # a few hundred at a time: no connect storm
+            await asyncio.gather(*(purge_one(d) for d in devices[start : start + 200]), return_exceptions=True)
 
     @staticmethod
     async def _disconnect_after_flush(client: MqttClient, timeout_s: float = 5.0) -> None:
