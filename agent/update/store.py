@@ -14,6 +14,7 @@ either the old or the new record, never half of one.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from agent.errors import DigestMismatchError, InstallError
 from agent.faults import fail_write_point
 from agent.fsutil import atomic_write_bytes, atomic_write_json, read_json
 from agent.update.machine import InstallState
+
+log = logging.getLogger(__name__)
 
 SlotName = Literal["A", "B"]
 SLOTS: tuple[SlotName, SlotName] = ("A", "B")
@@ -120,9 +123,10 @@ class PackageStore:
             return UpdateState()
         try:
             return UpdateState.model_validate(document)
-        except ValidationError:
+        except ValidationError as exc:
             # Only our own atomic writes produce this file; an unreadable one means a
-            # bug or disk damage. Serving nothing is worse than starting clean.
+            # bug or disk damage. Start clean (and say so) rather than refuse to run.
+            log.error("install state %s is unreadable (%s); starting with empty slots", self.update_file, exc)
             return UpdateState()
 
     def write(self, state: UpdateState) -> None:
