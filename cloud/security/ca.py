@@ -26,6 +26,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.contract import validate_device_id
@@ -96,7 +97,7 @@ class FleetCA:
         return key, x509.load_pem_x509_certificate((self.directory / f"{stem}.pem").read_bytes())
 
     # -- issuing -------------------------------------------------------------
-    def _issue(self, stem: str, common_name: str, public_key: ec.EllipticCurvePublicKey | object,
+    def _issue(self, stem: str, common_name: str, public_key: CertificatePublicKeyTypes,
                validity_days: int, *, server_names: list[str] | None = None) -> IssuedCertificate:
         ca_key, ca_cert = self._ca(stem)
         now = datetime.now(UTC)
@@ -105,7 +106,7 @@ class FleetCA:
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(common_name)).issuer_name(ca_cert.subject)
-            .public_key(public_key).serial_number(x509.random_serial_number())  # type: ignore[arg-type]
+            .public_key(public_key).serial_number(x509.random_serial_number())
             .not_valid_before(now - timedelta(minutes=5)).not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)

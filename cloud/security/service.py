@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from agent.contract import DeployCommand, validate_device_id
 from cloud.core.config import Settings
+from cloud.models import Device
 from cloud.security.ca import FleetCA, IssuedCertificate
 from cloud.security.director import DirectorKey
 from cloud.security.models import DeviceCertificate, Role
@@ -94,8 +95,6 @@ class FleetSecurity:
             EnrollmentRefused: bad, used or expired token.
             ValueError: malformed CSR.
         """
-        from cloud.models import Device
-
         enrollment = redeem_enrollment_token(session, token)
         device_id = enrollment.device_id
         issued = self.ca.sign_device_csr(csr_pem, device_id, validity_days=self.settings.device_cert_validity_days)
@@ -134,8 +133,6 @@ class FleetSecurity:
         return serials
 
     def certificates(self, session: Session, device_id: str) -> list[DeviceCertificate]:
-        from sqlmodel import select
-
         return list(session.exec(select(DeviceCertificate).where(DeviceCertificate.device_id == device_id)))
 
     def status(self) -> dict[str, Any]:

@@ -221,7 +221,7 @@ class TufRepository:
 
     # -- targets -------------------------------------------------------------
     def has_package(self, package_id: str) -> bool:
-        return f"{package_id}/{MANIFEST_FILE}" in self._load("targets").signed.targets
+        return bool(f"{package_id}/{MANIFEST_FILE}" in self._load("targets").signed.targets)
 
     def add_package(self, package_dir: Path) -> str:
         """Add every file of the package in ``package_dir`` as a target; sign a new targets version.
