@@ -152,10 +152,12 @@ def test_download_slower_than_the_deadline_is_abandoned(tmp_path: Path, repo: Tu
     v1 = make_package(tmp_path, "shapes-1")
     repo.add_package(v1.directory)
     mirror.sync(repo)
-    slow = Device(tmp_path, mirror, repo.trusted_root_bytes(), deadline_s=0.3)
-    mirror.trickle_delay_s = 0.01  # a byte every 10 ms: never stalled, never finished in time
+    slow = Device(tmp_path, mirror, repo.trusted_root_bytes(), deadline_s=2.0)
+    slow.install(v1)  # at full speed a file takes milliseconds
+    v2 = _publish(repo, mirror, tmp_path, "shapes-2")
+    mirror.trickle_delay_s = 0.01  # a byte every 10 ms: never stalled, 40 s for the 4 KiB model
 
-    expect_refusal(slow, lambda: slow.install(v1), DownloadDeadlineError)
+    expect_refusal(slow, lambda: slow.install(v2), DownloadDeadlineError)
 
 
 def test_dropped_connection_resumes_with_range(device: Device, repo: TufRepository, mirror: Mirror, tmp_path: Path) -> None:
