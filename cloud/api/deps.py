@@ -22,8 +22,11 @@ if TYPE_CHECKING:
     from cloud.server import ControlPlane
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# The URLs a device token may call, and only with its own id in them.
-DEVICE_URL = re.compile(r"^/api/v1/devices/(?P<device_id>[^/]+)(?:/telemetry|/certificate)?/?$")
+# What a device token may do, and only with its own id in the URL: read itself, rotate its certificate.
+DEVICE_ACCESS = (
+    (frozenset({"GET", "HEAD"}), re.compile(r"^/api/v1/devices/(?P<device_id>[^/]+)(?:/telemetry)?/?$")),
+    (frozenset({"POST"}), re.compile(r"^/api/v1/devices/(?P<device_id>[^/]+)/certificate/?$")),
+)
 
 
 def get_plane(request: Request) -> ControlPlane:
@@ -59,9 +62,10 @@ def require_access(request: Request, principal: Annotated[Principal, Depends(get
     """Viewer for reads, operator for writes; device tokens only on their own device's routes."""
     path = request.url.path
     if principal.role == Role.DEVICE:
-        match = DEVICE_URL.match(path)
-        if match and match["device_id"] == principal.device_id:
-            return principal
+        for methods, pattern in DEVICE_ACCESS:
+            match = pattern.match(path)
+            if request.method in methods and match and match["device_id"] == principal.device_id:
+                return principal
         raise HTTPException(403, f"device {principal.device_id} may only reach its own device endpoints")
     needed = Role.VIEWER if request.method in READ_METHODS else Role.OPERATOR
     if not principal.at_least(needed):
