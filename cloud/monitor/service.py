@@ -53,15 +53,16 @@ class _ReferenceCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[str, tuple[DriftReference, str] | None] = {}
+        self._entries: dict[str, tuple[DriftReference, str]] = {}
 
     def get(self, session: Session, package_id: str) -> tuple[DriftReference, str] | None:
         with self._lock:
             if package_id in self._entries:
                 return self._entries[package_id]
         loaded = _read_reference(session, package_id)
-        with self._lock:
-            self._entries[package_id] = loaded
+        if loaded is not None:  # a miss is not cached: the package may be registered a moment later
+            with self._lock:
+                self._entries[package_id] = loaded
         return loaded
 
     def clear(self) -> None:

@@ -11,6 +11,7 @@ after the devices install the new release their alerts must clear.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -215,6 +216,23 @@ def test_shifted_devices_alert_retrain_roll_out_and_clear(control_plane, api, tm
                        "rollout.approved", "rollout.started", "alert.cleared"):
             assert action in actions, (action, actions)
         assert np.isfinite(lineage["retraining_proposals"][0]["validation"]["drift_accuracy_after"])
+
+        # -- the operator CLI over the same API ------------------------------------------
+        from typer.testing import CliRunner
+
+        from cloud.cli import app as cli
+
+        env = {"EDGEFLEET_SERVER": plane.base_url, "EDGEFLEET_TOKEN": api.headers["authorization"].split()[1],
+               "COLUMNS": "250"}
+        shown = CliRunner().invoke(cli, ["drift", "alerts", "--state", "cleared", "--json"], env=env)
+        assert shown.exit_code == 0, shown.output
+        assert {a["device_id"] for a in json.loads(shown.stdout)} == shifted_ids
+        assert all(a["evidence"]["features"] for a in json.loads(shown.stdout))
+        table = CliRunner().invoke(cli, ["drift", "alerts", "--state", "cleared"], env=env)
+        assert table.exit_code == 0 and "cam-shift-0" in table.stdout, table.output
+        chain = CliRunner().invoke(cli, ["model", "lineage", new_version], env=env)
+        assert chain.exit_code == 0, chain.output
+        assert dataset.dataset_id in chain.stdout and "cam-shift-1" in chain.stdout and "rollout.approved" in chain.stdout
     finally:
         for device in devices:
             device.close()
