@@ -38,7 +38,7 @@ pytestmark = pytest.mark.integration
 DEVICE = "cam-sec"
 FROZEN = "cam-frozen"
 # Short-lived timestamps so the freeze test does not wait long; the control plane re-signs on demand.
-TIMESTAMP_EXPIRY_S = 8
+TIMESTAMP_EXPIRY_S = 12
 
 
 class Observer:
