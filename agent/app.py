@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from agent import __version__
-from agent.capture.source import FrameSource, open_source
+from agent.capture.source import FrameSource, limit_opencv_threads, open_source
 from agent.config import AgentConfig, PipelineConfig
 from agent.contract import (
     ContractError,
@@ -98,6 +98,7 @@ class AgentApp:
         self._stop = threading.Event()
         self._process = psutil.Process()
 
+        limit_opencv_threads(config.opencv_threads)
         self.profile = _load_profile(config)
         self.sinks: list[ResultSink] = []
         if config.results_jsonl_path is not None:

@@ -84,6 +84,8 @@ class AgentConfig(BaseModel):
     probation_max_wait_s: float = Field(default=300.0, gt=0)
     # Offline buffering of reports and reconnects.
     max_outbox_reports: int = Field(default=10_000, ge=1)
+    # OpenCV's internal threads for decode/resize (0 = its default: one per core).
+    opencv_threads: int = Field(default=1, ge=0)
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
     # Optional Prometheus endpoint (agent/metrics.py): None = off. Loopback unless widened on purpose.

@@ -29,6 +29,15 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
+def limit_opencv_threads(threads: int) -> None:
+    """Cap OpenCV's internal worker threads (process-wide; 0 = OpenCV's default).
+
+    On a small device the cores belong to inference: OpenCV parallelising a 640x480
+    resize across them gains little and preempts the model.
+    """
+    cv2.setNumThreads(threads if threads > 0 else -1)
+
+
 def read_frame(source: FrameSource) -> npt.NDArray[np.uint8] | None:
     """Grab and decode one frame (``None`` when the source has none)."""
     return source.retrieve() if source.grab() else None

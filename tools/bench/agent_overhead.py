@@ -123,7 +123,7 @@ def child(model_path: Path, video: Path, *, threads: int, seconds: float, rounds
     # The agent's whole import graph (uplink, TUF updater, ...), so rss_mb is the agent's
     # footprint and not just the pipeline's.
     import agent.app  # noqa: F401
-    from agent.capture.source import OpenCvSource, read_frame
+    from agent.capture.source import OpenCvSource, limit_opencv_threads, read_frame
     from agent.contract import (
         ModelArtifact,
         PackageManifest,
@@ -147,6 +147,7 @@ def child(model_path: Path, video: Path, *, threads: int, seconds: float, rounds
                                labels=[f"class{i}" for i in range(1000)], preprocessing=spec,
                                artifacts=[artifact], files=[describe_file(model_path)])
     model = load_model(manifest, model_path.parent, threads=threads)
+    limit_opencv_threads(1)  # the agent's default (AgentConfig.opencv_threads)
 
     source = OpenCvSource(str(video), loop=True)
     tensors = []
