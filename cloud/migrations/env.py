@@ -6,12 +6,13 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
-import cloud.governance.models  # noqa: F401
-import cloud.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-import cloud.monitor.models  # noqa: F401
+# Importing the table modules registers their tables on SQLModel.metadata.
+import cloud.governance.models
+import cloud.models
+import cloud.monitor.models
 import cloud.pipeline.registry.models
-import cloud.rollout.models  # noqa: F401
-import cloud.security.models  # noqa: F401
+import cloud.rollout.models
+import cloud.security.models
 import cloud.workers.models  # noqa: F401
 
 config = context.config
