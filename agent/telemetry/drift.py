@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -512,22 +513,58 @@ class AgentMonitoring:
     """The agent's hook: one :class:`DeviceMonitor` per pipeline, rebuilt when the served package changes.
 
     ``publish_drift`` and ``publish_sample`` hand reports to the uplink (never blocking);
-    ``package_dir`` finds an installed package's directory. Called on inference threads.
+    ``package_dir`` finds an installed package's directory.
+
+    The engine calls :meth:`submit` on its inference thread; with ``threaded`` the work
+    (thumbnails, statistics, JPEG) runs on a monitoring thread behind a small queue, so
+    it never adds to a frame's latency or to the probation's figures. A full queue
+    drops the frame from monitoring (counted in ``dropped_frames``), never from inference.
     """
 
     def __init__(self, config: MonitoringConfig, *, device_id: str,
                  package_dir: Callable[[str, str], Path],
                  publish_drift: Callable[[DriftReport], None],
                  publish_sample: Callable[[CapturedSample, PackageManifest, str], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, threaded: bool = True, queue_size: int = 4) -> None:
         self.config = config
         self.device_id = device_id
         self.package_dir = package_dir
         self.publish_drift = publish_drift
         self.publish_sample = publish_sample
         self.clock = clock
+        self.threaded = threaded
+        self.dropped_frames = 0
         self._monitors: dict[str, tuple[str, DeviceMonitor]] = {}
         self._lock = threading.Lock()
+        self._queue: queue.Queue[tuple[str, ServedModel, npt.NDArray[np.uint8], npt.NDArray[np.floating], float]] = (
+            queue.Queue(maxsize=queue_size))
+        self._worker: threading.Thread | None = None
+
+    def submit(self, pipeline: str, model: ServedModel, frame_bgr: npt.NDArray[np.uint8],
+               scores: npt.NDArray[np.floating]) -> None:
+        if not self.config.enabled:
+            return
+        now_s = self.clock()
+        if not self.threaded:
+            self.on_output(pipeline, model, frame_bgr, scores, now_s=now_s)
+            return
+        if self._worker is None:
+            with self._lock:
+                if self._worker is None:
+                    self._worker = threading.Thread(target=self._loop, name="drift-monitor", daemon=True)
+                    self._worker.start()
+        try:
+            self._queue.put_nowait((pipeline, model, frame_bgr, scores, now_s))
+        except queue.Full:
+            self.dropped_frames += 1
+
+    def _loop(self) -> None:
+        while True:
+            pipeline, model, frame, scores, now_s = self._queue.get()
+            try:
+                self.on_output(pipeline, model, frame, scores, now_s=now_s)
+            except Exception:  # a bad frame must not end monitoring
+                log.exception("[%s] drift monitoring failed on a frame", pipeline)
 
     def monitor_for(self, pipeline: str, model: ServedModel) -> DeviceMonitor:
         package_id = model.manifest.package_id
@@ -560,14 +597,13 @@ class AgentMonitoring:
 
     def hook(self, pipeline: str) -> Callable[[ServedModel, FrameLike, npt.NDArray[np.float32]], None]:
         """The engine's ``output_hook`` for ``pipeline``."""
-        return lambda model, item, scores: self.on_output(pipeline, model, item.frame, scores)
+        return lambda model, item, scores: self.submit(pipeline, model, item.frame, scores)
 
     def on_output(self, pipeline: str, model: ServedModel, frame_bgr: npt.NDArray[np.uint8],
-                  scores: npt.NDArray[np.floating]) -> None:
-        if not self.config.enabled:
-            return
+                  scores: npt.NDArray[np.floating], *, now_s: float | None = None) -> None:
+        """Observe one frame now (on the caller's thread)."""
         monitor = self.monitor_for(pipeline, model)
-        observed = monitor.observe(frame_bgr, scores, now_s=self.clock(),
+        observed = monitor.observe(frame_bgr, scores, now_s=self.clock() if now_s is None else now_s,
                                    activation=model.artifact.output_activation)
         for report in observed.reports:
             self.publish_drift(report)

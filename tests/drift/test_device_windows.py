@@ -135,3 +135,57 @@ def test_device_monitor_windows_and_samples(tmp_path) -> None:  # type: ignore[n
     assert set(samples[0].features) == set(NAMES)
     plain = DeviceMonitor(device_id="cam-1", manifest=manifest, reference=None, collector=None)
     assert plain.observe(scene(0), np.zeros(4), now_s=0.0).reports == []
+
+
+def test_agent_monitoring_follows_the_served_package(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+    from dataclasses import dataclass
+
+    from agent.telemetry.drift import AgentMonitoring, MonitoringConfig
+
+    ref = reference()
+    raw = ref.to_bytes()
+
+    def package(package_id: str, reference_bytes: bytes) -> PackageManifest:
+        directory = tmp_path / package_id
+        directory.mkdir()
+        (directory / "drift_reference.json").write_bytes(reference_bytes)
+        return PackageManifest(
+            package_id=package_id, model_name="m", model_version=package_id, created_at=utc_now(),
+            hardware_profiles=["x"], labels=ref.labels, preprocessing=SPEC,
+            artifacts=[ModelArtifact(file="m.onnx", runtime="onnxruntime", precision="fp32")],
+            files=[PackageFile(name="m.onnx", sha256="0" * 64, size_bytes=1),
+                   PackageFile(name="drift_reference.json", sha256=hashlib.sha256(raw).hexdigest(),
+                               size_bytes=len(raw))],
+            drift_reference_file="drift_reference.json")
+
+    @dataclass
+    class Served:
+        manifest: PackageManifest
+        artifact: ModelArtifact
+
+    first = Served(package("p1", raw), ModelArtifact(file="m.onnx", runtime="onnxruntime", precision="fp32"))
+    tampered = Served(package("p2", raw + b" "), first.artifact)  # the file no longer matches its hash
+    reports, samples = [], []
+    clock = iter(float(t) for t in range(10_000))
+    monitoring = AgentMonitoring(
+        MonitoringConfig(window_frames=4, subsample_interval_s=1.0, random_probability=1.0, per_minute_count=2),
+        device_id="cam-1", package_dir=lambda pipeline, package_id: tmp_path / package_id,
+        publish_drift=reports.append, publish_sample=lambda s, m, p: samples.append((s, m.package_id)),
+        clock=lambda: next(clock), threaded=False)
+    hook = monitoring.hook("main")
+
+    @dataclass
+    class Item:
+        frame: np.ndarray
+
+    for step in range(6):
+        hook(first, Item(scene(step)), np.zeros(4, dtype=np.float32))
+    assert [r.frames for r in reports] == [4] and reports[0].package_id == "p1"
+    assert reports[0].reference_sha256 == hashlib.sha256(raw).hexdigest()
+    for step in range(6):
+        hook(tampered, Item(scene(10 + step)), np.zeros(4, dtype=np.float32))
+    # The switch closed p1's partial window; p2's reference fails its hash, so no windows for it.
+    assert [r.frames for r in reports] == [4, 2] and all(r.package_id == "p1" for r in reports)
+    # Budgets belong to the device: 12 frames over 12 simulated seconds, at most 2 a minute.
+    assert len(samples) == 2 and {p for _, p in samples} == {"p1"}
