@@ -45,8 +45,11 @@ Library API
 * ``ModelBehaviour`` shapes protocol-mode telemetry per model version (confidence,
   latency, error rate, fps), so a rollout test can make a candidate look bad.
 * Inferring mode (``inferring=[device ids]``, a few dozen at most): those devices
-  really download and verify the package with the agent's installer, load it with
-  the agent's runtime, and run it on synthetic frames at ``inferring_fps``; their
+  enroll (``inferring_enroll(device_id, state_dir)`` returns the agent config entries
+  enrollment produced, e.g. ``tests.support.fleet.enroll_agent``; the TUF root in
+  ``tuf_root_file`` is what they trust), then really download and verify each package
+  through TUF with the agent's installer from ``inferring_api_url``, load it with the
+  agent's runtime, and run it on synthetic frames at ``inferring_fps``; their
   telemetry (confidence, class counts, latency, errors: a NaN output counts as an
   error) comes from the real model. Needs the ``agent`` extra (onnxruntime, opencv).
 
@@ -72,7 +75,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -275,6 +278,8 @@ class FleetSimulator:
         default_behaviour: ModelBehaviour = ModelBehaviour(),
         inferring: Iterable[str] = (),
         inferring_state_dir: Path | None = None,
+        inferring_api_url: str | None = None,
+        inferring_enroll: Callable[[str, Path], Mapping[str, object]] | None = None,
         inferring_fps: float = 2.0,
         record_message_ids: bool = True,
         connect_rate_per_s: float = 1000.0,
@@ -298,9 +303,12 @@ class FleetSimulator:
         self.reconnect_max_s = reconnect_max_s
         self.inferring_fps = inferring_fps
         self.inferring_state_dir = inferring_state_dir
+        self.inferring_api_url = (inferring_api_url or "").rstrip("/")
+        self.inferring_enroll = inferring_enroll
+        self._enrollments: dict[str, Mapping[str, object]] = {}
         inferring_ids = set(inferring)
-        if inferring_ids and inferring_state_dir is None:
-            raise ValueError("inferring devices need inferring_state_dir (where packages are stored)")
+        if inferring_ids and (inferring_state_dir is None or not inferring_api_url or inferring_enroll is None):
+            raise ValueError("inferring devices need inferring_state_dir, inferring_api_url and inferring_enroll")
         self._devices: dict[str, _SimDevice] = {}
         for index, device_id in enumerate(device_ids):
             mode = DeviceMode.INFERRING if device_id in inferring_ids else DeviceMode.PROTOCOL
@@ -334,12 +342,23 @@ class FleetSimulator:
         Raises:
             TimeoutError: not every device connected within ``timeout_s`` (when waiting).
         """
+        self._enroll_inferring()
         self._thread.start()
         self._call(self._start(), timeout_s=timeout_s + 5)
         if wait_connected:
             self._call(self._wait_all_connected(), timeout_s=timeout_s + 5, inner_timeout_s=timeout_s)
         # Reporting starts once the fleet is up, so a slow connect phase causes no backlog burst.
         self._call(self._async(self._start_ticker))
+
+    def _enroll_inferring(self) -> None:
+        assert self.inferring_enroll is not None or not any(
+            d.mode is DeviceMode.INFERRING for d in self._devices.values())
+        for device in self._devices.values():
+            if device.mode is DeviceMode.INFERRING and self.inferring_enroll is not None:
+                assert self.inferring_state_dir is not None
+                state_dir = self.inferring_state_dir / device.device_id
+                state_dir.mkdir(parents=True, exist_ok=True)
+                self._enrollments[device.device_id] = self.inferring_enroll(device.device_id, state_dir)
 
     def _start_ticker(self) -> None:
         self._ticker = self._loop.create_task(self._telemetry_ticker())
@@ -703,7 +722,10 @@ class FleetSimulator:
 
     async def _real_install(self, device: _SimDevice, command: DeployCommand) -> None:
         assert self.inferring_state_dir is not None
+        enrollment = self._enrollments[device.device_id]
         runtime = _InferringRuntime(self.inferring_state_dir / device.device_id, device.hardware_profile,
+                                    api_url=self.inferring_api_url,
+                                    trusted_root=Path(str(enrollment["tuf_root_file"])),
                                     seed=device.rng.randrange(2**31))
 
         def on_state(state: JobState) -> None:  # called on an executor thread
@@ -745,9 +767,12 @@ class _InferringRuntime:
     nor OpenCV.
     """
 
-    def __init__(self, state_dir: Path, hardware_profile: str, *, seed: int) -> None:
+    def __init__(self, state_dir: Path, hardware_profile: str, *, api_url: str, trusted_root: Path,
+                 seed: int) -> None:
         self.state_dir = state_dir
         self.hardware_profile = hardware_profile
+        self.api_url = api_url
+        self.trusted_root = trusted_root
         self.seed = seed
         self._lock = threading.Lock()
         self._model: Any = None
@@ -770,14 +795,21 @@ class _InferringRuntime:
         from agent.errors import AgentError
         from agent.infer.engine import InferenceEngine, load_model
         from agent.runtime.base import RuntimeLoadError
+        from agent.security.updater import PackageUpdater
         from agent.telemetry.window import WindowStats
         from agent.update.fetcher import HttpFetcher
         from agent.update.installer import fetch_and_verify
         from agent.update.store import PackageStore
 
+        # As the agent does: packages only through TUF, anchored at the enrolled root.
+        updater = PackageUpdater(
+            metadata_dir=self.state_dir / "tuf" / "metadata", metadata_url=f"{self.api_url}/tuf/metadata/",
+            targets_url=f"{self.api_url}/tuf/targets/", trusted_root=self.trusted_root,
+            fetcher=HttpFetcher(timeout_s=30, deadline_s=120),
+        )
         try:
             manifest, package_dir = fetch_and_verify(
-                command, fetcher=HttpFetcher(timeout_s=30, deadline_s=120), store=PackageStore(self.state_dir),
+                command, updater=updater, store=PackageStore(self.state_dir),
                 hardware_profile=self.hardware_profile, max_package_bytes=200 * 2**20, on_state=on_state,
             )
             on_state(JobState.INSTALLING)
