@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -104,7 +105,10 @@ class RolloutEngine:
         self.name = name
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Commands published, and wall seconds spent in the passes that published them
+        # (lock, gates, jobs, commit, signing, publishing): the engine's dispatch throughput.
         self.dispatched_total = 0
+        self.dispatch_seconds = 0.0
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
@@ -137,6 +141,7 @@ class RolloutEngine:
             self.tick_rollout(rollout_id, now or utc_now())
 
     def tick_rollout(self, rollout_id: str, now: datetime) -> None:
+        started = time.perf_counter()
         outbox: list[DeployCommand] = []
         with Session(self.db) as session:
             rollout = session.exec(
@@ -148,7 +153,9 @@ class RolloutEngine:
             session.commit()
         for command in outbox:
             self._publish(command)
-        self.dispatched_total += len(outbox)
+        if outbox:
+            self.dispatched_total += len(outbox)
+            self.dispatch_seconds += time.perf_counter() - started
 
 
 class _Pass:
@@ -190,7 +197,11 @@ class _Pass:
                 self.dispatch_shadow()
             else:
                 self.dispatch_installs()
+            stage, phase = self.rollout.stage, self.rollout.phase
             self.decide()
+            if self.rollout.state == RolloutState.RUNNING and (self.rollout.stage, self.rollout.phase) != (stage, phase):
+                # A new stage or phase starts dispatching now rather than a tick later.
+                self.dispatch_shadow() if self.rollout.phase == "shadow" else self.dispatch_installs()
         elif state == RolloutState.FINISHING:
             self.dispatch_installs()
             if not any(r.state in (*UNTOUCHED_STATES, *IN_FLIGHT_STATES) for r in self.rows):
@@ -337,14 +348,19 @@ class _Pass:
         if not pending:
             return
         allowed = self.budget()
-        sent = 0
+        chosen: list[RolloutDevice] = []
         for row in self.lock(pending):
-            if sent >= allowed:
+            if len(chosen) >= allowed:
                 break
             if not self.online(row):
                 self.set_state(row, DeviceState.OFFLINE, "offline when its turn came; dispatched on return")
                 self.backfill(row)
                 continue
+            chosen.append(row)
+        sent = 0
+        # Device rows (command_seq) are updated in id order, so two engines' transactions
+        # lock shared rows in the same order and cannot deadlock on each other.
+        for row in sorted(chosen, key=lambda r: r.device_id):
             package = self.package(row.package_id)
             if package is None:
                 self.set_state(row, DeviceState.FAILED, f"package {row.package_id} no longer exists")
@@ -374,7 +390,7 @@ class _Pass:
                       and self.online(r)]
         allowed = self.budget()
         sent = 0
-        for row in self.lock(candidates)[:allowed]:
+        for row in sorted(self.lock(candidates)[:allowed], key=lambda r: r.device_id):
             package = self.package(row.package_id)
             if package is None:
                 continue
@@ -386,7 +402,7 @@ class _Pass:
     def dispatch_rollbacks(self) -> None:
         waiting = [r for r in self.rows if r.state == DeviceState.ROLLBACK_PENDING]
         # Rollbacks are not rate limited: getting devices off a bad release comes first.
-        for row in self.lock(waiting)[: self.engine.config.max_dispatch_per_tick]:
+        for row in sorted(self.lock(waiting)[: self.engine.config.max_dispatch_per_tick], key=lambda r: r.device_id):
             if row.previous_package_id is None:
                 self.set_state(row, DeviceState.ROLLED_BACK, "no previous version to return to")
                 continue
