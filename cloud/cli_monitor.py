@@ -152,3 +152,35 @@ def model_lineage(version: str, server: ServerOpt = DEFAULT_SERVER, token: Token
     console.print(f"  devices running it: {', '.join(result['devices_running']) or '-'}")
     for event in result["audit"]:
         console.print(f"    {str(event['at'])[:19]} {event['actor']}: {event['action']} {event['subject']}")
+
+
+@drift_app.command("reference")
+def drift_reference(
+    package_id: Annotated[str, typer.Argument(help="the package to add a drift reference to")],
+    data: Annotated[str, typer.Option(help="ImageFolder directory of images the model should see in service")],
+    split: Annotated[str, typer.Option(help="which split of --data to use (val keeps training images out)")] = "val",
+    window_frames: int = 300,
+) -> None:
+    """Build a drift reference from images and repackage the release with it (runs locally, like train)."""
+    from pathlib import Path
+
+    from sqlmodel import Session
+
+    from cloud.core.config import Settings
+    from cloud.core.db import make_engine, migrate
+    from cloud.governance.retrain import repackage_with_reference
+    from cloud.pipeline.data.dataset import decode_image, scan_imagefolder
+
+    settings = Settings()
+    migrate(settings.resolved_database_url)
+    dataset = scan_imagefolder(Path(data))
+    chosen = dataset.split(split) if split in ("train", "val", "test") else dataset.samples
+    images = [image for image in (decode_image(s.path) for s in chosen) if image is not None]
+    try:
+        with Session(make_engine(settings.resolved_database_url)) as session:
+            package = repackage_with_reference(session, package_id, images, packages_dir=settings.packages_dir,
+                                               window_frames=window_frames, source=f"{data} ({split})")
+    except (LookupError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"package {package.id}: {package.model_version} with a drift reference of {len(images)} images")

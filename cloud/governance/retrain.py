@@ -25,7 +25,7 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from agent.contract import ModelArtifact, PreprocessSpec, sha256_file
+from agent.contract import ModelArtifact, PackageManifest, PreprocessSpec, sha256_file
 from agent.contract.drift import IMAGE_FEATURES, DriftReference
 from cloud import crud
 from cloud.crud import Conflict
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RetrainSettings", "accuracy", "package_release", "retrain"]
+__all__ = ["RetrainSettings", "accuracy", "package_release", "repackage_with_reference", "retrain"]
 
 MIN_REFERENCE_SAMPLES = 64
 
@@ -270,3 +270,47 @@ def _reference_for(session: Session, proposal: RetrainingProposal, onnx_path: Pa
     return build_reference(images, logits, labels, spec, window_frames=settings.reference_window_frames,
                            image_features=np.asarray(features, dtype=np.float64),
                            source=f"random samples of {', '.join(proposal.device_ids)}"[:256])
+
+
+def repackage_with_reference(session: Session, package_id: str, images: list[np.ndarray], *,
+                             packages_dir: Path, window_frames: int = 300, source: str = "") -> Package:
+    """A new package of the same model version and files, plus a drift reference built from ``images``.
+
+    For releases built before they carried a reference (packages are immutable: their
+    manifest hash pins every file, so the reference makes a new package id).
+
+    Raises:
+        NotFound: unknown package.
+        ValueError: fewer than 64 images, or a package without an ONNX Runtime artifact.
+    """
+    package = crud.get_package(session, package_id)
+    directory = Path(package.path)
+    manifest = PackageManifest.from_bytes((directory / "manifest.json").read_bytes())
+    onnx_artifact = next((a for a in manifest.artifacts if a.runtime == "onnxruntime"), None)
+    if onnx_artifact is None:
+        raise ValueError(f"package {package_id} has no ONNX Runtime artifact to compute the reference with")
+    logits = run_logits(directory / onnx_artifact.file, images, manifest.preprocessing)
+    reference = build_reference(images, logits, list(manifest.labels), manifest.preprocessing,
+                                activation=onnx_artifact.output_activation, window_frames=window_frames,
+                                source=source[:256])
+    staging = packages_dir / f".reference-{package_id}"
+    staging.mkdir(parents=True, exist_ok=True)
+    reference_path = staging / "drift_reference.json"
+    reference_path.write_bytes(reference.to_bytes())
+    artifact_files = {a.file for a in manifest.artifacts}
+    extras = [directory / f.name for f in manifest.files
+              if f.name not in artifact_files and f.name != manifest.drift_reference_file]
+    built = build_package(packages_dir=packages_dir, model_name=manifest.model_name,
+                          model_version=manifest.model_version, labels=list(manifest.labels),
+                          spec=manifest.preprocessing, hardware_profiles=list(manifest.hardware_profiles),
+                          artifacts=[(directory / a.file, a) for a in manifest.artifacts], extra_files=extras,
+                          drift_reference=reference_path)
+    new = crud.add_package(session, Package(
+        id=built.manifest.package_id, model_version_id=package.model_version_id, model_version=package.model_version,
+        hardware_profiles=list(manifest.hardware_profiles), manifest_sha256=built.manifest_sha256,
+        size_bytes=built.size_bytes, path=str(built.directory.resolve())))
+    audit.record(session, actor="operator", action="release.reference_added", subject_type="package",
+                 subject_id=new.id, details={"from_package": package_id, "reference_frames": reference.reference_size,
+                                             "k": reference.calibration.k, "h": reference.calibration.h})
+    session.commit()
+    return new

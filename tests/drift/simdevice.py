@@ -236,3 +236,23 @@ def oracle_labels(devices: list[SimDevice], sample_ids: list[str]) -> dict[str, 
 
 def dump(document: object) -> str:
     return json.dumps(document, indent=1, default=str)[:4000]
+
+
+def colour_model(path: Path, classes: int) -> Path:
+    """A tiny linear model on the mean colour: nearly uniform (uncertain) scores that still vary."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    weights = np.random.default_rng(0).normal(0, 0.05, size=(3, classes)).astype(np.float32)
+    graph = helper.make_graph(
+        nodes=[helper.make_node("ReduceMean", ["input"], ["pooled"], axes=[2, 3], keepdims=0),
+               helper.make_node("MatMul", ["pooled", "weights"], ["logits"])],
+        name="colour",
+        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 64, 64])],
+        outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        initializer=[helper.make_tensor("weights", TensorProto.FLOAT, [3, classes], weights.reshape(-1).tolist())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

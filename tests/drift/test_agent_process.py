@@ -17,6 +17,7 @@ from agent.capture.scenes import SCENE_CLASSES, render_frame
 from cloud.governance.retrain import package_release
 from cloud.monitor.reference import build_reference, run_logits
 from cloud.pipeline.train.trainer import DEFAULT_SPEC
+from tests.drift.simdevice import colour_model
 from tests.support.fleet import start_agent, stop_agents
 from tests.support.services import wait_for
 
@@ -25,24 +26,6 @@ pytestmark = pytest.mark.integration
 PER_MINUTE = 3
 
 
-def colour_model(path: Path, classes: int) -> Path:
-    """A tiny linear model on the mean colour: nearly uniform (uncertain) scores that still vary."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper
-
-    weights = np.random.default_rng(0).normal(0, 0.05, size=(3, classes)).astype(np.float32)
-    graph = helper.make_graph(
-        nodes=[helper.make_node("ReduceMean", ["input"], ["pooled"], axes=[2, 3], keepdims=0),
-               helper.make_node("MatMul", ["pooled", "weights"], ["logits"])],
-        name="colour",
-        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 64, 64])],
-        outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
-        initializer=[helper.make_tensor("weights", TensorProto.FLOAT, [3, classes], weights.reshape(-1).tolist())])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
 
 
 def test_agent_publishes_tested_windows_and_uploads_samples(control_plane, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -109,3 +109,37 @@ def test_a_rejected_rollout_proposal_cannot_be_approved(session: Session) -> Non
     assert reject_rollout(session, rollout.id, actor="operator:carol", reason="not on a Friday").state == "rejected"
     with pytest.raises(Conflict, match="rejected, not pending"):
         approve_rollout(session, rollout.id, actor="operator:carol")
+
+
+def test_an_existing_release_gets_a_reference_as_a_new_package(session: Session, tmp_path: Path) -> None:
+    import numpy as np
+
+    from agent.capture.scenes import render_frame
+    from agent.contract import ModelArtifact, PackageManifest
+    from cloud.governance.retrain import repackage_with_reference
+    from cloud.monitor.service import load_reference
+    from cloud.pipeline.package.builder import build_package
+    from cloud.pipeline.train.trainer import DEFAULT_SPEC
+    from tests.drift.simdevice import colour_model
+
+    labels = ["circle", "cross", "square", "triangle"]
+    onnx = colour_model(tmp_path / "model.onnx", len(labels))
+    built = build_package(packages_dir=tmp_path / "packages", model_name="shapes", model_version="v1", labels=labels,
+                          spec=DEFAULT_SPEC, hardware_profiles=["x86-64-avx2"],
+                          artifacts=[(onnx, ModelArtifact(file="model.onnx", runtime="onnxruntime", precision="fp32"))])
+    old = session.get(Package, "v1-pkg")
+    assert old is not None
+    old.path = str(built.directory)
+    session.add(old)
+    session.commit()
+    rng = np.random.default_rng(0)
+    images = [render_frame(labels[i % 4], rng, width=96, height=72) for i in range(100)]
+    new = repackage_with_reference(session, "v1-pkg", images, packages_dir=tmp_path / "packages", window_frames=20)
+    assert new.id != "v1-pkg" and new.model_version == "v1" and new.model_version_id == old.model_version_id
+    manifest = PackageManifest.from_bytes((Path(new.path) / "manifest.json").read_bytes())
+    assert manifest.drift_reference_file == "drift_reference.json"
+    reference = load_reference(session, new.id)
+    assert reference is not None and reference.reference_size == 50 and reference.labels == labels
+    assert [e.action for e in list_events(session, subject_id=new.id)] == ["release.reference_added"]
+    with pytest.raises(ValueError, match="at least 64"):
+        repackage_with_reference(session, "v1-pkg", images[:10], packages_dir=tmp_path / "packages")
