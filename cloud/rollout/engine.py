@@ -34,6 +34,7 @@ from sqlmodel import Session, col, select
 from agent.contract import MANIFEST_FILE, DeployCommand
 from cloud.crud import short_id
 from cloud.models import Deployment, Device, DeviceJob, Package, TelemetryRecord, utc_now
+from cloud.monitor.models import DriftWindowRecord
 from cloud.rollout.decisions import (
     IN_FLIGHT_STATES,
     TOUCHED_STATES,
@@ -438,6 +439,17 @@ class _Pass:
                 mean_confidence=confidence, class_counts=dict(classes or {}))))
         return windows
 
+    def drift_scores(self, since: datetime) -> dict[str, list[tuple[str | None, datetime, float]]]:
+        """Drift window scores (cloud/monitor's test of each device window), when devices report drift."""
+        query = select(DriftWindowRecord.device_id, DriftWindowRecord.package_id, DriftWindowRecord.received_at,
+                       DriftWindowRecord.score).where(
+            col(DriftWindowRecord.device_id).in_([row.device_id for row in self.rows]),
+            col(DriftWindowRecord.received_at) >= since, col(DriftWindowRecord.score).is_not(None))
+        scores: dict[str, list[tuple[str | None, datetime, float]]] = defaultdict(list)
+        for device_id, package_id, received_at, score in self.session.exec(query):
+            scores[device_id].append((package_id, aware(received_at), float(score)))
+        return scores
+
     def stage_rows(self) -> dict[str, list[RolloutDevice]]:
         by_stratum: dict[str, list[RolloutDevice]] = defaultdict(list)
         for row in self.rows:
@@ -451,6 +463,7 @@ class _Pass:
         windows_by_device: dict[str, list[_Window]] = defaultdict(list)
         for window in self.telemetry(since):
             windows_by_device[window.device_id].append(window)
+        drift = self.drift_scores(since)
         verdicts = {}
         for stratum, rows in sorted(self.stage_rows().items()):
             in_stage = [r for r in rows if r.stage <= self.rollout.stage]
@@ -462,6 +475,10 @@ class _Pass:
                                if w.package_id != r.package_id]
             canary = aggregate(canary_windows, restarts=sum(r.restarts for r in canaries), devices=len(canaries))
             control = aggregate(control_windows, restarts=sum(r.restarts for r in untouched), devices=len(untouched))
+            canary.drift_scores = [score for r in canaries for package_id, received_at, score in drift[r.device_id]
+                                   if package_id == r.package_id and received_at >= aware(r.dispatched_at or since)]
+            control.drift_scores = [score for r in rows for package_id, _at, score in drift[r.device_id]
+                                    if package_id != r.package_id]
             source = "live"
             if control.frames + control.errors < self.spec.gates.min_frames:
                 # No comparable devices left on the previous version: use its recorded baseline.

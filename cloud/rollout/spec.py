@@ -204,7 +204,8 @@ class GateThresholds(_Strict):
     # repeated looks do not add up to false alarms (the O'Brien-Fleming idea, simplified);
     # a gross shift still stops the stage at once.
     interim_alpha_fraction: float = Field(default=0.01, gt=0, le=1)
-    max_drift_score_increase: float = Field(default=0.2, ge=0, description="canary minus control drift score")
+    # Drift score = -log10 of a drift window's adjusted p-value (cloud/monitor), when devices report drift.
+    max_drift_score_increase: float = Field(default=2.0, ge=0, description="median canary minus median control")
     min_drift_windows: int = Field(default=3, ge=1)
     # Time to collect the minimum samples after the soak, before pausing for approval.
     gate_wait_s: float = Field(default=1800, ge=0)

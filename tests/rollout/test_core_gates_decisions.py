@@ -211,3 +211,14 @@ def test_interim_looks_need_stronger_evidence_for_a_class_shift() -> None:
 
     assert status(interim=False) == GateStatus.FAIL
     assert status(interim=True) == GateStatus.PASS
+
+
+def test_drift_gate_only_when_drift_is_reported() -> None:
+    canary, control = aggregate(_windows(3)), aggregate(_windows(10, prefix="c"))
+    names = {r.gate for r in evaluate_stratum(GateThresholds(), installs=InstallOutcomes(succeeded=3),
+                                              canary=canary, control=control)}
+    assert "drift_score" not in names
+    canary.drift_scores, control.drift_scores = [5.0, 6.0, 7.0], [0.5, 1.0, 0.8]
+    results = {r.gate: r.status for r in evaluate_stratum(GateThresholds(), installs=InstallOutcomes(succeeded=3),
+                                                          canary=canary, control=control)}
+    assert results["drift_score"] == GateStatus.FAIL
