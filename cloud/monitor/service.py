@@ -129,14 +129,16 @@ def install(ingest: object, settings: MonitorSettings | None = None) -> bool:
     return True
 
 
-def _aligned_counts(report: DriftReport, reference: DriftReference) -> np.ndarray | None:
+def _aligned(report: DriftReport, reference: DriftReference) -> tuple[np.ndarray, list[float]] | None:
+    """The window's histograms and means in the reference's feature order (None if some are missing)."""
     counts = decode_histograms(report.histograms, len(report.features))
     if report.features == reference.feature_names:
-        return counts
+        return counts, list(report.means)
     index = {name: i for i, name in enumerate(report.features)}
     if not all(name in index for name in reference.feature_names):
         return None
-    return np.stack([counts[index[name]] for name in reference.feature_names])
+    order = [index[name] for name in reference.feature_names]
+    return np.stack([counts[i] for i in order]), [report.means[i] for i in order]
 
 
 def store_drift_report(session: Session, report: DriftReport, reject: Reject,
@@ -166,12 +168,12 @@ def store_drift_report(session: Session, report: DriftReport, reject: Reject,
             reject("reference_mismatch", f"window of {report.device_id} was binned with reference "
                                          f"{report.reference_sha256[:12]}, package has {reference_sha[:12]}")
             return False
-        counts = _aligned_counts(report, reference)
-        if counts is None:
+        aligned = _aligned(report, reference)
+        if aligned is None:
             record.untested_reason = "window features do not cover the reference's features"
         else:
-            result = evaluate_window(reference, counts, list(report.class_counts), means=list(report.means),
-                                 min_frames=settings.min_window_frames)
+            result = evaluate_window(reference, aligned[0], list(report.class_counts), means=aligned[1],
+                                     min_frames=settings.min_window_frames)
             if not result.tested:
                 record.untested_reason = f"fewer than {settings.min_window_frames} frames"
                 result = None
