@@ -121,7 +121,9 @@ def _evaluate(runtime: str, path: Path, data: EvaluationSet) -> EvaluationReport
 
 
 def _write_golden(built: BuiltArtifact, golden_inputs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    outputs = run_batched(runner_for(built.artifact.runtime, built.path), golden_inputs)
+    # Batch 1, one input at a time: exactly how the agent's self-test replays them.
+    run = runner_for(built.artifact.runtime, built.path)
+    outputs = np.concatenate([run(golden_inputs[i : i + 1]) for i in range(len(golden_inputs))])
     golden_path = built.path.with_name(f"golden-{built.path.stem}.npz")
     np.savez(golden_path, inputs=golden_inputs, outputs=outputs)
     scale = max(1.0, float(np.abs(outputs).max())) if outputs.size else 1.0
