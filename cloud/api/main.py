@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,9 +36,35 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+def _document_validation_errors(app: FastAPI) -> None:
+    """Make the OpenAPI document describe the 422 body ``_invalid`` really returns.
+
+    FastAPI documents its default ``{"detail": [errors]}``; clients (and schemathesis)
+    validating against the document would reject our ``{"detail": str, "errors": [...]}``.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = generate().get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in schemas:
+                error = {"type": "object", "required": ["loc", "msg", "type"], "properties": {
+                    "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+                    "msg": {"type": "string"}, "type": {"type": "string"}}}
+                schemas["HTTPValidationError"] = {
+                    "title": "HTTPValidationError", "type": "object", "required": ["detail"],
+                    "properties": {"detail": {"type": "string", "title": "Detail"},
+                                   "errors": {"type": "array", "items": error}},
+                }
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(plane: ControlPlane) -> FastAPI:
     app = FastAPI(title="EdgeFleet control plane", version=__version__)
     app.state.plane = plane
+    _document_validation_errors(app)
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
