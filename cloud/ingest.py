@@ -75,6 +75,8 @@ def classify(topics: Topics, topic: str, payload: bytes, max_report_bytes: int) 
         return Rejection("topic", str(exc))
     except ContractError as exc:
         return Rejection(exc.reason, str(exc))
+    except RecursionError:  # json.loads on thousands of nested brackets (still inside the size limit)
+        return Rejection("malformed", "JSON nested too deeply")
     except Exception as exc:  # a parser bug must count as a rejection, not kill the network thread
         return Rejection("parser_error", f"{type(exc).__name__}: {exc}")
 
