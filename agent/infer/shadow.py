@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +26,7 @@ from agent.contract import ShadowWindow
 from agent.infer.engine import LoadedModel, softmax
 from agent.preprocess import preprocess
 
-__all__ = ["ShadowRunner", "run_candidate"]
+__all__ = ["ShadowRunner", "ShadowSet", "run_candidate"]
 
 # Per-window latency samples kept for the percentile; bounded like the telemetry window's.
 MAX_LATENCY_SAMPLES = 2048
@@ -136,3 +137,61 @@ class ShadowRunner:
 
 def _p95(values: list[float]) -> float | None:
     return round(float(np.percentile(values, 95)), 3) if values else None
+
+
+class ShadowSet:
+    """The agent's shadow runners, one per camera pipeline at most.
+
+    :meth:`hook` wraps an inference engine's ``output_hook`` so every frame the active
+    model scores is offered to that pipeline's runner (which samples it); the
+    telemetry loop calls :meth:`take_window`. Starting an install on a pipeline ends
+    its shadow (:meth:`stop`).
+    """
+
+    def __init__(self) -> None:
+        self._runners: dict[str, ShadowRunner] = {}
+        self._lock = threading.Lock()
+
+    def start(self, pipeline: str, runner: ShadowRunner) -> None:
+        with self._lock:
+            self._runners[pipeline] = runner
+
+    def stop(self, pipeline: str) -> None:
+        with self._lock:
+            self._runners.pop(pipeline, None)
+
+    def runner(self, pipeline: str) -> ShadowRunner | None:
+        with self._lock:
+            return self._runners.get(pipeline)
+
+    def take_window(self, pipeline: str) -> ShadowWindow | None:
+        runner = self.runner(pipeline)
+        if runner is None:
+            return None
+        window = runner.take_window()
+        if window is None:  # ended and reported everything
+            with self._lock:
+                if self._runners.get(pipeline) is runner:
+                    del self._runners[pipeline]
+        return window
+
+    def hook(self, pipeline: str, inner: Callable[[LoadedModel, Any, npt.NDArray[np.float32]], None] | None = None,
+             ) -> Callable[[LoadedModel, Any, npt.NDArray[np.float32]], None]:
+        """An engine ``output_hook``: call ``inner`` (e.g. drift monitoring), then shadow the frame.
+
+        ``item`` is the engine's frame item (``.frame`` is the BGR frame); ``scores`` the
+        active model's finite scores, whose arg-max names its label.
+        """
+
+        def on_output(model: LoadedModel, item: Any, scores: npt.NDArray[np.float32]) -> None:
+            if inner is not None:
+                inner(model, item, scores)
+            runner = self.runner(pipeline)
+            if runner is None or not runner.wants_frame():
+                return
+            active_label = model.manifest.labels[int(np.argmax(scores))]
+            # The engine does not hand the active model's timing to hooks; the candidate's
+            # own latency is still reported, and the gate on the ratio is skipped without it.
+            runner.observe(item.frame, active_label, None, sampled=True)
+
+        return on_output

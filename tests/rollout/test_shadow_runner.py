@@ -76,3 +76,25 @@ def test_samples_a_fraction_counts_nan_and_ends_on_time() -> None:
     clock[0] = 11.0
     runner.observe(_frame(100), "circle", 1.0)
     assert runner.expired and runner.take_window() is None
+
+
+def test_shadow_set_wraps_the_engine_output_hook_and_ends_after_reporting() -> None:
+    from types import SimpleNamespace
+
+    from agent.infer.shadow import ShadowSet
+
+    clock = [0.0]
+    seen: list[int] = []
+    shadows = ShadowSet()
+    hook = shadows.hook("main", lambda model, item, scores: seen.append(1))
+    active = _model(_Backend(), package_id="active-1")
+    shadows.start("main", ShadowRunner(_model(_Backend(shift=1)), sample_fraction=1.0, duration_s=5,
+                                       clock=lambda: clock[0]))
+    for level in (10, 80, 150, 220):
+        scores = _Backend().run(np.full((1, 3, 8, 8), level / 255, dtype=np.float32))[0]
+        hook(active, SimpleNamespace(frame=_frame(level)), scores)
+    assert len(seen) == 4  # drift monitoring still sees every frame
+    window = shadows.take_window("main")
+    assert window is not None and window.frames == 4 and window.agreements == 0
+    clock[0] = 6.0
+    assert shadows.take_window("main") is None and shadows.runner("main") is None
