@@ -167,13 +167,26 @@ class IngestNodeProcess:
             self.process.send_signal(signal.SIGKILL)
             self.killed.append(self.process.wait(timeout=10))
 
-    def stop(self) -> None:
+    def stop(self, *, purge_session: bool = False) -> None:
+        """SIGTERM (store and acknowledge what is queued). ``purge_session``: then remove the
+        node's persistent session from the broker, so a shared broker keeps nothing of this test."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+        if purge_session:
+            import paho.mqtt.client as mqtt
+
+            from agent.contract.broker_url import parse_broker_url
+
+            address = parse_broker_url(self.env["EDGEFLEET_MQTT_URL"])
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.env["EDGEFLEET_INGEST_CLIENT_ID"],
+                                 protocol=mqtt.MQTTv5)
+            with contextlib.suppress(OSError):
+                client.connect(address.host, address.port, clean_start=True)
+                client.disconnect()
 
 
 def prepare_database(url: str, device_ids: list[str]) -> None:
