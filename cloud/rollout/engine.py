@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from agent.contract import MANIFEST_FILE, DeployCommand
@@ -420,17 +421,18 @@ class _Pass:
     # -- gates and decisions ------------------------------------------------------
     def telemetry(self, since: datetime) -> list[_Window]:
         device_ids = [row.device_id for row in self.rows]
-        query = select(TelemetryRecord.message_id, TelemetryRecord.device_id, TelemetryRecord.package_id,
-                       TelemetryRecord.received_at, TelemetryRecord.frames, TelemetryRecord.inference_errors,
-                       TelemetryRecord.p95_latency_ms, TelemetryRecord.mean_confidence,
-                       TelemetryRecord.class_counts).where(
+        # Columns only (no ORM objects): this is the engine's largest read on a big fleet.
+        t = TelemetryRecord
+        query = sa_select(col(t.message_id), col(t.device_id), col(t.package_id), col(t.received_at), col(t.frames),
+                          col(t.inference_errors), col(t.p95_latency_ms), col(t.mean_confidence),
+                          col(t.class_counts)).where(
             col(TelemetryRecord.device_id).in_(device_ids), col(TelemetryRecord.received_at) >= since)
         invalid = dict(self.session.exec(select(RolloutWindow.message_id, RolloutWindow.invalid_outputs).where(
             col(RolloutWindow.device_id).in_(device_ids), col(RolloutWindow.received_at) >= since,
             col(RolloutWindow.invalid_outputs) > 0)).all())
         windows = []
         for message_id, device_id, package_id, received_at, frames, errors, p95, confidence, classes in \
-                self.session.exec(query):
+                self.session.execute(query):
             errors += int(invalid.get(message_id, 0))
             if frames == 0 and errors == 0:
                 continue  # an idle device says nothing about the model
@@ -447,7 +449,8 @@ class _Pass:
             col(DriftWindowRecord.received_at) >= since, col(DriftWindowRecord.score).is_not(None))
         scores: dict[str, list[tuple[str | None, datetime, float]]] = defaultdict(list)
         for device_id, package_id, received_at, score in self.session.exec(query):
-            scores[device_id].append((package_id, aware(received_at), float(score)))
+            if score is not None:
+                scores[device_id].append((package_id, aware(received_at), float(score)))
         return scores
 
     def stage_rows(self) -> dict[str, list[RolloutDevice]]:
