@@ -71,6 +71,9 @@ ACTIVE_ROLLOUT_STATES = (RolloutState.RUNNING, RolloutState.PAUSED, RolloutState
 CANARY_STATES = frozenset({DeviceState.PROBATION, DeviceState.SUCCEEDED, DeviceState.FAILED})
 UNTOUCHED_STATES = frozenset({DeviceState.PENDING, DeviceState.OFFLINE})
 ROLLBACK_STATES = frozenset({DeviceState.ROLLBACK_PENDING, DeviceState.ROLLING_BACK})
+# A rollout whose stages all passed stays "finishing" while any device is in one of these
+# (offline devices that may return, installs or rollbacks of a halted stratum in flight).
+STRAGGLER_STATES = frozenset({*UNTOUCHED_STATES, *IN_FLIGHT_STATES, *ROLLBACK_STATES})
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,7 @@ class _Pass:
                 self.dispatch_shadow() if self.rollout.phase == "shadow" else self.dispatch_installs()
         elif state == RolloutState.FINISHING:
             self.dispatch_installs()
-            if not any(r.state in (*UNTOUCHED_STATES, *IN_FLIGHT_STATES) for r in self.rows):
+            if not any(r.state in STRAGGLER_STATES for r in self.rows):
                 self.finish(RolloutState.COMPLETED, "every straggler settled")
         self.dispatch_rollbacks()
         if RolloutState(self.rollout.state) == RolloutState.ABORTING and not any(
@@ -574,7 +577,7 @@ class _Pass:
             rollout.state = RolloutState.ABORTING
             self.stop_devices(self.rows, DeviceState.CANCELLED, f"rollout aborted: {decision.reason}")
         elif action == Action.COMPLETE:
-            stragglers = any(r.state in (*UNTOUCHED_STATES, *IN_FLIGHT_STATES) for r in self.rows)
+            stragglers = any(r.state in STRAGGLER_STATES for r in self.rows)
             if stragglers:
                 rollout.state = RolloutState.FINISHING
             else:
