@@ -33,14 +33,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from cloud.models import TelemetryRecord, utc_now
 from cloud.workers.counters import RetentionCounters
 from cloud.workers.leader import Lease
-from cloud.workers.models import TelemetryRollup
+from cloud.workers.models import LeaderLease, TelemetryRollup
 
 __all__ = [
     "Aggregate",
@@ -195,7 +195,16 @@ def _merge_into(session: Session, resolution_s: int, aggregates: dict[RollupKey,
         session.add(row)
 
 
+def _lock_for_fold(session: Session) -> None:
+    # SQLite has no row locks (FOR UPDATE is dropped) and pysqlite runs a SELECT outside any
+    # transaction: take the database write lock first, so a concurrent fold cannot read the
+    # same rows before this one deletes them.
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(LeaderLease).where(col(LeaderLease.name) == "").values(term=LeaderLease.term))
+
+
 def _fold_raw(session: Session, cutoff: datetime, chunk_rows: int) -> int:
+    _lock_for_fold(session)
     table = TelemetryRecord.__table__  # type: ignore[attr-defined]
     rows = session.execute(
         select(table.c.id, table.c.device_id, table.c.model_version, table.c.sent_at, table.c.frames,
@@ -214,6 +223,7 @@ def _fold_raw(session: Session, cutoff: datetime, chunk_rows: int) -> int:
 
 
 def _fold_minutes(session: Session, cutoff: datetime, chunk_rows: int) -> int:
+    _lock_for_fold(session)
     rows = list(session.execute(
         select(TelemetryRollup)
         .where(col(TelemetryRollup.resolution_s) == MINUTE_S, col(TelemetryRollup.bucket_start) < cutoff)
