@@ -105,10 +105,14 @@ def data_validate(root: Annotated[Path, typer.Argument(help="ImageFolder directo
     with _user_errors():
         report = validate_directory(root)
     issues = [i.as_dict() for i in report.issues]
+
+    def human() -> None:
+        _issues_table(issues)
+        console.print(f"{report.dataset_id}: {report.usable_images} usable images, "
+                      f"{len(report.excluded_files)} excluded")
+
     _emit(as_json, {"dataset_id": report.dataset_id, "ok": report.ok, "usable_images": report.usable_images,
-                    "excluded_files": report.excluded_files, "issues": issues},
-          lambda: (_issues_table(issues), console.print(f"{report.dataset_id}: {report.usable_images} usable images, "
-                                                        f"{len(report.excluded_files)} excluded")))
+                    "excluded_files": report.excluded_files, "issues": issues}, human)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -122,11 +126,15 @@ def data_ingest(root: Annotated[Path, typer.Argument(help="ImageFolder directory
     with _user_errors():
         result = ingest(engine, paths, root)
     record = result.record
-    _emit(as_json, record.model_dump(mode="json"),
-          lambda: (_issues_table(record.issues) if record.issues else None,
-                   console.print(f"dataset {record.id}: {record.image_count} images "
-                                 f"({record.excluded_count} excluded), splits "
-                                 f"{ {k: sum(v.values()) for k, v in record.split_counts.items()} }")))
+
+    def human() -> None:
+        if record.issues:
+            _issues_table(record.issues)
+        splits = {name: sum(counts.values()) for name, counts in record.split_counts.items()}
+        console.print(f"dataset {record.id}: {record.image_count} images ({record.excluded_count} excluded), "
+                      f"splits {splits}")
+
+    _emit(as_json, record.model_dump(mode="json"), human)
 
 
 @data_app.command("list")
@@ -160,7 +168,7 @@ def train(
     input_size: Annotated[int | None, typer.Option(min=16, max=1024, help="override the input size (px)")] = None,
     width: Annotated[float | None, typer.Option(min=0.1, max=2.0, help="override the width multiplier")] = None,
     architecture: Annotated[str | None, typer.Option(help="mobilenetv2 | compact")] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    epochs: Annotated[int, typer.Option(min=1)] = 8,
     batch_size: Annotated[int, typer.Option(min=2)] = 32,
     learning_rate: Annotated[float, typer.Option(min=1e-6)] = 1e-2,
     seed: int = 0,

@@ -47,7 +47,7 @@ class TrainRequest(BaseModel):
     input_size: int | None = Field(default=None, ge=16, le=1024)
     width_multiplier: float | None = Field(default=None, gt=0, le=2)
     architecture: Literal["mobilenetv2", "compact"] | None = None
-    epochs: int = Field(default=10, ge=1, le=500)
+    epochs: int = Field(default=8, ge=1, le=500)
     batch_size: int = Field(default=32, ge=2, le=1024)
     learning_rate: float = Field(default=1e-2, gt=0)
     seed: int = 0

@@ -268,8 +268,8 @@ def build_for_profiles(request: BuildRequest, log: Callable[[str], None] = lambd
             else:
                 built.gate = quantization_gate(fp32_eval, built.evaluation, request.gate, fp32_golden, golden)
     for key, built in builds.items():
-        for profile in serves[key]:
+        for profile_name in serves[key]:
             status = "built" if built.accepted else "rejected"
             message = "accepted" if built.accepted else "; ".join(built.gate.reasons if built.gate else [])
-            notes.append(_note(profile, key, status, message))
+            notes.append(_note(profile_name, key, status, message))
     return BuildOutcome(artifacts=list(builds.values()), notes=notes, fp32_evaluation=fp32_eval)

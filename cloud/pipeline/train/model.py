@@ -48,7 +48,8 @@ class InvertedResidual(nn.Module):
         self.block = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x) if self.use_residual else self.block(x)
+        out: torch.Tensor = self.block(x)
+        return x + out if self.use_residual else out
 
 
 class MobileNetV2(nn.Module):
@@ -87,4 +88,5 @@ class MobileNetV2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.features(x).mean(dim=(2, 3))
-        return self.classifier(pooled)
+        logits: torch.Tensor = self.classifier(pooled)
+        return logits

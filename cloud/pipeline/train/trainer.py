@@ -38,7 +38,7 @@ def spec_for_input_size(input_size: int) -> PreprocessSpec:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 8
     batch_size: int = 32
     learning_rate: float = 1e-2
     weight_decay: float = 1e-4
