@@ -113,5 +113,5 @@ def test_simulated_devices_report_status_telemetry_jobs_and_last_will(mqtt_url: 
         wait_for(lambda: {r.message_id for r in observer.of("telemetry")} >= generated, 20,
                  what="every generated report delivered")
     finally:
-        sim.stop()
+        sim.stop(purge_sessions=True)  # leave no persistent sessions on a shared broker
         observer.close()

@@ -23,7 +23,15 @@ from sqlmodel import Session, col
 from cloud import crud
 from cloud.core.db import make_engine, migrate
 from cloud.models import Device, TelemetryRecord
-from cloud.retention import HOUR_S, MINUTE_S, Aggregate, RetentionPolicy, bucket_start, rollup_raw, run_retention
+from cloud.retention import (
+    HOUR_S,
+    MINUTE_S,
+    Aggregate,
+    RetentionPolicy,
+    bucket_start,
+    rollup_raw,
+    run_retention,
+)
 from cloud.workers.leader import Lease
 from cloud.workers.models import TelemetryRollup
 
