@@ -34,6 +34,7 @@ cli_monitor.register(app)
 from cloud.cli_rollout import rollout_app  # noqa: E402
 
 app.add_typer(rollout_app, name="rollout")
+cli_ops.register_rollout_watch(rollout_app)  # `rollout watch ID`: a progress bar until the rollout ends
 
 # Keys, tokens and broker configuration (cloud/cli_security.py): keys ..., token ..., broker-config.
 from cloud.cli_security import app as security_app  # noqa: E402

@@ -414,3 +414,62 @@ def status(
     console.print(grid)
     if not health.get("mqtt_connected"):
         raise typer.Exit(int(Exit.FAILED))
+
+
+# --- rollout watch -----------------------------------------------------------
+_FINAL_ROLLOUT_STATES = {"completed": Exit.OK, "aborted": Exit.FAILED, "cancelled": Exit.FAILED}
+_SETTLED_DEVICE_STATES = {"succeeded", "failed", "expired", "cancelled", "halted", "rolled_back", "rollback_failed"}
+
+
+def rollout_watch(
+    rollout_id: Annotated[str, typer.Argument(help="rollout id")],
+    interval_s: Annotated[float, typer.Option("--interval", min=0.2, help="seconds between polls")] = 2.0,
+    timeout_s: Annotated[float, typer.Option("--timeout", min=1, help="give up after this many seconds")] = 3600.0,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Follow a rollout with a progress bar until it ends. Exit 0 completed, 1 aborted/cancelled, 6 timeout."""
+    deadline = time.monotonic() + timeout_s
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+                        console=err_console, disable=json_out)
+    last_decision = None
+    with progress:
+        task = progress.add_task(rollout_id, total=None, detail="")
+        while True:
+            detail = _call(server, token, "GET", f"/api/v1/rollouts/{rollout_id}")
+            counts: dict[str, int] = {}
+            for states in detail.get("devices_by_stratum", {}).values():
+                for state, n in states.items():
+                    counts[state] = counts.get(state, 0) + n
+            settled = sum(n for state, n in counts.items() if state in _SETTLED_DEVICE_STATES)
+            decisions = detail.get("decisions") or []
+            if decisions and decisions[-1].get("id") != last_decision:
+                last_decision = decisions[-1].get("id")
+                if not json_out:
+                    newest = decisions[-1]
+                    progress.console.print(f"stage {newest['stage'] + 1}: [bold]{newest['action']}[/] by "
+                                           f"{newest['actor']}: {newest['reason']}", highlight=False)
+            progress.update(task, total=max(1, int(detail.get("device_count") or 0)), completed=settled,
+                            description=f"{rollout_id} {detail['state']} stage {detail['stage'] + 1}/{detail['stages']}",
+                            detail=" ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+            if detail["state"] in _FINAL_ROLLOUT_STATES or time.monotonic() > deadline:
+                break
+            time.sleep(interval_s)
+    if json_out:
+        emit_json(detail)
+    if detail["state"] not in _FINAL_ROLLOUT_STATES:
+        fail(f"rollout {rollout_id} still {detail['state']} after {timeout_s:.0f}s", Exit.TIMEOUT)
+    code = _FINAL_ROLLOUT_STATES[detail["state"]]
+    if not json_out:
+        console.print(f"rollout {rollout_id}: {detail['state']}", highlight=False)
+    if code != Exit.OK:
+        raise typer.Exit(int(code))
+
+
+def register_rollout_watch(rollout_app: typer.Typer) -> None:
+    """Add ``rollout watch`` to the rollout command group, unless it already has one."""
+    if any(command.name == "watch" for command in rollout_app.registered_commands):
+        return
+    rollout_app.command("watch")(rollout_watch)

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from cloud.security.models import Role
-from tests.support.services import wait_for
-from tests.ui.helpers import PROFILES, make_release, make_token
+from tests.ui.helpers import Fleet, make_token
 
 CHROMIUM = os.environ.get("EDGEFLEET_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -49,46 +48,6 @@ def screenshot() -> Any:
         return path
 
     return take
-
-
-class Fleet:
-    """A simulated fleet on the real broker: two hardware profiles, all running release ``v1``."""
-
-    def __init__(self, plane: Any, api: Any, workdir: Path, per_profile: tuple[int, int] = (4, 2)) -> None:
-        from tools.fleet_sim import FleetSimulator, ModelBehaviour
-
-        self.plane = plane
-        self.v1 = make_release(plane, workdir / "v1", value=0.5)
-        self.v2 = make_release(plane, workdir / "v2", value=0.25)
-        self.device_ids: dict[str, list[str]] = {}
-        self.sims = []
-        for profile, count in zip(PROFILES, per_profile, strict=True):
-            ids = [f"{profile.split('-')[0]}-{i:02d}" for i in range(1, count + 1)]
-            self.device_ids[profile] = ids
-            for device_id in ids:
-                response = api.post("/api/v1/devices", json={"id": device_id, "hardware_profile": profile})
-                assert response.status_code == 201, response.text
-            # Both versions behave alike: a healthy release, so gates pass on evidence.
-            self.sims.append(FleetSimulator(
-                plane.broker_url, ids, topic_prefix=plane.settings.topic_prefix, telemetry_interval_s=0.5,
-                hardware_profile=profile, initial_model_version=self.v1.model_version,
-                initial_package_id=self.v1.package_id, default_behaviour=ModelBehaviour(fps=40.0),
-                seed=len(self.sims)))
-        for sim in self.sims:
-            sim.start(timeout_s=30)
-        wait_for(lambda: all(d["online"] and d["running_model_version"] == self.v1.model_version
-                             for d in api.get("/api/v1/devices").json()), 30, what="the simulated fleet online on v1")
-
-    @property
-    def all_ids(self) -> list[str]:
-        return sorted(i for ids in self.device_ids.values() for i in ids)
-
-    def sim_for(self, device_id: str) -> Any:
-        return next(s for s in self.sims if device_id in s.device_ids)
-
-    def stop(self) -> None:
-        for sim in self.sims:
-            sim.stop()
 
 
 @pytest.fixture

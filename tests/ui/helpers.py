@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from sqlmodel import Session
@@ -20,6 +21,7 @@ from cloud.security.models import Role
 from cloud.security.tokens import create_api_token
 from cloud.server import ControlPlane
 from tests.support.models import constant_model
+from tests.support.services import wait_for
 
 LABELS = ["circle", "square", "triangle", "background"]
 PROFILES = ("x86-64-avx2", "rpi5-arm64")
@@ -68,3 +70,43 @@ def publish_reports(plane: ControlPlane, device_id: str, *, model_version: str |
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+class Fleet:
+    """A simulated fleet on the real broker: two hardware profiles, all running release ``v1``."""
+
+    def __init__(self, plane: Any, api: Any, workdir: Path, per_profile: tuple[int, int] = (4, 2)) -> None:
+        from tools.fleet_sim import FleetSimulator, ModelBehaviour
+
+        self.plane = plane
+        self.v1 = make_release(plane, workdir / "v1", value=0.5)
+        self.v2 = make_release(plane, workdir / "v2", value=0.25)
+        self.device_ids: dict[str, list[str]] = {}
+        self.sims = []
+        for profile, count in zip(PROFILES, per_profile, strict=True):
+            ids = [f"{profile.split('-')[0]}-{i:02d}" for i in range(1, count + 1)]
+            self.device_ids[profile] = ids
+            for device_id in ids:
+                response = api.post("/api/v1/devices", json={"id": device_id, "hardware_profile": profile})
+                assert response.status_code == 201, response.text
+            # Both versions behave alike: a healthy release, so gates pass on evidence.
+            self.sims.append(FleetSimulator(
+                plane.broker_url, ids, topic_prefix=plane.settings.topic_prefix, telemetry_interval_s=0.5,
+                hardware_profile=profile, initial_model_version=self.v1.model_version,
+                initial_package_id=self.v1.package_id, default_behaviour=ModelBehaviour(fps=40.0),
+                seed=len(self.sims)))
+        for sim in self.sims:
+            sim.start(timeout_s=60)
+        wait_for(lambda: all(d["online"] and d["running_model_version"] == self.v1.model_version
+                             for d in api.get("/api/v1/devices").json()), 60, what="the simulated fleet online on v1")
+
+    @property
+    def all_ids(self) -> list[str]:
+        return sorted(i for ids in self.device_ids.values() for i in ids)
+
+    def sim_for(self, device_id: str) -> Any:
+        return next(s for s in self.sims if device_id in s.device_ids)
+
+    def stop(self) -> None:
+        for sim in self.sims:
+            sim.stop()

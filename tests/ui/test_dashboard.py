@@ -120,7 +120,7 @@ def test_rollout_started_from_the_ui_progresses_with_gate_evidence(fleet, login,
 
     # Stage 1 (one canary per stratum) installs, passes its gates and waits for approval;
     # the page follows live, and shows the per-stratum evidence behind the decision.
-    expect(page.get_by_test_id("rollout-state")).to_have_text("awaiting approval", timeout=60_000)
+    expect(page.get_by_test_id("rollout-state")).to_have_text("awaiting approval", timeout=120_000)
     evidence = page.locator("#gate-evidence table.evidence")
     expect(evidence).to_have_count(2)
     for profile in fleet.device_ids:
@@ -133,7 +133,7 @@ def test_rollout_started_from_the_ui_progresses_with_gate_evidence(fleet, login,
 
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Approve next stage").click()
-    expect(page.get_by_test_id("rollout-state")).to_have_text("completed", timeout=60_000)
+    expect(page.get_by_test_id("rollout-state")).to_have_text("completed", timeout=120_000)
     expect(page.get_by_test_id("rollout-stage")).to_have_text("2 of 2")
     expect(page.locator('#decisions-table tr[data-decision="operator_approve"]')).to_contain_text("operator:operator user")
     screenshot(page, "rollout-completed")
@@ -148,7 +148,7 @@ def test_rollout_started_from_the_ui_progresses_with_gate_evidence(fleet, login,
 def test_abort_from_the_ui_rolls_the_canary_back(fleet, login, tokens, api, screenshot) -> None:  # type: ignore[no-untyped-def]
     page = login(tokens["operator"])
     rollout_id = _start_rollout_from_ui(page, _spec(fleet, name="ui abort"))
-    expect(page.get_by_test_id("rollout-state")).to_have_text("awaiting approval", timeout=60_000)
+    expect(page.get_by_test_id("rollout-state")).to_have_text("awaiting approval", timeout=120_000)
     canaries = [d["device_id"] for d in api.get(f"/api/v1/rollouts/{rollout_id}/devices").json()
                 if d["state"] == "succeeded"]
     assert len(canaries) == 2
@@ -164,7 +164,7 @@ def test_abort_from_the_ui_rolls_the_canary_back(fleet, login, tokens, api, scre
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Abort and roll back").click()
     expect(page.get_by_role("status").filter(has_text="abort requested")).to_be_visible()
-    expect(page.get_by_test_id("rollout-state")).to_have_text("aborted", timeout=60_000)
+    expect(page.get_by_test_id("rollout-state")).to_have_text("aborted", timeout=120_000)
     for canary in canaries:
         expect(page.locator(f'#rollout-devices tr[data-device="{canary}"]')).to_contain_text("rolled back")
     expect(page.locator('#decisions-table tr[data-decision="operator_abort"]')).to_be_visible()
