@@ -110,7 +110,7 @@ def apply_statuses(session: Session, reports: list[StatusReport]) -> None:
 
 def store_telemetry(session: Session, report: TelemetryReport) -> bool:
     """Store one telemetry window. Returns False for a duplicate message id (QoS 1 redelivery)."""
-    record = TelemetryRecord(**telemetry_row(report, utc_now()))
+    record = TelemetryRecord.model_validate(telemetry_row(report, utc_now()))
     try:
         device = session.get(Device, report.device_id)
         if device is not None:

@@ -319,28 +319,27 @@ class ReportIngest:
                 inserted = crud.insert_telemetry_rows(session, plan.telemetry_rows)
                 duplicates += plan.duplicates_in_batch + len(plan.telemetry) - len(inserted)
                 crud.touch_devices(session, plan.touch_device_ids, utc_now())
-                statuses = [report for report in plan.ordered if isinstance(report, StatusReport)]
+                statuses = [r for r in plan.ordered if isinstance(r, StatusReport)]
                 crud.apply_statuses(session, statuses)
-                for report in statuses:
-                    self._touched_at.pop(report.device_id, None)  # the next telemetry re-marks it online
+                for status in statuses:
+                    self._touched_at.pop(status.device_id, None)  # the next telemetry re-marks it online
                 stored.extend(statuses)
-                jobs = [report for report in plan.ordered if isinstance(report, JobStatusReport)]
-                for report in plan.ordered:
-                    if not isinstance(report, StatusReport | JobStatusReport) and self._store_other(session, report):
-                        stored.append(report)
-                for report, applied in zip(jobs, crud.apply_job_reports(session, jobs), strict=True):
+                jobs = [r for r in plan.ordered if isinstance(r, JobStatusReport)]
+                for other in plan.ordered:
+                    if not isinstance(other, StatusReport | JobStatusReport) and self._store_other(session, other):
+                        stored.append(other)
+                for job, applied in zip(jobs, crud.apply_job_reports(session, jobs), strict=True):
                     if applied:
-                        stored.append(report)
+                        stored.append(job)
                     else:
-                        self._reject("unknown_job", report.job_id,
-                                     f"job {report.job_id!r} is not a job of {report.device_id}")
+                        self._reject("unknown_job", job.job_id, f"job {job.job_id!r} is not a job of {job.device_id}")
                 session.commit()
                 for touched in plan.touch_device_ids:
                     self._touched_at[touched] = now
                 stored[:0] = [plan.telemetry[message_id] for message_id in plan.telemetry if message_id in inserted]
-                for report in stored:
-                    accepted[report.kind] += 1
-                    self._notify(session, report)
+                for done in stored:
+                    accepted[done.kind] += 1
+                    self._notify(session, done)
         acked = sum(1 for item in batch if item.ack is not None)
         self.counters.count_batch(len(batch), accepted, duplicates, acked)
         return inserted

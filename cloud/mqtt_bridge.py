@@ -60,7 +60,7 @@ class CloudMqtt:
         self._v5 = protocol == "5"
         self._connect_properties: Properties | None = None
         if self._v5:
-            self._connect_properties = Properties(PacketTypes.CONNECT)
+            self._connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             self._connect_properties.ReceiveMaximum = receive_maximum
             self._connect_properties.SessionExpiryInterval = session_expiry_s if self._persistent else 0
         # Every command leaves signed by the director key, whichever module built it.
@@ -125,8 +125,12 @@ class CloudMqtt:
     def _handle_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         if self._on_report_acked is not None:
             mid, qos = message.mid, message.qos
+
+            def ack() -> None:  # called by ingest once the report is committed
+                client.ack(mid, qos)
+
             try:
-                self._on_report_acked(message.topic, message.payload, lambda: client.ack(mid, qos), qos)
+                self._on_report_acked(message.topic, bytes(message.payload), ack, qos)
             except Exception:  # not acknowledged: the broker redelivers it on the next session
                 log.exception("report handler failed on %s", message.topic)
             return

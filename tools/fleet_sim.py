@@ -66,6 +66,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import heapq
 import json
 import logging
@@ -443,7 +444,7 @@ class FleetSimulator:
     def _call(self, coroutine: Coroutine[Any, Any, T], *, timeout_s: float = 30.0,
               inner_timeout_s: float | None = None) -> T:
         if inner_timeout_s is not None:
-            coroutine = asyncio.wait_for(coroutine, inner_timeout_s)  # type: ignore[assignment]
+            coroutine = asyncio.wait_for(coroutine, inner_timeout_s)
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         return future.result(timeout=timeout_s)
 
@@ -469,12 +470,18 @@ class FleetSimulator:
                 will=Will(self.topics.status(device.device_id), offline, qos=1, retain=True),
                 max_inflight=self.max_inflight, max_buffered=self.max_buffered,
                 reconnect_max_s=self.reconnect_max_s,
-                on_message=lambda topic, payload, d=device: self._on_command(d, payload),
-                on_connect=lambda present, d=device: self._on_connect(d),
+                on_message=functools.partial(self._on_command_message, device),
+                on_connect=functools.partial(self._on_connect_flag, device),
             )
             client.subscribe(self.topics.commands(device.device_id), 1)
             device.client = client
         client.start()
+
+    def _on_command_message(self, device: _SimDevice, topic: str, payload: bytes) -> None:
+        self._on_command(device, payload)
+
+    def _on_connect_flag(self, device: _SimDevice, session_present: bool) -> None:
+        self._on_connect(device)
 
     def _on_connect(self, device: _SimDevice) -> None:
         # Like the agent: the retained status always names what really runs.

@@ -181,12 +181,13 @@ class Node:
 def purge_ingest_sessions(broker_url: str, client_ids: list[str]) -> None:
     """Remove the nodes' persistent sessions from a shared broker (clean start, no expiry)."""
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
     from agent.contract.broker_url import parse_broker_url
 
     address = parse_broker_url(broker_url)
     for client_id in client_ids:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         try:
             client.connect(address.host, address.port, clean_start=True)
             client.loop_start()
@@ -244,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         package_id, token = db.setup(device_ids)
         log(f"database {db.name}: {args.devices} devices registered")
-        node_args = {"database_url": db.url, "broker_url": args.broker, "prefix": prefix, "group": group,
-                     "data_dir": workdir / "plane", "log_dir": workdir}
-        nodes.append(Node(1, **node_args))  # type: ignore[arg-type]
+        def start_node(index: int) -> Node:
+            return Node(index, database_url=db.url, broker_url=args.broker, prefix=prefix, group=group,
+                        data_dir=workdir / "plane", log_dir=workdir)
+
+        nodes.append(start_node(1))
         nodes[0].wait_ready()
         sim = FleetSimulator(args.broker, device_ids, topic_prefix=prefix, telemetry_interval_s=args.interval,
                              initial_model_version="bench-1", initial_package_id="pkg-bench-1",
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"API while ingesting: {len(latencies)} requests, p50 {latencies[len(latencies) // 2]:.1f} ms, "
             f"p95 {api_p95_ms:.1f} ms, errors {probe_result['errors']}")
 
-        nodes.append(Node(2, **node_args))  # type: ignore[arg-type]
+        nodes.append(start_node(2))
         nodes[1].wait_ready()
         rate_2w = stream_phase(sim, db, args.phase_s, "2 nodes")
 
