@@ -1,0 +1,78 @@
+"""Issue 8: the dashboard's forms refuse bad input with a message that says what to fix, and its
+login cannot be turned into an open redirect. Plain HTTP, no browser needed."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote_plus
+
+import httpx
+import pytest
+
+from cloud.dashboard.auth import COOKIE_NAME, csrf_for
+from cloud.security.models import Role
+from tests.ui.helpers import make_release, make_token
+
+pytestmark = pytest.mark.integration
+
+
+def _session(plane: Any, token: str) -> httpx.Client:
+    client = httpx.Client(base_url=plane.base_url, timeout=15)
+    response = client.post("/ui/login", data={"token": token, "next": "/ui/rollouts"})
+    assert response.status_code == 303 and response.headers["location"] == "/ui/rollouts"
+    assert COOKIE_NAME in client.cookies
+    return client
+
+
+def _flash(response: httpx.Response) -> str:
+    assert response.status_code == 303, response.text
+    return unquote_plus(response.headers["location"])
+
+
+def test_bad_rollout_forms_say_what_to_fix(control_plane, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    token = make_token(control_plane, Role.OPERATOR)
+    release = make_release(control_plane, tmp_path)
+    client = _session(control_plane, token)
+    try:
+        csrf = csrf_for(token)
+        stale = client.post("/ui/rollouts", data={"csrf": "stale", "package_id": release.package_id, "stages": "100"})
+        assert "reload the page" in _flash(stale)
+        bad_stage = client.post("/ui/rollouts", data={"csrf": csrf, "package_id": release.package_id,
+                                                      "stages": "10,lots"})
+        assert "stage size 'lots' is not a number" in _flash(bad_stage)
+        bad_yaml = client.post("/ui/rollouts", data={"csrf": csrf, "spec": "name: [unclosed"})
+        assert "neither JSON nor YAML" in _flash(bad_yaml)
+        # The API's own validation message comes through, naming the field.
+        refused = client.post("/ui/rollouts", data={"csrf": csrf, "spec": '{"name": "x", "release": {}, '
+                                                                        '"target": {"all_devices": true}}'})
+        message = _flash(refused)
+        assert "the control plane refused the rollout" in message and "release" in message
+        unknown = client.post("/ui/rollouts/ro-nope/explode", data={"csrf": csrf, "confirm": "yes"})
+        assert "unknown action 'explode'" in _flash(unknown)
+        missing = client.get("/ui/rollouts/ro-nope")
+        assert missing.status_code == 404 and "There is no rollout" in missing.text
+        # Without JavaScript there is no confirm() dialog: the server asks on a page of its own.
+        ask = client.post("/ui/rollouts/ro-nope/abort", data={"csrf": csrf})
+        assert ask.status_code == 200 and "Yes, abort" in ask.text and 'name="confirm" value="yes"' in ask.text
+
+    finally:
+        client.close()
+
+def test_login_and_session_edges(control_plane) -> None:  # type: ignore[no-untyped-def]
+    with httpx.Client(base_url=control_plane.base_url, timeout=15) as client:
+        # A crafted `next` cannot send the user off-site after logging in.
+        token = make_token(control_plane, Role.VIEWER)
+        response = client.post("/ui/login", data={"token": token, "next": "//evil.example/ui"})
+        assert response.headers["location"] == "/ui/fleet"
+        from sqlmodel import Session
+
+        from cloud.security.tokens import create_api_token
+
+        with Session(control_plane.engine) as session:
+            device_token, _ = create_api_token(session, name="cam", role=Role.DEVICE, device_id="cam-01")
+        refused = client.post("/ui/login", data={"token": device_token})
+        assert refused.status_code == 401 and "device tokens cannot open the dashboard" in refused.text
+    with httpx.Client(base_url=control_plane.base_url, timeout=15) as anonymous:
+        # The live poller gets a 401 it can act on, not a login page to paste into the table.
+        assert anonymous.get("/ui/fleet?partial=1").status_code == 401
+        assert anonymous.get("/ui/fleet").status_code == 303
