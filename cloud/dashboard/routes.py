@@ -34,6 +34,7 @@ templates.env.globals["version"] = __version__
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
+FLEET_PAGE_ROWS = 200
 ROLLOUT_ACTIONS = ("approve", "pause", "resume", "abort", "cancel")
 # Which actions make sense in which rollout state (cloud/rollout/decisions.py); the API
 # still has the last word (409 for an action the state does not allow).
@@ -199,7 +200,8 @@ def _health(row: dict[str, Any]) -> str:
 
 
 @router.get("/fleet", response_class=HTMLResponse)
-async def fleet_page(request: Request, q: str = "", status: str = "all", profile: str = "", version: str = "") -> Response:
+async def fleet_page(request: Request, q: str = "", status: str = "all", profile: str = "", version: str = "",
+                     limit: int = FLEET_PAGE_ROWS) -> Response:
     user = await _user(request)
     async with _api(request, user) as api:
         rows: list[dict[str, Any]] = await api.get("/api/v1/fleet", default=[])
@@ -222,8 +224,10 @@ async def fleet_page(request: Request, q: str = "", status: str = "all", profile
         "offline": sum(1 for r in rows if not r["online"]),
         "versions": len(versions),
     }
+    # A live table of thousands of rows every 2 s helps nobody: show a page, say how to narrow it.
+    limit = max(1, min(limit, 5000))
     return _render(request, user, "fleet.html", "fleet_live.html", {
-        "rows": shown, "summary": summary, "profiles": profiles, "versions": versions,
+        "rows": shown[:limit], "matching": len(shown), "limit": limit, "summary": summary, "profiles": profiles, "versions": versions,
         "filters": {"q": q, "status": status, "profile": profile, "version": version},
     })
 

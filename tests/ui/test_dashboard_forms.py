@@ -76,3 +76,18 @@ def test_login_and_session_edges(control_plane) -> None:  # type: ignore[no-unty
         # The live poller gets a 401 it can act on, not a login page to paste into the table.
         assert anonymous.get("/ui/fleet?partial=1").status_code == 401
         assert anonymous.get("/ui/fleet").status_code == 303
+
+
+def test_fleet_page_shows_a_bounded_page_of_a_large_fleet(control_plane, api) -> None:  # type: ignore[no-untyped-def]
+    for index in range(12):
+        assert api.post("/api/v1/devices", json={"id": f"cam-{index:02d}"}).status_code == 201
+    client = _session(control_plane, make_token(control_plane, Role.VIEWER))
+    try:
+        page = client.get("/ui/fleet?partial=1&limit=5")
+        assert page.status_code == 200
+        assert page.text.count("<tr data-device=") == 5
+        assert "first 5 of 12 matching" in page.text
+        narrowed = client.get("/ui/fleet?partial=1&limit=5&q=cam-1")
+        assert narrowed.text.count("<tr data-device=") == 2 and "matching" not in narrowed.text
+    finally:
+        client.close()
