@@ -109,3 +109,29 @@ def test_agent_metrics_are_off_unless_configured(tmp_path: Path) -> None:
     assert enabled.metrics_port == 9108 and enabled.metrics_host == "127.0.0.1"
     with pytest.raises(ValueError, match="metrics_port"):
         AgentConfig.load(path, env={"EDGEFLEET_AGENT_METRICS_PORT": "70000"})
+
+
+@pytest.mark.integration
+def test_a_real_agent_serves_metrics_when_configured(control_plane, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.fleet import start_agent, stop_agents
+    from tests.support.services import free_port
+
+    assert api.post("/api/v1/devices", json={"id": "cam-m1", "hardware_profile": "x86-64-avx2"}).status_code == 201
+    port = free_port()
+    agent = start_agent(control_plane, tmp_path, "cam-m1", extra={"metrics_port": port})
+    try:
+        def scraped() -> dict[str, dict[tuple[tuple[str, str], ...], float]] | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                    parsed = _families(response.read().decode())
+            except OSError:
+                return None
+            windows = parsed.get("edgefleet_agent_telemetry_windows_total", {}).get((), 0)
+            return parsed if windows >= 2 else None
+
+        parsed = wait_for(scraped, 60, what="two telemetry windows on the agent's /metrics")
+        info = next(iter(parsed["edgefleet_agent_info"]))
+        assert ("device_id", "cam-m1") in info
+        assert parsed["edgefleet_agent_camera_ok"]
+    finally:
+        stop_agents([agent])
