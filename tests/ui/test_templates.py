@@ -1,0 +1,54 @@
+"""Dashboard templates render every shape the APIs serve (pure: no server, no browser)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from cloud.dashboard.auth import DashboardUser
+from cloud.dashboard.charts import Series, line_chart
+from cloud.dashboard.routes import _scalar_metrics, _slices, templates
+from cloud.security.models import Role
+
+USER = DashboardUser("ops", Role.OPERATOR, "efo_x")
+
+
+def _render(name: str, **context: object) -> str:
+    return templates.get_template(name).render(user=USER, nav="models", now=datetime.now(UTC), live_template=None,
+                                               **context)
+
+
+def test_model_page_renders_a_registry_record_with_evaluation_gate_and_builds() -> None:
+    metrics = {"accuracy": 0.97, "samples": 400, "labels": ["circle", "square"],
+               "per_class": {"circle": {"precision": 0.98, "recall": 0.96, "f1": 0.97, "support": 200}},
+               "confusion_matrix": [[192, 8], [4, 196]],
+               "slices": {"lighting=dark": {"samples": 100, "accuracy": 0.91, "correct": 91}}}
+    model = {"id": 3, "name": "shapes", "version": "shapes-3", "status": "validated", "dataset_id": "ds-1",
+             "code_version": "abc", "labels": ["circle", "square"], "hyperparameters": {"epochs": 8},
+             "metrics": metrics, "onnx_sha256": "0" * 64, "created_at": "2026-11-23T19:00:00+00:00",
+             "source": {"kind": "trained"}, "environment": {"torch": "2.13.0"},
+             "gate": {"decision": "validated", "reasons": ["accuracy 0.97 >= 0.8"]}, "compared_with": "shapes-2",
+             "builds": [{"id": "b-1", "profiles": ["rpi5-arm64"], "package_id": "shapes-3-abc",
+                         "artifacts": [{"file": "model.int8.onnx", "runtime": "onnxruntime", "precision": "int8"}],
+                         "notes": ["openvino: not installed"], "created_at": "2026-11-23T19:01:00+00:00"}]}
+    html = _render("model.html", model=model, scalar_metrics=_scalar_metrics(metrics), slices=_slices(metrics),
+                   slice_columns=["accuracy", "correct", "samples"], lineage=None, packages=[], devices=[])
+    assert "lighting=dark" in html and "0.910" in html
+    assert 'id="classes-table"' in html and "0.980" in html
+    assert "Registry gate" in html and "accuracy 0.97 &gt;= 0.8" in html
+    assert 'id="builds-table"' in html and "model.int8.onnx" in html
+    # Untrusted strings are escaped, never markup.
+    model["hyperparameters"] = {"note": "<script>alert(1)</script>"}
+    html = _render("model.html", model=model, scalar_metrics={}, slices={}, slice_columns=[], lineage=None,
+                   packages=[], devices=[])
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+
+
+def test_charts_are_accessible_svg_with_gaps_for_missing_values() -> None:
+    t0 = datetime(2026, 11, 23, 19, 0, tzinfo=UTC)
+    points = [(t0.replace(second=s), v) for s, v in ((0, 1.0), (10, 2.0), (20, None), (30, 4.0), (40, 5.0))]
+    svg = str(line_chart("Frames per second", [Series("fps", points)], chart_id="c1"))
+    assert 'role="img"' in svg and "<title id=\"c1-title\">Frames per second</title>" in svg
+    assert svg.count("<polyline") == 2  # the None splits the line instead of dropping it to zero
+    assert "latest 5.0" in svg and "19:00:00 UTC" in svg
+    empty = str(line_chart("Nothing", [Series("fps", [])], chart_id="c2"))
+    assert "no data yet" in empty
