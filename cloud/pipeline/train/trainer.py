@@ -39,10 +39,10 @@ def spec_for_input_size(input_size: int) -> PreprocessSpec:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 8
-    batch_size: int = 32
-    learning_rate: float = 1e-2
+    batch_size: int = 16
+    learning_rate: float = 2e-2
     weight_decay: float = 1e-4
-    width_multiplier: float = 0.5
+    width_multiplier: float = 0.75
     architecture: Architecture = "compact"
     seed: int = 0
     # One thread by default: on a shared 2-core machine PyTorch's OpenMP threads spin
