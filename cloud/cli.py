@@ -40,6 +40,8 @@ cli_ops.register_rollout_watch(rollout_app)  # `rollout watch ID`: a progress ba
 from cloud.cli_security import app as security_app  # noqa: E402
 
 app.add_typer(security_app)
+# HTTP actions that fill gaps in the groups above (token list/revoke, samples label, governance reject).
+cli_ops.register_extras(app)
 
 
 def _logging(level: str) -> None:

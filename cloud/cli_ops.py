@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from enum import IntEnum
 from typing import Annotated, Any, NoReturn
 
@@ -473,3 +473,122 @@ def register_rollout_watch(rollout_app: typer.Typer) -> None:
     if any(command.name == "watch" for command in rollout_app.registered_commands):
         return
     rollout_app.command("watch")(rollout_watch)
+
+
+# --- actions that complete other groups (all over HTTP) ------------------------
+@device_app.command("revoke")
+def device_revoke(
+    device_id: Annotated[str, typer.Argument(help="device id")],
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Revoke every certificate of a device and rewrite the CRL (admin); then reload the broker."""
+    result = _call(server, token, "POST", f"/api/v1/devices/{device_id}/revoke")
+    if json_out:
+        emit_json(result)
+        return
+    serials = result.get("revoked_serials", [])
+    console.print(f"revoked {len(serials)} certificate(s) of {device_id}; CRL {result.get('crl_file')}\n"
+                  "reload the broker so it reads the new CRL (e.g. systemctl reload mosquitto)", highlight=False)
+
+
+def token_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, json_out: JsonOpt = False) -> None:
+    """API tokens (never their secrets): who, which role, revoked or not (admin)."""
+    tokens: list[dict[str, Any]] = _call(server, token, "GET", "/api/v1/tokens")
+    if json_out:
+        emit_json(tokens)
+        return
+    console.print(_table(f"API tokens ({len(tokens)})", ["id", "name", "role", "device", "created", "revoked"],
+                         ([t["id"], t["name"], t["role"], _cell(t.get("device_id")), _cell(t["created_at"]),
+                           _cell(t.get("revoked_at"))] for t in tokens)))
+
+
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="token id (from `edgefleet token list`), not the secret")],
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+) -> None:
+    """Revoke an API token at once: the next request with it gets 401, the dashboard logs it out (admin)."""
+    client = client_from(server, token)
+    try:
+        client.request("DELETE", f"/api/v1/tokens/{token_id}")
+    except ApiError as exc:
+        fail(exc.detail, exc.exit_code)
+    finally:
+        client.close()
+    console.print(f"revoked token {token_id}", highlight=False)
+
+
+def samples_label(
+    assignments: Annotated[list[str], typer.Argument(help="SAMPLE_ID=LABEL, or SAMPLE_ID= to reject the sample")],
+    labeller: Annotated[str | None, typer.Option(help="recorded in the audit log, e.g. 'oracle:synthetic'")] = None,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Label captured samples (they join the next retraining dataset)."""
+    labels: dict[str, str | None] = {}
+    for item in assignments:
+        sample_id, sep, label = item.partition("=")
+        if not sep or not sample_id:
+            fail(f"{item!r} is not SAMPLE_ID=LABEL (use SAMPLE_ID= to reject a sample)", Exit.BAD_INPUT)
+        labels[sample_id] = label or None
+    result = _call(server, token, "POST", "/api/v1/samples/labels", {"labels": labels, "labeller": labeller})
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(f"labelled {result.get('labelled')} sample(s)", highlight=False)
+
+
+def governance_reject(
+    rollout_proposal_id: Annotated[str, typer.Argument(help="rollout proposal id")],
+    reason: Annotated[str, typer.Option(help="why; recorded in the audit log")] = "",
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Reject a pending canary rollout proposal."""
+    client = client_from(server, token)
+    try:
+        result = client.request("POST", f"/api/v1/governance/rollout-proposals/{rollout_proposal_id}/reject",
+                                params={"reason": reason})
+    except ApiError as exc:
+        fail(exc.detail, exc.exit_code)
+    finally:
+        client.close()
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(f"rollout proposal {result['id']}: {result['state']}", highlight=False)
+
+
+def _find_group(root: typer.Typer, name: str) -> typer.Typer | None:
+    for info in root.registered_groups:
+        if info.typer_instance is None:
+            continue
+        if info.name == name:
+            return info.typer_instance
+        found = _find_group(info.typer_instance, name)
+        if found is not None:
+            return found
+    return None
+
+
+def register_extras(root: typer.Typer) -> None:
+    """Add the HTTP actions above to other modules' groups, unless a group already has the command.
+
+    The groups (``token``, ``samples``, ``governance``) belong to other modules; these
+    commands fill gaps so every operator action has a command, and step aside as soon
+    as the owning module defines its own.
+    """
+    extras: dict[str, dict[str, Callable[..., None]]] = {"token": {"list": token_list, "revoke": token_revoke}, "samples": {"label": samples_label},
+              "governance": {"reject": governance_reject}}
+    for group_name, commands in extras.items():
+        group = _find_group(root, group_name)
+        if group is None:
+            continue
+        existing = {c.name for c in group.registered_commands}
+        for name, function in commands.items():
+            if name not in existing:
+                group.command(name)(function)

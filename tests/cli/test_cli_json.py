@@ -114,6 +114,7 @@ def _argument_value(param: Any, path: tuple[str, ...], known: dict[str, Any], ru
 def test_every_listing_parses_as_json(control_plane, populated: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
     # A viewer token: listings must work for the least privileged operator role.
     env = _env(control_plane, make_token(control_plane, Role.VIEWER))
+    admin = make_token(control_plane, Role.ADMIN)
     runner = CliRunner()
     checked: list[str] = []
     problems: list[str] = []
@@ -130,6 +131,9 @@ def test_every_listing_parses_as_json(control_plane, populated: dict[str, Any]) 
                 args.append(value)
         else:
             result = runner.invoke(app, [*path, *args, "--json"], env=env)
+            if result.exit_code == Exit.AUTH:
+                # Admin-only listings (API tokens): a viewer is refused, as it should be.
+                result = runner.invoke(app, [*path, *args, "--json"], env={**env, "EDGEFLEET_TOKEN": admin})
             label = " ".join([*path, *args, "--json"])
             if result.exit_code != 0:
                 problems.append(f"{label}: exit {result.exit_code}: {result.output[-400:]}")
