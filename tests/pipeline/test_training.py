@@ -94,3 +94,23 @@ def test_candidate_worse_than_production_is_rejected(engine, paths, good_onnx) -
     assert any(f"worse than {production.model_version}" in reason for reason in weak.decision.reasons)
     with Session(engine) as session:
         assert describe_model(session, weak.model_version)["compared_with"] == production.model_version
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path: Path) -> None:
+    import shutil
+
+    from cloud.pipeline.data.dataset import scan_imagefolder
+    from cloud.pipeline.data.synth import write_synthetic_dataset
+    from cloud.pipeline.train.trainer import train
+
+    dataset = scan_imagefolder(write_synthetic_dataset(tmp_path / "data", images_per_class=30, seed=4))
+    config = TrainConfig(epochs=2, seed=3)
+    straight = train(dataset, config, DEFAULT_SPEC, show_progress=False, checkpoint_dir=tmp_path / "straight")
+    # Simulate a crash after epoch 1: only that epoch's checkpoint survives as last.pt.
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copyfile(tmp_path / "straight" / "epoch-001.pt", resumed_dir / "last.pt")
+    resumed = train(dataset, config, DEFAULT_SPEC, show_progress=False, checkpoint_dir=resumed_dir)
+    assert sorted(p.name for p in resumed_dir.iterdir()) == ["epoch-002.pt", "last.pt"]
+    assert all(torch.equal(value, resumed.model.state_dict()[key]) for key, value in straight.model.state_dict().items())
+    assert resumed.evaluation.as_dict() == straight.evaluation.as_dict()
