@@ -91,3 +91,27 @@ def test_fleet_page_shows_a_bounded_page_of_a_large_fleet(control_plane, api) ->
         assert narrowed.text.count("<tr data-device=") == 2 and "matching" not in narrowed.text
     finally:
         client.close()
+
+
+def test_the_simple_rollout_form_builds_a_spec(control_plane, api, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    for index, profile in enumerate(("x86-64-avx2", "x86-64-avx2", "rpi5-arm64")):
+        assert api.post("/api/v1/devices", json={"id": f"cam-f{index}", "hardware_profile": profile}).status_code == 201
+    release = make_release(control_plane, tmp_path)
+    token = make_token(control_plane, Role.OPERATOR)
+    client = _session(control_plane, token)
+    try:
+        response = client.post("/ui/rollouts", data={
+            "csrf": csrf_for(token), "name": "form canary", "package_id": release.package_id,
+            "hardware_profile": "x86-64-avx2", "stage_kind": "percent", "stages": "50, 100", "soak_s": "30",
+            "require_approval": "on"})
+        location = _flash(response)
+        assert location.startswith("/ui/rollouts/ro-") and "rollout started" in location
+        rollout_id = location.split("/ui/rollouts/")[1].split("?")[0]
+    finally:
+        client.close()
+    spec = api.get(f"/api/v1/rollouts/{rollout_id}").json()["spec"]
+    assert spec["name"] == "form canary"
+    assert spec["target"]["hardware_profiles"] == ["x86-64-avx2"]
+    assert [(s["percent"], s["require_approval"]) for s in spec["stages"]] == [(50, True), (100, False)]
+    assert spec["soak_s"] == 30
+    assert api.get(f"/api/v1/rollouts/{rollout_id}").json()["device_count"] == 2
