@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from html.parser import HTMLParser
 
 from cloud.dashboard.auth import DashboardUser
 from cloud.dashboard.charts import Series, line_chart
@@ -52,3 +53,65 @@ def test_charts_are_accessible_svg_with_gaps_for_missing_values() -> None:
     assert "latest 5.0" in svg and "19:00:00 UTC" in svg
     empty = str(line_chart("Nothing", [Series("fps", [])], chart_id="c2"))
     assert "no data yet" in empty
+
+
+class _Balance(HTMLParser):
+    """Every non-void element is closed in order: the pages are well-formed for assistive tech."""
+
+    VOID = {"meta", "link", "input", "img", "br", "hr", "line", "circle", "polyline"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else 'nothing'}>")
+            return
+        self.stack.pop()
+
+
+def _balanced(html: str) -> None:
+    checker = _Balance()
+    checker.feed(html)
+    assert not checker.errors and not checker.stack, (checker.errors[:5], checker.stack)
+
+
+def test_rollout_page_with_engine_detail_is_well_formed() -> None:
+    rollout = {
+        "id": "ro-1", "name": "canary", "state": "awaiting_approval", "stage": 0, "stages": 2, "phase": "install",
+        "halted_strata": [], "created_at": "2026-11-23T19:00:00", "finished_at": None, "device_count": 2,
+        "plan": {"strata": {"a/onnxruntime": 2}, "stage_sizes": [{"a/onnxruntime": 1}, {"a/onnxruntime": 2}]},
+        "spec": {"release": {"package_id": "p-2"}}, "devices_by_stratum": {"a/onnxruntime": {"succeeded": 1}},
+        "evaluation": {"at": "2026-11-23T19:01:00", "action": "await_approval", "reason": "stage 0 passed", "stage": 0,
+                       "phase": "install", "strata": {"a/onnxruntime": {"stratum": "a/onnxruntime", "halted": False,
+                                                                        "device_states": {"succeeded": 1},
+                                                                        "gates": [{"gate": "error_rate", "status": "pass",
+                                                                                   "observed": 0.0, "threshold": 0.01,
+                                                                                   "message": "ok", "numbers": {"n": 1}}]}}},
+        "decisions": [{"id": 1, "stage": 0, "action": "created", "actor": "operator:ops", "reason": "planned",
+                       "numbers": {}, "created_at": "2026-11-23T19:00:00"}],
+    }
+    from cloud.dashboard.routes import ACTION_LABELS, ACTION_QUESTIONS, ACTIONS_BY_STATE, _stage_rows
+
+    devices = [{"device_id": "cam-1", "stratum": "a/onnxruntime", "stage": 0, "state": "succeeded", "package_id": "p-2",
+                "previous_package_id": "p-1", "attempts": 1, "reason": ""}]
+    html = _render("rollout.html", rollout=rollout, devices=devices, stage_rows=_stage_rows(rollout, devices),
+                   actions=ACTIONS_BY_STATE["awaiting_approval"], action_labels=ACTION_LABELS,
+                   action_questions=ACTION_QUESTIONS, message=None, error=None)
+    assert "Approve next stage" in html and 'data-gate="error_rate"' in html
+    _balanced(html)
+
+
+def test_model_page_is_well_formed() -> None:
+    model = {"version": "shapes-1", "status": "registered", "dataset_id": "ds-1", "code_version": None,
+             "labels": ["a"], "hyperparameters": {}, "metrics": {"accuracy": 0.9}, "onnx_sha256": "0" * 64}
+    _balanced(_render("model.html", model=model, scalar_metrics={"accuracy": 0.9}, slices={}, slice_columns=[],
+                      lineage=None, packages=[], devices=[]))
