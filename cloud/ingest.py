@@ -118,8 +118,9 @@ def plan_batch(reports: Sequence[Report], received_at: datetime, *,
 @dataclass
 class _Item:
     topic: str
-    report: Report | None  # None: rejected already, only the acknowledgement is left
+    report: Report | None  # None: not parsed yet (payload set) or rejected (only the ack is left)
     ack: Ack | None
+    payload: bytes | None = None  # until the writer parses it
 
 
 _STOP = object()
@@ -196,16 +197,20 @@ class ReportIngest:
 
     # -- entry points --------------------------------------------------------------------
     def submit(self, topic: str, payload: bytes, ack: Ack | None = None, qos: int = 1) -> None:
-        """Validate now; store in the next batch; then call ``ack``. Never raises."""
+        """Queue one message; the writer validates and stores it, then calls ``ack``. Never raises.
+
+        Only a queue append happens here, on the MQTT network thread: a network thread
+        that falls behind lets its socket fill, and Mosquitto drops messages for a
+        client once more than ``max_queued_messages`` wait to be written to it.
+        """
         self.counters.count_received()
         if self._stopping.is_set() or self._writer is None:
             return  # not acknowledged: the broker redelivers it to this session later
-        result = classify(self.topics, topic, payload, self.max_report_bytes)
-        if isinstance(result, Rejection):
-            self._reject(result.reason, topic, result.detail)
+        if len(payload) > self.max_report_bytes:  # never hold an oversized payload in memory
+            self._reject("oversized", topic, f"payload of {len(payload)} bytes exceeds {self.max_report_bytes}")
             item = _Item(topic, None, ack)
         else:
-            item = _Item(topic, result, ack)
+            item = _Item(topic, None, ack, payload)
         if qos == 0:
             try:
                 self._queue.put_nowait(item)
@@ -255,10 +260,22 @@ class ReportIngest:
                     stop_after = True
                     break
                 batch.append(item)  # type: ignore[arg-type]
+            self._parse(batch)
             self._store_with_retry(batch)
             self._idle.set()
             if stop_after:
                 return
+
+    def _parse(self, batch: list[_Item]) -> None:
+        for item in batch:
+            if item.payload is None:
+                continue
+            result = classify(self.topics, item.topic, item.payload, self.max_report_bytes)
+            item.payload = None
+            if isinstance(result, Rejection):
+                self._reject(result.reason, item.topic, result.detail)
+            else:
+                item.report = result
 
     def _store_with_retry(self, batch: list[_Item]) -> None:
         attempt = 0

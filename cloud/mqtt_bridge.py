@@ -51,11 +51,13 @@ class CloudMqtt:
         protocol: str = "3.1.1",
         receive_maximum: int = 1000,
         session_expiry_s: int = 7 * 86_400,
+        subscribe_reports: bool = True,
     ) -> None:
         self.topics = topics
         self._on_report = on_report
         self._on_report_acked = on_report_acked
         self._shared_group = shared_group
+        self._subscribe_reports = subscribe_reports
         self._persistent = session_id is not None
         self._v5 = protocol == "5"
         self._connect_properties: Properties | None = None
@@ -112,7 +114,8 @@ class CloudMqtt:
             log.error("broker refused the control plane: %s", reason_code)
             return
         prefix = f"$share/{self._shared_group}/" if self._shared_group else ""
-        client.subscribe([(prefix + topic, 1) for topic in self.topics.all_reports()])
+        if self._subscribe_reports:  # False on an API-only node: it publishes commands only
+            client.subscribe([(prefix + topic, 1) for topic in self.topics.all_reports()])
         self.connected.set()
         log.info("control plane subscribed to reports under %s", self.topics.prefix)
 

@@ -17,6 +17,7 @@ from cloud.core.db import make_engine, migrate
 from cloud.ingest import ReportIngest
 from cloud.mqtt_bridge import CloudMqtt
 from cloud.retention import RetentionPolicy, RetentionWorker
+from cloud.retention import RetentionPolicy, RetentionWorker
 from cloud.rollout.config import RolloutEngineSettings
 from cloud.rollout.engine import EngineConfig, RolloutEngine
 from cloud.rollout.listener import record_rollout_window
@@ -69,7 +70,8 @@ class ControlPlane:
             self.broker.start()
             self.broker_url = self.broker.url
         # Batched ingest, acknowledging each report to the broker only once it is committed.
-        self.ingest.start()
+        if self.settings.ingest_enabled:
+            self.ingest.start()
         self.mqtt = CloudMqtt(self.broker_url, self.topics, self.ingest.handle,
                               on_report_acked=self.ingest.submit,
                               session_id=self.settings.ingest_client_id,
@@ -78,6 +80,7 @@ class ControlPlane:
                               protocol="3.1.1" if self.broker is not None else self.settings.mqtt_protocol,
                               receive_maximum=self.settings.ingest_receive_maximum,
                               session_expiry_s=self.settings.ingest_session_expiry_s,
+                              subscribe_reports=self.settings.ingest_enabled,
                               tls_ca_file=_path(self.settings.mqtt_ca_file),
                               tls_cert_file=_path(self.settings.mqtt_cert_file),
                               tls_key_file=_path(self.settings.mqtt_key_file),

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # The broker URL handed to devices at enrollment; defaults to the one the control plane uses.
     device_mqtt_url: str | None = None
     # --- scale-out and ingest (issue 9, docs/scaling.md) ---
+    # False: an API-only node (it still publishes commands); ingest runs in other processes
+    # (python -m cloud.workers.ingest_node), so API latency does not compete with ingest.
+    ingest_enabled: bool = True
     # MQTT 5 lets ingest raise the broker's in-flight window (Receive Maximum); the
     # embedded amqtt broker speaks 3.1.1 only and always gets 3.1.1.
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
