@@ -17,7 +17,6 @@ from cloud.core.db import make_engine, migrate
 from cloud.ingest import ReportIngest
 from cloud.mqtt_bridge import CloudMqtt
 from cloud.retention import RetentionPolicy, RetentionWorker
-from cloud.retention import RetentionPolicy, RetentionWorker
 from cloud.rollout.config import RolloutEngineSettings
 from cloud.rollout.engine import EngineConfig, RolloutEngine
 from cloud.rollout.listener import record_rollout_window
