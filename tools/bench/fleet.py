@@ -235,10 +235,28 @@ def wait_stored(db: Database, target: int, stall_s: float = 20.0) -> float:
         time.sleep(0.2)
 
 
-def stream_phase(sim: FleetSimulator, db: Database, seconds: float, label: str) -> float:
-    """Stream for ``seconds``; return reports per second from phase start to the last commit."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of processes (Linux /proc), to normalise throughput by CPU spent."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def stream_phase(sim: FleetSimulator, db: Database, seconds: float, label: str, ingest_pids: list[int]) -> float:
+    """Stream for ``seconds``; return reports per second from phase start to the last commit.
+
+    Also logs the ingest processes' CPU per report: on a machine whose cores are shared
+    with the simulator, the broker and PostgreSQL, reports per ingest CPU-second is the
+    figure that carries over to a dedicated node.
+    """
     before = sim.stats().telemetry_generated
     stored_before = db.scalar("SELECT count(*) FROM telemetry")
+    cpu_before = cpu_seconds(ingest_pids)
     started = time.monotonic()
     sim.resume_telemetry()
     time.sleep(seconds)
@@ -247,8 +265,10 @@ def stream_phase(sim: FleetSimulator, db: Database, seconds: float, label: str) 
     generated = sim.stats().telemetry_generated - before
     done = wait_stored(db, stored_before + generated)
     rate = generated / (done - started)
+    cpu = cpu_seconds(ingest_pids) - cpu_before
     log(f"{label}: {generated} reports generated in {seconds:.0f}s "
-        f"(offered {generated / seconds:.0f}/s), stored at {rate:.0f}/s")
+        f"(offered {generated / seconds:.0f}/s), stored at {rate:.0f}/s; "
+        f"ingest CPU {cpu:.1f}s = {generated / cpu if cpu else float('nan'):.0f} reports per ingest CPU-second")
     return rate
 
 
@@ -299,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
              ",".join(device_ids[:: max(1, len(device_ids) // 200)])],
             stdout=subprocess.PIPE, text=True,
         )
-        rate_1w = stream_phase(sim, db, args.phase_s, "1 node")
+        rate_1w = stream_phase(sim, db, args.phase_s, "1 node", [n.process.pid for n in nodes if n.kind == "ingest"])
         probe_out, _ = probe.communicate(timeout=120)
         probe_result = json.loads(probe_out)
         latencies = sorted(probe_result["latencies_ms"])
@@ -308,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             f"p95 {api_p95_ms:.1f} ms, errors {probe_result['errors']}")
 
         start_node("ingest", 2)
-        rate_2w = stream_phase(sim, db, args.phase_s, "2 nodes")
+        rate_2w = stream_phase(sim, db, args.phase_s, "2 nodes", [n.process.pid for n in nodes if n.kind == "ingest"])
 
         started = time.monotonic()
         response = httpx.post(f"{api.base_url}/api/v1/deployments",
