@@ -375,6 +375,9 @@ def _decode_json(payload: bytes, max_bytes: int) -> Any:
         return json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedPayload(f"payload is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        # A few KB of "[[[[..." exhausts the parser's stack; no valid message nests that deep.
+        raise MalformedPayload("payload nests too deeply to be a valid message") from exc
 
 
 M = TypeVar("M", bound=BaseModel)
