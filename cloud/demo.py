@@ -105,7 +105,8 @@ def run_demo(*, devices: int, seconds: float, workdir: Path, console: Console) -
             admin_token, _ = create_api_token(session, name="demo admin", role=Role.ADMIN)
         console.print(f"[bold]api[/] admin token {admin_token}\n"
                       f"  curl -H 'Authorization: Bearer {admin_token}' {base_url}/api/v1/fleet\n"
-                      f"  (more tokens: edgefleet token create --name NAME --role viewer|operator|admin)")
+                      f"  (more tokens: edgefleet token create --name NAME --role viewer|operator|admin)\n"
+                      f"  dashboard while the demo runs: {base_url}/ui (log in with the token)")
         client = httpx.Client(base_url=base_url, timeout=10, headers={"Authorization": f"Bearer {admin_token}"})
         device_ids = [f"cam-{i:02d}" for i in range(1, devices + 1)]
         for device_id in device_ids:
