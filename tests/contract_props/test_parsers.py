@@ -126,10 +126,9 @@ def test_parse_report_on_arbitrary_json_raises_only_contract_errors(kind: Report
         parse_report(kind, json.dumps(document).encode(), device_id)
 
 
-# Found by this suite: json.loads recurses once per nesting level, and 20,000 levels fit
-# in the 64 KB limit, so RecursionError escapes the contract's parsers. The control
-# plane's ingest counts it as "malformed"; the fix belongs in agent/contract (catch
-# RecursionError in _decode_json). Strict: this test starts failing once it is fixed.
+# Found by this suite: json.loads recurses once per nesting level and 20,000 levels fit
+# in the 64 KB limit, so RecursionError used to escape the contract's parsers (fixed in
+# agent/contract: it is now a MalformedPayload).
 DEEP = b"[" * 20_000 + b"]" * 20_000
 
 
