@@ -31,12 +31,14 @@ from agent.contract import (
     Topics,
     parse_command,
 )
-from agent.errors import AgentError
-from agent.infer.engine import InferenceEngine, ResultSink
+from agent.errors import AgentError, InstallError
+from agent.infer.engine import InferenceEngine, ResultSink, load_model
+from agent.infer.shadow import ShadowRunner, ShadowSet
 from agent.metrics import AgentMetrics, MetricsServer
 from agent.pipeline import Pipeline
 from agent.profiles import PROFILES_DIR, FirmwareProfile, load_profile
 from agent.results import JsonLinesSink
+from agent.runtime.base import RuntimeLoadError
 from agent.security import NotEnrolledError, PackageUpdater, load_director_key, verify_command
 from agent.telemetry.drift import agent_monitoring
 from agent.update.fetcher import ArtifactFetcher, HttpFetcher
@@ -134,12 +136,14 @@ class AgentApp:
             tls_cert_file=str(config.mqtt_cert_file) if config.mqtt_cert_file else None,
             tls_key_file=str(config.mqtt_key_file) if config.mqtt_key_file else None,
         )
+        # Shadow runners (issue 6): a candidate beside the active model, per pipeline.
+        self.shadows = ShadowSet()
         # Drift windows and samples (issue 7), fed with each engine's raw scores.
         self.monitoring = agent_monitoring(
             config=config.monitoring, device_id=config.device_id, state_dir=config.state_dir, topics=self.topics,
             api_url=config.api_url, api_token_file=config.api_token_file, publish=self.uplink.publish)
         for name, pipeline in self.pipelines.items():
-            pipeline.engine.output_hook = self.monitoring.hook(name)
+            pipeline.engine.output_hook = self.shadows.hook(name, self.monitoring.hook(name))
         self._threads = [
             threading.Thread(target=self._command_loop, name="commands", daemon=True),
             threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True),
@@ -300,6 +304,7 @@ class AgentApp:
                 pipeline=name,
                 invalid_outputs=window.invalid_outputs,
                 frame_totals=pipeline.totals(),
+                shadow=self.shadows.take_window(name),
             )
             self.uplink.publish(self.topics.telemetry(self.config.device_id), report)
             self.metrics.observe_window(report)
@@ -396,9 +401,36 @@ class AgentApp:
         except AgentError as exc:
             self._reject_command(command, exc)
             return
+        if command.mode == "shadow":
+            self._start_shadow(manager, command)
+            return
+        self.shadows.stop(manager.pipeline.name)  # an install ends any shadow phase
         current = manager.pipeline.engine.model
         if current is not None and current.manifest.package_id == command.package_id:
             self._report_job(command, JobState.SUCCEEDED)
             return
         self._report_job(command, JobState.RECEIVED)
         manager.install(command)
+
+    def _start_shadow(self, manager: InstallManager, command: DeployCommand) -> None:
+        """Fetch and verify the candidate, then run it beside the active model (issue 6).
+
+        Nothing is swapped: the candidate only sees a sampled fraction of frames, and the
+        agreement and latency go out with each telemetry report.
+        """
+        self._report_job(command, JobState.RECEIVED)
+        try:
+            manifest, package_dir = self._fetch_package(command, manager.store,
+                                                        lambda state: self._report_job(command, state))
+            candidate = load_model(manifest, package_dir, threads=self.config.inference_threads)
+        except AgentError as exc:
+            self._report_job(command, JobState.FAILED, exc)
+            return
+        except RuntimeLoadError as exc:
+            self._report_job(command, JobState.FAILED, InstallError(str(exc)))
+            return
+        self.shadows.start(manager.pipeline.name, ShadowRunner(
+            candidate, sample_fraction=command.shadow_sample_fraction, duration_s=command.shadow_duration_s))
+        self._report_job(command, JobState.SUCCEEDED)
+        log.info("shadowing %s on %.0f%% of frames for %.0fs", command.package_id,
+                 command.shadow_sample_fraction * 100, command.shadow_duration_s)

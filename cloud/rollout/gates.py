@@ -161,11 +161,13 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def class_distribution_test(canary: Counter[str], control: Counter[str]) -> tuple[float, float, float]:
+def class_distribution_test(canary: Counter[str], control: Counter[str], *,
+                            frames_per_sample: float = 1.0) -> tuple[float, float, float]:
     """Chi-square test of homogeneity on a 2 x K table of predicted-class counts.
 
-    Returns ``(chi2, p_value, total_variation_distance)``. Classes that neither group
-    predicted are dropped (a zero column has no expected count).
+    Counts are divided by ``frames_per_sample`` first (correlated frames carry less
+    evidence than their number). Returns ``(chi2, p_value, total_variation_distance)``.
+    Classes that neither group predicted are dropped (a zero column has no expected count).
     """
     labels = sorted(label for label in set(canary) | set(control) if canary[label] + control[label] > 0)
     canary_total = sum(canary[label] for label in labels)
@@ -173,7 +175,8 @@ def class_distribution_test(canary: Counter[str], control: Counter[str]) -> tupl
     tvd = 0.5 * sum(abs(canary[label] / canary_total - control[label] / control_total) for label in labels)
     if len(labels) < 2:
         return 0.0, 1.0, tvd
-    table = [[canary[label] for label in labels], [control[label] for label in labels]]
+    table = [[canary[label] / frames_per_sample for label in labels],
+             [control[label] / frames_per_sample for label in labels]]
     chi2, p_value, _dof, _expected = chi2_contingency(table, correction=False)
     return float(chi2), float(p_value), float(tvd)
 
@@ -259,8 +262,10 @@ def _class_distribution_gate(t: GateThresholds, canary: GroupStats, control: Gro
     if canary_n < t.min_frames or control_n < t.min_frames:
         return GateResult("class_distribution", GateStatus.INSUFFICIENT, None, alpha,
                           f"{canary_n} canary / {control_n} control predictions, need {t.min_frames} each", numbers)
-    chi2, p_value, tvd = class_distribution_test(canary.class_counts, control.class_counts)
-    numbers.update(chi2=round(chi2, 3), p_value=p_value, tvd=round(tvd, 4))
+    chi2, p_value, tvd = class_distribution_test(canary.class_counts, control.class_counts,
+                                                 frames_per_sample=t.frames_per_independent_sample)
+    numbers.update(chi2=round(chi2, 3), p_value=p_value, tvd=round(tvd, 4),
+                   frames_per_sample=t.frames_per_independent_sample)
     shifted = p_value < alpha and tvd > t.class_distribution_min_tvd
     return GateResult("class_distribution", GateStatus.FAIL if shifted else GateStatus.PASS, p_value, alpha,
                       f"chi-square p={p_value:.3g}, total variation distance {tvd:.3f}", numbers)

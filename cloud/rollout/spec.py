@@ -199,6 +199,10 @@ class GateThresholds(_Strict):
     # Consecutive frames are correlated, so with many frames any shift is "significant";
     # we also require a material effect (total variation distance between distributions).
     class_distribution_min_tvd: float = Field(default=0.15, ge=0, le=1)
+    # Consecutive camera frames mostly repeat the same scene (DESIGN.md section 8), so frame
+    # counts overstate the evidence: the chi-square counts one independent sample per this
+    # many frames (about one per second at 10 fps). Use 1 for independent frames.
+    frames_per_independent_sample: float = Field(default=10.0, ge=1)
     # The engine looks at the gates on every tick. Before the soak is over (or while devices
     # still install) a look is "interim" and the chi-square needs alpha times this fraction, so
     # repeated looks do not add up to false alarms (the O'Brien-Fleming idea, simplified);

@@ -76,8 +76,11 @@ def test_small_samples_are_insufficient_not_passing() -> None:
 
 def test_chi_square_needs_significance_and_a_material_effect() -> None:
     _chi2, p_value, tvd = class_distribution_test(Counter({"a": 5100, "b": 4900}), Counter({"a": 4900, "b": 5100}))
-    # Significant at 10 000 frames per group but only a 2 % shift: not a different model.
+    # Significant at 10 000 independent frames per group but only a 2 % shift: not a different model.
     assert p_value < 0.01 and tvd == pytest.approx(0.02)
+    # The same counts from a camera (one independent sample per 10 frames): not even significant.
+    assert class_distribution_test(Counter({"a": 5100, "b": 4900}), Counter({"a": 4900, "b": 5100}),
+                                   frames_per_sample=10)[1] > 0.05
     statuses = _gates(_windows(3, classes={"circle": 2550, "square": 2450}),
                       _windows(3, classes={"circle": 2450, "square": 2550}, prefix="c"))
     assert statuses["class_distribution"] == GateStatus.PASS
@@ -202,7 +205,7 @@ def test_interim_looks_need_stronger_evidence_for_a_class_shift() -> None:
     # A modest shift (p about 2e-4): enough at the decision, not on one of many interim looks.
     canary = _windows(1, classes={"circle": 24, "cross": 12, "square": 12, "triangle": 12})
     control = _windows(10, prefix="c", classes={"circle": 25, "cross": 25, "square": 25, "triangle": 25})
-    thresholds = GateThresholds(class_distribution_min_tvd=0.1, min_frames=100)
+    thresholds = GateThresholds(class_distribution_min_tvd=0.1, min_frames=100, frames_per_independent_sample=1)
 
     def status(interim: bool) -> GateStatus:
         results = evaluate_stratum(thresholds, installs=InstallOutcomes(succeeded=1),
