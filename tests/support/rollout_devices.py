@@ -222,6 +222,25 @@ class RolloutSim(FleetSimulator):
         self._publish(device, self.topics.telemetry(device.device_id), report.to_bytes(), on_ack=acked)
 
 
+def purge_sessions(broker_url: str, device_ids: list[str]) -> None:
+    """Connect as each simulated device once with a clean session, which discards its old one."""
+    import paho.mqtt.client as mqtt
+
+    from agent.contract.broker_url import parse_broker_url
+
+    address = parse_broker_url(broker_url)
+    for device_id in device_ids:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ef-agent-{device_id}",
+                             clean_session=True, protocol=mqtt.MQTTv311)
+        client.connect(address.host, address.port, keepalive=10)
+        client.loop_start()
+        deadline = time.monotonic() + 5
+        while not client.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        client.disconnect()
+        client.loop_stop()
+
+
 class RolloutFleet:
     """One :class:`RolloutSim` per hardware profile, sharing an oracle and a command log."""
 
@@ -238,14 +257,18 @@ class RolloutFleet:
             for index, (profile, device_ids) in enumerate(profiles.items())
         }
         self._owner = {d: p for p, ids in profiles.items() for d in ids}
+        self.broker_url = broker_url
 
     def start(self) -> None:
+        # Device ids repeat across tests on the shared broker, and devices keep persistent
+        # sessions: drop any earlier session first, or its queued commands would arrive here.
+        purge_sessions(self.broker_url, list(self._owner))
         for sim in self.sims.values():
             sim.start()
 
     def stop(self) -> None:
         for sim in self.sims.values():
-            sim.stop(graceful=False)
+            sim.stop(graceful=False, purge_sessions=True)
 
     def sim_of(self, device_id: str) -> RolloutSim:
         return self.sims[self._owner[device_id]]
