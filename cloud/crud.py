@@ -91,7 +91,10 @@ def apply_statuses(session: Session, reports: list[StatusReport]) -> None:
     wanted = sorted({report.device_id for report in reports})
     if not wanted:
         return
-    devices = {device.id: device for device in session.exec(select(Device).where(col(Device.id).in_(wanted)))}
+    # Row locks, taken in id order: several ingest nodes may hold reports of one device in
+    # concurrent batches, and without the lock the later commit silently undoes the other.
+    locked = select(Device).where(col(Device.id).in_(wanted)).order_by(col(Device.id)).with_for_update()
+    devices = {device.id: device for device in session.exec(locked)}
     seen_at = utc_now()
     for report in reports:
         device = devices.get(report.device_id)
@@ -251,7 +254,11 @@ def apply_job_reports(session: Session, reports: list[JobStatusReport]) -> list[
     applied: list[bool] = []
     deployment_ids: set[str] = set()
     wanted = sorted({report.job_id for report in reports})
-    jobs = {job.id: job for job in session.exec(select(DeviceJob).where(col(DeviceJob.id).in_(wanted)))} if wanted else {}
+    # Locked in id order: with several ingest nodes a job's reports arrive in different
+    # nodes' batches, and a stale read would let "verifying" overwrite a committed
+    # "succeeded" (final states are sticky only if the check sees the committed state).
+    locked = select(DeviceJob).where(col(DeviceJob.id).in_(wanted)).order_by(col(DeviceJob.id)).with_for_update()
+    jobs = {job.id: job for job in session.exec(locked)} if wanted else {}
     for report in reports:
         job = jobs.get(report.job_id)
         if job is None or job.device_id != report.device_id:

@@ -338,13 +338,20 @@ def main(argv: list[str] | None = None) -> int:
         deployment_id = response.json()["id"]
         log(f"deployment {deployment_id} created in {time.monotonic() - started:.1f}s")
         final_states = "('succeeded', 'failed', 'rejected')"
-        deadline = time.monotonic() + 900
-        while db.scalar(f"SELECT count(*) FROM device_job WHERE deployment_id = :d AND state IN {final_states}",
-                        d=deployment_id) < args.devices:
-            if time.monotonic() > deadline:
-                raise TimeoutError("rollout did not finish in 900s")
+        final, last_change, rollout_done = -1, time.monotonic(), True
+        while True:
+            count = db.scalar(f"SELECT count(*) FROM device_job WHERE deployment_id = :d AND state IN {final_states}",
+                              d=deployment_id)
+            if count >= args.devices:
+                break
+            if count != final:
+                final, last_change = count, time.monotonic()
+            elif time.monotonic() - last_change > 60:
+                log(f"rollout stalled: {count}/{args.devices} jobs final")
+                rollout_done = False
+                break
             time.sleep(0.25)
-        rollout_s = time.monotonic() - started
+        rollout_s = time.monotonic() - started if rollout_done else float("nan")
         succeeded = db.scalar("SELECT count(*) FROM device_job WHERE deployment_id = :d AND state = 'succeeded'",
                               d=deployment_id)
         log(f"rollout: {succeeded}/{args.devices} succeeded in {rollout_s:.1f}s")
