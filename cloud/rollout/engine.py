@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import Engine, update
 from sqlalchemy import select as sa_select
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
 from agent.contract import MANIFEST_FILE, DeployCommand
@@ -181,6 +182,7 @@ class _Pass:
         job_ids = [j for row in self.rows for j in (row.job_id, row.shadow_job_id) if j]
         self.jobs = {j.id: j for j in session.exec(select(DeviceJob).where(col(DeviceJob.id).in_(job_ids)))}
         self._packages: dict[str, Package | None] = {}
+        self._seqs: dict[str, int] = {}  # device id -> command seq allocated for this pass
         # stratum -> control source and group summaries, added to the decision's numbers.
         self._numbers: dict[str, dict[str, Any]] = {}
 
@@ -298,11 +300,36 @@ class _Pass:
             self.session.flush()
         return deployment_id
 
+    def allocate_seqs(self, rows: Iterable[RolloutDevice]) -> None:
+        """Take the next command sequence number of each device, in one short transaction.
+
+        On PostgreSQL this runs apart from the pass's transaction, so device rows (which
+        ingest updates all the time) are locked for one statement, not for the whole pass.
+        A pass that fails afterwards leaves gaps in the sequence, which devices accept: they
+        only require it to grow. SQLite allows one writer, so there it stays in the pass.
+        """
+        ids = sorted({row.device_id for row in rows} - self._seqs.keys())
+        if not ids or self.session.get_bind().dialect.name != "postgresql":
+            return
+        statement = (update(Device).where(col(Device.id).in_(ids)).values(command_seq=col(Device.command_seq) + 1)
+                     .returning(col(Device.id), col(Device.command_seq)))
+        for attempt in range(3):
+            try:
+                with self.engine.db.begin() as connection:
+                    self._seqs.update({device_id: int(seq) for device_id, seq in connection.execute(statement)})
+                return
+            except OperationalError:  # a deadlock with ingest's batch: retry the one statement
+                if attempt == 2:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
     def command_for(self, row: RolloutDevice, package: Package, *, mode: str = "install") -> DeployCommand:
-        seq = self.session.execute(
-            update(Device).where(col(Device.id) == row.device_id)
-            .values(command_seq=col(Device.command_seq) + 1).returning(col(Device.command_seq))
-        ).scalar_one()
+        seq = self._seqs.pop(row.device_id, None)
+        if seq is None:
+            seq = self.session.execute(
+                update(Device).where(col(Device.id) == row.device_id)
+                .values(command_seq=col(Device.command_seq) + 1).returning(col(Device.command_seq))
+            ).scalar_one()
         job_id = short_id("job")
         self.session.add(DeviceJob(id=job_id, deployment_id=self.deployment_for(package.id), device_id=row.device_id,
                                    package_id=package.id, created_at=self.now, updated_at=self.now))
@@ -363,6 +390,7 @@ class _Pass:
                 continue
             chosen.append(row)
         sent = 0
+        self.allocate_seqs(chosen)
         # Device rows (command_seq) are updated in id order, so two engines' transactions
         # lock shared rows in the same order and cannot deadlock on each other.
         for row in sorted(chosen, key=lambda r: r.device_id):
@@ -395,7 +423,9 @@ class _Pass:
                       and self.online(r)]
         allowed = self.budget()
         sent = 0
-        for row in sorted(self.lock(candidates)[:allowed], key=lambda r: r.device_id):
+        chosen = sorted(self.lock(candidates)[:allowed], key=lambda r: r.device_id)
+        self.allocate_seqs(chosen)
+        for row in chosen:
             package = self.package(row.package_id)
             if package is None:
                 continue
@@ -407,7 +437,9 @@ class _Pass:
     def dispatch_rollbacks(self) -> None:
         waiting = [r for r in self.rows if r.state == DeviceState.ROLLBACK_PENDING]
         # Rollbacks are not rate limited: getting devices off a bad release comes first.
-        for row in sorted(self.lock(waiting)[: self.engine.config.max_dispatch_per_tick], key=lambda r: r.device_id):
+        chosen = sorted(self.lock(waiting)[: self.engine.config.max_dispatch_per_tick], key=lambda r: r.device_id)
+        self.allocate_seqs([r for r in chosen if r.previous_package_id is not None and self.online(r)])
+        for row in chosen:
             if row.previous_package_id is None:
                 self.set_state(row, DeviceState.ROLLED_BACK, "no previous version to return to")
                 continue
