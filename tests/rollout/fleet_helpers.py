@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 from cloud.models import DeviceJob
 from cloud.pipeline.quickstart import PipelineResult, register_and_package
 from cloud.server import ControlPlane
-from tests.support.models import TrainedModel
+from tests.support.models import TrainedModel, constant_model
 from tests.support.rollout_devices import ModelOracle, RolloutFleet
 from tests.support.services import wait_for
 
@@ -20,40 +20,6 @@ ARM = "arm64-neon"
 PROFILES = [X86, ARM]
 LABELS = ["circle", "cross", "square", "triangle"]
 FINAL_STATES = ("completed", "aborted", "cancelled")
-
-
-def constant_model(path: Path, num_classes: int, value: float) -> Path:
-    """An ONNX model (the pipeline's input spec) whose every score is ``value``: NaN for a broken release,
-    0.0 for a model that collapsed onto one class with uniform confidence."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper
-
-    from cloud.pipeline.train.trainer import DEFAULT_SPEC
-
-    shape = list(DEFAULT_SPEC.input_shape(1))
-    graph = helper.make_graph(
-        nodes=[
-            # Depends on the input (so runtimes cannot fold it away) but always yields zeros.
-            helper.make_node("ReduceMean", ["input"], ["pooled"], axes=list(range(1, len(shape))), keepdims=0),
-            helper.make_node("Mul", ["pooled", "zero"], ["zeroed"]),
-            helper.make_node("Unsqueeze", ["zeroed", "axes"], ["column"]),
-            helper.make_node("Add", ["column", "const"], ["logits"]),
-        ],
-        name="constant",
-        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *shape[1:]])],
-        outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_classes])],
-        initializer=[
-            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
-            helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
-            helper.make_tensor("const", TensorProto.FLOAT, [1, num_classes],
-                               np.full(num_classes, value, dtype=np.float32).tolist()),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
 
 
 def publish_constant(plane: ControlPlane, workdir: Path, name: str, *, value: float = 0.0,

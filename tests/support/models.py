@@ -35,7 +35,9 @@ def constant_model(path: Path, num_classes: int, value: float, *, spec=DEFAULT_S
     shape = list(spec.input_shape(1))
     graph = helper.make_graph(
         nodes=[
-            helper.make_node("ReduceMean", ["input"], ["pooled"], keepdims=0),
+            # Depends on the input (so runtimes cannot fold it away) but always yields zeros;
+            # reduce every axis but the batch so the output keeps one row per input.
+            helper.make_node("ReduceMean", ["input"], ["pooled"], axes=list(range(1, len(shape))), keepdims=0),
             helper.make_node("Mul", ["pooled", "zero"], ["zeroed"]),
             helper.make_node("Unsqueeze", ["zeroed", "axes"], ["column"]),
             helper.make_node("Add", ["column", "const"], ["logits"]),
