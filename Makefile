@@ -3,19 +3,23 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
-# The machine's pip config lists local indexes that may be empty; keep pip quiet about them.
 PIP     = $(BIN)/pip --quiet --disable-pip-version-check
+# pipefail: a failed install fails the build even though its output is filtered.
+SHELL       := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# The machine's pip config lists local indexes that may be missing; drop pip's notes about them.
+QUIET_PIP = { grep -v "is ignored" || true; }
 
 .PHONY: demo test install lint typecheck imports browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip setuptools wheel 2>&1 | grep -v "is ignored" || true
+	$(PIP) install --upgrade pip setuptools wheel 2>&1 | $(QUIET_PIP)
 	# CPU torch first (the pinned local build); the project's torch range admits it,
 	# so the next step pulls no CUDA packages.
-	$(PIP) install torch==2.13.0 2>&1 | grep -v "is ignored" || true
-	$(PIP) install -e ".[all]" 2>&1 | grep -v "is ignored" || true
-	$(BIN)/python -c "import torch, fastapi, onnxruntime, agent, cloud" 
+	$(PIP) install torch==2.13.0 2>&1 | $(QUIET_PIP)
+	$(PIP) install -e ".[all]" 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -c "import torch, fastapi, onnxruntime, agent, cloud"
 	touch $(STAMP)
 
 install: $(STAMP)
