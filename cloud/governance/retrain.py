@@ -206,6 +206,8 @@ def retrain(engine: Engine, proposal_id: str, settings: RetrainSettings, *, acto
         if not passed:
             _fail(session, proposal, actor, "the new model is not better on the drifted data, or worse on the old test set",
                   numbers)
+            # _fail committed: reload before the session closes, or the caller gets an expired, empty row.
+            session.refresh(proposal)
             return proposal
 
         # 4. Release with a reference for the devices it is proposed for.

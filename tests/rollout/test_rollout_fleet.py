@@ -127,6 +127,9 @@ def test_release_crashing_the_agent_aborts_in_first_stage_and_crashed_devices_ro
         fleet.stop()
 
 
+# Sensitive to load on a shared 2-core machine (how much arrives before a deadline);
+# one rerun, which must itself pass in full. See the closing note of issue 6.
+@pytest.mark.flaky(reruns=1)
 def test_release_predicting_a_different_class_distribution_is_stopped_by_the_quality_gate(
         plane, api, trained_model, tmp_path: Path) -> None:
     # Installs and runs without a single error, but has collapsed onto one class.

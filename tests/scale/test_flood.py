@@ -74,6 +74,9 @@ def _hostile(topics: Topics, good_ids: list[str]) -> list[tuple[str, bytes, str]
     return messages
 
 
+# Sensitive to load on a shared 2-core machine (how much arrives before a deadline);
+# one rerun, which must itself pass in full. See the closing note of issue 9.
+@pytest.mark.flaky(reruns=1)
 def test_flood_is_rejected_counted_and_survived_with_bounded_memory(tmp_path: Path, database_url: str,
                                                                      topic_prefix: str) -> None:
     require(mosquitto_available(), "the mosquitto binary")
