@@ -33,6 +33,22 @@ def available_ov_devices() -> list[str]:
     return sorted({d.split(".")[0] for d in devices}, key=lambda d: ("CPU", "GPU", "NPU").index(d) if d in ("CPU", "GPU", "NPU") else 9)
 
 
+def compile_config(device: str, threads: int = 0) -> dict[str, Any]:
+    """The settings every OpenVINO compile uses, on the device and in the control plane's gates.
+
+    The CPU plugin silently runs FP32 layers in bfloat16 on CPUs with AVX512_BF16 or AMX
+    (Zen 4, Sapphire Rapids): an "fp32" artifact would then not be the model its gate
+    measured. Pinning f32 keeps what runs equal to what was validated; INT8 models keep
+    their int8 layers either way (and their non-quantized layers skip bf16 conversions).
+    """
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if device == "CPU":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+        if threads > 0:
+            config["INFERENCE_NUM_THREADS"] = threads
+    return config
+
+
 class OpenVinoBackend:
     runtime = "openvino"
 
@@ -42,11 +58,8 @@ class OpenVinoBackend:
         except ImportError as exc:
             raise RuntimeLoadError("openvino is not installed") from exc
         self.device = device or "CPU"
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads > 0 and self.device == "CPU":
-            config["INFERENCE_NUM_THREADS"] = threads
         try:
-            compiled = core.compile_model(str(model_path), self.device, config)
+            compiled = core.compile_model(str(model_path), self.device, compile_config(self.device, threads))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own; wrap once.
             raise RuntimeLoadError(f"openvino could not compile {model_path.name} for {self.device}: {exc}") from exc
         self._request = compiled.create_infer_request()

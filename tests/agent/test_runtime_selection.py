@@ -106,3 +106,26 @@ def test_golden_error_never_accepts_nan_or_a_wrong_shape() -> None:
     assert golden_error(np.full((1, 4), np.nan, dtype=np.float32), expected) == float("inf")
     assert golden_error(np.zeros((1, 3), dtype=np.float32), expected) == float("inf")
     assert golden_error(np.full((1, 4), 0.25, dtype=np.float32), expected) == 0.25
+
+
+def test_an_openvino_fp32_artifact_runs_in_fp32(tmp_path: Path) -> None:
+    """OpenVINO's CPU plugin runs FP32 models in bfloat16 on CPUs with AVX512_BF16 or AMX
+    unless told otherwise (Zen 4 here): ~3 significant digits, not the model the gate measured."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    from agent.runtime.base import load_backend
+
+    rng = np.random.default_rng(7)
+    weight = rng.normal(size=(3 * 32 * 32, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+        "dense", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 64])], [numpy_helper.from_array(weight, "w")])
+    path = tmp_path / "dense.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = rng.random((1, 3, 32, 32), dtype=np.float32)
+    expected = x.reshape(1, -1).astype(np.float64) @ weight.astype(np.float64)
+    for runtime in ("onnxruntime", "openvino"):
+        backend = load_backend(ModelArtifact(file="dense.onnx", runtime=runtime, precision="fp32"), path)
+        relative = np.abs(backend.run(x) - expected).max() / np.abs(expected).max()
+        assert relative < 1e-5, f"{runtime}: relative error {relative:.1e}, more than FP32 rounding"

@@ -37,10 +37,12 @@ def onnxruntime_runner(path: Path, threads: int = 1) -> ArtifactRunner:
 def openvino_runner(path: Path, threads: int = 1) -> ArtifactRunner:
     import openvino as ov
 
+    from agent.runtime.openvino import compile_config
+
     core = ov.Core()
     try:
-        compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                          "PERFORMANCE_HINT": "LATENCY"})
+        # The device's own settings, so that what the gate measures is what the device runs.
+        compiled = core.compile_model(str(path), "CPU", compile_config("CPU", threads))
     except Exception as exc:
         raise BuildToolError(f"OpenVINO cannot compile {path.name}: {exc}") from exc
     request = compiled.create_infer_request()
