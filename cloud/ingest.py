@@ -138,7 +138,7 @@ class ReportIngest:
         max_report_bytes: int,
         batch_max_rows: int = 500,
         batch_wait_s: float = 0.01,
-        queue_max: int = 50_000,
+        queue_max: int = 70_000,
         touch_interval_s: float = 15.0,
         counters: IngestCounters | None = None,
     ) -> None:
@@ -217,7 +217,10 @@ class ReportIngest:
             except queue.Full:
                 self.counters.count_overloaded()
             return
-        # QoS 1: block the network thread instead of dropping; TCP pushes back on the broker.
+        # QoS 1: never dropped here. Blocking is the last resort, and a costly one: a network
+        # thread that stops reading lets the socket fill and Mosquitto then drops reports it
+        # already acknowledged; so nodes size the queue to the broker's in-flight window
+        # (Settings: INGEST_QUEUE_MAX >= INGEST_RECEIVE_MAXIMUM) and this never waits.
         while not self._stopping.is_set():
             try:
                 self._queue.put(item, timeout=0.5)

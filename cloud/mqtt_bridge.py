@@ -22,6 +22,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -31,6 +32,48 @@ from agent.contract import DeployCommand, Topics
 from agent.contract.broker_url import parse_broker_url
 
 log = logging.getLogger(__name__)
+
+
+class _BufferedReadClient(mqtt.Client):
+    """paho's client with reads of 64 KiB instead of a few bytes.
+
+    paho reads each packet with three or more ``recv`` calls (the command byte, the
+    length bytes, the rest), and each call releases and retakes the GIL. In an ingest
+    node whose writer thread is busy parsing reports, every retake waits up to the
+    interpreter's switch interval, so the network thread falls behind and the socket
+    fills. Mosquitto 2.0 then drops QoS 1 messages for this client once more than
+    ``max_queued_messages`` wait to be written to it, however large our Receive Maximum,
+    after it acknowledged them to the devices (tests/scale/test_bridge_reads.py: 5,707 of
+    20,000 arrived with paho's stock reads). One read per 64 KiB, and every complete
+    packet in the buffer handled before returning to ``select``, keeps the socket drained.
+    """
+
+    _READ_CHUNK = 65536
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._read_buffer = bytearray()
+        super().__init__(*args, **kwargs)
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if not self._read_buffer:
+            chunk = super()._sock_recv(self._READ_CHUNK)  # BlockingIOError when nothing is waiting
+            if len(chunk) <= bufsize:
+                return chunk
+            self._read_buffer += chunk
+        data = bytes(self._read_buffer[:bufsize])
+        del self._read_buffer[:bufsize]  # O(1) at the front of a bytearray
+        return data
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        result = super().loop_read(max_packets)
+        # select() only reports the socket: packets already in the buffer are handled now.
+        while result == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self._read_buffer and self._sock is not None:
+            result = super().loop_read(max_packets)
+        return result
+
+    def _sock_close(self) -> None:
+        self._read_buffer.clear()  # a partial packet from the old connection must not prefix the new one
+        super()._sock_close()
 
 
 class CloudMqtt:
@@ -69,7 +112,7 @@ class CloudMqtt:
         self._sign = sign
         self._address = parse_broker_url(broker_url)
         self.connected = threading.Event()
-        self._client = mqtt.Client(
+        self._client = _BufferedReadClient(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=session_id or client_id or f"ef-cloud-{uuid.uuid4().hex[:8]}",
             clean_session=None if self._v5 else not self._persistent,

@@ -61,7 +61,9 @@ class Settings(BaseSettings):
     ingest_receive_maximum: int = Field(default=2000, ge=1, le=65_535)
     ingest_batch_max_rows: int = Field(default=500, ge=1, le=10_000)
     ingest_batch_wait_ms: float = Field(default=10.0, ge=0, le=1000)
-    ingest_queue_max: int = Field(default=50_000, ge=100)
+    # At least the Receive Maximum: unacknowledged QoS 1 reports never exceed it, so the
+    # network thread never waits on a full queue (a stalled reader makes Mosquitto drop).
+    ingest_queue_max: int = Field(default=70_000, ge=100)
     # Telemetry tiers: raw rows, then 1-minute, then 1-hour rollups (cloud/retention.py).
     retention_enabled: bool = True
     retention_interval_s: float = Field(default=600.0, gt=0)
@@ -75,6 +77,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 "production needs EDGEFLEET_DATABASE_URL and EDGEFLEET_MQTT_URL; "
                 "the embedded SQLite and broker are for development only"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _queue_holds_the_in_flight_window(self) -> Settings:
+        if self.ingest_queue_max < self.ingest_receive_maximum:
+            raise ValueError(
+                f"EDGEFLEET_INGEST_QUEUE_MAX ({self.ingest_queue_max}) must be at least "
+                f"EDGEFLEET_INGEST_RECEIVE_MAXIMUM ({self.ingest_receive_maximum}): with a smaller queue the "
+                "MQTT thread stops reading, and Mosquitto drops reports it has already acknowledged"
             )
         return self
 
