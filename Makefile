@@ -10,7 +10,14 @@ SHELL       := /bin/bash
 # The machine's pip config lists local indexes that may be missing; drop pip's notes about them.
 QUIET_PIP = { grep -v "is ignored" || true; }
 
-.PHONY: demo test install lint typecheck imports browser clean
+.PHONY: demo test install litert lint typecheck imports browser clean
+
+# litert-torch (LiteRT .tflite builds) pins its own pydantic and pulls JAX, so it gets an
+# environment of its own; the pipeline runs its converter there through EDGEFLEET_LITERT_PYTHON
+# (cloud/pipeline/optimize/litert.py).
+LITERT_VENV  ?= .venv-litert
+LITERT_STAMP  = $(LITERT_VENV)/.installed-stamp
+LITERT_PIP    = $(LITERT_VENV)/bin/pip --quiet --disable-pip-version-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +30,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(LITERT_STAMP):
+	$(PYTHON) -m venv $(LITERT_VENV)
+	$(LITERT_PIP) install torch==2.13.0 2>&1 | $(QUIET_PIP)
+	$(LITERT_PIP) install "litert-torch>=0.10,<0.11" 2>&1 | $(QUIET_PIP)
+	$(LITERT_VENV)/bin/python -c "import litert_torch, torchao"
+	touch $(LITERT_STAMP)
+
+litert: $(LITERT_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/edgefleet demo --devices 5
@@ -46,8 +62,8 @@ browser:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; \
 	fi
 
-test: lint imports typecheck browser
-	$(BIN)/pytest -q -ra $(PYTEST_ARGS)
+test: lint imports typecheck browser litert
+	EDGEFLEET_LITERT_PYTHON=$(CURDIR)/$(LITERT_VENV)/bin/python $(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
 clean:
 	rm -rf .edgefleet .edgefleet-demo .pytest_cache .mypy_cache .ruff_cache test-artifacts

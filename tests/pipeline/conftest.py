@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -25,6 +26,7 @@ class TrainedOnnx:
     spec_path: Path
     data_root: Path
     accuracy: float
+    torch_model: Any  # the trained torch.nn.Module, for builds that convert from PyTorch (LiteRT)
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +53,8 @@ def good_onnx(shapes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Tr
     labels_path.write_text("\n".join(dataset.labels) + "\n")
     spec_path = workdir / "preprocessing.json"
     spec_path.write_text(json.dumps(DEFAULT_SPEC.model_dump(mode="json")))
-    return TrainedOnnx(onnx_path, labels_path, spec_path, shapes_root, float(result.metrics["accuracy"]))
+    return TrainedOnnx(onnx_path, labels_path, spec_path, shapes_root, float(result.metrics["accuracy"]),
+                       result.model.eval())
 
 
 @pytest.fixture

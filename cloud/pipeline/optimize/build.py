@@ -6,7 +6,8 @@ For each firmware profile, build what can be built on this machine:
 * ONNX INT8 QDQ with the profile's quantization settings (ONNX Runtime static quantization),
 * OpenVINO IR FP32 / FP16 / INT8 for profiles that list OpenVINO (INT8 via NNCF when
   installed, else OpenVINO reading the INT8 QDQ ONNX),
-* LiteRT ``.tflite`` for profiles that list LiteRT, when ``litert-torch`` is installed.
+* LiteRT ``.tflite`` FP32 and INT8 for profiles that list LiteRT, when a litert-torch converter is
+  available (``cloud/pipeline/optimize/litert.py``).
 
 What cannot be built here (a TensorRT engine, an Edge TPU compile) becomes a note
 with status ``built_on_device`` or ``built_externally``. Every INT8 artifact passes
@@ -216,18 +217,23 @@ def build_for_profiles(request: BuildRequest, log: Callable[[str], None] = lambd
                     reason = NOT_INSTALLED if not litert_available() else "no PyTorch model (imported ONNX): litert-torch converts PyTorch modules only"
                     notes.append(_note(name, f"litert-{choice.precision}", "not_built", reason))
                     continue
-                if choice.precision != "fp32":
-                    notes.append(_note(name, f"litert-{choice.precision}", "not_built",
-                                       "LiteRT INT8 needs litert-torch's PT2E quantizer; only FP32 .tflite is built"))
+                if choice.precision == "int8" and not can_quantize:
+                    notes.append(_note(name, "litert-int8", "not_built", "no calibration data: give a dataset to quantize"))
+                    continue
                 model = request.torch_model
 
-                def litert_fp32(model: nn.Module = model) -> BuiltArtifact:
-                    log("converting LiteRT FP32")
-                    path = convert_tflite(model, request.spec, work / "model-fp32.tflite")
-                    return BuiltArtifact("litert-fp32", path,
-                                         ModelArtifact(file=path.name, runtime="litert", precision="fp32"),
-                                         settings={"converter": "litert_torch.convert"})
-                add("litert-fp32", name, litert_fp32)
+                def litert(precision: str = choice.precision, model: nn.Module = model) -> BuiltArtifact:
+                    log(f"converting LiteRT {precision.upper()} (litert-torch)")
+                    calibration = request.calibration if precision == "int8" else None
+                    path = convert_tflite(model, request.spec, work / f"model-{precision}.tflite", calibration)
+                    how: dict[str, Any] = {"converter": "litert_torch.convert"}
+                    if calibration is not None:
+                        how.update(quantizer="litert_torch PT2E", weights="int8 symmetric per-channel",
+                                   activations="int8", calibration_images=len(calibration))
+                    return BuiltArtifact(f"litert-{precision}", path,
+                                         ModelArtifact(file=path.name, runtime="litert", precision=precision),  # type: ignore[arg-type]
+                                         settings=how)
+                add(f"litert-{choice.precision}", name, litert)
             execution_provider = getattr(choice, "execution_provider", None)
             if execution_provider == "TensorrtExecutionProvider":
                 notes.append(_note(name, "tensorrt-engine", "built_on_device",

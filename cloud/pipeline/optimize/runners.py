@@ -56,19 +56,19 @@ def openvino_runner(path: Path, threads: int = 1) -> ArtifactRunner:
 
 
 def litert_runner(path: Path, threads: int = 1) -> ArtifactRunner:
-    from ai_edge_litert.interpreter import Interpreter
+    from agent.contract import ModelArtifact
+    from agent.runtime.base import RuntimeLoadError
+    from agent.runtime.litert import LiteRtBackend
 
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    interpreter.allocate_tensors()
-    input_index = interpreter.get_input_details()[0]["index"]
-    output_index = interpreter.get_output_details()[0]["index"]
+    try:
+        # The device's backend: it quantizes the input of a fully int8 model the same way.
+        backend = LiteRtBackend(path, ModelArtifact(file=path.name, runtime="litert", precision="fp32"),
+                                threads=threads)
+    except RuntimeLoadError as exc:
+        raise BuildToolError(str(exc)) from exc
 
     def run(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        outputs = []
-        for item in batch:
-            interpreter.set_tensor(input_index, item[np.newaxis])
-            interpreter.invoke()
-            outputs.append(np.asarray(interpreter.get_tensor(output_index), dtype=np.float32))
+        outputs = [backend.run(item[np.newaxis]) for item in batch]
         return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
 
     return run
