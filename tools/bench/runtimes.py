@@ -102,10 +102,10 @@ def _measure(candidates: list[Candidate], x: npt.NDArray[np.float32], threads: i
     samples: list[list[float]] = [[] for _ in candidates]
     for _ in range(rounds):
         for index, runner in enumerate(runners):
-            # Re-warm after the other runtimes ran: ONNX Runtime's and OpenVINO's worker threads
-            # spin for a while after their last call and take cores from whoever runs next;
-            # with 3 warm-up calls ONNX Runtime INT8 measured ~2x slower than in a process of
-            # its own, with 10 the side-by-side figures agree with isolated runs.
+            # Re-warm after the other runtimes ran: the first calls of a block pay for thread
+            # pools waking up and caches refilling with this model's weights. (Absolute figures
+            # still drift by up to 50 % between runs on this shared VM; the ratios between
+            # runtimes measured in one run are what the benchmark reports.)
             for _ in range(10):
                 runner(x)
             for _ in range(calls_per_round):
