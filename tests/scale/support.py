@@ -32,7 +32,7 @@ from cloud.core.db import make_engine, migrate
 from cloud.models import Device, TelemetryRecord
 from tests.support.services import (
     REQUIRE_SERVICES,
-    MosquittoProcess,
+    DurableMosquitto,
     free_port,
     mosquitto_available,
     wait_for,
@@ -49,28 +49,6 @@ def require(available: bool, what: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"EDGEFLEET_REQUIRE_SERVICES=1 but {what} is not available")
     pytest.skip(f"{what} is not available")
-
-
-class DurableMosquitto(MosquittoProcess):
-    """A private Mosquitto that keeps sessions and queued messages across a restart."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        store = self.workdir / "store"
-        store.mkdir(exist_ok=True)
-        if os.geteuid() == 0:
-            # Started as root, mosquitto drops to its own user; it must be able to write its store.
-            shutil.chown(store, "mosquitto")
-            self.workdir.chmod(0o755)
-        self.config_path.write_text("\n".join([
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            "persistence true",
-            f"persistence_location {store}/",
-            # No silent drops: the default caps a session's queue at 1000 messages.
-            "max_queued_messages 0",
-            "",
-        ]))
 
 
 class PrivatePostgres:

@@ -122,3 +122,25 @@ def drop_postgres_database(admin_url: str, name: str) -> None:
     plain = admin_url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(plain, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class DurableMosquitto(MosquittoProcess):
+    """A private Mosquitto that keeps sessions and queued messages across a restart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        store = self.workdir / "store"
+        store.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            # Started as root, mosquitto drops to its own user; it must be able to write its store.
+            shutil.chown(store, "mosquitto")
+            self.workdir.chmod(0o755)
+        self.config_path.write_text("\n".join([
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {store}/",
+            # No silent drops: the default caps a session's queue at 1000 messages.
+            "max_queued_messages 0",
+            "",
+        ]))
