@@ -131,9 +131,13 @@ def retrain(engine: Engine, proposal_id: str, settings: RetrainSettings, *, acto
         base_model = session.get(ModelVersion, base_package.model_version_id)
         assert base_model is not None
         previous = load_stored_dataset(settings.datasets_dir, proposal.base_dataset_id)
+        # In content order, not arrival order: training visits the dataset in list order, so
+        # the same samples arriving in another order trained another model (the old test set
+        # then swung by 3-5 pp between runs of the same test).
         accepted = list(session.exec(select(SampleRecord).where(
             col(SampleRecord.status) == "labelled", col(SampleRecord.device_id).in_(proposal.device_ids),
-            col(SampleRecord.image_sha256).is_not(None))))
+            col(SampleRecord.image_sha256).is_not(None)).order_by(col(SampleRecord.image_sha256),
+                                                                  col(SampleRecord.sample_id))))
         accepted = [s for s in accepted if s.label in previous.labels]
         if not accepted:
             raise Conflict(f"proposal {proposal.id} has no labelled samples from {', '.join(proposal.device_ids)}")
