@@ -191,6 +191,22 @@ def stored_telemetry(url: str, device_ids: list[str]) -> tuple[int, set[str]]:
         engine.dispose()
 
 
+def assert_every_report_stored_once(url: str, device_ids: list[str], generated: list[str], *, timeout_s: float,
+                                    settle_s: float = 0.0, what: str = "every report stored") -> None:
+    """Wait until as many rows as ``generated`` reports exist, then: each stored, none twice.
+
+    ``settle_s``: wait that long after the count is reached, so a late redelivery would show
+    up as an extra row.
+    """
+    wait_for(lambda: stored_telemetry(url, device_ids)[0] >= len(generated), timeout_s, what=what)
+    if settle_s:
+        time.sleep(settle_s)
+    rows, stored_ids = stored_telemetry(url, device_ids)
+    assert stored_ids == set(generated), (
+        f"{len(set(generated) - stored_ids)} reports lost, {len(stored_ids - set(generated))} unexpected")
+    assert rows == len(generated), f"{rows - len(generated)} reports stored twice"
+
+
 def count_rows(url: str, table: str) -> int:
     engine = make_engine(url)
     try:
@@ -204,6 +220,7 @@ __all__ = [
     "DurableMosquitto",
     "IngestNodeProcess",
     "PrivatePostgres",
+    "assert_every_report_stored_once",
     "count_rows",
     "mosquitto_available",
     "prepare_database",

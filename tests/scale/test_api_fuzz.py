@@ -9,8 +9,6 @@ collected per operation and reported together.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -26,20 +24,6 @@ from schemathesis.checks import not_a_server_error, response_schema_conformance 
 MAX_EXAMPLES = int(os.environ.get("EDGEFLEET_FUZZ_EXAMPLES", "25"))
 
 
-@pytest.fixture
-def fuzz_plane(tmp_path: Path, mqtt_url: str, database_url: str, topic_prefix: str) -> Iterator[object]:
-    from cloud.core.config import Settings
-    from cloud.server import ControlPlane
-
-    settings = Settings(data_dir=tmp_path / "cloud", database_url=database_url, mqtt_url=mqtt_url,
-                        topic_prefix=topic_prefix, api_port=0)
-    plane = ControlPlane(settings)
-    plane.start()
-    plane.serve_http_in_thread()
-    yield plane
-    plane.stop()
-
-
 def _summary(exc: BaseException) -> str:
     """The failure codes and the curl line: enough to reproduce, short enough to read 10 of."""
     lines = [line.strip() for line in str(exc).splitlines()]
@@ -47,11 +31,11 @@ def _summary(exc: BaseException) -> str:
     return "; ".join(kept) or f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
-def test_every_operation_survives_generated_requests(fuzz_plane) -> None:  # type: ignore[no-untyped-def]
+def test_every_operation_survives_generated_requests(control_plane) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import control_plane_admin_headers
 
-    base_url = fuzz_plane.base_url
-    headers = control_plane_admin_headers(fuzz_plane)
+    base_url = control_plane.base_url
+    headers = control_plane_admin_headers(control_plane)
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json", headers=headers)
     failures: list[str] = []
     operations = 0

@@ -26,10 +26,10 @@ from agent.contract.broker_url import parse_broker_url
 from tests.scale.support import (
     DurableMosquitto,
     IngestNodeProcess,
+    assert_every_report_stored_once,
     mosquitto_available,
     prepare_database,
     require,
-    stored_telemetry,
 )
 from tests.support.services import wait_for
 from tools.fleet_sim import FleetSimulator
@@ -121,10 +121,8 @@ def test_flood_is_rejected_counted_and_survived_with_bounded_memory(tmp_path: Pa
         sim.stop_telemetry()
         sim.wait_drained(60)
         generated = sim.telemetry_message_ids()
-        wait_for(lambda: stored_telemetry(database_url, device_ids)[0] >= len(generated), 60,
-                 what="every good report stored")
-        rows, ids = stored_telemetry(database_url, device_ids)
-        assert ids == set(generated) and rows == len(generated)
+        assert_every_report_stored_once(database_url, device_ids, generated, timeout_s=60,
+                                        what="every good report stored")
         assert node.process.poll() is None, "the ingest node died under the flood"
         assert peak_mb - baseline_mb < MEMORY_BOUND_MB, f"memory grew {peak_mb - baseline_mb:.0f} MB"
         assert rejections() == expected  # nothing counted twice after the drain

@@ -22,12 +22,11 @@ from tests.scale.support import (
     DurableMosquitto,
     IngestNodeProcess,
     PrivatePostgres,
+    assert_every_report_stored_once,
     mosquitto_available,
     prepare_database,
     require,
-    stored_telemetry,
 )
-from tests.support.services import wait_for
 from tools.fleet_sim import FleetSimulator
 
 pytestmark = pytest.mark.integration
@@ -127,11 +126,6 @@ def test_every_qos1_report_is_stored_exactly_once_across_a_restart(fault: Fault,
     assert len(generated) > DEVICES * 8, "the fleet hardly reported; the test would prove nothing"
     assert rig.sim.stats().telemetry_dropped == 0
 
-    wait_for(lambda: stored_telemetry(rig.database_url, rig.device_ids)[0] >= len(generated), 90,
-             what=f"{len(generated)} reports stored after {fault.name}")
-    time.sleep(1.0)  # any late redelivery would show up as an extra row now
-    rows, stored_ids = stored_telemetry(rig.database_url, rig.device_ids)
-    assert stored_ids == set(generated), (
-        f"{len(set(generated) - stored_ids)} reports lost, {len(stored_ids - set(generated))} unexpected")
-    assert rows == len(generated), f"{rows - len(generated)} reports stored twice"
+    assert_every_report_stored_once(rig.database_url, rig.device_ids, generated, timeout_s=90, settle_s=1.0,
+                                    what=f"{len(generated)} reports stored after {fault.name}")
     assert fault.evidence(rig), f"the {fault.name} did not visibly disturb the stream"

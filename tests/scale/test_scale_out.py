@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.scale.support import IngestNodeProcess, prepare_database, stored_telemetry
+from tests.scale.support import IngestNodeProcess, assert_every_report_stored_once, prepare_database
 from tests.support.services import wait_for
 from tools.fleet_sim import FleetSimulator
 
@@ -29,10 +29,7 @@ def test_two_nodes_split_the_fleet_and_store_every_report_once(tmp_path: Path, m
         sim.stop_telemetry()
         sim.wait_drained(60)
         generated = sim.telemetry_message_ids()
-        wait_for(lambda: stored_telemetry(database_url, device_ids)[0] >= len(generated), 60,
-                 what="every report stored")
-        rows, ids = stored_telemetry(database_url, device_ids)
-        assert ids == set(generated) and rows == len(generated)
+        assert_every_report_stored_once(database_url, device_ids, generated, timeout_s=60)
 
         def shares() -> list[int]:  # the status files are rewritten every half second
             return [int(node.status().get("accepted", {}).get("telemetry", 0)) for node in nodes]  # type: ignore[union-attr]

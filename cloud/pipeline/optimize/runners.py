@@ -34,36 +34,16 @@ def onnxruntime_runner(path: Path, threads: int = 1) -> ArtifactRunner:
     return run
 
 
-def openvino_runner(path: Path, threads: int = 1) -> ArtifactRunner:
-    import openvino as ov
-
-    from agent.runtime.openvino import compile_config
-
-    core = ov.Core()
-    try:
-        # The device's own settings, so that what the gate measures is what the device runs.
-        compiled = core.compile_model(str(path), "CPU", compile_config("CPU", threads))
-    except Exception as exc:
-        raise BuildToolError(f"OpenVINO cannot compile {path.name}: {exc}") from exc
-    request = compiled.create_infer_request()
-
-    def run(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        # One infer request reused: the same path a device's steady-state loop takes.
-        outputs = [np.asarray(request.infer({0: item[np.newaxis]})[0], dtype=np.float32) for item in batch]
-        return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
-
-    return run
-
-
-def litert_runner(path: Path, threads: int = 1) -> ArtifactRunner:
+def device_backend_runner(runtime: str, path: Path, threads: int = 1) -> ArtifactRunner:
+    """The agent's own backend, one item at a time: what the gate measures is what the device
+    runs (OpenVINO's compile settings, LiteRT's quantized input of a fully int8 model)."""
     from agent.contract import ModelArtifact
-    from agent.runtime.base import RuntimeLoadError
-    from agent.runtime.litert import LiteRtBackend
+    from agent.runtime.base import RuntimeLoadError, load_backend
 
     try:
-        # The device's backend: it quantizes the input of a fully int8 model the same way.
-        backend = LiteRtBackend(path, ModelArtifact(file=path.name, runtime="litert", precision="fp32"),
-                                threads=threads)
+        # The precision does not change how a backend loads or runs a file.
+        backend = load_backend(ModelArtifact(file=path.name, runtime=runtime, precision="fp32"),  # type: ignore[arg-type]
+                               path, threads=threads)
     except RuntimeLoadError as exc:
         raise BuildToolError(str(exc)) from exc
 
@@ -78,10 +58,8 @@ def runner_for(runtime: str, path: Path, threads: int = 1) -> ArtifactRunner:
     """Raises ``BuildToolError`` for a runtime this control plane cannot execute."""
     if runtime == "onnxruntime":
         return onnxruntime_runner(path, threads)
-    if runtime == "openvino":
-        return openvino_runner(path, threads)
-    if runtime == "litert":
-        return litert_runner(path, threads)
+    if runtime in ("openvino", "litert"):
+        return device_backend_runner(runtime, path, threads)
     raise BuildToolError(f"no runner for runtime {runtime!r}")
 
 
