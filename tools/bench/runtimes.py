@@ -192,45 +192,41 @@ def main(argv: list[str] | None = None) -> int:
                   a.gate.reasons if a.gate else [])
         for a in outcome.artifacts
     ]
+    golden_fp32 = run_batched(runner_for("onnxruntime", onnx_path), x_val[:8])
+    fp32_evaluation = outcome.fp32_evaluation
+
+    def info_candidate(name: str, route: str, runtime: str, path: Path) -> Candidate:
+        """Another route, measured for comparison only, through the same evaluation and gate."""
+        run = runner_for(runtime, path)
+        report = evaluate_predictions(run_batched(run, x_test).argmax(axis=1), y_test, dataset.labels,
+                                      evaluation.metadata)
+        decision = quantization_gate(fp32_evaluation, report, gate, golden_fp32, run_batched(run, x_val[:8]))
+        return Candidate(name, f"{route} (info)", runtime, path, report.accuracy, decision.passed, decision.reasons,
+                         info_only=True)
+
     # Also OpenVINO running the INT8 QDQ ONNX itself (the other INT8 route DESIGN.md measured).
     qdq = next((a for a in outcome.artifacts if a.artifact.runtime == "onnxruntime" and a.artifact.precision == "int8"), None)
-    golden_fp32 = run_batched(runner_for("onnxruntime", onnx_path), x_val[:8])
     if qdq is not None:
         xml, _ = convert_ir(qdq.path, work / "build" / "model-ov-int8-qdq.xml")
-        scores = run_batched(runner_for("openvino", xml), x_test)
-        report = evaluate_predictions(scores.argmax(axis=1), y_test, dataset.labels, evaluation.metadata)
-        decision = quantization_gate(outcome.fp32_evaluation, report, gate, golden_fp32,
-                                     run_batched(runner_for("openvino", xml), x_val[:8]))
-        candidates.append(Candidate("openvino-int8", "ORT QDQ read by OpenVINO (info)", "openvino", xml,
-                                    report.accuracy, decision.passed, decision.reasons, info_only=True))
+        candidates.append(info_candidate("openvino-int8", "ORT QDQ read by OpenVINO", "openvino", xml))
 
     # And ONNX Runtime with U8S8 activations: the profile asks for S8S8 (ORT's general
     # advice), but on x86 ORT's fastest int8 kernels take uint8 activations; show both.
+    calibration = select_calibration(x_train, 128, args.seed)
     if qdq is not None and qdq.settings.get("activation_type") == "int8":
         settings = QuantizationSettings(activation_type="uint8", per_channel=bool(qdq.settings.get("per_channel")))
-        u8s8 = quantize_onnx_static(onnx_path, work / "build" / f"model-int8-{settings.tag}.onnx",
-                                    select_calibration(x_train, 128, args.seed), settings)
-        report = evaluate_predictions(run_batched(runner_for("onnxruntime", u8s8), x_test).argmax(axis=1), y_test,
-                                      dataset.labels, evaluation.metadata)
-        decision = quantization_gate(outcome.fp32_evaluation, report, gate, golden_fp32,
-                                     run_batched(runner_for("onnxruntime", u8s8), x_val[:8]))
-        candidates.append(Candidate("onnxruntime-int8", f"quantize_static {settings.tag} (info)", "onnxruntime",
-                                    u8s8, report.accuracy, decision.passed, decision.reasons, info_only=True))
+        u8s8 = quantize_onnx_static(onnx_path, work / "build" / f"model-int8-{settings.tag}.onnx", calibration,
+                                    settings)
+        candidates.append(info_candidate("onnxruntime-int8", f"quantize_static {settings.tag}", "onnxruntime", u8s8))
 
     # And LiteRT (XNNPACK), FP32 and INT8: this profile does not list it, other profiles do.
     if torch_model is not None and litert_available():
-        calibration = select_calibration(x_train, 128, args.seed)
         for precision in ("fp32", "int8"):
             _log(f"converting LiteRT {precision.upper()}")
             path = convert_tflite(torch_model, spec, work / "build" / f"model-{precision}.tflite",
                                   calibration if precision == "int8" else None)
-            report = evaluate_predictions(run_batched(runner_for("litert", path), x_test).argmax(axis=1), y_test,
-                                          dataset.labels, evaluation.metadata)
-            decision = quantization_gate(outcome.fp32_evaluation, report, gate, golden_fp32,
-                                         run_batched(runner_for("litert", path), x_val[:8]))
-            candidates.append(Candidate(f"litert-{precision}", "litert_torch" + (" PT2E" if precision == "int8" else "")
-                                        + " (info)", "litert", path, report.accuracy, decision.passed,
-                                        decision.reasons, info_only=True))
+            route = "litert_torch PT2E" if precision == "int8" else "litert_torch"
+            candidates.append(info_candidate(f"litert-{precision}", route, "litert", path))
     elif torch_model is not None:
         _log("LiteRT not measured: no litert-torch converter (make litert; EDGEFLEET_LITERT_PYTHON)")
 
