@@ -61,6 +61,9 @@ def quantize_ir_nncf(onnx_path: Path, xml_path: Path, calibration: npt.NDArray[n
 
     nncf.set_log_level(logging.ERROR)
     try:
+        # convert_model, not Core.read_model: it folds the Reshape in front of each grouped
+        # convolution's weights. Without that NNCF scales depthwise weights per group and kernel
+        # column and the CPU plugin runs them in FP32 (test_builds.py guards this).
         model = ov.convert_model(str(onnx_path))
         dataset = nncf.Dataset(list(calibration), lambda item: item[np.newaxis])
         # NNCF draws progress bars on stdout; the CLI's --json output must stay parseable.
