@@ -12,6 +12,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from cloud.cli_ops import JsonOpt, _table, emit_json
+
 app = typer.Typer()
 keys_app = typer.Typer(help="TUF and director keys, device certificates.", no_args_is_help=True)
 token_app = typer.Typer(help="API and enrollment tokens.", no_args_is_help=True)
@@ -41,9 +43,17 @@ def keys_init() -> None:
 
 
 @keys_app.command("status")
-def keys_status() -> None:
+def keys_status(json_out: JsonOpt = False) -> None:
     """Root version, keys and thresholds per role, revoked certificates."""
-    console.print_json(data=_security().status())
+    status = _security().status()
+    if json_out:
+        emit_json(status)
+        return
+    console.print(f"TUF root version {status['tuf_root_version']}; "
+                  f"{status['revoked_serials']} revoked device certificate(s)", highlight=False)
+    console.print(_table("TUF roles", ["role", "keys", "threshold"],
+                         ([name, str(role["keys"]), str(role["threshold"])]
+                          for name, role in sorted(status["tuf_roles"].items()))))
 
 
 @keys_app.command("rotate")

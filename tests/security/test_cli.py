@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,12 @@ def test_keys_tokens_and_broker_config_commands(tmp_path: Path, monkeypatch: pyt
     assert created.exit_code == 0 and created.output.strip().startswith("efo_")
     rotated = runner.invoke(app, ["keys", "rotate", "root", "--keys", "3", "--threshold", "2"])
     assert rotated.exit_code == 0 and "version 2" in rotated.output
+    status = runner.invoke(app, ["keys", "status", "--json"])
+    assert status.exit_code == 0, status.output
+    document = json.loads(status.output)
+    assert document["tuf_root_version"] == 2 and document["tuf_roles"]["root"] == {"keys": 3, "threshold": 2}
+    table = runner.invoke(app, ["keys", "status"])
+    assert table.exit_code == 0 and "TUF root version 2" in table.output and "root" in table.output
     assert runner.invoke(app, ["keys", "rotate", "nonsense"]).exit_code == 2
     out = tmp_path / "mosquitto"
     configured = runner.invoke(app, ["broker-config", "--out", str(out), "--port", "18883"])
