@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -335,15 +336,37 @@ class AgentApp:
         # First finish whatever install a crash interrupted (the resume table decides how).
         for manager in self.managers.values():
             manager.resume()
+        interval = self.config.update_check_interval_s
+        next_check = time.monotonic() + interval
         while not self._stop.is_set():
             try:
                 command = self._commands.get(timeout=0.5)
             except queue.Empty:
+                # The periodic metadata check runs here, on the one thread that uses the
+                # updater, so it never refreshes under a download in progress.
+                if interval and time.monotonic() >= next_check:
+                    self._check_metadata()
+                    next_check = time.monotonic() + interval
                 continue
             try:
                 self._handle_deploy(command)
             except Exception:  # the command thread is the update path: it must outlive any one command
                 log.exception("handling command %s failed", command.job_id)
+
+    def _check_metadata(self) -> None:
+        """Refresh TUF metadata without a command; the outcome goes out with telemetry."""
+        try:
+            self.updater.refresh()
+        except AgentError as exc:
+            if self.update_check_error != exc.code:
+                log.warning("TUF metadata check failed (%s): %s", exc.code, exc)
+            self.update_check_error = exc.code
+            return
+        except Exception:  # an unforeseen failure must not end the update path
+            log.exception("TUF metadata check failed")
+            self.update_check_error = "update_check_failed"
+            return
+        self.update_check_error = None
 
     def _check_command(self, command: DeployCommand) -> None:
         """Director signature, addressee, expiry, sequence; then persist the sequence (anti-replay).

@@ -72,6 +72,10 @@ class AgentConfig(BaseModel):
     profiles_dir: Path | None = None
     memory_budget_mb: float | None = Field(default=None, gt=0, description="None = the profile's budget")
     runtime_timing_runs: int = Field(default=20, ge=1)
+    # TUF metadata is otherwise fetched only when a command arrives: a device that gets no
+    # deploy for weeks would never notice a frozen repository or mirror (stale, expired
+    # metadata served to hide a release). 0 = check only with commands.
+    update_check_interval_s: float = Field(default=900.0, ge=0)
     # Install state machine: restarts of one install before it is given up (crash loop).
     max_install_resumes: int = Field(default=3, ge=0)
     # Probation after each switch; see agent.update.probation.ProbationLimits.

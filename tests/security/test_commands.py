@@ -156,7 +156,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, mqtt_url: str, trained_model
         agents[DEVICE] = start_agent(plane, workdir, DEVICE)
         # The frozen device fetches metadata from a mirror the attacker will stop updating.
         agents[FROZEN] = start_agent(plane, workdir, FROZEN, extra={
-            "tuf_metadata_url": f"{mirror.url}/metadata/", "tuf_targets_url": f"{mirror.url}/targets/"})
+            "tuf_metadata_url": f"{mirror.url}/metadata/", "tuf_targets_url": f"{mirror.url}/targets/",
+            "update_check_interval_s": 1})
         wait_for(lambda: all(d["online"] for d in api.get("/api/v1/devices").json()), 60, what="agents online")
         assert Fleet(plane, api, observer, agents, releases, mirror, workdir).deploy(
             releases["v1"].package_id, DEVICE)["state"] == "succeeded"
@@ -245,3 +246,21 @@ def test_expired_timestamp_freeze_is_refused_and_reported_in_telemetry(fleet: Fl
     wait_for(lambda: (t := fleet.observer.latest_telemetry(FROZEN)) and t.get("update_check_error") == "expired_metadata",
              30, what="the freeze reported in telemetry")
     assert fleet.running(FROZEN) == v1.model_version
+
+
+def test_a_frozen_mirror_is_noticed_without_any_command(fleet: Fleet) -> None:
+    """The device checks its metadata on its own: no deploy has to arrive for a freeze to show."""
+    repo = fleet.plane.security.tuf
+    repo.refresh_expiring(datetime.now(UTC) + timedelta(seconds=TIMESTAMP_EXPIRY_S))
+    fleet.mirror.sync(repo)
+    # Fresh metadata on the mirror: the periodic check succeeds (and clears any earlier error).
+    wait_for(lambda: (t := fleet.observer.latest_telemetry(FROZEN)) is not None and t.get("update_check_error") is None,
+             30, what="a clean metadata check in telemetry")
+    from tuf.api.metadata import Metadata
+
+    expires = Metadata.from_file(str(fleet.mirror.metadata("timestamp.json"))).signed.expires
+    wait_for(lambda: datetime.now(UTC) > expires, TIMESTAMP_EXPIRY_S + 5, what="the frozen timestamp to expire")
+    jobs_before = dict(fleet.observer.jobs)
+    wait_for(lambda: (t := fleet.observer.latest_telemetry(FROZEN)) and t.get("update_check_error") == "expired_metadata",
+             30, what="the freeze reported in telemetry without a command")
+    assert dict(fleet.observer.jobs) == jobs_before  # nothing was deployed meanwhile
