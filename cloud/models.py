@@ -199,6 +199,9 @@ class TelemetryRecord(SQLModel, table=True):
     camera_ok: bool = True
     cpu_percent: float = 0.0
     memory_mb: float = 0.0
+    # The device's last signed-metadata check: None = fine, else an error code such as
+    # "expired_metadata" (a frozen repository or mirror).
+    update_check_error: str | None = Field(default=None, max_length=256)  # the contract's ShortText
 
 
 class TelemetryPublic(SQLModel):
@@ -217,3 +220,4 @@ class TelemetryPublic(SQLModel):
     camera_ok: bool
     cpu_percent: float
     memory_mb: float
+    update_check_error: str | None = None

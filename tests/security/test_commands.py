@@ -264,3 +264,6 @@ def test_a_frozen_mirror_is_noticed_without_any_command(fleet: Fleet) -> None:
     wait_for(lambda: (t := fleet.observer.latest_telemetry(FROZEN)) and t.get("update_check_error") == "expired_metadata",
              30, what="the freeze reported in telemetry without a command")
     assert dict(fleet.observer.jobs) == jobs_before  # nothing was deployed meanwhile
+    # The control plane keeps it with the telemetry window, for the API and the device page.
+    wait_for(lambda: fleet.api.get(f"/api/v1/devices/{FROZEN}/telemetry", params={"limit": 1}).json()[0]
+             .get("update_check_error") == "expired_metadata", 30, what="the freeze stored with the telemetry")

@@ -95,6 +95,7 @@ def test_device_model_and_alert_pages_render(fleet, login, tokens, screenshot) -
     expect(page.locator('svg[data-chart="chart-fps"] polyline')).to_have_count(1, timeout=15_000)
     expect(page.locator('svg[data-chart="chart-latency"] polyline')).to_have_count(2)
     expect(page.get_by_role("img", name="Frames per second")).to_be_visible()
+    expect(page.locator("#update-check")).to_have_text("no errors reported")
     expect(page.locator("section", has=page.get_by_role("heading", name="Recent windows")).locator("tbody tr").first
            ).to_contain_text(fleet.v1.model_version)
     screenshot(page, "device")
