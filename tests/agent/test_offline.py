@@ -17,16 +17,9 @@ import pytest
 from agent.uplink.outbox import Outbox
 from tests.agent.conftest import ORT_FP32
 from tests.agent.sim import AgentProcess, CloudSim
-from tests.support.services import DurableMosquitto, MosquittoProcess, wait_for
+from tests.support.services import DurableMosquitto, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _persistent_broker() -> MosquittoProcess:
-    # Persistence, so sessions and queued QoS 1 messages survive the restart, in a store the
-    # broker can write once it has dropped root (unwritable, it lost every session and the
-    # reports an agent replayed before the observer was back: one run in three failed).
-    return DurableMosquitto().start()
 
 
 def _seqs(cloud: CloudSim, device_id: str) -> list[int]:
@@ -35,7 +28,10 @@ def _seqs(cloud: CloudSim, device_id: str) -> list[int]:
 
 def test_broker_restart_loses_no_report_within_the_buffer(models: dict[str, Path], agents: list[AgentProcess],
                                                           tmp_path: Path) -> None:
-    broker = _persistent_broker()
+    # Persistence, so sessions and queued QoS 1 messages survive the restart, in a store the
+    # broker can write once it has dropped root (unwritable, it lost every session and the
+    # reports an agent replayed before the observer was back: one run in three failed).
+    broker = DurableMosquitto().start()
     cloud = CloudSim(tmp_path / "cloud", broker.url, f"t-{uuid.uuid4().hex[:8]}/ef/v1")
     try:
         release = cloud.release("1.0.0", [(models["v1"], ORT_FP32)])

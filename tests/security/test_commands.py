@@ -127,6 +127,23 @@ class Fleet:
         assert report["error_code"] == error_code, report
         return report  # type: ignore[no-any-return]
 
+    def sync_mirror_fresh(self) -> None:
+        """Give the mirror freshly signed metadata, which then expires in TIMESTAMP_EXPIRY_S."""
+        repo = self.plane.security.tuf
+        repo.refresh_expiring(datetime.now(UTC) + timedelta(seconds=TIMESTAMP_EXPIRY_S))
+        self.mirror.sync(repo)
+
+    def wait_for_mirror_to_expire(self) -> None:
+        """The frozen mirror keeps serving its metadata until the timestamp has expired."""
+        from tuf.api.metadata import Metadata
+
+        expires = Metadata.from_file(str(self.mirror.metadata("timestamp.json"))).signed.expires
+        wait_for(lambda: datetime.now(UTC) > expires, TIMESTAMP_EXPIRY_S + 5, what="the frozen timestamp to expire")
+
+    def wait_for_update_check_error(self, device_id: str, code: str | None, what: str) -> None:
+        wait_for(lambda: (t := self.observer.latest_telemetry(device_id)) is not None
+                 and t.get("update_check_error") == code, 30, what=what)
+
     def rejected_in_telemetry(self, at_least: int, device_id: str = DEVICE) -> None:
         wait_for(lambda: (t := self.observer.latest_telemetry(device_id)) and t["rejected_commands"] >= at_least,
                  30, what=f"telemetry counting {at_least} rejected commands")
@@ -228,41 +245,28 @@ def test_replayed_command_is_rejected(fleet: Fleet) -> None:
 
 def test_expired_timestamp_freeze_is_refused_and_reported_in_telemetry(fleet: Fleet) -> None:
     v1, v2 = fleet.releases["v1"], fleet.releases["v2"]
-    repo = fleet.plane.security.tuf
     # Honest at first: the mirror serves freshly signed metadata, and the device installs v1 through it.
-    repo.refresh_expiring(datetime.now(UTC) + timedelta(seconds=TIMESTAMP_EXPIRY_S))
-    fleet.mirror.sync(repo)
+    fleet.sync_mirror_fresh()
     assert fleet.deploy(v1.package_id, FROZEN)["state"] == "succeeded"
     wait_for(lambda: fleet.running(FROZEN) == v1.model_version, 30, what="v1 running on the frozen device")
-    # Then the mirror freezes: it keeps serving that metadata until the timestamp has expired.
-    from tuf.api.metadata import Metadata
-
-    expires = Metadata.from_file(str(fleet.mirror.metadata("timestamp.json"))).signed.expires
-    wait_for(lambda: datetime.now(UTC) > expires, TIMESTAMP_EXPIRY_S + 5, what="the frozen timestamp to expire")
+    # Then the mirror freezes.
+    fleet.wait_for_mirror_to_expire()
 
     outcome = fleet.deploy(v2.package_id, FROZEN)
     assert outcome["jobs"][0]["state"] == "rejected"
     assert outcome["jobs"][0]["error_code"] == "expired_metadata"
-    wait_for(lambda: (t := fleet.observer.latest_telemetry(FROZEN)) and t.get("update_check_error") == "expired_metadata",
-             30, what="the freeze reported in telemetry")
+    fleet.wait_for_update_check_error(FROZEN, "expired_metadata", "the freeze reported in telemetry")
     assert fleet.running(FROZEN) == v1.model_version
 
 
 def test_a_frozen_mirror_is_noticed_without_any_command(fleet: Fleet) -> None:
     """The device checks its metadata on its own: no deploy has to arrive for a freeze to show."""
-    repo = fleet.plane.security.tuf
-    repo.refresh_expiring(datetime.now(UTC) + timedelta(seconds=TIMESTAMP_EXPIRY_S))
-    fleet.mirror.sync(repo)
+    fleet.sync_mirror_fresh()
     # Fresh metadata on the mirror: the periodic check succeeds (and clears any earlier error).
-    wait_for(lambda: (t := fleet.observer.latest_telemetry(FROZEN)) is not None and t.get("update_check_error") is None,
-             30, what="a clean metadata check in telemetry")
-    from tuf.api.metadata import Metadata
-
-    expires = Metadata.from_file(str(fleet.mirror.metadata("timestamp.json"))).signed.expires
-    wait_for(lambda: datetime.now(UTC) > expires, TIMESTAMP_EXPIRY_S + 5, what="the frozen timestamp to expire")
+    fleet.wait_for_update_check_error(FROZEN, None, "a clean metadata check in telemetry")
+    fleet.wait_for_mirror_to_expire()
     jobs_before = dict(fleet.observer.jobs)
-    wait_for(lambda: (t := fleet.observer.latest_telemetry(FROZEN)) and t.get("update_check_error") == "expired_metadata",
-             30, what="the freeze reported in telemetry without a command")
+    fleet.wait_for_update_check_error(FROZEN, "expired_metadata", "the freeze reported in telemetry without a command")
     assert dict(fleet.observer.jobs) == jobs_before  # nothing was deployed meanwhile
     # The control plane keeps it with the telemetry window, for the API and the device page.
     wait_for(lambda: fleet.api.get(f"/api/v1/devices/{FROZEN}/telemetry", params={"limit": 1}).json()[0]
