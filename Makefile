@@ -10,7 +10,7 @@ SHELL       := /bin/bash
 # The machine's pip config lists local indexes that may be missing; drop pip's notes about them.
 QUIET_PIP = { grep -v "is ignored" || true; }
 
-.PHONY: demo test install litert lint typecheck imports browser clean
+.PHONY: demo test check install litert lint typecheck imports browser clean
 
 # litert-torch (LiteRT .tflite builds) pins its own pydantic and pulls JAX, so it gets an
 # environment of its own; the pipeline runs its converter there through EDGEFLEET_LITERT_PYTHON
@@ -61,6 +61,11 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; \
 	fi
+
+# The quick loop (under two minutes, no services): lint, import contracts, types and the
+# tests that need no broker, database, agent process or trained model.
+check: lint imports typecheck
+	$(BIN)/pytest -q -m "not integration" -p no:cacheprovider $(PYTEST_ARGS)
 
 test: lint imports typecheck browser litert
 	EDGEFLEET_LITERT_PYTHON=$(CURDIR)/$(LITERT_VENV)/bin/python $(BIN)/pytest -q -ra $(PYTEST_ARGS)

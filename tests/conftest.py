@@ -7,6 +7,11 @@
 * ``topic_prefix``: unique per test, so tests never see each other's messages.
 
 With EDGEFLEET_REQUIRE_SERVICES=1 (CI) a missing service fails the run.
+
+Tests that use a service fixture are marked ``integration`` here, so
+``pytest -m "not integration"`` (``make check``) runs only what needs no broker,
+database, agent process or trained model; modules that start processes of their own
+mark themselves.
 """
 
 from __future__ import annotations
@@ -24,6 +29,15 @@ from tests.support.services import (
     drop_postgres_database,
     resolve_broker_url,
 )
+
+# Fixtures that reach a real service, start processes or train a model.
+SERVICE_FIXTURES = frozenset({"mqtt_url", "database_url", "control_plane", "api", "trained_model"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

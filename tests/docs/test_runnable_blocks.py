@@ -25,6 +25,9 @@ import pytest
 
 from tests.support.services import free_port
 
+# Blocks start control planes and agents and train models.
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[2]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(?P<info>[^\n`]*)\n(?P<body>.*?)^```\s*$", re.MULTILINE | re.DOTALL)
