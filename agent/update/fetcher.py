@@ -46,16 +46,20 @@ class HttpFetcher(FetcherInterface):
         deadline_s: longest a single file may take in total, across resumes.
         chunk_bytes: largest read; reads return as soon as any bytes arrive.
         max_resumes: Range retries after a dropped connection, per file.
+        connect_attempts: tries to open a file before its first byte (a lost SYN on a lossy
+            link is not a dead server).
         reconnect_min_s, reconnect_max_s: the wait between attempts to reach the server again
             after a drop (doubling from the first to the second); the deadline bounds them all.
     """
 
     def __init__(self, *, timeout_s: float = 30.0, deadline_s: float = 300.0, chunk_bytes: int = 64 * 1024,
-                 max_resumes: int = 5, reconnect_min_s: float = 1.0, reconnect_max_s: float = 15.0) -> None:
+                 max_resumes: int = 5, connect_attempts: int = 3, reconnect_min_s: float = 1.0,
+                 reconnect_max_s: float = 15.0) -> None:
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s
         self.chunk_bytes = chunk_bytes
         self.max_resumes = max_resumes
+        self.connect_attempts = connect_attempts
         self.reconnect_min_s = reconnect_min_s
         self.reconnect_max_s = reconnect_max_s
 
@@ -76,8 +80,9 @@ class HttpFetcher(FetcherInterface):
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         started = time.monotonic()
-        # Open eagerly so that HTTP errors surface from fetch() itself, as tuf expects.
-        return self._chunks(url, self._open(url, 0, started), started)
+        # Open eagerly so that HTTP errors surface from fetch() itself, as tuf expects. A lost
+        # SYN on a lossy link is retried a few times; a server that is down fails the fetch soon.
+        return self._chunks(url, self._reopen(url, 0, started, attempts=self.connect_attempts), started)
 
     def _chunks(self, url: str, response: http.client.HTTPResponse, started: float) -> Iterator[bytes]:
         received = 0
@@ -106,21 +111,24 @@ class HttpFetcher(FetcherInterface):
         finally:
             response.close()
 
-    def _reopen(self, url: str, offset: int, started: float) -> http.client.HTTPResponse:
-        """Open ``url`` from ``offset``, waiting out a network that is down until the deadline.
+    def _reopen(self, url: str, offset: int, started: float, attempts: int | None = None) -> http.client.HTTPResponse:
+        """Open ``url`` from ``offset``, waiting out a network that is down until the deadline
+        (or for ``attempts`` tries, when given).
 
         A partition (or a radio link that drops out) makes connecting fail for a while; what
         has been received is kept and the download goes on from there once the server answers
         again. HTTP errors are final: the server answered, and it said no.
         """
         delay_s = self.reconnect_min_s
+        tried = 0
         while True:
             try:
                 return self._open(url, offset, started)
             except tuf_exceptions.DownloadHTTPError:
                 raise
             except tuf_exceptions.DownloadError as exc:
-                if isinstance(exc, DeadlineExceeded):
+                tried += 1
+                if isinstance(exc, DeadlineExceeded) or (attempts is not None and tried >= attempts):
                     raise
                 remaining_s = self.deadline_s - (time.monotonic() - started)
                 if remaining_s <= 0:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 # Settings for a slow, lossy link (docs/operations.md): quiet reads are not failures for a
 # while, a download may take minutes, and MQTT keepalive tolerates seconds of silence.
-SLOW_LINK = {"download_timeout_s": 5.0, "download_deadline_s": 600.0, "keepalive_s": 20,
+SLOW_LINK = {"download_timeout_s": 10.0, "download_deadline_s": 600.0, "keepalive_s": 20,
              "reconnect_min_s": 0.5, "reconnect_max_s": 5.0}
 
 
