@@ -97,11 +97,11 @@ class DeviceLink:
     @property
     def host_address(self) -> str:
         """This host's end of the link: the address the device uses to reach services here."""
-        return str(list(self.network.hosts())[0])
+        return str(self.network.network_address + 1)
 
     @property
     def device_address(self) -> str:
-        return str(list(self.network.hosts())[1])
+        return str(self.network.network_address + 2)
 
     def __enter__(self) -> DeviceLink:
         self.create()
