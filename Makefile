@@ -10,7 +10,7 @@ SHELL       := /bin/bash
 # The machine's pip config lists local indexes that may be missing; drop pip's notes about them.
 QUIET_PIP = { grep -v "is ignored" || true; }
 
-.PHONY: demo test check install litert lint typecheck imports browser clean
+.PHONY: demo test check install litert lint typecheck imports browser netns-deps clean
 
 # litert-torch (LiteRT .tflite builds) pins its own pydantic and pulls JAX, so it gets an
 # environment of its own; the pipeline runs its converter there through EDGEFLEET_LITERT_PYTHON
@@ -67,7 +67,15 @@ browser:
 check: lint imports typecheck
 	$(BIN)/pytest -q -m "not integration" -p no:cacheprovider $(PYTEST_ARGS)
 
-test: lint imports typecheck browser litert
+# The field tests put agents in network namespaces: iproute2 (ip, tc) and nftables.
+netns-deps:
+	@if ! command -v nft >/dev/null || ! command -v tc >/dev/null; then \
+	  echo "make: installing iproute2 and nftables for the network-namespace tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends iproute2 nftables; \
+	fi
+
+test: lint imports typecheck browser litert netns-deps
 	EDGEFLEET_LITERT_PYTHON=$(CURDIR)/$(LITERT_VENV)/bin/python $(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
 clean:

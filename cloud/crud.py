@@ -150,6 +150,7 @@ def telemetry_row(report: TelemetryReport, received_at: datetime) -> dict[str, o
         "cpu_percent": report.cpu_percent,
         "memory_mb": report.memory_mb,
         "update_check_error": report.update_check_error,
+        "report_seq": report.report_seq,
     }
 
 

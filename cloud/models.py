@@ -202,6 +202,8 @@ class TelemetryRecord(SQLModel, table=True):
     # The device's last signed-metadata check: None = fine, else an error code such as
     # "expired_metadata" (a frozen repository or mirror).
     update_check_error: str | None = Field(default=None, max_length=256)  # the contract's ShortText
+    # The device's own telemetry counter (1, 2, 3, ...): a gap means a lost window.
+    report_seq: int | None = None
 
 
 class TelemetryPublic(SQLModel):
@@ -221,3 +223,4 @@ class TelemetryPublic(SQLModel):
     cpu_percent: float
     memory_mb: float
     update_check_error: str | None = None
+    report_seq: int | None = None
