@@ -14,6 +14,7 @@ ffmpeg's output for the old size, and the reopen picks the new one up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -26,7 +27,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -81,9 +82,9 @@ def resolve_credentials(url: str, *, secrets_dir: Path | None, env: Mapping[str,
 def classify_ffmpeg_error(stderr_text: str) -> CameraErrorCode:
     """Map ffmpeg's diagnostics for a failed or ended stream to a camera error code."""
     text = stderr_text.lower()
-    if "401" in text and "unauthorized" in text or "authorization failed" in text:
+    if ("401" in text and "unauthorized" in text) or "authorization failed" in text:
         return "auth_failed"
-    if "404" in text and "not found" in text or "no such file or directory" in text:
+    if ("404" in text and "not found" in text) or "no such file or directory" in text:
         return "not_found"
     if any(marker in text for marker in ("connection refused", "connection timed out", "no route to host",
                                          "network is unreachable", "name or service not known",
@@ -307,10 +308,8 @@ class StreamSource:
         process = self._process
         if process is not None and process.poll() is None:
             process.kill()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
 
     def _run(self) -> None:
         attempt = 0
@@ -421,8 +420,8 @@ def classify_or_unreachable(stderr_text: str) -> CameraErrorCode:
     return "unreachable" if code == "ended" else code
 
 
-def _drain(stream: object, chunks: list[bytes]) -> None:
-    read = getattr(stream, "read")
+def _drain(stream: IO[bytes], chunks: list[bytes]) -> None:
+    read = stream.read
     while True:
         data = read(4096)
         if not data:

@@ -8,6 +8,7 @@ hung looks like to the agent (the connection stays up, no frame ever arrives).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import threading
@@ -106,10 +107,8 @@ class StallingProxy:
         self._forwarding.set()
         self._listener.close()
         for sock in self._sockets:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
 
     def _accept(self) -> None:
         while not self._closed.is_set():
@@ -145,10 +144,8 @@ class StallingProxy:
             except OSError:
                 break
         for sock in (source, destination):
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 def wait_until(predicate: object, timeout_s: float = 60.0, interval_s: float = 0.2) -> bool:
