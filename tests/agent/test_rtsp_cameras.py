@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from agent.capture.stream import (
     redact,
     resolve_credentials,
 )
+from agent.telemetry.capture_latency import CaptureLatency
 from tests.support.rtsp import RtspServer, StallingProxy, free_port, require_rtsp_server, wait_until
 
 FAST = StreamSettings(stall_timeout_s=3.0, open_timeout_s=3.0, reconnect_min_s=0.3, reconnect_max_s=2.0)
@@ -181,3 +183,31 @@ def test_a_stream_that_changes_resolution_keeps_working(rtsp_ready: None, source
         assert wait_until(lambda: camera.grab() and camera.health_snapshot().width == 320, timeout_s=90)
         frame = camera.retrieve()
         assert frame is not None and frame.shape == (240, 320, 3)
+
+
+def test_the_newest_frame_wins_and_older_ones_are_counted_stale(
+        rtsp_ready: None, sources: list[StreamSource]) -> None:
+    with RtspServer() as server:
+        camera = _open(sources, server.url(), "slow-consumer")
+        assert wait_until(lambda: _frames_flow(camera))
+        dropped_before = camera.health_snapshot().stale_frames_dropped
+        # Nobody takes frames for a while (a slow model): they are replaced, not queued.
+        paused_at = time.monotonic()
+        assert wait_until(lambda: camera.health_snapshot().stale_frames_dropped >= dropped_before + 5)
+        assert camera.grab()
+        taken = camera.latest()
+        assert taken is not None and taken.captured_monotonic_s > paused_at
+        assert taken.captured_wall_s > 0
+
+
+def test_capture_to_result_latency_pairs_results_with_their_capture_times() -> None:
+    latency = CaptureLatency()
+    latency.captured(1, 100.0)
+    latency.captured(2, 100.5)
+    assert latency.result(2, at_monotonic_s=100.6) == pytest.approx(100.0)
+    assert latency.result(2, at_monotonic_s=101.0) is None  # one result per frame
+    assert latency.result(7, at_monotonic_s=101.0) is None  # never captured (or overwritten long ago)
+    assert latency.result(1, at_monotonic_s=100.3) == pytest.approx(300.0)
+    p50_ms, p95_ms = latency.snapshot_and_reset()
+    assert p50_ms == pytest.approx(200.0) and p95_ms is not None and p95_ms > p50_ms
+    assert latency.snapshot_and_reset() == (None, None)
