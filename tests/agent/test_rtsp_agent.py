@@ -31,14 +31,17 @@ def test_agent_cameras_survive_an_rtsp_outage_and_report_wrong_credentials(
     device_id = f"rtsp-{uuid.uuid4().hex[:8]}"
     with RtspServer(user="viewer", password=PASSWORD) as server:
         pipelines = [
-            # Credentials come from the environment through {secret:door}, never from the config.
-            {"name": "door", "source": server.url(userinfo="{secret:door}")},
+            # Credentials come from the secret directory through credentials_ref, never from the config.
+            {"name": "door", "source": server.url(), "credentials_ref": "door", "rtsp_transport": "udp",
+             "stall_timeout_s": 5.0, "camera_reconnect_max_s": 5.0},
             {"name": "yard", "source": server.url(userinfo="viewer:wrong-password")},
             {"name": "lobby", "source": "synthetic:1", "source_fps": 20.0},
         ]
+        secrets_dir = tmp_path / "secrets"
+        secrets_dir.mkdir()
+        (secrets_dir / "door").write_text(f"viewer:{PASSWORD}\n")
         agent = AgentProcess(cloud.agent_config(device_id, tmp_path / device_id, pipelines=pipelines,
-                                                memory_budget_mb=2048),
-                             env={"EDGEFLEET_SECRET_DOOR": f"viewer:{PASSWORD}"})
+                                                memory_budget_mb=2048, camera_secrets_dir=str(secrets_dir)))
         agents.append(agent.start())
         cloud.wait_online(device_id)
         release = cloud.release("1.0.0", [(models["v1"], ORT_FP32)])

@@ -211,3 +211,11 @@ def test_capture_to_result_latency_pairs_results_with_their_capture_times() -> N
     p50_ms, p95_ms = latency.snapshot_and_reset()
     assert p50_ms == pytest.approx(200.0) and p95_ms is not None and p95_ms > p50_ms
     assert latency.snapshot_and_reset() == (None, None)
+
+
+def test_udp_transport_streams_from_the_same_server(rtsp_ready: None, sources: list[StreamSource]) -> None:
+    with RtspServer() as server:
+        camera = _open(sources, server.url(), "udp-camera",
+                       settings=StreamSettings(transport="udp", stall_timeout_s=3.0, open_timeout_s=3.0))
+        assert wait_until(lambda: _frames_flow(camera, 5))
+        assert camera.health_snapshot().state == "streaming"
