@@ -42,7 +42,9 @@ Transport = Literal["tcp", "udp"]
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
 _SECRET_REF = re.compile(r"\{secret:(?P<name>[A-Za-z0-9_.-]+)\}")
-_STREAM_SIZE = re.compile(r"Stream #\d+:\d+.*?: Video: .*?(?P<width>\d{2,5})x(?P<height>\d{2,5})")
+# "..., yuv420p(progressive), 640x480 [SAR 1:1 DAR 4:3], 15 fps": the size stands alone
+# between separators (codec tags such as "0x31637661" must not match).
+_STREAM_SIZE = re.compile(r"Stream #\d+:\d+.*?: Video: .*?[ ,](?P<width>\d{2,5})x(?P<height>\d{2,5})(?=[ ,\n]|$)")
 
 
 def redact(text: str) -> str:

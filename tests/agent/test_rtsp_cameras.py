@@ -71,6 +71,9 @@ def test_ffmpeg_diagnostics_map_to_camera_error_codes() -> None:
     assert classify_ffmpeg_error("") == "ended"
     description = "  Stream #0:0: Video: h264 (Constrained Baseline), yuv420p(progressive), 640x480, 15 fps"
     assert parse_frame_size(description) == (640, 480)
+    tagged = "  Stream #0:0: Video: h264 (Main) (avc1 / 0x31637661), yuv420p, 1280x720 [SAR 1:1 DAR 16:9], 25 fps"
+    assert parse_frame_size(tagged) == (1280, 720)
+    assert parse_frame_size("Input #0, rtsp, from 'rtsp://***@h/s':") is None
 
 
 def test_ffmpeg_command_selects_the_transport_per_camera() -> None:
