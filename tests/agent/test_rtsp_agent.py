@@ -3,6 +3,7 @@ wrong credentials, and a password that never reaches the log or the telemetry.""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -41,7 +42,8 @@ def test_agent_cameras_survive_an_rtsp_outage_and_report_wrong_credentials(
         secrets_dir.mkdir()
         (secrets_dir / "door").write_text(f"viewer:{PASSWORD}\n")
         agent = AgentProcess(cloud.agent_config(device_id, tmp_path / device_id, pipelines=pipelines,
-                                                memory_budget_mb=2048, camera_secrets_dir=str(secrets_dir)))
+                                                memory_budget_mb=2048, camera_secrets_dir=str(secrets_dir),
+                                                results_jsonl_path=str(tmp_path / "results.jsonl")))
         agents.append(agent.start())
         cloud.wait_online(device_id)
         release = cloud.release("1.0.0", [(models["v1"], ORT_FP32)])
@@ -75,6 +77,10 @@ def test_agent_cameras_survive_an_rtsp_outage_and_report_wrong_credentials(
         # Unreachable while the server was down, the yard camera is refused again once it is back.
         wait_for(lambda: _camera([t for t in cloud.telemetry(device_id) if t.pipeline == "yard"][-1])[1]
                  == "auth_failed", 120, what="yard reporting auth_failed again")
+    # Every result carries its frame's capture time and its capture-to-result latency.
+    results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    door_results = [r for r in results if r["pipeline"] == "door"]
+    assert door_results and all(r["captured_at"] <= r["at"] and r["capture_to_result_ms"] >= 0 for r in door_results)
     log = agent.log
     assert "yard" in log and PASSWORD not in log and "wrong-password" not in log
     assert all(PASSWORD not in t.model_dump_json() for t in cloud.telemetry(device_id))
