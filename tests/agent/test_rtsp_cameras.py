@@ -27,7 +27,14 @@ from agent.capture.stream import (
     resolve_credentials,
 )
 from agent.telemetry.capture_latency import CaptureLatency
-from tests.support.rtsp import RtspServer, StallingProxy, free_port, require_rtsp_server, wait_until
+from tests.support.rtsp import (
+    MjpegServer,
+    RtspServer,
+    StallingProxy,
+    free_port,
+    require_rtsp_server,
+    wait_until,
+)
 
 FAST = StreamSettings(stall_timeout_s=3.0, open_timeout_s=3.0, reconnect_min_s=0.3, reconnect_max_s=2.0)
 PASSWORD = "s3cret-Pa55"
@@ -222,3 +229,12 @@ def test_udp_transport_streams_from_the_same_server(rtsp_ready: None, sources: l
                        settings=StreamSettings(transport="udp", stall_timeout_s=3.0, open_timeout_s=3.0))
         assert wait_until(lambda: _frames_flow(camera, 5))
         assert camera.health_snapshot().state == "streaming"
+
+
+def test_http_mjpeg_camera_streams(rtsp_ready: None, sources: list[StreamSource]) -> None:
+    with MjpegServer(width=320, height=240) as server:
+        # ffmpeg's server listens shortly after it starts; the source retries until it does.
+        camera = _open(sources, server.url, "mjpeg")
+        assert wait_until(lambda: _frames_flow(camera, 3))
+        snapshot = camera.health_snapshot()
+        assert (snapshot.state, snapshot.width, snapshot.height) == ("streaming", 320, 240)

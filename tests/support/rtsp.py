@@ -156,3 +156,23 @@ def wait_until(predicate: object, timeout_s: float = 60.0, interval_s: float = 0
             return True
         time.sleep(interval_s)
     return bool(callable(predicate) and predicate())
+
+
+class MjpegServer:
+    """``http://127.0.0.1:<port>/video.mjpg``: multipart JPEG from ffmpeg's own HTTP server (one client)."""
+
+    def __init__(self, *, width: int = 320, height: int = 240, fps: int = 10) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/video.mjpg"
+        self._argv = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi",
+                      "-i", f"testsrc=size={width}x{height}:rate={fps}", "-f", "mpjpeg", "-listen", "1", self.url]
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> MjpegServer:
+        self._process = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(timeout=10)
