@@ -10,7 +10,7 @@ SHELL       := /bin/bash
 # The machine's pip config lists local indexes that may be missing; drop pip's notes about them.
 QUIET_PIP = { grep -v "is ignored" || true; }
 
-.PHONY: demo test check install litert lint typecheck imports browser netns-deps clean
+.PHONY: demo test check install litert lint typecheck imports browser netns-deps rtsp-deps clean
 
 # litert-torch (LiteRT .tflite builds) pins its own pydantic and pulls JAX, so it gets an
 # environment of its own; the pipeline runs its converter there through EDGEFLEET_LITERT_PYTHON
@@ -75,7 +75,20 @@ netns-deps:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends iproute2 nftables; \
 	fi
 
-test: lint imports typecheck browser litert netns-deps
+# The camera tests stream H.264 from a real RTSP server (GStreamer's RTSP server, run with
+# Debian's python3 and its GObject bindings) and the agent decodes through an ffmpeg
+# subprocess. Debian packages, installed once when missing; a no-op check when present.
+RTSP_DEBS = ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base \
+            gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-libav
+rtsp-deps:
+	@if [ ! -x /usr/bin/ffmpeg ] || ! /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer" 2>/dev/null \
+	    || ! /usr/bin/gst-inspect-1.0 x264enc >/dev/null 2>&1; then \
+	  echo "make: installing ffmpeg and the GStreamer RTSP server for the camera tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $(RTSP_DEBS) gstreamer1.0-tools; \
+	fi
+
+test: lint imports typecheck browser rtsp-deps netns-deps litert
 	EDGEFLEET_LITERT_PYTHON=$(CURDIR)/$(LITERT_VENV)/bin/python $(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
 clean:

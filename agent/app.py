@@ -177,7 +177,10 @@ class AgentApp:
         source_fps = pipeline_config.target_fps if pipeline_config.source_fps is None else pipeline_config.source_fps
         return Pipeline(
             pipeline_config.name,
-            source or open_source(pipeline_config.source, loop=pipeline_config.source_loop, file_fps=source_fps),
+            source or open_source(pipeline_config.source_url(), loop=pipeline_config.source_loop,
+                                  file_fps=source_fps, name=pipeline_config.name,
+                                  stream=pipeline_config.stream_settings(),
+                                  secrets_dir=self.config.camera_secrets_dir),
             target_fps=pipeline_config.target_fps,
             policy=pipeline_config.frame_policy,
             queue_depth=pipeline_config.frame_queue_depth,

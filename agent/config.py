@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from agent.capture.stream import StreamSettings
 from agent.contract.topics import DEFAULT_PREFIX, validate_device_id
 from agent.telemetry.drift import MonitoringConfig
 
@@ -37,6 +38,28 @@ class PipelineConfig(BaseModel):
     frame_policy: Literal["newest", "every"] = "newest"
     # Frames the "every" policy may queue ahead of inference (the "newest" policy keeps one).
     frame_queue_depth: int = Field(default=3, ge=1, le=64)
+    # Network cameras (rtsp://, http:// MJPEG) and /dev/video* devices; docs/agent.md.
+    # RTSP over TCP survives lossy links and NAT; UDP has less delay on a clean LAN.
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    # No frame for this long while the connection stays open: the decoder is killed and reopened.
+    stall_timeout_s: float = Field(default=10.0, gt=0)
+    open_timeout_s: float = Field(default=10.0, gt=0)
+    camera_reconnect_min_s: float = Field(default=0.5, gt=0)
+    camera_reconnect_max_s: float = Field(default=30.0, gt=0)
+    # A secret holding "user:password" for the camera URL (kept out of the config file).
+    credentials_ref: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
+
+    def source_url(self) -> str:
+        """``source`` with ``{secret:<credentials_ref>}@`` inserted after the scheme when set."""
+        if self.credentials_ref is None or "://" not in self.source:
+            return self.source
+        scheme, rest = self.source.split("://", 1)
+        return f"{scheme}://{{secret:{self.credentials_ref}}}@{rest}"
+
+    def stream_settings(self) -> StreamSettings:
+        return StreamSettings(transport=self.rtsp_transport, stall_timeout_s=self.stall_timeout_s,
+                              open_timeout_s=self.open_timeout_s, reconnect_min_s=self.camera_reconnect_min_s,
+                              reconnect_max_s=self.camera_reconnect_max_s)
 
 
 class AgentConfig(BaseModel):
@@ -61,6 +84,8 @@ class AgentConfig(BaseModel):
     frame_policy: Literal["newest", "every"] = "newest"
     frame_queue_depth: int = Field(default=3, ge=1, le=64)
     source_fps: float | None = Field(default=None, ge=0)
+    # Files holding camera credentials ("user:password"), named by {secret:NAME} in source URLs.
+    camera_secrets_dir: Path | None = None
     # Several camera/model pipelines; when empty, one pipeline "main" from the fields above.
     pipelines: list[PipelineConfig] = Field(default_factory=list, max_length=8)
     # Per-frame results for local consumers (either, both or neither).

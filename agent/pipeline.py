@@ -14,12 +14,25 @@ from collections.abc import Sequence
 from agent.capture.latest import FrameItem, FramePolicy, FrameSlot
 from agent.capture.rate import RateLimiter
 from agent.capture.source import FrameSource
+from agent.capture.stream import StreamSource, redact
 from agent.contract import FrameTotals
-from agent.infer.engine import InferenceEngine, ResultSink
+from agent.contract.messages import CameraReport
+from agent.infer.engine import FrameResult, InferenceEngine, ResultSink
 from agent.preprocess import preprocess
+from agent.telemetry.capture_latency import CaptureLatency
 from agent.telemetry.window import WindowStats
 
 log = logging.getLogger(__name__)
+
+
+class _CaptureLatencySink:
+    """Closes each frame's capture-to-result span when the engine emits its result."""
+
+    def __init__(self, latency: CaptureLatency) -> None:
+        self._latency = latency
+
+    def emit(self, result: FrameResult) -> None:
+        self._latency.result(result.frame_seq)
 
 
 class Pipeline:
@@ -30,7 +43,9 @@ class Pipeline:
         self.source_label = source_label
         self.slot: FrameSlot[FrameItem] = FrameSlot(policy, depth=queue_depth)
         self.stats = WindowStats()
-        self.engine = InferenceEngine(self.slot, self.stats, name=name, sinks=sinks)
+        self.capture_latency = CaptureLatency()
+        self.engine = InferenceEngine(self.slot, self.stats, name=name,
+                                      sinks=[_CaptureLatencySink(self.capture_latency), *sinks])
         self.limiter = RateLimiter(target_fps)
         self.camera_ok = True
         self.captured = 0
@@ -59,7 +74,22 @@ class Pipeline:
             inference_errors_total=self.stats.total_errors,
             invalid_outputs_total=self.stats.total_invalid,
             camera_reconnects=self.source.reconnects,
+            camera=self.camera_report(),
         )
+
+    def camera_report(self) -> CameraReport:
+        """The camera's health (network cameras) and the capture-to-result latency since the last call."""
+        p50_ms, p95_ms = self.capture_latency.snapshot_and_reset()
+        if isinstance(self.source, StreamSource):
+            health = self.source.health_snapshot()
+            return CameraReport(state=health.state, error_code=health.error_code, decoder=health.decoder,
+                                source=self.source.display_url, width=health.width, height=health.height,
+                                stale_frames_dropped=health.stale_frames_dropped + self.slot.overwritten,
+                                stalls=health.stalls, outages=health.outages, outage_s=health.outage_s,
+                                capture_to_result_p50_ms=p50_ms, capture_to_result_p95_ms=p95_ms)
+        return CameraReport(state="streaming" if self.camera_ok else "down",
+                            stale_frames_dropped=self.slot.overwritten,
+                            capture_to_result_p50_ms=p50_ms, capture_to_result_p95_ms=p95_ms)
 
     def _capture_loop(self) -> None:
         seq = 0
@@ -71,7 +101,7 @@ class Pipeline:
                 continue
             if not self.source.grab():
                 if self.camera_ok:
-                    log.warning("[%s] camera source %s returned no frame", self.name, self.source_label)
+                    log.warning("[%s] camera source %s returned no frame", self.name, redact(self.source_label))
                 self.camera_ok = False
                 self._stop.wait(0.05)
                 continue
@@ -81,11 +111,15 @@ class Pipeline:
                 self.skipped += 1
                 continue
             frame = self.source.retrieve()
+            captured = self.source.latest() if isinstance(self.source, StreamSource) else None
+            captured_monotonic_s, captured_wall_s = (
+                (captured.captured_monotonic_s, captured.captured_wall_s) if captured is not None
+                else (time.monotonic(), time.time()))
             if frame is None:
                 self.camera_ok = False
                 continue
             if not self.camera_ok:
-                log.info("[%s] camera source %s is back", self.name, self.source_label)
+                log.info("[%s] camera source %s is back", self.name, redact(self.source_label))
             self.camera_ok = True
             self.captured += 1
             seq += 1
@@ -93,7 +127,10 @@ class Pipeline:
             # inference; the engine redoes it only if a swap changed the spec meanwhile.
             spec = model.manifest.preprocessing
             try:
-                item = FrameItem(seq=seq, frame=frame, tensor=preprocess(frame, spec), spec=spec)
+                item = FrameItem(seq=seq, frame=frame, tensor=preprocess(frame, spec), spec=spec,
+                                 captured_monotonic_s=captured_monotonic_s, captured_wall_s=captured_wall_s)
             except ValueError:
-                item = FrameItem(seq=seq, frame=frame)
+                item = FrameItem(seq=seq, frame=frame, captured_monotonic_s=captured_monotonic_s,
+                                 captured_wall_s=captured_wall_s)
+            self.capture_latency.captured(seq, captured_monotonic_s)
             self.slot.put(item)

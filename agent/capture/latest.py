@@ -31,6 +31,9 @@ class FrameItem:
     frame: npt.NDArray[np.uint8]
     tensor: npt.NDArray[np.generic] | None = None
     spec: PreprocessSpec | None = None
+    # When the frame left the camera's decoder (monotonic for latency, wall clock for logs).
+    captured_monotonic_s: float = 0.0
+    captured_wall_s: float = 0.0
 
 
 class FrameSlot(Generic[T]):

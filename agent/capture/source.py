@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Protocol
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+
+from agent.capture.stream import StreamSettings, StreamSource, redact
+
+# Locations decoded by an ffmpeg process rather than OpenCV (network cameras, V4L2 devices).
+STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "/dev/video")
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +90,7 @@ class OpenCvSource:
             return True
         capture.release()
         self._next_open_at = now + self._backoff_s
-        log.warning("camera source %s unavailable; retrying in %.1fs", self.location, self._backoff_s)
+        log.warning("camera source %s unavailable; retrying in %.1fs", redact(self.location), self._backoff_s)
         self._backoff_s = min(self._backoff_s * 2, self.max_backoff_s)
         return False
 
@@ -122,10 +128,16 @@ class OpenCvSource:
             self._capture = None
 
 
-def open_source(location: str, *, loop: bool = True, file_fps: float = 0.0) -> FrameSource:
-    """Open a camera index, file, URL, or ``synthetic:<seed>`` (a simulated camera).
+def open_source(location: str, *, loop: bool = True, file_fps: float = 0.0, name: str = "camera",
+                stream: StreamSettings | None = None, secrets_dir: Path | None = None) -> FrameSource:
+    """Open a camera index, file, URL, V4L2 device or ``synthetic:<seed>`` (a simulated camera).
 
-    ``file_fps`` paces files and synthetic sources like a camera (0 = as fast as possible).
+    ``rtsp://``, ``rtsps://``, ``http(s)://`` URLs and ``/dev/video*`` devices go to an
+    ffmpeg decoder process watched by :class:`~agent.capture.stream.StreamSource`
+    (``stream`` settings: transport, stall and open timeouts, reconnect backoff);
+    ``{secret:NAME}`` in a URL is resolved from ``secrets_dir`` or the environment.
+    Device indexes and files stay on OpenCV. ``file_fps`` paces files and synthetic
+    sources like a camera (0 = as fast as possible).
 
     Raises:
         ValueError: a ``synthetic:`` location without an integer seed.
@@ -137,4 +149,6 @@ def open_source(location: str, *, loop: bool = True, file_fps: float = 0.0) -> F
         if not seed.isdigit():
             raise ValueError(f"synthetic source {location!r} must look like synthetic:<integer seed>")
         return SyntheticSource(seed=int(seed), frame_interval_s=1.0 / file_fps if file_fps > 0 else 0.0)
+    if location.startswith(STREAM_PREFIXES):
+        return StreamSource(location, name=name, settings=stream or StreamSettings(), secrets_dir=secrets_dir)
     return OpenCvSource(location, loop=loop, file_fps=file_fps)

@@ -67,6 +67,31 @@ class PipelineStatus(BaseModel):
     runtime: ShortText | None = None
 
 
+class CameraReport(BaseModel):
+    """Health of one pipeline's camera: cumulative counters plus the last window's latency.
+
+    ``error_code`` is None while frames arrive; otherwise why they do not
+    (``auth_failed``, ``unreachable``, ``not_found``, ``stalled``, ``decode_error``, ``ended``,
+    ``no_ffmpeg``, ``bad_credentials_ref``). ``capture_to_result_*`` span from the frame
+    leaving the decoder to its inference result, over the frames of the last window.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal["connecting", "streaming", "down"] = "streaming"
+    error_code: ShortText | None = None
+    decoder: ShortText = "software"
+    source: ShortText | None = None  # the URL with any user:password@ replaced by ***@
+    width: int | None = Field(default=None, ge=0)
+    height: int | None = Field(default=None, ge=0)
+    stale_frames_dropped: int = Field(default=0, ge=0)
+    stalls: int = Field(default=0, ge=0)
+    outages: int = Field(default=0, ge=0)
+    outage_s: float = Field(default=0.0, ge=0)
+    capture_to_result_p50_ms: float | None = Field(default=None, ge=0)
+    capture_to_result_p95_ms: float | None = Field(default=None, ge=0)
+
+
 class FrameTotals(BaseModel):
     """Cumulative frame accounting of one pipeline since the agent started.
 
@@ -83,6 +108,9 @@ class FrameTotals(BaseModel):
     inference_errors_total: int = Field(default=0, ge=0)
     invalid_outputs_total: int = Field(default=0, ge=0)
     camera_reconnects: int = Field(default=0, ge=0)
+    # Optional: the camera's health and capture-to-result latency (network cameras report
+    # their connection state; every source reports latency).
+    camera: CameraReport | None = None
 
 
 class RuntimeMeasurement(BaseModel):

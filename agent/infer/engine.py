@@ -53,6 +53,9 @@ class FrameResult:
     latency_ms: float
     inference_ms: float
     at: float
+    # When the frame left the camera's decoder (wall clock; monotonic for the latency below).
+    captured_at: float | None = None
+    capture_to_result_ms: float | None = None
 
 
 class ResultSink(Protocol):
@@ -232,7 +235,10 @@ class InferenceEngine:
         if self._sinks:
             result = FrameResult(pipeline=self.name, frame_seq=item.seq, model_version=model.version, label=label,
                                  confidence=round(confidence, 5), latency_ms=round(latency_ms, 3),
-                                 inference_ms=round(inference_ms, 3), at=time.time())
+                                 inference_ms=round(inference_ms, 3), at=time.time(),
+                                 captured_at=item.captured_wall_s or None,
+                                 capture_to_result_ms=round((time.monotonic() - item.captured_monotonic_s) * 1000.0, 3)
+                                 if item.captured_monotonic_s else None)
             for sink in self._sinks:
                 try:
                     sink.emit(result)
