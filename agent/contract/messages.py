@@ -136,6 +136,19 @@ class ShadowWindow(BaseModel):
     class_counts: dict[ShortText, int] = Field(default_factory=dict, max_length=1000)
 
 
+class DetectionWindow(BaseModel):
+    """A detection package's window: what it found, not how frames were classified."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    frames: int = Field(ge=0)
+    # Objects (boxes after NMS) per class over the window.
+    object_counts: dict[ShortText, int] = Field(default_factory=dict, max_length=1000)
+    mean_box_score: float | None = Field(default=None, ge=0, le=1)
+    boxes_per_frame: float = Field(default=0.0, ge=0)
+    empty_frames: int = Field(default=0, ge=0)
+
+
 class TelemetryReport(_Message):
     """Periodic health and inference statistics for one window of frames."""
 
@@ -167,6 +180,9 @@ class TelemetryReport(_Message):
     update_check_error: ShortText | None = None
     # Added by issue 6 (optional): the candidate's results while it shadows the active model.
     shadow: ShadowWindow | None = None
+    # Optional, detection packages only: object counts per class, mean box score, boxes per
+    # frame. Their frames are not in class_counts / mean_confidence, which stay classification's.
+    detection: DetectionWindow | None = None
 
 
 class JobState(StrEnum):
