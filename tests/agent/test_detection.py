@@ -19,7 +19,7 @@ from agent.infer.engine import FrameResult, InferenceEngine, load_model
 from agent.telemetry.window import WindowStats
 
 LABELS = ["person", "car", "dog"]
-# A 640x360 camera frame into a 320x320 letterboxed input: scale 0.5, 90 pixels of padding top and bottom.
+# A 640x360 camera frame into a 320x320 letterboxed input: scale 0.5, 70 rows of padding above and below.
 SOURCE_W, SOURCE_H = 640, 360
 SPEC = PreprocessSpec(width=320, height=320, resize="letterbox", pad_value=114, interpolation="linear")
 # Boxes in source pixels (x1, y1, x2, y2), class, score.
@@ -201,3 +201,29 @@ def test_a_detection_model_whose_output_does_not_fit_its_decoder_does_not_load(t
     manifest = _manifest(model_path, task="detection", detection=_detection("yolo_raw"))
     with pytest.raises(Exception, match=r"yolo_raw expects output 1 x \(4\+C\) x N"):
         load_model(manifest, tmp_path)
+
+
+def test_letterbox_pads_with_the_pad_value_where_the_decoder_expects_padding() -> None:
+    from agent.preprocess import preprocess
+
+    frame = np.full((SOURCE_H, SOURCE_W, 3), 255, dtype=np.uint8)
+    tensor = preprocess(frame, SPEC)
+    # 640x360 -> 320x180 placed 70 rows down: (320 - 180) // 2.
+    top = source_to_input(np.asarray([[0.0, 0.0, 640.0, 360.0]]), SPEC, SOURCE_W, SOURCE_H)[0]
+    assert top.tolist() == [0.0, 70.0, 320.0, 250.0]
+    assert tensor[0, :, 69, :] == pytest.approx(114 / 255) and tensor[0, :, 70, :] == pytest.approx(1.0)
+    assert tensor[0, :, 249, :] == pytest.approx(1.0) and tensor[0, :, 250, :] == pytest.approx(114 / 255)
+
+
+def test_classification_results_keep_their_json_lines(tmp_path: Path) -> None:
+    import json
+
+    from agent.results import JsonLinesSink
+
+    sink = JsonLinesSink(tmp_path / "results.jsonl", flush_every_lines=1)
+    sink.emit(FrameResult(pipeline="main", frame_seq=1, model_version="v1", label="cat", confidence=0.9,
+                          latency_ms=1.0, inference_ms=0.5, at=1.0))
+    sink.close()
+    line = json.loads((tmp_path / "results.jsonl").read_text())
+    assert set(line) == {"pipeline", "frame_seq", "model_version", "label", "confidence", "latency_ms",
+                         "inference_ms", "at"}
