@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from agent.contract import (
     Topics,
     parse_command,
 )
+from agent.contract.messages import DetectionWindow
 from agent.errors import AgentError, InstallError
 from agent.infer.engine import InferenceEngine, ResultSink, load_model
 from agent.infer.shadow import ShadowRunner, ShadowSet
@@ -309,6 +311,7 @@ class AgentApp:
                 invalid_outputs=window.invalid_outputs,
                 frame_totals=pipeline.totals(),
                 shadow=self.shadows.take_window(name),
+                detection=DetectionWindow(**asdict(window.detection)) if window.detection else None,
             )
             self.uplink.publish(self.topics.telemetry(self.config.device_id), report)
             self.metrics.observe_window(report)

@@ -34,6 +34,18 @@ class IncompatiblePackageError(UntrustedContentError):
     code = "incompatible_package"
 
 
+class UnsupportedTaskError(IncompatiblePackageError):
+    """The package's task (e.g. a newer kind of model) is one this agent cannot run."""
+
+    code = "unsupported_task"
+
+
+class UnsupportedDecoderError(IncompatiblePackageError):
+    """The detection package's output layout is one this agent cannot decode."""
+
+    code = "unsupported_decoder"
+
+
 class DeliveryError(AgentError):
     code = "delivery"
 

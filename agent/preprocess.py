@@ -33,11 +33,9 @@ def _resize(frame_bgr: npt.NDArray[np.uint8], spec: PreprocessSpec) -> npt.NDArr
             y0 = (height - crop_h) // 2
             frame_bgr = frame_bgr[y0 : y0 + crop_h]
     elif spec.resize == "letterbox":
-        ratio = min(spec.width / width, spec.height / height)
-        new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
+        new_w, new_h, x0, y0 = spec.letterbox(width, height)
         resized = cv2.resize(frame_bgr, (new_w, new_h), interpolation=interpolation)
-        canvas = np.zeros((spec.height, spec.width, 3), dtype=np.uint8)
-        y0, x0 = (spec.height - new_h) // 2, (spec.width - new_w) // 2
+        canvas = np.full((spec.height, spec.width, 3), spec.pad_value, dtype=np.uint8)
         canvas[y0 : y0 + new_h, x0 : x0 + new_w] = resized
         return canvas
     if frame_bgr.shape[0] == spec.height and frame_bgr.shape[1] == spec.width:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
@@ -30,7 +29,7 @@ class JsonLinesSink:
         self._unflushed = 0
 
     def emit(self, result: FrameResult) -> None:
-        line = json.dumps(asdict(result), separators=(",", ":")) + "\n"
+        line = json.dumps(result.to_json_dict(), separators=(",", ":")) + "\n"
         with self._lock:
             if self._written + len(line) > self.max_bytes:
                 self._handle.close()

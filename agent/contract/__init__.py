@@ -5,6 +5,7 @@ Shared by both sides: ``cloud`` imports it, and it imports nothing from ``cloud`
 
 from agent.contract.manifest import (
     MANIFEST_FILE,
+    DetectionSpec,
     ModelArtifact,
     PackageFile,
     PackageManifest,
@@ -17,6 +18,7 @@ from agent.contract.messages import (
     SCHEMA_VERSION,
     ContractError,
     DeployCommand,
+    DetectionWindow,
     DeviceMismatch,
     DeviceState,
     DriftReport,
@@ -48,6 +50,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "ContractError",
     "DeployCommand",
+    "DetectionSpec",
+    "DetectionWindow",
     "DeviceMismatch",
     "DeviceState",
     "DriftReport",

@@ -39,6 +39,20 @@ IMAGE_FEATURES: tuple[str, ...] = (
 )
 OUTPUT_FEATURES: tuple[str, ...] = ("top_score", "entropy", "margin")
 
+# Detection drift: box features over fixed edges (no training quantiles needed, so every
+# detection package monitors them and windows merge across models). All in [0, 1]:
+# box score; box size as sqrt(box area) / frame diagonal on a geometric scale (small
+# objects matter most); box centre x and y as fractions of the frame width and height.
+DETECTION_FEATURES: tuple[str, ...] = ("box_score", "box_size", "box_center_x", "box_center_y")
+
+
+def detection_feature_edges() -> npt.NDArray[np.float64]:
+    """The 31 fixed interior edges of each detection feature, shape (4, 31)."""
+    unit = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)[1:-1]
+    size = np.geomspace(0.005, 0.7, HISTOGRAM_BINS - 1)
+    return np.stack([unit, size, unit, unit])
+
+
 FeatureName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
 
 

@@ -164,6 +164,19 @@ class ShadowWindow(BaseModel):
     class_counts: dict[ShortText, int] = Field(default_factory=dict, max_length=1000)
 
 
+class DetectionWindow(BaseModel):
+    """A detection package's window: what it found, not how frames were classified."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    frames: int = Field(ge=0)
+    # Objects (boxes after NMS) per class over the window.
+    object_counts: dict[ShortText, int] = Field(default_factory=dict, max_length=1000)
+    mean_box_score: float | None = Field(default=None, ge=0, le=1)
+    boxes_per_frame: float = Field(default=0.0, ge=0)
+    empty_frames: int = Field(default=0, ge=0)
+
+
 class TelemetryReport(_Message):
     """Periodic health and inference statistics for one window of frames."""
 
@@ -195,6 +208,9 @@ class TelemetryReport(_Message):
     update_check_error: ShortText | None = None
     # Added by issue 6 (optional): the candidate's results while it shadows the active model.
     shadow: ShadowWindow | None = None
+    # Optional, detection packages only: object counts per class, mean box score, boxes per
+    # frame. Their frames are not in class_counts / mean_confidence, which stay classification's.
+    detection: DetectionWindow | None = None
 
 
 class JobState(StrEnum):
@@ -267,6 +283,34 @@ _INLINE_B64_CHARS = 4 * ((MAX_INLINE_SAMPLE_BYTES + 2) // 3)
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
+class DetectionDrift(BaseModel):
+    """A detection package's drift window: box histograms over fixed edges and objects per class.
+
+    ``histograms`` is :func:`agent.contract.drift.encode_histograms` of shape
+    (4, 32) over :data:`agent.contract.drift.DETECTION_FEATURES` with the edges of
+    :func:`agent.contract.drift.detection_feature_edges` (256 bytes before base64);
+    ``object_counts`` follows the package's labels; ``boxes_per_frame`` is a histogram
+    of how many boxes each frame had (0, 1, ..., 30, 31 or more).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    frames: int = Field(ge=1, le=65_535)
+    boxes: int = Field(ge=0)
+    histograms: Annotated[str, Field(max_length=400)]
+    object_counts: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=1000)
+    boxes_per_frame: list[Annotated[int, Field(ge=0)]] = Field(min_length=32, max_length=32)
+
+    @model_validator(mode="after")
+    def _histograms_decode(self) -> DetectionDrift:
+        from agent.contract.drift import DETECTION_FEATURES, decode_histograms
+
+        decode_histograms(self.histograms, len(DETECTION_FEATURES))
+        if sum(self.boxes_per_frame) != self.frames:
+            raise ValueError("boxes_per_frame must count every frame once")
+        return self
+
+
 class DriftReport(_Message):
     """One closed window of subsampled frames: fixed-edge histograms and moments.
 
@@ -292,6 +336,8 @@ class DriftReport(_Message):
     class_counts: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=1000)
     # The device's own quick check (largest |z| of a window mean); drives its drift sampler.
     local_score: float | None = Field(default=None, ge=0)
+    # Optional, detection packages only: box score/size/position histograms and objects per class.
+    detection: DetectionDrift | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> DriftReport:

@@ -27,6 +27,8 @@ class PreprocessSpec(BaseModel):
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     dtype: Literal["float32", "uint8", "int8"] = "float32"
+    # The uint8 value letterbox padding is filled with (YOLO models are trained on 114).
+    pad_value: int = Field(default=0, ge=0, le=255)
 
     @field_validator("std")
     @classmethod
@@ -34,6 +36,16 @@ class PreprocessSpec(BaseModel):
         if any(s == 0 for s in std):
             raise ValueError("std entries must be non-zero")
         return std
+
+    def letterbox(self, source_width: int, source_height: int) -> tuple[int, int, int, int]:
+        """``(new_width, new_height, pad_x, pad_y)`` of a letterboxed frame: aspect kept, scaled to fit, centred.
+
+        The one definition of the geometry: preprocessing places the frame with it and
+        detection decoding maps boxes back to the source frame with it.
+        """
+        ratio = min(self.width / source_width, self.height / source_height)
+        new_width, new_height = max(1, round(source_width * ratio)), max(1, round(source_height * ratio))
+        return new_width, new_height, (self.width - new_width) // 2, (self.height - new_height) // 2
 
     def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
         if self.layout == "nchw":

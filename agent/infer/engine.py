@@ -7,7 +7,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from agent.capture.latest import FrameItem, FrameSlot
 from agent.contract import ModelArtifact, PackageManifest
+from agent.infer.detect import Detection, check_output_shape, detect
 from agent.preprocess import preprocess
 from agent.runtime.base import InferenceBackend, RuntimeLoadError, load_backend
 from agent.telemetry.window import WindowStats
@@ -56,6 +57,16 @@ class FrameResult:
     # When the frame left the camera's decoder (wall clock; monotonic for the latency below).
     captured_at: float | None = None
     capture_to_result_ms: float | None = None
+    # Detection packages only: the frame's boxes in source-frame pixels, highest score first
+    # (``label``/``confidence`` are then the top box's, or "" and 0.0 for a frame without objects).
+    detections: tuple[Detection, ...] | None = None
+
+    def to_json_dict(self) -> dict[str, object]:
+        """The sinks' JSON object; classification results carry no ``detections`` key."""
+        document = asdict(self)
+        if self.detections is None:
+            del document["detections"]
+        return document
 
 
 class ResultSink(Protocol):
@@ -95,7 +106,12 @@ def load_model(
         except (RuntimeLoadError, ValueError, RuntimeError) as exc:
             errors.append(f"{artifact.runtime}/{artifact.precision}: {exc}")
             continue
-        if warmup.shape[-1] != len(manifest.labels):
+        if manifest.detection is not None:
+            problem = check_output_shape(tuple(warmup.shape), manifest.detection, len(manifest.labels))
+            if problem is not None:
+                errors.append(f"{artifact.file}: {problem}")
+                continue
+        elif warmup.shape[-1] != len(manifest.labels):
             errors.append(f"{artifact.file} outputs {warmup.shape[-1]} scores for {len(manifest.labels)} labels")
             continue
         return LoadedModel(manifest=manifest, artifact=artifact, backend=backend)
@@ -170,11 +186,24 @@ class InferenceEngine:
         Raises:
             InvalidOutput: the scores are NaN or Inf.
         """
-        label, confidence, _ = self._infer_item(model, FrameItem(seq=0, frame=frame))
+        label, confidence, _, _ = self._infer_item(model, FrameItem(seq=0, frame=frame))
         return label, confidence
 
-    def _infer_item(self, model: LoadedModel, item: FrameItem) -> tuple[str, float, float]:
-        """Returns (label, confidence, inference-only milliseconds).
+    def detect_frame(self, model: LoadedModel, frame: npt.NDArray[np.uint8]) -> list[Detection]:
+        """Run a detection ``model`` on one decoded BGR frame: its boxes in the frame's pixels.
+
+        Raises:
+            InvalidOutput: the output holds NaN or Inf.
+            ValueError: ``model`` is not a detection package, or its output does not fit its decoder.
+        """
+        _, _, _, detections = self._infer_item(model, FrameItem(seq=0, frame=frame))
+        if detections is None:
+            raise ValueError(f"model {model.version} is a {model.manifest.task} package, not detection")
+        return list(detections)
+
+    def _infer_item(self, model: LoadedModel,
+                    item: FrameItem) -> tuple[str, float, float, tuple[Detection, ...] | None]:
+        """Returns (label, confidence, inference-only milliseconds, detections for a detection package).
 
         Raises:
             InvalidOutput: the scores are NaN or Inf.
@@ -182,10 +211,19 @@ class InferenceEngine:
         spec = model.manifest.preprocessing
         tensor = item.tensor if item.tensor is not None and item.spec == spec else preprocess(item.frame, spec)
         started = time.perf_counter()
-        scores = model.backend.run(tensor)[0]
+        output = model.backend.run(tensor)
         inference_ms = (time.perf_counter() - started) * 1000.0
-        if not np.all(np.isfinite(scores)):
+        if not np.all(np.isfinite(output)):
             raise InvalidOutput("model produced a non-finite score")
+        manifest = model.manifest
+        if manifest.detection is not None:
+            # Drift and shadow hooks read classifier score vectors; detection frames skip them.
+            height, width = item.frame.shape[:2]
+            found = tuple(detect(output, detection=manifest.detection, labels=manifest.labels,
+                                 preprocessing=manifest.preprocessing, source_width=width, source_height=height))
+            top_label, top_score = (found[0].label, found[0].score) if found else ("", 0.0)
+            return top_label, top_score, inference_ms, found
+        scores = output[0]
         hook = self.output_hook
         if hook is not None and threading.current_thread() is self._thread:
             try:
@@ -194,7 +232,7 @@ class InferenceEngine:
                 log.exception("[%s] output hook failed", self.name)
         probabilities = softmax(scores) if model.artifact.output_activation == "softmax" else scores
         index = int(np.argmax(probabilities))
-        return model.manifest.labels[index], float(probabilities[index]), inference_ms
+        return model.manifest.labels[index], float(probabilities[index]), inference_ms, None
 
     def _loop(self) -> None:
         while not self._stop.is_set() or self._slot.pending():
@@ -215,7 +253,7 @@ class InferenceEngine:
             watch = None
         started = time.perf_counter()
         try:
-            label, confidence, inference_ms = self._infer_item(model, item)
+            label, confidence, inference_ms, detections = self._infer_item(model, item)
         except InvalidOutput:
             self._stats.record_invalid()
             if watch is not None:
@@ -228,14 +266,17 @@ class InferenceEngine:
                 watch.record_error()
             return
         latency_ms = (time.perf_counter() - started) * 1000.0
-        self._stats.record(latency_ms, confidence, label)
+        if detections is None:
+            self._stats.record(latency_ms, confidence, label)
+        else:
+            self._stats.record_detections(latency_ms, [(d.label, d.score) for d in detections])
         self._recent.append((inference_ms, confidence))
         if watch is not None:
             watch.record(inference_ms, confidence)
         if self._sinks:
             result = FrameResult(pipeline=self.name, frame_seq=item.seq, model_version=model.version, label=label,
                                  confidence=round(confidence, 5), latency_ms=round(latency_ms, 3),
-                                 inference_ms=round(inference_ms, 3), at=time.time(),
+                                 inference_ms=round(inference_ms, 3), at=time.time(), detections=detections,
                                  captured_at=item.captured_wall_s or None,
                                  capture_to_result_ms=round((time.monotonic() - item.captured_monotonic_s) * 1000.0, 3)
                                  if item.captured_monotonic_s else None)

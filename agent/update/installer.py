@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.contract import MANIFEST_FILE, DeployCommand, JobState, PackageManifest
-from agent.errors import DigestMismatchError, IncompatiblePackageError, UntrustedContentError
+from agent.contract.manifest import unsupported_feature
+from agent.errors import (
+    DigestMismatchError,
+    IncompatiblePackageError,
+    UnsupportedDecoderError,
+    UnsupportedTaskError,
+    UntrustedContentError,
+)
 from agent.update.store import PackageStore
 
 __all__ = ["PackageSource", "fetch_and_verify"]
@@ -50,7 +57,9 @@ def fetch_and_verify(
     Returns the manifest and the stored package directory. The active package is not touched.
 
     Raises:
-        IncompatiblePackageError: the signed metadata does not list ``hardware_profile``.
+        IncompatiblePackageError: the signed metadata does not list ``hardware_profile``;
+            ``UnsupportedTaskError`` / ``UnsupportedDecoderError``: the manifest asks for a task
+            or detection decoder this agent does not have (checked before any model byte is fetched).
         DigestMismatchError: a file does not match its signed hash or length.
         UntrustedContentError: any other refusal (bad signature, rollback, expired metadata...).
         DownloadError: delivery failed (including the total download deadline).
@@ -69,6 +78,11 @@ def fetch_and_verify(
     if manifest_target.sha256 != command.manifest_sha256:
         raise DigestMismatchError(f"command pins manifest {command.manifest_sha256[:12]}, TUF lists {manifest_target.sha256[:12]}")
     manifest_bytes = updater.download(manifest_target)
+    unsupported = unsupported_feature(manifest_bytes)
+    if unsupported is not None:
+        code, message = unsupported
+        error = UnsupportedTaskError if code == "unsupported_task" else UnsupportedDecoderError
+        raise error(f"package {package_id}: {message}")
     try:
         manifest = PackageManifest.from_bytes(manifest_bytes)
     except ValueError as exc:

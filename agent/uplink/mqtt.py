@@ -20,7 +20,6 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import asdict
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -250,7 +249,7 @@ class MqttResultsSink:
 
     def emit(self, result: FrameResult) -> None:
         self._client.publish(f"{self.topic}/{result.pipeline}",
-                             json.dumps(asdict(result), separators=(",", ":")), qos=0)
+                             json.dumps(result.to_json_dict(), separators=(",", ":")), qos=0)
 
     def close(self) -> None:
         self._client.disconnect()

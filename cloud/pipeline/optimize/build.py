@@ -32,6 +32,7 @@ from agent.profiles import FirmwareProfile
 from cloud.pipeline.errors import BuildToolError
 from cloud.pipeline.evaluate.gates import GateDecision, QuantizationGateConfig, quantization_gate
 from cloud.pipeline.evaluate.metrics import EvaluationReport, evaluate_predictions
+from cloud.pipeline.optimize.activation import onnx_output_activation
 from cloud.pipeline.optimize.litert import NOT_INSTALLED, convert_tflite, litert_available
 from cloud.pipeline.optimize.openvino_ir import convert_ir, nncf_available, quantize_ir_nncf
 from cloud.pipeline.optimize.quantize import QuantizationSettings, quantize_onnx_static
@@ -158,8 +159,11 @@ def build_for_profiles(request: BuildRequest, log: Callable[[str], None] = lambd
             builds[key] = made
         serves.setdefault(key, []).append(profile)
 
+    # An imported classifier that ends in Softmax already outputs probabilities: every
+    # artifact built from it says so, or the device would apply softmax a second time.
+    activation = onnx_output_activation(request.fp32_onnx)
     fp32 = BuiltArtifact("onnx-fp32", request.fp32_onnx,
-                         ModelArtifact(file="model-fp32.onnx", runtime="onnxruntime", precision="fp32"))
+                         ModelArtifact(file="model-fp32.onnx", runtime="onnxruntime", precision="fp32", output_activation=activation))
     can_quantize = request.calibration is not None and len(request.calibration) > 0
     for profile in request.profiles:
         name = profile.name
@@ -172,7 +176,7 @@ def build_for_profiles(request: BuildRequest, log: Callable[[str], None] = lambd
             log(f"quantizing ONNX INT8 ({settings.tag})")
             path = quantize_onnx_static(request.fp32_onnx, work / f"model-int8-{settings.tag}.onnx",
                                         request.calibration, settings)
-            return BuiltArtifact(key, path, ModelArtifact(file=path.name, runtime="onnxruntime", precision="int8"),
+            return BuiltArtifact(key, path, ModelArtifact(file=path.name, runtime="onnxruntime", precision="int8", output_activation=activation),
                                  settings={"quantizer": "onnxruntime.quantize_static", **settings.as_dict(),
                                            "calibration_images": len(request.calibration)})
 
@@ -188,7 +192,7 @@ def build_for_profiles(request: BuildRequest, log: Callable[[str], None] = lambd
                     xml, weights = convert_ir(request.fp32_onnx, work / f"model-ov-{precision}.xml",
                                               fp16=precision == "fp16")
                     return BuiltArtifact(f"openvino-{precision}", xml,
-                                         ModelArtifact(file=xml.name, runtime="openvino", precision=precision),  # type: ignore[arg-type]
+                                         ModelArtifact(file=xml.name, runtime="openvino", precision=precision, output_activation=activation),  # type: ignore[arg-type]
                                          extra_files=[weights], settings={"converter": "openvino.convert_model"})
                 add(f"openvino-{precision}", name, ov_float)
             if can_quantize:
@@ -207,7 +211,7 @@ def build_for_profiles(request: BuildRequest, log: Callable[[str], None] = lambd
                         xml, weights = convert_ir(source.path, work / "model-ov-int8.xml")
                         how = {"quantizer": "onnxruntime QDQ read by OpenVINO", **source.settings}
                     return BuiltArtifact("openvino-int8", xml,
-                                         ModelArtifact(file=xml.name, runtime="openvino", precision="int8"),
+                                         ModelArtifact(file=xml.name, runtime="openvino", precision="int8", output_activation=activation),
                                          extra_files=[weights], settings=how)
                 add("openvino-int8", name, ov_int8)
 
@@ -231,7 +235,7 @@ def build_for_profiles(request: BuildRequest, log: Callable[[str], None] = lambd
                         how.update(quantizer="litert_torch PT2E", weights="int8 symmetric per-channel",
                                    activations="int8", calibration_images=len(calibration))
                     return BuiltArtifact(f"litert-{precision}", path,
-                                         ModelArtifact(file=path.name, runtime="litert", precision=precision),  # type: ignore[arg-type]
+                                         ModelArtifact(file=path.name, runtime="litert", precision=precision, output_activation=activation),  # type: ignore[arg-type]
                                          settings=how)
                 add(f"litert-{choice.precision}", name, litert)
             execution_provider = getattr(choice, "execution_provider", None)

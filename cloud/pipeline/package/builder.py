@@ -8,6 +8,7 @@ from pathlib import Path
 
 from agent.contract import (
     MANIFEST_FILE,
+    DetectionSpec,
     ModelArtifact,
     PackageManifest,
     PreprocessSpec,
@@ -36,6 +37,7 @@ def build_package(
     hardware_profiles: list[str],
     extra_files: list[Path] | None = None,
     drift_reference: Path | None = None,
+    detection: DetectionSpec | None = None,
 ) -> BuiltPackage:
     """Write ``packages_dir/<package_id>/`` with the artifacts and ``manifest.json``.
 
@@ -43,6 +45,7 @@ def build_package(
     model gives the same id and a different model never collides. ``extra_files``
     (golden vectors, OpenVINO weights next to their .xml) are copied under their
     own names and listed in the manifest, so its hash covers them too.
+    ``detection`` makes it a detection package (the manifest's task and decoder block).
     """
     extras = list(extra_files or [])
     # The drift reference (issue 7) travels like any extra file, and the manifest names it.
@@ -73,6 +76,8 @@ def build_package(
         artifacts=[artifact for _, artifact in artifacts],
         files=files,
         drift_reference_file=drift_reference.name if drift_reference is not None else None,
+        task="detection" if detection is not None else "classification",
+        detection=detection,
     )
     raw = manifest.to_bytes()
     (directory / MANIFEST_FILE).write_bytes(raw)
