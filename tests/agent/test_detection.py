@@ -226,4 +226,4 @@ def test_classification_results_keep_their_json_lines(tmp_path: Path) -> None:
     sink.close()
     line = json.loads((tmp_path / "results.jsonl").read_text())
     assert set(line) == {"pipeline", "frame_seq", "model_version", "label", "confidence", "latency_ms",
-                         "inference_ms", "at"}
+                         "inference_ms", "at", "captured_at", "capture_to_result_ms"}
