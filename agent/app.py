@@ -139,9 +139,9 @@ class AgentApp:
             tls_cert_file=str(config.mqtt_cert_file) if config.mqtt_cert_file else None,
             tls_key_file=str(config.mqtt_key_file) if config.mqtt_key_file else None,
         )
-        # Shadow runners (issue 6): a candidate beside the active model, per pipeline.
+        # Shadow runners: a candidate beside the active model, per pipeline.
         self.shadows = ShadowSet()
-        # Drift windows and samples (issue 7), fed with each engine's raw scores.
+        # Drift windows and samples, fed with each engine's raw scores.
         self.monitoring = agent_monitoring(
             config=config.monitoring, device_id=config.device_id, state_dir=config.state_dir, topics=self.topics,
             api_url=config.api_url, api_token_file=config.api_token_file, publish=self.uplink.publish)
@@ -442,7 +442,7 @@ class AgentApp:
         manager.install(command)
 
     def _start_shadow(self, manager: InstallManager, command: DeployCommand) -> None:
-        """Fetch and verify the candidate, then run it beside the active model (issue 6).
+        """Fetch and verify the candidate, then run it beside the active model.
 
         Nothing is swapped: the candidate only sees a sampled fraction of frames, and the
         agreement and latency go out with each telemetry report.

@@ -140,7 +140,7 @@ class AgentConfig(BaseModel):
     # Where TUF metadata and targets are served; default: <api_url>/tuf/metadata/ and /tuf/targets/.
     tuf_metadata_url: str | None = None
     tuf_targets_url: str | None = None
-    # Drift windows and sample capture (issue 7; agent/telemetry/drift.py, docs/drift.md).
+    # Drift windows and sample capture (agent/telemetry/drift.py, docs/drift.md).
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @classmethod

@@ -1,4 +1,4 @@
-"""``edgefleet rollout ...``: staged rollouts over the control plane's HTTP API (issue 6).
+"""``edgefleet rollout ...``: staged rollouts over the control plane's HTTP API.
 
 ``plan SPEC`` is a dry run; ``create SPEC`` starts one; ``show ID`` prints every
 decision with the numbers that drove it; ``approve / pause / resume / abort /

@@ -154,7 +154,7 @@ def telemetry_row(report: TelemetryReport, received_at: datetime) -> dict[str, o
     }
 
 
-# --- batched ingest (issue 9): one statement per batch, the caller commits ----------
+# --- batched ingest: one statement per batch, the caller commits ----------
 def registered_device_ids(session: Session, device_ids: Iterable[str]) -> set[str]:
     """Which of ``device_ids`` are registered (one query)."""
     wanted = sorted(set(device_ids))

@@ -150,7 +150,7 @@ class ReportIngest:
         self.touch_interval_s = touch_interval_s
         self.counters = counters or IngestCounters()
         # Called with (session, report) after a report is stored; the rollout engine keeps
-        # shadow results and invalid-output counts this way (issue 6). A failing listener
+        # shadow results and invalid-output counts this way. A failing listener
         # is logged and never loses the report.
         self.listeners: list[Callable[[Session, object], None]] = []
         self.kind_handlers: dict[str, KindHandler] = {}

@@ -3,7 +3,7 @@
 Subscribes to every device report (handing each to :class:`cloud.ingest.ReportIngest`)
 and publishes commands. Other modules exchange typed messages with it.
 
-For scale-out and no loss (issue 9, docs/scaling.md):
+For scale-out and no loss (docs/scaling.md):
 
 * ``on_report_acked``: manual acknowledgements. Each QoS 1 report is handed over with an
   ``ack`` callback that ingest calls only after the report is committed, so the broker

@@ -38,14 +38,14 @@ class ControlPlane:
                                    batch_max_rows=settings.ingest_batch_max_rows,
                                    batch_wait_s=settings.ingest_batch_wait_ms / 1000,
                                    queue_max=settings.ingest_queue_max)
-        # Telemetry downsampling and retention, on whichever node holds the lease (issue 9).
+        # Telemetry downsampling and retention, on whichever node holds the lease.
         self.retention: RetentionWorker | None = None
         self.mqtt: CloudMqtt | None = None
         # TUF repository, fleet CAs and director key (docs/security.md).
         self.security = FleetSecurity(settings, self.engine)
-        # Staged rollouts (issue 6): the engine thread starts with the plane unless disabled.
+        # Staged rollouts: the engine thread starts with the plane unless disabled.
         self.ingest.listeners.append(record_rollout_window)
-        # Drift windows and samples (issue 7): stored, tested and alerted on by cloud.monitor.
+        # Drift windows and samples: stored, tested and alerted on by cloud.monitor.
         from cloud.monitor.service import install as install_monitor
 
         install_monitor(self.ingest)

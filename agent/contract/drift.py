@@ -8,7 +8,7 @@ logits; and the calibrated sequential-test constants. Devices only need the edge
 and the projection; the control plane needs the rest to test windows.
 
 Histograms travel as one base64 string of little-endian uint16 counts, shape
-(features, 32): 64 bytes a feature, and they merge by addition (DESIGN.md 8).
+(features, 32): 64 bytes a feature, and they merge by addition (docs/drift.md).
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ class PackageManifest(BaseModel):
     preprocessing: PreprocessSpec
     artifacts: list[ModelArtifact] = Field(min_length=1)
     files: list[PackageFile] = Field(min_length=1)
-    # Added by issue 7 (optional): the drift reference (histogram edges from the training
+    # Optional: the drift reference (histogram edges from the training
     # reference's quantiles, the logit projection, calibrated test constants), a file
     # listed in ``files`` so the manifest's hash covers it too.
     drift_reference_file: FileName | None = None

@@ -22,7 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from agent.contract.topics import ReportKind, validate_device_id
 
 SCHEMA_VERSION: Literal[1] = 1
-# Reports are small by design (DESIGN.md section 4); anything bigger is rejected unread.
+# Reports are small by design (docs/protocol.md); anything bigger is rejected unread.
 DEFAULT_MAX_REPORT_BYTES = 64 * 1024
 
 DeviceId = Annotated[str, AfterValidator(validate_device_id)]
@@ -138,7 +138,7 @@ class StatusReport(_Message):
     running_model_version: ShortText | None = None
     running_package_id: ShortText | None = None
     runtime: ShortText | None = None
-    # Added by issue 5 (optional, so older peers still validate):
+    # Optional, so older peers still validate:
     # the install state machine's current state ("idle" when no install runs) and,
     # on devices with several camera/model pipelines, what each one really serves.
     install_state: ShortText | None = None
@@ -146,7 +146,7 @@ class StatusReport(_Message):
 
 
 class ShadowWindow(BaseModel):
-    """One telemetry window of the shadow phase (issue 6): a candidate model runs beside the
+    """One telemetry window of the shadow phase: a candidate model runs beside the
     active one on a sampled fraction of frames; only the active model's results are used.
 
     ``agreements`` counts shadowed frames where both models predicted the same class.
@@ -197,16 +197,16 @@ class TelemetryReport(_Message):
     memory_mb: float = Field(default=0.0, ge=0)
     dropped_reports: int = Field(default=0, ge=0)
     rejected_commands: int = Field(default=0, ge=0)
-    # Added by issue 5 (optional): a per-device report sequence number so gaps are
+    # Optional: a per-device report sequence number so gaps are
     # visible, the pipeline this window belongs to, and cumulative frame accounting.
     report_seq: int | None = Field(default=None, ge=0)
     pipeline: ShortText | None = None
     invalid_outputs: int = Field(default=0, ge=0)
     frame_totals: FrameTotals | None = None
-    # Added by issue 4 (optional): the error code of the last failed update check
+    # Optional: the error code of the last failed update check
     # (e.g. "expired_metadata" when the repository or a mirror is frozen); None after a success.
     update_check_error: ShortText | None = None
-    # Added by issue 6 (optional): the candidate's results while it shadows the active model.
+    # Optional: the candidate's results while it shadows the active model.
     shadow: ShadowWindow | None = None
     # Optional, detection packages only: object counts per class, mean box score, boxes per
     # frame. Their frames are not in class_counts / mean_confidence, which stay classification's.
@@ -237,7 +237,7 @@ class JobStatusReport(_Message):
     error_code: ShortText | None = None
     error: Annotated[str, Field(max_length=2000)] | None = None
     running_model_version: ShortText | None = None
-    # Added by issue 5 (optional): the agent's install state machine state, the
+    # Optional: the agent's install state machine state, the
     # runtime it chose and every candidate it measured, and the probation figures
     # that led to a commit or a local rollback.
     install_state: ShortText | None = None
@@ -262,10 +262,10 @@ class DeployCommand(_Message):
     seq: int = Field(ge=0)
     expires_at: datetime
     signature: Annotated[str, Field(max_length=512)] | None = None
-    # Added by issue 5 (optional): which camera/model pipeline to install into on a
+    # Optional: which camera/model pipeline to install into on a
     # device running several; None means the device's first pipeline.
     pipeline: ShortText | None = None
-    # Added by issue 6 (optional): "shadow" asks the device to fetch and verify the package
+    # Optional: "shadow" asks the device to fetch and verify the package
     # and run it beside the active model on ``shadow_sample_fraction`` of frames for
     # ``shadow_duration_s``, reporting ``TelemetryReport.shadow``, without switching to it.
     mode: Literal["install", "shadow"] = "install"
@@ -273,7 +273,7 @@ class DeployCommand(_Message):
     shadow_duration_s: float = Field(default=300.0, gt=0, le=7 * 86_400)
 
 
-# --- drift windows and samples (issue 7) -------------------------------------
+# --- drift windows and samples -------------------------------------
 # Per-kind size caps, tighter than DEFAULT_MAX_REPORT_BYTES: a drift window is a few KB
 # by design, a sample report carries at most one small inline JPEG.
 MAX_DRIFT_REPORT_BYTES = 8 * 1024

@@ -138,7 +138,7 @@ class InferenceEngine:
         self._busy = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"inference-{name}", daemon=True)
-        # Issue 7: sees each frame's raw scores on the inference thread (drift windows, samples).
+        # Sees each frame's raw scores on the inference thread (drift windows, samples).
         self.output_hook: Callable[[LoadedModel, FrameItem, npt.NDArray[np.float32]], None] | None = None
 
     @property

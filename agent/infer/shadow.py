@@ -1,4 +1,4 @@
-"""Shadow mode: a candidate model runs beside the active one before any switch (issue 6).
+"""Shadow mode: a candidate model runs beside the active one before any switch.
 
 The active model's result is what the device uses; the candidate only sees a sampled
 fraction of the same frames, and the device reports how often the two agree and how

@@ -1,6 +1,6 @@
 """LiteRT backend (``ai_edge_litert``; ``tflite_runtime`` only where that is all there is).
 
-``tflite_runtime`` 2.14 crashes loading models under NumPy 2 (DESIGN.md section 6),
+``tflite_runtime`` 2.14 crashes loading models under NumPy 2 (docs/pipeline.md),
 so it is the fallback, never the first choice.
 """
 

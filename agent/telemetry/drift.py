@@ -7,7 +7,7 @@ Pure numpy/OpenCV over data; no I/O. The pieces:
 * :func:`image_stats`, :func:`output_stats`, :func:`frame_features` — one feature
   vector per frame, in the order of the reference's features.
 * :class:`FrameSubsampler` — consecutive video frames are strongly correlated
-  (DESIGN.md 8): keep at most one frame per ``interval_s``, or a frame whose
+  (docs/drift.md): keep at most one frame per ``interval_s``, or a frame whose
   thumbnail changed enough (a scene change), never two within ``min_gap_s``.
 * :class:`DriftWindow` — histograms with the reference's fixed edges, moments and
   class counts; closed by frame count or by time into a :class:`DriftReport`.

@@ -36,7 +36,7 @@ from agent.uplink.outbox import Outbox
 log = logging.getLogger(__name__)
 
 QOS_AT_LEAST_ONCE = 1
-# paho's default in-flight window for QoS>0 (DESIGN.md section 4): send in batches of that size.
+# paho's default in-flight window for QoS>0 (docs/protocol.md): send in batches of that size.
 MAX_INFLIGHT = 20
 
 

@@ -102,7 +102,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
     app.include_router(auth.router, prefix="/api/v1")  # admin only (its own dependency)
     app.include_router(enroll.router, prefix="/api/v1")  # one-time token, or a device's own token
     app.include_router(tuf.router)  # public: the content is signed
-    # Drift, samples, labelling and governance (issue 7); sample uploads carry their own device rule.
+    # Drift, samples, labelling and governance; sample uploads carry their own device rule.
     from cloud.api.routes import drift, governance, samples
 
     for module in (drift, samples, governance):

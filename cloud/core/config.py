@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     mqtt_key_file: Path | None = None
     # The broker URL handed to devices at enrollment; defaults to the one the control plane uses.
     device_mqtt_url: str | None = None
-    # --- scale-out and ingest (issue 9, docs/scaling.md) ---
+    # --- scale-out and ingest (docs/scaling.md) ---
     # False: an API-only node (it still publishes commands); ingest runs in other processes
     # (python -m cloud.workers.ingest_node), so API latency does not compete with ingest.
     ingest_enabled: bool = True

@@ -122,7 +122,7 @@ def list_rollout_proposals(session: Session, state: str | None = None) -> list[R
 
 
 def _start(session: Session, proposal: RolloutProposal, actor: str, plane: ControlPlane | None) -> None:
-    """Hand the release to the rollout engine (issue 6); without it, a plain deployment."""
+    """Hand the release to the rollout engine; without it, a plain deployment."""
     try:
         from cloud.rollout.service import create_rollout
         from cloud.rollout.spec import ReleaseSpec, RolloutSpec, StageSpec, TargetSelector

@@ -1,4 +1,4 @@
-"""Drift monitoring in the control plane (issue 7): references, window tests, alerts, retention.
+"""Drift monitoring in the control plane: references, window tests, alerts, retention.
 
 Pure parts: :mod:`cloud.monitor.stats` (tests, CUSUM) and :mod:`cloud.monitor.reference`
 (building a package's reference). I/O parts: :mod:`cloud.monitor.service` (ingest

@@ -5,7 +5,7 @@
   expects at least ``min_expected`` window counts (so small windows stay valid).
   Two-sample rather than goodness-of-fit: the reference is itself a finite sample.
 * :func:`psi` — the population stability index, reported as a score, never used to
-  decide (its null distribution depends on the window size; DESIGN.md 8).
+  decide (its null distribution depends on the window size; docs/drift.md).
 * :func:`holm` — Holm's step-down correction across features.
 * :func:`evaluate_window` — every feature plus the predicted-class counts → one window
   p-value (the smallest Holm-adjusted p) and a score ``-log10(p)``.

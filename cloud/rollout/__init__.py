@@ -1,4 +1,4 @@
-"""Staged rollouts gated on device health and model quality (issue 6).
+"""Staged rollouts gated on device health and model quality.
 
 Pure core: :mod:`~cloud.rollout.spec` (what operators submit), :mod:`~cloud.rollout.planner`
 (devices per stratum and stage), :mod:`~cloud.rollout.gates` (statistics against a

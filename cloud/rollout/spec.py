@@ -2,7 +2,7 @@
 
 Every limit is configuration with its unit in the name and a documented default.
 Defaults follow the conventions of Eclipse hawkBit and AWS IoT Jobs where those
-exist (DESIGN.md section 7) and are stricter where we gate on model quality.
+exist (docs/rollouts.md) and are stricter where we gate on model quality.
 Validation errors are ``ValueError``s (pydantic ``ValidationError``) whose message
 says which field to fix.
 """
@@ -199,7 +199,7 @@ class GateThresholds(_Strict):
     # Consecutive frames are correlated, so with many frames any shift is "significant";
     # we also require a material effect (total variation distance between distributions).
     class_distribution_min_tvd: float = Field(default=0.15, ge=0, le=1)
-    # Consecutive camera frames mostly repeat the same scene (DESIGN.md section 8), so frame
+    # Consecutive camera frames mostly repeat the same scene (docs/drift.md), so frame
     # counts overstate the evidence: the chi-square counts one independent sample per this
     # many frames (about one per second at 10 fps). Use 1 for independent frames.
     frames_per_independent_sample: float = Field(default=10.0, ge=1)

@@ -1,4 +1,4 @@
-"""Issue 8: operator actions that had no command (revoke a device or a token, label samples, reject a
+"""Operator actions that had no command (revoke a device or a token, label samples, reject a
 rollout proposal) work over HTTP with the usual exit codes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 8: every CLI listing prints one parseable JSON document with ``--json``.
+"""Every CLI listing prints one parseable JSON document with ``--json``.
 
 Listing commands are discovered by walking the typer app, so commands other modules
 add (``model``, ``rollout``, ``alerts`` ...) are covered as soon as they are registered.

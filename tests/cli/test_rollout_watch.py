@@ -1,4 +1,4 @@
-"""Issue 8: `edgefleet rollout watch` follows a rollout to its end, and its exit code says how it ended."""
+"""`edgefleet rollout watch` follows a rollout to its end, and its exit code says how it ended."""
 
 from __future__ import annotations
 

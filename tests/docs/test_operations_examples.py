@@ -1,4 +1,4 @@
-"""Issue 8: the examples in docs/operations.md are accurate, not just plausible.
+"""The examples in docs/operations.md are accurate, not just plausible.
 
 The rollout spec validates against the real spec model; every metric the example
 Prometheus rules name is served by the control plane's or the agent's /metrics.

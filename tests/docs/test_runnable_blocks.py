@@ -1,4 +1,4 @@
-"""Issue 8: every shell block marked runnable in README.md and docs/*.md runs as written.
+"""Every shell block marked runnable in README.md and docs/*.md runs as written.
 
 Convention: a fenced block whose info string is ``bash runnable`` is run by this test;
 plain ``bash`` blocks are examples that need real infrastructure (a fleet, a broker

@@ -67,7 +67,7 @@ def _open_alert_devices(plane) -> set[str]:  # type: ignore[no-untyped-def]
 
 
 # Sensitive to load on a shared 2-core machine (how much arrives before a deadline);
-# one rerun, which must itself pass in full. See the closing note of issue 7.
+# one rerun, which must itself pass in full.
 @pytest.mark.flaky(reruns=1)
 def test_shifted_devices_alert_retrain_roll_out_and_clear(control_plane, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     plane = control_plane

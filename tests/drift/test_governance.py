@@ -92,7 +92,7 @@ def test_rollout_proposal_waits_for_approval_then_starts_a_rollout(session: Sess
     assert rollout.state == "pending" and rollout.device_ids == ["cam-1"] and rollout.rollout_id is None
     started = approve_rollout(session, rollout.id, actor="operator:bob")
     assert started.state == "started" and started.decided_by == "operator:bob" and not started.auto_approved
-    assert started.rollout_id is not None  # the rollout engine (issue 6) has it now
+    assert started.rollout_id is not None  # the rollout engine has it now
     with pytest.raises(Conflict):
         approve_rollout(session, rollout.id, actor="operator:bob")
     actions = [e.action for e in list_events(session, subject_id=rollout.id)]

@@ -1,4 +1,4 @@
-"""Issue 2: `pip install .[agent]` into a clean venv stays light and the agent runs there.
+"""`pip install .[agent]` into a clean venv stays light and the agent runs there.
 
 The import-linter contracts (run by `make test`) stop the agent *code* importing
 cloud/torch/fastapi/sqlmodel; this test stops the agent *install* pulling them.

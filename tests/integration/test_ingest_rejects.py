@@ -1,4 +1,4 @@
-"""Issue 2: malformed device messages are rejected and counted; the control plane keeps running."""
+"""Malformed device messages are rejected and counted; the control plane keeps running."""
 
 from __future__ import annotations
 

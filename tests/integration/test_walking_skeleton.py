@@ -1,4 +1,4 @@
-"""Issue 2: the loop end to end on the real broker and database, with real agent processes."""
+"""The loop end to end on the real broker and database, with real agent processes."""
 
 from __future__ import annotations
 

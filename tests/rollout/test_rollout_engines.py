@@ -1,4 +1,4 @@
-"""Issue 6: the engine resumes after being killed, and two engines on one PostgreSQL never
+"""The engine resumes after being killed, and two engines on one PostgreSQL never
 dispatch a device twice. Engines run as separate processes (``python -m cloud.rollout.run``)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 6 on real Mosquitto and the test database, with 50+ simulated devices on two profiles."""
+"""On real Mosquitto and the test database, with 50+ simulated devices on two profiles."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def test_release_crashing_the_agent_aborts_in_first_stage_and_crashed_devices_ro
 
 
 # Sensitive to load on a shared 2-core machine (how much arrives before a deadline);
-# one rerun, which must itself pass in full. See the closing note of issue 6.
+# one rerun, which must itself pass in full.
 @pytest.mark.flaky(reruns=1)
 def test_release_predicting_a_different_class_distribution_is_stopped_by_the_quality_gate(
         plane, api, trained_model, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Issue 6: the operator surface. Spec errors as 4xx saying what to fix, labels, the
+"""The operator surface. Spec errors as 4xx saying what to fix, labels, the
 ``edgefleet rollout`` CLI (plan, create, show) and approve / pause / resume / abort / cancel."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 6 with real agent processes: the shadow phase runs the candidate beside the active
+"""With real agent processes: the shadow phase runs the candidate beside the active
 model in the agent itself (agent/infer/shadow.py), and gates the switch."""
 
 from __future__ import annotations

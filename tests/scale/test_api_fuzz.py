@@ -1,4 +1,4 @@
-"""Issue 9: the control plane's OpenAPI, fuzzed by schemathesis: no 5xx, every response matches its schema.
+"""The control plane's OpenAPI, fuzzed by schemathesis: no 5xx, every response matches its schema.
 
 One control plane (real broker and database) serves every operation in its own
 OpenAPI document; schemathesis generates valid and invalid requests for each, with an

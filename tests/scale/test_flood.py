@@ -1,4 +1,4 @@
-"""Issue 9: a flood of malformed, oversized and misaddressed MQTT messages during normal traffic.
+"""A flood of malformed, oversized and misaddressed MQTT messages during normal traffic.
 
 An ingest node process stores the telemetry of 50 simulated devices while a hostile
 client publishes about 9,000 bad messages at QoS 1 as fast as it can. The broker is a
@@ -75,7 +75,7 @@ def _hostile(topics: Topics, good_ids: list[str]) -> list[tuple[str, bytes, str]
 
 
 # Sensitive to load on a shared 2-core machine (how much arrives before a deadline);
-# one rerun, which must itself pass in full. See the closing note of issue 9.
+# one rerun, which must itself pass in full.
 @pytest.mark.flaky(reruns=1)
 def test_flood_is_rejected_counted_and_survived_with_bounded_memory(tmp_path: Path, database_url: str,
                                                                      topic_prefix: str) -> None:

@@ -1,4 +1,4 @@
-"""Issue 9: no report lost, none duplicated, when the broker, an ingest node or the database restarts.
+"""No report lost, none duplicated, when the broker, an ingest node or the database restarts.
 
 200 simulated devices stream telemetry at QoS 1 (persistent sessions, buffering while
 the broker is away) to a private, persistent Mosquitto; an ingest node process with a

@@ -1,4 +1,4 @@
-"""Issue 9: downsampling and retention keep the database bounded for a fleet reporting for a month.
+"""Downsampling and retention keep the database bounded for a fleet reporting for a month.
 
 The month is simulated: reports carry generated timestamps and retention runs with an
 injected ``now`` every six simulated hours (no sleeping, no wall clock). The tiers are

@@ -1,4 +1,4 @@
-"""Issue 9: several ingest nodes share device traffic through one MQTT shared subscription."""
+"""Several ingest nodes share device traffic through one MQTT shared subscription."""
 
 from __future__ import annotations
 

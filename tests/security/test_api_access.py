@@ -1,4 +1,4 @@
-"""Issue 4: operator API tokens with roles, device credentials, enrollment and certificate rotation."""
+"""Operator API tokens with roles, device credentials, enrollment and certificate rotation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 4: a private Mosquitto with the config `edgefleet broker-config` writes keeps devices apart.
+"""A private Mosquitto with the config `edgefleet broker-config` writes keeps devices apart.
 
 Real mosquitto, real TLS, real certificates from the fleet CA. The control plane
 side is the real :class:`cloud.mqtt_bridge.CloudMqtt` over mutual TLS.

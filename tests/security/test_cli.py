@@ -1,4 +1,4 @@
-"""Issue 4: the key-management and enrollment command lines, as an operator runs them."""
+"""The key-management and enrollment command lines, as an operator runs them."""
 
 from __future__ import annotations
 

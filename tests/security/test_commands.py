@@ -1,6 +1,6 @@
-"""Issue 4: hostile commands against a real agent process, and a frozen repository.
+"""Hostile commands against a real agent process, and a frozen repository.
 
-The broker is assumed hostile (DESIGN.md section 5), so the attacker here simply
+The broker is assumed hostile (docs/security.md), so the attacker here simply
 publishes to the device's command topic. Each rejection must come back as a job
 report (REJECTED with an error code) and in telemetry, and the device must keep
 serving the model it ran before.

@@ -1,4 +1,4 @@
-"""Issue 4: key files, automatic timestamp re-signing, and command signatures as pure functions."""
+"""Key files, automatic timestamp re-signing, and command signatures as pure functions."""
 
 from __future__ import annotations
 

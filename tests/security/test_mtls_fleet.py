@@ -1,4 +1,4 @@
-"""Issue 4 end to end: an enrolled agent and the control plane over mutual TLS, through the ACL broker.
+"""End to end: an enrolled agent and the control plane over mutual TLS, through the ACL broker.
 
 Everything a production fleet does: `edgefleet broker-config`'s Mosquitto (TLS,
 certificates as identities, CRL, ACL), the control plane's client certificate,

@@ -1,4 +1,4 @@
-"""Issue 4: package delivery attacks against the device's TUF client.
+"""Package delivery attacks against the device's TUF client.
 
 Each test: the device installed a package through an honest mirror, then the
 mirror turns hostile. The install must be refused with the error that names the

@@ -1,4 +1,4 @@
-"""Issue 8: the dashboard in a real browser (system Chromium) on a live control plane and a simulated fleet.
+"""The dashboard in a real browser (system Chromium) on a live control plane and a simulated fleet.
 
 Every test saves screenshots of the pages it visits under test-artifacts/ui/.
 """
@@ -234,7 +234,7 @@ def test_login_refuses_bad_tokens_and_logout_ends_the_session(browser, control_p
 def _seed_drift(plane: Any, fleet: Any, device_id: str) -> dict[str, str]:
     """Rows as the drift monitor writes them: windows, an open alert, a sample, and the proposals it led to.
 
-    The drift tests (issue 7) prove these rows are produced from real device windows;
+    The drift tests prove these rows are produced from real device windows;
     here they are the input the pages must show.
     """
     from datetime import UTC, datetime, timedelta

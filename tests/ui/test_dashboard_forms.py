@@ -1,4 +1,4 @@
-"""Issue 8: the dashboard's forms refuse bad input with a message that says what to fix, and its
+"""The dashboard's forms refuse bad input with a message that says what to fix, and its
 login cannot be turned into an open redirect. Plain HTTP, no browser needed."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 8: /metrics on the control plane and on the agent pass Prometheus' own parser."""
+"""/metrics on the control plane and on the agent pass Prometheus' own parser."""
 
 from __future__ import annotations
 

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         return Candidate(name, f"{route} (info)", runtime, path, report.accuracy, decision.passed, decision.reasons,
                          info_only=True)
 
-    # Also OpenVINO running the INT8 QDQ ONNX itself (the other INT8 route DESIGN.md measured).
+    # Also OpenVINO running the INT8 QDQ ONNX itself (the other INT8 route; docs/pipeline.md has the figures).
     qdq = next((a for a in outcome.artifacts if a.artifact.runtime == "onnxruntime" and a.artifact.precision == "int8"), None)
     if qdq is not None:
         xml, _ = convert_ir(qdq.path, work / "build" / "model-ov-int8-qdq.xml")

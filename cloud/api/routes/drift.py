@@ -1,4 +1,4 @@
-"""Drift alerts with their evidence, per-device windows, and the fleet test (issue 7)."""
+"""Drift alerts with their evidence, per-device windows, and the fleet test."""
 
 from __future__ import annotations
 

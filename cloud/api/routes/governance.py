@@ -1,4 +1,4 @@
-"""Retraining proposals, rollout proposals and their approval, the audit log, lineage (issue 7)."""
+"""Retraining proposals, rollout proposals and their approval, the audit log, lineage."""
 
 from __future__ import annotations
 

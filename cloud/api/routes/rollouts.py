@@ -1,4 +1,4 @@
-"""Staged rollouts (issue 6): create, dry-run, inspect, and operator actions; device labels."""
+"""Staged rollouts: create, dry-run, inspect, and operator actions; device labels."""
 
 from __future__ import annotations
 

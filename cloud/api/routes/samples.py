@@ -1,4 +1,4 @@
-"""Sample images and the labelling API (issue 7).
+"""Sample images and the labelling API.
 
 Devices upload a sample's JPEG with ``PUT /devices/{id}/samples/blobs`` (their own
 token, or an operator's) and then publish the MQTT sample report naming its sha256.

@@ -48,7 +48,7 @@ def build_package(
     ``detection`` makes it a detection package (the manifest's task and decoder block).
     """
     extras = list(extra_files or [])
-    # The drift reference (issue 7) travels like any extra file, and the manifest names it.
+    # The drift reference travels like any extra file, and the manifest names it.
     if drift_reference is not None:
         extras.append(drift_reference)
     content_hash = sha256_bytes(b"".join(describe_file(p).sha256.encode()
