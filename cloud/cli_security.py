@@ -6,6 +6,11 @@ settings), so they run where the keys live, not over the API.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cloud.security import FleetSecurity
+
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +27,7 @@ app.add_typer(token_app, name="token")
 console = Console()
 
 
-def _security():  # type: ignore[no-untyped-def]
+def _security() -> FleetSecurity:
     from cloud.core.config import Settings
     from cloud.core.db import make_engine, migrate
     from cloud.security import FleetSecurity

@@ -25,8 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.contract import DeployCommand, Topics
 from agent.contract.broker_url import parse_broker_url
@@ -64,10 +66,10 @@ class _BufferedReadClient(mqtt.Client):
         del self._read_buffer[:bufsize]  # O(1) at the front of a bytearray
         return data
 
-    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         result = super().loop_read(max_packets)
         # select() only reports the socket: packets already in the buffer are handled now.
-        while result == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self._read_buffer and self._sock is not None:
+        while result == MQTTErrorCode.MQTT_ERR_SUCCESS and self._read_buffer and self._sock is not None:
             result = super().loop_read(max_packets)
         return result
 
@@ -113,7 +115,7 @@ class CloudMqtt:
         self._address = parse_broker_url(broker_url)
         self.connected = threading.Event()
         self._client = _BufferedReadClient(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=session_id or client_id or f"ef-cloud-{uuid.uuid4().hex[:8]}",
             clean_session=None if self._v5 else not self._persistent,
             protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
@@ -152,7 +154,7 @@ class CloudMqtt:
         self._client.publish(self.topics.commands(command.device_id), command.to_bytes(), qos=1)
 
     def _handle_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
-                        reason_code: mqtt.ReasonCode, properties: mqtt.Properties | None) -> None:
+                        reason_code: ReasonCode, properties: Properties | None) -> None:
         if reason_code.is_failure:
             log.error("broker refused the control plane: %s", reason_code)
             return
@@ -163,7 +165,7 @@ class CloudMqtt:
         log.info("control plane subscribed to reports under %s", self.topics.prefix)
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
-                           reason_code: mqtt.ReasonCode, properties: mqtt.Properties | None) -> None:
+                           reason_code: ReasonCode, properties: Properties | None) -> None:
         self.connected.clear()
         if not getattr(self, "_stopping", False):
             log.warning("control plane lost the broker (%s); reconnecting", reason_code)
@@ -181,6 +183,6 @@ class CloudMqtt:
                 log.exception("report handler failed on %s", message.topic)
             return
         try:
-            self._on_report(message.topic, message.payload)
+            self._on_report(message.topic, bytes(message.payload))
         except Exception:  # ingest never raises by contract; this is the last line of defence
             log.exception("report handler failed on %s", message.topic)

@@ -49,7 +49,7 @@ def lineage(session: Session, version: str) -> dict[str, Any]:
     proposals = list(session.exec(select(RetrainingProposal).where(col(RetrainingProposal.new_model_version) == version)))
     rollouts = list(session.exec(select(RolloutProposal).where(col(RolloutProposal.model_version) == version)))
     running = list(session.exec(select(Device).where(col(Device.running_model_version) == version)))
-    events = []
+    events: list[dict[str, Any]] = []
     for subject in [*package_ids, *(p.id for p in proposals), *(r.id for r in rollouts)]:
         events += [{"at": e.at, "actor": e.actor, "action": e.action, "subject": e.subject_id, "details": e.details}
                    for e in list_events(session, subject_id=subject)]

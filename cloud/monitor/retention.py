@@ -76,8 +76,8 @@ def apply_retention(session: Session, settings: MonitorSettings | None = None,
         session.delete(sample)
         deleted += 1
     session.flush()
-    still_used = {sha for (sha,) in session.exec(select(SampleRecord.image_sha256).where(
-        col(SampleRecord.image_sha256).in_(dropped_blobs)))} if dropped_blobs else set()
+    still_used = set(session.exec(select(SampleRecord.image_sha256).where(
+        col(SampleRecord.image_sha256).in_(dropped_blobs)))) if dropped_blobs else set()
     removable = dropped_blobs - still_used
     if removable:
         session.execute(delete(SampleBlob).where(col(SampleBlob.sha256).in_(removable)))

@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from securesystemslib.signer import CryptoSigner, SSlibKey
-from tuf.api.metadata import (
-    Metadata,
+
+# Imported from where they are defined: their packages re-export them without __all__.
+from securesystemslib.signer._crypto_signer import CryptoSigner
+from securesystemslib.signer._key import SSlibKey
+from tuf.api._payload import (
     MetaFile,
     Root,
     Signed,
@@ -40,6 +42,7 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
+from tuf.api.metadata import Metadata
 
 from agent.contract import MANIFEST_FILE, PackageManifest
 from cloud.security.keys import ensure_private_dir, load_private_key, write_private_key
@@ -126,7 +129,7 @@ class TufRepository:
 
     def _signer(self, keyid: str) -> CryptoSigner:
         private = load_private_key(self.keys_dir / f"{keyid}.pem")
-        return CryptoSigner(private, SSlibKey.from_crypto(private.public_key()))  # type: ignore[arg-type]
+        return CryptoSigner(private, SSlibKey.from_crypto(private.public_key()))
 
     def _sign(self, md: Metadata[Any], keyids: list[str]) -> None:
         md.signatures.clear()
@@ -259,8 +262,9 @@ class TufRepository:
         now = now or datetime.now(UTC)
 
         def expiring(role: str) -> bool:
-            left = (self._load(role).signed.expires - now).total_seconds()
-            return left < self.policy.lifetime_s(role) * self.policy.refresh_fraction
+            expires: datetime = self._load(role).signed.expires
+            left_s = (expires - now).total_seconds()
+            return left_s < self.policy.lifetime_s(role) * self.policy.refresh_fraction
 
         if not self.initialised or not any(expiring(r) for r in ("timestamp", "snapshot", "targets")):
             return []

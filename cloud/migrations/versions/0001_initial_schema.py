@@ -7,7 +7,7 @@ Create Date: 2026-11-23 18:54:57.647189
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 revision: str = '0001'

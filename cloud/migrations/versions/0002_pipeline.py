@@ -7,7 +7,7 @@ Create Date: 2026-11-23 19:30:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 revision: str = '0002_pipeline'
