@@ -164,6 +164,7 @@ class AgentApp:
             memory_budget_mb=float(budget_mb),
             timing_runs=config.runtime_timing_runs,
             max_resumes=config.max_install_resumes,
+            max_boot_attempts=config.max_boot_attempts,
             probation=ProbationLimits(
                 window_s=config.probation_window_s,
                 min_frames=config.probation_min_frames,
@@ -315,6 +316,8 @@ class AgentApp:
             )
             self.uplink.publish(self.topics.telemetry(self.config.device_id), report)
             self.metrics.observe_window(report)
+            if model is not None and window.frames > 0 and window.inference_errors == 0:
+                self.managers[name].confirm_healthy()
 
     def _telemetry_loop(self) -> None:
         self._process.cpu_percent(None)  # prime: the first call always returns 0

@@ -103,6 +103,9 @@ class AgentConfig(BaseModel):
     update_check_interval_s: float = Field(default=900.0, ge=0)
     # Install state machine: restarts of one install before it is given up (crash loop).
     max_install_resumes: int = Field(default=3, ge=0)
+    # Boot counter: start-ups of a committed model that crash before its first healthy
+    # telemetry window; past this many the agent falls back to the previous slot.
+    max_boot_attempts: int = Field(default=3, ge=1)
     # Probation after each switch; see agent.update.probation.ProbationLimits.
     probation_window_s: float = Field(default=10.0, ge=0)
     probation_min_frames: int = Field(default=20, ge=0)

@@ -7,6 +7,9 @@
   at that point, which is what the tests need to reproduce deterministically.
 * ``EDGEFLEET_AGENT_FAIL_WRITE_AT=<point>[@<model_version>]``: file writes at the
   named point (``stage``) raise ``OSError(ENOSPC)``, as a full or failing disk would.
+* ``EDGEFLEET_AGENT_SEGFAULT_AT=<point>[@<model_version>]``: the process kills itself with
+  SIGSEGV at the named point (``load``: loading a model from its slot at start-up), as a
+  runtime that dereferences a bad pointer in a model's kernels would.
 
 Both are read from the environment on every call so a test can set them per process.
 """
@@ -16,11 +19,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 
 log = logging.getLogger(__name__)
 
 CRASH_ENV = "EDGEFLEET_AGENT_CRASH_AT"
 FAIL_WRITE_ENV = "EDGEFLEET_AGENT_FAIL_WRITE_AT"
+SEGFAULT_ENV = "EDGEFLEET_AGENT_SEGFAULT_AT"
 CRASH_EXIT_CODE = 86
 
 
@@ -45,3 +50,11 @@ def fail_write_point(point: str, qualifier: str = "") -> None:
     """
     if _named(FAIL_WRITE_ENV, point, qualifier):
         raise OSError(errno.ENOSPC, f"fault injection: write failure at {point}")
+
+
+def segfault_point(point: str, qualifier: str = "") -> None:
+    """Die of a real SIGSEGV (no handler, no cleanup) when ``point`` is named in the env."""
+    if _named(SEGFAULT_ENV, point, qualifier):
+        log.critical("fault injection: segmentation fault at %s", point)
+        signal.signal(signal.SIGSEGV, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGSEGV)

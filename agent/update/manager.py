@@ -19,11 +19,12 @@ import psutil
 
 from agent.contract import DeployCommand, JobState, JobStatusReport, PackageManifest, RuntimeMeasurement
 from agent.errors import AgentError, UntrustedContentError
-from agent.faults import crash_point
+from agent.faults import crash_point, segfault_point
 from agent.infer.engine import LoadedModel, load_model
 from agent.pipeline import Pipeline
 from agent.runtime.base import InferenceBackend, RuntimeLoadError, available_devices
 from agent.runtime.select import Candidate, fastest, plan_candidates, self_test, time_backend
+from agent.update.boot import BOOT_LOOP_ERROR, BootAction, decide_boot
 from agent.update.machine import InstallState, job_state_for, next_state, resume_state
 from agent.update.probation import Baseline, ProbationLimits, ProbationWatch, Verdict, judge
 from agent.update.store import InstallRecord, PackageStore, SlotContent, SlotName
@@ -49,6 +50,7 @@ class InstallSettings:
     timing_runs: int
     max_resumes: int
     probation: ProbationLimits
+    max_boot_attempts: int = 3
 
 
 @dataclass
@@ -95,6 +97,7 @@ class InstallManager:
         self._stop = stop
         self._process = psutil.Process()
         self.state = S.IDLE
+        self._boot_unconfirmed = False  # a boot record waits for the first healthy window
 
     # -- start-up ------------------------------------------------------------
     def restore(self) -> None:
@@ -110,9 +113,55 @@ class InstallManager:
         if content is None or slot is None:
             log.info("[%s] no model to serve yet; waiting for a deployment", self.pipeline.name)
             return
+        if record is None:  # an install in flight has its own loop counter (max_resumes)
+            slot_or_none = self._count_boot(slot, content.package_id)
+            if slot_or_none is None:
+                return
+            slot = slot_or_none
+            content = self.store.read().content(slot)
+            assert content is not None
         model = self._load_slot(slot, content)
         if model is not None:
             self.pipeline.engine.swap(model)
+
+    def _count_boot(self, slot: SlotName, package_id: str) -> SlotName | None:
+        """Count this start-up of the committed model, persisted before it loads; fall back past the limit.
+
+        Returns the slot to load, or None when there is nothing safe to serve.
+        """
+        state = self.store.read()
+        fallback: SlotName = "B" if slot == "A" else "A"
+        decision = decide_boot(state.boot, package_id, max_boot_attempts=self.settings.max_boot_attempts,
+                               has_fallback=state.content(fallback) is not None)
+        state.boot = decision.record
+        if decision.action is BootAction.LOAD:
+            self.store.write(state)
+            self._boot_unconfirmed = True
+            return slot
+        failed_job = state.last_job_id
+        if decision.action is BootAction.FALL_BACK:
+            state.active_slot = fallback
+            state.slots[slot] = None  # never loaded again; the next install stages there
+        self.store.write(state)
+        log.error("[%s] boot loop: %s; %s", self.pipeline.name, decision.reason,
+                  "falling back to the previous model" if decision.action is BootAction.FALL_BACK
+                  else "no previous model to fall back to: serving nothing until the next deployment")
+        fallback_content = state.content(fallback) if decision.action is BootAction.FALL_BACK else None
+        self._send(JobStatusReport(
+            device_id=self.device_id, job_id=failed_job or f"boot-{package_id}"[:64], package_id=package_id,
+            state=JobState.FAILED, error_code=BOOT_LOOP_ERROR, error=decision.reason,
+            running_model_version=fallback_content.model_version if fallback_content else None,
+        ))
+        return fallback if decision.action is BootAction.FALL_BACK else None
+
+    def confirm_healthy(self) -> None:
+        """The model served a healthy window: its start-up counts as good (clears the boot record)."""
+        if not self._boot_unconfirmed:
+            return
+        state = self.store.read()
+        state.boot = None
+        self.store.write(state)
+        self._boot_unconfirmed = False
 
     def resume(self) -> None:
         """Continue an install a crash interrupted, as the resume table says."""
@@ -331,6 +380,11 @@ class InstallManager:
 
     def _commit(self, record: InstallRecord, ctx: _Context) -> bool:
         self.pipeline.engine.end_watch()
+        state = self.store.read()
+        if state.boot is not None:  # probation proved the new model healthy; it starts uncounted
+            state.boot = None
+            self.store.write(state)
+        self._boot_unconfirmed = False
         ctx.previous = None  # the old model's memory is released; its slot stays as the fallback
         self._report(record, JobState.SUCCEEDED)
         self._on_serving_changed()
@@ -372,6 +426,7 @@ class InstallManager:
     # -- helpers -------------------------------------------------------------
     def _load_slot(self, slot: SlotName, content: SlotContent) -> LoadedModel | None:
         directory = self.store.slot_dir(slot)
+        segfault_point("load", content.model_version)
         try:
             manifest = PackageStore.load_verified_dir(directory, content.package_id)
             return load_model(manifest, directory, threads=self.settings.threads,

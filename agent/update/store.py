@@ -27,6 +27,7 @@ from agent.contract.manifest import MANIFEST_FILE, PackageManifest, sha256_file
 from agent.errors import DigestMismatchError, InstallError
 from agent.faults import fail_write_point
 from agent.fsutil import atomic_write_bytes, atomic_write_json, read_json
+from agent.update.boot import BootRecord
 from agent.update.machine import InstallState
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class UpdateState(BaseModel):
     install: InstallRecord | None = None
     # The job id of the last install that reached a final state, to ignore redelivered commands.
     last_job_id: str | None = None
+    # Start-ups of the active model not yet followed by a healthy window (agent.update.boot).
+    boot: BootRecord | None = None
 
     def other_slot(self) -> SlotName:
         return "B" if self.active_slot == "A" else "A"
