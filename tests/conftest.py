@@ -81,7 +81,7 @@ def topic_prefix() -> str:
 
 
 @pytest.fixture
-def control_plane(tmp_path: Path, mqtt_url: str, database_url: str, topic_prefix: str):  # type: ignore[no-untyped-def]
+def control_plane(tmp_path: Path, mqtt_url: str, database_url: str, topic_prefix: str):
     """A running control plane (API on a free port) on the test's broker and database."""
     from cloud.core.config import Settings
     from cloud.server import ControlPlane
@@ -96,7 +96,7 @@ def control_plane(tmp_path: Path, mqtt_url: str, database_url: str, topic_prefix
 
 
 @pytest.fixture(scope="session")
-def trained_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def trained_model(tmp_path_factory: pytest.TempPathFactory):
     """A small model trained once per session: (onnx_path, labels, dataset_id)."""
     from tests.support.models import train_tiny_model
 
@@ -104,7 +104,7 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
 
 
 @pytest.fixture
-def api(control_plane):  # type: ignore[no-untyped-def]
+def api(control_plane):
     """An HTTP client for the control plane's API with full (admin) rights.
 
     Tests use this rather than building clients, so credentials live in one place.
@@ -115,7 +115,7 @@ def api(control_plane):  # type: ignore[no-untyped-def]
         yield client
 
 
-def control_plane_admin_headers(plane) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def control_plane_admin_headers(plane) -> dict[str, str]:
     """Headers that authenticate as an admin: one admin API token per control plane, made on first use."""
     token = getattr(plane, "_test_admin_token", None)
     if token is None:

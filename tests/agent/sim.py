@@ -143,7 +143,7 @@ class CloudSim:
 
     # -- packages ------------------------------------------------------------
     def release(self, version: str, models: list[tuple[Path, ModelArtifact]], *, golden: bool = True,
-                bad_golden_for: set[str] = frozenset(), name: str = "shapes") -> Release:  # type: ignore[assignment]
+                bad_golden_for: set[str] = frozenset(), name: str = "shapes") -> Release:
         """Build, add to TUF and return a package with one artifact per (model, artifact)."""
         directory = self.workdir / "build" / f"{version}-{uuid.uuid4().hex[:6]}"
         directory.mkdir(parents=True)

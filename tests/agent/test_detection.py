@@ -193,7 +193,7 @@ def test_onnx_detection_model_runs_through_the_agent_backend_and_decoder(tmp_pat
     assert window.detection.mean_box_score == pytest.approx((0.91 + 0.74 + 0.55) / 3, abs=1e-4)
     assert window.detection.boxes_per_frame == 3 and window.class_counts == {}
     document = emitted[0].to_json_dict()
-    assert [d["label"] for d in document["detections"]] == ["person", "car", "dog"]  # type: ignore[index,union-attr]
+    assert [d["label"] for d in document["detections"]] == ["person", "car", "dog"]
 
 
 def test_a_detection_model_whose_output_does_not_fit_its_decoder_does_not_load(tmp_path: Path) -> None:

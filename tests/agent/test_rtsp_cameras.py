@@ -111,8 +111,8 @@ def sources() -> Iterator[list[StreamSource]]:
 
 
 def _open(sources: list[StreamSource], url: str, name: str, **kwargs: object) -> StreamSource:
-    source = StreamSource(url, name=name, settings=kwargs.pop("settings", FAST),  # type: ignore[arg-type]
-                          rng=random.Random(0), **kwargs)  # type: ignore[arg-type]
+    source = StreamSource(url, name=name, settings=kwargs.pop("settings", FAST),
+                          rng=random.Random(0), **kwargs)
     sources.append(source)
     return source
 

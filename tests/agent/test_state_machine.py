@@ -65,7 +65,7 @@ def _evidence(**fields: float | int | None) -> Evidence:
     values: dict[str, float | int | None] = {"elapsed_s": 11.0, "frames": 100, "errors": 0, "invalid_outputs": 0,
                                              "p95_latency_ms": 4.5, "mean_confidence": 0.8}
     values.update(fields)
-    return Evidence(**values)  # type: ignore[arg-type]
+    return Evidence(**values)
 
 
 @pytest.mark.parametrize(("evidence", "baseline", "expected"), [

@@ -18,11 +18,11 @@ from tests.ui.helpers import make_release, make_token
 pytestmark = pytest.mark.integration
 
 
-def _env(plane, token: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _env(plane, token: str) -> dict[str, str]:
     return {"EDGEFLEET_SERVER": plane.base_url, "EDGEFLEET_TOKEN": token}
 
 
-def test_token_list_and_revoke(control_plane) -> None:  # type: ignore[no-untyped-def]
+def test_token_list_and_revoke(control_plane) -> None:
     runner = CliRunner()
     admin = _env(control_plane, make_token(control_plane, Role.ADMIN, "root"))
     victim = make_token(control_plane, Role.OPERATOR, "leaving operator")
@@ -39,7 +39,7 @@ def test_token_list_and_revoke(control_plane) -> None:  # type: ignore[no-untype
     assert runner.invoke(app, ["token", "revoke", "no-such-id"], env=admin).exit_code == Exit.NOT_FOUND
 
 
-def test_device_revoke(control_plane, api) -> None:  # type: ignore[no-untyped-def]
+def test_device_revoke(control_plane, api) -> None:
     runner = CliRunner()
     assert api.post("/api/v1/devices", json={"id": "cam-r1"}).status_code == 201
     operator = _env(control_plane, make_token(control_plane, Role.OPERATOR))
@@ -50,7 +50,7 @@ def test_device_revoke(control_plane, api) -> None:  # type: ignore[no-untyped-d
     assert json.loads(result.stdout)["device_id"] == "cam-r1"
 
 
-def test_label_samples_and_reject_a_rollout_proposal(control_plane, api, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_label_samples_and_reject_a_rollout_proposal(control_plane, api, tmp_path) -> None:
     from cloud.governance.models import RolloutProposal
     from cloud.monitor.models import SampleRecord
 

@@ -58,7 +58,7 @@ def test_every_list_and_show_command_offers_json() -> None:
 
 
 @pytest.fixture
-def populated(control_plane, api, tmp_path: Path) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def populated(control_plane, api, tmp_path: Path) -> dict[str, Any]:
     """Two devices (one reporting), a release, a deployment and a rollout: something for every listing to show."""
     for device_id, profile in (("cam-01", "x86-64-avx2"), ("cam-02", "rpi5-arm64")):
         assert api.post("/api/v1/devices", json={"id": device_id, "hardware_profile": profile}).status_code == 201
@@ -79,7 +79,7 @@ def populated(control_plane, api, tmp_path: Path) -> dict[str, Any]:  # type: ig
     }
 
 
-def _env(plane, token: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _env(plane, token: str) -> dict[str, str]:
     # Commands that talk HTTP use the first two; ones that open the database use the rest.
     return {
         "EDGEFLEET_SERVER": plane.base_url, "EDGEFLEET_TOKEN": token,
@@ -111,7 +111,7 @@ def _argument_value(param: Any, path: tuple[str, ...], known: dict[str, Any], ru
     return None
 
 
-def test_every_listing_parses_as_json(control_plane, populated: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+def test_every_listing_parses_as_json(control_plane, populated: dict[str, Any]) -> None:
     # A viewer token: listings must work for the least privileged operator role.
     env = _env(control_plane, make_token(control_plane, Role.VIEWER))
     admin = make_token(control_plane, Role.ADMIN)
@@ -148,7 +148,7 @@ def test_every_listing_parses_as_json(control_plane, populated: dict[str, Any]) 
     assert len(checked) >= 6, checked
 
 
-def test_listing_json_holds_the_data(control_plane, populated: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+def test_listing_json_holds_the_data(control_plane, populated: dict[str, Any]) -> None:
     env = _env(control_plane, make_token(control_plane, Role.VIEWER))
     runner = CliRunner()
     devices = json.loads(runner.invoke(app, ["device", "list", "--json"], env=env).stdout)
@@ -167,7 +167,7 @@ def test_listing_json_holds_the_data(control_plane, populated: dict[str, Any]) -
     assert table.exit_code == 0 and "cam-02" in table.stdout and "devices (2)" in table.stdout
 
 
-def test_exit_codes_mean_something(control_plane, populated: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+def test_exit_codes_mean_something(control_plane, populated: dict[str, Any]) -> None:
     runner = CliRunner()
     viewer = _env(control_plane, make_token(control_plane, Role.VIEWER))
     operator = _env(control_plane, make_token(control_plane, Role.OPERATOR))

@@ -20,7 +20,7 @@ FAST_GATES = {"min_frames": 20, "min_latency_windows": 1, "probation_min_windows
 
 
 @pytest.fixture
-def fleet(control_plane, api, tmp_path: Path):  # type: ignore[no-untyped-def]
+def fleet(control_plane, api, tmp_path: Path):
     simulated = Fleet(control_plane, api, tmp_path / "releases")
     try:
         yield simulated
@@ -28,7 +28,7 @@ def fleet(control_plane, api, tmp_path: Path):  # type: ignore[no-untyped-def]
         simulated.stop()
 
 
-def test_watch_exits_zero_when_the_rollout_completes(control_plane, api, fleet) -> None:  # type: ignore[no-untyped-def]
+def test_watch_exits_zero_when_the_rollout_completes(control_plane, api, fleet) -> None:
     created = api.post("/api/v1/rollouts", json={
         "name": "watched", "release": {"package_id": fleet.v2.package_id}, "target": {"all_devices": True},
         "stages": [{"count": 2}, {"percent": 100}], "soak_s": 1, "gates": FAST_GATES})
@@ -42,7 +42,7 @@ def test_watch_exits_zero_when_the_rollout_completes(control_plane, api, fleet) 
     assert {d["running_model_version"] for d in api.get("/api/v1/devices").json()} == {fleet.v2.model_version}
 
 
-def test_watch_exits_one_when_the_rollout_is_aborted(control_plane, api, fleet) -> None:  # type: ignore[no-untyped-def]
+def test_watch_exits_one_when_the_rollout_is_aborted(control_plane, api, fleet) -> None:
     created = api.post("/api/v1/rollouts", json={
         "name": "to abort", "release": {"package_id": fleet.v2.package_id}, "target": {"all_devices": True},
         "stages": [{"count": 2, "require_approval": True}, {"percent": 100}], "soak_s": 1, "gates": FAST_GATES})

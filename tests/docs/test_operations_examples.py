@@ -45,7 +45,7 @@ def test_the_canary_spec_is_a_valid_rollout_spec() -> None:
 
 
 @pytest.mark.integration
-def test_every_metric_in_the_example_alerts_exists(control_plane) -> None:  # type: ignore[no-untyped-def]
+def test_every_metric_in_the_example_alerts_exists(control_plane) -> None:
     rules = [yaml.safe_load(b) for b in _yaml_blocks() if "groups:" in b]
     assert len(rules) == 1, "operations.md should hold one example rules file"
     expressions = [rule["expr"] for group in rules[0]["groups"] for rule in group["rules"]]

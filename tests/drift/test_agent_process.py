@@ -28,7 +28,7 @@ PER_MINUTE = 3
 
 
 
-def test_agent_publishes_tested_windows_and_uploads_samples(control_plane, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_agent_publishes_tested_windows_and_uploads_samples(control_plane, api, tmp_path: Path) -> None:
     import numpy as np
 
     labels = sorted(SCENE_CLASSES)
@@ -55,7 +55,7 @@ def test_agent_publishes_tested_windows_and_uploads_samples(control_plane, api, 
         wait_for(lambda: api.get(f"/api/v1/deployments/{deployment}").json()["state"] == "succeeded", 90,
                  what=f"the deployment to succeed; agent log:\n{agent.log[-3000:]}")
 
-        def tested_windows() -> list[dict]:  # type: ignore[type-arg]
+        def tested_windows() -> list[dict]:
             windows = api.get("/api/v1/drift/devices/cam-m/windows").json()
             return [w for w in windows if w["package_id"] == package_id and w["tested"]]
 

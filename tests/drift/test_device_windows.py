@@ -113,7 +113,7 @@ def test_histograms_saturate_at_uint16() -> None:
         decode_histograms(encode_histograms(counts), 3)
 
 
-def test_device_monitor_windows_and_samples(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_device_monitor_windows_and_samples(tmp_path) -> None:
     manifest = PackageManifest(
         package_id="p1", model_name="m", model_version="v1", created_at=utc_now(), hardware_profiles=["x"],
         labels=["circle", "cross", "square", "triangle"], preprocessing=SPEC,
@@ -137,7 +137,7 @@ def test_device_monitor_windows_and_samples(tmp_path) -> None:  # type: ignore[n
     assert plain.observe(scene(0), np.zeros(4), now_s=0.0).reports == []
 
 
-def test_agent_monitoring_follows_the_served_package(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_agent_monitoring_follows_the_served_package(tmp_path) -> None:
     import hashlib
     from dataclasses import dataclass
 

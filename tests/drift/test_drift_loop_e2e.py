@@ -44,7 +44,7 @@ WINDOW_FRAMES = 40
 EPOCHS = 10
 
 
-def _register(plane, device_id: str) -> str:  # type: ignore[no-untyped-def]
+def _register(plane, device_id: str) -> str:
     from cloud import crud
     from cloud.security.models import Role
     from cloud.security.tokens import create_api_token
@@ -55,12 +55,12 @@ def _register(plane, device_id: str) -> str:  # type: ignore[no-untyped-def]
     return token
 
 
-def _windows_stored(plane, expected: int) -> bool:  # type: ignore[no-untyped-def]
+def _windows_stored(plane, expected: int) -> bool:
     with Session(plane.engine) as session:
         return len(list(session.exec(select(DriftWindowRecord.id)))) >= expected
 
 
-def _open_alert_devices(plane) -> set[str]:  # type: ignore[no-untyped-def]
+def _open_alert_devices(plane) -> set[str]:
     with Session(plane.engine) as session:
         return {a.device_id for a in session.exec(select(DriftAlert).where(col(DriftAlert.state) == "open"))
                 if a.device_id}
@@ -69,7 +69,7 @@ def _open_alert_devices(plane) -> set[str]:  # type: ignore[no-untyped-def]
 # Sensitive to load on a shared 2-core machine (how much arrives before a deadline);
 # one rerun, which must itself pass in full.
 @pytest.mark.flaky(reruns=1)
-def test_shifted_devices_alert_retrain_roll_out_and_clear(control_plane, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_shifted_devices_alert_retrain_roll_out_and_clear(control_plane, api, tmp_path: Path) -> None:
     plane = control_plane
     settings = plane.settings
     datasets_dir = settings.data_dir / "datasets"
@@ -171,8 +171,8 @@ def test_shifted_devices_alert_retrain_roll_out_and_clear(control_plane, api, tm
         old_test = [s for s in dataset.samples if s.split == "test"]
         old_images = [decode_image(s.path) for s in old_test]
         old_targets = [dataset.labels.index(s.label) for s in old_test]
-        old_before = accuracy(base_onnx, old_images, old_targets, DEFAULT_SPEC)  # type: ignore[arg-type]
-        old_after = accuracy(new_onnx, old_images, old_targets, DEFAULT_SPEC)  # type: ignore[arg-type]
+        old_before = accuracy(base_onnx, old_images, old_targets, DEFAULT_SPEC)
+        old_after = accuracy(new_onnx, old_images, old_targets, DEFAULT_SPEC)
         assert old_after >= old_before - 0.03, (old_before, old_after)
 
         # -- the canary rollout proposal needs approval; approval starts the rollout ------

@@ -19,7 +19,7 @@ from cloud.monitor.models import DriftAlert, SampleRecord
 
 
 @pytest.fixture
-def session(tmp_path: Path):  # type: ignore[no-untyped-def]
+def session(tmp_path: Path):
     engine = create_engine(f"sqlite:///{tmp_path / 'g.db'}")
     SQLModel.metadata.create_all(engine)
     with Session(engine) as session:

@@ -87,7 +87,7 @@ def test_contract_accepts_the_good_ones() -> None:
 
 
 @pytest.mark.integration
-def test_control_plane_rejects_counts_and_survives(control_plane, api) -> None:  # type: ignore[no-untyped-def]
+def test_control_plane_rejects_counts_and_survives(control_plane, api) -> None:
     assert api.post("/api/v1/devices", json={"id": "cam-1"}).status_code == 201
     topics = control_plane.topics
     address = parse_broker_url(control_plane.broker_url)
@@ -124,7 +124,7 @@ def test_control_plane_rejects_counts_and_survives(control_plane, api) -> None: 
 
 
 @pytest.mark.integration
-def test_sample_upload_refuses_oversized_non_jpeg_and_other_devices(control_plane, api) -> None:  # type: ignore[no-untyped-def]
+def test_sample_upload_refuses_oversized_non_jpeg_and_other_devices(control_plane, api) -> None:
     from sqlmodel import Session
 
     from cloud.security.models import Role

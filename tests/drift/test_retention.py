@@ -32,10 +32,10 @@ def sample(sid: str, days: int, status: str, sha: str | None) -> SampleRecord:
                         received_at=at, status=status, image_sha256=sha)
 
 
-def test_retention_deletes_keeps_and_downsamples(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_retention_deletes_keeps_and_downsamples(tmp_path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'r.db'}")
-    SQLModel.metadata.create_all(engine, tables=[SampleRecord.__table__, SampleBlob.__table__,  # type: ignore[list-item]
-                                                 DriftWindowRecord.__table__, DatasetLineage.__table__])  # type: ignore[list-item]
+    SQLModel.metadata.create_all(engine, tables=[SampleRecord.__table__, SampleBlob.__table__,
+                                                 DriftWindowRecord.__table__, DatasetLineage.__table__])
     with Session(engine) as session:
         for sha in ("a" * 64, "b" * 64, "c" * 64, "d" * 64):
             session.add(SampleBlob(sha256=sha, device_id="cam-1", content=b"\xff\xd8", size_bytes=2))

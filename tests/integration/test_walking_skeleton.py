@@ -50,11 +50,11 @@ def test_three_agents_install_and_report_the_new_version(control_plane, api, tra
     wait_for(lambda: not any(d["online"] for d in api.get("/api/v1/devices").json()), 30, what="agents offline")
 
 
-def _running_version(api, device_id: str) -> str | None:  # type: ignore[no-untyped-def]
+def _running_version(api, device_id: str) -> str | None:
     return api.get(f"/api/v1/devices/{device_id}").json()["running_model_version"]
 
 
-def _deploy_and_wait(api, package_id: str, device_ids: list[str]) -> dict:  # type: ignore[no-untyped-def]
+def _deploy_and_wait(api, package_id: str, device_ids: list[str]) -> dict:
     response = api.post("/api/v1/deployments", json={"package_id": package_id, "device_ids": device_ids})
     assert response.status_code == 201, response.text
     deployment_id = response.json()["id"]
@@ -98,6 +98,6 @@ def test_tampered_package_is_refused_and_old_model_keeps_running(control_plane, 
         stop_agents([agent])
 
 
-def crud_package_path(plane, package_id: str) -> str:  # type: ignore[no-untyped-def]
+def crud_package_path(plane, package_id: str) -> str:
     with Session(plane.engine) as session:
         return crud.get_package(session, package_id).path

@@ -17,7 +17,7 @@ from cloud.pipeline.train.trainer import DEFAULT_SPEC
 pytestmark = pytest.mark.integration
 
 
-def _import_good_model(engine, paths, good_onnx) -> str:  # type: ignore[no-untyped-def]
+def _import_good_model(engine, paths, good_onnx) -> str:
     dataset_id = ingest(engine, paths, good_onnx.data_root).record.id
     outcome = import_model(engine, paths, model_path=good_onnx.onnx_path, labels=read_labels(good_onnx.labels_path),
                            spec=read_spec(good_onnx.spec_path), name="shapes", dataset_id=dataset_id)
@@ -29,7 +29,7 @@ def _manifest(package_dir: Path) -> PackageManifest:
     return PackageManifest.from_bytes((package_dir / MANIFEST_FILE).read_bytes())
 
 
-def test_int8_with_an_accuracy_drop_over_the_limit_is_rejected(engine, paths, good_onnx) -> None:  # type: ignore[no-untyped-def]
+def test_int8_with_an_accuracy_drop_over_the_limit_is_rejected(engine, paths, good_onnx) -> None:
     version = _import_good_model(engine, paths, good_onnx)
     # Calibrating on one blank image gives activation ranges that saturate on real scenes.
     blank = np.zeros((1, *DEFAULT_SPEC.input_shape(1)[1:]), dtype=np.float32)
@@ -62,7 +62,7 @@ def test_int8_with_an_accuracy_drop_over_the_limit_is_rejected(engine, paths, go
     assert any(a["file"] == int8.artifact.file and a["accepted"] is False for a in build["artifacts"])
 
 
-def test_imported_onnx_is_quantized_gated_and_packaged(control_plane, api, good_onnx) -> None:  # type: ignore[no-untyped-def]
+def test_imported_onnx_is_quantized_gated_and_packaged(control_plane, api, good_onnx) -> None:
     dataset = api.post("/api/v1/datasets", json={"path": str(good_onnx.data_root)})
     assert dataset.status_code == 201, dataset.text
     response = api.post(
@@ -112,7 +112,7 @@ def test_imported_onnx_is_quantized_gated_and_packaged(control_plane, api, good_
     assert lineage["evaluation"]["slices"]
 
 
-def test_api_reports_bad_input_with_what_to_fix(control_plane, api, good_onnx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_api_reports_bad_input_with_what_to_fix(control_plane, api, good_onnx, tmp_path: Path) -> None:
     missing = api.post("/api/v1/datasets", json={"path": str(tmp_path / "nowhere")})
     assert missing.status_code == 400 and "does not exist" in missing.json()["detail"]
     unknown = api.post("/api/v1/models/train", json={"dataset_id": "ds-0000000000000000"})
@@ -132,7 +132,7 @@ def test_api_reports_bad_input_with_what_to_fix(control_plane, api, good_onnx, t
     assert api.get("/api/v1/models/none-1").status_code == 404
 
 
-def test_nncf_int8_quantizes_depthwise_weights_per_output_channel_and_runs_them_in_int8(  # type: ignore[no-untyped-def]
+def test_nncf_int8_quantizes_depthwise_weights_per_output_channel_and_runs_them_in_int8(
         good_onnx, tmp_path: Path) -> None:
     """The INT8 speed-up hangs on this: NNCF given a model whose grouped-convolution weights
     still come through an unfolded Reshape (``Core.read_model`` of the ONNX file rather than

@@ -120,7 +120,7 @@ def test_empty_class_blocks_training_and_bad_directories_are_clear_errors(tmp_pa
         scan_imagefolder(tmp_path / "one")
 
 
-def test_ingest_stores_a_content_addressed_version_with_metadata(engine, paths, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_ingest_stores_a_content_addressed_version_with_metadata(engine, paths, tmp_path: Path) -> None:
     from sqlmodel import Session
 
     from cloud.pipeline.registry import store

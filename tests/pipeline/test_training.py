@@ -26,7 +26,7 @@ from cloud.pipeline.train.trainer import DEFAULT_SPEC, TrainConfig
 pytestmark = pytest.mark.integration
 
 
-def test_same_seed_trained_twice_gives_identical_metrics(engine, paths, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_same_seed_trained_twice_gives_identical_metrics(engine, paths, tmp_path: Path) -> None:
     from cloud.pipeline.data.synth import write_synthetic_dataset
 
     root = write_synthetic_dataset(tmp_path / "data", images_per_class=40, seed=5)
@@ -58,7 +58,7 @@ def test_same_seed_trained_twice_gives_identical_metrics(engine, paths, tmp_path
     assert lineage["source"] == "trained"
 
 
-def test_bad_candidate_is_rejected_by_the_gate_with_reasons(engine, paths, shapes_root: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_candidate_is_rejected_by_the_gate_with_reasons(engine, paths, shapes_root: Path) -> None:
     dataset_id = ingest(engine, paths, shapes_root).record.id
     # One epoch of a tiny network cannot reach 95 % on every lighting slice.
     outcome = train_model(engine, paths, dataset_id=dataset_id, name="shapes",
@@ -79,7 +79,7 @@ def test_bad_candidate_is_rejected_by_the_gate_with_reasons(engine, paths, shape
         promote(engine, outcome.model_version)
 
 
-def test_candidate_worse_than_production_is_rejected(engine, paths, good_onnx) -> None:  # type: ignore[no-untyped-def]
+def test_candidate_worse_than_production_is_rejected(engine, paths, good_onnx) -> None:
     dataset_id = ingest(engine, paths, good_onnx.data_root).record.id
     production = import_model(engine, paths, model_path=good_onnx.onnx_path, labels=read_labels(good_onnx.labels_path),
                               spec=read_spec(good_onnx.spec_path), name="shapes", dataset_id=dataset_id)

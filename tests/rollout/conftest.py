@@ -15,7 +15,7 @@ def engine_in_plane() -> bool:
 
 
 @pytest.fixture
-def plane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, engine_in_plane: bool):  # type: ignore[no-untyped-def]
+def plane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, engine_in_plane: bool):
     monkeypatch.setenv("EDGEFLEET_ROLLOUT_TICK_S", ENGINE_TICK_S)
     monkeypatch.setenv("EDGEFLEET_ROLLOUT_ENGINE_ENABLED", "1" if engine_in_plane else "0")
     return request.getfixturevalue("control_plane")

@@ -104,7 +104,7 @@ def _obs(state: DeviceState, *, age_s: float = 0, online: bool = True, job: str 
                              windows_on_target=windows)
 
 
-def _next(obs: DeviceObservation, **timeouts: float):  # type: ignore[no-untyped-def]
+def _next(obs: DeviceObservation, **timeouts: float):
     return next_device_state(obs, now=NOW, timeouts=Timeouts(**timeouts), max_retries=1, probation_min_windows=2)
 
 

@@ -19,8 +19,8 @@ def engine_in_plane() -> bool:
     return False
 
 
-def _engine(plane, published: list[str]) -> RolloutEngine:  # type: ignore[no-untyped-def]
-    def publish(command) -> None:  # type: ignore[no-untyped-def]
+def _engine(plane, published: list[str]) -> RolloutEngine:
+    def publish(command) -> None:
         published.append(command.device_id)
         plane.mqtt.publish_command(command)
 

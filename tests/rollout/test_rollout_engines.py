@@ -38,7 +38,7 @@ def engine_in_plane() -> bool:
     return False  # these tests start and kill engine processes themselves
 
 
-def _spawn_engine(plane, database_url: str, name: str, tmp_path: Path) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
+def _spawn_engine(plane, database_url: str, name: str, tmp_path: Path) -> subprocess.Popen[bytes]:
     log = (tmp_path / f"{name}.log").open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "cloud.rollout.run", "--database-url", database_url, "--mqtt-url", plane.broker_url,
@@ -57,7 +57,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.kill()
 
 
-def _assert_dispatched_once(plane, fleet, package_id: str) -> None:  # type: ignore[no-untyped-def]
+def _assert_dispatched_once(plane, fleet, package_id: str) -> None:
     received = fleet.log.for_package(package_id)
     assert len(received) == sum(FLEET.values())
     assert set(received.values()) == {1}, {d: n for d, n in received.items() if n != 1}

@@ -50,7 +50,7 @@ def test_good_release_passes_every_stage_and_reaches_every_online_device(plane, 
         fleet.stop()
 
 
-def _oracle_fleet(plane, api, tmp_path: Path, trained_model, candidates: dict[str, object]):  # type: ignore[no-untyped-def]
+def _oracle_fleet(plane, api, tmp_path: Path, trained_model, candidates: dict[str, object]):
     """Devices whose telemetry comes from running the real models (agent load_model + onnxruntime)."""
     from tests.rollout.fleet_helpers import package_dir, publish_trained
     from tests.support.rollout_devices import ModelOracle
@@ -59,7 +59,7 @@ def _oracle_fleet(plane, api, tmp_path: Path, trained_model, candidates: dict[st
     oracle = ModelOracle()
     oracle.add_package(package_dir(plane, old))
     for result in candidates.values():
-        oracle.add_package(package_dir(plane, result))  # type: ignore[arg-type]
+        oracle.add_package(package_dir(plane, result))
     return old, start_fleet(plane, api, FLEET, old, oracle=oracle)
 
 

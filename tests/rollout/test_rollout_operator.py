@@ -25,7 +25,7 @@ from tests.rollout.fleet_helpers import (
 pytestmark = pytest.mark.integration
 
 
-def _cli(api, *args: str) -> str:  # type: ignore[no-untyped-def]
+def _cli(api, *args: str) -> str:
     token = api.headers["authorization"].split(" ", 1)[1]
     result = CliRunner().invoke(app, [*args, "--server", str(api.base_url).rstrip("/"), "--token", token])
     assert result.exit_code == 0, result.output

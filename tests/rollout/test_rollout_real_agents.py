@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 DEVICES = ["cam-s1", "cam-s2"]
 
 
-def _running(api) -> set[str | None]:  # type: ignore[no-untyped-def]
+def _running(api) -> set[str | None]:
     return {api.get(f"/api/v1/devices/{d}").json()["running_package_id"] for d in DEVICES}
 
 

@@ -39,7 +39,7 @@ def _model(backend: _Backend, package_id: str = "cand-1") -> LoadedModel:
         artifacts=[ModelArtifact(file="m.onnx", runtime="onnxruntime", precision="fp32")],
         files=[PackageFile(name="m.onnx", sha256="0" * 64, size_bytes=1)],
     )
-    return LoadedModel(manifest=manifest, artifact=manifest.artifacts[0], backend=backend)  # type: ignore[arg-type]
+    return LoadedModel(manifest=manifest, artifact=manifest.artifacts[0], backend=backend)
 
 
 def _frame(level: int) -> npt.NDArray[np.uint8]:

@@ -127,7 +127,7 @@ class IngestNodeProcess:
                  "--status-interval", "0.5"],
                 env=self.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
             )
-        wait_for(lambda: self.status().get("connected") or self.process.poll() is not None,  # type: ignore[union-attr]
+        wait_for(lambda: self.status().get("connected") or self.process.poll() is not None,
                  timeout_s, what=f"ingest node {self.status_file.stem} connected")
         if self.process.poll() is not None:
             raise AssertionError(f"ingest node exited: {self.log_path.read_text()[-3000:]}")
@@ -184,7 +184,7 @@ def stored_telemetry(url: str, device_ids: list[str]) -> tuple[int, set[str]]:
     engine = make_engine(url)
     try:
         with Session(engine) as session:
-            query = select(TelemetryRecord.message_id).where(TelemetryRecord.device_id.in_(device_ids))  # type: ignore[attr-defined]
+            query = select(TelemetryRecord.message_id).where(TelemetryRecord.device_id.in_(device_ids))
             ids = list(session.exec(query))
             return len(ids), set(ids)
     finally:

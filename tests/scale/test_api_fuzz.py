@@ -31,7 +31,7 @@ def _summary(exc: BaseException) -> str:
     return "; ".join(kept) or f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
-def test_every_operation_survives_generated_requests(control_plane) -> None:  # type: ignore[no-untyped-def]
+def test_every_operation_survives_generated_requests(control_plane) -> None:
     from tests.conftest import control_plane_admin_headers
 
     base_url = control_plane.base_url
@@ -46,7 +46,7 @@ def test_every_operation_survives_generated_requests(control_plane) -> None:  # 
         @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
                   phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy())
-        def check(case) -> None:  # type: ignore[no-untyped-def]
+        def check(case) -> None:
             response = case.call(base_url=base_url, headers=headers, timeout=30)
             case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
 

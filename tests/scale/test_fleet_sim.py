@@ -40,7 +40,7 @@ class Observer:
             if kind is ReportKind.STATUS:
                 self.retained[device_id] = report
 
-    def of(self, kind: str, device_id: str | None = None) -> list:  # type: ignore[type-arg]
+    def of(self, kind: str, device_id: str | None = None) -> list:
         with self._lock:
             return [r for r in self.reports if r.kind == kind and (device_id is None or r.device_id == device_id)]
 

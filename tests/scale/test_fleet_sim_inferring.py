@@ -45,11 +45,11 @@ def nan_model(path: Path, num_classes: int) -> Path:
     return path
 
 
-def _telemetry(api, device_id: str) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+def _telemetry(api, device_id: str) -> list[dict]:
     return api.get(f"/api/v1/devices/{device_id}/telemetry", params={"limit": 50}).json()
 
 
-def test_inferring_devices_run_the_real_model_and_report_nan_as_errors(control_plane, api, trained_model,  # type: ignore[no-untyped-def]
+def test_inferring_devices_run_the_real_model_and_report_nan_as_errors(control_plane, api, trained_model,
                                                                         tmp_path: Path) -> None:
     good = publish_model(control_plane, trained_model)
     nan_path = nan_model(tmp_path / "nan.onnx", len(trained_model.labels))
@@ -78,7 +78,7 @@ def test_inferring_devices_run_the_real_model_and_report_nan_as_errors(control_p
         assert sim.device("inf-good").running_model_version == good.model_version
         assert sim.device("inf-good").runtime == "onnxruntime"
 
-        def good_windows() -> list[dict]:  # type: ignore[type-arg]
+        def good_windows() -> list[dict]:
             return [t for t in _telemetry(api, "inf-good") if t["model_version"] == good.model_version and t["frames"]]
 
         wait_for(lambda: len(good_windows()) >= 2, 60, what="telemetry from the real model")
@@ -89,7 +89,7 @@ def test_inferring_devices_run_the_real_model_and_report_nan_as_errors(control_p
         assert window["p95_latency_ms"] is not None and window["p95_latency_ms"] != 0
         assert window["inference_errors"] == 0
 
-        def nan_windows() -> list[dict]:  # type: ignore[type-arg]
+        def nan_windows() -> list[dict]:
             return [t for t in _telemetry(api, "inf-nan") if t["model_version"] == broken.model_version]
 
         wait_for(lambda: sum(t["inference_errors"] for t in nan_windows()) >= 2, 60, what="NaN outputs counted")

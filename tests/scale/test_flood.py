@@ -95,7 +95,7 @@ def test_flood_is_rejected_counted_and_survived_with_bounded_memory(tmp_path: Pa
     attacker.max_queued_messages_set(0)
     try:
         sim.start()
-        wait_for(lambda: int(node.status().get("batch_rows", 0)) > DEVICES * 2, 30,  # type: ignore[call-overload]
+        wait_for(lambda: int(node.status().get("batch_rows", 0)) > DEVICES * 2, 30,
                  what="normal traffic flowing")
         assert node.process is not None
         baseline_mb = peak_mb = _rss_mb(node.process.pid)
@@ -114,8 +114,8 @@ def test_flood_is_rejected_counted_and_survived_with_bounded_memory(tmp_path: Pa
 
         def rejections() -> dict[str, int]:
             nonlocal peak_mb
-            peak_mb = max(peak_mb, _rss_mb(node.process.pid))  # type: ignore[union-attr]
-            return dict(node.status().get("rejected", {}))  # type: ignore[call-overload]
+            peak_mb = max(peak_mb, _rss_mb(node.process.pid))
+            return dict(node.status().get("rejected", {}))
 
         wait_for(lambda: rejections() == expected, 120, what=f"rejections {expected}")
         sim.stop_telemetry()

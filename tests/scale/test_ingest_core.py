@@ -24,7 +24,7 @@ TOPICS = Topics("t/ef/v1")
 
 
 @pytest.fixture
-def ingest(tmp_path: Path):  # type: ignore[no-untyped-def]
+def ingest(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'ingest.db'}"
     migrate(url)
     engine = make_engine(url)
@@ -77,7 +77,7 @@ def test_acks_come_after_the_commit_in_arrival_order(ingest: ReportIngest) -> No
     rows_when_acked: list[int] = []
     lock = threading.Lock()
 
-    def ack_for(index: int):  # type: ignore[no-untyped-def]
+    def ack_for(index: int):
         def ack() -> None:
             with lock:
                 acked.append(index)
@@ -104,7 +104,7 @@ def test_a_database_outage_holds_acks_until_the_batch_is_stored(ingest: ReportIn
     failures = {"left": 3}
     released = threading.Event()
 
-    def flaky(session, rows):  # type: ignore[no-untyped-def]
+    def flaky(session, rows):
         if failures["left"]:
             failures["left"] -= 1
             if failures["left"] == 0:
@@ -126,7 +126,7 @@ def test_a_report_the_database_refuses_is_isolated_and_acknowledged(ingest: Repo
     real_insert = crud.insert_telemetry_rows
     poison = _telemetry()
 
-    def refuse_poison(session, rows):  # type: ignore[no-untyped-def]
+    def refuse_poison(session, rows):
         if any(row["message_id"] == poison.message_id for row in rows):
             raise ValueError("simulated content the database refuses")
         return real_insert(session, rows)

@@ -73,9 +73,9 @@ FAULTS = [
     Fault("broker_restart", _fault_broker, False,
           lambda rig: rig.sim.stats().connects >= 2 * DEVICES),
     Fault("control_plane_kill", _fault_control_plane, False,
-          lambda rig: rig.node.killed == [-9] and int(rig.node.status().get("received", 0)) > 0),  # type: ignore[call-overload]
+          lambda rig: rig.node.killed == [-9] and int(rig.node.status().get("received", 0)) > 0),
     Fault("database_restart", _fault_database, True,
-          lambda rig: int(rig.node.status().get("storage_errors", 0)) > 0),  # type: ignore[call-overload]
+          lambda rig: int(rig.node.status().get("storage_errors", 0)) > 0),
 ]
 
 
@@ -114,7 +114,7 @@ def rig_factory(tmp_path: Path, database_url: str, topic_prefix: str) -> Iterato
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[fault.name for fault in FAULTS])
-def test_every_qos1_report_is_stored_exactly_once_across_a_restart(fault: Fault, rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_every_qos1_report_is_stored_exactly_once_across_a_restart(fault: Fault, rig_factory) -> None:
     rig = rig_factory(fault.private_database)
     rig.sim.start()
     time.sleep(3.0)

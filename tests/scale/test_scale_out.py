@@ -32,7 +32,7 @@ def test_two_nodes_split_the_fleet_and_store_every_report_once(tmp_path: Path, m
         assert_every_report_stored_once(database_url, device_ids, generated, timeout_s=60)
 
         def shares() -> list[int]:  # the status files are rewritten every half second
-            return [int(node.status().get("accepted", {}).get("telemetry", 0)) for node in nodes]  # type: ignore[union-attr]
+            return [int(node.status().get("accepted", {}).get("telemetry", 0)) for node in nodes]
 
         # Between them the nodes stored each report once, and both did real work.
         wait_for(lambda: sum(shares()) == len(generated), 10, what="node counters to catch up")
@@ -98,10 +98,10 @@ def test_job_reports_split_across_nodes_end_in_the_final_state(tmp_path: Path, m
                     found[state] = found.get(state, 0) + 1
                 return found
 
-        wait_for(lambda: int(sum(int(n.status().get("accepted", {}).get("job", 0)) for n in nodes))  # type: ignore[union-attr]
+        wait_for(lambda: int(sum(int(n.status().get("accepted", {}).get("job", 0)) for n in nodes))
                  >= 5 * len(device_ids), 60, what="every job report stored")
         assert states() == {"succeeded": len(device_ids)}, states()
-        assert all(int(n.status().get("accepted", {}).get("job", 0)) > 0 for n in nodes)  # type: ignore[union-attr]
+        assert all(int(n.status().get("accepted", {}).get("job", 0)) > 0 for n in nodes)
         with Session(engine) as session:
             assert crud.get_deployment(session, deployment_id)[0].state == "succeeded"
     finally:

@@ -16,7 +16,7 @@ from cloud.security.models import ApiToken
 pytestmark = pytest.mark.integration
 
 
-def _client(plane, token: str | None) -> httpx.Client:  # type: ignore[no-untyped-def]
+def _client(plane, token: str | None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=plane.base_url, timeout=15, headers=headers)
 
@@ -27,7 +27,7 @@ def _enrollment_token(api: httpx.Client, device_id: str) -> str:
     return str(response.json()["token"])
 
 
-def test_api_calls_without_a_token_get_401(control_plane) -> None:  # type: ignore[no-untyped-def]
+def test_api_calls_without_a_token_get_401(control_plane) -> None:
     with _client(control_plane, None) as anonymous, _client(control_plane, "efo_not-a-real-token") as forged:
         assert anonymous.get("/api/v1/devices").status_code == 401
         assert anonymous.post("/api/v1/devices", json={"id": "cam-x"}).status_code == 401
@@ -36,7 +36,7 @@ def test_api_calls_without_a_token_get_401(control_plane) -> None:  # type: igno
         assert anonymous.get("/api/v1/health").status_code == 200  # liveness stays open
 
 
-def test_viewer_starting_a_deployment_gets_403(control_plane, api) -> None:  # type: ignore[no-untyped-def]
+def test_viewer_starting_a_deployment_gets_403(control_plane, api) -> None:
     created = api.post("/api/v1/tokens", json={"name": "dashboard", "role": "viewer"})
     assert created.status_code == 201, created.text
     viewer_token = created.json()["token"]
@@ -54,7 +54,7 @@ def test_viewer_starting_a_deployment_gets_403(control_plane, api) -> None:  # t
     assert viewer_token not in stored and all(len(digest) == 64 for digest in stored)  # hashed, never the secret
 
 
-def test_device_reading_another_devices_data_gets_403(control_plane, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_device_reading_another_devices_data_gets_403(control_plane, api, tmp_path: Path) -> None:
     configs = {d: enroll(control_plane.base_url, _enrollment_token(api, d), tmp_path / d) for d in ("cam-a", "cam-b")}
     token_a = Path(str(configs["cam-a"]["api_token_file"])).read_text()
     with _client(control_plane, token_a) as device_a:
@@ -67,7 +67,7 @@ def test_device_reading_another_devices_data_gets_403(control_plane, api, tmp_pa
         assert device_a.post("/api/v1/devices", json={"id": "cam-z"}).status_code == 403
 
 
-def test_enrollment_token_is_one_time_and_the_certificate_names_the_device(control_plane, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_enrollment_token_is_one_time_and_the_certificate_names_the_device(control_plane, api, tmp_path: Path) -> None:
     token = _enrollment_token(api, "cam-e")
     config = enroll(control_plane.base_url, token, tmp_path / "first")
     cert = x509.load_pem_x509_certificate(Path(str(config["mqtt_cert_file"])).read_bytes())
@@ -80,7 +80,7 @@ def test_enrollment_token_is_one_time_and_the_certificate_names_the_device(contr
         enroll(control_plane.base_url, "efe_guessed-token-value", tmp_path / "third")
 
 
-def test_certificate_rotation_revokes_the_old_certificate(control_plane, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_certificate_rotation_revokes_the_old_certificate(control_plane, api, tmp_path: Path) -> None:
     state_dir = tmp_path / "cam-r"
     enroll(control_plane.base_url, _enrollment_token(api, "cam-r"), state_dir)
     cert_file = identity_paths(state_dir)["mqtt_cert_file"]
@@ -97,7 +97,7 @@ def test_certificate_rotation_revokes_the_old_certificate(control_plane, api, tm
     assert new_serial in control_plane.security.ca.revoked_serials()
 
 
-def test_tuf_repository_is_served_publicly_with_range(control_plane, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_tuf_repository_is_served_publicly_with_range(control_plane, tmp_path: Path) -> None:
     from tests.security.hostile import make_package
 
     package = make_package(tmp_path, "shapes-9")

@@ -168,7 +168,7 @@ def _command(device_id: str) -> DeployCommand:
                          expires_at=datetime.now(UTC) + timedelta(hours=1))
 
 
-def test_device_cannot_publish_to_another_device_or_read_everything(broker: Broker, cloud) -> None:  # type: ignore[no-untyped-def]
+def test_device_cannot_publish_to_another_device_or_read_everything(broker: Broker, cloud) -> None:
     bridge, reports = cloud
     topics = Topics(PREFIX)
     device_a = Client(broker, broker.identities["cam-a"])
@@ -213,7 +213,7 @@ def test_client_without_a_valid_certificate_cannot_connect(broker: Broker, crede
         genuine.stop()
 
 
-def test_second_client_with_a_certificate_cannot_take_over_another_identity(broker: Broker, cloud) -> None:  # type: ignore[no-untyped-def]
+def test_second_client_with_a_certificate_cannot_take_over_another_identity(broker: Broker, cloud) -> None:
     bridge, reports = cloud
     topics = Topics(PREFIX)
     device_b = Client(broker, broker.identities["cam-b"], client_id="ef-agent-cam-b")

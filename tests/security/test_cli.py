@@ -42,7 +42,7 @@ def test_keys_tokens_and_broker_config_commands(tmp_path: Path, monkeypatch: pyt
 
 
 @pytest.mark.integration
-def test_agent_enroll_command_writes_a_loadable_config(control_plane, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_agent_enroll_command_writes_a_loadable_config(control_plane, api, tmp_path: Path) -> None:
     token = api.post("/api/v1/enrollment-tokens", json={"device_id": "cam-cli"}).json()["token"]
     config_path = tmp_path / "device" / "agent.yaml"
     config_path.parent.mkdir()

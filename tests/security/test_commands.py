@@ -104,7 +104,7 @@ class Fleet:
         response = self.api.post("/api/v1/deployments", json={"package_id": package_id, "device_ids": [device_id]})
         assert response.status_code == 201, response.text
         deployment_id = response.json()["id"]
-        return wait_for(  # type: ignore[no-any-return]
+        return wait_for(
             lambda: (d := self.api.get(f"/api/v1/deployments/{deployment_id}").json())["state"] != "in_progress" and d,
             90, what=f"deployment of {package_id} to {device_id} to finish")
 
@@ -125,7 +125,7 @@ class Fleet:
         report = wait_for(lambda: self.observer.final_job(job_id), 30, what=f"a final report for {job_id}")
         assert report["state"] == "rejected", report
         assert report["error_code"] == error_code, report
-        return report  # type: ignore[no-any-return]
+        return report
 
     def sync_mirror_fresh(self) -> None:
         """Give the mirror freshly signed metadata, which then expires in TIMESTAMP_EXPIRY_S."""
@@ -207,7 +207,7 @@ def test_forged_command_is_rejected_and_reported(fleet: Fleet) -> None:
     fleet.expect_rejected(unsigned.job_id, "unsigned_command")
     fleet.rejected_in_telemetry(2)
     assert fleet.running(DEVICE) == v1
-    assert fleet.observer.latest_telemetry(DEVICE)["model_version"] == v1  # type: ignore[index]
+    assert fleet.observer.latest_telemetry(DEVICE)["model_version"] == v1
 
 
 def test_command_for_another_device_is_rejected(fleet: Fleet) -> None:

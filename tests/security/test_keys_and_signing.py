@@ -48,7 +48,7 @@ def _command(**overrides: object) -> DeployCommand:
         "expires_at": datetime.now(UTC) + timedelta(hours=1),
     }
     fields.update(overrides)
-    return DeployCommand(**fields)  # type: ignore[arg-type]
+    return DeployCommand(**fields)
 
 
 def test_director_signature_survives_the_wire_and_binds_every_field(tmp_path: Path) -> None:

@@ -49,8 +49,8 @@ def device(tmp_path: Path, repo: TufRepository, mirror: Mirror) -> Device:
     return dev
 
 
-def _publish(repo: TufRepository, mirror: Mirror, tmp_path: Path, version: str, **kwargs: object):  # type: ignore[no-untyped-def]
-    package = make_package(tmp_path, version, **kwargs)  # type: ignore[arg-type]
+def _publish(repo: TufRepository, mirror: Mirror, tmp_path: Path, version: str, **kwargs: object):
+    package = make_package(tmp_path, version, **kwargs)
     repo.add_package(package.directory)
     mirror.sync(repo)
     return package

@@ -30,7 +30,7 @@ def train_tiny_model(workdir: Path, *, seed: int = 0) -> TrainedModel:
     return TrainedModel(path, dataset.labels, dataset.dataset_id, float(result.metrics["accuracy"]))
 
 
-def constant_model(path: Path, num_classes: int, value: float, *, spec=DEFAULT_SPEC) -> Path:  # type: ignore[no-untyped-def]
+def constant_model(path: Path, num_classes: int, value: float, *, spec=DEFAULT_SPEC) -> Path:
     """An ONNX model whose every output is ``value`` (use ``float('nan')`` for a NaN model)."""
     shape = list(spec.input_shape(1))
     graph = helper.make_graph(

@@ -51,7 +51,7 @@ def screenshot() -> Any:
 
 
 @pytest.fixture
-def fleet(control_plane, api, tmp_path: Path) -> Iterator[Fleet]:  # type: ignore[no-untyped-def]
+def fleet(control_plane, api, tmp_path: Path) -> Iterator[Fleet]:
     simulated = Fleet(control_plane, api, tmp_path / "releases")
     try:
         yield simulated
@@ -60,13 +60,13 @@ def fleet(control_plane, api, tmp_path: Path) -> Iterator[Fleet]:  # type: ignor
 
 
 @pytest.fixture
-def tokens(control_plane) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def tokens(control_plane) -> dict[str, str]:
     return {role.value: make_token(control_plane, role, f"{role.value} user") for role in
             (Role.VIEWER, Role.OPERATOR)}
 
 
 @pytest.fixture
-def login(browser, control_plane) -> Any:  # type: ignore[no-untyped-def]
+def login(browser, control_plane) -> Any:
     """``login(token)`` opens a fresh browser context logged in with ``token``; returns its page."""
     contexts: list[Any] = []
 

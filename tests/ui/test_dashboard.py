@@ -53,7 +53,7 @@ def _state(api: Any, rollout_id: str) -> str:
     return str(api.get(f"/api/v1/rollouts/{rollout_id}").json()["state"])
 
 
-def test_fleet_page_lists_devices_filters_and_updates_live(fleet, login, tokens, api, screenshot) -> None:  # type: ignore[no-untyped-def]
+def test_fleet_page_lists_devices_filters_and_updates_live(fleet, login, tokens, api, screenshot) -> None:
     page = login(tokens["viewer"])
     rows = page.locator("#fleet-table tbody tr")
     expect(rows).to_have_count(len(fleet.all_ids))
@@ -86,7 +86,7 @@ def test_fleet_page_lists_devices_filters_and_updates_live(fleet, login, tokens,
     screenshot(page, "fleet-offline-filter")
 
 
-def test_device_model_and_alert_pages_render(fleet, login, tokens, screenshot) -> None:  # type: ignore[no-untyped-def]
+def test_device_model_and_alert_pages_render(fleet, login, tokens, screenshot) -> None:
     page = login(tokens["viewer"])
     device_id = fleet.device_ids["rpi5-arm64"][0]
     page.get_by_role("link", name=device_id).click()
@@ -115,7 +115,7 @@ def test_device_model_and_alert_pages_render(fleet, login, tokens, screenshot) -
     screenshot(page, "alerts")
 
 
-def test_rollout_started_from_the_ui_progresses_with_gate_evidence(fleet, login, tokens, api, screenshot) -> None:  # type: ignore[no-untyped-def]
+def test_rollout_started_from_the_ui_progresses_with_gate_evidence(fleet, login, tokens, api, screenshot) -> None:
     page = login(tokens["operator"])
     rollout_id = _start_rollout_from_ui(page, _spec(fleet, name="ui canary"))
 
@@ -146,7 +146,7 @@ def test_rollout_started_from_the_ui_progresses_with_gate_evidence(fleet, login,
     screenshot(page, "rollouts")
 
 
-def test_abort_from_the_ui_rolls_the_canary_back(fleet, login, tokens, api, screenshot) -> None:  # type: ignore[no-untyped-def]
+def test_abort_from_the_ui_rolls_the_canary_back(fleet, login, tokens, api, screenshot) -> None:
     page = login(tokens["operator"])
     rollout_id = _start_rollout_from_ui(page, _spec(fleet, name="ui abort"))
     expect(page.get_by_test_id("rollout-state")).to_have_text("awaiting approval", timeout=120_000)
@@ -182,7 +182,7 @@ def test_abort_from_the_ui_rolls_the_canary_back(fleet, login, tokens, api, scre
     screenshot(page, "device-after-rollback")
 
 
-def test_viewer_sees_no_action_buttons_and_cannot_act(fleet, login, tokens, api, control_plane, screenshot) -> None:  # type: ignore[no-untyped-def]
+def test_viewer_sees_no_action_buttons_and_cannot_act(fleet, login, tokens, api, control_plane, screenshot) -> None:
     created = api.post("/api/v1/rollouts", json=_spec(fleet, name="viewer look"))
     assert created.status_code == 201, created.text
     rollout_id = created.json()["id"]
@@ -208,7 +208,7 @@ def test_viewer_sees_no_action_buttons_and_cannot_act(fleet, login, tokens, api,
     assert _state(api, rollout_id) not in ("aborting", "aborted")
 
 
-def test_login_refuses_bad_tokens_and_logout_ends_the_session(browser, control_plane, tokens, screenshot) -> None:  # type: ignore[no-untyped-def]
+def test_login_refuses_bad_tokens_and_logout_ends_the_session(browser, control_plane, tokens, screenshot) -> None:
     context = browser.new_context(base_url=control_plane.base_url)
     page = context.new_page()
     try:
@@ -281,7 +281,7 @@ def _seed_drift(plane: Any, fleet: Any, device_id: str) -> dict[str, str]:
     return {"alert": "al-ui-1", "proposal": "rp-ui-1", "rollout_proposal": "rop-ui-1"}
 
 
-def test_drift_alerts_samples_and_proposals(fleet, login, tokens, api, control_plane, screenshot) -> None:  # type: ignore[no-untyped-def]
+def test_drift_alerts_samples_and_proposals(fleet, login, tokens, api, control_plane, screenshot) -> None:
     device_id = fleet.device_ids["x86-64-avx2"][1]
     seeded = _seed_drift(control_plane, fleet, device_id)
 

@@ -29,7 +29,7 @@ def _flash(response: httpx.Response) -> str:
     return unquote_plus(response.headers["location"])
 
 
-def test_bad_rollout_forms_say_what_to_fix(control_plane, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_rollout_forms_say_what_to_fix(control_plane, tmp_path) -> None:
     token = make_token(control_plane, Role.OPERATOR)
     release = make_release(control_plane, tmp_path)
     client = _session(control_plane, token)
@@ -58,7 +58,7 @@ def test_bad_rollout_forms_say_what_to_fix(control_plane, tmp_path) -> None:  # 
     finally:
         client.close()
 
-def test_login_and_session_edges(control_plane) -> None:  # type: ignore[no-untyped-def]
+def test_login_and_session_edges(control_plane) -> None:
     with httpx.Client(base_url=control_plane.base_url, timeout=15) as client:
         # A crafted `next` cannot send the user off-site after logging in.
         token = make_token(control_plane, Role.VIEWER)
@@ -78,7 +78,7 @@ def test_login_and_session_edges(control_plane) -> None:  # type: ignore[no-unty
         assert anonymous.get("/ui/fleet").status_code == 303
 
 
-def test_fleet_page_shows_a_bounded_page_of_a_large_fleet(control_plane, api) -> None:  # type: ignore[no-untyped-def]
+def test_fleet_page_shows_a_bounded_page_of_a_large_fleet(control_plane, api) -> None:
     for index in range(12):
         assert api.post("/api/v1/devices", json={"id": f"cam-{index:02d}"}).status_code == 201
     client = _session(control_plane, make_token(control_plane, Role.VIEWER))
@@ -93,7 +93,7 @@ def test_fleet_page_shows_a_bounded_page_of_a_large_fleet(control_plane, api) ->
         client.close()
 
 
-def test_the_simple_rollout_form_builds_a_spec(control_plane, api, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_simple_rollout_form_builds_a_spec(control_plane, api, tmp_path) -> None:
     for index, profile in enumerate(("x86-64-avx2", "x86-64-avx2", "rpi5-arm64")):
         assert api.post("/api/v1/devices", json={"id": f"cam-f{index}", "hardware_profile": profile}).status_code == 201
     release = make_release(control_plane, tmp_path)

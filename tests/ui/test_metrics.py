@@ -27,7 +27,7 @@ def _families(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     return parsed
 
 
-def _publish_raw(plane, topic: str, payload: bytes) -> None:  # type: ignore[no-untyped-def]
+def _publish_raw(plane, topic: str, payload: bytes) -> None:
     address = parse_broker_url(plane.broker_url)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     client.connect(address.host, address.port)
@@ -38,7 +38,7 @@ def _publish_raw(plane, topic: str, payload: bytes) -> None:  # type: ignore[no-
 
 
 @pytest.mark.integration
-def test_control_plane_metrics_parse_and_count(control_plane, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_control_plane_metrics_parse_and_count(control_plane, api, tmp_path: Path) -> None:
     for device_id, profile in (("cam-01", "x86-64-avx2"), ("cam-02", "rpi5-arm64"), ("cam-03", "rpi5-arm64")):
         assert api.post("/api/v1/devices", json={"id": device_id, "hardware_profile": profile}).status_code == 201
     release = make_release(control_plane, tmp_path)
@@ -112,7 +112,7 @@ def test_agent_metrics_are_off_unless_configured(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_a_real_agent_serves_metrics_when_configured(control_plane, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_real_agent_serves_metrics_when_configured(control_plane, api, tmp_path: Path) -> None:
     from tests.support.fleet import start_agent, stop_agents
     from tests.support.services import free_port
 

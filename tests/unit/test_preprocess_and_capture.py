@@ -24,7 +24,7 @@ def test_preprocess_applies_colour_order_layout_and_normalisation() -> None:
 
 @pytest.mark.parametrize("resize", ["stretch", "center_crop", "letterbox"])
 def test_every_resize_mode_yields_the_model_input_shape(resize: str) -> None:
-    spec = PreprocessSpec(width=32, height=24, resize=resize)  # type: ignore[arg-type]
+    spec = PreprocessSpec(width=32, height=24, resize=resize)
     assert preprocess(np.zeros((480, 640, 3), dtype=np.uint8), spec).shape == (1, 3, 24, 32)
 
 

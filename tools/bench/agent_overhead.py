@@ -206,7 +206,7 @@ def child(model_path: Path, video: Path, *, threads: int, seconds: float, rounds
     del np
     rss_mb = psutil.Process().memory_info().rss / 2**20
     return {"bare_fps": statistics.median(bare_runs), "pipeline_fps": statistics.median(pipeline_runs),
-            "rss_mb": rss_mb, "bare_runs": bare_runs, "pipeline_runs": pipeline_runs}  # type: ignore[dict-item]
+            "rss_mb": rss_mb, "bare_runs": bare_runs, "pipeline_runs": pipeline_runs}
 
 
 def main(argv: list[str] | None = None) -> int:

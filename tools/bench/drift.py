@@ -96,7 +96,7 @@ def shift_for(kind: str, severity: int) -> Shift:
     raise ValueError(kind)
 
 
-def run_stream(reference: DriftReference, onnx_path: Path, spec, rng: np.random.Generator,  # type: ignore[no-untyped-def]
+def run_stream(reference: DriftReference, onnx_path: Path, spec, rng: np.random.Generator,
                windows: int, frames: int, repeat: float, shift_at: int | None, shift: Shift | None
                ) -> tuple[list[str | None], list[int]]:
     """Events per window ("open"/"clear"/None) and report sizes in bytes."""
