@@ -34,14 +34,13 @@ from agent.contract import (
     parse_command,
 )
 from agent.contract.messages import DetectionWindow
-from agent.errors import AgentError, InstallError
+from agent.errors import AgentError
 from agent.infer.engine import InferenceEngine, ResultSink, load_model
 from agent.infer.shadow import ShadowRunner, ShadowSet
 from agent.metrics import AgentMetrics, MetricsServer
 from agent.pipeline import Pipeline
 from agent.profiles import PROFILES_DIR, FirmwareProfile, load_profile
 from agent.results import JsonLinesSink
-from agent.runtime.base import RuntimeLoadError
 from agent.security import NotEnrolledError, PackageUpdater, load_director_key, verify_command
 from agent.telemetry.drift import agent_monitoring
 from agent.update.fetcher import ArtifactFetcher, HttpFetcher
@@ -455,11 +454,8 @@ class AgentApp:
             manifest, package_dir = self._fetch_package(command, manager.store,
                                                         lambda state: self._report_job(command, state))
             candidate = load_model(manifest, package_dir, threads=self.config.inference_threads)
-        except AgentError as exc:
+        except AgentError as exc:  # a runtime that refuses the candidate included
             self._report_job(command, JobState.FAILED, exc)
-            return
-        except RuntimeLoadError as exc:
-            self._report_job(command, JobState.FAILED, InstallError(str(exc)))
             return
         self.shadows.start(manager.pipeline.name, ShadowRunner(
             candidate, sample_fraction=command.shadow_sample_fraction, duration_s=command.shadow_duration_s))

@@ -54,11 +54,11 @@ class DownloadError(DeliveryError):
     code = "download_failed"
 
 
-class BrokerUnavailable(DeliveryError):
-    code = "broker_unavailable"
-
-
 class InstallError(AgentError):
     """The package verified but could not be made to run (runtime refused it, disk full)."""
 
     code = "install_failed"
+
+
+class RuntimeLoadError(InstallError):
+    """The runtime is missing on this device or refused to load the model."""

@@ -799,9 +799,8 @@ class _InferringRuntime:
     def install(self, command: DeployCommand, on_state: Callable[[JobState], None]) -> tuple[str, str, str]:
         from agent.capture.latest import FrameSlot
         from agent.capture.scenes import SyntheticSource
-        from agent.errors import AgentError
+        from agent.errors import AgentError, RuntimeLoadError
         from agent.infer.engine import InferenceEngine, load_model
-        from agent.runtime.base import RuntimeLoadError
         from agent.security.updater import PackageUpdater
         from agent.telemetry.window import WindowStats
         from agent.update.fetcher import HttpFetcher

@@ -16,9 +16,10 @@ import numpy.typing as npt
 
 from agent.capture.latest import FrameItem, FrameSlot
 from agent.contract import ModelArtifact, PackageManifest
+from agent.errors import RuntimeLoadError
 from agent.infer.detect import Detection, check_output_shape, detect
 from agent.preprocess import preprocess
-from agent.runtime.base import InferenceBackend, RuntimeLoadError, load_backend
+from agent.runtime import InferenceBackend, load_backend
 from agent.telemetry.window import WindowStats
 from agent.update.probation import Baseline, ProbationWatch
 

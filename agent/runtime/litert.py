@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.contract.manifest import ModelArtifact
-from agent.runtime.base import RuntimeLoadError
+from agent.errors import RuntimeLoadError
 
 
 def interpreter_class() -> Any:

@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.contract.manifest import ModelArtifact
-from agent.runtime.base import RuntimeLoadError
+from agent.errors import RuntimeLoadError
 
 # Accelerated providers first; the CPU provider is always the last fallback.
 PREFERRED_PROVIDERS = (

@@ -18,7 +18,9 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.contract import ModelArtifact, PackageManifest, RuntimeMeasurement
-from agent.runtime.base import InferenceBackend, RuntimeLoadError, load_backend
+from agent.errors import RuntimeLoadError
+from agent.runtime import load_backend
+from agent.runtime.base import InferenceBackend
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from agent.errors import AgentError, UntrustedContentError
 from agent.faults import crash_point, segfault_point
 from agent.infer.engine import LoadedModel, load_model
 from agent.pipeline import Pipeline
-from agent.runtime.base import InferenceBackend, RuntimeLoadError, available_devices
+from agent.runtime import InferenceBackend, available_devices
 from agent.runtime.select import Candidate, fastest, plan_candidates, self_test, time_backend
 from agent.update.boot import BOOT_LOOP_ERROR, BootAction, decide_boot
 from agent.update.machine import InstallState, job_state_for, next_state, resume_state
@@ -431,7 +431,7 @@ class InstallManager:
             manifest = PackageStore.load_verified_dir(directory, content.package_id)
             return load_model(manifest, directory, threads=self.settings.threads,
                               artifact_file=content.artifact_file, device=content.device)
-        except (AgentError, RuntimeLoadError) as exc:
+        except AgentError as exc:
             log.error("[%s] model %s in slot %s cannot be served: %s", self.pipeline.name, content.model_version,
                       slot, exc)
             return None

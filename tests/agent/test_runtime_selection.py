@@ -14,7 +14,8 @@ import numpy as np
 
 from agent.contract import ModelArtifact, PackageManifest, RuntimeMeasurement, describe_file, utc_now
 from agent.profiles import load_profiles
-from agent.runtime import available_devices, fastest, golden_error, plan_candidates, self_test, time_backend
+from agent.runtime import available_devices
+from agent.runtime.select import fastest, golden_error, plan_candidates, self_test, time_backend
 from tests.agent.onnx_models import LABELS, SPEC, golden_for, scored_model
 
 PROFILE = "x86-64-avx2"
@@ -113,7 +114,7 @@ def test_an_openvino_fp32_artifact_runs_in_fp32(tmp_path: Path) -> None:
     unless told otherwise (Zen 4 here): ~3 significant digits, not the model the gate measured."""
     from onnx import TensorProto, helper, numpy_helper, save
 
-    from agent.runtime.base import load_backend
+    from agent.runtime import load_backend
 
     rng = np.random.default_rng(7)
     weight = rng.normal(size=(3 * 32 * 32, 64)).astype(np.float32)

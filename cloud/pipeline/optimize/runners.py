@@ -38,7 +38,8 @@ def device_backend_runner(runtime: str, path: Path, threads: int = 1) -> Artifac
     """The agent's own backend, one item at a time: what the gate measures is what the device
     runs (OpenVINO's compile settings, LiteRT's quantized input of a fully int8 model)."""
     from agent.contract import ModelArtifact
-    from agent.runtime.base import RuntimeLoadError, load_backend
+    from agent.errors import RuntimeLoadError
+    from agent.runtime import load_backend
 
     try:
         # The precision does not change how a backend loads or runs a file.
