@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path
 
 import psutil
 
@@ -26,7 +25,6 @@ from agent.contract import (
     DeviceState,
     JobState,
     JobStatusReport,
-    PackageManifest,
     PipelineStatus,
     StatusReport,
     TelemetryReport,
@@ -44,7 +42,7 @@ from agent.results import JsonLinesSink
 from agent.security import NotEnrolledError, PackageUpdater, load_director_key, verify_command
 from agent.telemetry.drift import agent_monitoring
 from agent.update.fetcher import ArtifactFetcher, HttpFetcher
-from agent.update.installer import fetch_and_verify
+from agent.update.installer import FetchedPackage, check_digests, fetch_verified
 from agent.update.machine import InstallState
 from agent.update.manager import InstallManager, InstallSettings
 from agent.update.probation import ProbationLimits
@@ -394,17 +392,16 @@ class AgentApp:
         self._report_job(command, JobState.REJECTED, exc)
 
     def _fetch_package(
-        self, command: DeployCommand, store: PackageStore, on_state: Callable[[JobState], None]
-    ) -> tuple[PackageManifest, Path]:
-        """Refresh TUF metadata and fetch the package the (verified) command names into ``store``.
+        self, command: DeployCommand, on_state: Callable[[JobState], None] = lambda state: None
+    ) -> FetchedPackage:
+        """Refresh TUF metadata and download the package the (verified) command names, in memory.
 
         Records the outcome of the metadata check for telemetry (a frozen repository shows there).
         """
         try:
-            result = fetch_and_verify(
+            result = fetch_verified(
                 command,
                 updater=self.updater,
-                store=store,
                 hardware_profile=self.config.hardware_profile,
                 max_package_bytes=self.config.max_package_bytes,
                 on_state=on_state,
@@ -451,9 +448,10 @@ class AgentApp:
         """
         self._report_job(command, JobState.RECEIVED)
         try:
-            manifest, package_dir = self._fetch_package(command, manager.store,
-                                                        lambda state: self._report_job(command, state))
-            candidate = load_model(manifest, package_dir, threads=self.config.inference_threads)
+            fetched = self._fetch_package(command, lambda state: self._report_job(command, state))
+            check_digests(fetched)
+            package_dir = manager.store.commit(fetched.manifest, fetched.manifest_bytes, fetched.files)
+            candidate = load_model(fetched.manifest, package_dir, threads=self.config.inference_threads)
         except AgentError as exc:  # a runtime that refuses the candidate included
             self._report_job(command, JobState.FAILED, exc)
             return

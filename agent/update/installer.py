@@ -7,7 +7,9 @@ updater checks, and whose ``custom`` metadata says which hardware it fits.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +24,7 @@ from agent.errors import (
 )
 from agent.update.store import PackageStore
 
-__all__ = ["PackageSource", "fetch_and_verify"]
+__all__ = ["FetchedPackage", "PackageSource", "check_digests", "fetch_and_verify", "fetch_verified"]
 
 
 class _Target(Protocol):
@@ -43,6 +45,15 @@ class PackageSource(Protocol):
     def download(self, target: Any) -> bytes: ...
 
 
+@dataclass(frozen=True)
+class FetchedPackage:
+    """A package downloaded through TUF, held in memory until it is staged."""
+
+    manifest: PackageManifest
+    manifest_bytes: bytes
+    files: dict[str, bytes]
+
+
 def fetch_and_verify(
     command: DeployCommand,
     *,
@@ -52,9 +63,40 @@ def fetch_and_verify(
     max_package_bytes: int,
     on_state: Callable[[JobState], None],
 ) -> tuple[PackageManifest, Path]:
-    """Refresh TUF metadata, download every file of ``command.package_id``, store the package.
+    """Fetch, check and stage ``command.package_id`` in one go (shadow runs and tools).
 
     Returns the manifest and the stored package directory. The active package is not touched.
+    The install state machine runs the same three parts as its own steps.
+
+    Raises: what :func:`fetch_verified`, :func:`check_digests` and ``store.commit`` raise.
+    """
+    package = fetch_verified(command, updater=updater, hardware_profile=hardware_profile,
+                             max_package_bytes=max_package_bytes, on_state=on_state)
+    check_digests(package)
+    return package.manifest, store.commit(package.manifest, package.manifest_bytes, package.files)
+
+
+def check_digests(package: FetchedPackage) -> None:
+    """Check every file in memory against the manifest's sha256 and size, once more before staging.
+
+    Raises:
+        DigestMismatchError: a file differs from what the manifest pins.
+    """
+    for entry in package.manifest.files:
+        data = package.files.get(entry.name)
+        if data is None or len(data) != entry.size_bytes or hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise DigestMismatchError(f"file {entry.name} of {package.manifest.package_id} does not match its manifest")
+
+
+def fetch_verified(
+    command: DeployCommand,
+    *,
+    updater: PackageSource,
+    hardware_profile: str,
+    max_package_bytes: int,
+    on_state: Callable[[JobState], None],
+) -> FetchedPackage:
+    """Refresh TUF metadata and download every file of ``command.package_id`` (verified as it arrives).
 
     Raises:
         IncompatiblePackageError: the signed metadata does not list ``hardware_profile``;
@@ -63,7 +105,6 @@ def fetch_and_verify(
         DigestMismatchError: a file does not match its signed hash or length.
         UntrustedContentError: any other refusal (bad signature, rollback, expired metadata...).
         DownloadError: delivery failed (including the total download deadline).
-        InstallError: the package could not be written to disk.
     """
     on_state(JobState.DOWNLOADING)
     updater.refresh()
@@ -103,4 +144,4 @@ def fetch_and_verify(
         raise UntrustedContentError(f"package is {total_bytes} bytes; the limit is {max_package_bytes}")
     files = {name: updater.download(target) for name, target in targets}
     on_state(JobState.VERIFYING)
-    return manifest, store.commit(manifest, manifest_bytes, files)
+    return FetchedPackage(manifest, manifest_bytes, files)

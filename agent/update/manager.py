@@ -25,6 +25,7 @@ from agent.pipeline import Pipeline
 from agent.runtime import InferenceBackend, available_devices
 from agent.runtime.select import Candidate, fastest, plan_candidates, self_test, time_backend
 from agent.update.boot import BOOT_LOOP_ERROR, BootAction, decide_boot
+from agent.update.installer import FetchedPackage, check_digests
 from agent.update.machine import InstallState, job_state_for, next_state, resume_state
 from agent.update.probation import Baseline, ProbationLimits, ProbationWatch, Verdict, judge
 from agent.update.store import InstallRecord, PackageStore, SlotContent, SlotName
@@ -35,9 +36,9 @@ S = InstallState
 PROBATION_POLL_S = 0.2
 
 
-# (command, store to stage into, progress callback) -> (manifest, staged directory). The app
-# provides it: that is where the security layer (TUF updater) fetches and verifies.
-FetchPackage = Callable[[DeployCommand, PackageStore, Callable[[JobState], None]], tuple[PackageManifest, Path]]
+# command -> the package in memory, downloaded and verified through TUF. The app provides it:
+# that is where the security layer (the TUF updater) lives.
+FetchPackage = Callable[[DeployCommand], FetchedPackage]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class InstallSettings:
 class _Context:
     """What one run of the machine keeps in memory between steps (lost on a crash, by design)."""
 
+    fetched: FetchedPackage | None = None
     manifest: PackageManifest | None = None
     package_dir: Path | None = None
     accepted: list[tuple[Candidate, InferenceBackend, Any]] = field(default_factory=list)
@@ -231,9 +233,9 @@ class InstallManager:
 
     def _step(self, record: InstallRecord, ctx: _Context) -> bool:
         steps: dict[InstallState, Callable[[InstallRecord, _Context], bool]] = {
-            S.DOWNLOAD: self._download_verify_stage,
-            S.VERIFY: self._download_verify_stage,
-            S.STAGE: self._download_verify_stage,
+            S.DOWNLOAD: self._download,
+            S.VERIFY: self._verify,
+            S.STAGE: self._stage,
             S.SELF_TEST: self._self_test,
             S.SELECT_RUNTIME: self._select_runtime,
             S.SWITCH: self._switch,
@@ -262,26 +264,22 @@ class InstallManager:
         return False
 
     # -- steps ---------------------------------------------------------------
-    def _download_verify_stage(self, record: InstallRecord, ctx: _Context) -> bool:
-        command = DeployCommand.model_validate(record.command)
+    def _download(self, record: InstallRecord, ctx: _Context) -> bool:
+        ctx.fetched = self._fetch_package(DeployCommand.model_validate(record.command))
+        return True
 
-        def on_state(job_state: JobState) -> None:
-            if job_state is JobState.VERIFYING and record.state is S.DOWNLOAD:
-                self._enter(record, S.VERIFY)
+    def _verify(self, record: InstallRecord, ctx: _Context) -> bool:
+        if ctx.fetched is None:  # only reachable in order, after the download
+            return self._fail(record, "install_failed", "verify without a downloaded package")
+        check_digests(ctx.fetched)
+        return True
 
-        def before_stage() -> None:
-            if record.state is S.DOWNLOAD:
-                self._enter(record, S.VERIFY)
-            self._enter(record, S.STAGE)
-
-        self.store.before_stage = before_stage
-        try:
-            manifest, package_dir = self._fetch_package(command, self.store, on_state)
-        finally:
-            self.store.before_stage = None
-        if record.state is not S.STAGE:  # a fetcher that never reported its sub-steps
-            before_stage()
-        ctx.manifest, ctx.package_dir = manifest, package_dir
+    def _stage(self, record: InstallRecord, ctx: _Context) -> bool:
+        if ctx.fetched is None:
+            return self._fail(record, "install_failed", "stage without a verified package")
+        fetched, ctx.fetched = ctx.fetched, None
+        ctx.manifest = fetched.manifest
+        ctx.package_dir = self.store.commit(fetched.manifest, fetched.manifest_bytes, fetched.files)
         return True
 
     def _self_test(self, record: InstallRecord, ctx: _Context) -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -102,8 +101,6 @@ class PackageStore:
         self.slots_dir = self.root / "slots"
         self.update_file = self.root / "update.json"
         self.slots_dir.mkdir(parents=True, exist_ok=True)
-        # Called just before staging writes start (the install manager persists STAGE there).
-        self.before_stage: Callable[[], None] | None = None
 
     # -- device-wide state ---------------------------------------------------
     def _device_state(self) -> dict[str, object]:
@@ -158,8 +155,6 @@ class PackageStore:
         Raises:
             InstallError: the disk refused the write (full, read-only).
         """
-        if self.before_stage is not None:
-            self.before_stage()
         target = self.read().other_slot()
         staging = self.slots_dir / f".{target}.staging"
         final = self.slot_dir(target)
