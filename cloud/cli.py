@@ -10,6 +10,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from cloud.api.main import create_app
+from cloud.core.config import Settings
+from cloud.server import ControlPlane
+
 app = typer.Typer(help="EdgeFleet control plane and operator CLI.", no_args_is_help=True)
 console = Console()
 
@@ -53,9 +57,6 @@ def serve(log_level: str = "INFO") -> None:
     """Run the control plane (API, ingest, and an embedded broker when EDGEFLEET_MQTT_URL is unset)."""
     import uvicorn
 
-    from cloud.api.main import create_app
-    from cloud.core.config import Settings
-    from cloud.server import ControlPlane
 
     _logging(log_level)
     settings = Settings()
@@ -77,6 +78,7 @@ def demo(
     log_level: str = "WARNING",
 ) -> None:
     """Train, package, deploy to N agent processes over MQTT, run inference, print the fleet."""
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.demo import run_demo
 
     _logging(log_level)

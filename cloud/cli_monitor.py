@@ -12,6 +12,11 @@ import typer
 from rich.console import Console
 
 from cloud.cli_ops import DEFAULT_SERVER, JsonOpt, ServerOpt, TokenOpt, _call, _cell, _table, emit_json
+from cloud.cli_pipeline import model_app
+from cloud.core.config import Settings
+from cloud.core.db import make_engine, migrate
+from cloud.governance.retrain import repackage_with_reference
+from cloud.pipeline.data.dataset import decode_image, scan_imagefolder
 
 console = Console()
 drift_app = typer.Typer(help="Drift alerts with their evidence, and the fleet test.", no_args_is_help=True)
@@ -25,7 +30,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(drift_app, name="drift")
     app.add_typer(samples_app, name="samples")
     app.add_typer(governance_app, name="governance")
-    from cloud.cli_pipeline import model_app
 
     model_app.command("lineage")(model_lineage)
 
@@ -166,10 +170,6 @@ def drift_reference(
 
     from sqlmodel import Session
 
-    from cloud.core.config import Settings
-    from cloud.core.db import make_engine, migrate
-    from cloud.governance.retrain import repackage_with_reference
-    from cloud.pipeline.data.dataset import decode_image, scan_imagefolder
 
     settings = Settings()
     migrate(settings.resolved_database_url)

@@ -19,9 +19,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.profiles import load_profiles
+from cloud import crud
+from cloud.core.config import Settings
+from cloud.core.db import make_engine, migrate
+from cloud.crud import NotFound
+from cloud.pipeline.data.synth import write_synthetic_dataset
+from cloud.pipeline.evaluate.gates import QuantizationGateConfig, ValidationThresholds
+from cloud.pipeline.registry import store
+
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import PipelinePaths
 
 data_app = typer.Typer(help="Datasets: synthesize, validate, ingest, list.", no_args_is_help=True)
@@ -43,7 +53,6 @@ def register(app: typer.Typer) -> None:
 @contextmanager
 def _user_errors() -> Iterator[None]:
     # Bad input (ValueError, including PipelineInputError) and unknown names → exit 2 with the message.
-    from cloud.crud import NotFound
 
     try:
         yield
@@ -53,8 +62,7 @@ def _user_errors() -> Iterator[None]:
 
 
 def _context() -> tuple[Engine, PipelinePaths]:
-    from cloud.core.config import Settings
-    from cloud.core.db import make_engine, migrate
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import PipelinePaths
 
     settings = Settings()
@@ -89,7 +97,6 @@ def data_synth(
     noise: Annotated[float, typer.Option(min=0)] = 3.0,
 ) -> None:
     """Generate a synthetic labelled scene dataset (4 classes; lighting and camera metadata for slices)."""
-    from cloud.pipeline.data.synth import write_synthetic_dataset
 
     with _user_errors():
         write_synthetic_dataset(out, images_per_class=per_class, size=size, seed=seed, blur_sigma=blur,
@@ -100,6 +107,7 @@ def data_synth(
 @data_app.command("validate")
 def data_validate(root: Annotated[Path, typer.Argument(help="ImageFolder directory")], as_json: JsonOption = False) -> None:
     """Check a directory before ingesting: corrupt files, duplicates, tiny classes, odd sizes. Exit 1 on blocking errors."""
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import validate_directory
 
     with _user_errors():
@@ -120,6 +128,7 @@ def data_validate(root: Annotated[Path, typer.Argument(help="ImageFolder directo
 @data_app.command("ingest")
 def data_ingest(root: Annotated[Path, typer.Argument(help="ImageFolder directory")], as_json: JsonOption = False) -> None:
     """Validate and store a content-addressed dataset version (same bytes → same id)."""
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import ingest
 
     engine, paths = _context()
@@ -142,7 +151,6 @@ def data_list(as_json: JsonOption = False) -> None:
     """List ingested dataset versions."""
     from sqlmodel import Session
 
-    from cloud.pipeline.registry import store
 
     engine, _ = _context()
     with Session(engine) as session:
@@ -182,8 +190,7 @@ def train(
 
     Without --profile the demo's small defaults apply (64 px, compact, width 0.75).
     """
-    from agent.profiles import load_profiles
-    from cloud.pipeline.evaluate.gates import ValidationThresholds
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import ingest, train_model
     from cloud.pipeline.train.trainer import DEFAULT_SPEC, TrainConfig, spec_for_input_size
 
@@ -236,7 +243,7 @@ def build(
     as_json: JsonOption = False,
 ) -> None:
     """Build, evaluate and gate every artifact each profile can use, and package the accepted ones."""
-    from cloud.pipeline.evaluate.gates import QuantizationGateConfig
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import build_model
 
     engine, paths = _context()
@@ -274,7 +281,6 @@ def model_list(as_json: JsonOption = False) -> None:
     """List registered model versions with status and test accuracy."""
     from sqlmodel import Session
 
-    from cloud import crud
 
     engine, _ = _context()
     with Session(engine) as session:
@@ -298,6 +304,7 @@ def model_show(version: str, as_json: JsonOption = False) -> None:
     """Lineage of one model: dataset, code version, parameters, environment, metrics, gate, builds."""
     from sqlmodel import Session
 
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import describe_model
 
     engine, _ = _context()
@@ -317,6 +324,7 @@ def model_import(
     as_json: JsonOption = False,
 ) -> None:
     """Import an external ONNX model; with --dataset it is evaluated and gated, with --profile also built."""
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import build_model, import_model, read_labels, read_spec
 
     engine, paths = _context()
@@ -339,6 +347,7 @@ def model_import(
 @model_app.command("promote")
 def model_promote(version: str) -> None:
     """Make a validated model the production model: later candidates must not be worse than it."""
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import promote
 
     engine, _ = _context()

@@ -27,6 +27,8 @@ from cloud.cli_ops import (
     emit_json,
     fail,
 )
+from cloud.core.config import Settings
+from cloud.rollout.run import run_engine
 from cloud.rollout.spec import SpecError, load_spec
 
 __all__ = ["rollout_app"]
@@ -213,8 +215,6 @@ def engine(
     name: Annotated[str | None, typer.Option(help="engine name in the decision log")] = None,
 ) -> None:
     """Run a rollout engine process (settings from EDGEFLEET_* like `edgefleet serve`)."""
-    from cloud.core.config import Settings
-    from cloud.rollout.run import run_engine
 
     settings = Settings()
     if not settings.mqtt_url:

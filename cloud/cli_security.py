@@ -6,11 +6,6 @@ settings), so they run where the keys live, not over the API.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from cloud.security import FleetSecurity
-
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +13,12 @@ import typer
 from rich.console import Console
 
 from cloud.cli_ops import JsonOpt, _table, emit_json
+from cloud.core.config import Settings
+from cloud.core.db import make_engine, migrate
+from cloud.security import FleetSecurity
+from cloud.security.broker import write_broker_config, write_control_plane_identity
+from cloud.security.models import Role
+from cloud.security.tokens import create_api_token, create_enrollment_token
 
 app = typer.Typer()
 keys_app = typer.Typer(help="TUF and director keys, device certificates.", no_args_is_help=True)
@@ -28,9 +29,6 @@ console = Console()
 
 
 def _security() -> FleetSecurity:
-    from cloud.core.config import Settings
-    from cloud.core.db import make_engine, migrate
-    from cloud.security import FleetSecurity
 
     settings = Settings()
     migrate(settings.resolved_database_url)
@@ -106,8 +104,6 @@ def token_create(
     """Create an API token. It is printed once and stored only as a hash."""
     from sqlmodel import Session
 
-    from cloud.security.models import Role
-    from cloud.security.tokens import create_api_token
 
     if role not in ("viewer", "operator", "admin"):
         console.print("[red]error:[/] --role must be viewer, operator or admin")
@@ -126,7 +122,6 @@ def token_enroll(
     """Create a one-time enrollment token for `edgefleet-agent enroll --token`."""
     from sqlmodel import Session
 
-    from cloud.security.tokens import create_enrollment_token
 
     security = _security()
     with Session(security.engine) as session:
@@ -145,7 +140,6 @@ def broker_config(
     user: Annotated[str | None, typer.Option(help="account mosquitto drops to when started as root")] = None,
 ) -> None:
     """Write a Mosquitto config: mutual TLS, identity from the certificate, CRL and per-device ACL."""
-    from cloud.security.broker import write_broker_config, write_control_plane_identity
 
     security = _security()
     files = write_broker_config(out, security.ca, prefix=security.settings.topic_prefix, port=port, bind=bind,

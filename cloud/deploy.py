@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sqlmodel import Session
 
 from agent.contract import MANIFEST_FILE
 from cloud import crud
+from cloud.core.plane import Plane
 from cloud.models import Deployment, DeviceJob
-
-if TYPE_CHECKING:
-    from cloud.server import ControlPlane
 
 
 def start_deployment(
-    plane: ControlPlane, session: Session, package_id: str, device_ids: list[str]
+    plane: Plane, session: Session, package_id: str, device_ids: list[str]
 ) -> tuple[Deployment, list[DeviceJob]]:
     package = crud.get_package(session, package_id)
     manifest_url = f"{plane.base_url}/api/v1/packages/{package.id}/files/{MANIFEST_FILE}"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.responses import Response
@@ -23,10 +22,8 @@ from sqlalchemy import func, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
+from cloud.core.plane import Plane
 from cloud.models import Deployment, Device, DeviceJob
-
-if TYPE_CHECKING:
-    from cloud.server import ControlPlane
 
 __all__ = ["INGEST_REJECT_REASONS", "ControlPlaneCollector", "install_metrics", "metrics_registry"]
 
@@ -63,7 +60,7 @@ _OPTIONAL_HELP = {
 class ControlPlaneCollector(Collector):
     """Collects fleet, ingest, deployment, rollout and drift figures at scrape time."""
 
-    def __init__(self, plane: ControlPlane) -> None:
+    def __init__(self, plane: Plane) -> None:
         self.plane = plane
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -94,7 +91,7 @@ class ControlPlaneCollector(Collector):
         kinds and reasons are exported at 0 from the start.
         """
         samples: list[tuple[str, dict[str, str], float]] = list(self.plane.ingest.counters.samples())
-        retention = getattr(self.plane, "retention", None)
+        retention = self.plane.retention
         if retention is not None:
             samples += list(retention.counters.samples())
         declared = {("edgefleet_ingest_accepted_total", "kind", kind) for kind in INGEST_KINDS}
@@ -160,13 +157,13 @@ class ControlPlaneCollector(Collector):
             yield family
 
 
-def metrics_registry(plane: ControlPlane) -> CollectorRegistry:
+def metrics_registry(plane: Plane) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ControlPlaneCollector(plane))
     return registry
 
 
-def install_metrics(app: FastAPI, plane: ControlPlane) -> None:
+def install_metrics(app: FastAPI, plane: Plane) -> None:
     """Serve ``GET /metrics`` in the Prometheus text exposition format.
 
     Outside ``/api/v1`` and without a token, as Prometheus scrapes by default; it holds

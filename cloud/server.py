@@ -11,10 +11,12 @@ import uvicorn
 from sqlalchemy import Engine
 
 from agent.contract import Topics
+from cloud.api.main import create_app
 from cloud.core.broker import EmbeddedBroker, free_port
 from cloud.core.config import Settings
 from cloud.core.db import make_engine, migrate
 from cloud.ingest import ReportIngest
+from cloud.monitor.service import install as install_monitor
 from cloud.mqtt_bridge import CloudMqtt
 from cloud.retention import RetentionPolicy, RetentionWorker
 from cloud.rollout.config import RolloutEngineSettings
@@ -46,7 +48,6 @@ class ControlPlane:
         # Staged rollouts: the engine thread starts with the plane unless disabled.
         self.ingest.listeners.append(record_rollout_window)
         # Drift windows and samples: stored, tested and alerted on by cloud.monitor.
-        from cloud.monitor.service import install as install_monitor
 
         install_monitor(self.ingest)
         self.rollout_settings = RolloutEngineSettings()
@@ -103,7 +104,6 @@ class ControlPlane:
 
     def serve_http_in_thread(self, timeout_s: float = 15.0) -> str:
         """Run the API with uvicorn on a background thread; return its base URL."""
-        from cloud.api.main import create_app
 
         if self.api_port == 0:
             self.api_port = free_port()

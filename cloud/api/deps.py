@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from sqlmodel import Session
 
+from cloud.core.plane import Plane
 from cloud.security.models import Role
 from cloud.security.tokens import Principal, authenticate
-
-if TYPE_CHECKING:
-    from cloud.server import ControlPlane
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # What a device token may do, and only with its own id in the URL: read itself, rotate its certificate.
@@ -29,8 +27,8 @@ DEVICE_ACCESS = (
 )
 
 
-def get_plane(request: Request) -> ControlPlane:
-    plane: ControlPlane = request.app.state.plane
+def get_plane(request: Request) -> Plane:
+    plane: Plane = request.app.state.plane
     return plane
 
 
@@ -39,7 +37,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-PlaneDep = Annotated["ControlPlane", Depends(get_plane)]
+PlaneDep = Annotated[Plane, Depends(get_plane)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,17 +15,20 @@ from cloud.api.routes import (
     datasets,
     deployments,
     devices,
+    drift,
     enroll,
     fleet,
+    governance,
     models,
     packages,
     rollouts,
+    samples,
     tuf,
 )
+from cloud.core.plane import Plane
 from cloud.crud import Conflict, NotFound
-
-if TYPE_CHECKING:
-    from cloud.server import ControlPlane
+from cloud.dashboard import install_dashboard
+from cloud.metrics import install_metrics
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -61,7 +64,7 @@ def _document_validation_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(plane: ControlPlane) -> FastAPI:
+def create_app(plane: Plane) -> FastAPI:
     app = FastAPI(title="EdgeFleet control plane", version=__version__)
     app.state.plane = plane
     _document_validation_errors(app)
@@ -103,14 +106,11 @@ def create_app(plane: ControlPlane) -> FastAPI:
     app.include_router(enroll.router, prefix="/api/v1")  # one-time token, or a device's own token
     app.include_router(tuf.router)  # public: the content is signed
     # Drift, samples, labelling and governance; sample uploads carry their own device rule.
-    from cloud.api.routes import drift, governance, samples
 
     for module in (drift, samples, governance):
         app.include_router(module.router, prefix="/api/v1", dependencies=[Depends(require_access)])
     app.include_router(samples.device_router, prefix="/api/v1")
     # Operator experience: the dashboard (/ui, its own cookie login) and Prometheus /metrics.
-    from cloud.dashboard import install_dashboard
-    from cloud.metrics import install_metrics
 
     install_dashboard(app)
     install_metrics(app, plane)

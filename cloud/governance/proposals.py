@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -17,9 +17,8 @@ from cloud.governance import audit
 from cloud.governance.models import RetrainingProposal, RolloutProposal
 from cloud.models import ModelVersion, Package, utc_now
 from cloud.monitor.models import DriftAlert
-
-if TYPE_CHECKING:
-    from cloud.server import ControlPlane
+from cloud.rollout.service import create_rollout
+from cloud.rollout.spec import ReleaseSpec, RolloutSpec, StageSpec, TargetSelector
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +85,8 @@ def proposal_detail(proposal: RetrainingProposal) -> dict[str, Any]:
     return proposal.model_dump(mode="json")
 
 
-def propose_rollout(session: Session, proposal: RetrainingProposal, *, actor: str, auto_approve: bool,
-                    plane: ControlPlane | None = None) -> RolloutProposal:
+def propose_rollout(session: Session, proposal: RetrainingProposal, *, actor: str,
+                    auto_approve: bool) -> RolloutProposal:
     """A canary rollout of the proposal's new release to the devices that drifted."""
     if proposal.new_package_id is None or proposal.new_model_version is None:
         raise Conflict(f"proposal {proposal.id} has no validated release to roll out")
@@ -103,7 +102,7 @@ def propose_rollout(session: Session, proposal: RetrainingProposal, *, actor: st
                                                  "validation": proposal.validation})
     session.commit()
     if auto_approve:
-        return approve_rollout(session, rollout.id, actor="governance:auto-approve", plane=plane, auto=True)
+        return approve_rollout(session, rollout.id, actor="governance:auto-approve", auto=True)
     return rollout
 
 
@@ -121,31 +120,17 @@ def list_rollout_proposals(session: Session, state: str | None = None) -> list[R
     return list(session.exec(query.order_by(col(RolloutProposal.created_at))))
 
 
-def _start(session: Session, proposal: RolloutProposal, actor: str, plane: ControlPlane | None) -> None:
-    """Hand the release to the rollout engine; without it, a plain deployment."""
-    try:
-        from cloud.rollout.service import create_rollout
-        from cloud.rollout.spec import ReleaseSpec, RolloutSpec, StageSpec, TargetSelector
-    except ImportError:  # a control plane built without the rollout engine
-        create_rollout = None  # type: ignore[assignment]
-    if create_rollout is not None:
-        # The drifted devices are themselves the canary cohort of the fleet: one stage.
-        spec = RolloutSpec(name=f"retrained {proposal.model_version} ({proposal.id})",
-                           release=ReleaseSpec(package_id=proposal.package_id),
-                           target=TargetSelector(device_ids=list(proposal.device_ids)),
-                           stages=[StageSpec(percent=100)], soak_s=60)
-        rollout = create_rollout(session, spec, actor=actor)
-        proposal.rollout_id = rollout.id
-        return
-    if plane is None:
-        raise Conflict("no rollout engine and no control plane to deploy through")
-    from cloud.deploy import start_deployment
-
-    deployment, _ = start_deployment(plane, session, proposal.package_id, list(proposal.device_ids))
-    proposal.deployment_id = deployment.id
+def _start(session: Session, proposal: RolloutProposal, actor: str) -> None:
+    """Hand the release to the rollout engine: the drifted devices are the canary cohort, one stage."""
+    spec = RolloutSpec(name=f"retrained {proposal.model_version} ({proposal.id})",
+                       release=ReleaseSpec(package_id=proposal.package_id),
+                       target=TargetSelector(device_ids=list(proposal.device_ids)),
+                       stages=[StageSpec(percent=100)], soak_s=60)
+    rollout = create_rollout(session, spec, actor=actor)
+    proposal.rollout_id = rollout.id
 
 
-def approve_rollout(session: Session, rollout_proposal_id: str, *, actor: str, plane: ControlPlane | None = None,
+def approve_rollout(session: Session, rollout_proposal_id: str, *, actor: str,
                     auto: bool = False) -> RolloutProposal:
     """Approve a pending rollout proposal and start the rollout. Raises ``NotFound``, ``Conflict``."""
     proposal = get_rollout_proposal(session, rollout_proposal_id)
@@ -156,7 +141,7 @@ def approve_rollout(session: Session, rollout_proposal_id: str, *, actor: str, p
                  subject_id=proposal.id, details={"auto": auto, "package_id": proposal.package_id})
     session.add(proposal)
     session.commit()
-    _start(session, proposal, actor, plane)
+    _start(session, proposal, actor)
     proposal.state = "started"
     audit.record(session, actor=actor, action="rollout.started", subject_type="rollout_proposal",
                  subject_id=proposal.id, details={"rollout_id": proposal.rollout_id,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -44,9 +44,6 @@ from cloud.pipeline.data.dataset import (
     store_dataset,
 )
 from cloud.pipeline.package.builder import build_package
-
-if TYPE_CHECKING:
-    from cloud.server import ControlPlane
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +107,7 @@ def _fail(session: Session, proposal: RetrainingProposal, actor: str, reason: st
     session.commit()
 
 
-def retrain(engine: Engine, proposal_id: str, settings: RetrainSettings, *, actor: str,
-            plane: ControlPlane | None = None) -> RetrainingProposal:
+def retrain(engine: Engine, proposal_id: str, settings: RetrainSettings, *, actor: str) -> RetrainingProposal:
     """Run the proposal's retraining end to end. Returns the updated proposal.
 
     Raises:
@@ -119,6 +115,7 @@ def retrain(engine: Engine, proposal_id: str, settings: RetrainSettings, *, acto
         Conflict: the proposal is not open, has no base model or no labelled samples.
         PipelineInputError: the base dataset is not in ``settings.datasets_dir``.
     """
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.train.trainer import TrainConfig, export_onnx, train
 
     with Session(engine) as session:
@@ -228,7 +225,7 @@ def retrain(engine: Engine, proposal_id: str, settings: RetrainSettings, *, acto
                      details={"model_version": package.model_version, "dataset_id": dataset.dataset_id,
                               "reference_frames": reference.reference_size})
         session.commit()
-        propose_rollout(session, proposal, actor=actor, auto_approve=settings.auto_approve, plane=plane)
+        propose_rollout(session, proposal, actor=actor, auto_approve=settings.auto_approve)
         session.refresh(proposal)
         return proposal
 

@@ -24,6 +24,7 @@ from sqlmodel import Session, col, select
 from agent.contract import DriftReport, PackageManifest, Report, SampleReport, sha256_bytes
 from agent.contract.drift import DriftReference, decode_histograms
 from cloud.governance import audit
+from cloud.governance.proposals import attach_alert
 from cloud.models import Device, Package, utc_now
 from cloud.monitor.config import MonitorSettings
 from cloud.monitor.models import DriftAlert, DriftDetectorState, DriftWindowRecord, SampleBlob, SampleRecord
@@ -223,7 +224,6 @@ def _step_detector(session: Session, report: DriftReport, record: DriftWindowRec
                                                        "drifted_features": result.drifted_features})
             session.flush()
             if settings.propose_retraining:
-                from cloud.governance.proposals import attach_alert
 
                 attach_alert(session, alert, actor=MONITOR_ACTOR)
         else:

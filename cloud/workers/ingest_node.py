@@ -30,8 +30,10 @@ from agent.contract import Topics
 from cloud.core.config import Settings
 from cloud.core.db import make_engine, migrate
 from cloud.ingest import ReportIngest
+from cloud.monitor import service as monitor_service
 from cloud.mqtt_bridge import CloudMqtt
 from cloud.retention import RetentionPolicy, RetentionWorker
+from cloud.rollout.listener import record_rollout_window
 
 log = logging.getLogger("cloud.workers.ingest_node")
 
@@ -39,13 +41,11 @@ log = logging.getLogger("cloud.workers.ingest_node")
 def _install_feature_hooks(ingest: ReportIngest) -> None:
     """The same listeners and kind handlers as the full control plane, where those features exist."""
     try:
-        from cloud.rollout.listener import record_rollout_window
 
         ingest.listeners.append(record_rollout_window)
     except ImportError:  # feature not present in this build
         log.debug("no rollout listener")
     try:
-        from cloud.monitor import service as monitor_service
 
         install = getattr(monitor_service, "install", None)
         if install is not None:

@@ -28,6 +28,7 @@ def list_datasets(session: SessionDep):  # type: ignore[no-untyped-def]
 @router.post("", response_model=DatasetPublic, status_code=201)
 def ingest_dataset(body: DatasetSource, plane: PlaneDep):  # type: ignore[no-untyped-def]
     """Validate and store a content-addressed version; corrupt images are excluded and listed in ``issues``."""
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import PipelinePaths, ingest
 
     with user_errors():
@@ -37,6 +38,7 @@ def ingest_dataset(body: DatasetSource, plane: PlaneDep):  # type: ignore[no-unt
 @router.post("/validate")
 def validate_dataset(body: DatasetSource) -> dict[str, Any]:
     """Validate a directory without ingesting it."""
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import validate_directory
 
     with user_errors():

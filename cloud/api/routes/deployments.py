@@ -4,6 +4,7 @@ from fastapi import APIRouter
 
 from cloud import crud
 from cloud.api.deps import PlaneDep, SessionDep
+from cloud.deploy import start_deployment
 from cloud.models import DeploymentCreate, DeploymentPublic, DeviceJobPublic
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
@@ -21,7 +22,6 @@ def _public(deployment, jobs) -> DeploymentPublic:  # type: ignore[no-untyped-de
 
 @router.post("", response_model=DeploymentPublic, status_code=201)
 def create_deployment(body: DeploymentCreate, session: SessionDep, plane: PlaneDep) -> DeploymentPublic:
-    from cloud.deploy import start_deployment
 
     deployment, jobs = start_deployment(plane, session, body.package_id, body.device_ids)
     return _public(deployment, jobs)

@@ -9,8 +9,10 @@ from sqlmodel import col, select
 
 from cloud.api.deps import SessionDep
 from cloud.crud import NotFound
+from cloud.governance import audit
 from cloud.monitor import service
 from cloud.monitor.models import DriftAlert, DriftWindowRecord
+from cloud.monitor.retention import apply_retention
 
 router = APIRouter(prefix="/drift", tags=["drift"])
 
@@ -65,8 +67,6 @@ def fleet_evaluate(package_id: str, session: SessionDep,
 @router.post("/retention")
 def retention(session: SessionDep, request: Request) -> dict[str, Any]:
     """Apply the sample and drift-window retention policies now (also run periodically by operators' cron)."""
-    from cloud.governance import audit
-    from cloud.monitor.retention import apply_retention
 
     done = apply_retention(session)
     principal = getattr(request.state, "principal", None)

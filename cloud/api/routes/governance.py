@@ -10,7 +10,10 @@ from cloud.api.deps import PlaneDep, SessionDep
 from cloud.governance import proposals
 from cloud.governance.audit import list_events
 from cloud.governance.lineage import lineage
+from cloud.governance.retrain import RetrainSettings
+from cloud.governance.retrain import retrain as run
 from cloud.monitor.config import MonitorSettings
+from cloud.pipeline.errors import PipelineInputError
 
 router = APIRouter(prefix="/governance", tags=["governance"])
 
@@ -34,16 +37,13 @@ def get_proposal(proposal_id: str, session: SessionDep) -> dict[str, Any]:
 def retrain(proposal_id: str, plane: PlaneDep, request: Request, epochs: int = Query(default=6, ge=1, le=200)
             ) -> dict[str, Any]:
     """Run the retraining now (blocking): new dataset version, training, validation, rollout proposal."""
-    from cloud.governance.retrain import RetrainSettings
-    from cloud.governance.retrain import retrain as run
-    from cloud.pipeline.errors import PipelineInputError
 
     settings = plane.settings
     config = RetrainSettings(datasets_dir=settings.data_dir / "datasets", models_dir=settings.models_dir,
                              packages_dir=settings.packages_dir, epochs=epochs,
                              auto_approve=MonitorSettings().auto_approve_rollouts)
     try:
-        return proposals.proposal_detail(run(plane.engine, proposal_id, config, actor=_actor(request), plane=plane))
+        return proposals.proposal_detail(run(plane.engine, proposal_id, config, actor=_actor(request)))
     except PipelineInputError as exc:
         raise HTTPException(422, str(exc)) from exc
 
@@ -54,8 +54,8 @@ def list_rollout_proposals(session: SessionDep, state: str | None = None) -> lis
 
 
 @router.post("/rollout-proposals/{proposal_id}/approve")
-def approve(proposal_id: str, session: SessionDep, plane: PlaneDep, request: Request) -> dict[str, Any]:
-    return proposals.approve_rollout(session, proposal_id, actor=_actor(request), plane=plane).model_dump(mode="json")
+def approve(proposal_id: str, session: SessionDep, request: Request) -> dict[str, Any]:
+    return proposals.approve_rollout(session, proposal_id, actor=_actor(request)).model_dump(mode="json")
 
 
 @router.post("/rollout-proposals/{proposal_id}/reject")

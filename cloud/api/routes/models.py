@@ -16,9 +16,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from pydantic import BaseModel, Field
 
+from agent.contract import PreprocessSpec
+from agent.profiles import load_profiles
 from cloud import crud
 from cloud.api.deps import PlaneDep, SessionDep
 from cloud.models import ModelVersionPublic
+from cloud.pipeline.evaluate.gates import QuantizationGateConfig, ValidationThresholds
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -35,6 +38,7 @@ def user_errors() -> Iterator[None]:
 
 
 def _paths(plane: Any) -> Any:
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import PipelinePaths
 
     return PipelinePaths.under(plane.settings.data_dir)
@@ -84,8 +88,7 @@ def list_models(session: SessionDep):  # type: ignore[no-untyped-def]
 @router.post("/train", status_code=201)
 def train_model(body: TrainRequest, plane: PlaneDep) -> dict[str, Any]:
     """Train on an ingested dataset, evaluate, gate (validated/rejected) and register with lineage."""
-    from agent.profiles import load_profiles
-    from cloud.pipeline.evaluate.gates import ValidationThresholds
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import train_model as run_training
     from cloud.pipeline.train.trainer import DEFAULT_SPEC, TrainConfig, spec_for_input_size
 
@@ -124,7 +127,7 @@ def import_model(
     profiles: Annotated[str | None, Form(description="comma-separated profiles to build for")] = None,
 ) -> dict[str, Any]:
     """Import an external ONNX model; with a dataset it is evaluated and gated, with profiles also built."""
-    from agent.contract import PreprocessSpec
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import build_model, read_labels
     from cloud.pipeline.service import import_model as run_import
 
@@ -150,6 +153,7 @@ def import_model(
 @router.get("/{version}")
 def get_model(version: str, session: SessionDep) -> dict[str, Any]:
     """Lineage: dataset, code version, parameters, environment, metrics, gate decision, builds and artifact hashes."""
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import describe_model
 
     return describe_model(session, version)
@@ -158,7 +162,7 @@ def get_model(version: str, session: SessionDep) -> dict[str, Any]:
 @router.post("/{version}/builds", status_code=201)
 def build_model(version: str, body: BuildRequestBody, plane: PlaneDep) -> dict[str, Any]:
     """Build, evaluate and gate every artifact the profiles can use; package the accepted ones."""
-    from cloud.pipeline.evaluate.gates import QuantizationGateConfig
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import build_model as run_build
 
     overrides = {"calibration_method": body.calibration_method, "per_channel": body.per_channel}
@@ -172,6 +176,7 @@ def build_model(version: str, body: BuildRequestBody, plane: PlaneDep) -> dict[s
 
 @router.get("/{version}/builds")
 def list_builds(version: str, session: SessionDep) -> list[dict[str, Any]]:
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import describe_model
 
     builds: list[dict[str, Any]] = describe_model(session, version)["builds"]
@@ -181,6 +186,7 @@ def list_builds(version: str, session: SessionDep) -> list[dict[str, Any]]:
 @router.post("/{version}/promote")
 def promote_model(version: str, plane: PlaneDep) -> dict[str, Any]:
     """Make a validated model the production model of its name."""
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import promote
 
     with user_errors():

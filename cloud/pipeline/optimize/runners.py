@@ -8,6 +8,9 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from agent.contract import ModelArtifact
+from agent.errors import RuntimeLoadError
+from agent.runtime import load_backend
 from cloud.pipeline.errors import BuildToolError
 
 
@@ -37,9 +40,6 @@ def onnxruntime_runner(path: Path, threads: int = 1) -> ArtifactRunner:
 def device_backend_runner(runtime: str, path: Path, threads: int = 1) -> ArtifactRunner:
     """The agent's own backend, one item at a time: what the gate measures is what the device
     runs (OpenVINO's compile settings, LiteRT's quantized input of a fully int8 model)."""
-    from agent.contract import ModelArtifact
-    from agent.errors import RuntimeLoadError
-    from agent.runtime import load_backend
 
     try:
         # The precision does not change how a backend loads or runs a file.
