@@ -1,0 +1,1 @@
+"""import-linter contract types of our own (registered in pyproject.toml)."""
