@@ -23,6 +23,7 @@ from cloud.models import (
     TelemetryRecord,
     utc_now,
 )
+from cloud.rollout.commands import deploy_command
 
 FINAL_JOB_STATES = frozenset(state.value for state in JobState if state.is_final)
 
@@ -371,7 +372,7 @@ def create_deployment(
     package: Package,
     device_ids: list[str],
     *,
-    manifest_url: str,
+    base_url: str,
     command_ttl_s: int,
 ) -> tuple[Deployment, list[DeployCommand]]:
     """Create a deployment and one job per device; return the commands to publish.
@@ -391,18 +392,8 @@ def create_deployment(
         job = DeviceJob(id=short_id("job"), deployment_id=deployment.id, device_id=device.id, package_id=package.id)
         device.command_seq += 1
         session.add_all([job, device])
-        commands.append(
-            DeployCommand(
-                device_id=device.id,
-                job_id=job.id,
-                package_id=package.id,
-                model_version=package.model_version,
-                manifest_url=manifest_url,
-                manifest_sha256=package.manifest_sha256,
-                seq=device.command_seq,
-                expires_at=expires_at,
-            )
-        )
+        commands.append(deploy_command(package, device_id=device.id, job_id=job.id, seq=device.command_seq,
+                                       base_url=base_url, expires_at=expires_at))
     session.commit()
     session.refresh(deployment)
     return deployment, commands

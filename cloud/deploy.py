@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
-from agent.contract import MANIFEST_FILE
 from cloud import crud
 from cloud.core.plane import Plane
 from cloud.models import Deployment, DeviceJob
@@ -14,9 +13,8 @@ def start_deployment(
     plane: Plane, session: Session, package_id: str, device_ids: list[str]
 ) -> tuple[Deployment, list[DeviceJob]]:
     package = crud.get_package(session, package_id)
-    manifest_url = f"{plane.base_url}/api/v1/packages/{package.id}/files/{MANIFEST_FILE}"
     deployment, commands = crud.create_deployment(
-        session, package, device_ids, manifest_url=manifest_url, command_ttl_s=plane.settings.command_ttl_s
+        session, package, device_ids, base_url=plane.base_url, command_ttl_s=plane.settings.command_ttl_s
     )
     assert plane.mqtt is not None, "control plane is not connected to a broker"
     for command in commands:

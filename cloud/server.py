@@ -15,14 +15,11 @@ from cloud.api.main import create_app
 from cloud.core.broker import EmbeddedBroker, free_port
 from cloud.core.config import Settings
 from cloud.core.db import make_engine, migrate
-from cloud.ingest import ReportIngest
-from cloud.monitor.service import install as install_monitor
 from cloud.mqtt_bridge import CloudMqtt
-from cloud.retention import RetentionPolicy, RetentionWorker
-from cloud.rollout.config import RolloutEngineSettings
+from cloud.retention import RetentionWorker
 from cloud.rollout.engine import EngineConfig, RolloutEngine
-from cloud.rollout.listener import record_rollout_window
 from cloud.security import FleetSecurity
+from cloud.wiring import make_bridge, make_ingest, make_retention
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +33,15 @@ class ControlPlane:
         self.engine: Engine = make_engine(settings.resolved_database_url)
         self.broker: EmbeddedBroker | None = None
         self.broker_url = settings.mqtt_url or ""
-        self.ingest = ReportIngest(self.engine, self.topics, max_report_bytes=settings.max_report_bytes,
-                                   batch_max_rows=settings.ingest_batch_max_rows,
-                                   batch_wait_s=settings.ingest_batch_wait_ms / 1000,
-                                   queue_max=settings.ingest_queue_max)
+        # Ingest with the rollout listener and the drift monitor's handlers (cloud/wiring.py).
+        self.ingest = make_ingest(self.engine, self.topics, settings)
         # Telemetry downsampling and retention, on whichever node holds the lease.
         self.retention: RetentionWorker | None = None
         self.mqtt: CloudMqtt | None = None
         # TUF repository, fleet CAs and director key (docs/security.md).
         self.security = FleetSecurity(settings, self.engine)
         # Staged rollouts: the engine thread starts with the plane unless disabled.
-        self.ingest.listeners.append(record_rollout_window)
-        # Drift windows and samples: stored, tested and alerted on by cloud.monitor.
-
-        install_monitor(self.ingest)
-        self.rollout_settings = RolloutEngineSettings()
+        self.rollout_settings = settings.rollout
         self.rollouts: RolloutEngine | None = None
         self.api_port = settings.api_port
         self._http: uvicorn.Server | None = None
@@ -72,24 +63,15 @@ class ControlPlane:
         # Batched ingest, acknowledging each report to the broker only once it is committed.
         if self.settings.ingest_enabled:
             self.ingest.start()
-        self.mqtt = CloudMqtt(self.broker_url, self.topics, self.ingest.handle,
-                              on_report_acked=self.ingest.submit,
-                              session_id=self.settings.ingest_client_id,
-                              shared_group=self.settings.ingest_shared_group,
-                              # amqtt, the embedded broker, speaks MQTT 3.1.1 only.
-                              protocol="3.1.1" if self.broker is not None else self.settings.mqtt_protocol,
-                              receive_maximum=self.settings.ingest_receive_maximum,
-                              session_expiry_s=self.settings.ingest_session_expiry_s,
-                              subscribe_reports=self.settings.ingest_enabled,
-                              tls_ca_file=_path(self.settings.mqtt_ca_file),
-                              tls_cert_file=_path(self.settings.mqtt_cert_file),
-                              tls_key_file=_path(self.settings.mqtt_key_file),
-                              sign=self.security.sign_command)
+        self.mqtt = make_bridge(self.settings, self.topics, broker_url=self.broker_url, ingest=self.ingest,
+                                sign=self.security.sign_command,
+                                # amqtt, the embedded broker, speaks MQTT 3.1.1 only.
+                                protocol="3.1.1" if self.broker is not None else None)
         self.mqtt.start()
-        if self.settings.retention_enabled:
-            holder = self.settings.ingest_client_id or f"plane-{socket.gethostname()}-{id(self):x}"
-            self.retention = RetentionWorker(self.engine, RetentionPolicy.from_settings(self.settings),
-                                             holder=holder, interval_s=self.settings.retention_interval_s)
+        self.retention = make_retention(
+            self.engine, self.settings,
+            holder=self.settings.ingest_client_id or f"plane-{socket.gethostname()}-{id(self):x}")
+        if self.retention is not None:
             self.retention.start()
         if self.rollout_settings.engine_enabled:
             self.rollouts = self.make_rollout_engine()
@@ -138,6 +120,3 @@ class ControlPlane:
             self.broker.stop()
         self.engine.dispose()
 
-
-def _path(value: object) -> str | None:
-    return str(value) if value else None

@@ -10,6 +10,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.contract import DEFAULT_MAX_REPORT_BYTES, DEFAULT_PREFIX
+from cloud.monitor.config import MonitorSettings
+from cloud.rollout.config import RolloutEngineSettings
 
 
 class Settings(BaseSettings):
@@ -70,6 +72,10 @@ class Settings(BaseSettings):
     telemetry_raw_retention_h: float = Field(default=48.0, gt=0)
     telemetry_minute_retention_d: float = Field(default=14.0, gt=0)
     telemetry_hour_retention_d: float = Field(default=400.0, gt=0)
+    # Feature settings with their own env prefixes (EDGEFLEET_MONITOR_*, EDGEFLEET_ROLLOUT_*),
+    # read once with the rest so every part of one process sees the same values.
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    rollout: RolloutEngineSettings = Field(default_factory=RolloutEngineSettings)
 
     @model_validator(mode="after")
     def _production_needs_real_services(self) -> Settings:

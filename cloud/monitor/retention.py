@@ -53,10 +53,8 @@ def merge_windows(windows: list[DriftWindowRecord]) -> DriftWindowRecord:
         evidence={"merged_window_ids": [w.id for w in windows][:1000]})
 
 
-def apply_retention(session: Session, settings: MonitorSettings | None = None,
-                    now: datetime | None = None) -> dict[str, Any]:
+def apply_retention(session: Session, settings: MonitorSettings, now: datetime | None = None) -> dict[str, Any]:
     """Apply both policies once; returns what was done (for the API and the audit log)."""
-    settings = settings or MonitorSettings()
     now = now or utc_now()
     sample_cutoff = now - timedelta(days=settings.sample_retention_days)
     in_datasets = {sid for row in session.exec(select(DatasetLineage)) for sid in row.sample_ids}

@@ -99,13 +99,11 @@ def load_reference(session: Session, package_id: str) -> DriftReference | None:
 
 
 # --- ingest --------------------------------------------------------------------
-def store_monitor_report(session: Session, report: Report, reject: Reject,
-                         settings: MonitorSettings | None = None) -> bool:
+def store_monitor_report(session: Session, report: Report, reject: Reject, settings: MonitorSettings) -> bool:
     """Ingest entry point. Returns False for a duplicate or a rejected report (``reject`` counts it).
 
     Adds to ``session`` without committing: the caller (ingest) commits its batch.
     """
-    settings = settings or MonitorSettings()
     if isinstance(report, DriftReport):
         return store_drift_report(session, report, reject, settings)
     if isinstance(report, SampleReport):
@@ -114,16 +112,15 @@ def store_monitor_report(session: Session, report: Report, reject: Reject,
     return False
 
 
-def install(ingest: object, settings: MonitorSettings | None = None) -> bool:
+def install(ingest: object, settings: MonitorSettings) -> bool:
     """Register the drift and sample handlers on a :class:`cloud.ingest.ReportIngest`."""
     handlers = getattr(ingest, "kind_handlers", None)
     if handlers is None:
         log.error("this ingest has no kind_handlers hook; drift and sample reports will be rejected")
         return False
-    config = settings or MonitorSettings()
 
     def handler(session: Session, report: Report, reject: Reject) -> bool:
-        return store_monitor_report(session, report, reject, config)
+        return store_monitor_report(session, report, reject, settings)
 
     handlers["drift"] = handler
     handlers["sample"] = handler
@@ -142,14 +139,12 @@ def _aligned(report: DriftReport, reference: DriftReference) -> tuple[np.ndarray
     return np.stack([counts[i] for i in order]), [report.means[i] for i in order]
 
 
-def store_drift_report(session: Session, report: DriftReport, reject: Reject,
-                       settings: MonitorSettings | None = None) -> bool:
+def store_drift_report(session: Session, report: DriftReport, reject: Reject, settings: MonitorSettings) -> bool:
     """Store one window, test it against its package's reference, step the device's detector.
 
     Opens an alert (and a retraining proposal) when the detector alarms; clears the
     device's open alert after enough clean windows, under this or a newer package.
     """
-    settings = settings or MonitorSettings()
     if session.exec(select(DriftWindowRecord.id).where(col(DriftWindowRecord.message_id) == report.message_id)).first():
         return False
     record = DriftWindowRecord(
@@ -260,8 +255,7 @@ def store_blob(session: Session, device_id: str, content: bytes) -> str:
     return digest
 
 
-def store_sample_report(session: Session, report: SampleReport, reject: Reject,
-                        settings: MonitorSettings | None = None) -> bool:
+def store_sample_report(session: Session, report: SampleReport, reject: Reject, settings: MonitorSettings) -> bool:
     if session.exec(select(SampleRecord.id).where(
             (col(SampleRecord.message_id) == report.message_id) | (col(SampleRecord.sample_id) == report.sample_id)
     )).first():
@@ -312,8 +306,8 @@ def alert_detail(alert: DriftAlert) -> dict[str, Any]:
             "window_ids": alert.window_ids, "evidence": alert.evidence, "proposal_id": alert.proposal_id}
 
 
-def fleet_test(session: Session, package_id: str, *, since_minutes: float = 60.0, open_alert: bool = False,
-               settings: MonitorSettings | None = None) -> dict[str, Any]:
+def fleet_test(session: Session, package_id: str, settings: MonitorSettings, *, since_minutes: float = 60.0,
+               open_alert: bool = False) -> dict[str, Any]:
     """Merge every device's windows of the last ``since_minutes`` (histograms add) and test the sum.
 
     With ``open_alert``, a fleet alert opens when the merged window scores above ``k + h``
@@ -322,7 +316,6 @@ def fleet_test(session: Session, package_id: str, *, since_minutes: float = 60.0
     Raises:
         LookupError: the package has no drift reference.
     """
-    settings = settings or MonitorSettings()
     reference = load_reference(session, package_id)
     if reference is None:
         raise LookupError(f"package {package_id!r} has no drift reference")

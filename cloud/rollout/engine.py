@@ -33,10 +33,11 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
-from agent.contract import MANIFEST_FILE, DeployCommand
+from agent.contract import DeployCommand
 from cloud.crud import short_id
 from cloud.models import Deployment, Device, DeviceJob, Package, TelemetryRecord, utc_now
 from cloud.monitor.models import DriftWindowRecord
+from cloud.rollout.commands import deploy_command
 from cloud.rollout.decisions import (
     IN_FLIGHT_STATES,
     TOUCHED_STATES,
@@ -340,12 +341,9 @@ class _Pass:
             # command ends it sooner, and after an abort devices stop shadowing on their own.
             extra = {"mode": "shadow", "shadow_sample_fraction": self.spec.shadow.sample_fraction,
                      "shadow_duration_s": self.spec.shadow.duration_s + self.spec.gates.gate_wait_s}
-        command = DeployCommand(
-            device_id=row.device_id, job_id=job_id, package_id=package.id, model_version=package.model_version,
-            manifest_url=f"{self.engine.base_url}/api/v1/packages/{package.id}/files/{MANIFEST_FILE}",
-            manifest_sha256=package.manifest_sha256, seq=int(seq),
-            expires_at=self.now + timedelta(seconds=self.engine.config.command_ttl_s), **extra,
-        )
+        command = deploy_command(package, device_id=row.device_id, job_id=job_id, seq=int(seq),
+                                 base_url=self.engine.base_url,
+                                 expires_at=self.now + timedelta(seconds=self.engine.config.command_ttl_s), **extra)
         self.outbox.append(command)
         return command
 

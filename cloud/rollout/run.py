@@ -16,9 +16,9 @@ import uuid
 from agent.contract import Topics
 from cloud.core.config import Settings
 from cloud.core.db import make_engine
-from cloud.mqtt_bridge import CloudMqtt
 from cloud.rollout.engine import EngineConfig, RolloutEngine
 from cloud.security import FleetSecurity
+from cloud.wiring import make_bridge
 
 __all__ = ["main", "run_engine"]
 
@@ -32,8 +32,8 @@ def run_engine(settings: Settings, *, base_url: str, tick_s: float = 1.0, name: 
     db = make_engine(settings.resolved_database_url)
     security = FleetSecurity(settings, db)
     # This process only publishes; the control plane's ingest stores the reports.
-    mqtt = CloudMqtt(settings.mqtt_url or "", Topics(settings.topic_prefix), lambda topic, payload: None,
-                     client_id=f"ef-rollout-{name}", sign=security.sign_command)
+    mqtt = make_bridge(settings, Topics(settings.topic_prefix), broker_url=settings.mqtt_url or "",
+                       client_id=f"ef-rollout-{name}", sign=security.sign_command)
     mqtt.start()
     engine = RolloutEngine(db, mqtt.publish_command, base_url, name=name,
                            config=EngineConfig(tick_s=tick_s, command_ttl_s=settings.command_ttl_s))

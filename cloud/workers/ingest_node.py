@@ -29,29 +29,9 @@ from pathlib import Path
 from agent.contract import Topics
 from cloud.core.config import Settings
 from cloud.core.db import make_engine, migrate
-from cloud.ingest import ReportIngest
-from cloud.monitor import service as monitor_service
-from cloud.mqtt_bridge import CloudMqtt
-from cloud.retention import RetentionPolicy, RetentionWorker
-from cloud.rollout.listener import record_rollout_window
+from cloud.wiring import make_bridge, make_ingest, make_retention
 
 log = logging.getLogger("cloud.workers.ingest_node")
-
-
-def _install_feature_hooks(ingest: ReportIngest) -> None:
-    """The same listeners and kind handlers as the full control plane, where those features exist."""
-    try:
-
-        ingest.listeners.append(record_rollout_window)
-    except ImportError:  # feature not present in this build
-        log.debug("no rollout listener")
-    try:
-
-        install = getattr(monitor_service, "install", None)
-        if install is not None:
-            install(ingest)
-    except ImportError:
-        log.debug("no drift monitor")
 
 
 class IngestNode:
@@ -61,23 +41,10 @@ class IngestNode:
         self.settings = settings
         self.engine = make_engine(settings.resolved_database_url)
         self.topics = Topics(settings.topic_prefix)
-        self.ingest = ReportIngest(self.engine, self.topics, max_report_bytes=settings.max_report_bytes,
-                                   batch_max_rows=settings.ingest_batch_max_rows,
-                                   batch_wait_s=settings.ingest_batch_wait_ms / 1000,
-                                   queue_max=settings.ingest_queue_max)
-        _install_feature_hooks(self.ingest)
-        self.mqtt = CloudMqtt(settings.mqtt_url, self.topics, self.ingest.handle,
-                              on_report_acked=self.ingest.submit, session_id=settings.ingest_client_id,
-                              shared_group=settings.ingest_shared_group, protocol=settings.mqtt_protocol,
-                              receive_maximum=settings.ingest_receive_maximum,
-                              session_expiry_s=settings.ingest_session_expiry_s,
-                              tls_ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
-                              tls_cert_file=str(settings.mqtt_cert_file) if settings.mqtt_cert_file else None,
-                              tls_key_file=str(settings.mqtt_key_file) if settings.mqtt_key_file else None)
+        self.ingest = make_ingest(self.engine, self.topics, settings)
+        self.mqtt = make_bridge(settings, self.topics, broker_url=settings.mqtt_url, ingest=self.ingest)
         holder = settings.ingest_client_id or f"ingest-{socket.gethostname()}-{os.getpid()}"
-        self.retention = (RetentionWorker(self.engine, RetentionPolicy.from_settings(settings), holder=holder,
-                                          interval_s=settings.retention_interval_s)
-                          if settings.retention_enabled else None)
+        self.retention = make_retention(self.engine, settings, holder=holder)
 
     def start(self, timeout_s: float = 30.0) -> None:
         self.ingest.start()

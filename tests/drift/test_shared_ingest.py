@@ -21,6 +21,7 @@ from cloud import crud
 from cloud.core.db import make_engine, migrate
 from cloud.ingest import ReportIngest
 from cloud.models import DeviceCreate
+from cloud.monitor.config import MonitorSettings
 from cloud.monitor.models import DriftWindowRecord, SampleRecord
 from cloud.monitor.service import install
 from cloud.mqtt_bridge import CloudMqtt
@@ -58,7 +59,7 @@ def test_shared_subscription_workers_split_and_store_once(mqtt_url: str, databas
     bridges = []
     for index in range(2):
         ingest = ReportIngest(engine, topics, max_report_bytes=64 * 1024, batch_max_rows=50, batch_wait_s=0.05)
-        assert install(ingest)
+        assert install(ingest, MonitorSettings())
         ingest.start()
         bridge = CloudMqtt(mqtt_url, topics, ingest.handle, on_report_acked=ingest.submit,
                            session_id=f"{group}-{index}", shared_group=group, protocol="5")

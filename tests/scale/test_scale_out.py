@@ -70,7 +70,7 @@ def test_job_reports_split_across_nodes_end_in_the_final_state(tmp_path: Path, m
         session.add(package)
         session.commit()
         deployment, commands = crud.create_deployment(session, package, device_ids,
-                                                      manifest_url="http://127.0.0.1:9/manifest.json",
+                                                      base_url="http://127.0.0.1:9",
                                                       command_ttl_s=600)
         deployment_id = deployment.id
     group = f"g{uuid.uuid4().hex[:8]}"

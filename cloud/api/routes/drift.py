@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from sqlmodel import col, select
 
-from cloud.api.deps import SessionDep
+from cloud.api.deps import PlaneDep, SessionDep
 from cloud.crud import NotFound
 from cloud.governance import audit
 from cloud.monitor import service
@@ -45,30 +45,30 @@ def device_windows(device_id: str, session: SessionDep,
 
 
 @router.get("/fleet/{package_id}")
-def fleet(package_id: str, session: SessionDep, minutes: float = Query(default=60.0, gt=0, le=7 * 24 * 60)
+def fleet(package_id: str, session: SessionDep, plane: PlaneDep, minutes: float = Query(default=60.0, gt=0, le=7 * 24 * 60)
           ) -> dict[str, Any]:
     """Merge every device's windows of the last ``minutes`` for this package and test the sum."""
     try:
-        return service.fleet_test(session, package_id, since_minutes=minutes)
+        return service.fleet_test(session, package_id, plane.settings.monitor, since_minutes=minutes)
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from exc
 
 
 @router.post("/fleet/{package_id}/evaluate")
-def fleet_evaluate(package_id: str, session: SessionDep,
+def fleet_evaluate(package_id: str, session: SessionDep, plane: PlaneDep,
                    minutes: float = Query(default=60.0, gt=0, le=7 * 24 * 60)) -> dict[str, Any]:
     """Like GET, and opens a fleet alert when the merged window drifted."""
     try:
-        return service.fleet_test(session, package_id, since_minutes=minutes, open_alert=True)
+        return service.fleet_test(session, package_id, plane.settings.monitor, since_minutes=minutes, open_alert=True)
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from exc
 
 
 @router.post("/retention")
-def retention(session: SessionDep, request: Request) -> dict[str, Any]:
+def retention(session: SessionDep, plane: PlaneDep, request: Request) -> dict[str, Any]:
     """Apply the sample and drift-window retention policies now (also run periodically by operators' cron)."""
 
-    done = apply_retention(session)
+    done = apply_retention(session, plane.settings.monitor)
     principal = getattr(request.state, "principal", None)
     audit.record(session, actor=f"operator:{principal.name}" if principal else "operator", action="retention.applied",
                  subject_type="retention", subject_id="monitor", details=done)

@@ -12,7 +12,6 @@ from cloud.governance.audit import list_events
 from cloud.governance.lineage import lineage
 from cloud.governance.retrain import RetrainSettings
 from cloud.governance.retrain import retrain as run
-from cloud.monitor.config import MonitorSettings
 from cloud.pipeline.errors import PipelineInputError
 
 router = APIRouter(prefix="/governance", tags=["governance"])
@@ -41,7 +40,7 @@ def retrain(proposal_id: str, plane: PlaneDep, request: Request, epochs: int = Q
     settings = plane.settings
     config = RetrainSettings(datasets_dir=settings.data_dir / "datasets", models_dir=settings.models_dir,
                              packages_dir=settings.packages_dir, epochs=epochs,
-                             auto_approve=MonitorSettings().auto_approve_rollouts)
+                             auto_approve=settings.monitor.auto_approve_rollouts)
     try:
         return proposals.proposal_detail(run(plane.engine, proposal_id, config, actor=_actor(request)))
     except PipelineInputError as exc:

@@ -11,10 +11,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.api.deps import SessionDep, get_principal
+from cloud.api.deps import PlaneDep, SessionDep, get_principal
 from cloud.governance.labelling import LabelError, accept_labels, list_samples, sample_image
 from cloud.monitor import service
-from cloud.monitor.config import MonitorSettings
 from cloud.monitor.models import SampleRecord
 from cloud.security.models import Role
 from cloud.security.tokens import Principal
@@ -38,8 +37,8 @@ def device_or_operator(request: Request, principal: Annotated[Principal, Depends
 
 @device_router.put("/devices/{device_id}/samples/blobs", status_code=201,
                    dependencies=[Depends(device_or_operator)])
-async def upload_blob(device_id: str, request: Request, session: SessionDep) -> dict[str, Any]:
-    limit = MonitorSettings().max_upload_bytes
+async def upload_blob(device_id: str, request: Request, session: SessionDep, plane: PlaneDep) -> dict[str, Any]:
+    limit = plane.settings.monitor.max_upload_bytes
     declared = int(request.headers.get("content-length") or 0)
     if declared > limit:
         raise HTTPException(413, f"sample image of {declared} bytes exceeds the {limit}-byte limit")
