@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 
 from agent.contract import DeployCommand, JobState, JobStatusReport, StatusReport, TelemetryReport
 from agent.contract.messages import DeviceState
+from cloud.errors import ConflictError, NotFoundError
 from cloud.models import (
     Deployment,
     DeploymentState,
@@ -28,12 +29,12 @@ from cloud.rollout.commands import deploy_command
 FINAL_JOB_STATES = frozenset(state.value for state in JobState if state.is_final)
 
 
-class NotFound(LookupError):
-    """A referenced resource does not exist (the API maps this to 404)."""
+class NotFound(NotFoundError):
+    """A referenced resource does not exist."""
 
 
-class Conflict(ValueError):
-    """The request clashes with existing state (the API maps this to 409)."""
+class Conflict(ConflictError):
+    """The request clashes with existing state."""
 
 
 def short_id(prefix: str) -> str:

@@ -26,8 +26,8 @@ from cloud.api.routes import (
     tuf,
 )
 from cloud.core.plane import Plane
-from cloud.crud import Conflict, NotFound
 from cloud.dashboard import install_dashboard
+from cloud.errors import EdgeFleetError
 from cloud.metrics import install_metrics
 
 
@@ -69,13 +69,10 @@ def create_app(plane: Plane) -> FastAPI:
     app.state.plane = plane
     _document_validation_errors(app)
 
-    @app.exception_handler(NotFound)
-    async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
-
-    @app.exception_handler(Conflict)
-    async def _conflict(request: Request, exc: Conflict) -> JSONResponse:
-        return JSONResponse(status_code=409, content={"detail": str(exc)})
+    @app.exception_handler(EdgeFleetError)
+    async def _edgefleet_error(request: Request, exc: EdgeFleetError) -> JSONResponse:
+        # One mapping for the whole family: each error class carries its status (cloud/errors.py).
+        return JSONResponse(status_code=exc.http_status, content={"detail": str(exc)})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from sqlmodel import Session, col, select
 
 from cloud.crud import NotFound
+from cloud.errors import InvalidInputError
 from cloud.governance import audit
 from cloud.models import utc_now
 from cloud.monitor.models import SampleBlob, SampleRecord
@@ -18,7 +19,7 @@ from cloud.monitor.models import SampleBlob, SampleRecord
 __all__ = ["LabelError", "accept_labels", "list_samples", "sample_image"]
 
 
-class LabelError(ValueError):
+class LabelError(InvalidInputError):
     """A label batch that cannot be applied (the API maps this to 422)."""
 
 

@@ -23,6 +23,7 @@ from sqlmodel import Session, col, select
 
 from agent.contract import DriftReport, PackageManifest, Report, SampleReport, sha256_bytes
 from agent.contract.drift import DriftReference, decode_histograms
+from cloud.errors import NotFoundError
 from cloud.governance import audit
 from cloud.governance.proposals import attach_alert
 from cloud.models import Device, Package, utc_now
@@ -314,11 +315,11 @@ def fleet_test(session: Session, package_id: str, settings: MonitorSettings, *, 
     (one decision on a large merged window; no sequential rule needed).
 
     Raises:
-        LookupError: the package has no drift reference.
+        NotFoundError: the package has no drift reference.
     """
     reference = load_reference(session, package_id)
     if reference is None:
-        raise LookupError(f"package {package_id!r} has no drift reference")
+        raise NotFoundError(f"package {package_id!r} has no drift reference")
     since = utc_now() - timedelta(minutes=since_minutes)
     windows = list(session.exec(select(DriftWindowRecord).where(col(DriftWindowRecord.package_id) == package_id,
                                                                 col(DriftWindowRecord.received_at) >= since)))

@@ -13,6 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from cloud.errors import ConflictError
 from cloud.rollout.gates import GateResult, GateStatus
 from cloud.rollout.spec import RolloutSpec, Timeouts
 
@@ -311,7 +312,7 @@ class OperatorAction(StrEnum):
     CANCEL = "cancel"  # force-cancel: stop at once, no rollback
 
 
-class InvalidAction(ValueError):
+class InvalidAction(ConflictError):
     """The action does not apply to the rollout's current state (HTTP 409)."""
 
 

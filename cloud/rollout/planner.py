@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from cloud.errors import InvalidInputError
 from cloud.rollout.spec import RolloutSpec, StageSpec
 
 __all__ = ["DeviceFacts", "Plan", "PlanError", "PlannedDevice", "plan_rollout", "select_targets", "stratum_of"]
@@ -18,8 +19,11 @@ __all__ = ["DeviceFacts", "Plan", "PlanError", "PlannedDevice", "plan_rollout", 
 NO_RUNTIME = "none"
 
 
-class PlanError(ValueError):
+class PlanError(InvalidInputError):
     """The spec cannot be planned against this fleet; the message says why."""
+
+    def __str__(self) -> str:
+        return f"cannot plan this rollout: {super().__str__()}"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.contract import validate_device_id
+from cloud.errors import InvalidInputError
 
 __all__ = [
     "GateThresholds",
@@ -36,7 +37,7 @@ Label = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9]
 PackageId = Annotated[str, Field(min_length=1, max_length=64)]
 
 
-class SpecError(ValueError):
+class SpecError(InvalidInputError):
     """A rollout spec that cannot be used; the message says what to fix."""
 
 

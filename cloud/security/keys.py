@@ -15,10 +15,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from cloud.errors import EdgeFleetError
+
 __all__ = ["KeyPermissionError", "ensure_private_dir", "load_private_key", "write_private_key"]
 
 
-class KeyPermissionError(PermissionError):
+class KeyPermissionError(EdgeFleetError, PermissionError):
     """A key file or key directory is readable by someone other than its owner."""
 
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from sqlmodel import Session, col, select
 
 from agent.contract import validate_device_id
+from cloud.errors import PermissionDeniedError
 from cloud.security.ca import CONTROL_PLANE_IDENTITY, IssuedCertificate
 from cloud.security.models import ApiToken, DeviceCertificate, EnrollmentToken, Role
 
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 
-class EnrollmentRefused(ValueError):
+class EnrollmentRefused(PermissionDeniedError, ValueError):
     """The enrollment token is unknown, used or expired (the API answers 403)."""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from sqlmodel import col, select
 
 from cloud.api.deps import PlaneDep, SessionDep
@@ -48,20 +48,14 @@ def device_windows(device_id: str, session: SessionDep,
 def fleet(package_id: str, session: SessionDep, plane: PlaneDep, minutes: float = Query(default=60.0, gt=0, le=7 * 24 * 60)
           ) -> dict[str, Any]:
     """Merge every device's windows of the last ``minutes`` for this package and test the sum."""
-    try:
-        return service.fleet_test(session, package_id, plane.settings.monitor, since_minutes=minutes)
-    except LookupError as exc:
-        raise HTTPException(404, str(exc)) from exc
+    return service.fleet_test(session, package_id, plane.settings.monitor, since_minutes=minutes)
 
 
 @router.post("/fleet/{package_id}/evaluate")
 def fleet_evaluate(package_id: str, session: SessionDep, plane: PlaneDep,
                    minutes: float = Query(default=60.0, gt=0, le=7 * 24 * 60)) -> dict[str, Any]:
     """Like GET, and opens a fleet alert when the merged window drifted."""
-    try:
-        return service.fleet_test(session, package_id, plane.settings.monitor, since_minutes=minutes, open_alert=True)
-    except LookupError as exc:
-        raise HTTPException(404, str(exc)) from exc
+    return service.fleet_test(session, package_id, plane.settings.monitor, since_minutes=minutes, open_alert=True)
 
 
 @router.post("/retention")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 
 from cloud.api.deps import PlaneDep, SessionDep
 from cloud.governance import proposals
@@ -12,7 +12,6 @@ from cloud.governance.audit import list_events
 from cloud.governance.lineage import lineage
 from cloud.governance.retrain import RetrainSettings
 from cloud.governance.retrain import retrain as run
-from cloud.pipeline.errors import PipelineInputError
 
 router = APIRouter(prefix="/governance", tags=["governance"])
 
@@ -41,10 +40,7 @@ def retrain(proposal_id: str, plane: PlaneDep, request: Request, epochs: int = Q
     config = RetrainSettings(datasets_dir=settings.data_dir / "datasets", models_dir=settings.models_dir,
                              packages_dir=settings.packages_dir, epochs=epochs,
                              auto_approve=settings.monitor.auto_approve_rollouts)
-    try:
-        return proposals.proposal_detail(run(plane.engine, proposal_id, config, actor=_actor(request)))
-    except PipelineInputError as exc:
-        raise HTTPException(422, str(exc)) from exc
+    return proposals.proposal_detail(run(plane.engine, proposal_id, config, actor=_actor(request)))
 
 
 @router.get("/rollout-proposals")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api.deps import SessionDep
 from cloud.rollout import service
 from cloud.rollout.decisions import OperatorAction
-from cloud.rollout.planner import PlanError
 from cloud.rollout.spec import Label, RolloutSpec
 
 router = APIRouter(tags=["rollouts"])
@@ -28,25 +27,15 @@ def _actor(request: Request) -> str:
     return f"operator:{principal.name}" if principal is not None else "operator"
 
 
-def _plan_error(exc: PlanError) -> HTTPException:
-    return HTTPException(422, f"cannot plan this rollout: {exc}")
-
-
 @router.post("/rollouts/plan")
 def plan_rollout(spec: RolloutSpec, session: SessionDep) -> dict[str, Any]:
     """Dry run: the devices each stage would take now, per stratum. Nothing is stored."""
-    try:
-        return service.plan_for_spec(session, spec).as_dict()
-    except PlanError as exc:
-        raise _plan_error(exc) from exc
+    return service.plan_for_spec(session, spec).as_dict()
 
 
 @router.post("/rollouts", status_code=201)
 def create_rollout(spec: RolloutSpec, session: SessionDep, request: Request) -> dict[str, Any]:
-    try:
-        rollout = service.create_rollout(session, spec, actor=_actor(request))
-    except PlanError as exc:
-        raise _plan_error(exc) from exc
+    rollout = service.create_rollout(session, spec, actor=_actor(request))
     return service.rollout_detail(session, rollout.id)
 
 

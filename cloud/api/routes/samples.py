@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api.deps import PlaneDep, SessionDep, get_principal
-from cloud.governance.labelling import LabelError, accept_labels, list_samples, sample_image
+from cloud.governance.labelling import accept_labels, list_samples, sample_image
 from cloud.monitor import service
 from cloud.monitor.models import SampleRecord
 from cloud.security.models import Role
@@ -89,8 +89,5 @@ def label(batch: LabelBatch, session: SessionDep, request: Request) -> dict[str,
     actor = f"operator:{principal.name}" if principal is not None else "operator"
     if batch.labeller:
         actor = f"{actor} via {batch.labeller}"
-    try:
-        changed = accept_labels(session, batch.labels, actor=actor)
-    except LabelError as exc:
-        raise HTTPException(422, str(exc)) from exc
+    changed = accept_labels(session, batch.labels, actor=actor)
     return {"labelled": changed}
