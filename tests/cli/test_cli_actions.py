@@ -11,7 +11,7 @@ from sqlmodel import Session
 from typer.testing import CliRunner
 
 from cloud.cli import app
-from cloud.cli_ops import Exit
+from cloud.cli.client import Exit
 from cloud.security.models import Role
 from tests.ui.helpers import make_release, make_token
 

@@ -16,7 +16,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from cloud.cli import app
-from cloud.cli_ops import Exit
+from cloud.cli.client import Exit
 from cloud.security.models import Role
 from tests.ui.helpers import make_release, make_token, publish_reports
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cloud.cli import app
-from cloud.cli_ops import Exit
+from cloud.cli.client import Exit
 from cloud.security.models import Role
 from tests.ui.helpers import Fleet, make_token
 

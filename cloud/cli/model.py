@@ -1,170 +1,52 @@
-"""Pipeline commands: ``edgefleet data ingest|synth|validate|list``, ``edgefleet train``,
-``edgefleet build``, ``edgefleet model list|show|import|promote``.
-
-They run in-process against the control plane's database and data directory
-(``EDGEFLEET_DATA_DIR``, ``EDGEFLEET_DATABASE_URL``), like ``edgefleet serve``.
-Listings and results take ``--json``; bad input exits with status 2 and a message.
-"""
+"""``edgefleet model ...``, ``edgefleet train`` and ``edgefleet build``: the model registry and the pipeline."""
 
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from sqlmodel import Session
 
 from agent.profiles import load_profiles
 from cloud import crud
-from cloud.core.config import Settings
-from cloud.core.db import make_engine, migrate
-from cloud.crud import NotFound
-from cloud.pipeline.data.synth import write_synthetic_dataset
+from cloud.cli.client import DEFAULT_SERVER, JsonOpt, ServerOpt, TokenOpt, call, cell, emit_json, new_table
+from cloud.cli.client import console as stdout_console
+from cloud.cli.governance import validation_summary
+from cloud.cli.local import JsonOption, ProfileOption, console, emit, local_context, user_errors
 from cloud.pipeline.evaluate.gates import QuantizationGateConfig, ValidationThresholds
-from cloud.pipeline.registry import store
 
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
-    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
-    from cloud.pipeline.service import PipelinePaths
-
-data_app = typer.Typer(help="Datasets: synthesize, validate, ingest, list.", no_args_is_help=True)
 model_app = typer.Typer(help="The model registry: list, show, import, promote.", no_args_is_help=True)
-console = Console(stderr=True)
-
-JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
-ProfileOption = Annotated[list[str] | None, typer.Option("--profile", "-p", help="hardware profile (repeatable)")]
 
 
-def register(app: typer.Typer) -> None:
-    """Add the pipeline commands to the main ``edgefleet`` app."""
-    app.add_typer(data_app, name="data")
-    app.add_typer(model_app, name="model")
-    app.command("train")(train)
-    app.command("build")(build)
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    # Bad input (ValueError, including PipelineInputError) and unknown names → exit 2 with the message.
-
-    try:
-        yield
-    except (ValueError, NotFound) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-
-
-def _context() -> tuple[Engine, PipelinePaths]:
-    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
-    from cloud.pipeline.service import PipelinePaths
-
-    settings = Settings()
-    migrate(settings.resolved_database_url)
-    return make_engine(settings.resolved_database_url), PipelinePaths.under(settings.data_dir)
-
-
-def _emit(as_json: bool, payload: Any, human: Callable[[], None]) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(payload, indent=1, default=str) + "\n")
-    else:
-        human()
-
-
-def _issues_table(issues: list[dict[str, str]], limit: int = 30) -> None:
-    table = Table(title=f"{len(issues)} issue(s)")
-    for column in ("severity", "kind", "file", "reason"):
-        table.add_column(column)
-    for issue in issues[:limit]:
-        table.add_row(issue["severity"], issue["kind"], issue["file"], issue["reason"])
-    Console().print(table)
-
-
-# --- data --------------------------------------------------------------------
-@data_app.command("synth")
-def data_synth(
-    out: Annotated[Path, typer.Argument(help="directory to write <class>/<n>.png and metadata.csv into")],
-    per_class: Annotated[int, typer.Option(min=1)] = 200,
-    size: Annotated[int, typer.Option(min=16, max=1024)] = 64,
-    seed: int = 0,
-    blur: Annotated[float, typer.Option(min=0)] = 0.0,
-    noise: Annotated[float, typer.Option(min=0)] = 3.0,
-) -> None:
-    """Generate a synthetic labelled scene dataset (4 classes; lighting and camera metadata for slices)."""
-
-    with _user_errors():
-        write_synthetic_dataset(out, images_per_class=per_class, size=size, seed=seed, blur_sigma=blur,
-                                noise_std=noise)
-    console.print(f"wrote {per_class * 4} images and metadata.csv to {out}")
-
-
-@data_app.command("validate")
-def data_validate(root: Annotated[Path, typer.Argument(help="ImageFolder directory")], as_json: JsonOption = False) -> None:
-    """Check a directory before ingesting: corrupt files, duplicates, tiny classes, odd sizes. Exit 1 on blocking errors."""
-    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
-    from cloud.pipeline.service import validate_directory
-
-    with _user_errors():
-        report = validate_directory(root)
-    issues = [i.as_dict() for i in report.issues]
-
-    def human() -> None:
-        _issues_table(issues)
-        console.print(f"{report.dataset_id}: {report.usable_images} usable images, "
-                      f"{len(report.excluded_files)} excluded")
-
-    _emit(as_json, {"dataset_id": report.dataset_id, "ok": report.ok, "usable_images": report.usable_images,
-                    "excluded_files": report.excluded_files, "issues": issues}, human)
-    if not report.ok:
-        raise typer.Exit(1)
-
-
-@data_app.command("ingest")
-def data_ingest(root: Annotated[Path, typer.Argument(help="ImageFolder directory")], as_json: JsonOption = False) -> None:
-    """Validate and store a content-addressed dataset version (same bytes → same id)."""
-    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
-    from cloud.pipeline.service import ingest
-
-    engine, paths = _context()
-    with _user_errors():
-        result = ingest(engine, paths, root)
-    record = result.record
-
-    def human() -> None:
-        if record.issues:
-            _issues_table(record.issues)
-        splits = {name: sum(counts.values()) for name, counts in record.split_counts.items()}
-        console.print(f"dataset {record.id}: {record.image_count} images ({record.excluded_count} excluded), "
-                      f"splits {splits}")
-
-    _emit(as_json, record.model_dump(mode="json"), human)
-
-
-@data_app.command("list")
-def data_list(as_json: JsonOption = False) -> None:
-    """List ingested dataset versions."""
-    from sqlmodel import Session
-
-
-    engine, _ = _context()
-    with Session(engine) as session:
-        records = [r.model_dump(mode="json") for r in store.list_datasets(session)]
-
-    def human() -> None:
-        table = Table(title="datasets")
-        for column in ("id", "images", "excluded", "labels", "created"):
-            table.add_column(column)
-        for r in records:
-            table.add_row(r["id"], str(r["image_count"]), str(r["excluded_count"]), ",".join(r["labels"]), r["created_at"])
-        Console().print(table)
-
-    _emit(as_json, records, human)
+@model_app.command("lineage")
+def model_lineage(version: str, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+                  json_out: JsonOpt = False) -> None:
+    """The chain from data to devices: datasets (and the samples they added), packages, rollouts, devices."""
+    result: dict[str, Any] = call(server, token, "GET", f"/api/v1/governance/lineage/{version}")
+    if json_out:
+        emit_json(result)
+        return
+    stdout_console.print(f"[bold]{result['model_name']} {result['model_version']}[/] created {str(result['created_at'])[:19]}"
+                  f" (code {cell(result['code_version'])})")
+    for dataset in result["datasets"]:
+        added = ""
+        if dataset["origin"] == "retraining":
+            devices = ", ".join(f"{d}: {n}" for d, n in dataset["samples_by_device"].items())
+            added = f" + {dataset['added_samples']} samples ({devices}) labelled by {', '.join(dataset['labelled_by'])}"
+        stdout_console.print(f"  data    {dataset['dataset_id']} ({dataset['origin']}){added}")
+    for proposal in result["retraining_proposals"]:
+        stdout_console.print(f"  trigger alerts {', '.join(proposal['alerts'])} on {', '.join(proposal['devices'])}; "
+                      f"validation {validation_summary(proposal['validation'])}")
+    stdout_console.print(f"  package {', '.join(result['packages']) or '-'}")
+    for rollout in result["rollout_proposals"]:
+        stdout_console.print(f"  rollout {rollout['id']} {rollout['state']} by {cell(rollout['decided_by'])} → "
+                      f"{', '.join(rollout['devices'])} (rollout {cell(rollout['rollout_id'])})")
+    stdout_console.print(f"  devices running it: {', '.join(result['devices_running']) or '-'}")
+    for event in result["audit"]:
+        stdout_console.print(f"    {str(event['at'])[:19]} {event['actor']}: {event['action']} {event['subject']}")
 
 
 # --- train -------------------------------------------------------------------
@@ -194,8 +76,8 @@ def train(
     from cloud.pipeline.service import ingest, train_model
     from cloud.pipeline.train.trainer import DEFAULT_SPEC, TrainConfig, spec_for_input_size
 
-    engine, paths = _context()
-    with _user_errors():
+    engine, paths = local_context()
+    with user_errors():
         if (dataset is None) == (data is None):
             raise ValueError("give exactly one of --dataset ds-... or --data DIR")
         if data is not None:
@@ -225,7 +107,7 @@ def train(
     payload = {"model_version": outcome.model_version, "status": outcome.status,
                "accuracy": outcome.evaluation.accuracy if outcome.evaluation else None,
                "reasons": outcome.decision.reasons, "notes": outcome.decision.notes}
-    _emit(as_json, payload, lambda: console.print(
+    emit(as_json, payload, lambda: console.print(
         f"{outcome.model_version}: {outcome.status} (test accuracy {payload['accuracy']})"
         + "".join(f"\n  - {r}" for r in outcome.decision.reasons)))
 
@@ -246,8 +128,8 @@ def build(
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import build_model
 
-    engine, paths = _context()
-    with _user_errors():
+    engine, paths = local_context()
+    with user_errors():
         overrides = {"calibration_method": calibration_method, "per_channel": per_channel}
         result = build_model(engine, paths, version=version, profiles=profile or [],
                              quantization_overrides={k: v for k, v in overrides.items() if v is not None},
@@ -259,7 +141,7 @@ def build(
                "artifacts": artifacts, "notes": result.notes}
 
     def human() -> None:
-        table = Table(title=f"build {result.build_id} → package {result.package_id}")
+        table = new_table(f"build {result.build_id} → package {result.package_id}")
         for column in ("file", "runtime", "precision", "accuracy", "gate", "profiles"):
             table.add_column(column)
         for a in artifacts:
@@ -270,7 +152,7 @@ def build(
             if note["status"] not in ("built",):
                 console.print(f"{note['profile']}: {note['target']} {note['status']}: {note['message']}")
 
-    _emit(as_json, payload, human)
+    emit(as_json, payload, human)
     if result.package_id is None:
         raise typer.Exit(1)
 
@@ -279,38 +161,38 @@ def build(
 @model_app.command("list")
 def model_list(as_json: JsonOption = False) -> None:
     """List registered model versions with status and test accuracy."""
-    from sqlmodel import Session
-
-
-    engine, _ = _context()
+    engine, _ = local_context()
     with Session(engine) as session:
         rows = [{"version": m.version, "name": m.name, "status": m.status, "dataset_id": m.dataset_id,
                  "accuracy": m.metrics.get("accuracy"), "code_version": m.code_version,
                  "created_at": m.created_at.isoformat()} for m in crud.list_model_versions(session)]
 
     def human() -> None:
-        table = Table(title="models")
+        if not rows:
+            console.print("models: none yet. Train one: `edgefleet data synth DIR`, `edgefleet data ingest DIR`, "
+                          "`edgefleet train --dataset DATASET_ID`; or bring your own with `edgefleet model import`.",
+                          highlight=False)
+            return
+        table = new_table("models")
         for column in ("version", "status", "accuracy", "dataset", "created"):
             table.add_column(column)
         for r in rows:
             table.add_row(r["version"], r["status"], str(r["accuracy"]), r["dataset_id"], r["created_at"])
         Console().print(table)
 
-    _emit(as_json, rows, human)
+    emit(as_json, rows, human)
 
 
 @model_app.command("show")
 def model_show(version: str, as_json: JsonOption = False) -> None:
     """Lineage of one model: dataset, code version, parameters, environment, metrics, gate, builds."""
-    from sqlmodel import Session
-
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import describe_model
 
-    engine, _ = _context()
-    with _user_errors(), Session(engine) as session:
+    engine, _ = local_context()
+    with user_errors(), Session(engine) as session:
         described = describe_model(session, version)
-    _emit(as_json, described, lambda: Console().print_json(json.dumps(described, default=str)))
+    emit(as_json, described, lambda: Console().print_json(json.dumps(described, default=str)))
 
 
 @model_app.command("import")
@@ -327,8 +209,8 @@ def model_import(
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import build_model, import_model, read_labels, read_spec
 
-    engine, paths = _context()
-    with _user_errors():
+    engine, paths = local_context()
+    with user_errors():
         outcome = import_model(engine, paths, model_path=model_file, labels=read_labels(labels), spec=read_spec(spec),
                                name=name, dataset_id=dataset)
         built = None
@@ -339,7 +221,7 @@ def model_import(
                "accuracy": outcome.evaluation.accuracy if outcome.evaluation else None,
                "package_id": built.package_id if built else None,
                "artifacts": [a.summary() for a in built.outcome.artifacts] if built else []}
-    _emit(as_json, payload, lambda: console.print(
+    emit(as_json, payload, lambda: console.print(
         f"{outcome.model_version}: {outcome.status}; package {payload['package_id']}"
         + "".join(f"\n  - {r}" for r in outcome.decision.reasons)))
 
@@ -350,7 +232,7 @@ def model_promote(version: str) -> None:
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import promote
 
-    engine, _ = _context()
-    with _user_errors():
+    engine, _ = local_context()
+    with user_errors():
         model = promote(engine, version)
     console.print(f"{model.version} is now production")

@@ -1,42 +1,95 @@
-"""``edgefleet rollout ...``: staged rollouts over the control plane's HTTP API.
-
-``plan SPEC`` is a dry run; ``create SPEC`` starts one; ``show ID`` prints every
-decision with the numbers that drove it; ``approve / pause / resume / abort /
-cancel ID`` are the operator actions; ``label DEVICE`` sets the tags and groups a
-target selects on; ``engine`` runs a rollout engine as its own process.
-Server, token, ``--json`` and exit codes work as for every other operator command.
-"""
+"""``edgefleet rollout ...``: staged rollouts over the control plane's HTTP API, and the standalone engine."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cloud.cli_ops import (
+from cloud.cli.client import (
     DEFAULT_SERVER,
     ApiError,
     Exit,
     JsonOpt,
     ServerOpt,
     TokenOpt,
+    call,
     client_from,
+    console,
     emit_json,
+    err_console,
     fail,
+    new_table,
+    print_listing,
 )
 from cloud.core.config import Settings
 from cloud.rollout.run import run_engine
 from cloud.rollout.spec import SpecError, load_spec
 
-__all__ = ["rollout_app"]
-
 rollout_app = typer.Typer(help="Staged rollouts gated on health and model quality.", no_args_is_help=True)
-console = Console()
+
+
+# --- rollout watch -----------------------------------------------------------
+_FINAL_ROLLOUT_STATES = {"completed": Exit.OK, "aborted": Exit.FAILED, "cancelled": Exit.FAILED}
+
+
+_SETTLED_DEVICE_STATES = {"succeeded", "failed", "expired", "cancelled", "halted", "rolled_back", "rollback_failed"}
+
+
+@rollout_app.command("watch")
+def rollout_watch(
+    rollout_id: Annotated[str, typer.Argument(help="rollout id")],
+    interval_s: Annotated[float, typer.Option("--interval", min=0.2, help="seconds between polls")] = 2.0,
+    timeout_s: Annotated[float, typer.Option("--timeout", min=1, help="give up after this many seconds")] = 3600.0,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Follow a rollout with a progress bar until it ends. Exit 0 completed, 1 aborted/cancelled, 6 timeout."""
+    deadline = time.monotonic() + timeout_s
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+                        console=err_console, disable=json_out)
+    last_decision = None
+    with progress:
+        task = progress.add_task(rollout_id, total=None, detail="")
+        while True:
+            detail = call(server, token, "GET", f"/api/v1/rollouts/{rollout_id}")
+            counts: dict[str, int] = {}
+            for states in detail.get("devices_by_stratum", {}).values():
+                for state, n in states.items():
+                    counts[state] = counts.get(state, 0) + n
+            settled = sum(n for state, n in counts.items() if state in _SETTLED_DEVICE_STATES)
+            decisions = detail.get("decisions") or []
+            if decisions and decisions[-1].get("id") != last_decision:
+                last_decision = decisions[-1].get("id")
+                if not json_out:
+                    newest = decisions[-1]
+                    progress.console.print(f"stage {newest['stage'] + 1}: [bold]{newest['action']}[/] by "
+                                           f"{newest['actor']}: {newest['reason']}", highlight=False)
+            progress.update(task, total=max(1, int(detail.get("device_count") or 0)), completed=settled,
+                            description=f"{rollout_id} {detail['state']} stage {detail['stage'] + 1}/{detail['stages']}",
+                            detail=" ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+            if detail["state"] in _FINAL_ROLLOUT_STATES or time.monotonic() > deadline:
+                break
+            time.sleep(interval_s)
+    if json_out:
+        emit_json(detail)
+    if detail["state"] not in _FINAL_ROLLOUT_STATES:
+        fail(f"rollout {rollout_id} still {detail['state']} after {timeout_s:.0f}s", Exit.TIMEOUT)
+    code = _FINAL_ROLLOUT_STATES[detail["state"]]
+    if not json_out:
+        console.print(f"rollout {rollout_id}: {detail['state']}", highlight=False)
+    if code != Exit.OK:
+        raise typer.Exit(int(code))
+
 
 SpecArg = Annotated[Path, typer.Argument(help="rollout spec, YAML (see docs/rollouts.md)")]
+
+
 IdArg = Annotated[str, typer.Argument(help="rollout id")]
 
 
@@ -66,7 +119,7 @@ def plan(spec: SpecArg, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = No
         return
     strata = ", ".join(f"{k} ({n})" for k, n in result["strata"].items())
     console.print(f"strata: {strata}")
-    table = Table(title="devices per stage")
+    table = new_table("devices per stage")
     for column in ("stage", "cumulative per stratum", "new devices", "offline now", "devices"):
         table.add_column(column)
     for stage in result["stages"]:
@@ -95,13 +148,11 @@ def list_rollouts(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, js
     if json_out:
         emit_json(rollouts)
         return
-    table = Table(title=f"rollouts ({len(rollouts)})")
-    for column in ("id", "name", "state", "stage", "created"):
-        table.add_column(column)
-    for r in rollouts:
-        table.add_row(r["id"], r["name"], r["state"], f"{r['stage'] + 1}/{r['stages']} {r['phase']}",
-                      str(r["created_at"]))
-    console.print(table)
+    print_listing(f"rollouts ({len(rollouts)})", ["id", "name", "state", "stage", "created"],
+                  [[r["id"], r["name"], r["state"], f"{r['stage'] + 1}/{r['stages']} {r['phase']}",
+                    str(r["created_at"])] for r in rollouts],
+                  empty_hint="Write a spec (docs/rollouts.md), preview it with `edgefleet rollout plan SPEC`, "
+                             "then start it with `edgefleet rollout create SPEC`.")
 
 
 def _gate_lines(numbers: dict[str, Any]) -> list[str]:
@@ -131,7 +182,7 @@ def show(rollout_id: IdArg, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt 
                   f"{detail['stage'] + 1}/{detail['stages']} ({detail['phase']})", highlight=False)
     if detail["halted_strata"]:
         console.print(f"halted strata: {', '.join(detail['halted_strata'])}", highlight=False)
-    table = Table(title="devices")
+    table = new_table("devices")
     table.add_column("stratum")
     table.add_column("states")
     for stratum, states in detail["devices_by_stratum"].items():

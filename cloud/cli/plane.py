@@ -1,65 +1,39 @@
-"""``edgefleet``: the operator and control-plane command line."""
+"""``edgefleet serve`` and ``edgefleet demo``: run the control plane here."""
 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+import uvicorn
 
 from cloud.api.main import create_app
+from cloud.cli.client import console
 from cloud.core.config import Settings
 from cloud.server import ControlPlane
-
-app = typer.Typer(help="EdgeFleet control plane and operator CLI.", no_args_is_help=True)
-console = Console()
-
-# Operator commands over HTTP (cloud/cli_ops.py): every listing takes --json.
-from cloud import cli_ops  # noqa: E402  (kept next to the add_typer lines it feeds)
-
-app.add_typer(cli_ops.device_app, name="device")
-app.add_typer(cli_ops.deployment_app, name="deployment")
-app.add_typer(cli_ops.package_app, name="package")
-app.add_typer(cli_ops.fleet_app, name="fleet")
-app.add_typer(cli_ops.status_app, name="status")
-
-# Pipeline commands (cloud/cli_pipeline.py): data, train, build, model.
-from cloud import cli_pipeline  # noqa: E402
-
-cli_pipeline.register(app)
-from cloud import cli_monitor  # noqa: E402  (drift, samples, governance, model lineage)
-
-cli_monitor.register(app)
-
-# Staged rollouts (cloud/cli_rollout.py).
-from cloud.cli_rollout import rollout_app  # noqa: E402
-
-app.add_typer(rollout_app, name="rollout")
-cli_ops.register_rollout_watch(rollout_app)  # `rollout watch ID`: a progress bar until the rollout ends
-
-# Keys, tokens and broker configuration (cloud/cli_security.py): keys ..., token ..., broker-config.
-from cloud.cli_security import app as security_app  # noqa: E402
-
-app.add_typer(security_app)
-# HTTP actions that fill gaps in the groups above (token list/revoke, samples label, governance reject).
-cli_ops.register_extras(app)
 
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-@app.command()
-def serve(log_level: str = "INFO") -> None:
+def serve(
+    host: Annotated[str | None, typer.Option(help="address the API listens on [default: EDGEFLEET_API_HOST, "
+                                                  "else 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="API port [default: EDGEFLEET_API_PORT, "
+                                                                     "else 8000]")] = None,
+    log_level: str = "INFO",
+) -> None:
     """Run the control plane (API, ingest, and an embedded broker when EDGEFLEET_MQTT_URL is unset)."""
-    import uvicorn
-
-
     _logging(log_level)
     settings = Settings()
+    # The options win over EDGEFLEET_API_HOST / EDGEFLEET_API_PORT.
+    if host is not None:
+        settings.api_host = host
+    if port is not None:
+        settings.api_port = port
     plane = ControlPlane(settings)
     plane.start()
     try:
@@ -68,7 +42,6 @@ def serve(log_level: str = "INFO") -> None:
         plane.stop()
 
 
-@app.command()
 def demo(
     devices: Annotated[int, typer.Option(min=1, max=50, help="number of simulated camera devices")] = 5,
     seconds: Annotated[float, typer.Option(min=1, help="seconds of inference after the rollout")] = 20.0,
@@ -88,11 +61,3 @@ def demo(
         console.print("[yellow]interrupted; stopped every process the demo started[/]")
         raise typer.Exit(130) from None
     print(summary)
-
-
-def main() -> None:
-    sys.exit(app())
-
-
-if __name__ == "__main__":
-    main()

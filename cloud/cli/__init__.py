@@ -1,0 +1,57 @@
+"""``edgefleet``: the operator and control-plane command line.
+
+One module per command group; each defines every command of its group. Commands that
+talk to a running control plane go through :mod:`cloud.cli.client` (HTTP, exit codes,
+tables); the pipeline commands work on the local data directory (:mod:`cloud.cli.local`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cloud.cli import (
+    broker,
+    data,
+    deployments,
+    devices,
+    drift,
+    fleet,
+    governance,
+    keys,
+    model,
+    packages,
+    plane,
+    rollout,
+    samples,
+    status,
+    tokens,
+)
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="EdgeFleet control plane and operator CLI.", no_args_is_help=True)
+# Registration order is the order `edgefleet --help` lists them in.
+app.command("train")(model.train)
+app.command("build")(model.build)
+app.command("serve")(plane.serve)
+app.command("demo")(plane.demo)
+app.add_typer(devices.device_app, name="device")
+app.add_typer(deployments.deployment_app, name="deployment")
+app.add_typer(packages.package_app, name="package")
+app.add_typer(fleet.fleet_app, name="fleet")
+app.add_typer(status.status_app, name="status")
+app.add_typer(data.data_app, name="data")
+app.add_typer(model.model_app, name="model")
+app.add_typer(drift.drift_app, name="drift")
+app.add_typer(samples.samples_app, name="samples")
+app.add_typer(governance.governance_app, name="governance")
+app.add_typer(rollout.rollout_app, name="rollout")
+app.command("broker-config")(broker.broker_config)
+app.add_typer(keys.keys_app, name="keys")
+app.add_typer(tokens.token_app, name="token")
+
+
+def main() -> None:
+    sys.exit(app())

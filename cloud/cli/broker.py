@@ -1,0 +1,36 @@
+"""``edgefleet broker-config``: write a Mosquitto configuration for the fleet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cloud.cli.client import (
+    console,
+)
+from cloud.cli.keys import fleet_security
+from cloud.security.broker import write_broker_config, write_control_plane_identity
+
+
+def broker_config(
+    out: Annotated[Path, typer.Option(help="directory for mosquitto.conf, acl and the server key")] = Path("mosquitto"),
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8883,
+    bind: str = "0.0.0.0",
+    server_name: Annotated[list[str] | None, typer.Option(help="broker DNS names / IPs for its certificate")] = None,
+    user: Annotated[str | None, typer.Option(help="account mosquitto drops to when started as root")] = None,
+) -> None:
+    """Write a Mosquitto config: mutual TLS, identity from the certificate, CRL and per-device ACL."""
+
+    security = fleet_security()
+    files = write_broker_config(out, security.ca, prefix=security.settings.topic_prefix, port=port, bind=bind,
+                                server_names=server_name or ["localhost", "127.0.0.1"], user=user)
+    ca_file, cert_file, key_file = write_control_plane_identity(security.settings.security_dir / "control-plane",
+                                                                security.ca)
+    console.print(f"wrote {files.config} and {files.acl}; start it with: mosquitto -c {files.config}")
+    console.print("point the control plane at it with:")
+    print(f"export EDGEFLEET_MQTT_URL=mqtts://{(server_name or ['localhost'])[0]}:{port}")
+    print(f"export EDGEFLEET_MQTT_CA_FILE={ca_file}")
+    print(f"export EDGEFLEET_MQTT_CERT_FILE={cert_file}")
+    print(f"export EDGEFLEET_MQTT_KEY_FILE={key_file}")

@@ -1,0 +1,87 @@
+"""``edgefleet drift ...``: drift alerts with their evidence, the fleet test, package references."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from sqlmodel import Session
+
+from cloud.cli.client import (
+    DEFAULT_SERVER,
+    JsonOpt,
+    ServerOpt,
+    TokenOpt,
+    call,
+    cell,
+    console,
+    emit_json,
+    table,
+)
+from cloud.core.config import Settings
+from cloud.core.db import make_engine, migrate
+from cloud.governance.retrain import repackage_with_reference
+from cloud.pipeline.data.dataset import decode_image, scan_imagefolder
+
+drift_app = typer.Typer(help="Drift alerts with their evidence, and the fleet test.", no_args_is_help=True)
+
+
+@drift_app.command("alerts")
+def drift_alerts(state: Annotated[str | None, typer.Option(help="open or cleared")] = "open",
+                 device: Annotated[str | None, typer.Option(help="only this device")] = None,
+                 server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, json_out: JsonOpt = False) -> None:
+    """Drift alerts (open ones by default) and the features that drove them."""
+    alerts: list[dict[str, Any]] = call(server, token, "GET", "/api/v1/drift/alerts", state=state, device_id=device)
+    if json_out:
+        emit_json(alerts)
+        return
+    rows = []
+    for alert in alerts:
+        features = alert["evidence"].get("features", [])[:3]
+        worst = ", ".join(f"{f['name']} (p={f['p']:.1e}, PSI {f['psi']:.2f})" for f in features)
+        rows.append([alert["id"], alert["scope"], cell(alert["device_id"]), cell(alert["model_version"]),
+                     alert["state"], cell(alert["score"], ".1f"), str(alert["opened_at"])[:19], worst,
+                     cell(alert["proposal_id"])])
+    console.print(table("drift alerts", ["id", "scope", "device", "model", "state", "score", "opened", "evidence",
+                                          "proposal"], rows))
+
+
+@drift_app.command("fleet")
+def drift_fleet(package_id: str, minutes: float = 60.0, server: ServerOpt = DEFAULT_SERVER,
+                token: TokenOpt = None, json_out: JsonOpt = False) -> None:
+    """Merge the fleet's recent windows for a package and test them against its reference."""
+    result: dict[str, Any] = call(server, token, "GET", f"/api/v1/drift/fleet/{package_id}", minutes=minutes)
+    if json_out:
+        emit_json(result)
+        return
+    console.print(f"package {package_id}: {len(result['devices'])} devices, {result['windows']} windows, "
+                  f"{result['frames']} frames; window p={result['window_p']:.2e} score {result['score']} "
+                  f"drifted={'yes' if result['drifted'] else 'no'}")
+    console.print(table("features", ["feature", "p", "p (Holm)", "PSI"],
+                         [[f["name"], f"{f['p']:.2e}", f"{f['p_holm']:.2e}", f"{f['psi']:.3f}"]
+                          for f in result.get("features", [])]))
+
+
+@drift_app.command("reference")
+def drift_reference(
+    package_id: Annotated[str, typer.Argument(help="the package to add a drift reference to")],
+    data: Annotated[str, typer.Option(help="ImageFolder directory of images the model should see in service")],
+    split: Annotated[str, typer.Option(help="which split of --data to use (val keeps training images out)")] = "val",
+    window_frames: int = 300,
+) -> None:
+    """Build a drift reference from images and repackage the release with it (runs locally, like train)."""
+    from pathlib import Path
+
+    settings = Settings()
+    migrate(settings.resolved_database_url)
+    dataset = scan_imagefolder(Path(data))
+    chosen = dataset.split(split) if split in ("train", "val", "test") else dataset.samples
+    images = [image for image in (decode_image(s.path) for s in chosen) if image is not None]
+    try:
+        with Session(make_engine(settings.resolved_database_url)) as session:
+            package = repackage_with_reference(session, package_id, images, packages_dir=settings.packages_dir,
+                                               window_frames=window_frames, source=f"{data} ({split})")
+    except (LookupError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"package {package.id}: {package.model_version} with a drift reference of {len(images)} images")

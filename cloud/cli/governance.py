@@ -1,0 +1,94 @@
+"""``edgefleet governance ...``: retraining and rollout proposals, approvals, the audit log."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from cloud.cli.client import (
+    DEFAULT_SERVER,
+    ApiError,
+    JsonOpt,
+    ServerOpt,
+    TokenOpt,
+    call,
+    cell,
+    client_from,
+    console,
+    emit_json,
+    fail,
+    table,
+)
+
+governance_app = typer.Typer(help="Retraining and rollout proposals, approvals, the audit log.",
+                             no_args_is_help=True)
+
+
+@governance_app.command("reject")
+def governance_reject(
+    rollout_proposal_id: Annotated[str, typer.Argument(help="rollout proposal id")],
+    reason: Annotated[str, typer.Option(help="why; recorded in the audit log")] = "",
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Reject a pending canary rollout proposal."""
+    client = client_from(server, token)
+    try:
+        result = client.request("POST", f"/api/v1/governance/rollout-proposals/{rollout_proposal_id}/reject",
+                                params={"reason": reason})
+    except ApiError as exc:
+        fail(exc.detail, exc.exit_code)
+    finally:
+        client.close()
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(f"rollout proposal {result['id']}: {result['state']}", highlight=False)
+
+
+@governance_app.command("proposals")
+def proposals(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, json_out: JsonOpt = False) -> None:
+    """Retraining proposals opened by drift alerts."""
+    rows: list[dict[str, Any]] = call(server, token, "GET", "/api/v1/governance/proposals")
+    if json_out:
+        emit_json(rows)
+        return
+    console.print(table("retraining proposals", ["id", "state", "base", "devices", "new model", "validation"],
+                         [[p["id"], p["state"], cell(p["base_model_version"]), ", ".join(p["device_ids"]),
+                           cell(p["new_model_version"]), validation_summary(p["validation"])] for p in rows]))
+
+
+def validation_summary(numbers: dict[str, Any]) -> str:
+    if not numbers:
+        return "-"
+    return (f"old test {numbers.get('old_test_accuracy_before')}→{numbers.get('old_test_accuracy_after')}, "
+            f"drift {numbers.get('drift_accuracy_before')}→{numbers.get('drift_accuracy_after')}")
+
+
+@governance_app.command("retrain")
+def retrain(proposal_id: str, epochs: int = 6, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None) -> None:
+    """Retrain now: new dataset version, training, validation and (on success) a rollout proposal."""
+    result = call(server, token, "POST", f"/api/v1/governance/proposals/{proposal_id}/retrain?epochs={epochs}")
+    console.print(f"proposal {result['id']}: {result['state']}; {validation_summary(result['validation'])}")
+
+
+@governance_app.command("approve")
+def approve(rollout_proposal_id: str, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None) -> None:
+    """Approve a pending canary rollout proposal (starts the rollout)."""
+    result = call(server, token, "POST", f"/api/v1/governance/rollout-proposals/{rollout_proposal_id}/approve")
+    console.print(f"rollout proposal {result['id']}: {result['state']} (rollout {result['rollout_id']})")
+
+
+@governance_app.command("audit")
+def audit(subject: str | None = None, limit: int = 100, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+          json_out: JsonOpt = False) -> None:
+    """The audit log: who or what did each step, when."""
+    events: list[dict[str, Any]] = call(server, token, "GET", "/api/v1/governance/audit", subject_id=subject,
+                                         limit=limit)
+    if json_out:
+        emit_json(events)
+        return
+    console.print(table("audit", ["at", "actor", "action", "subject"],
+                         [[str(e["at"])[:19], e["actor"], e["action"], e["subject_id"]] for e in events]))

@@ -1,0 +1,67 @@
+"""Helpers for the commands that work on the local data directory (datasets, training, builds)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from cloud.cli.client import new_table
+from cloud.core.config import Settings
+from cloud.core.db import make_engine, migrate
+from cloud.crud import NotFound
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from cloud.pipeline.service import PipelinePaths
+
+
+console = Console(stderr=True)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
+
+
+ProfileOption = Annotated[list[str] | None, typer.Option("--profile", "-p", help="hardware profile (repeatable)")]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    # Bad input (ValueError, including PipelineInputError) and unknown names → exit 2 with the message.
+
+    try:
+        yield
+    except (ValueError, NotFound) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def local_context() -> tuple[Engine, PipelinePaths]:
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
+    from cloud.pipeline.service import PipelinePaths
+
+    settings = Settings()
+    migrate(settings.resolved_database_url)
+    return make_engine(settings.resolved_database_url), PipelinePaths.under(settings.data_dir)
+
+
+def emit(as_json: bool, payload: Any, human: Callable[[], None]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(payload, indent=1, default=str) + "\n")
+    else:
+        human()
+
+
+def issues_table(issues: list[dict[str, str]], limit: int = 30) -> None:
+    table = new_table(f"{len(issues)} issue(s)")
+    for column in ("severity", "kind", "file", "reason"):
+        table.add_column(column)
+    for issue in issues[:limit]:
+        table.add_row(issue["severity"], issue["kind"], issue["file"], issue["reason"])
+    Console().print(table)

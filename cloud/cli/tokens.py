@@ -1,0 +1,86 @@
+"""``edgefleet token ...``: API and enrollment tokens."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from sqlmodel import Session
+
+from cloud.cli.client import (
+    DEFAULT_SERVER,
+    ApiError,
+    JsonOpt,
+    ServerOpt,
+    TokenOpt,
+    call,
+    cell,
+    client_from,
+    console,
+    emit_json,
+    fail,
+    table,
+)
+from cloud.cli.keys import fleet_security
+from cloud.security.models import Role
+from cloud.security.tokens import create_api_token, create_enrollment_token
+
+token_app = typer.Typer(help="API and enrollment tokens.", no_args_is_help=True)
+
+
+@token_app.command("list")
+def token_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, json_out: JsonOpt = False) -> None:
+    """API tokens (never their secrets): who, which role, revoked or not (admin)."""
+    tokens: list[dict[str, Any]] = call(server, token, "GET", "/api/v1/tokens")
+    if json_out:
+        emit_json(tokens)
+        return
+    console.print(table(f"API tokens ({len(tokens)})", ["id", "name", "role", "device", "created", "revoked"],
+                         ([t["id"], t["name"], t["role"], cell(t.get("device_id")), cell(t["created_at"]),
+                           cell(t.get("revoked_at"))] for t in tokens)))
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="token id (from `edgefleet token list`), not the secret")],
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+) -> None:
+    """Revoke an API token at once: the next request with it gets 401, the dashboard logs it out (admin)."""
+    client = client_from(server, token)
+    try:
+        client.request("DELETE", f"/api/v1/tokens/{token_id}")
+    except ApiError as exc:
+        fail(exc.detail, exc.exit_code)
+    finally:
+        client.close()
+    console.print(f"revoked token {token_id}", highlight=False)
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option(help="who or what uses the token")],
+    role: Annotated[str, typer.Option(help="viewer, operator or admin")] = "viewer",
+) -> None:
+    """Create an API token. It is printed once and stored only as a hash."""
+    if role not in ("viewer", "operator", "admin"):
+        console.print("[red]error:[/] --role must be viewer, operator or admin")
+        raise typer.Exit(2)
+    security = fleet_security()
+    with Session(security.engine) as session:
+        secret, _ = create_api_token(session, name=name, role=Role(role))
+    print(secret)
+
+
+@token_app.command("enroll")
+def token_enroll(
+    device_id: str,
+    profile: Annotated[str, typer.Option(help="the device's hardware profile")] = "x86-64-avx2",
+) -> None:
+    """Create a one-time enrollment token for `edgefleet-agent enroll --token`."""
+    security = fleet_security()
+    with Session(security.engine) as session:
+        secret, expires_at = create_enrollment_token(session, device_id, hardware_profile=profile,
+                                                     ttl_s=security.settings.enrollment_token_ttl_s)
+    console.print(f"valid until {expires_at.isoformat()}; on the device run:", style="dim")
+    print(f"edgefleet-agent enroll --server <control-plane-url> --token {secret}")
