@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, update
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from agent.contract import DeployCommand, JobState, JobStatusReport, StatusReport, TelemetryReport
@@ -68,24 +67,8 @@ def device_exists(session: Session, device_id: str) -> bool:
 
 
 # --- ingest ------------------------------------------------------------------
-def apply_status(session: Session, report: StatusReport, *, commit: bool = True) -> None:
-    """Apply a status report to its device (``commit=False``: leave it to the caller's batch)."""
-    device = get_device(session, report.device_id)
-    device.online = report.state == DeviceState.ONLINE
-    device.last_seen_at = utc_now()
-    if device.online:
-        device.agent_version = report.agent_version or device.agent_version
-        device.hardware_profile = report.hardware_profile or device.hardware_profile
-        device.running_model_version = report.running_model_version
-        device.running_package_id = report.running_package_id
-        device.runtime = report.runtime
-    session.add(device)
-    if commit:
-        session.commit()
-
-
 def apply_statuses(session: Session, reports: list[StatusReport]) -> None:
-    """Batch form of :func:`apply_status` (in order; one query for all devices; the caller commits).
+    """Apply status reports to their devices, in order (one query for all devices; the caller commits).
 
     Raises:
         NotFound: a report names a device that is not registered.
@@ -111,23 +94,6 @@ def apply_statuses(session: Session, reports: list[StatusReport]) -> None:
             device.running_package_id = report.running_package_id
             device.runtime = report.runtime
         session.add(device)
-
-
-def store_telemetry(session: Session, report: TelemetryReport) -> bool:
-    """Store one telemetry window. Returns False for a duplicate message id (QoS 1 redelivery)."""
-    record = TelemetryRecord.model_validate(telemetry_row(report, utc_now()))
-    try:
-        device = session.get(Device, report.device_id)
-        if device is not None:
-            device.last_seen_at = utc_now()
-            device.online = True
-            session.add(device)
-        session.add(record)
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        return False
-    return True
 
 
 def telemetry_row(report: TelemetryReport, received_at: datetime) -> dict[str, object]:
@@ -226,20 +192,6 @@ def touch_devices(session: Session, device_ids: Iterable[str], seen_at: datetime
         )
 
 
-def apply_job_report(session: Session, report: JobStatusReport) -> bool:
-    """Advance a device job. Final states are sticky. Returns False for unknown jobs."""
-    job = session.get(DeviceJob, report.job_id)
-    if job is None or job.device_id != report.device_id:
-        return False
-    if job.state in FINAL_JOB_STATES:
-        return True
-    _advance_job(session, job, report)
-    session.flush()
-    _refresh_deployment_state(session, job.deployment_id)
-    session.commit()
-    return True
-
-
 def _advance_job(session: Session, job: DeviceJob, report: JobStatusReport) -> None:
     job.state = report.state.value
     job.error_code = report.error_code
@@ -249,7 +201,7 @@ def _advance_job(session: Session, job: DeviceJob, report: JobStatusReport) -> N
 
 
 def apply_job_reports(session: Session, reports: list[JobStatusReport]) -> list[bool]:
-    """Batch form of :func:`apply_job_report` (in order; the caller commits).
+    """Advance device jobs, in order; final states are sticky (the caller commits). False for unknown jobs.
 
     Each touched deployment is re-evaluated once per batch rather than once per report:
     a rollout to N devices sends about 5N job reports, and re-reading all N job states

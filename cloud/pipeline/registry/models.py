@@ -77,12 +77,3 @@ class ModelBuild(SQLModel, table=True):
     notes: list[dict[str, Any]] = _json(list)
     package_id: str | None = Field(default=None, max_length=64)
     created_at: datetime = _ts()
-
-
-class ModelBuildPublic(SQLModel):
-    id: str
-    profiles: list[str]
-    artifacts: list[dict[str, Any]]
-    notes: list[dict[str, Any]]
-    package_id: str | None
-    created_at: datetime
