@@ -16,12 +16,12 @@ from rich.table import Table
 from sqlmodel import Session
 
 from agent.capture.scenes import write_video
-from cloud import crud
 from cloud.core.config import Settings
-from cloud.fleet import fleet_rows
+from cloud.fleet import crud
+from cloud.fleet.summary import fleet_rows
 from cloud.pipeline.data.synth import write_synthetic_dataset
 from cloud.pipeline.quickstart import train_and_package
-from cloud.security.models import Role
+from cloud.security.tables import Role
 from cloud.security.tokens import create_api_token
 from cloud.server import ControlPlane
 

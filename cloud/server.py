@@ -15,11 +15,11 @@ from cloud.api.main import create_app
 from cloud.core.broker import EmbeddedBroker, free_port
 from cloud.core.config import Settings
 from cloud.core.db import make_engine, migrate
-from cloud.mqtt_bridge import CloudMqtt
-from cloud.retention import RetentionWorker
+from cloud.messaging.bridge import CloudMqtt
+from cloud.messaging.wiring import make_bridge, make_ingest, make_retention
+from cloud.ops.telemetry_retention import RetentionWorker
 from cloud.rollout.engine import EngineConfig, RolloutEngine
 from cloud.security import FleetSecurity
-from cloud.wiring import make_bridge, make_ingest, make_retention
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class ControlPlane:
         self.engine: Engine = make_engine(settings.resolved_database_url)
         self.broker: EmbeddedBroker | None = None
         self.broker_url = settings.mqtt_url or ""
-        # Ingest with the rollout listener and the drift monitor's handlers (cloud/wiring.py).
+        # Ingest with the rollout listener and the drift monitor's handlers (cloud/messaging/wiring.py).
         self.ingest = make_ingest(self.engine, self.topics, settings)
         # Telemetry downsampling and retention, on whichever node holds the lease.
         self.retention: RetentionWorker | None = None

@@ -121,7 +121,7 @@ def control_plane_admin_headers(plane) -> dict[str, str]:
     if token is None:
         from sqlmodel import Session
 
-        from cloud.security.models import Role
+        from cloud.security.tables import Role
         from cloud.security.tokens import create_api_token
 
         with Session(plane.engine) as session:

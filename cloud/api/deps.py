@@ -16,7 +16,7 @@ from fastapi import Depends, HTTPException, Request
 from sqlmodel import Session
 
 from cloud.core.plane import Plane
-from cloud.security.models import Role
+from cloud.security.tables import Role
 from cloud.security.tokens import Principal, authenticate
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -28,7 +28,7 @@ from cloud.api.routes import (
 from cloud.core.plane import Plane
 from cloud.dashboard import install_dashboard
 from cloud.errors import EdgeFleetError
-from cloud.metrics import install_metrics
+from cloud.ops.metrics import install_metrics
 
 
 def _describe_validation(exc: RequestValidationError) -> str:

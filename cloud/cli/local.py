@@ -14,7 +14,7 @@ from rich.console import Console
 from cloud.cli.client import new_table
 from cloud.core.config import Settings
 from cloud.core.db import make_engine, migrate
-from cloud.crud import NotFound
+from cloud.fleet.crud import NotFound
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine

@@ -11,11 +11,11 @@ from rich.console import Console
 from sqlmodel import Session
 
 from agent.profiles import load_profiles
-from cloud import crud
 from cloud.cli.client import DEFAULT_SERVER, JsonOpt, ServerOpt, TokenOpt, call, cell, emit_json, new_table
 from cloud.cli.client import console as stdout_console
 from cloud.cli.governance import validation_summary
 from cloud.cli.local import JsonOption, ProfileOption, console, emit, local_context, user_errors
+from cloud.fleet import crud
 from cloud.pipeline.evaluate.gates import QuantizationGateConfig, ValidationThresholds
 
 model_app = typer.Typer(help="The model registry: list, show, import, promote.", no_args_is_help=True)

@@ -22,7 +22,7 @@ from cloud.cli.client import (
     table,
 )
 from cloud.cli.keys import fleet_security
-from cloud.security.models import Role
+from cloud.security.tables import Role
 from cloud.security.tokens import create_api_token, create_enrollment_token
 
 token_app = typer.Typer(help="API and enrollment tokens.", no_args_is_help=True)

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     # At least the Receive Maximum: unacknowledged QoS 1 reports never exceed it, so the
     # network thread never waits on a full queue (a stalled reader makes Mosquitto drop).
     ingest_queue_max: int = Field(default=70_000, ge=100)
-    # Telemetry tiers: raw rows, then 1-minute, then 1-hour rollups (cloud/retention.py).
+    # Telemetry tiers: raw rows, then 1-minute, then 1-hour rollups (cloud/ops/telemetry_retention.py).
     retention_enabled: bool = True
     retention_interval_s: float = Field(default=600.0, gt=0)
     telemetry_raw_retention_h: float = Field(default=48.0, gt=0)

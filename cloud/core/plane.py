@@ -12,9 +12,9 @@ from typing import Protocol
 from sqlalchemy import Engine
 
 from cloud.core.config import Settings
-from cloud.ingest import ReportIngest
-from cloud.mqtt_bridge import CloudMqtt
-from cloud.retention import RetentionWorker
+from cloud.messaging.bridge import CloudMqtt
+from cloud.messaging.ingest import ReportIngest
+from cloud.ops.telemetry_retention import RetentionWorker
 from cloud.security import FleetSecurity
 
 __all__ = ["Plane"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from cloud.security.models import Role
+from cloud.security.tables import Role
 from cloud.security.tokens import authenticate
 
 __all__ = ["COOKIE_NAME", "DashboardUser", "csrf_for", "login", "user_for_cookie"]

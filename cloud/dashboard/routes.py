@@ -20,10 +20,11 @@ from fastapi.templating import Jinja2Templates
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from cloud import __version__, crud
+from cloud import __version__
 from cloud.dashboard.auth import COOKIE_NAME, DashboardUser, login, user_for_cookie
 from cloud.dashboard.charts import Series, line_chart
 from cloud.dashboard.data import ApiProblem, InProcessApi
+from cloud.fleet import crud
 
 __all__ = ["install_dashboard"]
 

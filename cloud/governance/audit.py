@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from cloud.governance.models import AuditEvent
+from cloud.governance.tables import AuditEvent
 
 __all__ = ["list_events", "record"]
 

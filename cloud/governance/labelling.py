@@ -10,11 +10,11 @@ from collections.abc import Mapping
 
 from sqlmodel import Session, col, select
 
-from cloud.crud import NotFound
 from cloud.errors import InvalidInputError
+from cloud.fleet.crud import NotFound
+from cloud.fleet.tables import utc_now
 from cloud.governance import audit
-from cloud.models import utc_now
-from cloud.monitor.models import SampleBlob, SampleRecord
+from cloud.monitor.tables import SampleBlob, SampleRecord
 
 __all__ = ["LabelError", "accept_labels", "list_samples", "sample_image"]
 

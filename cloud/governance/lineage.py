@@ -6,11 +6,11 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from cloud import crud
+from cloud.fleet import crud
+from cloud.fleet.tables import Device, Package
 from cloud.governance.audit import list_events
-from cloud.governance.models import DatasetLineage, RetrainingProposal, RolloutProposal
-from cloud.models import Device, Package
-from cloud.monitor.models import SampleRecord
+from cloud.governance.tables import DatasetLineage, RetrainingProposal, RolloutProposal
+from cloud.monitor.tables import SampleRecord
 
 __all__ = ["lineage"]
 

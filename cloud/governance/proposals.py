@@ -12,11 +12,11 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from cloud.crud import Conflict, NotFound
+from cloud.fleet.crud import Conflict, NotFound
+from cloud.fleet.tables import ModelVersion, Package, utc_now
 from cloud.governance import audit
-from cloud.governance.models import RetrainingProposal, RolloutProposal
-from cloud.models import ModelVersion, Package, utc_now
-from cloud.monitor.models import DriftAlert
+from cloud.governance.tables import RetrainingProposal, RolloutProposal
+from cloud.monitor.tables import DriftAlert
 from cloud.rollout.service import create_rollout
 from cloud.rollout.spec import ReleaseSpec, RolloutSpec, StageSpec, TargetSelector
 

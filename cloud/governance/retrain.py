@@ -27,14 +27,14 @@ from sqlmodel import Session, col, select
 
 from agent.contract import ModelArtifact, PackageManifest, PreprocessSpec, sha256_file
 from agent.contract.drift import IMAGE_FEATURES, DriftReference
-from cloud import crud
-from cloud.crud import Conflict
+from cloud.fleet import crud
+from cloud.fleet.crud import Conflict
+from cloud.fleet.tables import ModelVersion, Package, utc_now
 from cloud.governance import audit
-from cloud.governance.models import DatasetLineage, RetrainingProposal
 from cloud.governance.proposals import get_proposal, propose_rollout
-from cloud.models import ModelVersion, Package, utc_now
-from cloud.monitor.models import SampleBlob, SampleRecord
+from cloud.governance.tables import DatasetLineage, RetrainingProposal
 from cloud.monitor.reference import build_reference, run_logits
+from cloud.monitor.tables import SampleBlob, SampleRecord
 from cloud.pipeline.data.dataset import (
     DatasetVersion,
     Sample,

@@ -6,14 +6,15 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
+import cloud.fleet.tables
+
 # Importing the table modules registers their tables on SQLModel.metadata.
-import cloud.governance.models
-import cloud.models
-import cloud.monitor.models
-import cloud.pipeline.registry.models
-import cloud.rollout.models
-import cloud.security.models
-import cloud.workers.models  # noqa: F401
+import cloud.governance.tables
+import cloud.monitor.tables
+import cloud.pipeline.registry.tables
+import cloud.rollout.tables
+import cloud.security.tables
+import cloud.workers.tables  # noqa: F401
 
 config = context.config
 target_metadata = SQLModel.metadata

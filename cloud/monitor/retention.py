@@ -19,10 +19,10 @@ from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
 from agent.contract.drift import decode_histograms, encode_histograms
-from cloud.governance.models import DatasetLineage
-from cloud.models import utc_now
+from cloud.fleet.tables import utc_now
+from cloud.governance.tables import DatasetLineage
 from cloud.monitor.config import MonitorSettings
-from cloud.monitor.models import DriftWindowRecord, SampleBlob, SampleRecord
+from cloud.monitor.tables import DriftWindowRecord, SampleBlob, SampleRecord
 
 __all__ = ["apply_retention", "merge_windows"]
 

@@ -24,12 +24,12 @@ from sqlmodel import Session, col, select
 from agent.contract import DriftReport, PackageManifest, Report, SampleReport, sha256_bytes
 from agent.contract.drift import DriftReference, decode_histograms
 from cloud.errors import NotFoundError
+from cloud.fleet.tables import Device, Package, utc_now
 from cloud.governance import audit
 from cloud.governance.proposals import attach_alert
-from cloud.models import Device, Package, utc_now
 from cloud.monitor.config import MonitorSettings
-from cloud.monitor.models import DriftAlert, DriftDetectorState, DriftWindowRecord, SampleBlob, SampleRecord
 from cloud.monitor.stats import Cusum, CusumState, WindowTest, evaluate_window
+from cloud.monitor.tables import DriftAlert, DriftDetectorState, DriftWindowRecord, SampleBlob, SampleRecord
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def store_monitor_report(session: Session, report: Report, reject: Reject, setti
 
 
 def install(ingest: object, settings: MonitorSettings) -> bool:
-    """Register the drift and sample handlers on a :class:`cloud.ingest.ReportIngest`."""
+    """Register the drift and sample handlers on a :class:`cloud.messaging.ingest.ReportIngest`."""
     handlers = getattr(ingest, "kind_handlers", None)
     if handlers is None:
         log.error("this ingest has no kind_handlers hook; drift and sample reports will be rejected")

@@ -14,8 +14,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from agent.contract import ModelArtifact, PreprocessSpec, sha256_file
-from cloud import crud
-from cloud.models import ModelVersion, Package
+from cloud.fleet import crud
+from cloud.fleet.tables import ModelVersion, Package
 from cloud.pipeline.errors import PipelineInputError
 from cloud.pipeline.package.builder import build_package
 from cloud.pipeline.service import PipelinePaths, build_model, code_version, ingest, train_model

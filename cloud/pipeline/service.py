@@ -23,8 +23,8 @@ from sqlmodel import Session
 
 from agent.contract import PreprocessSpec, sha256_file
 from agent.profiles import FirmwareProfile, load_profiles
-from cloud import crud
-from cloud.models import ModelVersion, Package
+from cloud.fleet import crud
+from cloud.fleet.tables import ModelVersion, Package
 from cloud.pipeline.data.dataset import (
     DatasetVersion,
     load_stored_dataset,
@@ -46,7 +46,7 @@ from cloud.pipeline.optimize.quantize import select_calibration
 from cloud.pipeline.optimize.runners import run_batched, runner_for
 from cloud.pipeline.package.builder import BuiltPackage, build_package
 from cloud.pipeline.registry import store
-from cloud.pipeline.registry.models import DatasetRecord, ModelBuild, ModelLineage
+from cloud.pipeline.registry.tables import DatasetRecord, ModelBuild, ModelLineage
 from cloud.pipeline.train.model import MobileNetV2
 from cloud.pipeline.train.trainer import TrainConfig, environment, export_onnx, train
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from agent.contract import MANIFEST_FILE, DeployCommand
-from cloud.models import Package
+from cloud.fleet.tables import Package
 
 __all__ = ["deploy_command", "manifest_url"]
 

@@ -34,9 +34,9 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
 from agent.contract import DeployCommand
-from cloud.crud import short_id
-from cloud.models import Deployment, Device, DeviceJob, Package, TelemetryRecord, utc_now
-from cloud.monitor.models import DriftWindowRecord
+from cloud.fleet.crud import short_id
+from cloud.fleet.tables import Deployment, Device, DeviceJob, Package, TelemetryRecord, utc_now
+from cloud.monitor.tables import DriftWindowRecord
 from cloud.rollout.commands import deploy_command
 from cloud.rollout.decisions import (
     IN_FLIGHT_STATES,
@@ -59,9 +59,9 @@ from cloud.rollout.gates import (
     evaluate_shadow,
     evaluate_stratum,
 )
-from cloud.rollout.models import Rollout, RolloutDevice, RolloutWindow
 from cloud.rollout.service import baseline_stats, record_decision
 from cloud.rollout.spec import RolloutSpec
+from cloud.rollout.tables import Rollout, RolloutDevice, RolloutWindow
 
 __all__ = ["ACTIVE_ROLLOUT_STATES", "EngineConfig", "RolloutEngine"]
 

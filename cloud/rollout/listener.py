@@ -6,8 +6,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from agent.contract import TelemetryReport
-from cloud.models import utc_now
-from cloud.rollout.models import RolloutWindow
+from cloud.fleet.tables import utc_now
+from cloud.rollout.tables import RolloutWindow
 
 __all__ = ["record_rollout_window"]
 

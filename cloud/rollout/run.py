@@ -16,9 +16,9 @@ import uuid
 from agent.contract import Topics
 from cloud.core.config import Settings
 from cloud.core.db import make_engine
+from cloud.messaging.wiring import make_bridge
 from cloud.rollout.engine import EngineConfig, RolloutEngine
 from cloud.security import FleetSecurity
-from cloud.wiring import make_bridge
 
 __all__ = ["main", "run_engine"]
 

@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
-from cloud.crud import Conflict, NotFound
-from cloud.models import Device, Package, TelemetryRecord, utc_now
+from cloud.fleet.crud import Conflict, NotFound
+from cloud.fleet.tables import Device, Package, TelemetryRecord, utc_now
 from cloud.rollout.decisions import (
     DeviceState,
     InvalidAction,
@@ -24,9 +24,9 @@ from cloud.rollout.decisions import (
     apply_operator_action,
 )
 from cloud.rollout.gates import GroupStats, TelemetryWindow, aggregate
-from cloud.rollout.models import DeviceLabel, Rollout, RolloutDecision, RolloutDevice, RolloutWindow
 from cloud.rollout.planner import DeviceFacts, Plan, PlanError, plan_rollout
 from cloud.rollout.spec import RolloutSpec
+from cloud.rollout.tables import DeviceLabel, Rollout, RolloutDecision, RolloutDevice, RolloutWindow
 
 __all__ = [
     "create_rollout",

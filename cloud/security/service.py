@@ -12,10 +12,10 @@ from sqlmodel import Session, select
 
 from agent.contract import DeployCommand, validate_device_id
 from cloud.core.config import Settings
-from cloud.models import Device
+from cloud.fleet.tables import Device
 from cloud.security.ca import FleetCA, IssuedCertificate
 from cloud.security.director import DirectorKey
-from cloud.security.models import DeviceCertificate, Role
+from cloud.security.tables import DeviceCertificate, Role
 from cloud.security.tokens import (
     create_api_token,
     record_certificate,

@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 from agent.contract import validate_device_id
 from cloud.errors import PermissionDeniedError
 from cloud.security.ca import CONTROL_PLANE_IDENTITY, IssuedCertificate
-from cloud.security.models import ApiToken, DeviceCertificate, EnrollmentToken, Role
+from cloud.security.tables import ApiToken, DeviceCertificate, EnrollmentToken, Role
 
 __all__ = [
     "EnrollmentRefused",

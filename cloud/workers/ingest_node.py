@@ -29,7 +29,7 @@ from pathlib import Path
 from agent.contract import Topics
 from cloud.core.config import Settings
 from cloud.core.db import make_engine, migrate
-from cloud.wiring import make_bridge, make_ingest, make_retention
+from cloud.messaging.wiring import make_bridge, make_ingest, make_retention
 
 log = logging.getLogger("cloud.workers.ingest_node")
 

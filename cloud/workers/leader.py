@@ -17,8 +17,8 @@ from sqlalchemy import Engine, case, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
-from cloud.models import utc_now
-from cloud.workers.models import LeaderLease
+from cloud.fleet.tables import utc_now
+from cloud.workers.tables import LeaderLease
 
 __all__ = ["Lease"]
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cloud.cli import app
 from cloud.cli.client import Exit
-from cloud.security.models import Role
+from cloud.security.tables import Role
 from tests.ui.helpers import make_release, make_token
 
 pytestmark = pytest.mark.integration
@@ -51,8 +51,8 @@ def test_device_revoke(control_plane, api) -> None:
 
 
 def test_label_samples_and_reject_a_rollout_proposal(control_plane, api, tmp_path) -> None:
-    from cloud.governance.models import RolloutProposal
-    from cloud.monitor.models import SampleRecord
+    from cloud.governance.tables import RolloutProposal
+    from cloud.monitor.tables import SampleRecord
 
     release = make_release(control_plane, tmp_path)
     assert api.post("/api/v1/devices", json={"id": "cam-s1"}).status_code == 201

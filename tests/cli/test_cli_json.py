@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from cloud.cli import app
 from cloud.cli.client import Exit
-from cloud.security.models import Role
+from cloud.security.tables import Role
 from tests.ui.helpers import make_release, make_token, publish_reports
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from cloud.cli import app
 from cloud.cli.client import Exit
-from cloud.security.models import Role
+from cloud.security.tables import Role
 from tests.ui.helpers import Fleet, make_token
 
 pytestmark = pytest.mark.integration

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from sqlmodel import Session, col, select
 
+from cloud.fleet.tables import DeviceCreate
 from cloud.governance.retrain import accuracy, package_release
-from cloud.models import DeviceCreate
-from cloud.monitor.models import DriftAlert, DriftWindowRecord, SampleRecord
 from cloud.monitor.reference import build_reference, run_logits
+from cloud.monitor.tables import DriftAlert, DriftWindowRecord, SampleRecord
 from cloud.pipeline.data.dataset import decode_image, scan_imagefolder, store_dataset
 from cloud.pipeline.data.synth import write_synthetic_dataset
 from cloud.pipeline.train.trainer import DEFAULT_SPEC, TrainConfig, export_onnx, train
@@ -45,8 +45,8 @@ EPOCHS = 10
 
 
 def _register(plane, device_id: str) -> str:
-    from cloud import crud
-    from cloud.security.models import Role
+    from cloud.fleet import crud
+    from cloud.security.tables import Role
     from cloud.security.tokens import create_api_token
 
     with Session(plane.engine) as session:
@@ -162,7 +162,7 @@ def test_shifted_devices_alert_retrain_roll_out_and_clear(control_plane, api, tm
         shifted_images, shifted_labels = labelled_images(seed=999, count=300, shift=DARK_AND_BLURRED)
         targets = [dataset.labels.index(label) for label in shifted_labels]
         with Session(plane.engine) as session:
-            from cloud import crud
+            from cloud.fleet import crud
 
             new_onnx = Path(crud.get_model_version(session, new_version).onnx_path)
         before = accuracy(base_onnx, shifted_images, targets, DEFAULT_SPEC)

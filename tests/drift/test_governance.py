@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, SQLModel, create_engine, select
 
-import cloud.rollout.models  # the rollout engine's tables, for approval
-import cloud.security.models  # noqa: F401
-from cloud.crud import Conflict
+import cloud.rollout.tables  # the rollout engine's tables, for approval
+import cloud.security.tables  # noqa: F401
+from cloud.fleet.crud import Conflict
+from cloud.fleet.tables import Device, ModelVersion, Package, utc_now
 from cloud.governance.audit import list_events
 from cloud.governance.labelling import LabelError, accept_labels
-from cloud.governance.models import RetrainingProposal
 from cloud.governance.proposals import approve_rollout, attach_alert, propose_rollout, reject_rollout
-from cloud.models import Device, ModelVersion, Package, utc_now
-from cloud.monitor.models import DriftAlert, SampleRecord
+from cloud.governance.tables import RetrainingProposal
+from cloud.monitor.tables import DriftAlert, SampleRecord
 
 
 @pytest.fixture

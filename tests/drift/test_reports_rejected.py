@@ -127,7 +127,7 @@ def test_control_plane_rejects_counts_and_survives(control_plane, api) -> None:
 def test_sample_upload_refuses_oversized_non_jpeg_and_other_devices(control_plane, api) -> None:
     from sqlmodel import Session
 
-    from cloud.security.models import Role
+    from cloud.security.tables import Role
     from cloud.security.tokens import create_api_token
 
     for device_id in ("cam-1", "cam-2"):

@@ -8,10 +8,10 @@ import numpy as np
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from agent.contract.drift import decode_histograms, encode_histograms
-from cloud.governance.models import DatasetLineage
+from cloud.governance.tables import DatasetLineage
 from cloud.monitor.config import MonitorSettings
-from cloud.monitor.models import DriftWindowRecord, SampleBlob, SampleRecord
 from cloud.monitor.retention import apply_retention
+from cloud.monitor.tables import DriftWindowRecord, SampleBlob, SampleRecord
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 

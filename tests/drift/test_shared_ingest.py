@@ -17,14 +17,14 @@ from sqlmodel import Session, select
 from agent.contract import DriftReport, SampleReport, Topics
 from agent.contract.broker_url import parse_broker_url
 from agent.contract.drift import encode_histograms
-from cloud import crud
 from cloud.core.db import make_engine, migrate
-from cloud.ingest import ReportIngest
-from cloud.models import DeviceCreate
+from cloud.fleet import crud
+from cloud.fleet.tables import DeviceCreate
+from cloud.messaging.bridge import CloudMqtt
+from cloud.messaging.ingest import ReportIngest
 from cloud.monitor.config import MonitorSettings
-from cloud.monitor.models import DriftWindowRecord, SampleRecord
 from cloud.monitor.service import install
-from cloud.mqtt_bridge import CloudMqtt
+from cloud.monitor.tables import DriftWindowRecord, SampleRecord
 from tests.drift.test_reports_rejected import JPEG
 from tests.support.services import wait_for
 

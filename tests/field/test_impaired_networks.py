@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlmodel import Session, col, select
 
-from cloud.models import TelemetryRecord
+from cloud.fleet.tables import TelemetryRecord
 from tests.field.conftest import Field, FieldAgent
 from tests.rollout.fleet_helpers import X86, create, fast_spec, publish_trained, wait_state
 from tests.support.netns import DeviceLink

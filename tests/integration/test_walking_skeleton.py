@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
-from cloud import crud
+from cloud.fleet import crud
 from tests.support.fleet import publish_model, start_agent, stop_agents
 from tests.support.services import wait_for
 

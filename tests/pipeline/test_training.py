@@ -8,7 +8,7 @@ import pytest
 import torch
 from sqlmodel import Session
 
-from cloud import crud
+from cloud.fleet import crud
 from cloud.pipeline.errors import PipelineInputError
 from cloud.pipeline.evaluate.gates import ValidationThresholds
 from cloud.pipeline.service import (

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from cloud.models import DeviceJob
+from cloud.fleet.tables import DeviceJob
 from cloud.pipeline.quickstart import PipelineResult, register_and_package
 from cloud.server import ControlPlane
 from tests.support.models import TrainedModel, constant_model

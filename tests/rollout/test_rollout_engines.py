@@ -13,7 +13,7 @@ import pytest
 from sqlmodel import Session, select
 
 from cloud.rollout.engine import EngineConfig, RolloutEngine
-from cloud.rollout.models import Rollout
+from cloud.rollout.tables import Rollout
 from tests.rollout.fleet_helpers import (
     ARM,
     X86,

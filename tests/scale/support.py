@@ -29,7 +29,7 @@ from sqlalchemy import text
 from sqlmodel import Session, select
 
 from cloud.core.db import make_engine, migrate
-from cloud.models import Device, TelemetryRecord
+from cloud.fleet.tables import Device, TelemetryRecord
 from tests.support.services import (
     REQUIRE_SERVICES,
     DurableMosquitto,

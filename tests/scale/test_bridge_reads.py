@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from agent.contract import Topics
 from cloud.core.config import Settings
-from cloud.mqtt_bridge import CloudMqtt
+from cloud.messaging.bridge import CloudMqtt
 from tests.support.services import wait_for
 
 MESSAGES = 20_000

@@ -15,10 +15,10 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, func, select
 
 from agent.contract import DeviceState, StatusReport, TelemetryReport, Topics
-from cloud import crud
 from cloud.core.db import make_engine, migrate
-from cloud.ingest import Rejection, ReportIngest, classify, plan_batch
-from cloud.models import Device, TelemetryRecord
+from cloud.fleet import crud
+from cloud.fleet.tables import Device, TelemetryRecord
+from cloud.messaging.ingest import Rejection, ReportIngest, classify, plan_batch
 
 TOPICS = Topics("t/ef/v1")
 

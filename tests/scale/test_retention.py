@@ -20,10 +20,10 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session, col
 
-from cloud import crud
 from cloud.core.db import make_engine, migrate
-from cloud.models import Device, TelemetryRecord
-from cloud.retention import (
+from cloud.fleet import crud
+from cloud.fleet.tables import Device, TelemetryRecord
+from cloud.ops.telemetry_retention import (
     HOUR_S,
     MINUTE_S,
     Aggregate,
@@ -33,7 +33,7 @@ from cloud.retention import (
     run_retention,
 )
 from cloud.workers.leader import Lease
-from cloud.workers.models import TelemetryRollup
+from cloud.workers.tables import TelemetryRollup
 
 pytestmark = pytest.mark.integration
 

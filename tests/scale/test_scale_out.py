@@ -53,9 +53,9 @@ def test_job_reports_split_across_nodes_end_in_the_final_state(tmp_path: Path, m
 
     from agent.contract import Topics
     from agent.contract.broker_url import parse_broker_url
-    from cloud import crud
     from cloud.core.db import make_engine
-    from cloud.models import DeviceJob, ModelVersion, Package
+    from cloud.fleet import crud
+    from cloud.fleet.tables import DeviceJob, ModelVersion, Package
     from tools.fleet_sim import DeployPlan
 
     device_ids = [f"jr-{i:03d}" for i in range(200)]

@@ -11,7 +11,7 @@ from cryptography.x509.oid import NameOID
 from sqlmodel import Session, select
 
 from agent.security.enroll import EnrollmentError, enroll, identity_paths, rotate_certificate
-from cloud.security.models import ApiToken
+from cloud.security.tables import ApiToken
 
 pytestmark = pytest.mark.integration
 

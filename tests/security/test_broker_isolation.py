@@ -1,7 +1,7 @@
 """A private Mosquitto with the config `edgefleet broker-config` writes keeps devices apart.
 
 Real mosquitto, real TLS, real certificates from the fleet CA. The control plane
-side is the real :class:`cloud.mqtt_bridge.CloudMqtt` over mutual TLS.
+side is the real :class:`cloud.messaging.bridge.CloudMqtt` over mutual TLS.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.contract import DeployCommand, Topics
-from cloud.mqtt_bridge import CloudMqtt
+from cloud.messaging.bridge import CloudMqtt
 from cloud.security.broker import write_broker_config, write_control_plane_identity
 from cloud.security.ca import FleetCA
 from tests.support.services import MosquittoProcess, free_port, mosquitto_available, wait_for

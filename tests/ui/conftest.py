@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cloud.security.models import Role
+from cloud.security.tables import Role
 from tests.ui.helpers import Fleet, make_token
 
 CHROMIUM = os.environ.get("EDGEFLEET_CHROMIUM", "/usr/bin/chromium")

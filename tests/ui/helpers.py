@@ -17,7 +17,7 @@ from sqlmodel import Session
 from agent.contract import DeviceState, StatusReport, TelemetryReport, Topics
 from agent.contract.broker_url import parse_broker_url
 from cloud.pipeline.quickstart import PipelineResult, register_and_package
-from cloud.security.models import Role
+from cloud.security.tables import Role
 from cloud.security.tokens import create_api_token
 from cloud.server import ControlPlane
 from tests.support.models import constant_model

@@ -243,8 +243,8 @@ def _seed_drift(plane: Any, fleet: Any, device_id: str) -> dict[str, str]:
     import numpy as np
     from sqlmodel import Session
 
-    from cloud.governance.models import RetrainingProposal, RolloutProposal
-    from cloud.monitor.models import DriftAlert, DriftWindowRecord, SampleBlob, SampleRecord
+    from cloud.governance.tables import RetrainingProposal, RolloutProposal
+    from cloud.monitor.tables import DriftAlert, DriftWindowRecord, SampleBlob, SampleRecord
 
     now = datetime.now(UTC)
     ok, jpeg = cv2.imencode(".jpg", np.full((48, 48, 3), 90, dtype=np.uint8))

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from cloud.dashboard.auth import COOKIE_NAME, csrf_for
-from cloud.security.models import Role
+from cloud.security.tables import Role
 from tests.ui.helpers import make_release, make_token
 
 pytestmark = pytest.mark.integration

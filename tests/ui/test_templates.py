@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 from cloud.dashboard.auth import DashboardUser
 from cloud.dashboard.charts import Series, line_chart
 from cloud.dashboard.routes import _scalar_metrics, _slices, templates
-from cloud.security.models import Role
+from cloud.security.tables import Role
 
 USER = DashboardUser("ops", Role.OPERATOR, "efo_x")
 

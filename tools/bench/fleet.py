@@ -92,8 +92,8 @@ class Database:
 
     def setup(self, device_ids: list[str]) -> tuple[str, str]:
         """Register devices and one package; return (package id, admin API token)."""
-        from cloud.models import Device, ModelVersion, Package
-        from cloud.security.models import Role
+        from cloud.fleet.tables import Device, ModelVersion, Package
+        from cloud.security.tables import Role
         from cloud.security.tokens import create_api_token
 
         with Session(self.engine) as session:

@@ -38,11 +38,11 @@ if str(REPO) not in sys.path:
 from sqlmodel import Session, col, select  # noqa: E402
 
 from cloud.core.config import Settings  # noqa: E402
-from cloud.models import Device  # noqa: E402
+from cloud.fleet.tables import Device  # noqa: E402
 from cloud.pipeline.quickstart import register_and_package  # noqa: E402
-from cloud.rollout.models import RolloutDecision, RolloutDevice  # noqa: E402
 from cloud.rollout.service import create_rollout, get_rollout  # noqa: E402
 from cloud.rollout.spec import RolloutSpec  # noqa: E402
+from cloud.rollout.tables import RolloutDecision, RolloutDevice  # noqa: E402
 from cloud.server import ControlPlane  # noqa: E402
 from tools.fleet_sim import FleetSimulator  # noqa: E402
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
 from cloud.api.deps import PlaneDep, SessionDep, require_admin
-from cloud.security.models import ApiToken, ApiTokenPublic, Role
+from cloud.security.tables import ApiToken, ApiTokenPublic, Role
 from cloud.security.tokens import create_api_token, create_enrollment_token, revoke_api_token
 
 router = APIRouter(tags=["security"], dependencies=[Depends(require_admin)])

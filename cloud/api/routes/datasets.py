@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from cloud.api.deps import PlaneDep, SessionDep
 from cloud.api.routes.models import user_errors
 from cloud.pipeline.registry import store
-from cloud.pipeline.registry.models import DatasetPublic
+from cloud.pipeline.registry.tables import DatasetPublic
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from cloud import crud
 from cloud.api.deps import PlaneDep, SessionDep
-from cloud.deploy import start_deployment
-from cloud.models import DeploymentCreate, DeploymentPublic, DeviceJobPublic
+from cloud.fleet import crud
+from cloud.fleet.deploy import start_deployment
+from cloud.fleet.tables import DeploymentCreate, DeploymentPublic, DeviceJobPublic
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
-from cloud import crud
 from cloud.api.deps import SessionDep
-from cloud.models import DeviceCreate, DevicePublic, TelemetryPublic
+from cloud.fleet import crud
+from cloud.fleet.tables import DeviceCreate, DevicePublic, TelemetryPublic
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 

@@ -8,11 +8,11 @@ from fastapi import APIRouter, Query, Request
 from sqlmodel import col, select
 
 from cloud.api.deps import PlaneDep, SessionDep
-from cloud.crud import NotFound
+from cloud.fleet.crud import NotFound
 from cloud.governance import audit
 from cloud.monitor import service
-from cloud.monitor.models import DriftAlert, DriftWindowRecord
 from cloud.monitor.retention import apply_retention
+from cloud.monitor.tables import DriftAlert, DriftWindowRecord
 
 router = APIRouter(prefix="/drift", tags=["drift"])
 

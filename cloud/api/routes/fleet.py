@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from cloud.api.deps import PlaneDep, SessionDep
-from cloud.fleet import fleet_rows
+from cloud.fleet.summary import fleet_rows
 
 router = APIRouter(tags=["fleet"])
 

@@ -18,9 +18,9 @@ from pydantic import BaseModel, Field
 
 from agent.contract import PreprocessSpec
 from agent.profiles import load_profiles
-from cloud import crud
 from cloud.api.deps import PlaneDep, SessionDep
-from cloud.models import ModelVersionPublic
+from cloud.fleet import crud
+from cloud.fleet.tables import ModelVersionPublic
 from cloud.pipeline.evaluate.gates import QuantizationGateConfig, ValidationThresholds
 
 router = APIRouter(prefix="/models", tags=["models"])

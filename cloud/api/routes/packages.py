@@ -6,9 +6,9 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from agent.contract import MANIFEST_FILE, PackageManifest
-from cloud import crud
 from cloud.api.deps import SessionDep
-from cloud.models import PackagePublic
+from cloud.fleet import crud
+from cloud.fleet.tables import PackagePublic
 
 router = APIRouter(prefix="/packages", tags=["packages"])
 

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud.api.deps import PlaneDep, SessionDep, get_principal
 from cloud.governance.labelling import accept_labels, list_samples, sample_image
 from cloud.monitor import service
-from cloud.monitor.models import SampleRecord
-from cloud.security.models import Role
+from cloud.monitor.tables import SampleRecord
+from cloud.security.tables import Role
 from cloud.security.tokens import Principal
 
 router = APIRouter(tags=["samples"])

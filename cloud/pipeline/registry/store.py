@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlmodel import Session, col, select
 
-from cloud.crud import NotFound
-from cloud.models import ModelVersion
-from cloud.pipeline.registry.models import DatasetRecord, ModelBuild, ModelLineage
+from cloud.fleet.crud import NotFound
+from cloud.fleet.tables import ModelVersion
+from cloud.pipeline.registry.tables import DatasetRecord, ModelBuild, ModelLineage
 
 
 def save_dataset(session: Session, record: DatasetRecord) -> DatasetRecord:

@@ -1,6 +1,6 @@
 """The one module in the control plane that talks MQTT.
 
-Subscribes to every device report (handing each to :class:`cloud.ingest.ReportIngest`)
+Subscribes to every device report (handing each to :class:`cloud.messaging.ingest.ReportIngest`)
 and publishes commands. Other modules exchange typed messages with it.
 
 For scale-out and no loss (docs/scaling.md):

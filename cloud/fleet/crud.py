@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 from agent.contract import DeployCommand, JobState, JobStatusReport, StatusReport, TelemetryReport
 from agent.contract.messages import DeviceState
 from cloud.errors import ConflictError, NotFoundError
-from cloud.models import (
+from cloud.fleet.tables import (
     Deployment,
     DeploymentState,
     Device,

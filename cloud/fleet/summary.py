@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
-from cloud import crud
+from cloud.fleet import crud
 
 
 def fleet_rows(session: Session) -> list[dict[str, object]]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
-from cloud import crud
 from cloud.core.plane import Plane
-from cloud.models import Deployment, DeviceJob
+from cloud.fleet import crud
+from cloud.fleet.tables import Deployment, DeviceJob
 
 
 def start_deployment(

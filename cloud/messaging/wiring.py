@@ -14,10 +14,10 @@ from sqlalchemy import Engine
 
 from agent.contract import DeployCommand, Topics
 from cloud.core.config import Settings
-from cloud.ingest import ReportIngest
+from cloud.messaging.bridge import CloudMqtt
+from cloud.messaging.ingest import ReportIngest
 from cloud.monitor.service import install as install_monitor
-from cloud.mqtt_bridge import CloudMqtt
-from cloud.retention import RetentionPolicy, RetentionWorker
+from cloud.ops.telemetry_retention import RetentionPolicy, RetentionWorker
 from cloud.rollout.listener import record_rollout_window
 
 __all__ = ["make_bridge", "make_ingest", "make_retention"]

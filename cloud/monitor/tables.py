@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, DateTime, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from cloud.models import utc_now
+from cloud.fleet.tables import utc_now
 
 
 def _ts(**kwargs: Any) -> Any:

@@ -37,10 +37,10 @@ from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
-from cloud.models import TelemetryRecord, utc_now
+from cloud.fleet.tables import TelemetryRecord, utc_now
 from cloud.workers.counters import RetentionCounters
 from cloud.workers.leader import Lease
-from cloud.workers.models import LeaderLease, TelemetryRollup
+from cloud.workers.tables import LeaderLease, TelemetryRollup
 
 __all__ = [
     "Aggregate",

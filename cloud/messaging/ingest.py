@@ -44,8 +44,8 @@ from agent.contract import (
     Topics,
     parse_report,
 )
-from cloud import crud
-from cloud.models import utc_now
+from cloud.fleet import crud
+from cloud.fleet.tables import utc_now
 from cloud.workers.counters import IngestCounters
 
 __all__ = ["BatchPlan", "IngestCounters", "Rejection", "ReportIngest", "classify", "plan_batch"]

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from cloud.core.plane import Plane
-from cloud.models import Deployment, Device, DeviceJob
+from cloud.fleet.tables import Deployment, Device, DeviceJob
 
 __all__ = ["INGEST_REJECT_REASONS", "ControlPlaneCollector", "install_metrics", "metrics_registry"]
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, DateTime
 from sqlmodel import Field, SQLModel
 
-from cloud.models import utc_now
+from cloud.fleet.tables import utc_now
 
 
 def _json(default_factory: Any) -> Any:

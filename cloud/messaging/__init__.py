@@ -1,0 +1,1 @@
+"""Device traffic: the MQTT bridge, report ingest, and the wiring every control-plane process shares."""

@@ -1,0 +1,1 @@
+"""Running the control plane: Prometheus metrics, telemetry downsampling and retention."""
