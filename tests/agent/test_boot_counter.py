@@ -51,8 +51,8 @@ def test_a_model_that_segfaults_at_start_up_falls_back_to_the_previous_one(
     agent = AgentProcess(cloud.agent_config(device_id, tmp_path / device_id, max_boot_attempts=MAX))
     agents.append(agent.start())
     cloud.wait_online(device_id)
-    assert cloud.wait_final(cloud.fleet.deploy(device_id, old)).state == "succeeded", agent.log[-3000:]
-    second = cloud.fleet.deploy(device_id, new)
+    assert cloud.wait_final(cloud.deploy(device_id, old)).state == "succeeded", agent.log[-3000:]
+    second = cloud.deploy(device_id, new)
     assert cloud.wait_final(second).state == "succeeded", agent.log[-3000:]
     agent.stop()
 

@@ -30,7 +30,7 @@ def test_camera_source_vanishes_and_returns(cloud: CloudSim, models: dict[str, P
                                             source_fps=20.0, target_fps=0.0))
     agents.append(agent.start())
     cloud.wait_online(device_id)
-    assert cloud.wait_final(cloud.fleet.deploy(device_id, cloud.release("1.0.0", [(models["v1"], ORT_FP32)]))).state \
+    assert cloud.wait_final(cloud.deploy(device_id, cloud.release("1.0.0", [(models["v1"], ORT_FP32)]))).state \
         == "succeeded"
     cloud.wait_serving(device_id, "1.0.0")
 
@@ -71,8 +71,8 @@ def test_two_cameras_two_models_within_the_memory_budget(cloud: CloudSim, models
     cloud.wait_online(device_id)
     front = cloud.release("1.0.0", [(models["v1"], ORT_FP32)], name="people")
     back = cloud.release("7.0.0", [(models["v2"], ORT_FP32)], name="vehicles")
-    assert cloud.wait_final(cloud.fleet.deploy(device_id, front, pipeline="front")).state == "succeeded"
-    assert cloud.wait_final(cloud.fleet.deploy(device_id, back, pipeline="back")).state == "succeeded"
+    assert cloud.wait_final(cloud.deploy(device_id, front, pipeline="front")).state == "succeeded"
+    assert cloud.wait_final(cloud.deploy(device_id, back, pipeline="back")).state == "succeeded"
     cloud.wait_serving(device_id, "1.0.0", pipeline="front")
     cloud.wait_serving(device_id, "7.0.0", pipeline="back")
 
@@ -97,7 +97,7 @@ def test_install_beyond_the_memory_budget_is_refused(cloud: CloudSim, models: di
     agent = AgentProcess(cloud.agent_config(device_id, tmp_path / device_id, memory_budget_mb=1))
     agents.append(agent.start())
     cloud.wait_online(device_id)
-    final = cloud.wait_final(cloud.fleet.deploy(device_id, cloud.release("1.0.0", [(models["v1"], ORT_FP32)])))
+    final = cloud.wait_final(cloud.deploy(device_id, cloud.release("1.0.0", [(models["v1"], ORT_FP32)])))
     assert (final.state, final.error_code, final.install_state) == ("failed", "memory_budget", "abort")
     assert final.running_model_version is None
     assert agent.exited() is None

@@ -31,7 +31,7 @@ def test_frames_processed_equal_frames_offered_minus_rate_limited(
     agents.append(agent.start())
     cloud.wait_online(device_id)
     for release in releases:
-        job = cloud.fleet.deploy(device_id, release)
+        job = cloud.deploy(device_id, release)
         assert cloud.wait_final(job, 60).state == "succeeded", agent.log[-3000:]
         cloud.wait_serving(device_id, release.model_version)
     assert agent.stop() == 0

@@ -95,12 +95,12 @@ def test_install_fault(case: Case, cloud: CloudSim, models: dict[str, Path], age
     agent = AgentProcess(cloud.agent_config(device_id, tmp_path / device_id, max_install_resumes=1), env=fault_env)
     agents.append(agent.start())
     cloud.wait_online(device_id)
-    first = cloud.fleet.deploy(device_id, old)
+    first = cloud.deploy(device_id, old)
     assert cloud.wait_final(first).state == "succeeded", agent.log[-3000:]
 
     if case.corrupt:
         cloud.corrupt_downloads(case.corrupt)
-    job = cloud.fleet.deploy(device_id, new)
+    job = cloud.deploy(device_id, new)
     for _ in range(case.restarts):
         wait_for(lambda: agent.exited() is not None, 60, what=f"the injected crash at {case.crash_at}")
         assert agent.exited() == CRASH_EXIT_CODE, agent.log[-3000:]
@@ -128,12 +128,12 @@ def test_real_sigkill_during_probation_rolls_back(cloud: CloudSim, models: dict[
     agent = AgentProcess(cloud.agent_config(device_id, tmp_path / device_id))
     agents.append(agent.start())
     cloud.wait_online(device_id)
-    assert cloud.wait_final(cloud.fleet.deploy(device_id, old)).state == "succeeded"
+    assert cloud.wait_final(cloud.deploy(device_id, old)).state == "succeeded"
     agent.stop()
     agent.config["probation_window_s"] = 120.0  # a probation long enough to kill the agent inside it
     agent.start()
     cloud.wait_online(device_id)
-    job = cloud.fleet.deploy(device_id, new)
+    job = cloud.deploy(device_id, new)
     wait_for(lambda: "probation" in _chain(cloud, job), 60, what="the install to reach probation")
     agent.kill()
     record = agent.install_record()

@@ -23,7 +23,7 @@ def test_install_and_serve(cloud: CloudSim, models: dict[str, Path], agents: lis
     agent = AgentProcess(cloud.agent_config(device_id, tmp_path / device_id))
     agents.append(agent.start())
     cloud.wait_online(device_id)
-    job = cloud.fleet.deploy(device_id, release)
+    job = cloud.deploy(device_id, release)
     final = cloud.wait_final(job, 60)
     assert final.state == "succeeded", (final, agent.log[-3000:])
     cloud.wait_serving(device_id, "1.0.0")

@@ -41,7 +41,7 @@ def test_broker_restart_loses_no_report_within_the_buffer(models: dict[str, Path
                                         max_outbox_reports=capacity, source_fps=20.0)
             agents.append(AgentProcess(config).start())
             cloud.wait_online(device_id)
-            assert cloud.wait_final(cloud.fleet.deploy(device_id, release)).state == "succeeded"
+            assert cloud.wait_final(cloud.deploy(device_id, release)).state == "succeeded"
             cloud.wait_serving(device_id, "1.0.0")
 
         before = {d: max(_seqs(cloud, d)) for d in (roomy, tight)}

@@ -32,10 +32,10 @@ def test_probation_rolls_back_a_bad_model(bad_model: str, reason: str, cloud: Cl
     agent = AgentProcess(config)
     agents.append(agent.start())
     cloud.wait_online(device_id)
-    assert cloud.wait_final(cloud.fleet.deploy(device_id, good)).state == "succeeded", agent.log[-3000:]
+    assert cloud.wait_final(cloud.deploy(device_id, good)).state == "succeeded", agent.log[-3000:]
     cloud.wait_serving(device_id, "1.0.0")
 
-    job = cloud.fleet.deploy(device_id, bad)
+    job = cloud.deploy(device_id, bad)
     final = cloud.wait_final(job, 60)
     assert (final.state, final.error_code) == ("failed", reason), agent.log[-3000:]
     assert final.install_state == "rollback" and final.running_model_version == "1.0.0"

@@ -48,7 +48,7 @@ def test_agent_cameras_survive_an_rtsp_outage_and_report_wrong_credentials(
         cloud.wait_online(device_id)
         release = cloud.release("1.0.0", [(models["v1"], ORT_FP32)])
         for pipeline in ("door", "lobby"):
-            assert cloud.wait_final(cloud.fleet.deploy(device_id, release, pipeline=pipeline)).state == "succeeded"
+            assert cloud.wait_final(cloud.deploy(device_id, release, pipeline=pipeline)).state == "succeeded"
         cloud.wait_serving(device_id, "1.0.0", pipeline="door", timeout_s=90)
         wait_for(lambda: any(t.pipeline == "yard" and _camera(t)[1] == "auth_failed"
                              for t in cloud.telemetry(device_id)), 60, what="yard reporting auth_failed")
