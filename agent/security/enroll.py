@@ -8,9 +8,13 @@ owner-only permissions, and the agent config is pointed at it.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import ipaddress
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -21,9 +25,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from agent.contract.enrollment import PinnedEnrollmentToken, anchor_pin, rotation_proof_bytes
 from agent.fsutil import atomic_write_bytes
 
-__all__ = ["EnrollmentError", "enroll", "identity_paths", "rotate_certificate"]
+__all__ = ["EnrollmentError", "check_anchor_pins", "enroll", "identity_paths", "require_secure_url", "rotate_certificate"]
 
 
 class EnrollmentError(ValueError):
@@ -62,6 +67,41 @@ def _new_key_and_csr() -> tuple[bytes, bytes]:
     return key_pem, csr.public_bytes(serialization.Encoding.PEM)
 
 
+def require_secure_url(url: str) -> None:
+    """Refuse plain http except to a loopback address (a control plane on this machine, for development).
+
+    Raises:
+        EnrollmentError: ``url`` is not https and not loopback http.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "https":
+        return
+    host = parsed.hostname or ""
+    loopback = host == "localhost"
+    with contextlib.suppress(ValueError):
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    if parsed.scheme == "http" and loopback:
+        return
+    raise EnrollmentError(f"{url}: the control plane must be reached over https:// "
+                          "(plain http is allowed only to a loopback address, for development)")
+
+
+def check_anchor_pins(token: PinnedEnrollmentToken, root_json: bytes, director_pem: bytes) -> None:
+    """Refuse trust anchors other than the ones the token pins.
+
+    Raises:
+        EnrollmentError: either anchor differs from its pin.
+    """
+    mismatched = [name for name, data, pin in (("TUF root", root_json, token.root_pin),
+                                               ("director key", director_pem, token.director_pin))
+                  if anchor_pin(data) != pin]
+    if mismatched:
+        raise EnrollmentError(
+            f"the {' and '.join(mismatched)} received do not match the enrollment token's pins; nothing was "
+            "written. Either the keys changed since the token was made (ask an admin for a new token) or "
+            "something between this device and the control plane swapped them")
+
+
 def _post(url: str, body: dict[str, Any], *, token: str | None = None, timeout_s: float = 30.0) -> dict[str, Any]:
     headers = {"Content-Type": "application/json"}
     if token:
@@ -90,8 +130,15 @@ def enroll(server_url: str, token: str, state_dir: Path, *, config_path: Path | 
     Raises:
         EnrollmentError: the server refused (bad, used or expired token) or is unreachable.
     """
+    try:
+        pinned = PinnedEnrollmentToken.parse(token)
+    except ValueError as exc:
+        raise EnrollmentError(str(exc)) from None
+    require_secure_url(server_url)
     key_pem, csr_pem = _new_key_and_csr()
-    bundle = _post(f"{server_url.rstrip('/')}/api/v1/enroll", {"token": token, "csr_pem": csr_pem.decode()})
+    bundle = _post(f"{server_url.rstrip('/')}/api/v1/enroll", {"token": str(pinned), "csr_pem": csr_pem.decode()})
+    check_anchor_pins(pinned, str(bundle.get("tuf_root_json", "")).encode(),
+                      str(bundle.get("director_public_key_pem", "")).encode())
     paths = identity_paths(state_dir)
     _write_private(paths["mqtt_key_file"], key_pem)
     atomic_write_bytes(paths["mqtt_cert_file"], str(bundle["certificate_pem"]).encode())
@@ -116,7 +163,8 @@ def enroll(server_url: str, token: str, state_dir: Path, *, config_path: Path | 
 
 
 def rotate_certificate(api_url: str, device_id: str, state_dir: Path) -> None:
-    """Get a new certificate for a new key, authenticated by the device's API token.
+    """Get a new certificate for a new key, authenticated by the device's API token and
+    by a signature of the current key over the new CSR (a stolen token alone is not enough).
 
     The old certificate is revoked by the control plane once the new one is issued.
 
@@ -125,8 +173,13 @@ def rotate_certificate(api_url: str, device_id: str, state_dir: Path) -> None:
     """
     paths = identity_paths(state_dir)
     token = paths["api_token_file"].read_text().strip()
+    current_key = serialization.load_pem_private_key(paths["mqtt_key_file"].read_bytes(), password=None)
+    if not isinstance(current_key, ec.EllipticCurvePrivateKey):
+        raise EnrollmentError(f"{paths['mqtt_key_file']} is not an EC private key")
     key_pem, csr_pem = _new_key_and_csr()
+    proof = current_key.sign(rotation_proof_bytes(device_id, csr_pem), ec.ECDSA(hashes.SHA256()))
     answer = _post(f"{api_url.rstrip('/')}/api/v1/devices/{device_id}/certificate",
-                   {"csr_pem": csr_pem.decode()}, token=token)
+                   {"csr_pem": csr_pem.decode(), "proof": base64.b64encode(proof).decode(),
+                    "current_certificate_pem": paths["mqtt_cert_file"].read_text()}, token=token)
     _write_private(paths["mqtt_key_file"], key_pem)
     atomic_write_bytes(paths["mqtt_cert_file"], str(answer["certificate_pem"]).encode())

@@ -49,6 +49,7 @@ app.add_typer(samples.samples_app, name="samples")
 app.add_typer(governance.governance_app, name="governance")
 app.add_typer(rollout.rollout_app, name="rollout")
 app.command("broker-config")(broker.broker_config)
+app.command("broker-watch-crl")(broker.broker_watch_crl)
 app.add_typer(keys.keys_app, name="keys")
 app.add_typer(tokens.token_app, name="token")
 

@@ -12,6 +12,7 @@ from cloud.cli.client import (
 )
 from cloud.cli.keys import fleet_security
 from cloud.security.broker import write_broker_config, write_control_plane_identity
+from cloud.security.crl_watch import CrlWatcher, reload_by_command, reload_by_pid_file
 
 
 def broker_config(
@@ -34,3 +35,24 @@ def broker_config(
     print(f"export EDGEFLEET_MQTT_CA_FILE={ca_file}")
     print(f"export EDGEFLEET_MQTT_CERT_FILE={cert_file}")
     print(f"export EDGEFLEET_MQTT_KEY_FILE={key_file}")
+
+
+def broker_watch_crl(
+    crl_file: Annotated[Path, typer.Option(help="the broker's crlfile (written here when --crl-url is given)")],
+    ca_file: Annotated[Path, typer.Option(help="the device CA certificate (the broker's cafile): a CRL it "
+                                               "did not sign is never installed")],
+    crl_url: Annotated[str | None, typer.Option(help="fetch the CRL from the control plane instead, e.g. "
+                                                     "https://fleet.example.com/tuf/crl.pem")] = None,
+    pid_file: Annotated[Path | None, typer.Option(help="file holding the broker's pid: it is sent SIGHUP")] = None,
+    reload_command: Annotated[str | None, typer.Option(help="command that reloads the broker, e.g. "
+                                                            "'systemctl reload mosquitto'")] = None,
+    interval: Annotated[float, typer.Option(min=0.2, help="seconds between polls")] = 2.0,
+) -> None:
+    """Reload the broker whenever the CRL changes, so a revoked device is refused without a restart."""
+    if (pid_file is None) == (reload_command is None):
+        console.print("[red]error:[/] give exactly one of --pid-file and --reload-command")
+        raise typer.Exit(2)
+    reload = reload_by_pid_file(pid_file) if pid_file is not None else reload_by_command(str(reload_command))
+    watcher = CrlWatcher(source=crl_url or str(crl_file), target=crl_file, ca_cert=ca_file, reload=reload)
+    console.print(f"watching {crl_url or crl_file} every {interval:g}s", style="dim")
+    watcher.run(interval)

@@ -98,11 +98,23 @@ def device_revoke(
     token: TokenOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Revoke every certificate of a device and rewrite the CRL (admin); then reload the broker."""
+    """Take every credential of a device (admin): certificates, API tokens, pending enrollment."""
     result = call(server, token, "POST", f"/api/v1/devices/{device_id}/revoke")
     if json_out:
         emit_json(result)
         return
     serials = result.get("revoked_serials", [])
-    console.print(f"revoked {len(serials)} certificate(s) of {device_id}; CRL {result.get('crl_file')}\n"
-                  "reload the broker so it reads the new CRL (e.g. systemctl reload mosquitto)", highlight=False)
+    console.print(f"revoked {len(serials)} certificate(s), the API tokens and any pending enrollment of {device_id}; "
+                  f"CRL {result.get('crl_file')}\na broker run beside `edgefleet broker-watch-crl` refuses it within "
+                  f"seconds; `edgefleet device readmit {device_id}` lets it enroll again", highlight=False)
+
+
+@device_app.command("readmit")
+def device_readmit(
+    device_id: Annotated[str, typer.Argument(help="device id")],
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+) -> None:
+    """Let a revoked device enroll again (admin); it then needs a new enrollment token."""
+    call(server, token, "POST", f"/api/v1/devices/{device_id}/readmit")
+    console.print(f"{device_id} may enroll again: `edgefleet token enroll {device_id}`", highlight=False)

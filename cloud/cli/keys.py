@@ -79,8 +79,8 @@ def keys_rotate_director() -> None:
 
 @keys_app.command("revoke-device")
 def keys_revoke_device(device_id: str) -> None:
-    """Revoke every certificate of a device and rewrite the CRL; then restart or SIGHUP the broker."""
+    """Take every credential of a device (certificates, API tokens, pending enrollment) and rewrite the CRL."""
     security = fleet_security()
     with Session(security.engine) as session:
-        serials = security.revoke_device(session, device_id)
+        serials = security.revoke_device(session, device_id, revoked_by="edgefleet keys revoke-device")
     console.print(f"revoked {len(serials)} certificate(s) of {device_id}; CRL: {security.ca.crl_file}")

@@ -23,7 +23,7 @@ from cloud.cli.client import (
 )
 from cloud.cli.keys import fleet_security
 from cloud.security.tables import Role
-from cloud.security.tokens import create_api_token, create_enrollment_token
+from cloud.security.tokens import create_api_token
 
 token_app = typer.Typer(help="API and enrollment tokens.", no_args_is_help=True)
 
@@ -80,7 +80,6 @@ def token_enroll(
     """Create a one-time enrollment token for `edgefleet-agent enroll --token`."""
     security = fleet_security()
     with Session(security.engine) as session:
-        secret, expires_at = create_enrollment_token(session, device_id, hardware_profile=profile,
-                                                     ttl_s=security.settings.enrollment_token_ttl_s)
+        secret, expires_at = security.create_enrollment_token(session, device_id, hardware_profile=profile)
     console.print(f"valid until {expires_at.isoformat()}; on the device run:", style="dim")
     print(f"edgefleet-agent enroll --server <control-plane-url> --token {secret}")

@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 
 from agent.contract import DeployCommand, JobState, JobStatusReport, StatusReport, TelemetryReport
 from agent.contract.messages import DeviceState
-from cloud.errors import ConflictError, NotFoundError
+from cloud.errors import ConflictError, InvalidInputError, NotFoundError
 from cloud.fleet.tables import (
     Deployment,
     DeploymentState,
@@ -24,6 +24,7 @@ from cloud.fleet.tables import (
     utc_now,
 )
 from cloud.rollout.commands import deploy_command
+from cloud.security.ca import refuse_reserved_identity
 
 FINAL_JOB_STATES = frozenset(state.value for state in JobState if state.is_final)
 
@@ -42,6 +43,10 @@ def short_id(prefix: str) -> str:
 
 # --- devices -----------------------------------------------------------------
 def create_device(session: Session, device_in: DeviceCreate) -> Device:
+    try:
+        refuse_reserved_identity(device_in.id)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
     if session.get(Device, device_in.id) is not None:
         raise Conflict(f"device {device_in.id!r} already exists")
     device = Device.model_validate(device_in)

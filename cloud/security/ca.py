@@ -24,18 +24,32 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.contract import validate_device_id
+from agent.contract.enrollment import rotation_proof_bytes
+from cloud.errors import PermissionDeniedError
 from cloud.security.keys import ensure_private_dir, load_private_key, write_private_key
 
-__all__ = ["CONTROL_PLANE_IDENTITY", "FleetCA", "IssuedCertificate"]
+__all__ = ["CONTROL_PLANE_IDENTITY", "RESERVED_IDENTITIES", "FleetCA", "IssuedCertificate", "refuse_reserved_identity"]
 
 # The control plane's certificate CN; the broker ACL grants this user every device's topics.
 CONTROL_PLANE_IDENTITY = "edgefleet-control-plane"
+# Names no device certificate may carry: each is an identity the broker ACL treats specially.
+RESERVED_IDENTITIES = frozenset({CONTROL_PLANE_IDENTITY})
+# ...and the whole family of names, so a future service identity is reserved before it exists.
+RESERVED_PREFIX = "edgefleet-"
+
+
+def refuse_reserved_identity(device_id: str) -> None:
+    """Raises ValueError when ``device_id`` is a name kept for the control plane's own identities."""
+    if device_id in RESERVED_IDENTITIES or device_id.startswith(RESERVED_PREFIX):
+        raise ValueError(f"{device_id!r} is reserved for the control plane's own identities "
+                         f"(names starting with {RESERVED_PREFIX!r}); choose another device id")
 CRL_VALIDITY_DAYS = 365
 
 
@@ -133,6 +147,7 @@ class FleetCA:
             ValueError: the CSR is malformed, its self-signature is invalid, or the id is invalid.
         """
         validate_device_id(device_id)
+        refuse_reserved_identity(device_id)
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
         except ValueError as exc:
@@ -140,6 +155,40 @@ class FleetCA:
         if not csr.is_signature_valid:
             raise ValueError("certificate signing request is not signed by its own key")
         return self._issue("device-ca", device_id, csr.public_key(), validity_days)
+
+    def verify_possession(self, certificate_pem: bytes, device_id: str, csr_pem: bytes, proof: bytes) -> int:
+        """Check that the caller holds the key of a current certificate of ours for ``device_id``.
+
+        ``proof`` is the certificate key's signature over
+        :func:`agent.contract.enrollment.rotation_proof_bytes` of the new CSR. Returns
+        the certificate's serial (the caller checks it is not revoked).
+
+        Raises:
+            PermissionDeniedError: not our certificate, another device's, expired, or a bad proof.
+            ValueError: the certificate is not PEM.
+        """
+        try:
+            cert = x509.load_pem_x509_certificate(certificate_pem)
+        except ValueError as exc:
+            raise ValueError(f"current certificate is not PEM: {exc}") from exc
+        _, ca_cert = self._ca("device-ca")
+        try:
+            cert.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            raise PermissionDeniedError("the current certificate was not issued by this fleet's device CA") from exc
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if not names or names[0].value != device_id:
+            raise PermissionDeniedError(f"the current certificate does not belong to device {device_id}")
+        if cert.not_valid_after_utc < datetime.now(UTC):
+            raise PermissionDeniedError("the current certificate has expired; an admin must issue a new one")
+        public_key = cert.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            raise PermissionDeniedError("the current certificate's key is not an EC key")
+        try:
+            public_key.verify(proof, rotation_proof_bytes(device_id, csr_pem), ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature as exc:
+            raise PermissionDeniedError("the proof is not signed by the current certificate's key") from exc
+        return int(cert.serial_number)
 
     def issue_client_identity(self, common_name: str, *, validity_days: int = 365) -> tuple[bytes, IssuedCertificate]:
         """A key and client certificate generated here (for the control plane itself). Returns (key PEM, cert)."""

@@ -11,16 +11,23 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from agent.contract import DeployCommand, validate_device_id
+from agent.contract.enrollment import anchor_pin
 from cloud.core.config import Settings
+from cloud.errors import NotFoundError, PermissionDeniedError
 from cloud.fleet.tables import Device
 from cloud.security.ca import FleetCA, IssuedCertificate
 from cloud.security.director import DirectorKey
-from cloud.security.tables import DeviceCertificate, Role
+from cloud.security.tables import DeviceCertificate, RevokedDevice, Role
 from cloud.security.tokens import (
+    DeviceRevokedError,
+    Principal,
     create_api_token,
+    create_enrollment_token,
+    is_revoked_device,
     record_certificate,
     redeem_enrollment_token,
     revoke_device_certificates,
+    revoke_device_credentials,
 )
 from cloud.security.tuf_repo import TufPolicy, TufRepository
 
@@ -86,6 +93,22 @@ class FleetSecurity:
         return self.director.sign(command)
 
     # -- devices -------------------------------------------------------------
+    def anchor_pins(self) -> tuple[str, str]:
+        """(root pin, director pin): what an enrollment token tells the device to expect."""
+        return anchor_pin(self.tuf.trusted_root_bytes()), anchor_pin(self.director.public_pem())
+
+    def create_enrollment_token(self, session: Session, device_id: str, *, hardware_profile: str) -> tuple[str, datetime]:
+        """A one-time enrollment token pinning today's root and director key. Returns (token, expiry).
+
+        Raises:
+            ValueError: invalid or reserved id.
+            DeviceRevokedError: the device is revoked and not re-admitted.
+        """
+        root_pin, director_pin = self.anchor_pins()
+        return create_enrollment_token(session, device_id, hardware_profile=hardware_profile,
+                                       ttl_s=self.settings.enrollment_token_ttl_s,
+                                       root_pin=root_pin, director_pin=director_pin)
+
     def enroll(self, session: Session, token: str, csr_pem: bytes, *, mqtt_url: str, api_url: str) -> EnrollmentBundle:
         """Redeem a one-time token: sign the CSR as the token's device, mint its API token.
 
@@ -93,6 +116,7 @@ class FleetSecurity:
 
         Raises:
             EnrollmentRefused: bad, used or expired token.
+            DeviceRevokedError: the device is revoked.
             ValueError: malformed CSR.
         """
         enrollment = redeem_enrollment_token(session, token)
@@ -112,9 +136,39 @@ class FleetSecurity:
             topic_prefix=self.settings.topic_prefix,
         )
 
-    def rotate_certificate(self, session: Session, device_id: str, csr_pem: bytes) -> IssuedCertificate:
-        """Issue a new certificate for an enrolled device and revoke its older ones."""
+    def issue_certificate(self, session: Session, caller: Principal, device_id: str, csr_pem: bytes, *,
+                          current_certificate_pem: bytes | None = None, proof: bytes | None = None) -> IssuedCertificate:
+        """A new certificate for ``device_id``; its older certificates are revoked.
+
+        Who may ask: the device itself, proving it holds its current key (a certificate
+        of ours for this device that is neither revoked nor expired, and a signature by
+        its key over the new CSR), or an admin. Only an enrolled, unrevoked device gets
+        one: reserved identities (the control plane's) and unknown names never do.
+
+        Raises:
+            PermissionDeniedError: the caller may not issue this certificate.
+            NotFoundError: no such device.
+            DeviceRevokedError: the device is revoked.
+            ValueError: malformed CSR, certificate or proof.
+        """
         validate_device_id(device_id)
+        if caller.role == Role.DEVICE:
+            if caller.device_id != device_id:
+                raise PermissionDeniedError(f"device {caller.device_id} may rotate only its own certificate")
+            if current_certificate_pem is None or proof is None:
+                raise PermissionDeniedError("a device rotating its certificate must prove its current key: "
+                                            "send current_certificate_pem and proof (edgefleet-agent rotate-cert does)")
+            serial = self.ca.verify_possession(current_certificate_pem, device_id, csr_pem, proof)
+            current = session.get(DeviceCertificate, str(serial))
+            if current is None or current.device_id != device_id or current.revoked_at is not None:
+                raise PermissionDeniedError("the certificate presented as current is revoked or unknown")
+        elif not caller.at_least(Role.ADMIN):
+            raise PermissionDeniedError(f"role {caller.role.value} may not issue certificates: only the device "
+                                        "itself (proving its current key) or an admin may")
+        if session.get(Device, device_id) is None:
+            raise NotFoundError(f"device {device_id} is not enrolled; certificates are issued only to enrolled devices")
+        if is_revoked_device(session, device_id):
+            raise DeviceRevokedError(device_id)
         issued = self.ca.sign_device_csr(csr_pem, device_id, validity_days=self.settings.device_cert_validity_days)
         record_certificate(session, device_id, issued)
         session.flush()
@@ -124,13 +178,27 @@ class FleetSecurity:
             self.ca.revoke(old)
         return issued
 
-    def revoke_device(self, session: Session, device_id: str) -> list[int]:
-        """Revoke every certificate of ``device_id`` and write the CRL. Returns the serials."""
-        serials = revoke_device_certificates(session, device_id)
+    def revoke_device(self, session: Session, device_id: str, *, revoked_by: str = "admin") -> list[int]:
+        """Take every credential of ``device_id`` (certificates, API tokens, pending enrollment),
+        bar new ones until :meth:`readmit_device`, and write the CRL. Returns the revoked serials."""
+        validate_device_id(device_id)
+        serials = revoke_device_credentials(session, device_id, revoked_by=revoked_by)
         session.commit()
-        if serials:
-            self.ca.revoke(serials)
+        self.ca.revoke(serials)
         return serials
+
+    def readmit_device(self, session: Session, device_id: str) -> None:
+        """Let a revoked device be enrolled again (with a new enrollment token).
+
+        Raises:
+            NotFoundError: the device is not revoked.
+        """
+        marker = session.get(RevokedDevice, device_id)
+        if marker is None or marker.readmitted_at is not None:
+            raise NotFoundError(f"device {device_id} is not revoked")
+        marker.readmitted_at = datetime.now(UTC)
+        session.add(marker)
+        session.commit()
 
     def certificates(self, session: Session, device_id: str) -> list[DeviceCertificate]:
         return list(session.exec(select(DeviceCertificate).where(DeviceCertificate.device_id == device_id)))

@@ -71,3 +71,18 @@ class DeviceCertificate(SQLModel, table=True):
     not_after: datetime = Field(sa_type=DateTime(timezone=True))
     created_at: datetime = Field(default_factory=utc_now, sa_type=DateTime(timezone=True))
     revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class RevokedDevice(SQLModel, table=True):
+    """A device an admin revoked or decommissioned: it may hold no credential until re-admitted.
+
+    While a row exists (and ``readmitted_at`` is empty) the control plane refuses the
+    device every new certificate, API token and enrollment token.
+    """
+
+    __tablename__ = "revoked_device"
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    revoked_at: datetime = Field(default_factory=utc_now, sa_type=DateTime(timezone=True))
+    revoked_by: str = Field(default="", max_length=128)
+    readmitted_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))

@@ -8,28 +8,41 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from agent.contract import validate_device_id
+from agent.contract.enrollment import ENROLLMENT_TOKEN_PREFIX, PinnedEnrollmentToken
 from cloud.errors import PermissionDeniedError
-from cloud.security.ca import CONTROL_PLANE_IDENTITY, IssuedCertificate
-from cloud.security.tables import ApiToken, DeviceCertificate, EnrollmentToken, Role
+from cloud.security.ca import IssuedCertificate, refuse_reserved_identity
+from cloud.security.tables import ApiToken, DeviceCertificate, EnrollmentToken, RevokedDevice, Role
 
 __all__ = [
+    "DeviceRevokedError",
     "EnrollmentRefused",
     "Principal",
     "authenticate",
     "create_api_token",
     "create_enrollment_token",
+    "is_revoked_device",
     "record_certificate",
     "redeem_enrollment_token",
     "revoke_api_token",
     "revoke_device_certificates",
+    "revoke_device_credentials",
 ]
 
 
 class EnrollmentRefused(PermissionDeniedError, ValueError):
     """The enrollment token is unknown, used or expired (the API answers 403)."""
+
+
+class DeviceRevokedError(PermissionDeniedError):
+    """The device was revoked: it gets no new credential until an admin re-admits it (403)."""
+
+    def __init__(self, device_id: str) -> None:
+        super().__init__(f"device {device_id} was revoked; it gets no new credential until an admin runs "
+                         f"`edgefleet device readmit {device_id}`")
 
 
 @dataclass(frozen=True)
@@ -86,26 +99,43 @@ def authenticate(session: Session, token: str) -> Principal | None:
     return Principal(Role(row.role), row.name, row.device_id)
 
 
-def create_enrollment_token(session: Session, device_id: str, *, hardware_profile: str, ttl_s: int) -> tuple[str, datetime]:
-    """A one-time token that lets whoever holds it enroll as ``device_id``. Returns (secret, expiry)."""
+def create_enrollment_token(session: Session, device_id: str, *, hardware_profile: str, ttl_s: int,
+                            root_pin: str, director_pin: str) -> tuple[str, datetime]:
+    """A one-time token that lets whoever holds it enroll as ``device_id``. Returns (token, expiry).
+
+    The token carries the pins of the trust anchors (see :mod:`agent.contract.enrollment`);
+    only its secret part is stored, hashed.
+
+    Raises:
+        ValueError: an invalid or reserved device id.
+        DeviceRevokedError: the device is revoked.
+    """
     validate_device_id(device_id)
-    if device_id == CONTROL_PLANE_IDENTITY:
-        raise ValueError(f"{device_id!r} is reserved for the control plane's broker identity")
-    secret = _new_secret("efe")
+    refuse_reserved_identity(device_id)
+    if is_revoked_device(session, device_id):
+        raise DeviceRevokedError(device_id)
+    secret = _new_secret(ENROLLMENT_TOKEN_PREFIX.rstrip("_"))
     expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s)
     session.add(EnrollmentToken(id=uuid.uuid4().hex, device_id=device_id, hardware_profile=hardware_profile,
                                 token_sha256=_digest(secret), expires_at=expires_at))
     session.commit()
-    return secret, expires_at
+    return str(PinnedEnrollmentToken(secret, root_pin, director_pin)), expires_at
 
 
 def redeem_enrollment_token(session: Session, token: str) -> EnrollmentToken:
     """Mark ``token`` used and return it. Does not commit: the caller commits with the certificate.
 
+    Single use under concurrency: the token is claimed by a conditional update
+    (``... WHERE used_at IS NULL``), so of any number of parallel redemptions exactly
+    one changes the row; on PostgreSQL the others wait for its transaction and then
+    match nothing, on SQLite the write lock serialises them the same way.
+
     Raises:
         EnrollmentRefused: unknown, already used or expired.
+        DeviceRevokedError: the token's device was revoked since the token was made.
     """
-    row = session.exec(select(EnrollmentToken).where(EnrollmentToken.token_sha256 == _digest(token))).first()
+    secret = token.split(".", 1)[0]
+    row = session.exec(select(EnrollmentToken).where(EnrollmentToken.token_sha256 == _digest(secret))).first()
     if row is None:
         raise EnrollmentRefused("unknown enrollment token")
     if row.used_at is not None:
@@ -113,8 +143,16 @@ def redeem_enrollment_token(session: Session, token: str) -> EnrollmentToken:
     expires_at = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
     if expires_at < datetime.now(UTC):
         raise EnrollmentRefused("enrollment token expired; ask an admin for a new one")
-    row.used_at = datetime.now(UTC)
-    session.add(row)
+    if is_revoked_device(session, row.device_id):
+        raise DeviceRevokedError(row.device_id)
+    claimed = session.execute(
+        update(EnrollmentToken)
+        .where(col(EnrollmentToken.id) == row.id, col(EnrollmentToken.used_at).is_(None))
+        .values(used_at=datetime.now(UTC))
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise EnrollmentRefused("enrollment token was already used; ask an admin for a new one")
     return row
 
 
@@ -133,4 +171,35 @@ def revoke_device_certificates(session: Session, device_id: str, *, keep_serial:
         row.revoked_at = datetime.now(UTC)
         session.add(row)
         serials.append(int(row.serial))
+    return serials
+
+
+def is_revoked_device(session: Session, device_id: str) -> bool:
+    row = session.get(RevokedDevice, device_id)
+    return row is not None and row.readmitted_at is None
+
+
+def revoke_device_credentials(session: Session, device_id: str, *, revoked_by: str) -> list[int]:
+    """Take every credential ``device_id`` holds and bar new ones. Does not commit.
+
+    Certificates are marked revoked (their serials returned for the CRL), every API
+    token of the device is revoked, and unused enrollment tokens are spent, so nothing
+    the device (or whoever stole from it) holds still opens a door.
+    """
+    now = datetime.now(UTC)
+    serials = revoke_device_certificates(session, device_id)
+    for api_token in session.exec(select(ApiToken).where(ApiToken.device_id == device_id,
+                                                         col(ApiToken.revoked_at).is_(None))):
+        api_token.revoked_at = now
+        session.add(api_token)
+    for pending in session.exec(select(EnrollmentToken).where(EnrollmentToken.device_id == device_id,
+                                                              col(EnrollmentToken.used_at).is_(None))):
+        pending.used_at = now
+        session.add(pending)
+    marker = session.get(RevokedDevice, device_id)
+    if marker is None:
+        session.add(RevokedDevice(device_id=device_id, revoked_at=now, revoked_by=revoked_by))
+    else:
+        marker.revoked_at, marker.revoked_by, marker.readmitted_at = now, revoked_by, None
+        session.add(marker)
     return serials

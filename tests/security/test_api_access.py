@@ -77,7 +77,7 @@ def test_enrollment_token_is_one_time_and_the_certificate_names_the_device(contr
     with pytest.raises(EnrollmentError, match="403"):
         enroll(control_plane.base_url, token, tmp_path / "second")
     with pytest.raises(EnrollmentError, match="403"):
-        enroll(control_plane.base_url, "efe_guessed-token-value", tmp_path / "third")
+        enroll(control_plane.base_url, "efe_guessed-token-value.pin.pin", tmp_path / "third")
 
 
 def test_certificate_rotation_revokes_the_old_certificate(control_plane, api, tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from sqlmodel import Session
 from agent.security.enroll import enroll
 from cloud.demo import spawn_agent, stop_processes
 from cloud.pipeline.quickstart import PipelineResult, register_and_package
-from cloud.security.tokens import create_enrollment_token
 from cloud.server import ControlPlane
 from tests.support.models import TrainedModel
 
@@ -46,7 +45,7 @@ def enroll_agent(plane: ControlPlane, state_dir: Path, device_id: str, *, profil
     the TUF root and director public key it must trust.
     """
     with Session(plane.engine) as session:
-        token, _ = create_enrollment_token(session, device_id, hardware_profile=profile, ttl_s=600)
+        token, _ = plane.security.create_enrollment_token(session, device_id, hardware_profile=profile)
     return enroll(plane.base_url, token, state_dir)
 
 

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
-from cloud.api.deps import PlaneDep, SessionDep, require_admin
+from cloud.api.deps import AdminDep, PlaneDep, SessionDep, require_admin
+from cloud.errors import InvalidInputError
 from cloud.security.tables import ApiToken, ApiTokenPublic, Role
-from cloud.security.tokens import create_api_token, create_enrollment_token, revoke_api_token
+from cloud.security.tokens import create_api_token, revoke_api_token
 
 router = APIRouter(tags=["security"], dependencies=[Depends(require_admin)])
 
@@ -60,21 +61,35 @@ def delete_token(token_id: str, session: SessionDep) -> None:
 
 @router.post("/enrollment-tokens", response_model=EnrollmentTokenCreated, status_code=201)
 def create_enrollment(body: EnrollmentTokenCreate, session: SessionDep, plane: PlaneDep) -> EnrollmentTokenCreated:
-    """A one-time token for `edgefleet-agent enroll --token`, valid for EDGEFLEET_ENROLLMENT_TOKEN_TTL_S."""
+    """A one-time token for `edgefleet-agent enroll --token`, valid for EDGEFLEET_ENROLLMENT_TOKEN_TTL_S.
+
+    The token pins the fleet's TUF root and director key; the agent refuses others.
+    """
     try:
-        secret, expires_at = create_enrollment_token(session, body.device_id, hardware_profile=body.hardware_profile,
-                                                     ttl_s=plane.settings.enrollment_token_ttl_s)
+        token, expires_at = plane.security.create_enrollment_token(session, body.device_id,
+                                                                   hardware_profile=body.hardware_profile)
     except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
-    return EnrollmentTokenCreated(device_id=body.device_id, token=secret, expires_at=expires_at)
+        raise InvalidInputError(str(exc)) from None
+    return EnrollmentTokenCreated(device_id=body.device_id, token=token, expires_at=expires_at)
 
 
 @router.post("/devices/{device_id}/revoke")
-def revoke_device(device_id: str, session: SessionDep, plane: PlaneDep) -> dict[str, object]:
-    """Revoke every certificate of the device and rewrite the CRL (restart or SIGHUP the broker)."""
-    serials = plane.security.revoke_device(session, device_id)
+def revoke_device(device_id: str, session: SessionDep, plane: PlaneDep, caller: AdminDep) -> dict[str, object]:
+    """Take every credential of the device: certificates (the CRL is rewritten; a broker that
+    watches it reloads), API tokens and pending enrollment. It gets no new one until re-admitted."""
+    try:
+        serials = plane.security.revoke_device(session, device_id, revoked_by=caller.name)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
     return {"device_id": device_id, "revoked_serials": [str(s) for s in serials],
             "crl_file": str(plane.security.ca.crl_file)}
+
+
+@router.post("/devices/{device_id}/readmit")
+def readmit_device(device_id: str, session: SessionDep, plane: PlaneDep) -> dict[str, object]:
+    """Let a revoked device enroll again; it still needs a new enrollment token."""
+    plane.security.readmit_device(session, device_id)
+    return {"device_id": device_id, "readmitted": True}
 
 
 @router.get("/security/status")

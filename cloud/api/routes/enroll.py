@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException
+import base64
+import binascii
+
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from cloud.api.deps import PlaneDep, SessionDep, require_access
-from cloud.security.tokens import EnrollmentRefused
+from cloud.api.deps import CurrentPrincipal, PlaneDep, SessionDep, require_access
+from cloud.errors import EdgeFleetError, InvalidInputError
 
 router = APIRouter(tags=["enrollment"])
 
@@ -18,6 +21,10 @@ class EnrollRequest(BaseModel):
 
 class CertificateRequest(BaseModel):
     csr_pem: str = Field(max_length=16_384)
+    # A device proves it holds its current key; an admin issuing for a device sends neither.
+    current_certificate_pem: str | None = Field(default=None, max_length=16_384)
+    proof: str | None = Field(default=None, max_length=1_024, description="base64 ECDSA-SHA256 signature by the "
+                              "current key over the rotation context, the device id and the new CSR")
 
 
 @router.post("/enroll")
@@ -26,18 +33,31 @@ def enroll(body: EnrollRequest, session: SessionDep, plane: PlaneDep) -> dict[st
     try:
         bundle = plane.security.enroll(session, body.token, body.csr_pem.encode(),
                                        mqtt_url=plane.broker_url, api_url=plane.base_url)
-    except EnrollmentRefused as exc:
-        raise HTTPException(403, str(exc)) from None
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
+    except EdgeFleetError:
+        raise  # refusals carry their own status (403 for a used, expired or revoked device's token)
+    except ValueError as exc:  # a malformed CSR
+        raise InvalidInputError(str(exc)) from None
     return bundle.as_dict()
 
 
 @router.post("/devices/{device_id}/certificate", dependencies=[Depends(require_access)])
-def rotate_certificate(device_id: str, body: CertificateRequest, session: SessionDep, plane: PlaneDep) -> dict[str, object]:
-    """A new certificate for a new device key; the device's older certificates are revoked."""
+def issue_certificate(device_id: str, body: CertificateRequest, session: SessionDep, plane: PlaneDep,
+                      caller: CurrentPrincipal) -> dict[str, object]:
+    """A new certificate for a new device key; the device's older certificates are revoked.
+
+    The device itself may ask, proving its current key; an admin may issue for any
+    enrolled device that is not revoked; nobody else.
+    """
     try:
-        issued = plane.security.rotate_certificate(session, device_id, body.csr_pem.encode())
+        proof = base64.b64decode(body.proof, validate=True) if body.proof is not None else None
+    except (binascii.Error, ValueError):
+        raise InvalidInputError("proof must be base64") from None
+    try:
+        issued = plane.security.issue_certificate(
+            session, caller, device_id, body.csr_pem.encode(), proof=proof,
+            current_certificate_pem=body.current_certificate_pem.encode() if body.current_certificate_pem else None)
+    except EdgeFleetError:
+        raise
     except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
+        raise InvalidInputError(str(exc)) from None
     return {"device_id": device_id, "certificate_pem": issued.pem.decode(), "serial": str(issued.serial)}

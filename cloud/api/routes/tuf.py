@@ -32,3 +32,9 @@ def target(target_path: str, plane: PlaneDep) -> FileResponse:
     if path is None:
         raise HTTPException(404, f"no target {target_path!r}")
     return FileResponse(path, media_type="application/octet-stream")
+
+
+@router.get("/crl.pem", response_class=FileResponse)
+def certificate_revocation_list(plane: PlaneDep) -> FileResponse:
+    """The device CA's CRL (signed by the CA), for brokers that watch it: `edgefleet broker watch-crl --crl-url`."""
+    return FileResponse(plane.security.ca.crl_file, media_type="application/pkix-crl")
