@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from agent.contract import Topics
 from cloud.api.main import create_app
 from cloud.core.broker import EmbeddedBroker, free_port
-from cloud.core.config import Settings
+from cloud.core.config import WEAKNESSES, Settings
 from cloud.core.db import make_engine, migrate
 from cloud.messaging.bridge import CloudMqtt
 from cloud.messaging.wiring import make_bridge, make_ingest, make_retention
@@ -56,6 +56,9 @@ class ControlPlane:
         self.settings.packages_dir.mkdir(parents=True, exist_ok=True)
         migrate(self.settings.resolved_database_url)
         self.security.initialise()
+        for weakness in self.security.check_production():
+            log.warning("INSECURE: production runs with %s, accepted by EDGEFLEET_ACCEPT_WEAK_SECURITY=%s",
+                        WEAKNESSES[weakness], weakness)
         if not self.settings.mqtt_url:
             self.broker = EmbeddedBroker(self.settings.embedded_broker_port)
             self.broker.start()

@@ -6,12 +6,23 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.contract import DEFAULT_MAX_REPORT_BYTES, DEFAULT_PREFIX
 from cloud.monitor.config import MonitorSettings
 from cloud.rollout.config import RolloutEngineSettings
+
+# Weaknesses production refuses unless the operator names them in EDGEFLEET_ACCEPT_WEAK_SECURITY.
+WEAKNESSES: dict[str, str] = {
+    "sqlite": "the database is SQLite (set EDGEFLEET_DATABASE_URL to PostgreSQL)",
+    "embedded-broker": "the MQTT broker is the embedded development broker (set EDGEFLEET_MQTT_URL to mqtts://...)",
+    "plain-mqtt": "the broker URL is plain mqtt:// (use mqtts:// with `edgefleet broker-config`)",
+    "anonymous-mqtt": "no client certificate for the broker (set EDGEFLEET_MQTT_CERT_FILE and _KEY_FILE)",
+    "http-public-url": "devices reach the control plane over plain http (set EDGEFLEET_PUBLIC_URL to https://...)",
+    "single-root-key": "the TUF root is 1 of 1 key (use at least 2 of 3: EDGEFLEET_TUF_ROOT_KEYS / _THRESHOLD)",
+    "online-root-keys": "TUF root or targets keys are on this host (move them offline: `edgefleet keys offline`)",
+}
 
 
 class Settings(BaseSettings):
@@ -47,6 +58,9 @@ class Settings(BaseSettings):
     mqtt_key_file: Path | None = None
     # The broker URL handed to devices at enrollment; defaults to the one the control plane uses.
     device_mqtt_url: str | None = None
+    # Production refuses each weakness in WEAKNESSES unless named here (comma-separated); every
+    # accepted one is logged at WARNING on every start. Development accepts them all.
+    accept_weak_security: str = ""
     # --- scale-out and ingest (docs/scaling.md) ---
     # False: an API-only node (it still publishes commands); ingest runs in other processes
     # (python -m cloud.workers.ingest_node), so API latency does not compete with ingest.
@@ -77,12 +91,48 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     rollout: RolloutEngineSettings = Field(default_factory=RolloutEngineSettings)
 
+    @field_validator("accept_weak_security")
+    @classmethod
+    def _known_weaknesses(cls, value: str) -> str:
+        unknown = [part.strip() for part in value.split(",") if part.strip() and part.strip() not in WEAKNESSES]
+        if unknown:
+            raise ValueError(f"unknown weakness {', '.join(unknown)}; known: {', '.join(WEAKNESSES)}")
+        return value
+
+    @property
+    def accepted_weaknesses(self) -> list[str]:
+        return [part.strip() for part in self.accept_weak_security.split(",") if part.strip()]
+
+    def weaknesses(self) -> list[str]:
+        """The names (keys of WEAKNESSES) of every weak setting in this configuration."""
+        found: list[str] = []
+        url = (self.database_url or "sqlite").lower()
+        if url.startswith("sqlite"):
+            found.append("sqlite")
+        if self.mqtt_url is None:
+            found.append("embedded-broker")
+        elif self.mqtt_url.startswith("mqtt://"):
+            found.append("plain-mqtt")
+        elif self.mqtt_cert_file is None or self.mqtt_key_file is None:
+            found.append("anonymous-mqtt")
+        if not (self.public_url or "").startswith("https://"):
+            found.append("http-public-url")
+        keys = self.tuf_root_keys if self.tuf_root_keys is not None else 3
+        threshold = self.tuf_root_threshold if self.tuf_root_threshold is not None else 2
+        if keys < 2 or threshold < 2:
+            found.append("single-root-key")
+        return found
+
     @model_validator(mode="after")
-    def _production_needs_real_services(self) -> Settings:
-        if self.environment == "production" and (self.database_url is None or self.mqtt_url is None):
+    def _production_refuses_weak_settings(self) -> Settings:
+        if self.environment != "production":
+            return self
+        refused = [name for name in self.weaknesses() if name not in self.accepted_weaknesses]
+        if refused:
             raise ValueError(
-                "production needs EDGEFLEET_DATABASE_URL and EDGEFLEET_MQTT_URL; "
-                "the embedded SQLite and broker are for development only"
+                "production refuses weak security settings: "
+                + "; ".join(f"{WEAKNESSES[name]} [{name}]" for name in refused)
+                + ". Fix them, or accept each one by name in EDGEFLEET_ACCEPT_WEAK_SECURITY (logged at every start)"
             )
         return self
 

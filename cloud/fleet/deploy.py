@@ -13,6 +13,7 @@ def start_deployment(
     plane: Plane, session: Session, package_id: str, device_ids: list[str]
 ) -> tuple[Deployment, list[DeviceJob]]:
     package = crud.get_package(session, package_id)
+    plane.security.ensure_signed(package_id)  # 409 while its targets signature is pending offline
     deployment, commands = crud.create_deployment(
         session, package, device_ids, base_url=plane.base_url, command_ttl_s=plane.settings.command_ttl_s
     )

@@ -12,8 +12,8 @@ from sqlmodel import Session, select
 
 from agent.contract import DeployCommand, validate_device_id
 from agent.contract.enrollment import anchor_pin
-from cloud.core.config import Settings
-from cloud.errors import NotFoundError, PermissionDeniedError
+from cloud.core.config import WEAKNESSES, Settings
+from cloud.errors import EdgeFleetError, NotFoundError, PermissionDeniedError
 from cloud.fleet.tables import Device
 from cloud.security.ca import FleetCA, IssuedCertificate
 from cloud.security.director import DirectorKey
@@ -29,9 +29,13 @@ from cloud.security.tokens import (
     revoke_device_certificates,
     revoke_device_credentials,
 )
-from cloud.security.tuf_repo import TufPolicy, TufRepository
+from cloud.security.tuf_repo import OfflineKeyRequired, TufPolicy, TufRepository
 
-__all__ = ["EnrollmentBundle", "FleetSecurity"]
+__all__ = ["EnrollmentBundle", "FleetSecurity", "InsecureConfigurationError"]
+
+
+class InsecureConfigurationError(EdgeFleetError):
+    """Production was asked to run with a weak security setting nobody accepted by name."""
 
 
 @dataclass(frozen=True)
@@ -54,11 +58,11 @@ class EnrollmentBundle:
 
 
 class FleetSecurity:
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(self, settings: Settings, engine: Engine, *, offline_keys_dir: Path | None = None) -> None:
         self.settings = settings
         self.engine = engine
         base = settings.security_dir
-        self.tuf = TufRepository(base / "tuf", TufPolicy.for_environment(
+        self.tuf = TufRepository(base / "tuf", offline_keys_dir=offline_keys_dir, policy=TufPolicy.for_environment(
             settings.environment,
             root_keys=settings.tuf_root_keys, root_threshold=settings.tuf_root_threshold,
             root_expiry_s=settings.tuf_root_expiry_s, targets_expiry_s=settings.tuf_targets_expiry_s,
@@ -67,6 +71,29 @@ class FleetSecurity:
         self.ca = FleetCA(base / "ca")
         self.director = DirectorKey(base / "director" / "director.pem")
         self._published: set[str] = set()
+
+    def weaknesses(self) -> list[str]:
+        """Every weak security setting of this control plane (names from ``cloud.core.config.WEAKNESSES``)."""
+        found = self.settings.weaknesses()
+        if self.tuf.initialised and self.tuf.online_offline_role_keys():
+            found.append("online-root-keys")
+        return found
+
+    def check_production(self) -> list[str]:
+        """In production, refuse what was not accepted by name; return the accepted weaknesses (to log).
+
+        Raises:
+            InsecureConfigurationError: a weakness not named in EDGEFLEET_ACCEPT_WEAK_SECURITY.
+        """
+        if self.settings.environment != "production":
+            return []
+        weak = self.weaknesses()
+        refused = [name for name in weak if name not in self.settings.accepted_weaknesses]
+        if refused:
+            raise InsecureConfigurationError(
+                "production refuses: " + "; ".join(f"{WEAKNESSES[name]} [{name}]" for name in refused)
+                + ". Fix it, or accept it by name in EDGEFLEET_ACCEPT_WEAK_SECURITY (logged at every start)")
+        return weak
 
     def initialise(self) -> None:
         """Create any missing key material. Raises ``KeyPermissionError`` on loose permissions."""
@@ -79,17 +106,37 @@ class FleetSecurity:
         """Make the package a signed TUF target (idempotent). Returns its id."""
         return self.tuf.add_package(package_dir)
 
+    def ensure_signed(self, package_id: str) -> None:
+        """Make ``package_id`` a signed TUF target, or say why it cannot be one yet.
+
+        With the targets key offline a new package is staged; it can be deployed only once
+        someone signs the staged targets where the key is.
+
+        Raises:
+            OfflineKeyRequired: the package is staged and awaits the offline targets signature.
+        """
+        if package_id in self._published:
+            return
+        package_dir = self.settings.packages_dir / package_id
+        if package_dir.is_dir():
+            self.tuf.add_package(package_dir)  # idempotent: a listed package is left alone
+        if package_id in self.tuf.staged_packages():
+            raise OfflineKeyRequired(
+                f"package {package_id} awaits the targets signature and the targets key is offline: run "
+                "`edgefleet keys sign-targets --offline-keys DIR` where the keys are, then deploy again")
+        if package_dir.is_dir():
+            self._published.add(package_id)
+
     def sign_command(self, command: DeployCommand) -> DeployCommand:
         """Sign ``command``, first making sure TUF lists the package it names.
 
         The command is only a hint; without the package among the signed targets the
         device would refuse it. Packages live in ``packages_dir/<package_id>``.
+
+        Raises:
+            OfflineKeyRequired: the package still awaits the offline targets signature.
         """
-        if command.package_id not in self._published:
-            package_dir = self.settings.packages_dir / command.package_id
-            if package_dir.is_dir():
-                self.tuf.add_package(package_dir)  # idempotent: a listed package is left alone
-                self._published.add(command.package_id)
+        self.ensure_signed(command.package_id)
         return self.director.sign(command)
 
     # -- devices -------------------------------------------------------------

@@ -45,11 +45,17 @@ from tuf.api._payload import (
 from tuf.api.metadata import Metadata
 
 from agent.contract import MANIFEST_FILE, PackageManifest
+from cloud.errors import ConflictError
 from cloud.security.keys import ensure_private_dir, load_private_key, write_private_key
 
-__all__ = ["ROLES", "TufPolicy", "TufRepository", "package_custom_metadata"]
+__all__ = ["OFFLINE_ROLES", "ROLES", "OfflineKeyRequired", "TufPolicy", "TufRepository", "package_custom_metadata",
+           "sign_metadata_offline"]
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
+# Roles whose keys belong off the host: root (trust itself) and targets (what may be installed).
+# Snapshot and timestamp must be signed continuously, so they stay online.
+OFFLINE_ROLES = ("root", "targets")
+STAGED_TARGETS = "staged.targets.json"
 DAY_S = 86_400
 
 
@@ -94,6 +100,10 @@ def package_custom_metadata(manifest: PackageManifest) -> dict[str, Any]:
     }
 
 
+class OfflineKeyRequired(ConflictError):
+    """Signing needs a key that is not on this host (409: the operator must sign where the keys are)."""
+
+
 def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
@@ -101,12 +111,15 @@ def _now() -> datetime:
 class TufRepository:
     """Creates, signs and serves TUF metadata. Safe across threads and processes (file lock)."""
 
-    def __init__(self, directory: Path, policy: TufPolicy | None = None) -> None:
+    def __init__(self, directory: Path, policy: TufPolicy | None = None, *, offline_keys_dir: Path | None = None) -> None:
         self.directory = directory
         self.policy = policy or TufPolicy()
         self.metadata_dir = directory / "metadata"
         self.targets_dir = directory / "targets"
         self.keys_dir = directory / "keys"
+        # Where root and targets keys live when they are not on this host (a removable
+        # medium attached for a signing session); None in normal online operation.
+        self.offline_keys_dir = offline_keys_dir
         self._thread_lock = threading.RLock()
 
     # -- locking -------------------------------------------------------------
@@ -121,20 +134,63 @@ class TufRepository:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
 
     # -- keys ----------------------------------------------------------------
-    def _new_key(self) -> SSlibKey:
+    def _new_key(self, role: str) -> SSlibKey:
         private = Ed25519PrivateKey.generate()
         key = SSlibKey.from_crypto(private.public_key())
-        write_private_key(self.keys_dir / f"{key.keyid}.pem", private)
+        home = self.offline_keys_dir if role in OFFLINE_ROLES and self.offline_keys_dir else self.keys_dir
+        write_private_key(home / f"{key.keyid}.pem", private)
         return key
 
-    def _signer(self, keyid: str) -> CryptoSigner:
-        private = load_private_key(self.keys_dir / f"{keyid}.pem")
+    def _key_path(self, keyid: str) -> Path | None:
+        for directory in (self.keys_dir, self.offline_keys_dir):
+            if directory is not None and (directory / f"{keyid}.pem").exists():
+                return directory / f"{keyid}.pem"
+        return None
+
+    def _signer(self, keyid: str) -> CryptoSigner | None:
+        path = self._key_path(keyid)
+        if path is None:
+            return None
+        private = load_private_key(path)
         return CryptoSigner(private, SSlibKey.from_crypto(private.public_key()))
 
-    def _sign(self, md: Metadata[Any], keyids: list[str]) -> None:
+    def _sign(self, md: Metadata[Any], keyids: list[str], *, role: str, threshold: int | None = None) -> None:
+        """Sign with every key of ``keyids`` available here; refuse below ``threshold`` (default: all)."""
         md.signatures.clear()
-        for keyid in keyids:
-            md.sign(self._signer(keyid), append=True)
+        signers = [signer for signer in map(self._signer, keyids) if signer is not None]
+        needed = len(keyids) if threshold is None else threshold
+        if len(signers) < needed:
+            raise OfflineKeyRequired(
+                f"signing {role} needs {needed} of its keys and {len(signers)} are here; attach the offline keys "
+                f"and run the command with --offline-keys DIR (see docs/security.md, offline keys)")
+        for signer in signers:
+            md.sign(signer, append=True)
+
+    def can_sign(self, role: str) -> bool:
+        """Whether enough of ``role``'s keys are reachable (online, or an attached offline directory)."""
+        spec = self.root().roles[role]
+        return sum(self._key_path(keyid) is not None for keyid in spec.keyids) >= spec.threshold
+
+    def online_offline_role_keys(self) -> list[str]:
+        """Root and targets roles with a private key in the online key directory (a production weakness)."""
+        root = self.root()
+        return [role for role in OFFLINE_ROLES
+                if any((self.keys_dir / f"{keyid}.pem").exists() for keyid in root.roles[role].keyids)]
+
+    def move_offline(self, destination: Path) -> list[str]:
+        """Move root and targets private keys from the online directory to ``destination``. Returns the key ids."""
+        ensure_private_dir(destination)
+        root = self.root()
+        moved: list[str] = []
+        with self._locked():
+            for role in OFFLINE_ROLES:
+                for keyid in root.roles[role].keyids:
+                    source = self.keys_dir / f"{keyid}.pem"
+                    if source.exists():
+                        write_private_key(destination / source.name, load_private_key(source))
+                        source.unlink()
+                        moved.append(keyid)
+        return moved
 
     # -- files ---------------------------------------------------------------
     def _write(self, filename: str, md: Metadata[Any]) -> None:
@@ -178,10 +234,10 @@ class TufRepository:
             for role in ROLES:
                 count = self.policy.root_keys if role == "root" else 1
                 for _ in range(count):
-                    root.add_key(self._new_key(), role)
+                    root.add_key(self._new_key(role), role)
                 root.roles[role].threshold = self.policy.root_threshold if role == "root" else 1
             root_md = Metadata(root)
-            self._sign(root_md, root.roles["root"].keyids)
+            self._sign(root_md, root.roles["root"].keyids, role="root")
             self._write_root(root_md)
             targets_md = Metadata(Targets(expires=_now() + timedelta(seconds=self.policy.targets_expiry_s)))
             self._publish_targets(targets_md, bump=False)
@@ -194,7 +250,8 @@ class TufRepository:
     def _publish_targets(self, targets_md: Metadata[Targets], *, bump: bool = True) -> None:
         if bump:
             self._bump(targets_md.signed, "targets")
-        self._sign(targets_md, self.root().roles["targets"].keyids)
+        spec = self.root().roles["targets"]
+        self._sign(targets_md, spec.keyids, role="targets", threshold=spec.threshold)
         self._write(f"{targets_md.signed.version}.targets.json", targets_md)
         self._write("targets.json", targets_md)
         self._publish_snapshot()
@@ -207,7 +264,7 @@ class TufRepository:
         self._bump(snapshot_md.signed, "snapshot")
         if first:
             snapshot_md.signed.version = 1
-        self._sign(snapshot_md, self.root().roles["snapshot"].keyids)
+        self._sign(snapshot_md, self.root().roles["snapshot"].keyids, role="snapshot")
         self._write(f"{snapshot_md.signed.version}.snapshot.json", snapshot_md)
         self._write("snapshot.json", snapshot_md)
         self._publish_timestamp()
@@ -219,7 +276,7 @@ class TufRepository:
         self._bump(timestamp_md.signed, "timestamp")
         if first:
             timestamp_md.signed.version = 1
-        self._sign(timestamp_md, self.root().roles["timestamp"].keyids)
+        self._sign(timestamp_md, self.root().roles["timestamp"].keyids, role="timestamp")
         self._write("timestamp.json", timestamp_md)
 
     # -- targets -------------------------------------------------------------
@@ -241,6 +298,11 @@ class TufRepository:
             targets_md = self._load("targets")
             if f"{manifest.package_id}/{MANIFEST_FILE}" in targets_md.signed.targets:
                 return manifest.package_id
+            staged = self._staged_targets()
+            if staged is not None:
+                targets_md = staged
+                if f"{manifest.package_id}/{MANIFEST_FILE}" in targets_md.signed.targets:
+                    return manifest.package_id
             destination = self.targets_dir / manifest.package_id
             destination.mkdir(parents=True, exist_ok=True)
             for name in [MANIFEST_FILE, *(entry.name for entry in manifest.files)]:
@@ -249,8 +311,74 @@ class TufRepository:
                 info.unrecognized_fields["custom"] = custom
                 shutil.copyfile(package_dir / name, destination / f"{info.hashes['sha256']}.{name}")
                 targets_md.signed.targets[target_path] = info
-            self._publish_targets(targets_md)
+            if self.can_sign("targets"):
+                self._publish_targets(targets_md, bump=staged is None)
+                (self.metadata_dir / STAGED_TARGETS).unlink(missing_ok=True)
+            else:
+                self._stage_targets(targets_md, bumped=staged is not None)
         return manifest.package_id
+
+    # -- offline signing -----------------------------------------------------
+    def _staged_targets(self) -> Metadata[Targets] | None:
+        path = self.metadata_dir / STAGED_TARGETS
+        return Metadata.from_file(str(path)) if path.exists() else None
+
+    def _stage_targets(self, targets_md: Metadata[Targets], *, bumped: bool) -> None:
+        """Keep the next targets version, unsigned, until someone signs it where the keys are."""
+        if not bumped:
+            self._bump(targets_md.signed, "targets")
+        targets_md.signatures.clear()
+        self._write(STAGED_TARGETS, targets_md)
+
+    def staged_packages(self) -> list[str]:
+        """Packages added since the last signed targets, waiting for the offline targets key."""
+        staged = self._staged_targets()
+        if staged is None:
+            return []
+        published = set(self._load("targets").signed.targets)
+        return sorted({path.split("/", 1)[0] for path in staged.signed.targets if path not in published})
+
+    def staged_targets_bytes(self) -> bytes | None:
+        """The staged (unsigned) targets metadata, to carry to the machine that holds the key."""
+        path = self.metadata_dir / STAGED_TARGETS
+        return path.read_bytes() if path.exists() else None
+
+    def sign_staged_targets(self) -> int:
+        """Sign the staged targets with the attached offline keys and publish. Returns its version.
+
+        Raises:
+            OfflineKeyRequired: the targets keys are not attached.
+            ValueError: nothing is staged.
+        """
+        with self._locked():
+            staged = self._staged_targets()
+            if staged is None:
+                raise ValueError("no targets are waiting for a signature")
+            self._publish_targets(staged, bump=False)
+            (self.metadata_dir / STAGED_TARGETS).unlink()
+            return int(staged.signed.version)
+
+    def import_signed_targets(self, signed_bytes: bytes) -> int:
+        """Publish targets metadata signed elsewhere (:func:`sign_metadata_offline`). Returns its version.
+
+        Raises:
+            ValueError: not the staged version, or not signed by the targets threshold of the current root.
+        """
+        with self._locked():
+            staged = self._staged_targets()
+            try:
+                signed_md: Metadata[Targets] = Metadata.from_bytes(signed_bytes)
+                Metadata.from_file(str(self.metadata_dir / "root.json")).verify_delegate("targets", signed_md)
+            except Exception as exc:  # python-tuf raises several types for one meaning: not acceptable
+                raise ValueError(f"signed targets refused: {exc}") from exc
+            if staged is None or signed_md.signed.version != staged.signed.version or \
+                    set(signed_md.signed.targets) != set(staged.signed.targets):
+                raise ValueError("signed targets do not match the staged targets; export them again")
+            self._write(f"{signed_md.signed.version}.targets.json", signed_md)
+            self._write("targets.json", signed_md)
+            self._publish_snapshot()
+            (self.metadata_dir / STAGED_TARGETS).unlink()
+            return int(signed_md.signed.version)
 
     # -- expiry --------------------------------------------------------------
     def refresh_expiring(self, now: datetime | None = None) -> list[str]:
@@ -269,7 +397,7 @@ class TufRepository:
         if not self.initialised or not any(expiring(r) for r in ("timestamp", "snapshot", "targets")):
             return []
         with self._locked():
-            if expiring("targets"):
+            if expiring("targets") and self.can_sign("targets"):
                 self._publish_targets(self._load("targets"))
                 return ["targets", "snapshot", "timestamp"]
             if expiring("snapshot"):
@@ -306,17 +434,19 @@ class TufRepository:
             for keyid in old_keyids:
                 root.revoke_key(keyid, role)
             for _ in range(count):
-                root.add_key(self._new_key(), role)
+                root.add_key(self._new_key(role), role)
             root.roles[role].threshold = new_threshold
             self._bump(root, "root")
             signers = list(dict.fromkeys([*old_root_keyids, *root.roles["root"].keyids]))
-            self._sign(root_md, signers)
+            self._sign(root_md, signers, role="root")
             # Both the old and the new root must accept this version before it is published.
             Metadata.from_file(str(self.metadata_dir / "root.json")).verify_delegate("root", root_md)
             root_md.verify_delegate("root", root_md)
             self._write_root(root_md)
             for keyid in old_keyids:
-                (self.keys_dir / f"{keyid}.pem").unlink(missing_ok=True)
+                old_key = self._key_path(keyid)
+                if old_key is not None:
+                    old_key.unlink()
             if role == "targets":
                 self._publish_targets(self._load("targets"))
             elif role == "snapshot":
@@ -342,3 +472,24 @@ def _child(base: Path, relative: str) -> Path | None:
         return None
     path = base.joinpath(*parts)
     return path if path.is_file() else None
+
+
+def sign_metadata_offline(unsigned: bytes, root_json: bytes, keys_dir: Path, role: str = "targets") -> bytes:
+    """Sign ``role`` metadata with the keys of ``role`` found in ``keys_dir``: the step run where
+    the offline keys are. Needs only the metadata, the current root (for the key ids) and the keys.
+
+    Raises:
+        ValueError: the keys found do not reach the role's threshold.
+    """
+    md: Metadata[Any] = Metadata.from_bytes(unsigned)
+    root: Root = Metadata.from_bytes(root_json).signed
+    spec = root.roles[role]
+    md.signatures.clear()
+    for keyid in spec.keyids:
+        path = keys_dir / f"{keyid}.pem"
+        if path.exists():
+            private = load_private_key(path)
+            md.sign(CryptoSigner(private, SSlibKey.from_crypto(private.public_key())), append=True)
+    if len(md.signatures) < spec.threshold:
+        raise ValueError(f"{role} needs {spec.threshold} signature(s); {len(md.signatures)} key(s) of it are in {keys_dir}")
+    return bytes(md.to_bytes())
