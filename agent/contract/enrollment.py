@@ -18,9 +18,12 @@ import base64
 import hashlib
 from dataclasses import dataclass
 
-__all__ = ["ENROLLMENT_TOKEN_PREFIX", "PinnedEnrollmentToken", "anchor_pin", "rotation_proof_bytes"]
+__all__ = ["DIRECTOR_KEYS_FIELD", "ENROLLMENT_TOKEN_PREFIX", "PinnedEnrollmentToken", "anchor_pin", "rotation_proof_bytes"]
 
 ENROLLMENT_TOKEN_PREFIX = "efe_"
+# The field of TUF root that lists the director's public keys (PEM): rotating the director key
+# is a root update, which devices verify against the chain they already trust.
+DIRECTOR_KEYS_FIELD = "x-edgefleet-director-keys"
 ROTATION_CONTEXT = b"edgefleet certificate rotation v1\n"
 
 

@@ -6,6 +6,7 @@ This is the one place tuf's exceptions are caught; each leaves as an
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from tuf.ngclient.config import UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
 
+from agent.contract.enrollment import DIRECTOR_KEYS_FIELD
 from agent.errors import (
     AgentError,
     DigestMismatchError,
@@ -114,6 +116,22 @@ class PackageUpdater:
                               fetcher=self.fetcher, config=self.config, bootstrap=self.trusted_root.read_bytes())
             updater.refresh()
         self._updater = updater
+
+    def director_key_pems(self) -> list[bytes]:
+        """The director public keys the newest verified root lists (empty if it lists none).
+
+        ngclient writes ``root.json`` into ``metadata_dir`` only after verifying it against
+        the chain from the enrollment root, so what is read here is vouched for by root keys.
+        """
+        for path in (self.metadata_dir / "root.json", self.trusted_root):
+            if path is None or not path.exists():
+                continue
+            try:
+                listed = json.loads(path.read_bytes())["signed"].get(DIRECTOR_KEYS_FIELD, [])
+            except (OSError, ValueError, KeyError, AttributeError):
+                continue
+            return [str(pem).encode() for pem in listed] if isinstance(listed, list) else []
+        return []
 
     def _current(self) -> Updater:
         if self._updater is None:

@@ -82,10 +82,17 @@ def keys_rotate(
 
 
 @keys_app.command("rotate-director")
-def keys_rotate_director() -> None:
-    """Replace the director key. Devices need the new public key (re-enroll them)."""
-    security = fleet_security()
-    security.director.rotate()
+def keys_rotate_director(offline_keys: OfflineKeysOpt = None) -> None:
+    """Replace the director key through the root of trust: devices stay enrolled.
+
+    The new public key is published in a new root version (signed by the root keys; attach
+    them with --offline-keys when they are offline); devices take it on their next refresh.
+    """
+    security = fleet_security(offline_keys)
+    try:
+        security.rotate_director()
+    except OfflineKeyRequired as exc:
+        raise _refused(exc) from None
     console.print("director key rotated; public key:")
     console.print(security.director.public_pem().decode())
 

@@ -8,6 +8,7 @@ TUF key cannot aim an install at a device.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -49,7 +50,11 @@ class DirectorKey:
         signature = self._private().sign(command_signing_bytes(command))
         return command.model_copy(update={"signature": base64.b64encode(signature).decode()})
 
-    def rotate(self) -> None:
-        """Replace the key. Devices must receive the new public key (re-enrollment or config)."""
-        write_private_key(self.path, Ed25519PrivateKey.generate())
+    def rotate(self, publish: Callable[[bytes], object]) -> None:
+        """Replace the key. ``publish`` gets the new public key first (a root update that
+        devices verify); only if it succeeds does the new key replace the old one."""
+        new_key = Ed25519PrivateKey.generate()
+        publish(new_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+        write_private_key(self.path, new_key)
         self._key = None

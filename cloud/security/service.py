@@ -97,9 +97,20 @@ class FleetSecurity:
 
     def initialise(self) -> None:
         """Create any missing key material. Raises ``KeyPermissionError`` on loose permissions."""
-        self.tuf.initialise()
-        self.ca.initialise()
         self.director.initialise()
+        self.tuf.initialise(director_public_pem=self.director.public_pem())
+        self.ca.initialise()
+
+    def rotate_director(self) -> None:
+        """Replace the director key, announcing the new public key in a new root version.
+
+        Enrolled devices learn it from their next metadata refresh (a command signed by a
+        key they do not know yet makes them refresh first), so nobody re-enrolls.
+
+        Raises:
+            OfflineKeyRequired: the root keys are offline and not attached.
+        """
+        self.director.rotate(self.tuf.set_director_key)
 
     # -- packages and commands -----------------------------------------------
     def publish_package(self, package_dir: Path) -> str:

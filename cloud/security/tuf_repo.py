@@ -45,6 +45,7 @@ from tuf.api._payload import (
 from tuf.api.metadata import Metadata
 
 from agent.contract import MANIFEST_FILE, PackageManifest
+from agent.contract.enrollment import DIRECTOR_KEYS_FIELD
 from cloud.errors import ConflictError
 from cloud.security.keys import ensure_private_dir, load_private_key, write_private_key
 
@@ -218,8 +219,10 @@ class TufRepository:
         return (self.metadata_dir / "root.json").read_bytes()
 
     # -- creation ------------------------------------------------------------
-    def initialise(self) -> bool:
+    def initialise(self, *, director_public_pem: bytes | None = None) -> bool:
         """Create keys and version-1 metadata for every role. Returns False if it already existed.
+
+        ``director_public_pem`` is listed in root as the key that signs commands.
 
         Raises:
             KeyPermissionError: the key directory is readable by others.
@@ -236,6 +239,8 @@ class TufRepository:
                 for _ in range(count):
                     root.add_key(self._new_key(role), role)
                 root.roles[role].threshold = self.policy.root_threshold if role == "root" else 1
+            if director_public_pem is not None:
+                root.unrecognized_fields[DIRECTOR_KEYS_FIELD] = [director_public_pem.decode()]
             root_md = Metadata(root)
             self._sign(root_md, root.roles["root"].keyids, role="root")
             self._write_root(root_md)
@@ -453,6 +458,32 @@ class TufRepository:
                 self._publish_snapshot()
             elif role == "timestamp":
                 self._publish_timestamp()
+            return root
+
+    # -- the director key, vouched for by root --------------------------------
+    def director_public_pems(self) -> list[str]:
+        listed = self.root().unrecognized_fields.get(DIRECTOR_KEYS_FIELD, [])
+        return [str(pem) for pem in listed] if isinstance(listed, list) else []
+
+    def set_director_key(self, public_pem: bytes) -> Root:
+        """Publish a new root version whose only director key is ``public_pem``.
+
+        Signed by the root keys (attach them with ``offline_keys_dir`` when they are offline);
+        devices pick it up on their next metadata refresh and from then on accept commands
+        signed by the new key only.
+
+        Raises:
+            OfflineKeyRequired: the root keys are not reachable.
+        """
+        with self._locked():
+            root_md: Metadata[Root] = self._load("root")
+            root = root_md.signed
+            root.unrecognized_fields[DIRECTOR_KEYS_FIELD] = [public_pem.decode()]
+            self._bump(root, "root")
+            self._sign(root_md, root.roles["root"].keyids, role="root", threshold=root.roles["root"].threshold)
+            Metadata.from_file(str(self.metadata_dir / "root.json")).verify_delegate("root", root_md)
+            root_md.verify_delegate("root", root_md)
+            self._write_root(root_md)
             return root
 
     # -- serving -------------------------------------------------------------
