@@ -25,6 +25,7 @@ class DirectorKey:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._key: Ed25519PrivateKey | None = None
+        self._loaded_from: tuple[int, int] | None = None
 
     def initialise(self) -> bool:
         """Create the key if missing. Returns False if it existed."""
@@ -34,11 +35,15 @@ class DirectorKey:
         return True
 
     def _private(self) -> Ed25519PrivateKey:
-        if self._key is None:
+        # Reloaded when the file is replaced: `edgefleet keys rotate-director` runs in another
+        # process, and the running control plane must sign with the new key from then on.
+        stat = self.path.stat()
+        identity = (stat.st_ino, stat.st_mtime_ns)
+        if self._key is None or identity != self._loaded_from:
             key = load_private_key(self.path)
             if not isinstance(key, Ed25519PrivateKey):
                 raise ValueError(f"director key {self.path} is not an Ed25519 key")
-            self._key = key
+            self._key, self._loaded_from = key, identity
         return self._key
 
     def public_pem(self) -> bytes:
