@@ -279,3 +279,28 @@ def test_device_revoked_in_the_api_is_refused_by_the_running_broker(control_plan
         watcher.terminate()
         watcher.wait(timeout=10)
         broker.stop()
+
+
+def test_the_crl_watcher_installs_only_crls_signed_by_the_device_ca(control_plane, api, tmp_path: Path) -> None:
+    """The remote-broker path: the CRL fetched from the control plane, checked, written, broker reloaded."""
+    from cloud.security.ca import FleetCA
+    from cloud.security.crl_watch import CrlWatcher, ReloadError
+
+    reloads: list[int] = []
+    target = tmp_path / "broker-crl.pem"
+    watcher = CrlWatcher(source=f"{control_plane.base_url}/tuf/crl.pem", target=target,
+                         ca_cert=control_plane.security.ca.device_ca_cert, reload=lambda: reloads.append(1))
+    assert watcher.poll_once() and len(reloads) == 1  # the first poll always installs
+    assert not watcher.poll_once() and len(reloads) == 1  # unchanged: nothing to do
+    enroll(control_plane.base_url, _enrollment_token(api, "cam-crl"), tmp_path / "cam-crl")
+    assert api.post("/api/v1/devices/cam-crl/revoke").status_code == 200
+    assert watcher.poll_once() and len(reloads) == 2
+    assert target.read_bytes() == control_plane.security.ca.crl_file.read_bytes()
+
+    foreign = FleetCA(tmp_path / "foreign-ca")
+    foreign.initialise()
+    impostor = CrlWatcher(source=str(foreign.crl_file), target=target,
+                          ca_cert=control_plane.security.ca.device_ca_cert, reload=lambda: reloads.append(1))
+    with pytest.raises(ReloadError, match="not signed by the CA"):
+        impostor.poll_once()
+    assert target.read_bytes() == control_plane.security.ca.crl_file.read_bytes() and len(reloads) == 2
