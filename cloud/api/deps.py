@@ -17,7 +17,12 @@ from sqlmodel import Session
 
 from cloud.core.plane import Plane
 from cloud.security.tables import Role
-from cloud.security.tokens import Principal, authenticate
+from cloud.security.tokens import Principal, TokenExpired, authenticate
+
+# The dashboard calls the API in process (cloud/dashboard/data.py) as its logged-in user: it
+# puts that user's principal in the ASGI scope under this key. Requests from the network get
+# their scope from the server, which never sets it, so only in-process calls can carry one.
+IN_PROCESS_PRINCIPAL = "edgefleet.principal"
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # What a device token may do, and only with its own id in the URL: read itself, rotate its certificate.
@@ -42,14 +47,21 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def get_principal(request: Request, session: SessionDep) -> Principal:
-    """The caller behind ``Authorization: Bearer <token>``. 401 when absent, unknown or revoked."""
+    """The caller behind ``Authorization: Bearer <token>``. 401 when absent, unknown, revoked or expired."""
+    in_process = request.scope.get(IN_PROCESS_PRINCIPAL)
+    if isinstance(in_process, Principal):
+        request.state.principal = in_process
+        return in_process
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise HTTPException(401, "missing API token: send 'Authorization: Bearer <token>' "
                                  "(an admin creates one with `edgefleet token create`)",
                             headers={"WWW-Authenticate": "Bearer"})
-    principal = authenticate(session, token.strip())
+    try:
+        principal = authenticate(session, token.strip())
+    except TokenExpired as exc:
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     if principal is None:
         raise HTTPException(401, "unknown or revoked API token", headers={"WWW-Authenticate": "Bearer"})
     request.state.principal = principal

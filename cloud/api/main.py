@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -10,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from cloud import __version__
 from cloud.api.deps import require_access
+from cloud.api.hardening import BodySizeLimit, RouteLimit, SecurityHeaders
 from cloud.api.routes import (
     auth,
     datasets,
@@ -111,4 +113,21 @@ def create_app(plane: Plane) -> FastAPI:
 
     install_dashboard(app)
     install_metrics(app, plane)
+    _install_hardening(app, plane)
     return app
+
+
+def _install_hardening(app: FastAPI, plane: Plane) -> None:
+    """Bounded bodies for every route (uploads get their own, larger limits) and security headers."""
+    settings = plane.settings
+    upload_limits = [
+        RouteLimit("PUT", re.compile(r"^/api/v1/devices/[^/]+/samples/blobs/?$"), settings.monitor.max_upload_bytes,
+                   "EDGEFLEET_MONITOR_MAX_UPLOAD_BYTES"),
+        RouteLimit("POST", re.compile(r"^/api/v1/models/import/?$"), settings.max_model_upload_bytes,
+                   "EDGEFLEET_MAX_MODEL_UPLOAD_BYTES"),
+    ]
+    # The last added is the outermost: headers go on every answer, the limit's 413 included;
+    # the limit applies before routing, authentication or parsing.
+    app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes, setting="EDGEFLEET_MAX_REQUEST_BYTES",
+                       routes=upload_limits)
+    app.add_middleware(SecurityHeaders)

@@ -35,9 +35,10 @@ def token_list(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, json_
     if json_out:
         emit_json(tokens)
         return
-    console.print(table(f"API tokens ({len(tokens)})", ["id", "name", "role", "device", "created", "revoked"],
+    console.print(table(f"API tokens ({len(tokens)})", ["id", "name", "role", "device", "created", "expires",
+                                                             "revoked"],
                          ([t["id"], t["name"], t["role"], cell(t.get("device_id")), cell(t["created_at"]),
-                           cell(t.get("revoked_at"))] for t in tokens)))
+                           cell(t.get("expires_at")), cell(t.get("revoked_at"))] for t in tokens)))
 
 
 @token_app.command("revoke")
@@ -61,14 +62,18 @@ def token_revoke(
 def token_create(
     name: Annotated[str, typer.Option(help="who or what uses the token")],
     role: Annotated[str, typer.Option(help="viewer, operator or admin")] = "viewer",
+    ttl: Annotated[int | None, typer.Option(min=1, help="seconds until it expires; default EDGEFLEET_API_TOKEN_TTL_S "
+                                                        "(90 days)")] = None,
 ) -> None:
-    """Create an API token. It is printed once and stored only as a hash."""
+    """Create an API token. It is printed once, stored only as a hash, and expires."""
     if role not in ("viewer", "operator", "admin"):
         console.print("[red]error:[/] --role must be viewer, operator or admin")
         raise typer.Exit(2)
     security = fleet_security()
     with Session(security.engine) as session:
-        secret, _ = create_api_token(session, name=name, role=Role(role))
+        # Only the secret on the output (scripts capture it); `edgefleet token list` shows the expiry.
+        secret, _ = create_api_token(session, name=name, role=Role(role),
+                                     ttl_s=ttl or security.settings.api_token_ttl_s)
     print(secret)
 
 

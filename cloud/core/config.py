@@ -52,6 +52,18 @@ class Settings(BaseSettings):
     tuf_timestamp_expiry_s: int = Field(default=86_400, gt=0)
     enrollment_token_ttl_s: int = Field(default=3600, gt=0)
     device_cert_validity_days: int = Field(default=90, gt=0)
+    # Operator API tokens expire (devices' own tokens live as long as the device's enrollment).
+    api_token_ttl_s: int = Field(default=90 * 86_400, gt=0)
+    # A dashboard login lasts this long, and never longer than the token it was made from.
+    dashboard_session_ttl_s: int = Field(default=12 * 3600, gt=0)
+    # Failed dashboard logins per client address (and per token prefix) in a minute before 429.
+    login_failures_per_minute: int = Field(default=5, ge=1)
+    # --- request bodies (docs/operations.md) ---
+    # Every request body, JSON or not, unauthenticated routes included; uploads have their own.
+    max_request_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_model_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    # Datasets are ingested and validated only from inside this directory (default data_dir/imports).
+    dataset_import_root: Path | None = None
     # Mutual TLS to the broker for mqtts:// URLs: the broker CA, and our client certificate and key.
     mqtt_ca_file: Path | None = None
     mqtt_cert_file: Path | None = None
@@ -159,6 +171,15 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def imports_dir(self) -> Path:
+        return self.dataset_import_root or self.data_dir / "imports"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where uploads are streamed before they are moved to their place (same filesystem)."""
+        return self.data_dir / "uploads"
 
     @property
     def security_dir(self) -> Path:

@@ -2,7 +2,9 @@
 
 Going through ``/api/v1`` (over an ASGI transport, no socket) means the dashboard
 shows exactly what the API serves, and every action passes the API's own role
-checks and validation with the logged-in user's token. Features that have not
+checks and validation as the logged-in user. The user's principal rides in the
+ASGI scope (:data:`cloud.api.deps.IN_PROCESS_PRINCIPAL`), so the dashboard never
+needs, or holds, the user's bearer token. Features that have not
 landed on a control plane (their routes answer 404 or 405) show an empty state.
 """
 
@@ -13,6 +15,10 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
+
+from cloud.api.deps import IN_PROCESS_PRINCIPAL
+from cloud.security.tokens import Principal
 
 __all__ = ["ApiAnswer", "InProcessApi"]
 
@@ -34,9 +40,12 @@ class ApiAnswer:
 
 
 class InProcessApi:
-    def __init__(self, app: FastAPI, token: str) -> None:
-        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://control-plane",
-                                         headers={"authorization": f"Bearer {token}"}, timeout=30)
+    def __init__(self, app: FastAPI, principal: Principal) -> None:
+        async def as_user(scope: Scope, receive: Receive, send: Send) -> None:
+            await app({**scope, IN_PROCESS_PRINCIPAL: principal}, receive, send)
+
+        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=as_user), base_url="http://control-plane",
+                                         timeout=30)
 
     async def __aenter__(self) -> InProcessApi:
         return self

@@ -21,7 +21,17 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from cloud import __version__
-from cloud.dashboard.auth import COOKIE_NAME, DashboardUser, login, user_for_cookie
+from cloud.dashboard.auth import (
+    COOKIE_NAME,
+    LOGIN_CSRF_COOKIE,
+    DashboardUser,
+    LoginThrottle,
+    csrf_matches,
+    login,
+    logout,
+    new_login_csrf,
+    user_for_cookie,
+)
 from cloud.dashboard.charts import Series, line_chart
 from cloud.dashboard.data import ApiProblem, InProcessApi
 from cloud.fleet import crud
@@ -125,13 +135,13 @@ def _render(request: Request, user: DashboardUser | None, page: str, live: str |
 
 
 def _api(request: Request, user: DashboardUser) -> InProcessApi:
-    return InProcessApi(request.app, user.token)
+    return InProcessApi(request.app, user.principal)
 
 
 async def _form(request: Request, user: DashboardUser) -> dict[str, str]:
     form = await request.form()
     values = {k: v for k, v in form.items() if isinstance(v, str)}
-    if values.get("csrf") != user.csrf:
+    if not csrf_matches(values.get("csrf"), user.csrf):
         raise _Refused(400, "the form expired or came from another page; reload the page and try again")
     if not user.can_act:
         raise _Refused(403, f"your role ({user.role.value}) can view but not act; ask for an operator token")
@@ -164,9 +174,26 @@ def _safe_next(value: str | None) -> str:
     return "/ui/fleet"
 
 
+def _login_form(request: Request, target: str, error: str | None, *, status_code: int = 200,
+                headers: dict[str, str] | None = None) -> HTMLResponse:
+    """The login page with a fresh CSRF value in the form and in its cookie."""
+    csrf = new_login_csrf()
+    response = _render(request, None, "login.html", None, {"next": target, "error": error, "csrf": csrf},
+                       status_code=status_code)
+    response.set_cookie(LOGIN_CSRF_COOKIE, csrf, httponly=True, samesite="strict", path="/ui/login",
+                        secure=request.url.scheme == "https")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, next: str | None = None) -> HTMLResponse:
-    return _render(request, None, "login.html", None, {"next": _safe_next(next), "error": None})
+    return _login_form(request, _safe_next(next), None)
+
+
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 @router.post("/login", response_class=HTMLResponse)
@@ -174,18 +201,37 @@ async def login_submit(request: Request) -> Response:
     form = await request.form()
     token = str(form.get("token") or "")
     target = _safe_next(str(form.get("next") or ""))
+    if not csrf_matches(str(form.get("csrf") or ""), request.cookies.get(LOGIN_CSRF_COOKIE)):
+        return _login_form(request, target, "the login form expired or came from another page; try again",
+                           status_code=400)
+    throttle: LoginThrottle = request.app.state.login_throttle
+    keys = throttle.keys(_client_address(request), token)
+    wait_s = throttle.retry_after(keys)
+    if wait_s:
+        return _login_form(request, target, f"too many failed logins; try again in {wait_s} s", status_code=429,
+                           headers={"retry-after": str(wait_s)})
+    settings = request.app.state.plane.settings
     try:
-        user = await run_in_threadpool(login, request.app.state.plane.engine, token)
+        session_id, _ = await run_in_threadpool(login, request.app.state.plane.engine, token,
+                                                ttl_s=settings.dashboard_session_ttl_s)
     except PermissionError as exc:
-        return _render(request, None, "login.html", None, {"next": target, "error": str(exc)}, status_code=401)
+        throttle.failed(keys)
+        return _login_form(request, target, str(exc), status_code=401)
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(COOKIE_NAME, user.token, httponly=True, samesite="strict", path="/ui",
-                        secure=request.url.scheme == "https")
+    response.set_cookie(COOKIE_NAME, session_id, httponly=True, samesite="strict", path="/ui",
+                        max_age=settings.dashboard_session_ttl_s, secure=request.url.scheme == "https")
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/ui/login")
     return response
 
 
 @router.post("/logout")
-def logout() -> RedirectResponse:
+async def logout_submit(request: Request) -> RedirectResponse:
+    cookie = request.cookies.get(COOKIE_NAME)
+    user = await run_in_threadpool(user_for_cookie, request.app.state.plane.engine, cookie)
+    form = await request.form()
+    # Only the session's own page may end it server-side; the cookie is dropped either way.
+    if user is not None and csrf_matches(str(form.get("csrf") or ""), user.csrf):
+        await run_in_threadpool(logout, request.app.state.plane.engine, cookie)
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(COOKIE_NAME, path="/ui")
     return response
@@ -574,6 +620,7 @@ def _items(document: Any) -> list[dict[str, Any]]:
 # --- wiring ------------------------------------------------------------------
 def install_dashboard(app: FastAPI) -> None:
     """Mount the dashboard (``/ui``), its static files and the login redirect."""
+    app.state.login_throttle = LoginThrottle(app.state.plane.settings.login_failures_per_minute)
 
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, exc: LoginRequired) -> Response:

@@ -317,7 +317,7 @@ def _load_torch_model(model_dir: Path, labels: list[str]) -> torch.nn.Module | N
     path = model_dir / "model.pt"
     if not path.exists():
         return None
-    saved = torch.load(path, weights_only=False)
+    saved = torch.load(path, weights_only=True)
     config = saved["config"]
     module = MobileNetV2(saved["num_classes"], config["width_multiplier"], config["architecture"])
     module.load_state_dict(saved["state_dict"])

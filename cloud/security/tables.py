@@ -1,4 +1,4 @@
-"""Security tables: API tokens, enrollment tokens, issued device certificates.
+"""Security tables: API tokens, dashboard sessions, enrollment tokens, issued device certificates.
 
 Secrets are stored as sha256 digests only. The tokens are 256-bit random values,
 so a fast hash is enough: there is no password to brute-force.
@@ -39,6 +39,8 @@ class ApiToken(SQLModel, table=True):
     device_id: str | None = Field(default=None, max_length=64, index=True)
     created_at: datetime = Field(default_factory=utc_now, sa_type=DateTime(timezone=True))
     revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # None: no expiry (device tokens, which end with the device's enrollment, and older rows).
+    expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class ApiTokenPublic(SQLModel):
@@ -48,6 +50,22 @@ class ApiTokenPublic(SQLModel):
     device_id: str | None
     created_at: datetime
     revoked_at: datetime | None
+    expires_at: datetime | None = None
+
+
+class DashboardSession(SQLModel, table=True):
+    """A dashboard login. The cookie holds a random id; only its sha256 is stored here.
+
+    The session acts with its API token's role, and ends when that token is revoked or
+    expires, or at its own ``expires_at``, whichever comes first.
+    """
+
+    __tablename__ = "dashboard_session"
+
+    id_sha256: str = Field(primary_key=True, max_length=64)
+    token_id: str = Field(foreign_key="api_token.id", max_length=32, index=True)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=DateTime(timezone=True))
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True))
 
 
 class EnrollmentToken(SQLModel, table=True):

@@ -21,10 +21,12 @@ __all__ = [
     "DeviceRevokedError",
     "EnrollmentRefused",
     "Principal",
+    "TokenExpired",
     "authenticate",
     "create_api_token",
     "create_enrollment_token",
     "is_revoked_device",
+    "principal_for_row",
     "record_certificate",
     "redeem_enrollment_token",
     "revoke_api_token",
@@ -45,6 +47,14 @@ class DeviceRevokedError(PermissionDeniedError):
                          f"`edgefleet device readmit {device_id}`")
 
 
+class TokenExpired(Exception):
+    """A known, unrevoked API token past its ``expires_at`` (the API answers 401 with this message)."""
+
+    def __init__(self, token_name: str) -> None:
+        super().__init__(f"API token {token_name!r} expired; create a new one with "
+                         "`edgefleet token create --name NAME --role ROLE [--ttl SECONDS]`")
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: a role, a name for the audit trail, and the device for device tokens."""
@@ -52,6 +62,8 @@ class Principal:
     role: Role
     name: str
     device_id: str | None = None
+    # The api_token row behind it (dashboard sessions link to it).
+    token_id: str | None = None
 
     def at_least(self, role: Role) -> bool:
         return self.role != Role.DEVICE and self.role.rank >= role.rank
@@ -65,16 +77,24 @@ def _new_secret(prefix: str) -> str:
     return f"{prefix}_{secrets.token_urlsafe(32)}"
 
 
-def create_api_token(session: Session, *, name: str, role: Role, device_id: str | None = None) -> tuple[str, ApiToken]:
+def create_api_token(session: Session, *, name: str, role: Role, device_id: str | None = None,
+                     ttl_s: int | None = None) -> tuple[str, ApiToken]:
     """Create a token; return (the secret, shown once, and the stored row).
 
+    ``ttl_s``: seconds until it expires; None for no expiry (device tokens; the API and
+    CLI always pass EDGEFLEET_API_TOKEN_TTL_S or the caller's choice for operator tokens).
+
     Raises:
-        ValueError: a device token without a device id, or a device id on an operator token.
+        ValueError: a device token without a device id, a device id on an operator token, or ttl_s <= 0.
     """
     if (role == Role.DEVICE) != (device_id is not None):
         raise ValueError("device tokens need a device id, and only device tokens may have one")
+    if ttl_s is not None and ttl_s <= 0:
+        raise ValueError(f"a token lifetime must be positive, not {ttl_s} s")
     secret = _new_secret("efd" if role == Role.DEVICE else "efo")
-    row = ApiToken(id=uuid.uuid4().hex, name=name, role=role.value, token_sha256=_digest(secret), device_id=device_id)
+    expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s) if ttl_s is not None else None
+    row = ApiToken(id=uuid.uuid4().hex, name=name, role=role.value, token_sha256=_digest(secret), device_id=device_id,
+                   expires_at=expires_at)
     session.add(row)
     session.commit()
     session.refresh(row)
@@ -92,11 +112,26 @@ def revoke_api_token(session: Session, token_id: str) -> bool:
 
 
 def authenticate(session: Session, token: str) -> Principal | None:
-    """The principal for a bearer token, or None when it is unknown or revoked."""
+    """The principal for a bearer token, or None when it is unknown or revoked.
+
+    The lookup is by the secret's sha256 (an index hit, not a comparison of secrets).
+
+    Raises:
+        TokenExpired: the token is known and unrevoked, but past its ``expires_at``.
+    """
     row = session.exec(select(ApiToken).where(ApiToken.token_sha256 == _digest(token))).first()
+    return principal_for_row(row)
+
+
+def principal_for_row(row: ApiToken | None) -> Principal | None:
+    """The principal an api_token row stands for now: None if missing or revoked; ``TokenExpired`` if expired."""
     if row is None or row.revoked_at is not None:
         return None
-    return Principal(Role(row.role), row.name, row.device_id)
+    if row.expires_at is not None:
+        expires_at = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
+        if expires_at <= datetime.now(UTC):
+            raise TokenExpired(row.name)
+    return Principal(Role(row.role), row.name, row.device_id, row.id)
 
 
 def create_enrollment_token(session: Session, device_id: str, *, hardware_profile: str, ttl_s: int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,9 @@ def test_int8_with_an_accuracy_drop_over_the_limit_is_rejected(engine, paths, go
 
 
 def test_imported_onnx_is_quantized_gated_and_packaged(control_plane, api, good_onnx) -> None:
-    dataset = api.post("/api/v1/datasets", json={"path": str(good_onnx.data_root)})
+    # The API ingests only from its import root (EDGEFLEET_DATASET_IMPORT_ROOT).
+    shutil.copytree(good_onnx.data_root, control_plane.settings.imports_dir / "shapes")
+    dataset = api.post("/api/v1/datasets", json={"path": "shapes"})
     assert dataset.status_code == 201, dataset.text
     response = api.post(
         "/api/v1/models/import",
@@ -113,7 +116,7 @@ def test_imported_onnx_is_quantized_gated_and_packaged(control_plane, api, good_
 
 
 def test_api_reports_bad_input_with_what_to_fix(control_plane, api, good_onnx, tmp_path: Path) -> None:
-    missing = api.post("/api/v1/datasets", json={"path": str(tmp_path / "nowhere")})
+    missing = api.post("/api/v1/datasets", json={"path": str(control_plane.settings.imports_dir / "nowhere")})
     assert missing.status_code == 400 and "does not exist" in missing.json()["detail"]
     unknown = api.post("/api/v1/models/train", json={"dataset_id": "ds-0000000000000000"})
     assert unknown.status_code == 400 and "ingest it first" in unknown.json()["detail"]

@@ -13,7 +13,6 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from cloud.dashboard.auth import csrf_for
 from tests.support.services import wait_for
 
 pytestmark = pytest.mark.integration
@@ -199,8 +198,9 @@ def test_viewer_sees_no_action_buttons_and_cannot_act(fleet, login, tokens, api,
     screenshot(page, "rollout-as-viewer")
 
     # Hiding buttons is not the protection: a forged POST is refused by the dashboard and the API.
-    forged = page.request.post(f"/ui/rollouts/{rollout_id}/abort",
-                               form={"csrf": csrf_for(tokens["viewer"]), "confirm": "yes"})
+    # With the viewer session's own CSRF value (every page carries it, in the logout form).
+    viewer_csrf = page.locator('input[name="csrf"]').first.get_attribute("value")
+    forged = page.request.post(f"/ui/rollouts/{rollout_id}/abort", form={"csrf": viewer_csrf, "confirm": "yes"})
     assert "can view but not act" in forged.text()
     viewer_api = httpx.post(f"{control_plane.base_url}/api/v1/rollouts/{rollout_id}/abort",
                             headers={"authorization": f"Bearer {tokens['viewer']}"}, timeout=10)

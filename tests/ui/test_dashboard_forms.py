@@ -3,22 +3,37 @@ login cannot be turned into an open redirect. Plain HTTP, no browser needed."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import unquote_plus
 
 import httpx
 import pytest
 
-from cloud.dashboard.auth import COOKIE_NAME, csrf_for
+from cloud.dashboard.auth import COOKIE_NAME
 from cloud.security.tables import Role
 from tests.ui.helpers import make_release, make_token
 
 pytestmark = pytest.mark.integration
 
 
+CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def _csrf(client: httpx.Client, path: str) -> str:
+    """The CSRF value the page at ``path`` puts in its forms."""
+    found = CSRF_FIELD.search(client.get(path).text)
+    assert found, f"{path} has no form with a CSRF value"
+    return found.group(1)
+
+
+def _log_in(client: httpx.Client, token: str, next_path: str = "/ui/rollouts") -> httpx.Response:
+    return client.post("/ui/login", data={"token": token, "next": next_path, "csrf": _csrf(client, "/ui/login")})
+
+
 def _session(plane: Any, token: str) -> httpx.Client:
     client = httpx.Client(base_url=plane.base_url, timeout=15)
-    response = client.post("/ui/login", data={"token": token, "next": "/ui/rollouts"})
+    response = _log_in(client, token)
     assert response.status_code == 303 and response.headers["location"] == "/ui/rollouts"
     assert COOKIE_NAME in client.cookies
     return client
@@ -34,7 +49,7 @@ def test_bad_rollout_forms_say_what_to_fix(control_plane, tmp_path) -> None:
     release = make_release(control_plane, tmp_path)
     client = _session(control_plane, token)
     try:
-        csrf = csrf_for(token)
+        csrf = _csrf(client, "/ui/rollouts")
         stale = client.post("/ui/rollouts", data={"csrf": "stale", "package_id": release.package_id, "stages": "100"})
         assert "reload the page" in _flash(stale)
         bad_stage = client.post("/ui/rollouts", data={"csrf": csrf, "package_id": release.package_id,
@@ -62,7 +77,7 @@ def test_login_and_session_edges(control_plane) -> None:
     with httpx.Client(base_url=control_plane.base_url, timeout=15) as client:
         # A crafted `next` cannot send the user off-site after logging in.
         token = make_token(control_plane, Role.VIEWER)
-        response = client.post("/ui/login", data={"token": token, "next": "//evil.example/ui"})
+        response = _log_in(client, token, "//evil.example/ui")
         assert response.headers["location"] == "/ui/fleet"
         from sqlmodel import Session
 
@@ -70,7 +85,7 @@ def test_login_and_session_edges(control_plane) -> None:
 
         with Session(control_plane.engine) as session:
             device_token, _ = create_api_token(session, name="cam", role=Role.DEVICE, device_id="cam-01")
-        refused = client.post("/ui/login", data={"token": device_token})
+        refused = _log_in(client, device_token, "")
         assert refused.status_code == 401 and "device tokens cannot open the dashboard" in refused.text
     with httpx.Client(base_url=control_plane.base_url, timeout=15) as anonymous:
         # The live poller gets a 401 it can act on, not a login page to paste into the table.
@@ -101,7 +116,7 @@ def test_the_simple_rollout_form_builds_a_spec(control_plane, api, tmp_path) -> 
     client = _session(control_plane, token)
     try:
         response = client.post("/ui/rollouts", data={
-            "csrf": csrf_for(token), "name": "form canary", "package_id": release.package_id,
+            "csrf": _csrf(client, "/ui/rollouts"), "name": "form canary", "package_id": release.package_id,
             "hardware_profile": "x86-64-avx2", "stage_kind": "percent", "stages": "50, 100", "soak_s": "30",
             "require_approval": "on"})
         location = _flash(response)

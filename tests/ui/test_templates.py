@@ -9,8 +9,9 @@ from cloud.dashboard.auth import DashboardUser
 from cloud.dashboard.charts import Series, line_chart
 from cloud.dashboard.routes import _scalar_metrics, _slices, templates
 from cloud.security.tables import Role
+from cloud.security.tokens import Principal
 
-USER = DashboardUser("ops", Role.OPERATOR, "efo_x")
+USER = DashboardUser("ops", Role.OPERATOR, Principal(Role.OPERATOR, "ops"), csrf="c" * 32)
 
 
 def _render(name: str, **context: object) -> str:

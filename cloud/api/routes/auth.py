@@ -19,6 +19,8 @@ router = APIRouter(tags=["security"], dependencies=[Depends(require_admin)])
 class TokenCreate(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     role: Role = Role.VIEWER
+    ttl_s: int | None = Field(default=None, gt=0, le=10 * 365 * 86_400,
+                              description="seconds until the token expires; default EDGEFLEET_API_TOKEN_TTL_S")
 
 
 class TokenCreated(BaseModel):
@@ -26,6 +28,7 @@ class TokenCreated(BaseModel):
     name: str
     role: Role
     token: str
+    expires_at: datetime | None
 
 
 class EnrollmentTokenCreate(BaseModel):
@@ -40,12 +43,13 @@ class EnrollmentTokenCreated(BaseModel):
 
 
 @router.post("/tokens", response_model=TokenCreated, status_code=201)
-def create_token(body: TokenCreate, session: SessionDep) -> TokenCreated:
-    """Create an operator API token. The secret is in this response only; it is stored hashed."""
+def create_token(body: TokenCreate, session: SessionDep, plane: PlaneDep) -> TokenCreated:
+    """Create an operator API token. The secret is in this response only; it is stored hashed. It expires."""
     if body.role == Role.DEVICE:
         raise HTTPException(422, "device tokens are issued by enrollment, not here")
-    secret, row = create_api_token(session, name=body.name, role=body.role)
-    return TokenCreated(id=row.id, name=row.name, role=body.role, token=secret)
+    secret, row = create_api_token(session, name=body.name, role=body.role,
+                                   ttl_s=body.ttl_s or plane.settings.api_token_ttl_s)
+    return TokenCreated(id=row.id, name=row.name, role=body.role, token=secret, expires_at=row.expires_at)
 
 
 @router.get("/tokens", response_model=list[ApiTokenPublic])

@@ -7,6 +7,7 @@ response carries the gate decision and the artifacts with their hashes.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,16 +15,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 from agent.contract import PreprocessSpec
 from agent.profiles import load_profiles
 from cloud.api.deps import PlaneDep, SessionDep
+from cloud.core.ids import DATASET_ID, SAFE_ID
 from cloud.fleet import crud
 from cloud.fleet.tables import ModelVersionPublic
 from cloud.pipeline.evaluate.gates import QuantizationGateConfig, ValidationThresholds
 
 router = APIRouter(prefix="/models", tags=["models"])
+# Model versions name directories (models/<name>/<version>): checked before any lookup.
+VersionParam = Annotated[str, PathParam(pattern=SAFE_ID, max_length=200)]
+UPLOAD_CHUNK_BYTES = 1024 * 1024
 
 
 @contextmanager
@@ -45,8 +51,8 @@ def _paths(plane: Any) -> Any:
 
 
 class TrainRequest(BaseModel):
-    dataset_id: str = Field(min_length=1, max_length=80)
-    name: str = Field(default="shapes", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    dataset_id: str = Field(min_length=1, max_length=80, pattern=DATASET_ID)
+    name: str = Field(default="shapes", min_length=1, max_length=100, pattern=SAFE_ID)
     profile: str | None = Field(default=None, description="take width and input size from this firmware profile")
     input_size: int | None = Field(default=None, ge=16, le=1024)
     width_multiplier: float | None = Field(default=None, gt=0, le=2)
@@ -122,8 +128,8 @@ def import_model(
     model: Annotated[UploadFile, File(description="ONNX classifier")],
     labels: Annotated[str, Form(description="labels: a JSON list or one per line")],
     preprocessing: Annotated[str, Form(description="PreprocessSpec as JSON")],
-    name: Annotated[str, Form(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")],
-    dataset_id: Annotated[str | None, Form()] = None,
+    name: Annotated[str, Form(min_length=1, max_length=100, pattern=SAFE_ID)],
+    dataset_id: Annotated[str | None, Form(pattern=f"{DATASET_ID}|^$")] = None,
     profiles: Annotated[str | None, Form(description="comma-separated profiles to build for")] = None,
 ) -> dict[str, Any]:
     """Import an external ONNX model; with a dataset it is evaluated and gated, with profiles also built."""
@@ -131,7 +137,10 @@ def import_model(
     from cloud.pipeline.service import build_model, read_labels
     from cloud.pipeline.service import import_model as run_import
 
-    with user_errors(), tempfile.TemporaryDirectory() as scratch:
+    plane.settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    # Scratch space in the data directory, not /tmp: the upload may be large, and it is
+    # copied in chunks, never held whole in memory.
+    with user_errors(), tempfile.TemporaryDirectory(dir=plane.settings.uploads_dir) as scratch:
         try:
             spec = PreprocessSpec.model_validate(json.loads(preprocessing))
         except ValueError as exc:
@@ -139,7 +148,8 @@ def import_model(
         labels_path = Path(scratch) / "labels.txt"
         labels_path.write_text(labels)
         model_path = Path(scratch) / "model.onnx"
-        model_path.write_bytes(model.file.read())
+        with model_path.open("wb") as target:
+            shutil.copyfileobj(model.file, target, UPLOAD_CHUNK_BYTES)
         outcome = run_import(plane.engine, _paths(plane), model_path=model_path, labels=read_labels(labels_path),
                              spec=spec, name=name, dataset_id=dataset_id or None)
         payload = _outcome(outcome)
@@ -151,7 +161,7 @@ def import_model(
 
 
 @router.get("/{version}")
-def get_model(version: str, session: SessionDep) -> dict[str, Any]:
+def get_model(version: VersionParam, session: SessionDep) -> dict[str, Any]:
     """Lineage: dataset, code version, parameters, environment, metrics, gate decision, builds and artifact hashes."""
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import describe_model
@@ -160,7 +170,7 @@ def get_model(version: str, session: SessionDep) -> dict[str, Any]:
 
 
 @router.post("/{version}/builds", status_code=201)
-def build_model(version: str, body: BuildRequestBody, plane: PlaneDep) -> dict[str, Any]:
+def build_model(version: VersionParam, body: BuildRequestBody, plane: PlaneDep) -> dict[str, Any]:
     """Build, evaluate and gate every artifact the profiles can use; package the accepted ones."""
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import build_model as run_build
@@ -175,7 +185,7 @@ def build_model(version: str, body: BuildRequestBody, plane: PlaneDep) -> dict[s
 
 
 @router.get("/{version}/builds")
-def list_builds(version: str, session: SessionDep) -> list[dict[str, Any]]:
+def list_builds(version: VersionParam, session: SessionDep) -> list[dict[str, Any]]:
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import describe_model
 
@@ -184,7 +194,7 @@ def list_builds(version: str, session: SessionDep) -> list[dict[str, Any]]:
 
 
 @router.post("/{version}/promote")
-def promote_model(version: str, plane: PlaneDep) -> dict[str, Any]:
+def promote_model(version: VersionParam, plane: PlaneDep) -> dict[str, Any]:
     """Make a validated model the production model of its name."""
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import promote

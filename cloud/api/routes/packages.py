@@ -1,16 +1,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from agent.contract import MANIFEST_FILE, PackageManifest
 from cloud.api.deps import SessionDep
+from cloud.core.ids import SAFE_ID
 from cloud.fleet import crud
 from cloud.fleet.tables import PackagePublic
 
 router = APIRouter(prefix="/packages", tags=["packages"])
+# Package ids and file names name directories and files: checked before any lookup.
+PackageIdParam = Annotated[str, PathParam(pattern=SAFE_ID, max_length=200)]
+FileNameParam = Annotated[str, PathParam(pattern=SAFE_ID, max_length=200)]
 
 
 @router.get("", response_model=list[PackagePublic])
@@ -19,12 +25,12 @@ def list_packages(session: SessionDep):  # type: ignore[no-untyped-def]
 
 
 @router.get("/{package_id}", response_model=PackagePublic)
-def get_package(package_id: str, session: SessionDep):  # type: ignore[no-untyped-def]
+def get_package(package_id: PackageIdParam, session: SessionDep):  # type: ignore[no-untyped-def]
     return crud.get_package(session, package_id)
 
 
 @router.get("/{package_id}/files/{name}", response_class=FileResponse)
-def package_file(package_id: str, name: str, session: SessionDep) -> FileResponse:
+def package_file(package_id: PackageIdParam, name: FileNameParam, session: SessionDep) -> FileResponse:
     """Serve one file of a package. Supports HTTP Range so devices can resume."""
     package = crud.get_package(session, package_id)
     directory = Path(package.path)

@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api.deps import PlaneDep, SessionDep, get_principal
+from cloud.core.ids import SAMPLE_ID
 from cloud.governance.labelling import accept_labels, list_samples, sample_image
 from cloud.monitor import service
 from cloud.monitor.tables import SampleRecord
@@ -38,18 +40,20 @@ def device_or_operator(request: Request, principal: Annotated[Principal, Depends
 @device_router.put("/devices/{device_id}/samples/blobs", status_code=201,
                    dependencies=[Depends(device_or_operator)])
 async def upload_blob(device_id: str, request: Request, session: SessionDep, plane: PlaneDep) -> dict[str, Any]:
+    # The body limit (cloud/api/hardening.py) has already bounded this route to the same size,
+    # declared or chunked; counting here too keeps the read bounded wherever the route is mounted.
     limit = plane.settings.monitor.max_upload_bytes
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > limit:
-        raise HTTPException(413, f"sample image of {declared} bytes exceeds the {limit}-byte limit")
-    content = await request.body()
-    if len(content) > limit:
-        raise HTTPException(413, f"sample image of {len(content)} bytes exceeds the {limit}-byte limit")
+    content = bytearray()
+    async for chunk in request.stream():
+        content += chunk
+        if len(content) > limit:
+            raise HTTPException(413, f"sample image is larger than the {limit}-byte limit "
+                                     "(EDGEFLEET_MONITOR_MAX_UPLOAD_BYTES)")
     if not content.startswith(b"\xff\xd8"):
         raise HTTPException(415, "sample images must be JPEG (body starting with FF D8)")
     if not service.device_exists(session, device_id):
         raise HTTPException(404, f"device {device_id!r} is not registered")
-    return {"sha256": service.store_blob(session, device_id, content), "size_bytes": len(content)}
+    return {"sha256": service.store_blob(session, device_id, bytes(content)), "size_bytes": len(content)}
 
 
 def _public(record: SampleRecord) -> dict[str, Any]:
@@ -71,7 +75,7 @@ def samples(session: SessionDep, status: str | None = Query(default="unlabelled"
 
 
 @router.get("/samples/{sample_id}/image", response_class=Response)
-def image(sample_id: str, session: SessionDep) -> Response:
+def image(sample_id: Annotated[str, PathParam(pattern=SAMPLE_ID)], session: SessionDep) -> Response:
     return Response(content=sample_image(session, sample_id), media_type="image/jpeg")
 
 

@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from agent.contract import PreprocessSpec, sha256_file
 from agent.preprocess import preprocess
+from cloud.core.ids import check_dataset_id
 from cloud.pipeline.errors import PipelineInputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -170,7 +171,11 @@ def store_dataset(dataset: DatasetVersion, store_dir: Path) -> DatasetVersion:
 
 
 def load_stored_dataset(store_dir: Path, dataset_id: str) -> DatasetVersion:
-    """Raises ``PipelineInputError`` when ``dataset_id`` was never ingested into ``store_dir``."""
+    """Raises ``PipelineInputError`` when ``dataset_id`` is malformed or was never ingested into ``store_dir``."""
+    try:
+        check_dataset_id(dataset_id)  # before it becomes part of a path
+    except ValueError as exc:
+        raise PipelineInputError(str(exc)) from None
     manifest_path = store_dir / f"{dataset_id}.json"
     if not manifest_path.exists():
         raise PipelineInputError(f"dataset {dataset_id!r} is not in {store_dir}; ingest it first (edgefleet data ingest)")

@@ -155,7 +155,7 @@ def _train(dataset: DatasetVersion, config: TrainConfig, spec: PreprocessSpec, *
     start_epoch = 0
     last_checkpoint = checkpoint_dir / "last.pt" if checkpoint_dir else None
     if last_checkpoint is not None and last_checkpoint.exists():
-        state = torch.load(last_checkpoint, weights_only=False)
+        state = torch.load(last_checkpoint, weights_only=True)
         if state["config"] == asdict(config) and state["dataset_id"] == dataset.dataset_id:
             model.load_state_dict(state["model"])
             optimiser.load_state_dict(state["optimiser"])
