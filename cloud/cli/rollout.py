@@ -53,7 +53,7 @@ def rollout_watch(
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
                         console=err_console, disable=json_out)
-    last_decision = None
+    shown_decisions: set[object] = set()
     with progress:
         task = progress.add_task(rollout_id, total=None, detail="")
         while True:
@@ -63,13 +63,15 @@ def rollout_watch(
                 for state, n in states.items():
                     counts[state] = counts.get(state, 0) + n
             settled = sum(n for state, n in counts.items() if state in _SETTLED_DEVICE_STATES)
-            decisions = detail.get("decisions") or []
-            if decisions and decisions[-1].get("id") != last_decision:
-                last_decision = decisions[-1].get("id")
+            # Every decision not shown yet, in order: several can land between two polls
+            # (an operator's abort and the engine's rollback that follows it).
+            for decision in detail.get("decisions") or []:
+                if decision.get("id") in shown_decisions:
+                    continue
+                shown_decisions.add(decision.get("id"))
                 if not json_out:
-                    newest = decisions[-1]
-                    progress.console.print(f"stage {newest['stage'] + 1}: [bold]{newest['action']}[/] by "
-                                           f"{newest['actor']}: {newest['reason']}", highlight=False)
+                    progress.console.print(f"stage {decision['stage'] + 1}: [bold]{decision['action']}[/] by "
+                                           f"{decision['actor']}: {decision['reason']}", highlight=False)
             progress.update(task, total=max(1, int(detail.get("device_count") or 0)), completed=settled,
                             description=f"{rollout_id} {detail['state']} stage {detail['stage'] + 1}/{detail['stages']}",
                             detail=" ".join(f"{k}={v}" for k, v in sorted(counts.items())))
