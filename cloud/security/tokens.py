@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from agent.contract import validate_device_id
@@ -19,6 +20,7 @@ __all__ = [
     "EnrollmentRefused",
     "Principal",
     "authenticate",
+    "authenticate_device",
     "create_api_token",
     "create_enrollment_token",
     "record_certificate",
@@ -84,6 +86,13 @@ def authenticate(session: Session, token: str) -> Principal | None:
     if row is None or row.revoked_at is not None:
         return None
     return Principal(Role(row.role), row.name, row.device_id)
+
+
+def authenticate_device(engine: Engine, device_id: str, token: str) -> bool:
+    """Whether ``token`` is a live API token of ``device_id`` (the embedded broker's login check)."""
+    with Session(engine) as session:
+        principal = authenticate(session, token)
+    return principal is not None and principal.role == Role.DEVICE and principal.device_id == device_id
 
 
 def create_enrollment_token(session: Session, device_id: str, *, hardware_profile: str, ttl_s: int) -> tuple[str, datetime]:
