@@ -26,6 +26,7 @@ from cloud.cli.client import (
     print_listing,
 )
 from cloud.core.config import Settings
+from cloud.rollout.format import gate_line
 from cloud.rollout.run import run_engine
 from cloud.rollout.spec import SpecError, load_spec
 
@@ -187,8 +188,7 @@ def _gate_lines(numbers: dict[str, Any]) -> list[str]:
             f" (control: {source})" if source else "")
         lines.append(head)
         for gate in verdict.get("gates", []):
-            lines.append(f"    {gate['status']:<12} {gate['gate']:<22} observed={gate['observed']} "
-                         f"threshold={gate['threshold']}  {gate['message']}")
+            lines.append(f"    {gate_line(gate)}")
     return lines
 
 
