@@ -16,10 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action
+from amqtt.errors import MQTTError
+from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
+from amqtt.utils import gen_client_id
 
 from agent.contract import Topics
 from agent.contract.topics import TopicError, device_client_id
@@ -104,6 +109,40 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     each agent the other devices' retained status. Here a retained message goes only to a
     session that holds the matching filter itself, and only if it may receive that topic.
     """
+
+    async def _initialize_client_session(self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str,
+                                         remote_port: int) -> tuple[BrokerProtocolHandler, Session]:
+        """Check credentials before amqtt touches the stored session of the client id.
+
+        amqtt deletes a stored session (clean start), or updates it and takes over its
+        connection, and only then checks credentials: a client without any could disconnect
+        a device and drop the commands queued for it. Refused here, it touches nothing.
+        Then the stored session is picked up as amqtt does it.
+        """
+        handler, session = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+        if not await self._authenticate(session, None):
+            await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+            await writer.close()
+            raise MQTTError(f"refused client {session.client_id!r} from {remote_address}:{remote_port}: "
+                            "no valid credentials")
+        if session.clean_session:
+            if session.client_id:
+                await self._delete_session(session.client_id)
+            else:
+                session.client_id = gen_client_id()
+            session.parent = 0
+        elif session.client_id in self._sessions:
+            stored, _ = self._sessions[session.client_id]
+            for name in ("will_flag", "will_message", "will_topic", "will_qos", "keep_alive", "username", "password"):
+                setattr(stored, name, getattr(session, name))
+            session = stored
+            session.parent = 1
+        else:
+            session.parent = 0
+        delay = self.config.get("timeout-disconnect-delay", 0)
+        if session.keep_alive > 0 and isinstance(delay, int):
+            session.keep_alive += delay
+        return handler, session
 
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
                                                           session: Session) -> None:

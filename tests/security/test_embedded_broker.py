@@ -61,14 +61,16 @@ class Probe:
     """A raw MQTT client that records what the broker says and sends it."""
 
     def __init__(self, plane: ControlPlane, *, client_id: str, username: str | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, clean_session: bool = True) -> None:
         address = parse_broker_url(plane.broker_url)
         self.connack: int | None = None
+        self.connects = 0
         self.granted: list[int] = []
         self.received: list[mqtt.MQTTMessage] = []
         self.subscribed = threading.Event()
         self.answered = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                                  clean_session=clean_session)
         if username is not None:
             self.client.username_pw_set(username, password)
         self.client.on_connect = self._on_connect
@@ -80,6 +82,7 @@ class Probe:
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: object,
                     properties: object) -> None:
         self.connack = int(reason_code.value)  # type: ignore[attr-defined]
+        self.connects += self.connack == 0
         self.answered.set()
 
     def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reason_codes: list[object],
@@ -195,3 +198,25 @@ def test_agents_connect_without_errors(embedded_plane: ControlPlane, tmp_path: P
                 assert " ERROR " not in agent.log and "rejected malformed command" not in agent.log, agent.log
         finally:
             stop_agents(agents)
+
+
+def test_a_refused_client_cannot_take_over_a_devices_session(embedded_plane: ControlPlane) -> None:
+    token_b = device_token(embedded_plane, "cam-b")
+    device_b = Probe(embedded_plane, client_id=device_client_id("cam-b"), username="cam-b", password=token_b,
+                     clean_session=False)
+    try:
+        assert device_b.answered.wait(10) and device_b.connack == 0
+        assert device_b.subscribe(embedded_plane.topics.commands("cam-b")) == [1]
+        # Same client id, no credentials, once keeping and once discarding the stored session.
+        for clean_session in (False, True):
+            intruder = Probe(embedded_plane, client_id=device_client_id("cam-b"), clean_session=clean_session)
+            try:
+                assert intruder.answered.wait(10) and intruder.connack != 0
+            finally:
+                intruder.close()
+        assert embedded_plane.mqtt is not None
+        embedded_plane.mqtt.publish_command(sentinel_command("cam-b"))
+        wait_for(lambda: device_b.received, 15, what="cam-b's command")
+        assert device_b.connects == 1, "the refused client disconnected cam-b"
+    finally:
+        device_b.close()
