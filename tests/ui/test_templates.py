@@ -107,6 +107,7 @@ def test_rollout_page_with_engine_detail_is_well_formed() -> None:
                    actions=ACTIONS_BY_STATE["awaiting_approval"], action_labels=ACTION_LABELS,
                    action_questions=ACTION_QUESTIONS, message=None, error=None)
     assert "Approve next stage" in html and 'data-gate="error_rate"' in html
+    assert "Stage 1 is waiting for approval" in html and "edgefleet rollout approve ro-1" in html
     _balanced(html)
 
 
