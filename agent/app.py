@@ -31,7 +31,8 @@ from agent.contract import (
     Topics,
     parse_command,
 )
-from agent.contract.messages import DetectionWindow
+from agent.contract.broker_url import parse_broker_url
+from agent.contract.messages import DetectionWindow, message_kind
 from agent.errors import AgentError
 from agent.infer.engine import InferenceEngine, ResultSink, load_model
 from agent.infer.shadow import ShadowRunner, ShadowSet
@@ -56,6 +57,19 @@ log = logging.getLogger(__name__)
 DEFAULT_MEMORY_BUDGET_MB = 1024.0
 # How long a clean stop waits for buffered reports to reach the broker.
 STOP_FLUSH_S = 5.0
+
+
+def _broker_password(config: AgentConfig) -> str | None:
+    """The device API token as MQTT password for a plain-TCP broker (the embedded development
+    broker knows devices by it); None over TLS, where the client certificate says who we are."""
+    if config.api_token_file is None or parse_broker_url(config.mqtt_url).tls:
+        return None
+    try:
+        return config.api_token_file.read_text().strip() or None
+    except OSError as exc:
+        log.warning("cannot read the API token file %s (%s): connecting without credentials",
+                    config.api_token_file, exc)
+        return None
 
 
 def _load_profile(config: AgentConfig) -> FirmwareProfile | None:
@@ -94,6 +108,8 @@ class AgentApp:
         self.director_key = load_director_key(config.director_key_file) if config.director_key_file else None
         self.update_check_error: str | None = None
         self.rejected_commands = 0
+        # Well-formed messages of another kind on the command topic (not commands: ignored).
+        self.ignored_messages = 0
         self.metrics = AgentMetrics(config.device_id, __version__)
         self._metrics_server: MetricsServer | None = None
         self._commands: queue.Queue[DeployCommand] = queue.Queue(maxsize=100)
@@ -135,6 +151,7 @@ class AgentApp:
             tls_ca_file=str(config.mqtt_ca_file) if config.mqtt_ca_file else None,
             tls_cert_file=str(config.mqtt_cert_file) if config.mqtt_cert_file else None,
             tls_key_file=str(config.mqtt_key_file) if config.mqtt_key_file else None,
+            password=_broker_password(config),
         )
         # Shadow runners: a candidate beside the active model, per pipeline.
         self.shadows = ShadowSet()
@@ -327,6 +344,12 @@ class AgentApp:
         try:
             command = parse_command(payload)
         except ContractError as exc:
+            kind = message_kind(payload)
+            if kind is not None and kind != "deploy":
+                # Another kind of message (say a status report): not a command, so nothing to reject.
+                self.ignored_messages += 1
+                log.debug("ignored a %r message on the command topic", kind)
+                return
             self.rejected_commands += 1
             log.error("rejected malformed command: %s", exc)
             return

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from agent.contract import Topics
 from cloud.api.main import create_app
 from cloud.core.broker import EmbeddedBroker, free_port
+from cloud.core.broker_access import BrokerAccess
 from cloud.core.config import WEAKNESSES, Settings
 from cloud.core.db import make_engine, migrate
 from cloud.messaging.bridge import CloudMqtt
@@ -20,6 +21,7 @@ from cloud.messaging.wiring import make_bridge, make_ingest, make_retention
 from cloud.ops.telemetry_retention import RetentionWorker
 from cloud.rollout.engine import EngineConfig, RolloutEngine
 from cloud.security import FleetSecurity
+from cloud.security.tokens import authenticate_device
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +62,14 @@ class ControlPlane:
             log.warning("INSECURE: production runs with %s, accepted by EDGEFLEET_ACCEPT_WEAK_SECURITY=%s",
                         WEAKNESSES[weakness], weakness)
         if not self.settings.mqtt_url:
-            self.broker = EmbeddedBroker(self.settings.embedded_broker_port)
+            self.broker = EmbeddedBroker(self.settings.embedded_broker_port, access=self._broker_access())
             self.broker.start()
             self.broker_url = self.broker.url
         # Batched ingest, acknowledging each report to the broker only once it is committed.
         if self.settings.ingest_enabled:
             self.ingest.start()
-        self.mqtt = make_bridge(self.settings, self.topics, broker_url=self.broker_url, ingest=self.ingest,
+        bridge_url = self.broker.control_plane_url if self.broker is not None else self.broker_url
+        self.mqtt = make_bridge(self.settings, self.topics, broker_url=bridge_url, ingest=self.ingest,
                                 sign=self.security.sign_command,
                                 # amqtt, the embedded broker, speaks MQTT 3.1.1 only.
                                 protocol="3.1.1" if self.broker is not None else None)
@@ -79,6 +82,11 @@ class ControlPlane:
         if self.rollout_settings.engine_enabled:
             self.rollouts = self.make_rollout_engine()
             self.rollouts.start()
+
+    def _broker_access(self) -> BrokerAccess:
+        """The embedded broker's logins and ACL: devices by their API token, as in docs/operations.md."""
+        engine = self.engine
+        return BrokerAccess(self.topics, lambda device_id, token: authenticate_device(engine, device_id, token))
 
     def make_rollout_engine(self, name: str = "plane") -> RolloutEngine:
         """A rollout engine publishing through this plane's (signing) MQTT bridge."""

@@ -53,7 +53,7 @@ def mqtt_url() -> Iterator[str]:
         return
     from cloud.core.broker import EmbeddedBroker
 
-    broker = EmbeddedBroker()
+    broker = EmbeddedBroker(access=None)  # open: these tests connect without credentials
     broker.start()
     yield broker.url
     broker.stop()

@@ -490,6 +490,16 @@ def parse_report(
     return report
 
 
+def message_kind(payload: bytes, *, max_bytes: int = DEFAULT_MAX_REPORT_BYTES) -> str | None:
+    """The ``kind`` a JSON message names (``"deploy"``, ``"status"``...), or None when it names none."""
+    try:
+        document = _decode_json(payload, max_bytes)
+    except ContractError:
+        return None
+    kind = document.get("kind") if isinstance(document, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
 def parse_command(payload: bytes, *, max_bytes: int = DEFAULT_MAX_REPORT_BYTES) -> DeployCommand:
     """Validate a cloud → device command. Raises ``ContractError``."""
     return _validate(DeployCommand, _decode_json(payload, max_bytes))

@@ -40,6 +40,11 @@ def validate_device_id(device_id: str) -> str:
     return device_id
 
 
+def device_client_id(device_id: str) -> str:
+    """The MQTT client id of ``device_id``'s agent (brokers tie a persistent session to it)."""
+    return f"ef-agent-{device_id}"
+
+
 @dataclass(frozen=True)
 class Topics:
     """Builds and parses topics under one prefix."""

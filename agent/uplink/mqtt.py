@@ -29,6 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.contract import DeviceState, StatusReport, Topics
 from agent.contract.broker_url import parse_broker_url
 from agent.contract.messages import _Message
+from agent.contract.topics import device_client_id
 from agent.infer.engine import FrameResult
 from agent.uplink.backoff import jittered_backoff_s
 from agent.uplink.outbox import Outbox
@@ -63,8 +64,11 @@ class MqttUplink:
         tls_ca_file: str | None = None,
         tls_cert_file: str | None = None,
         tls_key_file: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.device_id = device_id
+        # Messages that arrived on another topic than our command topic: ignored, counted.
+        self.ignored_messages = 0
         self.topics = topics
         self.outbox = outbox
         self._status_provider = status_provider
@@ -82,13 +86,18 @@ class MqttUplink:
         # Persistent session: commands sent while we were away are delivered on reconnect.
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"ef-agent-{device_id}",
+            client_id=device_client_id(device_id),
             clean_session=False,
             protocol=mqtt.MQTTv311,
         )
         if self._address.tls:
             # Mutual TLS: trust only the broker CA from enrollment, and prove who we are with our certificate.
             self._client.tls_set(ca_certs=tls_ca_file, certfile=tls_cert_file, keyfile=tls_key_file)
+        if self._address.username is not None:
+            self._client.username_pw_set(self._address.username, self._address.password)
+        elif password is not None:
+            # Brokers that know devices by credentials (the embedded one): username = device id.
+            self._client.username_pw_set(device_id, password)
         offline = StatusReport(device_id=device_id, state=DeviceState.OFFLINE).to_bytes()
         self._client.will_set(topics.status(device_id), offline, qos=QOS_AT_LEAST_ONCE, retain=True)
         self._client.max_inflight_messages_set(MAX_INFLIGHT)
@@ -227,6 +236,11 @@ class MqttUplink:
         log.warning("disconnected from broker (%s)", reason_code)
 
     def _handle_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        if message.topic != self.topics.commands(self.device_id):
+            # Not ours to act on (a broker delivering retained messages of other topics): never a command.
+            self.ignored_messages += 1
+            log.debug("ignored a message on %s: not this device's command topic", message.topic)
+            return
         # Never let a bad command kill the network thread.
         try:
             self._on_command(bytes(message.payload))

@@ -26,6 +26,7 @@ from cloud.cli.client import (
     print_listing,
 )
 from cloud.core.config import Settings
+from cloud.rollout.format import gate_line
 from cloud.rollout.run import run_engine
 from cloud.rollout.spec import SpecError, load_spec
 
@@ -39,6 +40,15 @@ _FINAL_ROLLOUT_STATES = {"completed": Exit.OK, "aborted": Exit.FAILED, "cancelle
 _SETTLED_DEVICE_STATES = {"succeeded", "failed", "expired", "cancelled", "halted", "rolled_back", "rollback_failed"}
 
 
+def _waiting_for(rollout_id: str, detail: dict[str, Any]) -> str | None:
+    """What a rollout that will not move by itself waits for, and the command that continues it."""
+    if detail["state"] == "awaiting_approval":
+        return f"waiting for approval: run `edgefleet rollout approve {rollout_id}`"
+    if detail["state"] == "paused":
+        return f"paused: run `edgefleet rollout resume {rollout_id}`"
+    return None
+
+
 @rollout_app.command("watch")
 def rollout_watch(
     rollout_id: Annotated[str, typer.Argument(help="rollout id")],
@@ -48,12 +58,16 @@ def rollout_watch(
     token: TokenOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Follow a rollout with a progress bar until it ends. Exit 0 completed, 1 aborted/cancelled, 6 timeout."""
+    """Follow a rollout with a progress bar until it ends. Exit 0 completed, 1 aborted/cancelled, 6 timeout.
+
+    A rollout waiting for approval (or paused) is followed on, with the command that continues it.
+    """
     deadline = time.monotonic() + timeout_s
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
                         console=err_console, disable=json_out)
     shown_decisions: set[object] = set()
+    last_wait: str | None = None
     with progress:
         task = progress.add_task(rollout_id, total=None, detail="")
         while True:
@@ -72,6 +86,12 @@ def rollout_watch(
                 if not json_out:
                     progress.console.print(f"stage {decision['stage'] + 1}: [bold]{decision['action']}[/] by "
                                            f"{decision['actor']}: {decision['reason']}", highlight=False)
+            waiting_for = _waiting_for(rollout_id, detail)
+            if waiting_for != last_wait:
+                last_wait = waiting_for
+                if waiting_for:
+                    # Said once per wait: watch keeps following, so approving in another shell continues it.
+                    progress.console.print(f"stage {detail['stage'] + 1}: {waiting_for}", highlight=False)
             progress.update(task, total=max(1, int(detail.get("device_count") or 0)), completed=settled,
                             description=f"{rollout_id} {detail['state']} stage {detail['stage'] + 1}/{detail['stages']}",
                             detail=" ".join(f"{k}={v}" for k, v in sorted(counts.items())))
@@ -81,7 +101,9 @@ def rollout_watch(
     if json_out:
         emit_json(detail)
     if detail["state"] not in _FINAL_ROLLOUT_STATES:
-        fail(f"rollout {rollout_id} still {detail['state']} after {timeout_s:.0f}s", Exit.TIMEOUT)
+        waiting_for = _waiting_for(rollout_id, detail)
+        fail(f"rollout {rollout_id} still {detail['state']} after {timeout_s:.0f}s"
+             + (f"; {waiting_for}" if waiting_for else ""), Exit.TIMEOUT)
     code = _FINAL_ROLLOUT_STATES[detail["state"]]
     if not json_out:
         console.print(f"rollout {rollout_id}: {detail['state']}", highlight=False)
@@ -126,7 +148,8 @@ def plan(spec: SpecArg, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = No
         table.add_column(column)
     for stage in result["stages"]:
         sizes = ", ".join(f"{k}: {n}" for k, n in stage["cumulative_per_stratum"].items())
-        table.add_row(str(stage["stage"]), sizes, str(len(stage["devices"])), str(len(stage["offline"])),
+        # The API's stage index counts from 0; people count stages from 1 (as `show` and the dashboard do).
+        table.add_row(str(stage["stage"] + 1), sizes, str(len(stage["devices"])), str(len(stage["offline"])),
                       " ".join(stage["devices"]))
     console.print(table)
     for device_id, reason in sorted(result["skipped"].items()):
@@ -167,8 +190,7 @@ def _gate_lines(numbers: dict[str, Any]) -> list[str]:
             f" (control: {source})" if source else "")
         lines.append(head)
         for gate in verdict.get("gates", []):
-            lines.append(f"    {gate['status']:<12} {gate['gate']:<22} observed={gate['observed']} "
-                         f"threshold={gate['threshold']}  {gate['message']}")
+            lines.append(f"    {gate_line(gate)}")
     return lines
 
 

@@ -6,6 +6,10 @@ import asyncio
 import logging
 import socket
 import threading
+from typing import Any
+from urllib.parse import quote
+
+from cloud.core.broker_access import CONTROL_PLANE_USERNAME, BrokerAccess, FleetAuthPlugin, FleetTopicPlugin
 
 log = logging.getLogger(__name__)
 
@@ -17,10 +21,16 @@ def free_port() -> int:
 
 
 class EmbeddedBroker:
-    """An amqtt broker on loopback, in its own thread and event loop."""
+    """An amqtt broker on loopback, in its own thread and event loop.
 
-    def __init__(self, port: int = 0) -> None:
+    With ``access`` it refuses anonymous clients and applies the per-device ACL of
+    :class:`~cloud.core.broker_access.BrokerAccess`; ``access=None`` is an open broker, for
+    tests that need any broker at all.
+    """
+
+    def __init__(self, port: int = 0, *, access: BrokerAccess | None) -> None:
         self.port = port or free_port()
+        self.access = access
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -31,16 +41,28 @@ class EmbeddedBroker:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def control_plane_url(self) -> str:
+        """The URL with the control plane's own credentials (never hand it to a device)."""
+        if self.access is None:
+            return self.url
+        user, password = quote(CONTROL_PLANE_USERNAME, safe=""), quote(self.access.control_plane_password, safe="")
+        return f"mqtt://{user}:{password}@127.0.0.1:{self.port}"
+
     def _run(self) -> None:
-        from amqtt.broker import Broker
+        from cloud.core.broker_access import FleetBroker
 
         asyncio.set_event_loop(self._loop)
+        plugins: dict[str, Any] = (
+            {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}} if self.access is None
+            else {f"{FleetAuthPlugin.__module__}.{FleetAuthPlugin.__name__}": {"access": self.access},
+                  f"{FleetTopicPlugin.__module__}.{FleetTopicPlugin.__name__}": {"access": self.access}})
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}", "max_connections": 10000}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            "plugins": plugins,
         }
         try:
-            broker = Broker(config, loop=self._loop)
+            broker = FleetBroker(config, loop=self._loop)
             self._loop.run_until_complete(broker.start())
             self._broker = broker
         except BaseException as exc:  # surface start failures to the caller
@@ -57,8 +79,10 @@ class EmbeddedBroker:
         if self._error is not None:
             raise RuntimeError(f"embedded MQTT broker failed to start: {self._error}") from self._error
         log.warning(
-            "EDGEFLEET_MQTT_URL is not set: started an embedded amqtt broker on %s (development only)", self.url
-        )
+            "EDGEFLEET_MQTT_URL is not set: started an embedded amqtt broker on %s (development only; "
+            "loopback only, %s)", self.url,
+            "open to anyone on this machine" if self.access is None
+            else "devices log in with their device id and API token and see only their own topics")
 
     def stop(self) -> None:
         broker = self._broker

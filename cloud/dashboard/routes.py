@@ -35,6 +35,7 @@ from cloud.dashboard.auth import (
 from cloud.dashboard.charts import Series, line_chart
 from cloud.dashboard.data import ApiProblem, InProcessApi
 from cloud.fleet import crud
+from cloud.rollout.format import gate_text
 
 __all__ = ["install_dashboard"]
 
@@ -112,6 +113,8 @@ def _num(value: Any, digits: int = 2) -> str:
 
 templates.env.filters["ago"] = _ago
 templates.env.filters["num"] = _num
+# Gate values and thresholds: the same text as the CLI (cloud/rollout/format.py).
+templates.env.filters["gate_text"] = gate_text
 templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
 
 

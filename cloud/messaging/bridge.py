@@ -125,6 +125,8 @@ class CloudMqtt:
         if self._address.tls:
             # Mutual TLS when given a certificate: the broker ACL knows the control plane by its CN.
             self._client.tls_set(ca_certs=tls_ca_file, certfile=tls_cert_file, keyfile=tls_key_file)
+        if self._address.username is not None:
+            self._client.username_pw_set(self._address.username, self._address.password)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         # Ingest is the bottleneck, not the socket: let QoS 1 flow.
         self._client.max_inflight_messages_set(100)

@@ -268,6 +268,9 @@ def decide_stage(
     5. otherwise promote (or pause if the stage requires approval, or complete).
     """
     active = {key: v for key, v in verdicts.items() if not v.halted}
+    # Reasons are for people: stages count from 1 there, as in the CLI and dashboard; the
+    # ``stage`` field of ``numbers`` stays the API's 0-based index (docs/rollouts.md).
+    shown = stage + 1
     numbers = {"stage": stage, "phase": phase, "elapsed_s": round(elapsed_s, 1),
                "strata": {key: v.to_json() for key, v in verdicts.items()}}
     failed = sorted(key for key, v in active.items() if v.failing())
@@ -275,8 +278,8 @@ def decide_stage(
         summary = "; ".join(f"{key}: " + ", ".join(f"{g.gate} ({g.message})" for g in active[key].failing())
                             for key in failed)
         if spec.on_gate_failure == "abort" or len(failed) == len(active):
-            return Decision(Action.ABORT, f"gate failed in stage {stage} {phase}: {summary}", failed, numbers)
-        return Decision(Action.HALT_STRATA, f"stratum stopped in stage {stage} {phase}: {summary}", failed, numbers)
+            return Decision(Action.ABORT, f"gate failed in stage {shown} {phase}: {summary}", failed, numbers)
+        return Decision(Action.HALT_STRATA, f"stratum stopped in stage {shown} {phase}: {summary}", failed, numbers)
     if not active:
         return Decision(Action.ABORT, "every stratum is halted", [], numbers)
     if phase == "shadow":
@@ -295,12 +298,12 @@ def decide_stage(
                             numbers)
         return Decision(Action.WAIT, f"collecting samples: {summary}", [], numbers)
     if phase == "shadow":
-        return Decision(Action.START_INSTALL, f"shadow phase of stage {stage} passed", [], numbers)
+        return Decision(Action.START_INSTALL, f"shadow phase of stage {shown} passed", [], numbers)
     if stage == len(spec.stages) - 1:
-        return Decision(Action.COMPLETE, f"last stage {stage} passed every gate", [], numbers)
+        return Decision(Action.COMPLETE, f"last stage {shown} passed every gate", [], numbers)
     if spec.stages[stage].require_approval:
-        return Decision(Action.AWAIT_APPROVAL, f"stage {stage} passed; it requires approval", [], numbers)
-    return Decision(Action.PROMOTE, f"stage {stage} passed every gate", [], numbers)
+        return Decision(Action.AWAIT_APPROVAL, f"stage {shown} passed; it requires approval", [], numbers)
+    return Decision(Action.PROMOTE, f"stage {shown} passed every gate", [], numbers)
 
 
 # --- operator actions --------------------------------------------------------

@@ -590,7 +590,7 @@ class _Pass:
         if decision.failed_strata:
             decision.numbers["failed_strata"] = decision.failed_strata
         record_decision(self.session, rollout, action.value, decision.reason, decision.numbers, actor=self.actor)
-        log.info("rollout %s stage %d: %s (%s)", rollout.id, rollout.stage, action.value, decision.reason)
+        log.info("rollout %s stage %d: %s (%s)", rollout.id, rollout.stage + 1, action.value, decision.reason)
         if action == Action.PROMOTE:
             rollout.stage += 1
             rollout.phase = "shadow" if self.spec.shadows_stage(rollout.stage) else "install"

@@ -242,7 +242,8 @@ def _latency_gate(t: GateThresholds, canary: GroupStats, control: GroupStats) ->
 def _confidence_gate(t: GateThresholds, canary: GroupStats, control: GroupStats) -> GateResult:
     numbers = {"canary": _round(canary.mean_confidence), "control": _round(control.mean_confidence)}
     if canary.confidence_frames < t.min_frames or control.confidence_frames < t.min_frames:
-        return GateResult("mean_confidence", GateStatus.INSUFFICIENT, canary.mean_confidence, None,
+        # Observed is a drop against the control group: nothing to show until both groups have it.
+        return GateResult("mean_confidence", GateStatus.INSUFFICIENT, None, t.max_confidence_drop,
                           f"need {t.min_frames} frames with confidence in each group", numbers)
     assert canary.mean_confidence is not None and control.mean_confidence is not None
     drop = control.mean_confidence - canary.mean_confidence

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from agent.contract import validate_device_id
@@ -23,6 +23,7 @@ __all__ = [
     "Principal",
     "TokenExpired",
     "authenticate",
+    "authenticate_device",
     "create_api_token",
     "create_enrollment_token",
     "is_revoked_device",
@@ -132,6 +133,16 @@ def principal_for_row(row: ApiToken | None) -> Principal | None:
         if expires_at <= datetime.now(UTC):
             raise TokenExpired(row.name)
     return Principal(Role(row.role), row.name, row.device_id, row.id)
+
+
+def authenticate_device(engine: Engine, device_id: str, token: str) -> bool:
+    """Whether ``token`` is a live API token of ``device_id`` (the embedded broker's login check)."""
+    with Session(engine) as session:
+        try:
+            principal = authenticate(session, token)
+        except TokenExpired:
+            return False
+    return principal is not None and principal.role == Role.DEVICE and principal.device_id == device_id
 
 
 def create_enrollment_token(session: Session, device_id: str, *, hardware_profile: str, ttl_s: int,

@@ -89,7 +89,7 @@ def test_cli_plan_labels_approve_pause_resume_abort_cancel_and_show(plane, api, 
         done = wait_state(api, rollout_id)
         assert done["state"] == "completed"
         shown = _cli(api, "rollout", "show", rollout_id)
-        for fragment in ("await_approval", "operator_approve", "complete", "class_distribution", "observed=",
+        for fragment in ("await_approval", "operator_approve", "complete", "class_distribution", "observed: ",
                          "control: live"):
             assert fragment in shown, shown
         labelled = {"x86-000", "x86-001", "x86-002", "arm64-000", "arm64-001"}

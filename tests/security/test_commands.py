@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.contract import DeployCommand
+from agent.contract import DeployCommand, DeviceState, StatusReport
 from agent.contract.signing import command_signing_bytes
 from cloud.core.config import Settings
 from cloud.server import ControlPlane
@@ -271,3 +271,18 @@ def test_a_frozen_mirror_is_noticed_without_any_command(fleet: Fleet) -> None:
     # The control plane keeps it with the telemetry window, for the API and the device page.
     wait_for(lambda: fleet.api.get(f"/api/v1/devices/{FROZEN}/telemetry", params={"limit": 1}).json()[0]
              .get("update_check_error") == "expired_metadata", 30, what="the freeze stored with the telemetry")
+
+
+def test_a_report_on_the_command_topic_is_ignored_without_an_error(fleet: Fleet) -> None:
+    agent = fleet.agents[DEVICE]
+    errors_before = agent.log.count(" ERROR ")
+    # Another device's retained status, as a misbehaving broker would deliver it, then a truly malformed command.
+    status = StatusReport(device_id="cam-elsewhere", state=DeviceState.ONLINE)
+    fleet.publish_raw(DEVICE, status.to_bytes())
+    fleet.publish_raw(DEVICE, b'{"kind": "deploy", "device_id": "' + DEVICE.encode() + b'"}')
+
+    # Commands are handled in arrival order: once the malformed one is logged, the status was handled too.
+    wait_for(lambda: agent.log.count("rejected malformed command") and "job_id" in agent.log.split(
+        "rejected malformed command")[-1], 30, what="the malformed command rejected")
+    new_errors = [line for line in agent.log.splitlines() if " ERROR " in line][errors_before:]
+    assert len(new_errors) == 1 and "job_id" in new_errors[0], new_errors

@@ -108,6 +108,7 @@ def test_rollout_page_with_engine_detail_is_well_formed() -> None:
                    actions=ACTIONS_BY_STATE["awaiting_approval"], action_labels=ACTION_LABELS,
                    action_questions=ACTION_QUESTIONS, message=None, error=None)
     assert "Approve next stage" in html and 'data-gate="error_rate"' in html
+    assert "Stage 1 is waiting for approval" in html and "edgefleet rollout approve ro-1" in html
     _balanced(html)
 
 
@@ -116,3 +117,44 @@ def test_model_page_is_well_formed() -> None:
              "labels": ["a"], "hyperparameters": {}, "metrics": {"accuracy": 0.9}, "onnx_sha256": "0" * 64}
     _balanced(_render("model.html", model=model, scalar_metrics={"accuracy": 0.9}, slices={}, slice_columns=[],
                       lineage=None, packages=[], devices=[]))
+
+
+def test_a_gate_reads_the_same_in_the_cli_and_the_dashboard() -> None:
+    from cloud.cli.rollout import _gate_lines
+    from cloud.dashboard.routes import _stage_rows
+
+    gates = [
+        # A confidence *drop* is observed as control minus canary: a canary that got worse is positive.
+        {"gate": "mean_confidence", "status": "fail", "observed": 0.0213, "threshold": 0.02,
+         "message": "mean confidence 0.700 vs control 0.721", "numbers": {}},
+        {"gate": "restarts", "status": "insufficient", "observed": None, "threshold": None,
+         "message": "no canary devices", "numbers": {}},
+        {"gate": "class_distribution", "status": "pass", "observed": 0.41, "threshold": 1e-05,
+         "message": "chi-square", "numbers": {}},
+        {"gate": "error_rate", "status": "pass", "observed": 0.001, "threshold": 0.001, "message": "ok", "numbers": {}},
+    ]
+    verdict = {"stratum": "a/onnxruntime", "halted": False, "device_states": {"succeeded": 1}, "gates": gates}
+    rollout = {
+        "id": "ro-1", "name": "canary", "state": "running", "stage": 0, "stages": 1, "phase": "install",
+        "halted_strata": [], "created_at": "2026-11-23T19:00:00", "finished_at": None, "device_count": 1,
+        "plan": {"strata": {"a/onnxruntime": 1}, "stage_sizes": [{"a/onnxruntime": 1}]}, "spec": {},
+        "devices_by_stratum": {}, "decisions": [],
+        "evaluation": {"at": "2026-11-23T19:01:00", "action": "wait", "reason": "soaking", "stage": 0,
+                       "phase": "install", "strata": {"a/onnxruntime": verdict}},
+    }
+    html = _render("rollout.html", rollout=rollout, devices=[], stage_rows=_stage_rows(rollout, []), actions=[],
+                   action_labels={}, action_questions={}, message=None, error=None)
+    cli = "\n".join(_gate_lines({"strata": {"a/onnxruntime": verdict}}))
+
+    expected = {"mean_confidence": ("drop of 0.0213", "drop at most 0.02"),
+                "restarts": ("\u2014", "not set"),
+                "class_distribution": ("0.41", "fails below p = 1e-05"),
+                "error_rate": ("0.001", "at most 0.001")}
+    for gate, (observed, threshold) in expected.items():
+        row = html.split(f'data-gate="{gate}"', 1)[1].split("</tr>", 1)[0]
+        assert f'data-testid="gate-observed">{observed}<' in row, row
+        assert f'data-testid="gate-threshold">{threshold}<' in row, row
+        line = next(line for line in cli.splitlines() if f" {gate} " in line)
+        assert f"observed: {observed}; threshold: {threshold}" in line, line
+    assert "None" not in cli and "-0.0" not in cli + html
+    _balanced(html)
