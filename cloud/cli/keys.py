@@ -13,7 +13,7 @@ from cloud.cli.client import (
     emit_json,
     table,
 )
-from cloud.core.config import Settings
+from cloud.cli.local import local_settings
 from cloud.core.db import make_engine, migrate
 from cloud.security import FleetSecurity
 
@@ -22,7 +22,7 @@ keys_app = typer.Typer(help="TUF and director keys, device certificates.", no_ar
 
 def fleet_security() -> FleetSecurity:
 
-    settings = Settings()
+    settings = local_settings()
     migrate(settings.resolved_database_url)
     security = FleetSecurity(settings, make_engine(settings.resolved_database_url))
     security.initialise()

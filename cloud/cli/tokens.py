@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Annotated, Any
 
 import typer
@@ -10,7 +11,9 @@ from sqlmodel import Session
 from cloud.cli.client import (
     DEFAULT_SERVER,
     ApiError,
+    Exit,
     JsonOpt,
+    OptionalServerOpt,
     ServerOpt,
     TokenOpt,
     call,
@@ -61,14 +64,20 @@ def token_revoke(
 def token_create(
     name: Annotated[str, typer.Option(help="who or what uses the token")],
     role: Annotated[str, typer.Option(help="viewer, operator or admin")] = "viewer",
+    server: OptionalServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Create an API token. It is printed once and stored only as a hash."""
     if role not in ("viewer", "operator", "admin"):
         console.print("[red]error:[/] --role must be viewer, operator or admin")
         raise typer.Exit(2)
+    if server is not None:
+        print(call(server, token, "POST", "/api/v1/tokens", {"name": name, "role": role})["token"])
+        return
     security = fleet_security()
     with Session(security.engine) as session:
         secret, _ = create_api_token(session, name=name, role=Role(role))
+    security.engine.dispose()
     print(secret)
 
 
@@ -76,11 +85,28 @@ def token_create(
 def token_enroll(
     device_id: str,
     profile: Annotated[str, typer.Option(help="the device's hardware profile")] = "x86-64-avx2",
+    server: OptionalServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """Create a one-time enrollment token for `edgefleet-agent enroll --token`."""
-    security = fleet_security()
-    with Session(security.engine) as session:
-        secret, expires_at = create_enrollment_token(session, device_id, hardware_profile=profile,
-                                                     ttl_s=security.settings.enrollment_token_ttl_s)
-    console.print(f"valid until {expires_at.isoformat()}; on the device run:", style="dim")
-    print(f"edgefleet-agent enroll --server <control-plane-url> --token {secret}")
+    """Create a one-time enrollment token and print the command to run on the device."""
+    if server is not None:
+        answer = call(server, token, "POST", "/api/v1/enrollment-tokens",
+                      {"device_id": device_id, "hardware_profile": profile})
+        secret, expires_at = str(answer["token"]), str(answer["expires_at"])
+        # The server's public URL when it has one; otherwise the address we reached it at.
+        device_server = str(answer.get("server_url") or server).rstrip("/")
+    else:
+        security = fleet_security()
+        try:
+            with Session(security.engine) as session:
+                secret, expires = create_enrollment_token(session, device_id, hardware_profile=profile,
+                                                          ttl_s=security.settings.enrollment_token_ttl_s)
+        except ValueError as exc:
+            fail(str(exc), Exit.BAD_INPUT)
+        finally:
+            security.engine.dispose()
+        expires_at = expires.isoformat()
+        device_server = security.settings.base_url()
+    console.print(f"valid until {expires_at}; on the device run:", style="dim", highlight=False)
+    print(f"edgefleet-agent enroll --server {shlex.quote(device_server)} --token {shlex.quote(secret)} "
+          "--config agent.yaml")

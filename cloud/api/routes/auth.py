@@ -36,6 +36,8 @@ class EnrollmentTokenCreated(BaseModel):
     device_id: str
     token: str
     expires_at: datetime
+    # Where devices enroll: EDGEFLEET_PUBLIC_URL when set; None = the address the caller used.
+    server_url: str | None = None
 
 
 @router.post("/tokens", response_model=TokenCreated, status_code=201)
@@ -66,7 +68,8 @@ def create_enrollment(body: EnrollmentTokenCreate, session: SessionDep, plane: P
                                                      ttl_s=plane.settings.enrollment_token_ttl_s)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
-    return EnrollmentTokenCreated(device_id=body.device_id, token=secret, expires_at=expires_at)
+    return EnrollmentTokenCreated(device_id=body.device_id, token=secret, expires_at=expires_at,
+                                  server_url=plane.settings.public_url)
 
 
 @router.post("/devices/{device_id}/revoke")
