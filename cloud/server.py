@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from agent.contract import Topics
 from cloud.api.main import create_app
-from cloud.core.broker import EmbeddedBroker, free_port
+from cloud.core.broker import EmbeddedBroker, choose_port, free_port, remember_port
 from cloud.core.config import Settings
 from cloud.core.db import make_engine, migrate
 from cloud.messaging.bridge import CloudMqtt
@@ -57,8 +57,11 @@ class ControlPlane:
         migrate(self.settings.resolved_database_url)
         self.security.initialise()
         if not self.settings.mqtt_url:
-            self.broker = EmbeddedBroker(self.settings.embedded_broker_port)
+            # The same port on every start: enrolled devices keep the broker URL they were given.
+            port = choose_port(self.settings.data_dir, self.settings.embedded_broker_port)
+            self.broker = EmbeddedBroker(port)
             self.broker.start()
+            remember_port(self.settings.data_dir, self.broker.port)
             self.broker_url = self.broker.url
         # Batched ingest, acknowledging each report to the broker only once it is committed.
         if self.settings.ingest_enabled:

@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # Unset: an embedded amqtt broker on loopback, started by the control plane.
     mqtt_url: str | None = None
-    embedded_broker_port: int = Field(default=0, ge=0, le=65535, description="0 = pick a free port")
+    # 0: a free port on the first start, remembered in data_dir and reused on every later start.
+    embedded_broker_port: int = Field(default=0, ge=0, le=65535, description="0 = a free port, kept across restarts")
     topic_prefix: str = DEFAULT_PREFIX
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
