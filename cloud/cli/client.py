@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 __all__ = ["DEFAULT_SERVER", "ApiClient", "ApiError", "Exit", "JsonOpt", "OptionalServerOpt", "ServerOpt", "TokenOpt", "call", "cell",
-           "client_from", "console", "emit_json", "err_console", "fail", "new_table", "print_listing", "table"]
+           "client_from", "console", "emit_json", "err_console", "fail", "new_table", "online_cell", "print_listing", "table"]
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -126,6 +126,13 @@ def cell(value: Any, fmt: str = "") -> str:
     if fmt and isinstance(value, int | float):
         return format(value, fmt)
     return str(value)
+
+
+def online_cell(row: dict[str, Any]) -> str:
+    """"yes", "no", or "no (quiet)" for a device whose last word was online but has missed its reports since."""
+    if row.get("online"):
+        return "yes"
+    return "no (quiet)" if row.get("gone_quiet") else "no"
 
 
 class _FoldingTable(Table):

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     public_url: str | None = None
     max_report_bytes: int = Field(default=DEFAULT_MAX_REPORT_BYTES, gt=0)
     command_ttl_s: int = Field(default=3600, gt=0)
+    # Liveness (cloud/fleet/liveness.py): a device is offline once it has missed this many
+    # reporting intervals: its own (the window of its latest telemetry), else the default below.
+    offline_after_intervals: int = Field(default=3, ge=1)
+    device_report_interval_s: float = Field(default=10.0, gt=0)
     # --- security (docs/security.md) ---
     # None: 3 root keys with threshold 2 in production, 1 of 1 in development and the demo.
     tuf_root_keys: int | None = Field(default=None, ge=1, le=15)
