@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psutil
 
@@ -41,6 +42,7 @@ from agent.pipeline import Pipeline
 from agent.profiles import PROFILES_DIR, FirmwareProfile, load_profile
 from agent.results import JsonLinesSink
 from agent.security import NotEnrolledError, PackageUpdater, load_director_key, verify_command
+from agent.security.enroll import current_broker_url, remember_broker_url
 from agent.telemetry.drift import agent_monitoring
 from agent.update.fetcher import ArtifactFetcher, HttpFetcher
 from agent.update.installer import FetchedPackage, check_digests, fetch_verified
@@ -87,8 +89,11 @@ class AgentApp:
         *,
         source: FrameSource | None = None,
         fetcher: ArtifactFetcher | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.config = config
+        # Where the config came from: a broker URL learnt from the control plane is written back there.
+        self.config_path = config_path
         self.topics = Topics(config.topic_prefix)
         pipeline_configs = config.pipeline_configs()
         self.store = PackageStore(config.state_dir, pipeline_configs[0].name)
@@ -152,6 +157,11 @@ class AgentApp:
             tls_cert_file=str(config.mqtt_cert_file) if config.mqtt_cert_file else None,
             tls_key_file=str(config.mqtt_key_file) if config.mqtt_key_file else None,
             password=_broker_password(config),
+            # The broker may move (a restarted development control plane, a migrated broker): after
+            # repeated connection failures the agent asks the API, with its device token, where it is now.
+            resolve_broker_url=self._current_broker_url if config.api_token_file else None,
+            resolve_after_failures=config.broker_resolve_after_failures,
+            on_broker_moved=self._remember_broker_url,
         )
         # Shadow runners: a candidate beside the active model, per pipeline.
         self.shadows = ShadowSet()
@@ -165,6 +175,15 @@ class AgentApp:
             threading.Thread(target=self._command_loop, name="commands", daemon=True),
             threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True),
         ]
+
+    def _current_broker_url(self) -> str | None:
+        assert self.config.api_token_file is not None
+        return current_broker_url(self.config.api_url, self.config.device_id, self.config.api_token_file)
+
+    def _remember_broker_url(self, mqtt_url: str) -> None:
+        if self.config_path is not None:
+            remember_broker_url(self.config_path, mqtt_url)
+            log.info("wrote the new broker URL %s to %s", mqtt_url, self.config_path)
 
     def _install_settings(self) -> InstallSettings:
         config, profile = self.config, self.profile

@@ -20,7 +20,7 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"edgefleet-agent: {exc}", file=sys.stderr)
         return 2
-    app = AgentApp(config)
+    app = AgentApp(config, config_path=Path(args.config))
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         app.request_stop()

@@ -120,6 +120,9 @@ class AgentConfig(BaseModel):
     opencv_threads: int = Field(default=1, ge=0)
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    # After this many failed broker connections in a row, ask the API (api_url, device token) for
+    # the current broker URL, and use and remember it if it changed.
+    broker_resolve_after_failures: int = Field(default=3, ge=1)
     # Optional Prometheus endpoint (agent/metrics.py): None = off. Loopback unless widened on purpose.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"

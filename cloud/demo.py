@@ -18,6 +18,7 @@ from sqlmodel import Session
 from agent.capture.scenes import write_video
 from cloud.core.config import Settings
 from cloud.fleet import crud
+from cloud.fleet.liveness import Liveness
 from cloud.fleet.summary import fleet_rows
 from cloud.pipeline.data.synth import write_synthetic_dataset
 from cloud.pipeline.quickstart import train_and_package
@@ -140,7 +141,7 @@ def run_demo(*, devices: int, seconds: float, workdir: Path, console: Console) -
         for column in ("device", "model version", "fps", "p95 ms", "mean confidence"):
             table.add_column(column)
         with Session(plane.engine) as session:
-            for row in fleet_rows(session):
+            for row in fleet_rows(session, Liveness.from_settings(settings)):
                 table.add_row(str(row["device_id"]), str(row["model_version"]),
                               f"{row['fps']:.1f}" if row["fps"] is not None else "-",
                               f"{row['p95_latency_ms']:.2f}" if row["p95_latency_ms"] is not None else "-",

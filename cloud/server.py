@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from agent.contract import Topics
 from cloud.api.main import create_app
-from cloud.core.broker import EmbeddedBroker, free_port
+from cloud.core.broker import EmbeddedBroker, choose_port, free_port, remember_port
 from cloud.core.broker_access import BrokerAccess
 from cloud.core.config import WEAKNESSES, Settings
 from cloud.core.db import make_engine, migrate
@@ -62,8 +62,11 @@ class ControlPlane:
             log.warning("INSECURE: production runs with %s, accepted by EDGEFLEET_ACCEPT_WEAK_SECURITY=%s",
                         WEAKNESSES[weakness], weakness)
         if not self.settings.mqtt_url:
-            self.broker = EmbeddedBroker(self.settings.embedded_broker_port, access=self._broker_access())
+            # The same port on every start: enrolled devices keep the broker URL they were given.
+            port = choose_port(self.settings.data_dir, self.settings.embedded_broker_port)
+            self.broker = EmbeddedBroker(port, access=self._broker_access())
             self.broker.start()
+            remember_port(self.settings.data_dir, self.broker.port)
             self.broker_url = self.broker.url
         # Batched ingest, acknowledging each report to the broker only once it is committed.
         if self.settings.ingest_enabled:

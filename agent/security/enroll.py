@@ -28,7 +28,8 @@ from cryptography.x509.oid import NameOID
 from agent.contract.enrollment import PinnedEnrollmentToken, anchor_pin, rotation_proof_bytes
 from agent.fsutil import atomic_write_bytes
 
-__all__ = ["EnrollmentError", "check_anchor_pins", "enroll", "identity_paths", "require_secure_url", "rotate_certificate"]
+__all__ = ["EnrollmentError", "check_anchor_pins", "current_broker_url", "enroll", "identity_paths",
+           "remember_broker_url", "require_secure_url", "rotate_certificate"]
 
 
 class EnrollmentError(ValueError):
@@ -183,3 +184,42 @@ def rotate_certificate(api_url: str, device_id: str, state_dir: Path) -> None:
                     "current_certificate_pem": paths["mqtt_cert_file"].read_text()}, token=token)
     _write_private(paths["mqtt_key_file"], key_pem)
     atomic_write_bytes(paths["mqtt_cert_file"], str(answer["certificate_pem"]).encode())
+
+
+def current_broker_url(api_url: str, device_id: str, token_file: Path, *, timeout_s: float = 10.0) -> str:
+    """Ask the control plane, with this device's API token, which broker URL to use now.
+
+    Raises:
+        EnrollmentError: refused, unreachable, or no token file.
+    """
+    try:
+        token = token_file.read_text().strip()
+    except OSError as exc:
+        raise EnrollmentError(f"cannot read the device API token {token_file}: {exc.strerror}") from exc
+    url = f"{api_url.rstrip('/')}/api/v1/devices/{device_id}/connection"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            document: Any = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise EnrollmentError(f"{url}: HTTP {exc.code}") from exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise EnrollmentError(f"{url}: {exc}") from exc
+    mqtt_url = document.get("mqtt_url") if isinstance(document, dict) else None
+    if not isinstance(mqtt_url, str) or not mqtt_url:
+        raise EnrollmentError(f"{url}: no mqtt_url in the answer")
+    return mqtt_url
+
+
+def remember_broker_url(config_path: Path, mqtt_url: str) -> None:
+    """Write ``mqtt_url`` into the agent config file, keeping every other setting, so a restart uses it too."""
+    text = config_path.read_text()
+    if config_path.suffix == ".json":
+        document = json.loads(text)
+        document["mqtt_url"] = mqtt_url
+        atomic_write_bytes(config_path, (json.dumps(document, indent=2) + "\n").encode())
+        return
+    loaded = yaml.safe_load(text)
+    config = loaded if isinstance(loaded, dict) else {}
+    config["mqtt_url"] = mqtt_url
+    atomic_write_bytes(config_path, yaml.safe_dump(config).encode())

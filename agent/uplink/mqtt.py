@@ -65,6 +65,9 @@ class MqttUplink:
         tls_cert_file: str | None = None,
         tls_key_file: str | None = None,
         password: str | None = None,
+        resolve_broker_url: Callable[[], str | None] | None = None,
+        resolve_after_failures: int = 3,
+        on_broker_moved: Callable[[str], None] | None = None,
     ) -> None:
         self.device_id = device_id
         # Messages that arrived on another topic than our command topic: ignored, counted.
@@ -73,7 +76,12 @@ class MqttUplink:
         self.outbox = outbox
         self._status_provider = status_provider
         self._on_command = on_command
+        self.broker_url = broker_url
         self._address = parse_broker_url(broker_url)
+        # Asked after this many failed connection attempts in a row: the broker may have moved.
+        self._resolve_broker_url = resolve_broker_url
+        self._resolve_after_failures = max(1, resolve_after_failures)
+        self._on_broker_moved = on_broker_moved
         self._keepalive_s = keepalive_s
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
@@ -159,6 +167,8 @@ class MqttUplink:
                     self._client.reconnect()
             except (OSError, mqtt.WebsocketConnectionError) as exc:
                 self._wait_before_reconnect(f"cannot reach broker: {exc}")
+                if self._attempt % self._resolve_after_failures == 0 and self._moved_broker():
+                    first = True  # connect() to the new address; reconnect() would retry the old one
                 continue
             while not self._stop.is_set():
                 if self._client.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS:
@@ -168,6 +178,34 @@ class MqttUplink:
                 self._wait_before_reconnect("connection lost")
         # Let paho flush the DISCONNECT we queued in stop().
         self._client.loop(timeout=0.2)
+
+    def _moved_broker(self) -> bool:
+        """Ask where the broker is now (the control plane's API); switch to it if it moved."""
+        if self._resolve_broker_url is None or self._stop.is_set():
+            return False
+        try:
+            url = self._resolve_broker_url()
+        except Exception as exc:  # the API may be down too: keep trying the broker we know
+            log.warning("could not ask the control plane for the broker URL: %s", exc)
+            return False
+        if not url or url == self.broker_url:
+            return False
+        try:
+            address = parse_broker_url(url)
+        except ValueError as exc:
+            log.error("the control plane named an unusable broker URL %r: %s", url, exc)
+            return False
+        if address.tls != self._address.tls:
+            log.error("the control plane moved the broker to %s, which changes TLS; re-enroll this device", url)
+            return False
+        log.warning("the broker moved from %s to %s; connecting there", self.broker_url, url)
+        self.broker_url, self._address = url, address
+        if self._on_broker_moved is not None:
+            try:
+                self._on_broker_moved(url)
+            except Exception:  # remembering it is a convenience; connecting matters more
+                log.exception("could not remember the new broker URL")
+        return True
 
     def _wait_before_reconnect(self, why: str) -> None:
         delay_s = jittered_backoff_s(self._attempt, min_s=self._reconnect_min_s, max_s=self._reconnect_max_s,

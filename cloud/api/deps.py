@@ -25,9 +25,11 @@ from cloud.security.tokens import Principal, TokenExpired, authenticate
 IN_PROCESS_PRINCIPAL = "edgefleet.principal"
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# What a device token may do, and only with its own id in the URL: read itself, rotate its certificate.
+# What a device token may do, and only with its own id in the URL: read itself and where its broker is,
+# rotate its certificate.
 DEVICE_ACCESS = (
-    (frozenset({"GET", "HEAD"}), re.compile(r"^/api/v1/devices/(?P<device_id>[^/]+)(?:/telemetry)?/?$")),
+    (frozenset({"GET", "HEAD"}),
+     re.compile(r"^/api/v1/devices/(?P<device_id>[^/]+)(?:/telemetry|/connection)?/?$")),
     (frozenset({"POST"}), re.compile(r"^/api/v1/devices/(?P<device_id>[^/]+)/certificate/?$")),
 )
 

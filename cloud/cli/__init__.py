@@ -8,6 +8,8 @@ tables); the pipeline commands work on the local data directory (:mod:`cloud.cli
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -20,6 +22,7 @@ from cloud.cli import (
     fleet,
     governance,
     keys,
+    local,
     model,
     packages,
     plane,
@@ -32,6 +35,16 @@ from cloud.cli import (
 __all__ = ["app", "main"]
 
 app = typer.Typer(help="EdgeFleet control plane and operator CLI.", no_args_is_help=True)
+
+
+@app.callback()
+def _global_options(
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="the control plane's data directory, for commands that work on its files "
+                           "[default: EDGEFLEET_DATA_DIR, else an existing ./.edgefleet]")] = None,
+) -> None:
+    # Set on every invocation, so one run's choice never carries over to the next (tests run many in one process).
+    local.data_dir_option = data_dir
 # Registration order is the order `edgefleet --help` lists them in.
 app.command("train")(model.train)
 app.command("build")(model.build)

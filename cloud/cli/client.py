@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["DEFAULT_SERVER", "ApiClient", "ApiError", "Exit", "JsonOpt", "ServerOpt", "TokenOpt", "call", "cell",
-           "client_from", "console", "emit_json", "err_console", "fail", "new_table", "print_listing", "table"]
+__all__ = ["DEFAULT_SERVER", "ApiClient", "ApiError", "Exit", "JsonOpt", "OptionalServerOpt", "ServerOpt", "TokenOpt", "call", "cell",
+           "client_from", "console", "emit_json", "err_console", "fail", "new_table", "online_cell", "print_listing", "table"]
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -91,6 +91,12 @@ class ApiClient:
 ServerOpt = Annotated[str, typer.Option("--server", envvar="EDGEFLEET_SERVER", help="control plane base URL")]
 
 
+# For commands that can also work on the control plane's own files: set, they go through the API.
+OptionalServerOpt = Annotated[str | None, typer.Option(
+    "--server", envvar="EDGEFLEET_SERVER",
+    help="control plane base URL: run this through its API. Unset: on the control plane's data directory here")]
+
+
 TokenOpt = Annotated[str | None, typer.Option("--token", envvar="EDGEFLEET_TOKEN",
                                               help="API token (viewer for listings, operator to act)")]
 
@@ -120,6 +126,13 @@ def cell(value: Any, fmt: str = "") -> str:
     if fmt and isinstance(value, int | float):
         return format(value, fmt)
     return str(value)
+
+
+def online_cell(row: dict[str, Any]) -> str:
+    """"yes", "no", or "no (quiet)" for a device whose last word was online but has missed its reports since."""
+    if row.get("online"):
+        return "yes"
+    return "no (quiet)" if row.get("gone_quiet") else "no"
 
 
 class _FoldingTable(Table):
@@ -152,8 +165,9 @@ def print_listing(title: str, columns: Sequence[str], rows: Sequence[Sequence[st
     console.print(table(title, columns, rows))
 
 
-def call(server: str, token: str | None, method: str, path: str, body: Any = None, **params: Any) -> Any:
-    client = client_from(server, token)
+def call(server: str, token: str | None, method: str, path: str, body: Any = None, *, timeout_s: float = 15.0,
+         **params: Any) -> Any:
+    client = ApiClient(server, token, timeout_s=timeout_s)
     try:
         if method == "GET":
             return client.get(path, **params)

@@ -16,6 +16,7 @@ from cloud.cli.client import (
     cell,
     console,
     emit_json,
+    online_cell,
     print_listing,
     table,
 )
@@ -41,7 +42,7 @@ def device_list(
         return
     print_listing(f"devices ({len(devices)})", ["device", "online", "profile", "model version", "runtime",
                                                  "agent", "last seen"],
-                  [[d["id"], cell(d["online"]), d["hardware_profile"], cell(d["running_model_version"]),
+                  [[d["id"], online_cell(d), d["hardware_profile"], cell(d["running_model_version"]),
                     cell(d["runtime"]), cell(d["agent_version"]), cell(d["last_seen_at"])] for d in devices],
                   empty_hint="Enroll the first device: `edgefleet token enroll DEVICE_ID --profile PROFILE` "
                              "prints the command to run on it (docs/agent-install.md).")

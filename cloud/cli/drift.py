@@ -18,7 +18,7 @@ from cloud.cli.client import (
     emit_json,
     table,
 )
-from cloud.core.config import Settings
+from cloud.cli.local import local_settings
 from cloud.core.db import make_engine, migrate
 from cloud.governance.retrain import repackage_with_reference
 from cloud.pipeline.data.dataset import decode_image, scan_imagefolder
@@ -72,16 +72,22 @@ def drift_reference(
     """Build a drift reference from images and repackage the release with it (runs locally, like train)."""
     from pathlib import Path
 
-    settings = Settings()
+    settings = local_settings()
     migrate(settings.resolved_database_url)
     dataset = scan_imagefolder(Path(data))
     chosen = dataset.split(split) if split in ("train", "val", "test") else dataset.samples
     images = [image for image in (decode_image(s.path) for s in chosen) if image is not None]
+    engine = make_engine(settings.resolved_database_url)
     try:
-        with Session(make_engine(settings.resolved_database_url)) as session:
+        with Session(engine) as session:
             package = repackage_with_reference(session, package_id, images, packages_dir=settings.packages_dir,
                                                window_frames=window_frames, source=f"{data} ({split})")
+            # Read while the session is open: after it closes the row is detached.
+            new_id, model_version = package.id, package.model_version
     except (LookupError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    console.print(f"package {package.id}: {package.model_version} with a drift reference of {len(images)} images")
+    finally:
+        engine.dispose()
+    console.print(f"package {new_id}: {model_version} with a drift reference of {len(images)} images",
+                  highlight=False)

@@ -15,6 +15,7 @@ from cloud.cli.client import (
     cell,
     console,
     emit_json,
+    online_cell,
     table,
 )
 
@@ -39,7 +40,7 @@ def fleet(
     online = sum(1 for r in rows if r["online"])
     console.print(table(f"fleet: {online}/{len(rows)} online", ["device", "online", "profile", "model version",
                                                                 "runtime", "fps", "p95 ms", "confidence", "last seen"],
-                         ([str(r["device_id"]), cell(r["online"]), cell(r["hardware_profile"]),
+                         ([str(r["device_id"]), online_cell(r), cell(r["hardware_profile"]),
                            cell(r["model_version"]), cell(r["runtime"]), cell(r["fps"], ".1f"),
                            cell(r["p95_latency_ms"], ".2f"), cell(r["mean_confidence"], ".3f"),
                            cell(r["last_seen_at"])] for r in rows)))

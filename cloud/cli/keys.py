@@ -14,7 +14,7 @@ from cloud.cli.client import (
     emit_json,
     table,
 )
-from cloud.core.config import Settings
+from cloud.cli.local import local_settings
 from cloud.core.db import make_engine, migrate
 from cloud.security import FleetSecurity
 from cloud.security.tuf_repo import OfflineKeyRequired, sign_metadata_offline
@@ -26,8 +26,9 @@ OfflineKeysOpt = Annotated[Path | None, typer.Option(
     "--offline-keys", help="directory holding the root and targets keys (a medium attached for this command)")]
 
 
+
 def fleet_security(offline_keys_dir: Path | None = None) -> FleetSecurity:
-    settings = Settings()
+    settings = local_settings()
     migrate(settings.resolved_database_url)
     security = FleetSecurity(settings, make_engine(settings.resolved_database_url), offline_keys_dir=offline_keys_dir)
     security.initialise()

@@ -11,7 +11,19 @@ from rich.console import Console
 from sqlmodel import Session
 
 from agent.profiles import load_profiles
-from cloud.cli.client import DEFAULT_SERVER, JsonOpt, ServerOpt, TokenOpt, call, cell, emit_json, new_table
+from cloud.cli.client import (
+    DEFAULT_SERVER,
+    Exit,
+    JsonOpt,
+    OptionalServerOpt,
+    ServerOpt,
+    TokenOpt,
+    call,
+    cell,
+    emit_json,
+    fail,
+    new_table,
+)
 from cloud.cli.client import console as stdout_console
 from cloud.cli.governance import validation_summary
 from cloud.cli.local import JsonOption, ProfileOption, console, emit, local_context, user_errors
@@ -67,19 +79,47 @@ def train(
     min_slice_accuracy: Annotated[float, typer.Option(min=0, max=1)] = 0.7,
     max_regression_pp: Annotated[float, typer.Option(min=0)] = 1.0,
     as_json: JsonOption = False,
+    server: OptionalServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Train the MobileNetV2-style model, evaluate it, gate it (validated/rejected) and register its lineage.
 
     Without --profile the demo's small defaults apply (64 px, compact, width 0.75).
     """
+    if (dataset is None) == (data is None):
+        fail("give exactly one of --dataset ds-... or --data DIR", Exit.BAD_INPUT)
+    if server is not None:
+        if dataset is None:
+            fail(f"--data reads a folder on this machine, but training runs on the control plane at {server}: "
+                 "ingest the folder there and give --dataset ds-...", Exit.BAD_INPUT)
+        body: dict[str, Any] = {
+            "dataset_id": dataset, "name": name, "profile": profile, "input_size": input_size,
+            "width_multiplier": width, "architecture": architecture, "epochs": epochs, "batch_size": batch_size,
+            "learning_rate": learning_rate, "seed": seed, "min_accuracy": min_accuracy,
+            "min_slice_accuracy": min_slice_accuracy, "max_regression_pp": max_regression_pp}
+        # Training runs inside the request: wait as long as it takes.
+        payload: dict[str, Any] = call(server, token, "POST", "/api/v1/models/train", body, timeout_s=24 * 3600)
+    else:
+        payload = _train_here(dataset=dataset, data=data, name=name, profile=profile, input_size=input_size,
+                              width=width, architecture=architecture, epochs=epochs, batch_size=batch_size,
+                              learning_rate=learning_rate, seed=seed, threads=threads, min_accuracy=min_accuracy,
+                              min_slice_accuracy=min_slice_accuracy, max_regression_pp=max_regression_pp,
+                              show_progress=not as_json)
+    emit(as_json, payload, lambda: console.print(
+        f"{payload['model_version']}: {payload['status']} (test accuracy {payload['accuracy']})"
+        + "".join(f"\n  - {r}" for r in payload["reasons"])))
+
+
+def _train_here(*, dataset: str | None, data: Path | None, name: str, profile: str | None, input_size: int | None,
+                width: float | None, architecture: str | None, epochs: int, batch_size: int, learning_rate: float,
+                seed: int, threads: int, min_accuracy: float, min_slice_accuracy: float, max_regression_pp: float,
+                show_progress: bool) -> dict[str, Any]:
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import ingest, train_model
     from cloud.pipeline.train.trainer import DEFAULT_SPEC, TrainConfig, spec_for_input_size
 
     engine, paths = local_context()
     with user_errors():
-        if (dataset is None) == (data is None):
-            raise ValueError("give exactly one of --dataset ds-... or --data DIR")
         if data is not None:
             dataset = ingest(engine, paths, data).record.id
         assert dataset is not None
@@ -103,13 +143,10 @@ def train(
         thresholds = ValidationThresholds(min_accuracy=min_accuracy, min_slice_accuracy=min_slice_accuracy,
                                           max_regression_pp=max_regression_pp)
         outcome = train_model(engine, paths, dataset_id=dataset, name=name, config=config, spec=spec,
-                              thresholds=thresholds, show_progress=not as_json)
-    payload = {"model_version": outcome.model_version, "status": outcome.status,
-               "accuracy": outcome.evaluation.accuracy if outcome.evaluation else None,
-               "reasons": outcome.decision.reasons, "notes": outcome.decision.notes}
-    emit(as_json, payload, lambda: console.print(
-        f"{outcome.model_version}: {outcome.status} (test accuracy {payload['accuracy']})"
-        + "".join(f"\n  - {r}" for r in outcome.decision.reasons)))
+                              thresholds=thresholds, show_progress=show_progress)
+    return {"model_version": outcome.model_version, "status": outcome.status,
+            "accuracy": outcome.evaluation.accuracy if outcome.evaluation else None,
+            "reasons": outcome.decision.reasons, "notes": outcome.decision.notes}
 
 
 # --- build -------------------------------------------------------------------
@@ -123,37 +160,51 @@ def build(
     allow_unvalidated: Annotated[bool, typer.Option(help="build a model the validation gate did not pass")] = False,
     no_nncf: Annotated[bool, typer.Option("--no-nncf", help="OpenVINO INT8 from the QDQ ONNX instead of NNCF")] = False,
     as_json: JsonOption = False,
+    server: OptionalServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Build, evaluate and gate every artifact each profile can use, and package the accepted ones."""
-    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
-    from cloud.pipeline.service import build_model
+    if server is not None:
+        if not profile:
+            fail("give the profiles to build for (--profile, repeatable)", Exit.BAD_INPUT)
+        body = {"profiles": profile, "calibration_method": calibration_method, "per_channel": per_channel,
+                "calibration_images": calibration_images, "max_accuracy_drop_pp": max_drop_pp,
+                "allow_unvalidated": allow_unvalidated}
+        # Builds run inside the request: wait as long as they take.
+        payload: dict[str, Any] = call(server, token, "POST", f"/api/v1/models/{version}/builds", body,
+                                       timeout_s=24 * 3600)
+    else:
+        # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
+        from cloud.pipeline.service import build_model
 
-    engine, paths = local_context()
-    with user_errors():
-        overrides = {"calibration_method": calibration_method, "per_channel": per_channel}
-        result = build_model(engine, paths, version=version, profiles=profile or [],
-                             quantization_overrides={k: v for k, v in overrides.items() if v is not None},
-                             gate=QuantizationGateConfig(max_accuracy_drop_pp=max_drop_pp),
-                             calibration_images=calibration_images, allow_unvalidated=allow_unvalidated,
-                             use_nncf=not no_nncf, log=(lambda _: None) if as_json else console.print)
-    artifacts = [a.summary() for a in result.outcome.artifacts]
-    payload = {"build_id": result.build_id, "model_version": result.model_version, "package_id": result.package_id,
-               "artifacts": artifacts, "notes": result.notes}
+        engine, paths = local_context()
+        with user_errors():
+            overrides = {"calibration_method": calibration_method, "per_channel": per_channel}
+            result = build_model(engine, paths, version=version, profiles=profile or [],
+                                 quantization_overrides={k: v for k, v in overrides.items() if v is not None},
+                                 gate=QuantizationGateConfig(max_accuracy_drop_pp=max_drop_pp),
+                                 calibration_images=calibration_images, allow_unvalidated=allow_unvalidated,
+                                 use_nncf=not no_nncf, log=(lambda _: None) if as_json else console.print)
+        payload = {"build_id": result.build_id, "model_version": result.model_version,
+                   "package_id": result.package_id, "artifacts": [a.summary() for a in result.outcome.artifacts],
+                   "notes": result.notes}
+    artifacts: list[dict[str, Any]] = payload["artifacts"]
+    notes: list[dict[str, Any]] = payload["notes"]
 
     def human() -> None:
-        table = new_table(f"build {result.build_id} → package {result.package_id}")
+        table = new_table(f"build {payload['build_id']} → package {payload['package_id']}")
         for column in ("file", "runtime", "precision", "accuracy", "gate", "profiles"):
             table.add_column(column)
         for a in artifacts:
             gate = "-" if a["gate"] is None else a["gate"]["status"] + "".join(f"\n{r}" for r in a["gate"]["reasons"])
             table.add_row(a["file"], a["runtime"], a["precision"], str(a["accuracy"]), gate, ",".join(a["profiles"]))
         Console().print(table)
-        for note in result.notes:
+        for note in notes:
             if note["status"] not in ("built",):
                 console.print(f"{note['profile']}: {note['target']} {note['status']}: {note['message']}")
 
     emit(as_json, payload, human)
-    if result.package_id is None:
+    if payload["package_id"] is None:
         raise typer.Exit(1)
 
 

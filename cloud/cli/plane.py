@@ -10,6 +10,7 @@ import typer
 import uvicorn
 
 from cloud.api.main import create_app
+from cloud.cli import local
 from cloud.cli.client import console
 from cloud.core.config import Settings
 from cloud.server import ControlPlane
@@ -28,7 +29,8 @@ def serve(
 ) -> None:
     """Run the control plane (API, ingest, and an embedded broker when EDGEFLEET_MQTT_URL is unset)."""
     _logging(log_level)
-    settings = Settings()
+    # `edgefleet --data-dir DIR serve` wins over EDGEFLEET_DATA_DIR, like the other options over their variables.
+    settings = Settings() if local.data_dir_option is None else Settings(data_dir=local.data_dir_option)
     # The options win over EDGEFLEET_API_HOST / EDGEFLEET_API_PORT.
     if host is not None:
         settings.api_host = host

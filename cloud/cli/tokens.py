@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Annotated, Any
 
 import typer
@@ -10,7 +11,9 @@ from sqlmodel import Session
 from cloud.cli.client import (
     DEFAULT_SERVER,
     ApiError,
+    Exit,
     JsonOpt,
+    OptionalServerOpt,
     ServerOpt,
     TokenOpt,
     call,
@@ -64,16 +67,23 @@ def token_create(
     role: Annotated[str, typer.Option(help="viewer, operator or admin")] = "viewer",
     ttl: Annotated[int | None, typer.Option(min=1, help="seconds until it expires; default EDGEFLEET_API_TOKEN_TTL_S "
                                                         "(90 days)")] = None,
+    server: OptionalServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Create an API token. It is printed once, stored only as a hash, and expires."""
     if role not in ("viewer", "operator", "admin"):
         console.print("[red]error:[/] --role must be viewer, operator or admin")
         raise typer.Exit(2)
+    if server is not None:
+        body: dict[str, object] = {"name": name, "role": role, **({"ttl_s": ttl} if ttl else {})}
+        print(call(server, token, "POST", "/api/v1/tokens", body)["token"])
+        return
     security = fleet_security()
     with Session(security.engine) as session:
         # Only the secret on the output (scripts capture it); `edgefleet token list` shows the expiry.
         secret, _ = create_api_token(session, name=name, role=Role(role),
                                      ttl_s=ttl or security.settings.api_token_ttl_s)
+    security.engine.dispose()
     print(secret)
 
 
@@ -81,10 +91,27 @@ def token_create(
 def token_enroll(
     device_id: str,
     profile: Annotated[str, typer.Option(help="the device's hardware profile")] = "x86-64-avx2",
+    server: OptionalServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """Create a one-time enrollment token for `edgefleet-agent enroll --token`."""
-    security = fleet_security()
-    with Session(security.engine) as session:
-        secret, expires_at = security.create_enrollment_token(session, device_id, hardware_profile=profile)
-    console.print(f"valid until {expires_at.isoformat()}; on the device run:", style="dim")
-    print(f"edgefleet-agent enroll --server <control-plane-url> --token {secret}")
+    """Create a one-time enrollment token and print the command to run on the device."""
+    if server is not None:
+        answer = call(server, token, "POST", "/api/v1/enrollment-tokens",
+                      {"device_id": device_id, "hardware_profile": profile})
+        secret, expires_at = str(answer["token"]), str(answer["expires_at"])
+        # The server's public URL when it has one; otherwise the address we reached it at.
+        device_server = str(answer.get("server_url") or server).rstrip("/")
+    else:
+        security = fleet_security()
+        try:
+            with Session(security.engine) as session:
+                secret, expires = security.create_enrollment_token(session, device_id, hardware_profile=profile)
+        except ValueError as exc:
+            fail(str(exc), Exit.BAD_INPUT)
+        finally:
+            security.engine.dispose()
+        expires_at = expires.isoformat()
+        device_server = security.settings.base_url()
+    console.print(f"valid until {expires_at}; on the device run:", style="dim", highlight=False)
+    print(f"edgefleet-agent enroll --server {shlex.quote(device_server)} --token {shlex.quote(secret)} "
+          "--config agent.yaml")

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +19,56 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+PORT_FILE = "embedded-broker-port"
+PORT_SETTING = "EDGEFLEET_EMBEDDED_BROKER_PORT"
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
+
+
+def choose_port(data_dir: Path, configured: int) -> int:
+    """The embedded broker's port: ``configured`` when set, else the one remembered in ``data_dir``.
+
+    Devices keep the broker URL they were enrolled with, so the port must survive a
+    restart: the first start picks a free port and remembers it (``remember_port``),
+    every later start takes it again.
+
+    Raises:
+        RuntimeError: the port is taken; the message names the setting that moves it.
+    """
+    remembered = data_dir / PORT_FILE
+    port = configured
+    source = f"{PORT_SETTING}={configured}"
+    if not port and remembered.exists():
+        try:
+            port = int(remembered.read_text().strip())
+        except ValueError:
+            port = 0
+        source = f"the port remembered in {remembered}"
+    if not port:
+        return free_port()
+    if port_in_use(port):
+        raise RuntimeError(
+            f"the embedded MQTT broker cannot listen on 127.0.0.1:{port} ({source}): another process holds it. "
+            f"Stop that process, or set {PORT_SETTING} to a free port (enrolled agents ask the API for the "
+            "new broker URL when the old one stops answering)")
+    return port
+
+
+def remember_port(data_dir: Path, port: int) -> None:
+    """Keep ``port`` for the next start (see :func:`choose_port`)."""
+    path = data_dir / PORT_FILE
+    if not path.exists() or path.read_text().strip() != str(port):
+        path.write_text(f"{port}\n")
 
 
 class EmbeddedBroker:

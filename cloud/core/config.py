@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # Unset: an embedded amqtt broker on loopback, started by the control plane.
     mqtt_url: str | None = None
-    embedded_broker_port: int = Field(default=0, ge=0, le=65535, description="0 = pick a free port")
+    # 0: a free port on the first start, remembered in data_dir and reused on every later start.
+    embedded_broker_port: int = Field(default=0, ge=0, le=65535, description="0 = a free port, kept across restarts")
     topic_prefix: str = DEFAULT_PREFIX
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
@@ -42,6 +43,10 @@ class Settings(BaseSettings):
     public_url: str | None = None
     max_report_bytes: int = Field(default=DEFAULT_MAX_REPORT_BYTES, gt=0)
     command_ttl_s: int = Field(default=3600, gt=0)
+    # Liveness (cloud/fleet/liveness.py): a device is offline once it has missed this many
+    # reporting intervals: its own (the window of its latest telemetry), else the default below.
+    offline_after_intervals: int = Field(default=3, ge=1)
+    device_report_interval_s: float = Field(default=10.0, gt=0)
     # --- security (docs/security.md) ---
     # None: 3 root keys with threshold 2 in production, 1 of 1 in development and the demo.
     tuf_root_keys: int | None = Field(default=None, ge=1, le=15)

@@ -5,17 +5,22 @@ from __future__ import annotations
 from sqlmodel import Session
 
 from cloud.fleet import crud
+from cloud.fleet.liveness import Liveness
+from cloud.fleet.tables import utc_now
 
 
-def fleet_rows(session: Session) -> list[dict[str, object]]:
+def fleet_rows(session: Session, liveness: Liveness) -> list[dict[str, object]]:
     latest = crud.latest_telemetry_per_device(session)
+    now = utc_now()
     rows: list[dict[str, object]] = []
     for device in crud.list_devices(session, limit=100_000):
         record = latest.get(device.id)
+        interval_s = record.window_s if record else None
         rows.append(
             {
                 "device_id": device.id,
-                "online": device.online,
+                "online": liveness.online(device, interval_s, now),
+                "gone_quiet": liveness.gone_quiet(device, interval_s, now),
                 "hardware_profile": device.hardware_profile,
                 "model_version": device.running_model_version,
                 "runtime": device.runtime,

@@ -47,6 +47,8 @@ class Device(DeviceBase, table=True):
     running_model_version: str | None = None
     running_package_id: str | None = None
     runtime: str | None = None
+    # The broker URL the device was last handed (enrollment, or its own lookup after the broker moved).
+    mqtt_url: str | None = Field(default=None, max_length=512)
     # Per-device command sequence: every command carries a larger one than the last.
     command_seq: int = 0
     created_at: datetime = _ts()
@@ -61,6 +63,11 @@ class DevicePublic(DeviceBase):
     running_package_id: str | None
     runtime: str | None
     created_at: datetime
+    mqtt_url: str | None = None
+    # Liveness, computed when read (cloud/fleet/liveness.py): ``online`` is False once the
+    # device has missed EDGEFLEET_OFFLINE_AFTER_INTERVALS reporting intervals; ``gone_quiet``
+    # marks a device that went silent without saying goodbye (its last word was "online").
+    gone_quiet: bool = False
 
 
 # --- model registry ----------------------------------------------------------

@@ -16,6 +16,7 @@ output statistics from the new model on the sample images.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,7 +281,8 @@ def repackage_with_reference(session: Session, package_id: str, images: list[np.
     """A new package of the same model version and files, plus a drift reference built from ``images``.
 
     For releases built before they carried a reference (packages are immutable: their
-    manifest hash pins every file, so the reference makes a new package id).
+    manifest hash pins every file, so the reference makes a new package id). Idempotent:
+    the same images give the same package, returned as registered the first time.
 
     Raises:
         NotFound: unknown package.
@@ -308,6 +310,11 @@ def repackage_with_reference(session: Session, package_id: str, images: list[np.
                           spec=manifest.preprocessing, hardware_profiles=list(manifest.hardware_profiles),
                           artifacts=[(directory / a.file, a) for a in manifest.artifacts], extra_files=extras,
                           drift_reference=reference_path)
+    shutil.rmtree(staging, ignore_errors=True)
+    existing = session.get(Package, built.manifest.package_id)
+    if existing is not None:
+        # The same images gave the same reference, hence the same package: it is already registered.
+        return existing
     new = crud.add_package(session, Package(
         id=built.manifest.package_id, model_version_id=package.model_version_id, model_version=package.model_version,
         hardware_profiles=list(manifest.hardware_profiles), manifest_sha256=built.manifest_sha256,

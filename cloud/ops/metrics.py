@@ -11,6 +11,7 @@ one process (tests, the demo) never share or double-register metrics.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 
 from fastapi import FastAPI
@@ -20,10 +21,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from cloud.core.plane import Plane
-from cloud.fleet.tables import Deployment, Device, DeviceJob
+from cloud.fleet.liveness import Liveness, reporting_intervals
+from cloud.fleet.tables import Deployment, Device, DeviceJob, utc_now
 
 __all__ = ["INGEST_REJECT_REASONS", "ControlPlaneCollector", "install_metrics", "metrics_registry"]
 
@@ -112,23 +114,28 @@ class ControlPlaneCollector(Collector):
     def _devices(self, session: Session) -> Iterator[GaugeMetricFamily]:
         by_state = GaugeMetricFamily("edgefleet_devices", "Registered devices by connection state and hardware profile.",
                                      labels=["state", "hardware_profile"])
-        rows = session.exec(select(Device.online, Device.hardware_profile, func.count())
-                            .group_by(col(Device.online), col(Device.hardware_profile))).all()
-        profiles = sorted({profile for _, profile, _ in rows})
-        counts = {(bool(online), profile): int(n) for online, profile, n in rows}
-        for profile in profiles:
+        # Liveness as every other reader computes it (cloud/fleet/liveness.py), not the stored flag.
+        liveness = Liveness.from_settings(self.plane.settings)
+        intervals = reporting_intervals(session)
+        now = utc_now()
+        counts: Counter[tuple[bool, str]] = Counter()
+        running: Counter[str] = Counter()
+        for device in session.exec(select(Device)):
+            online = liveness.online(device, intervals.get(device.id), now)
+            counts[(online, device.hardware_profile)] += 1
+            if online:
+                running[device.running_model_version or "none"] += 1
+        for profile in sorted({profile for _, profile in counts}):
             for online in (True, False):
-                by_state.add_metric(["online" if online else "offline", profile], float(counts.get((online, profile), 0)))
+                by_state.add_metric(["online" if online else "offline", profile], float(counts[(online, profile)]))
         yield by_state
-        online_total = GaugeMetricFamily("edgefleet_devices_online", "Devices online now.")
+        online_total = GaugeMetricFamily("edgefleet_devices_online", "Devices online now (heard from lately).")
         online_total.add_metric([], float(sum(n for (online, _), n in counts.items() if online)))
         yield online_total
         versions = GaugeMetricFamily("edgefleet_devices_running", "Online devices by the model version they run.",
                                      labels=["model_version"])
-        for version, n in session.exec(select(Device.running_model_version, func.count())
-                                       .where(Device.online == True)  # noqa: E712  (SQL expression)
-                                       .group_by(Device.running_model_version)).all():
-            versions.add_metric([version or "none"], float(n))
+        for version, n in sorted(running.items()):
+            versions.add_metric([version], float(n))
         yield versions
 
     def _deployments(self, session: Session) -> Iterator[GaugeMetricFamily]:

@@ -27,6 +27,7 @@ from cloud.fleet import crud
 from cloud.fleet.tables import ModelVersion, Package
 from cloud.pipeline.data.dataset import (
     DatasetVersion,
+    decode_image,
     load_stored_dataset,
     load_tensors_with_index,
     scan_imagefolder,
@@ -41,7 +42,13 @@ from cloud.pipeline.evaluate.gates import (
     validation_gate,
 )
 from cloud.pipeline.evaluate.metrics import EvaluationReport, evaluate_predictions
-from cloud.pipeline.optimize.build import BuildOutcome, BuildRequest, EvaluationSet, build_for_profiles
+from cloud.pipeline.optimize.build import (
+    BuildOutcome,
+    BuildRequest,
+    BuiltArtifact,
+    EvaluationSet,
+    build_for_profiles,
+)
 from cloud.pipeline.optimize.quantize import select_calibration
 from cloud.pipeline.optimize.runners import run_batched, runner_for
 from cloud.pipeline.package.builder import BuiltPackage, build_package
@@ -51,6 +58,9 @@ from cloud.pipeline.train.model import MobileNetV2
 from cloud.pipeline.train.trainer import TrainConfig, environment, export_onnx, train
 
 GOLDEN_INPUTS = 8
+# A build's default drift reference (as governance releases get): its minimum images and window size.
+REFERENCE_MIN_IMAGES = 64
+REFERENCE_WINDOW_FRAMES = 40
 
 
 @dataclass(frozen=True)
@@ -324,6 +334,32 @@ def _load_torch_model(model_dir: Path, labels: list[str]) -> torch.nn.Module | N
     return module.eval()
 
 
+def _dataset_reference(dataset: DatasetVersion | None, spec: PreprocessSpec, labels: list[str],
+                       accepted: list[BuiltArtifact], work_dir: Path, log: Callable[[str], None]) -> Path | None:
+    """A drift reference from the held-out images (validation split, then test), so a release is
+    monitored from its first deployment without `edgefleet drift reference`. None when there are too few."""
+    # Imported here: the monitor's statistics are needed only when a build has data to describe.
+    from cloud.monitor.reference import build_reference, run_logits
+
+    fp32 = next((a for a in accepted if a.artifact.runtime == "onnxruntime" and a.artifact.precision == "fp32"), None)
+    if dataset is None or fp32 is None:
+        return None
+    samples = [*dataset.split("val"), *dataset.split("test")]
+    images = [image for image in (decode_image(s.path) for s in samples) if image is not None]
+    if len(images) < REFERENCE_MIN_IMAGES:
+        log(f"no drift reference: {len(images)} held-out images, a reference needs {REFERENCE_MIN_IMAGES} "
+            "(add one later with `edgefleet drift reference`)")
+        return None
+    logits = run_logits(fp32.path, images, spec)
+    reference = build_reference(images, logits, labels, spec, activation=fp32.artifact.output_activation,
+                                window_frames=REFERENCE_WINDOW_FRAMES,
+                                source=f"dataset {dataset.dataset_id} (val and test splits)")
+    path = work_dir / "drift_reference.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(reference.to_bytes())
+    return path
+
+
 def build_model(engine: Engine, paths: PipelinePaths, *, version: str, profiles: list[str],
                 quantization_overrides: dict[str, Any] | None = None,
                 gate: QuantizationGateConfig = QuantizationGateConfig(),
@@ -379,6 +415,8 @@ def build_model(engine: Engine, paths: PipelinePaths, *, version: str, profiles:
             # FP32 ONNX first: an agent that loads "the first artifact it can run" gets the safe one.
             artifacts=[(a.path, a.artifact) for a in accepted],
             extra_files=[extra for a in accepted for extra in a.extra_files],
+            drift_reference=_dataset_reference(dataset, spec, list(model.labels), accepted,
+                                               paths.builds_dir / build_id, log),
         )
     with Session(engine) as session:
         if package is not None:

@@ -181,8 +181,12 @@ class FleetSecurity:
         device_id = enrollment.device_id
         issued = self.ca.sign_device_csr(csr_pem, device_id, validity_days=self.settings.device_cert_validity_days)
         record_certificate(session, device_id, issued)
-        if session.get(Device, device_id) is None:
-            session.add(Device(id=device_id, hardware_profile=enrollment.hardware_profile))
+        device_mqtt_url = self.settings.device_mqtt_url or mqtt_url
+        device = session.get(Device, device_id)
+        if device is None:
+            device = Device(id=device_id, hardware_profile=enrollment.hardware_profile)
+        device.mqtt_url = device_mqtt_url
+        session.add(device)
         session.commit()
         api_token, _ = create_api_token(session, name=f"device {device_id}", role=Role.DEVICE, device_id=device_id)
         return EnrollmentBundle(
@@ -190,7 +194,7 @@ class FleetSecurity:
             certificate_pem=issued.pem.decode(), broker_ca_pem=self.ca.broker_ca_cert.read_text(),
             tuf_root_json=self.tuf.trusted_root_bytes().decode(),
             director_public_key_pem=self.director.public_pem().decode(), api_token=api_token,
-            mqtt_url=self.settings.device_mqtt_url or mqtt_url, api_url=api_url,
+            mqtt_url=device_mqtt_url, api_url=api_url,
             topic_prefix=self.settings.topic_prefix,
         )
 

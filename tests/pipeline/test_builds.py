@@ -11,6 +11,7 @@ import pytest
 from sqlmodel import Session
 
 from agent.contract import MANIFEST_FILE, PackageManifest
+from cloud.monitor.service import load_reference
 from cloud.pipeline.optimize.runners import runner_for
 from cloud.pipeline.service import build_model, describe_model, import_model, ingest, read_labels, read_spec
 from cloud.pipeline.train.trainer import DEFAULT_SPEC
@@ -49,6 +50,11 @@ def test_int8_with_an_accuracy_drop_over_the_limit_is_rejected(engine, paths, go
     manifest = _manifest(result.package.directory)
     assert [(a.runtime, a.precision) for a in manifest.artifacts] == [("onnxruntime", "fp32")]
     assert manifest.artifacts[0].profiles == ["coral-edgetpu", "jetson-orin", "rpi5-arm64"]
+    # Every build with held-out data carries a drift reference: the release is monitored from day one.
+    assert manifest.drift_reference_file == "drift_reference.json"
+    with Session(engine) as session:
+        reference = load_reference(session, result.package_id)
+    assert reference is not None and reference.labels == manifest.labels
 
     # What cannot be built here is marked, with a reason; nothing is faked.
     notes = {(n["profile"], n["target"]): n for n in result.notes}

@@ -52,6 +52,9 @@ def screenshot() -> Any:
 
 @pytest.fixture
 def fleet(control_plane, api, tmp_path: Path) -> Iterator[Fleet]:
+    # The simulated devices report a few windows, then stay silent while pages are checked: keep them
+    # online until they say goodbye (liveness expiry has its own test, tests/cli/test_liveness.py).
+    control_plane.settings.offline_after_intervals = 100_000
     simulated = Fleet(control_plane, api, tmp_path / "releases")
     try:
         yield simulated

@@ -39,6 +39,9 @@ def _publish_raw(plane, topic: str, payload: bytes) -> None:
 
 @pytest.mark.integration
 def test_control_plane_metrics_parse_and_count(control_plane, api, tmp_path: Path) -> None:
+    # These devices report once and then stay silent: keep them online for the count below
+    # (liveness expiry has its own test, tests/cli/test_liveness.py).
+    control_plane.settings.offline_after_intervals = 100_000
     for device_id, profile in (("cam-01", "x86-64-avx2"), ("cam-02", "rpi5-arm64"), ("cam-03", "rpi5-arm64")):
         assert api.post("/api/v1/devices", json={"id": device_id, "hardware_profile": profile}).status_code == 201
     release = make_release(control_plane, tmp_path)

@@ -40,6 +40,8 @@ class EnrollmentTokenCreated(BaseModel):
     device_id: str
     token: str
     expires_at: datetime
+    # Where devices enroll: EDGEFLEET_PUBLIC_URL when set; None = the address the caller used.
+    server_url: str | None = None
 
 
 @router.post("/tokens", response_model=TokenCreated, status_code=201)
@@ -74,7 +76,8 @@ def create_enrollment(body: EnrollmentTokenCreate, session: SessionDep, plane: P
                                                                    hardware_profile=body.hardware_profile)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
-    return EnrollmentTokenCreated(device_id=body.device_id, token=token, expires_at=expires_at)
+    return EnrollmentTokenCreated(device_id=body.device_id, token=token, expires_at=expires_at,
+                                  server_url=plane.settings.public_url)
 
 
 @router.post("/devices/{device_id}/revoke")

@@ -2,16 +2,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
-from cloud.api.deps import SessionDep
+from cloud.api.deps import PlaneDep, SessionDep
 from cloud.fleet import crud
+from cloud.fleet.liveness import Liveness, public_devices
 from cloud.fleet.tables import DeviceCreate, DevicePublic, TelemetryPublic
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
 
 @router.get("", response_model=list[DevicePublic])
-def list_devices(session: SessionDep, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)):  # type: ignore[no-untyped-def]
-    return crud.list_devices(session, offset, limit)
+def list_devices(session: SessionDep, plane: PlaneDep, offset: int = Query(0, ge=0),  # type: ignore[no-untyped-def]
+                 limit: int = Query(100, ge=1, le=1000)):
+    return public_devices(session, crud.list_devices(session, offset, limit), Liveness.from_settings(plane.settings))
 
 
 @router.post("", response_model=DevicePublic, status_code=201)
@@ -20,8 +22,8 @@ def create_device(device_in: DeviceCreate, session: SessionDep):  # type: ignore
 
 
 @router.get("/{device_id}", response_model=DevicePublic)
-def get_device(device_id: str, session: SessionDep):  # type: ignore[no-untyped-def]
-    return crud.get_device(session, device_id)
+def get_device(device_id: str, session: SessionDep, plane: PlaneDep):  # type: ignore[no-untyped-def]
+    return public_devices(session, [crud.get_device(session, device_id)], Liveness.from_settings(plane.settings))[0]
 
 
 @router.get("/{device_id}/telemetry", response_model=list[TelemetryPublic])

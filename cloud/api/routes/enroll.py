@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from cloud.api.deps import CurrentPrincipal, PlaneDep, SessionDep, require_access
 from cloud.errors import EdgeFleetError, InvalidInputError
+from cloud.fleet import crud
 
 router = APIRouter(tags=["enrollment"])
 
@@ -61,3 +62,16 @@ def issue_certificate(device_id: str, body: CertificateRequest, session: Session
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
     return {"device_id": device_id, "certificate_pem": issued.pem.decode(), "serial": str(issued.serial)}
+
+
+@router.get("/devices/{device_id}/connection", dependencies=[Depends(require_access)])
+def device_connection(device_id: str, session: SessionDep, plane: PlaneDep) -> dict[str, object]:
+    """Where the device reaches the control plane now; an agent asks when its broker stops answering."""
+    device = crud.get_device(session, device_id)
+    mqtt_url = plane.settings.device_mqtt_url or plane.broker_url
+    if device.mqtt_url != mqtt_url:
+        device.mqtt_url = mqtt_url
+        session.add(device)
+        session.commit()
+    return {"device_id": device_id, "mqtt_url": mqtt_url, "api_url": plane.base_url,
+            "topic_prefix": plane.settings.topic_prefix}

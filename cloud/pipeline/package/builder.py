@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,47 +41,89 @@ def build_package(
     drift_reference: Path | None = None,
     detection: DetectionSpec | None = None,
 ) -> BuiltPackage:
-    """Write ``packages_dir/<package_id>/`` with the artifacts and ``manifest.json``.
+    """Write ``packages_dir/<package_id>/`` with the artifacts and ``manifest.json``, once.
 
-    The package id includes a hash of the artifact bytes, so rebuilding the same
-    model gives the same id and a different model never collides. ``extra_files``
-    (golden vectors, OpenVINO weights next to their .xml) are copied under their
-    own names and listed in the manifest, so its hash covers them too.
+    The package id includes a hash of the artifact bytes and of everything the manifest
+    says about them, so rebuilding the same model the same way gives the same id and
+    anything different never collides. A package directory is never rewritten: devices
+    and the TUF repository pin its manifest hash, so a rebuild of an existing package
+    returns the package as it is on disk (and refuses when those files differ from the
+    inputs). ``extra_files`` (golden vectors, OpenVINO weights next to their .xml) are
+    copied under their own names and listed in the manifest, so its hash covers them too.
     ``detection`` makes it a detection package (the manifest's task and decoder block).
+
+    Raises:
+        ValueError: a directory for this package id exists with different files.
     """
     extras = list(extra_files or [])
     # The drift reference travels like any extra file, and the manifest names it.
     if drift_reference is not None:
         extras.append(drift_reference)
-    content_hash = sha256_bytes(b"".join(describe_file(p).sha256.encode()
-                                         for p in [*(p for p, _ in artifacts), *extras]))[:10]
+    sources = [*(p for p, _ in artifacts), *extras]
+    names = [*(artifact.file for _, artifact in artifacts), *(p.name for p in extras)]
+    described = {name: describe_file(path) for name, path in zip(names, sources, strict=True)}
+    # Everything in the manifest but its id, its timestamp and the file list (hashed above).
+    identity = json.dumps({
+        "model_name": model_name, "model_version": model_version, "labels": labels,
+        "hardware_profiles": hardware_profiles, "preprocessing": spec.model_dump(mode="json"),
+        "artifacts": [artifact.model_dump(mode="json") for _, artifact in artifacts],
+        "drift_reference": drift_reference.name if drift_reference is not None else None,
+        "detection": detection.model_dump(mode="json") if detection is not None else None,
+    }, sort_keys=True).encode()
+    content_hash = sha256_bytes(b"".join(described[name].sha256.encode() for name in names) + identity)[:10]
     package_id = f"{model_version}-{content_hash}"
     directory = packages_dir / package_id
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    files = []
-    for source, artifact in artifacts:
-        shutil.copyfile(source, directory / artifact.file)
-        files.append(describe_file(directory / artifact.file))
-    for source in extras:
-        shutil.copyfile(source, directory / source.name)
-        files.append(describe_file(directory / source.name))
-    manifest = PackageManifest(
-        package_id=package_id,
-        model_name=model_name,
-        model_version=model_version,
-        created_at=utc_now(),
-        hardware_profiles=hardware_profiles,
-        labels=labels,
-        preprocessing=spec,
-        artifacts=[artifact for _, artifact in artifacts],
-        files=files,
-        drift_reference_file=drift_reference.name if drift_reference is not None else None,
-        task="detection" if detection is not None else "classification",
-        detection=detection,
-    )
-    raw = manifest.to_bytes()
-    (directory / MANIFEST_FILE).write_bytes(raw)
+    if (directory / MANIFEST_FILE).exists():
+        return _existing(directory, {name: d.sha256 for name, d in described.items()})
+    packages_dir.mkdir(parents=True, exist_ok=True)
+    # Written beside, then renamed into place: a crash never leaves a half-written package.
+    staging = Path(tempfile.mkdtemp(prefix=f".building-{package_id}-", dir=packages_dir))
+    try:
+        files = []
+        for name, source in zip(names, sources, strict=True):
+            shutil.copyfile(source, staging / name)
+            files.append(describe_file(staging / name))
+        manifest = PackageManifest(
+            package_id=package_id,
+            model_name=model_name,
+            model_version=model_version,
+            created_at=utc_now(),
+            hardware_profiles=hardware_profiles,
+            labels=labels,
+            preprocessing=spec,
+            artifacts=[artifact for _, artifact in artifacts],
+            files=files,
+            drift_reference_file=drift_reference.name if drift_reference is not None else None,
+            task="detection" if detection is not None else "classification",
+            detection=detection,
+        )
+        raw = manifest.to_bytes()
+        (staging / MANIFEST_FILE).write_bytes(raw)
+        if directory.exists():
+            # A directory without a manifest is what an interrupted older build left behind.
+            shutil.rmtree(directory)
+        try:
+            staging.rename(directory)
+        except OSError:
+            # Another build of the same package won the race: theirs stands.
+            if (directory / MANIFEST_FILE).exists():
+                return _existing(directory, {name: d.sha256 for name, d in described.items()})
+            raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
     return BuiltPackage(manifest=manifest, directory=directory, manifest_sha256=sha256_bytes(raw),
                         size_bytes=sum(f.size_bytes for f in files) + len(raw))
+
+
+def _existing(directory: Path, expected_sha256: dict[str, str]) -> BuiltPackage:
+    """The package already on disk, left untouched, if it holds exactly the expected files."""
+    raw = (directory / MANIFEST_FILE).read_bytes()
+    manifest = PackageManifest.from_bytes(raw)
+    listed = {f.name: f.sha256 for f in manifest.files}
+    if listed != expected_sha256:
+        raise ValueError(f"package directory {directory} already exists with different files; packages are never "
+                         "rewritten (devices pin their manifest hash): remove it only if no device or deployment "
+                         "uses it")
+    return BuiltPackage(manifest=manifest, directory=directory, manifest_sha256=sha256_bytes(raw),
+                        size_bytes=sum(f.size_bytes for f in manifest.files) + len(raw))
