@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.fsutil import atomic_write_bytes
+from agent.update.store import reset_command_state
 
 __all__ = ["EnrollmentError", "enroll", "identity_paths", "rotate_certificate"]
 
@@ -99,6 +100,8 @@ def enroll(server_url: str, token: str, state_dir: Path, *, config_path: Path | 
     atomic_write_bytes(paths["tuf_root_file"], str(bundle["tuf_root_json"]).encode())
     atomic_write_bytes(paths["director_key_file"], str(bundle["director_public_key_pem"]).encode())
     _write_private(paths["api_token_file"], str(bundle["api_token"]).encode())
+    # A new identity starts a new command sequence (the control plane's may be new too).
+    reset_command_state(state_dir)
 
     config: dict[str, Any] = {}
     if config_path is not None and config_path.exists():

@@ -379,6 +379,7 @@ def build_model(engine: Engine, paths: PipelinePaths, *, version: str, profiles:
             # FP32 ONNX first: an agent that loads "the first artifact it can run" gets the safe one.
             artifacts=[(a.path, a.artifact) for a in accepted],
             extra_files=[extra for a in accepted for extra in a.extra_files],
+            release=model.id or 0,
         )
     with Session(engine) as session:
         if package is not None:

@@ -38,6 +38,7 @@ def build_package(
     extra_files: list[Path] | None = None,
     drift_reference: Path | None = None,
     detection: DetectionSpec | None = None,
+    release: int = 0,
 ) -> BuiltPackage:
     """Write ``packages_dir/<package_id>/`` with the artifacts and ``manifest.json``.
 
@@ -46,6 +47,8 @@ def build_package(
     (golden vectors, OpenVINO weights next to their .xml) are copied under their
     own names and listed in the manifest, so its hash covers them too.
     ``detection`` makes it a detection package (the manifest's task and decoder block).
+    ``release`` is the manifest's place in its model line (the model version's registry id,
+    which only grows): devices refuse a lower release than they installed unless rolled back.
     """
     extras = list(extra_files or [])
     # The drift reference travels like any extra file, and the manifest names it.
@@ -78,6 +81,7 @@ def build_package(
         drift_reference_file=drift_reference.name if drift_reference is not None else None,
         task="detection" if detection is not None else "classification",
         detection=detection,
+        release=release,
     )
     raw = manifest.to_bytes()
     (directory / MANIFEST_FILE).write_bytes(raw)
