@@ -277,6 +277,11 @@ class DeployCommand(_Message):
     # every other field (agent.contract.signing).
     rollback: bool = False
 
+    def to_bytes(self) -> bytes:
+        # Left out when false, so agents that predate the field (which forbid unknown
+        # fields) still take every ordinary command; the signed bytes leave it out too.
+        return self.model_dump_json(exclude=None if self.rollback else {"rollback"}).encode()
+
 
 class ResyncCommand(_Message):
     """Cloud → device: set the device's accepted command ``seq`` base to ``seq``.
