@@ -21,6 +21,7 @@ from agent import __version__
 from agent.capture.source import FrameSource, limit_opencv_threads, open_source
 from agent.config import AgentConfig, PipelineConfig
 from agent.contract import (
+    Command,
     ContractError,
     DeployCommand,
     DeviceState,
@@ -30,19 +31,26 @@ from agent.contract import (
     StatusReport,
     TelemetryReport,
     Topics,
-    parse_command,
+    parse_any_command,
 )
 from agent.contract.broker_url import parse_broker_url
-from agent.contract.messages import DetectionWindow, message_kind
-from agent.errors import AgentError
+from agent.contract.messages import DetectionWindow, ResyncCommand, message_kind
+from agent.errors import AgentError, CommandQueueFullError, SignatureError
 from agent.infer.engine import InferenceEngine, ResultSink, load_model
 from agent.infer.shadow import ShadowRunner, ShadowSet
 from agent.metrics import AgentMetrics, MetricsServer
 from agent.pipeline import Pipeline
 from agent.profiles import PROFILES_DIR, FirmwareProfile, load_profile
 from agent.results import JsonLinesSink
-from agent.security import NotEnrolledError, PackageUpdater, load_director_key, verify_command
+from agent.security import (
+    NotEnrolledError,
+    PackageUpdater,
+    ReplayedCommandError,
+    check_fresh,
+    verify_signature,
+)
 from agent.security.enroll import current_broker_url, remember_broker_url
+from agent.security.keyring import DirectorKeyring
 from agent.telemetry.drift import agent_monitoring
 from agent.update.fetcher import ArtifactFetcher, HttpFetcher
 from agent.update.installer import FetchedPackage, check_digests, fetch_verified
@@ -72,6 +80,27 @@ def _broker_password(config: AgentConfig) -> str | None:
         log.warning("cannot read the API token file %s (%s): connecting without credentials",
                     config.api_token_file, exc)
         return None
+
+
+class _ReportBudget:
+    """At most ``per_minute`` reports a minute (a token bucket), safe across threads."""
+
+    def __init__(self, per_minute: int) -> None:
+        self._capacity = float(per_minute)
+        self._tokens = float(per_minute)
+        self._refill_per_s = per_minute / 60.0
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self._capacity, self._tokens + (now - self._at) * self._refill_per_s)
+            self._at = now
+            if self._tokens < 1.0:
+                return False
+            self._tokens -= 1.0
+            return True
 
 
 def _load_profile(config: AgentConfig) -> FirmwareProfile | None:
@@ -109,15 +138,24 @@ class AgentApp:
             trusted_root=config.tuf_root_file,
             fetcher=self.fetcher,
         )
-        # Without the director key every command is refused (reported as not_enrolled).
-        self.director_key = load_director_key(config.director_key_file) if config.director_key_file else None
+        # The director keys: those the newest verified TUF root lists, else the enrollment key.
+        # Without any, every command is refused (reported as not_enrolled).
+        self.director_keys = DirectorKeyring(listed_in_root=self.updater.director_key_pems,
+                                             enrollment_key_file=config.director_key_file,
+                                             refresh_metadata=self.updater.refresh)
+        # Commands signed by a key we do not know yet (a rotation we have not seen): a few wait
+        # here for one metadata refresh, apart from the verified queue they can never crowd.
+        self._unknown_key_commands: queue.Queue[Command] = queue.Queue(maxsize=4)
         self.update_check_error: str | None = None
         self.rejected_commands = 0
         # Well-formed messages of another kind on the command topic (not commands: ignored).
         self.ignored_messages = 0
+        self._rejected_lock = threading.Lock()  # counted on paho's thread and on the command thread
+        self._forged_reports = _ReportBudget(config.forged_command_reports_per_minute)
         self.metrics = AgentMetrics(config.device_id, __version__)
         self._metrics_server: MetricsServer | None = None
-        self._commands: queue.Queue[DeployCommand] = queue.Queue(maxsize=100)
+        # Only commands whose director signature and addressee hold are queued.
+        self._commands: queue.Queue[Command] = queue.Queue(maxsize=config.command_queue_depth)
         self._stop = threading.Event()
         self._process = psutil.Process()
 
@@ -302,13 +340,14 @@ class AgentApp:
     def _send_job_report(self, report: JobStatusReport) -> None:
         self.uplink.publish(self.topics.job(self.config.device_id, report.job_id), report)
 
-    def _report_job(self, command: DeployCommand, state: JobState, error: AgentError | None = None) -> None:
-        pipeline = self.pipelines.get(command.pipeline or "") or next(iter(self.pipelines.values()))
+    def _report_job(self, command: Command, state: JobState, error: AgentError | None = None) -> None:
+        pipeline_name = command.pipeline if isinstance(command, DeployCommand) else None
+        pipeline = self.pipelines.get(pipeline_name or "") or next(iter(self.pipelines.values()))
         model = pipeline.engine.model
         self._send_job_report(JobStatusReport(
             device_id=self.config.device_id,
             job_id=command.job_id,
-            package_id=command.package_id,
+            package_id=command.package_id if isinstance(command, DeployCommand) else None,
             state=state,
             error_code=error.code if error else None,
             error=str(error) if error else None,
@@ -359,26 +398,108 @@ class AgentApp:
 
     # -- commands ------------------------------------------------------------
     def _receive_command(self, payload: bytes) -> None:
-        """Called on paho's thread: validate cheaply and hand off; never block."""
+        """Called on paho's thread: parse, check the director signature and addressee, hand off.
+
+        Forged, unsigned and misaddressed commands are refused here, before anything is
+        queued, so no number of them can push a genuine command out of the queue. One
+        Ed25519 verification is tens of microseconds, cheap enough for this thread.
+        """
         try:
-            command = parse_command(payload)
+            command = parse_any_command(payload)
         except ContractError as exc:
             kind = message_kind(payload)
-            if kind is not None and kind != "deploy":
+            if kind is not None and kind not in ("deploy", "resync"):
                 # Another kind of message (say a status report): not a command, so nothing to reject.
                 self.ignored_messages += 1
                 log.debug("ignored a %r message on the command topic", kind)
                 return
-            self.rejected_commands += 1
+            self._count_rejected()
             log.error("rejected malformed command: %s", exc)
             return
-        # Addressing, signature, expiry and sequence are checked (and rejections reported)
-        # in _check_command, off paho's thread.
+        try:
+            self._verify_signature(command)
+        except SignatureError as exc:
+            if self.director_keys.refresh_due():
+                try:
+                    self._unknown_key_commands.put_nowait(command)
+                    return
+                except queue.Full:
+                    pass
+            self._refuse_unverified(command, exc)
+            return
+        except AgentError as exc:
+            self._refuse_unverified(command, exc)
+            return
+        # Expiry and sequence are checked (and rejections reported) in _handle_*, off paho's
+        # thread, in the order commands were received.
         try:
             self._commands.put_nowait(command)
         except queue.Full:
+            self._reject_command(command, CommandQueueFullError(
+                f"{self._commands.maxsize} verified commands are waiting; job {command.job_id} dropped"))
+
+    def _verify_signature(self, command: Command) -> None:
+        """Signature by any director key we trust, and addressee.
+
+        Raises:
+            NotEnrolledError: no director key at all.
+            SignatureError / UnsignedCommandError / MisaddressedCommandError: see ``verify_signature``.
+        """
+        keys = self.director_keys.keys
+        if not keys:
+            raise NotEnrolledError("no director public key configured: enroll the device first")
+        refused: SignatureError | None = None
+        for key in keys:
+            try:
+                verify_signature(command, director_key=key, device_id=self.config.device_id)
+                return
+            except SignatureError as exc:
+                refused = exc
+        assert refused is not None
+        raise refused
+
+    def _retry_with_fresh_keys(self) -> None:
+        """Refresh metadata once for the commands signed by an unknown key; verify them again."""
+        waiting: list[Command] = []
+        while True:
+            try:
+                waiting.append(self._unknown_key_commands.get_nowait())
+            except queue.Empty:
+                break
+        if not waiting:
+            return
+        try:
+            self.director_keys.refresh()
+        except AgentError as exc:
+            log.warning("metadata refresh for an unknown director key failed (%s): %s", exc.code, exc)
+        for command in waiting:
+            try:
+                self._verify_signature(command)
+            except AgentError as exc:
+                self._refuse_unverified(command, exc)
+                continue
+            log.info("director key rotated: command %s verified after a metadata refresh", command.job_id)
+            self._dispatch(command)
+
+    def _dispatch(self, command: Command) -> None:
+        try:
+            if isinstance(command, ResyncCommand):
+                self._handle_resync(command)
+            else:
+                self._handle_deploy(command)
+        except Exception:  # the command thread is the update path: it must outlive any one command
+            log.exception("handling command %s failed", command.job_id)
+
+    def _count_rejected(self) -> None:
+        with self._rejected_lock:
             self.rejected_commands += 1
-            log.error("command queue full; dropped job %s", command.job_id)
+
+    def _refuse_unverified(self, command: Command, exc: AgentError) -> None:
+        """Count every forgery; report a few a minute (whoever sent it may publish thousands)."""
+        self._count_rejected()
+        if self._forged_reports.take():
+            log.error("rejected command %s (%s): %s", command.job_id, exc.code, exc)
+            self._report_job(command, JobState.REJECTED, exc)
 
     def _command_loop(self) -> None:
         # First finish whatever install a crash interrupted (the resume table decides how).
@@ -387,6 +508,7 @@ class AgentApp:
         interval = self.config.update_check_interval_s
         next_check = time.monotonic() + interval
         while not self._stop.is_set():
+            self._retry_with_fresh_keys()
             try:
                 command = self._commands.get(timeout=0.5)
             except queue.Empty:
@@ -396,10 +518,7 @@ class AgentApp:
                     self._check_metadata()
                     next_check = time.monotonic() + interval
                 continue
-            try:
-                self._handle_deploy(command)
-            except Exception:  # the command thread is the update path: it must outlive any one command
-                log.exception("handling command %s failed", command.job_id)
+            self._dispatch(command)
 
     def _check_metadata(self) -> None:
         """Refresh TUF metadata without a command; the outcome goes out with telemetry."""
@@ -415,21 +534,38 @@ class AgentApp:
             self.update_check_error = "update_check_failed"
             return
         self.update_check_error = None
+        self.director_keys.reload()  # a newer root may list a rotated director key
 
     def _check_command(self, command: DeployCommand) -> None:
-        """Director signature, addressee, expiry, sequence; then persist the sequence (anti-replay).
+        """Expiry and sequence of a command whose signature already held; then persist the sequence.
 
         Raises:
             UntrustedContentError: a subclass naming why the command is refused.
         """
-        if self.director_key is None:
-            raise NotEnrolledError("no director public key configured: enroll the device first")
-        verify_command(command, director_key=self.director_key, device_id=self.config.device_id,
-                       last_seq=self.store.last_command_seq(), now=datetime.now(UTC))
+        check_fresh(command, last_seq=self.store.last_command_seq(), now=datetime.now(UTC),
+                    seq_window=self.config.command_seq_window)
         self.store.set_last_command_seq(command.seq)
 
-    def _reject_command(self, command: DeployCommand, exc: AgentError) -> None:
-        self.rejected_commands += 1
+    def _handle_resync(self, command: ResyncCommand) -> None:
+        """Set the command seq base to what the control plane says (signature and addressee
+        were checked on receipt): after its database was restored, or a stolen key pushed
+        the base out of reach. A resync older than the last one accepted is a replay."""
+        try:
+            check_fresh(command, last_seq=self.store.last_command_seq(), now=datetime.now(UTC))
+            last_resync = self.store.last_resync_issued_at()
+            if last_resync is not None and command.issued_at <= last_resync:
+                raise ReplayedCommandError(f"resync issued at {command.issued_at.isoformat()} is not newer than "
+                                           f"the last accepted one ({last_resync.isoformat()})")
+        except AgentError as exc:
+            self._reject_command(command, exc)
+            return
+        previous = self.store.last_command_seq()
+        self.store.resync_command_seq(command.seq, command.issued_at)
+        log.warning("command seq base resynced from %d to %d (job %s)", previous, command.seq, command.job_id)
+        self._report_job(command, JobState.SUCCEEDED)
+
+    def _reject_command(self, command: Command, exc: AgentError) -> None:
+        self._count_rejected()
         log.error("rejected command %s (%s): %s", command.job_id, exc.code, exc)
         self._report_job(command, JobState.REJECTED, exc)
 
@@ -459,13 +595,18 @@ class AgentApp:
         if manager is None:
             self._reject_command(command, AgentError(f"this device has no pipeline {command.pipeline!r}"))
             return
-        if manager.is_known_job(command.job_id):
-            # Redelivered (persistent session) after we already took it on: the install
-            # record, not this copy, carries it to the end.
-            log.info("ignoring redelivered command for job %s", command.job_id)
+        if manager.is_running_job(command.job_id):
+            # A copy (MQTT redelivery) of the job whose install is under way: not a refusal,
+            # the install record carries the job to the end and reports it.
+            log.info("ignoring a redelivered copy of job %s, which is being installed", command.job_id)
             return
-        # Verify before anything else, including the "already running" shortcut:
-        # an unverified command must not even earn a success report.
+        if manager.is_known_job(command.job_id):
+            # A job this device already finished: refused and reported. The control plane
+            # keeps a job's first final state, so a genuine late redelivery changes nothing there.
+            self._reject_command(command, ReplayedCommandError(f"job {command.job_id} was already handled"))
+            return
+        # Check freshness before anything else, including the "already running" shortcut:
+        # a stale or replayed command must not even earn a success report.
         try:
             self._check_command(command)
         except AgentError as exc:

@@ -101,6 +101,17 @@ class AgentConfig(BaseModel):
     # deploy for weeks would never notice a frozen repository or mirror (stale, expired
     # metadata served to hide a release). 0 = check only with commands.
     update_check_interval_s: float = Field(default=900.0, ge=0)
+    # Commands: how far ahead of the last accepted one a command's seq may be. The control
+    # plane numbers each device's commands 1, 2, 3, ... and gaps come only from commands a
+    # device never received (expired while offline, a failed dispatch pass), so even a
+    # command a minute for a year stays far below this; a seq beyond it (a stolen director
+    # key, a misnumbered control plane) would otherwise silence the device for good.
+    command_seq_window: int = Field(default=1_000_000, ge=1)
+    # Verified commands waiting for the command thread; forged ones never queue.
+    command_queue_depth: int = Field(default=100, ge=1, le=10_000)
+    # Job reports for forged, unsigned or misaddressed commands, at most this many a minute
+    # (all are counted in telemetry's rejected_commands); a flood must not fill the outbox.
+    forged_command_reports_per_minute: int = Field(default=10, ge=0)
     # Install state machine: restarts of one install before it is given up (crash loop).
     max_install_resumes: int = Field(default=3, ge=0)
     # Boot counter: start-ups of a committed model that crash before its first healthy

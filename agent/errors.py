@@ -30,6 +30,12 @@ class RollbackError(UntrustedContentError):
     code = "rollback"
 
 
+class PackageDowngradeError(RollbackError):
+    """The package's release is below the one installed, and the command is not a signed rollback."""
+
+    code = "package_downgrade"
+
+
 class IncompatiblePackageError(UntrustedContentError):
     code = "incompatible_package"
 
@@ -52,6 +58,12 @@ class DeliveryError(AgentError):
 
 class DownloadError(DeliveryError):
     code = "download_failed"
+
+
+class CommandQueueFullError(DeliveryError):
+    """Too many verified commands are waiting for the command thread; a later retry may fit."""
+
+    code = "command_queue_full"
 
 
 class InstallError(AgentError):

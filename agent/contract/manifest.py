@@ -108,6 +108,11 @@ class PackageManifest(BaseModel):
     # existed) or detection, which then needs the ``detection`` block.
     task: Task = "classification"
     detection: DetectionSpec | None = None
+    # Optional: this build's place in its model line (``model_name``), assigned by the
+    # control plane and increasing with every new model version. A device refuses a lower
+    # release than it installed unless the command is a signed rollback. 0 (manifests
+    # written before releases existed) is never refused, nor does it raise the floor.
+    release: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _task_matches_its_block(self) -> PackageManifest:
@@ -151,6 +156,8 @@ class PackageManifest(BaseModel):
             del document["task"]
         if document["detection"] is None:
             del document["detection"]
+        if document["release"] == 0:
+            del document["release"]
         if document["preprocessing"].get("pad_value") == 0:
             del document["preprocessing"]["pad_value"]
         return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()

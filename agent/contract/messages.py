@@ -271,6 +271,37 @@ class DeployCommand(_Message):
     mode: Literal["install", "shadow"] = "install"
     shadow_sample_fraction: float = Field(default=0.25, gt=0, le=1)
     shadow_duration_s: float = Field(default=300.0, gt=0, le=7 * 86_400)
+    # Optional: an operator (or the rollout engine's abort) returning the device to an
+    # older release on purpose. Without it the device refuses a package whose manifest
+    # ``release`` is below the one it installed (``package_downgrade``). Signed like
+    # every other field (agent.contract.signing).
+    rollback: bool = False
+
+    def to_bytes(self) -> bytes:
+        # Left out when false, so agents that predate the field (which forbid unknown
+        # fields) still take every ordinary command; the signed bytes leave it out too.
+        return self.model_dump_json(exclude=None if self.rollback else {"rollback"}).encode()
+
+
+class ResyncCommand(_Message):
+    """Cloud → device: set the device's accepted command ``seq`` base to ``seq``.
+
+    After the control plane's database was restored from a backup (its per-device
+    counters went back), or after a stolen director key pushed a device's base far
+    ahead, this puts the device back in step. It is director-signed, addressed, short-lived,
+    and ``issued_at`` must be newer than the last resync the device accepted, so a
+    captured copy cannot be replayed to wind the base back again.
+    """
+
+    kind: Literal["resync"] = "resync"
+    job_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    seq: int = Field(ge=0)
+    issued_at: datetime
+    expires_at: datetime
+    signature: Annotated[str, Field(max_length=512)] | None = None
+
+
+Command = DeployCommand | ResyncCommand
 
 
 # --- drift windows and samples -------------------------------------
@@ -501,5 +532,13 @@ def message_kind(payload: bytes, *, max_bytes: int = DEFAULT_MAX_REPORT_BYTES) -
 
 
 def parse_command(payload: bytes, *, max_bytes: int = DEFAULT_MAX_REPORT_BYTES) -> DeployCommand:
-    """Validate a cloud → device command. Raises ``ContractError``."""
+    """Validate a cloud → device deploy command. Raises ``ContractError``."""
     return _validate(DeployCommand, _decode_json(payload, max_bytes))
+
+
+def parse_any_command(payload: bytes, *, max_bytes: int = DEFAULT_MAX_REPORT_BYTES) -> Command:
+    """Validate any cloud → device command (deploy or resync, told apart by ``kind``). Raises ``ContractError``."""
+    document = _decode_json(payload, max_bytes)
+    if isinstance(document, dict) and document.get("kind") == "resync":
+        return _validate(ResyncCommand, document)
+    return _validate(DeployCommand, document)

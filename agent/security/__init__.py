@@ -3,7 +3,7 @@
 See docs/security.md for which attack each check stops.
 """
 
-from agent.security.commands import load_director_key, verify_command
+from agent.security.commands import check_fresh, load_director_key, verify_command, verify_signature
 from agent.security.errors import (
     CommandExpiredError,
     DownloadDeadlineError,
@@ -11,7 +11,9 @@ from agent.security.errors import (
     MetadataExpiredError,
     MisaddressedCommandError,
     NotEnrolledError,
+    PackageDowngradeError,
     ReplayedCommandError,
+    SeqOutOfWindowError,
     UnknownTargetError,
     UnsignedCommandError,
 )
@@ -24,12 +26,16 @@ __all__ = [
     "MetadataExpiredError",
     "MisaddressedCommandError",
     "NotEnrolledError",
+    "PackageDowngradeError",
     "PackageUpdater",
     "ReplayedCommandError",
+    "SeqOutOfWindowError",
     "SignedTarget",
     "UnknownTargetError",
     "UnsignedCommandError",
+    "check_fresh",
     "load_director_key",
     "translate_tuf_error",
     "verify_command",
+    "verify_signature",
 ]

@@ -2,7 +2,8 @@
 
 A command is trusted only if it is signed by the director key the device received
 at enrollment, names this device, has not expired, and carries a sequence number
-larger than any the device has accepted (persisted by the caller). Even then it is
+larger than any the device has accepted (persisted by the caller) but not absurdly so
+(at most a window ahead). Even then it is
 only a hint: what gets installed is decided by TUF metadata.
 """
 
@@ -17,17 +18,21 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent.contract import DeployCommand
+from agent.contract import Command, ResyncCommand
 from agent.contract.signing import command_signing_bytes
 from agent.errors import SignatureError
 from agent.security.errors import (
     CommandExpiredError,
     MisaddressedCommandError,
     ReplayedCommandError,
+    SeqOutOfWindowError,
     UnsignedCommandError,
 )
 
-__all__ = ["load_director_key", "verify_command"]
+__all__ = ["DEFAULT_SEQ_WINDOW", "check_fresh", "load_director_key", "verify_command", "verify_signature"]
+
+# How far ahead of the last accepted seq a command may be (agent config command_seq_window).
+DEFAULT_SEQ_WINDOW = 1_000_000
 
 
 def load_director_key(path: Path) -> Ed25519PublicKey:
@@ -45,23 +50,16 @@ def load_director_key(path: Path) -> Ed25519PublicKey:
     return key
 
 
-def verify_command(
-    command: DeployCommand,
-    *,
-    director_key: Ed25519PublicKey,
-    device_id: str,
-    last_seq: int,
-    now: datetime,
-) -> None:
-    """Accept ``command`` or raise why not. The signature is checked first: nothing
-    an unauthenticated sender wrote (device id, expiry, seq) is believed before it.
+def verify_signature(command: Command, *, director_key: Ed25519PublicKey, device_id: str) -> None:
+    """The checks that need no device state: the director's signature, then the addressee.
+
+    Cheap (one Ed25519 verification), so the agent runs them as a command arrives, before
+    it queues anything: a flood of forgeries never displaces a genuine command.
 
     Raises:
         UnsignedCommandError: no signature.
         SignatureError: the signature is malformed or not the director's.
         MisaddressedCommandError: signed for another device.
-        CommandExpiredError: ``expires_at`` is in the past.
-        ReplayedCommandError: ``seq`` is not larger than ``last_seq``.
     """
     if not command.signature:
         raise UnsignedCommandError(f"command {command.job_id} carries no director signature")
@@ -75,7 +73,44 @@ def verify_command(
         raise SignatureError(f"command {command.job_id} is not signed by the director key") from exc
     if command.device_id != device_id:
         raise MisaddressedCommandError(f"command {command.job_id} is addressed to {command.device_id}, not {device_id}")
+
+
+def check_fresh(command: Command, *, last_seq: int, now: datetime, seq_window: int = DEFAULT_SEQ_WINDOW) -> None:
+    """The checks against the device's state, for a command whose signature holds.
+
+    A deploy's seq must lie in ``(last_seq, last_seq + seq_window]``; a resync sets the
+    base instead, so only its expiry is checked here (its issue time by the caller).
+
+    Raises:
+        CommandExpiredError: ``expires_at`` is in the past.
+        ReplayedCommandError: ``seq`` is not larger than ``last_seq``.
+        SeqOutOfWindowError: ``seq`` is more than ``seq_window`` ahead of ``last_seq``.
+    """
     if command.expires_at <= now:
         raise CommandExpiredError(f"command {command.job_id} expired at {command.expires_at.isoformat()}")
+    if isinstance(command, ResyncCommand):
+        return
     if command.seq <= last_seq:
         raise ReplayedCommandError(f"command seq {command.seq} is not newer than the last accepted {last_seq}")
+    if command.seq > last_seq + seq_window:
+        raise SeqOutOfWindowError(f"command seq {command.seq} is more than {seq_window} ahead of the last "
+                                  f"accepted {last_seq}; the control plane must resync the device")
+
+
+def verify_command(
+    command: Command,
+    *,
+    director_key: Ed25519PublicKey,
+    device_id: str,
+    last_seq: int,
+    now: datetime,
+    seq_window: int = DEFAULT_SEQ_WINDOW,
+) -> None:
+    """Accept ``command`` or raise why not: :func:`verify_signature`, then :func:`check_fresh`.
+    The signature is checked first: nothing an unauthenticated sender wrote (device id,
+    expiry, seq) is believed before it.
+
+    Raises: what those two raise.
+    """
+    verify_signature(command, director_key=director_key, device_id=device_id)
+    check_fresh(command, last_seq=last_seq, now=now, seq_window=seq_window)

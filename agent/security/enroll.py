@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.contract.enrollment import PinnedEnrollmentToken, anchor_pin, rotation_proof_bytes
 from agent.fsutil import atomic_write_bytes
+from agent.update.store import reset_command_state
 
 __all__ = ["EnrollmentError", "check_anchor_pins", "current_broker_url", "enroll", "identity_paths",
            "remember_broker_url", "require_secure_url", "rotate_certificate"]
@@ -147,6 +148,8 @@ def enroll(server_url: str, token: str, state_dir: Path, *, config_path: Path | 
     atomic_write_bytes(paths["tuf_root_file"], str(bundle["tuf_root_json"]).encode())
     atomic_write_bytes(paths["director_key_file"], str(bundle["director_public_key_pem"]).encode())
     _write_private(paths["api_token_file"], str(bundle["api_token"]).encode())
+    # A new identity starts a new command sequence (the control plane's may be new too).
+    reset_command_state(state_dir)
 
     config: dict[str, Any] = {}
     if config_path is not None and config_path.exists():

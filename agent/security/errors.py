@@ -10,6 +10,7 @@ from __future__ import annotations
 from agent.errors import (
     DigestMismatchError,
     DownloadError,
+    PackageDowngradeError,
     RollbackError,
     SignatureError,
     UntrustedContentError,
@@ -22,7 +23,9 @@ __all__ = [
     "MetadataExpiredError",
     "MisaddressedCommandError",
     "NotEnrolledError",
+    "PackageDowngradeError",
     "ReplayedCommandError",
+    "SeqOutOfWindowError",
     "UnknownTargetError",
     "UnsignedCommandError",
 ]
@@ -38,6 +41,12 @@ class CommandExpiredError(UntrustedContentError):
 
 class ReplayedCommandError(RollbackError):
     code = "replayed_command"
+
+
+class SeqOutOfWindowError(UntrustedContentError):
+    """A signed command whose seq is further ahead of the last accepted one than the window allows."""
+
+    code = "seq_out_of_window"
 
 
 class MisaddressedCommandError(UntrustedContentError):

@@ -17,8 +17,15 @@ from typing import Any
 
 import psutil
 
-from agent.contract import DeployCommand, JobState, JobStatusReport, PackageManifest, RuntimeMeasurement
-from agent.errors import AgentError, UntrustedContentError
+from agent.contract import (
+    MANIFEST_FILE,
+    DeployCommand,
+    JobState,
+    JobStatusReport,
+    PackageManifest,
+    RuntimeMeasurement,
+)
+from agent.errors import AgentError, PackageDowngradeError, UntrustedContentError
 from agent.faults import crash_point, segfault_point
 from agent.infer.engine import LoadedModel, load_model
 from agent.pipeline import Pipeline
@@ -28,7 +35,7 @@ from agent.update.boot import BOOT_LOOP_ERROR, BootAction, decide_boot
 from agent.update.installer import FetchedPackage, check_digests
 from agent.update.machine import InstallState, job_state_for, next_state, resume_state
 from agent.update.probation import Baseline, ProbationLimits, ProbationWatch, Verdict, judge
-from agent.update.store import InstallRecord, PackageStore, SlotContent, SlotName
+from agent.update.store import InstallRecord, PackageStore, SlotContent, SlotName, UpdateState
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +193,11 @@ class InstallManager:
         record.state = target
         self._run(record, _Context(previous=self.pipeline.engine.model))
 
+    def is_running_job(self, job_id: str) -> bool:
+        """``job_id`` is the install in flight (its record is saved until it ends)."""
+        install = self.store.read().install
+        return install is not None and install.command.get("job_id") == job_id
+
     def is_known_job(self, job_id: str) -> bool:
         state = self.store.read()
         return state.last_job_id == job_id or (state.install is not None and state.install.command.get("job_id") == job_id)
@@ -272,7 +284,35 @@ class InstallManager:
         if ctx.fetched is None:  # only reachable in order, after the download
             return self._fail(record, "install_failed", "verify without a downloaded package")
         check_digests(ctx.fetched)
+        self._refuse_downgrade(record, ctx.fetched.manifest)
         return True
+
+    def _refuse_downgrade(self, record: InstallRecord, manifest: PackageManifest) -> None:
+        """TUF stops old *metadata*, not an old *target*: the release counter stops going back.
+
+        Raises:
+            PackageDowngradeError: a lower release than this model line's floor, not signed as a rollback.
+        """
+        floor = self.store.read().release_floors.get(manifest.model_name, 0)
+        if manifest.release < floor and not record.command.get("rollback", False):
+            raise PackageDowngradeError(
+                f"package {manifest.package_id} is release {manifest.release} of {manifest.model_name}, "
+                f"below the installed release {floor}; only a command signed as a rollback may go back")
+
+    def _raise_release_floor(self, record: InstallRecord, ctx: _Context, state: UpdateState) -> None:
+        """A committed install sets its model line's floor: up to its release, or (a rollback) down to it."""
+        manifest = ctx.manifest
+        if manifest is None:  # resumed after a restart: the staged slot holds the manifest
+            try:
+                manifest = PackageManifest.from_bytes(
+                    (self.store.slot_dir(record.target_slot) / MANIFEST_FILE).read_bytes())
+            except (OSError, ValueError):
+                log.warning("[%s] committed package's manifest unreadable; release floor unchanged",
+                            self.pipeline.name)
+                return
+        floor = state.release_floors.get(manifest.model_name, 0)
+        rollback = bool(record.command.get("rollback", False))
+        state.release_floors[manifest.model_name] = manifest.release if rollback else max(floor, manifest.release)
 
     def _stage(self, record: InstallRecord, ctx: _Context) -> bool:
         if ctx.fetched is None:
@@ -379,9 +419,9 @@ class InstallManager:
     def _commit(self, record: InstallRecord, ctx: _Context) -> bool:
         self.pipeline.engine.end_watch()
         state = self.store.read()
-        if state.boot is not None:  # probation proved the new model healthy; it starts uncounted
-            state.boot = None
-            self.store.write(state)
+        state.boot = None  # probation proved the new model healthy; it starts uncounted
+        self._raise_release_floor(record, ctx, state)
+        self.store.write(state)
         self._boot_unconfirmed = False
         ctx.previous = None  # the old model's memory is released; its slot stays as the fallback
         self._report(record, JobState.SUCCEEDED)

@@ -3,7 +3,7 @@ persisted install record the state machine resumes from.
 
 Layout under ``state_dir``::
 
-    state.json                                  device-wide: last accepted command seq
+    state.json                                  device-wide: last accepted command seq, last resync
     pipelines/<name>/update.json                active slot, slot contents, install record
     pipelines/<name>/slots/A|B/                 a verified package (manifest.json + files)
     pipelines/<name>/slots/.B.staging/          being written; never loaded
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,12 +86,27 @@ class UpdateState(BaseModel):
     last_job_id: str | None = None
     # Start-ups of the active model not yet followed by a healthy window (agent.update.boot).
     boot: BootRecord | None = None
+    # Per model name: the manifest ``release`` below which an install is a downgrade,
+    # refused unless the command is a signed rollback (which lowers it to what it installs).
+    release_floors: dict[str, int] = Field(default_factory=dict)
 
     def other_slot(self) -> SlotName:
         return "B" if self.active_slot == "A" else "A"
 
     def content(self, slot: SlotName | None) -> SlotContent | None:
         return self.slots.get(slot) if slot is not None else None
+
+
+def reset_command_state(state_dir: Path) -> None:
+    """Forget the accepted command seq and resync time: a (re-)enrolled device starts afresh,
+    in step with the control plane that enrolled it."""
+    state_file = state_dir / "state.json"
+    state = read_json(state_file)
+    if not isinstance(state, dict):
+        return
+    state.pop("last_command_seq", None)
+    state.pop("last_resync_issued_at", None)
+    atomic_write_json(state_file, state)
 
 
 class PackageStore:
@@ -114,6 +130,20 @@ class PackageStore:
     def set_last_command_seq(self, seq: int) -> None:
         state = self._device_state()
         state["last_command_seq"] = seq
+        atomic_write_json(self.state_file, state)
+
+    def last_resync_issued_at(self) -> datetime | None:
+        value = self._device_state().get("last_resync_issued_at")
+        try:
+            return datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+
+    def resync_command_seq(self, seq: int, issued_at: datetime) -> None:
+        """A signed resync: the new seq base and its issue time, in one atomic write."""
+        state = self._device_state()
+        state["last_command_seq"] = seq
+        state["last_resync_issued_at"] = issued_at.isoformat()
         atomic_write_json(self.state_file, state)
 
     # -- slots and the install record ----------------------------------------

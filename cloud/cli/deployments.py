@@ -75,6 +75,9 @@ def deployment_create(
     package_id: Annotated[str, typer.Option("--package", help="package id (see `edgefleet package list`)")],
     device: Annotated[list[str] | None, typer.Option("--device", help="a target device id; repeat for more")] = None,
     all_online: Annotated[bool, typer.Option("--all-online", help="target every device online now")] = False,
+    rollback: Annotated[bool, typer.Option(
+        "--rollback", help="a deliberate return to an older release; without it devices refuse an older package "
+                           "(package_downgrade)")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="follow the jobs with a progress bar")] = True,
     timeout_s: Annotated[float, typer.Option("--timeout", min=1, help="seconds to wait for final states")] = 300.0,
     server: ServerOpt = DEFAULT_SERVER,
@@ -88,7 +91,8 @@ def deployment_create(
         device_ids += [d["id"] for d in devices if d["online"] and d["id"] not in device_ids]
     if not device_ids:
         fail("no target devices: pass --device ID (repeatable) or --all-online", Exit.BAD_INPUT)
-    deployment = call(server, token, "POST", "/api/v1/deployments", {"package_id": package_id, "device_ids": device_ids})
+    deployment = call(server, token, "POST", "/api/v1/deployments",
+                      {"package_id": package_id, "device_ids": device_ids, "rollback": rollback})
     if wait:
         deployment = _follow_deployment(server, token, deployment, timeout_s, quiet=json_out)
     if json_out:

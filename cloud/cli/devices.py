@@ -119,3 +119,20 @@ def device_readmit(
     """Let a revoked device enroll again (admin); it then needs a new enrollment token."""
     call(server, token, "POST", f"/api/v1/devices/{device_id}/readmit")
     console.print(f"{device_id} may enroll again: `edgefleet token enroll {device_id}`", highlight=False)
+
+
+@device_app.command("resync")
+def device_resync(
+    device_id: Annotated[str, typer.Argument(help="device id")],
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Reset a device's command sequence to the control plane's (operator): after a database
+    restore, or when the device refuses commands with seq_out_of_window or replayed_command."""
+    result = call(server, token, "POST", f"/api/v1/devices/{device_id}/resync")
+    if json_out:
+        emit_json(result)
+        return
+    console.print(f"sent resync job {result['job_id']} to {device_id}: its command seq base becomes {result['seq']}; "
+                  f"the outcome shows in its job reports", highlight=False)

@@ -52,3 +52,19 @@ def package_show(
     for key, value in package.items():
         grid.add_row(f"[bold]{key}[/]", cell(", ".join(value) if isinstance(value, list) else value))
     console.print(grid)
+
+
+@package_app.command("withdraw")
+def package_withdraw(
+    package_id: Annotated[str, typer.Argument(help="package id")],
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Withdraw a package from the signed TUF targets (admin): devices refuse it from then on."""
+    result = call(server, token, "POST", f"/api/v1/packages/{package_id}/withdraw")
+    if json_out:
+        emit_json(result)
+        return
+    console.print(f"withdrew {package_id}: {result['targets_removed']} target(s) removed, targets re-signed",
+                  highlight=False)

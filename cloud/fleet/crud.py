@@ -332,6 +332,7 @@ def create_deployment(
     *,
     base_url: str,
     command_ttl_s: int,
+    rollback: bool = False,
 ) -> tuple[Deployment, list[DeployCommand]]:
     """Create a deployment and one job per device; return the commands to publish.
 
@@ -351,7 +352,7 @@ def create_deployment(
         device.command_seq += 1
         session.add_all([job, device])
         commands.append(deploy_command(package, device_id=device.id, job_id=job.id, seq=device.command_seq,
-                                       base_url=base_url, expires_at=expires_at))
+                                       base_url=base_url, expires_at=expires_at, rollback=rollback))
     session.commit()
     session.refresh(deployment)
     return deployment, commands

@@ -134,6 +134,8 @@ class DeploymentState(StrEnum):
 class DeploymentCreate(SQLModel):
     package_id: str = Field(max_length=64)
     device_ids: list[str] = Field(min_length=1, max_length=100_000)
+    # A deliberate return to an older release: devices refuse an older package without it.
+    rollback: bool = False
 
     @field_validator("device_ids")
     @classmethod

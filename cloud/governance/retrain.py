@@ -92,7 +92,7 @@ def package_release(session: Session, *, onnx_path: Path, labels: list[str], mod
                           spec=spec, hardware_profiles=hardware_profiles,
                           artifacts=[(onnx_path, ModelArtifact(file="model.onnx", runtime="onnxruntime",
                                                                precision="fp32"))],
-                          drift_reference=reference_path)
+                          drift_reference=reference_path, release=model.id or 0)
     assert model.id is not None
     return crud.add_package(session, Package(
         id=built.manifest.package_id, model_version_id=model.id, model_version=version,
@@ -309,7 +309,7 @@ def repackage_with_reference(session: Session, package_id: str, images: list[np.
                           model_version=manifest.model_version, labels=list(manifest.labels),
                           spec=manifest.preprocessing, hardware_profiles=list(manifest.hardware_profiles),
                           artifacts=[(directory / a.file, a) for a in manifest.artifacts], extra_files=extras,
-                          drift_reference=reference_path)
+                          drift_reference=reference_path, release=manifest.release)
     shutil.rmtree(staging, ignore_errors=True)
     existing = session.get(Package, built.manifest.package_id)
     if existing is not None:

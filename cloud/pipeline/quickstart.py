@@ -59,6 +59,7 @@ def register_and_package(
             packages_dir=packages_dir, model_name=model_name, model_version=version, labels=labels,
             spec=spec, hardware_profiles=hardware_profiles,
             artifacts=[(onnx_path, ModelArtifact(file="model.onnx", runtime="onnxruntime", precision="fp32"))],
+            release=model.id or 0,
         )
         assert model.id is not None
         crud.add_package(session, Package(

@@ -417,6 +417,7 @@ def build_model(engine: Engine, paths: PipelinePaths, *, version: str, profiles:
             extra_files=[extra for a in accepted for extra in a.extra_files],
             drift_reference=_dataset_reference(dataset, spec, list(model.labels), accepted,
                                                paths.builds_dir / build_id, log),
+            release=model.id or 0,
         )
     with Session(engine) as session:
         if package is not None:

@@ -324,7 +324,8 @@ class _Pass:
                     raise
                 time.sleep(0.05 * (attempt + 1))
 
-    def command_for(self, row: RolloutDevice, package: Package, *, mode: str = "install") -> DeployCommand:
+    def command_for(self, row: RolloutDevice, package: Package, *, mode: str = "install",
+                    rollback: bool = False) -> DeployCommand:
         seq = self._seqs.pop(row.device_id, None)
         if seq is None:
             seq = self.session.execute(
@@ -342,7 +343,7 @@ class _Pass:
             extra = {"mode": "shadow", "shadow_sample_fraction": self.spec.shadow.sample_fraction,
                      "shadow_duration_s": self.spec.shadow.duration_s + self.spec.gates.gate_wait_s}
         command = deploy_command(package, device_id=row.device_id, job_id=job_id, seq=int(seq),
-                                 base_url=self.engine.base_url,
+                                 base_url=self.engine.base_url, rollback=rollback,
                                  expires_at=self.now + timedelta(seconds=self.engine.config.command_ttl_s), **extra)
         self.outbox.append(command)
         return command
@@ -447,7 +448,9 @@ class _Pass:
                 continue
             if not self.online(row):
                 continue  # sent when it returns (or expires per policy)
-            command = self.command_for(row, package)
+            # Signed as a rollback: the previous package is an older release, which devices
+            # refuse from an ordinary deploy.
+            command = self.command_for(row, package, rollback=True)
             row.job_id, row.attempts, row.dispatched_at = command.job_id, row.attempts + 1, self.now
             self.set_state(row, DeviceState.ROLLING_BACK, f"rollback job {command.job_id} to {package.id}")
 

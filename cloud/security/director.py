@@ -10,15 +10,18 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.contract import DeployCommand
+from agent.contract import DeployCommand, ResyncCommand
 from agent.contract.signing import command_signing_bytes
 from cloud.security.keys import load_private_key, write_private_key
 
 __all__ = ["DirectorKey"]
+
+SignedCommand = TypeVar("SignedCommand", DeployCommand, ResyncCommand)
 
 
 class DirectorKey:
@@ -50,7 +53,7 @@ class DirectorKey:
         return self._private().public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
-    def sign(self, command: DeployCommand) -> DeployCommand:
+    def sign(self, command: SignedCommand) -> SignedCommand:
         """Return ``command`` with its ``signature`` set (base64 Ed25519 over the canonical bytes)."""
         signature = self._private().sign(command_signing_bytes(command))
         return command.model_copy(update={"signature": base64.b64encode(signature).decode()})

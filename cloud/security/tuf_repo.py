@@ -9,6 +9,7 @@ Layout under ``directory``::
     metadata/timestamp.json             the only unversioned file clients fetch
     metadata/{root,targets,snapshot}.json   the newest version, for this module to load
     targets/<package_id>/<sha256>.<name>    target files, hash-prefixed (consistent snapshots)
+    withdrawn.json                      package ids withdrawn from the targets; never added again
 
 Every package file is a target ``<package_id>/<name>``; each carries the same
 ``custom`` metadata (model id, version, runtime, precision, hardware profiles) so
@@ -18,6 +19,7 @@ the device can refuse a package for another profile before downloading it.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import threading
@@ -288,10 +290,43 @@ class TufRepository:
     def has_package(self, package_id: str) -> bool:
         return bool(f"{package_id}/{MANIFEST_FILE}" in self._load("targets").signed.targets)
 
+    def is_withdrawn(self, package_id: str) -> bool:
+        return package_id in self._withdrawn()
+
+    def _withdrawn(self) -> set[str]:
+        path = self.directory / "withdrawn.json"
+        if not path.exists():
+            return set()
+        document = json.loads(path.read_text())
+        return {str(item) for item in document} if isinstance(document, list) else set()
+
+    def withdraw_package(self, package_id: str) -> int:
+        """Remove every target of ``package_id`` and sign new targets, snapshot and timestamp.
+
+        TUF stops a rollback of *metadata*, not an install of an old *target* that is still
+        listed: a release with a known flaw is withdrawn here, and devices then refuse it as an
+        unknown target. The id is remembered, so signing a command for it later does not
+        quietly publish it again. Idempotent. Returns how many targets were removed.
+        """
+        with self._locked():
+            withdrawn = self._withdrawn()
+            if package_id not in withdrawn:
+                withdrawn.add(package_id)
+                (self.directory / "withdrawn.json").write_text(json.dumps(sorted(withdrawn)))
+            targets_md = self._load("targets")
+            paths = [path for path in targets_md.signed.targets if path.startswith(f"{package_id}/")]
+            if paths:
+                for path in paths:
+                    del targets_md.signed.targets[path]
+                self._publish_targets(targets_md)
+            shutil.rmtree(self.targets_dir / package_id, ignore_errors=True)
+        return len(paths)
+
     def add_package(self, package_dir: Path) -> str:
         """Add every file of the package in ``package_dir`` as a target; sign a new targets version.
 
-        Idempotent: a package already present is left alone. Returns the package id.
+        Idempotent: a package already present is left alone, and so is a withdrawn one (it
+        stays out of the targets). Returns the package id.
 
         Raises:
             ValueError: the directory holds no valid manifest.
@@ -300,6 +335,8 @@ class TufRepository:
         manifest = PackageManifest.from_bytes((package_dir / MANIFEST_FILE).read_bytes())
         custom = package_custom_metadata(manifest)
         with self._locked():
+            if manifest.package_id in self._withdrawn():
+                return manifest.package_id
             targets_md = self._load("targets")
             if f"{manifest.package_id}/{MANIFEST_FILE}" in targets_md.signed.targets:
                 return manifest.package_id

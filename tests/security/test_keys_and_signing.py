@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -9,11 +10,13 @@ import pytest
 from tuf.api.metadata import Metadata
 
 from agent.contract import DeployCommand, parse_command
+from agent.contract.signing import command_signing_bytes
 from agent.errors import SignatureError
 from agent.security import (
     CommandExpiredError,
     MisaddressedCommandError,
     ReplayedCommandError,
+    SeqOutOfWindowError,
     load_director_key,
     verify_command,
 )
@@ -69,3 +72,34 @@ def test_director_signature_survives_the_wire_and_binds_every_field(tmp_path: Pa
         verify_command(received, director_key=public, device_id="cam-1", last_seq=5, now=now)
     with pytest.raises(CommandExpiredError):
         verify_command(received, director_key=public, device_id="cam-1", last_seq=4, now=now + timedelta(hours=2))
+
+
+def test_a_seq_far_ahead_of_the_last_accepted_is_refused(tmp_path: Path) -> None:
+    director = DirectorKey(tmp_path / "keys" / "director.pem")
+    director.initialise()
+    (tmp_path / "director.pub").write_bytes(director.public_pem())
+    public = load_director_key(tmp_path / "director.pub")
+    now = datetime.now(UTC)
+    command = director.sign(_command(seq=4 + 1000))
+    verify_command(command, director_key=public, device_id="cam-1", last_seq=4, now=now, seq_window=1000)
+    with pytest.raises(SeqOutOfWindowError):
+        verify_command(command, director_key=public, device_id="cam-1", last_seq=4, now=now, seq_window=999)
+
+
+def test_the_rollback_flag_is_signed_and_absent_from_the_bytes_when_false(tmp_path: Path) -> None:
+    director = DirectorKey(tmp_path / "keys" / "director.pem")
+    director.initialise()
+    (tmp_path / "director.pub").write_bytes(director.public_pem())
+    public = load_director_key(tmp_path / "director.pub")
+    now = datetime.now(UTC)
+    # A control plane that predates the field signs the same bytes as one that sends it false.
+    assert "rollback" not in json.loads(command_signing_bytes(_command()))
+    plain = director.sign(_command())
+    with pytest.raises(SignatureError):
+        verify_command(plain.model_copy(update={"rollback": True}), director_key=public, device_id="cam-1",
+                       last_seq=4, now=now)
+    rollback = parse_command(director.sign(_command(rollback=True)).to_bytes())
+    verify_command(rollback, director_key=public, device_id="cam-1", last_seq=4, now=now)
+    with pytest.raises(SignatureError):
+        verify_command(rollback.model_copy(update={"rollback": False}), director_key=public, device_id="cam-1",
+                       last_seq=4, now=now)

@@ -23,7 +23,8 @@ def _public(deployment, jobs) -> DeploymentPublic:  # type: ignore[no-untyped-de
 @router.post("", response_model=DeploymentPublic, status_code=201)
 def create_deployment(body: DeploymentCreate, session: SessionDep, plane: PlaneDep) -> DeploymentPublic:
 
-    deployment, jobs = start_deployment(plane, session, body.package_id, body.device_ids)
+    deployment, jobs = start_deployment(plane, session, body.package_id, body.device_ids,
+                                       rollback=body.rollback)
     return _public(deployment, jobs)
 
 

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query
+from pydantic import BaseModel
 
 from cloud.api.deps import PlaneDep, SessionDep
 from cloud.fleet import crud
+from cloud.fleet.deploy import resync_device
 from cloud.fleet.liveness import Liveness, public_devices
 from cloud.fleet.tables import DeviceCreate, DevicePublic, TelemetryPublic
 
@@ -30,3 +32,19 @@ def get_device(device_id: str, session: SessionDep, plane: PlaneDep):  # type: i
 def device_telemetry(device_id: str, session: SessionDep, limit: int = Query(100, ge=1, le=1000)):  # type: ignore[no-untyped-def]
     crud.get_device(session, device_id)
     return crud.list_telemetry(session, device_id, limit)
+
+
+class ResyncPublic(BaseModel):
+    device_id: str
+    job_id: str
+    seq: int
+
+
+@router.post("/{device_id}/resync", response_model=ResyncPublic, status_code=202)
+def resync(device_id: str, session: SessionDep, plane: PlaneDep) -> ResyncPublic:
+    """Send the device a signed resync of its command sequence (operators; see docs/security.md).
+
+    The device's outcome comes back as a job report on the returned ``job_id``.
+    """
+    sent = resync_device(plane, session, device_id)
+    return ResyncPublic(device_id=sent.device_id, job_id=sent.job_id, seq=sent.seq)

@@ -6,9 +6,10 @@ from typing import Annotated
 from fastapi import APIRouter
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
+from pydantic import BaseModel
 
 from agent.contract import MANIFEST_FILE, PackageManifest
-from cloud.api.deps import SessionDep
+from cloud.api.deps import AdminDep, PlaneDep, SessionDep
 from cloud.core.ids import SAFE_ID
 from cloud.fleet import crud
 from cloud.fleet.tables import PackagePublic
@@ -42,3 +43,17 @@ def package_file(package_id: PackageIdParam, name: FileNameParam, session: Sessi
         except KeyError:
             raise crud.NotFound(f"package {package_id!r} has no file {name!r}") from None
     return FileResponse(directory / name, media_type="application/octet-stream")
+
+
+class WithdrawnPublic(BaseModel):
+    package_id: str
+    targets_removed: int
+
+
+@router.post("/{package_id}/withdraw", response_model=WithdrawnPublic)
+def withdraw_package(package_id: str, session: SessionDep, plane: PlaneDep, admin: AdminDep) -> WithdrawnPublic:
+    """Remove the package from the signed TUF targets (admin). Devices refuse it as an unknown
+    target from their next metadata refresh; new deployments of it are refused here."""
+    crud.get_package(session, package_id)
+    removed = plane.security.tuf.withdraw_package(package_id)
+    return WithdrawnPublic(package_id=package_id, targets_removed=removed)

@@ -40,6 +40,7 @@ def build_package(
     extra_files: list[Path] | None = None,
     drift_reference: Path | None = None,
     detection: DetectionSpec | None = None,
+    release: int = 0,
 ) -> BuiltPackage:
     """Write ``packages_dir/<package_id>/`` with the artifacts and ``manifest.json``, once.
 
@@ -51,6 +52,8 @@ def build_package(
     inputs). ``extra_files`` (golden vectors, OpenVINO weights next to their .xml) are
     copied under their own names and listed in the manifest, so its hash covers them too.
     ``detection`` makes it a detection package (the manifest's task and decoder block).
+    ``release`` is the manifest's place in its model line (the model version's registry id,
+    which only grows): devices refuse a lower release than they installed unless rolled back.
 
     Raises:
         ValueError: a directory for this package id exists with different files.
@@ -69,6 +72,7 @@ def build_package(
         "artifacts": [artifact.model_dump(mode="json") for _, artifact in artifacts],
         "drift_reference": drift_reference.name if drift_reference is not None else None,
         "detection": detection.model_dump(mode="json") if detection is not None else None,
+        "release": release,
     }, sort_keys=True).encode()
     content_hash = sha256_bytes(b"".join(described[name].sha256.encode() for name in names) + identity)[:10]
     package_id = f"{model_version}-{content_hash}"
@@ -96,6 +100,7 @@ def build_package(
             drift_reference_file=drift_reference.name if drift_reference is not None else None,
             task="detection" if detection is not None else "classification",
             detection=detection,
+            release=release,
         )
         raw = manifest.to_bytes()
         (staging / MANIFEST_FILE).write_bytes(raw)
