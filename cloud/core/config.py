@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     # reporting intervals: its own (the window of its latest telemetry), else the default below.
     offline_after_intervals: int = Field(default=3, ge=1)
     device_report_interval_s: float = Field(default=10.0, gt=0)
+    # A floor for very short intervals, where ingest latency alone is a few intervals.
+    offline_min_silence_s: float = Field(default=5.0, ge=0)
     # --- security (docs/security.md) ---
     # None: 3 root keys with threshold 2 in production, 1 of 1 in development and the demo.
     tuf_root_keys: int | None = Field(default=None, ge=1, le=15)

@@ -5,8 +5,9 @@ broker's Last Will). A device that goes silent without either (a control plane t
 down when the Will fired, a hung agent, a cut link with a long keepalive) would stay
 "online" for ever. So every reader (API, fleet summary, dashboard, CLI, /metrics) asks
 :class:`Liveness`: a device is online only if its flag says so *and* it was heard from
-within ``after_intervals`` of its reporting intervals. The interval is the one the
-device reports itself (its latest telemetry window), or the configured default.
+within ``after_intervals`` of its reporting intervals (and never less than
+``min_silence_s``). The interval is the one the device reports itself (its latest
+telemetry window), or the configured default.
 """
 
 from __future__ import annotations
@@ -28,14 +29,19 @@ __all__ = ["Liveness", "public_devices", "reporting_intervals"]
 class Liveness:
     after_intervals: int = 3
     default_interval_s: float = 10.0
+    # Never less than this: with sub-second intervals, ingest batching and broker round trips
+    # alone would make a device that is reporting look silent.
+    min_silence_s: float = 5.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Liveness:
         return cls(after_intervals=settings.offline_after_intervals,
-                   default_interval_s=settings.device_report_interval_s)
+                   default_interval_s=settings.device_report_interval_s,
+                   min_silence_s=settings.offline_min_silence_s)
 
     def silence_allowed_s(self, interval_s: float | None) -> float:
-        return self.after_intervals * (interval_s if interval_s and interval_s > 0 else self.default_interval_s)
+        interval = interval_s if interval_s and interval_s > 0 else self.default_interval_s
+        return max(self.after_intervals * interval, self.min_silence_s)
 
     def online(self, device: Device, interval_s: float | None, now: datetime | None = None) -> bool:
         if not device.online or device.last_seen_at is None:
