@@ -167,3 +167,23 @@ def test_nncf_int8_quantizes_depthwise_weights_per_output_channel_and_runs_them_
                          for op in compiled.get_runtime_model().get_ordered_ops()}
     depthwise_precisions = {op.get_friendly_name(): runtime_precision[op.get_friendly_name()] for op in depthwise}
     assert all(p in ("u8", "i8") for p in depthwise_precisions.values()), depthwise_precisions
+
+
+def test_a_package_built_with_its_dataset_carries_a_drift_reference(engine, paths, good_onnx) -> None:
+    """No extra step: the build's package names a reference calibrated on the agent's default window."""
+    from agent.contract.drift import DEFAULT_WINDOW_FRAMES, DriftReference
+    from agent.telemetry.drift import MonitoringConfig, load_reference
+
+    version = _import_good_model(engine, paths, good_onnx)
+    result = build_model(engine, paths, version=version, profiles=["x86-64-avx2"])
+    assert result.package is not None
+    manifest = _manifest(result.package.directory)
+    assert manifest.drift_reference_file == "drift_reference.json"
+    # The agent's own loader accepts it (hash pinned by the manifest).
+    loaded = load_reference(manifest, result.package.directory)
+    assert loaded is not None
+    reference: DriftReference = loaded[0]
+    assert reference.labels == list(manifest.labels) and reference.reference_size >= 32
+    assert reference.calibration.window_frames == DEFAULT_WINDOW_FRAMES == MonitoringConfig().window_frames
+    note = next(n for n in result.notes if n["target"] == "drift-reference")
+    assert note["status"] == "built" and "val" in note["message"]
