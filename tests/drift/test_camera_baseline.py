@@ -122,3 +122,35 @@ def test_a_confirmed_camera_baseline_silences_a_steady_scene_and_still_catches_a
     finally:
         steady.close()
         changing.close()
+
+
+def test_cli_shows_and_confirms_a_proposed_baseline(control_plane, api) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from cloud.cli import app
+    from cloud.cli.client import Exit
+    from cloud.monitor.tables import DriftBaseline
+    from cloud.security.tables import Role
+    from tests.ui.helpers import make_token
+
+    assert api.post("/api/v1/devices", json={"id": "cam-cli"}).status_code == 201
+    with Session(control_plane.engine) as session:
+        session.add(DriftBaseline(device_id="cam-cli", camera="main", package_id="pkg-1", state="proposed", windows=5,
+                                  frames=150, k=2.5))
+        session.commit()
+    runner = CliRunner()
+    env = {"EDGEFLEET_SERVER": control_plane.base_url, "COLUMNS": "200"}
+    viewer = {**env, "EDGEFLEET_TOKEN": make_token(control_plane, Role.VIEWER)}
+    operator = {**env, "EDGEFLEET_TOKEN": make_token(control_plane, Role.OPERATOR)}
+    shown = runner.invoke(app, ["drift", "baseline", "show", "cam-cli"], env=viewer)
+    assert shown.exit_code == 0 and "proposed" in shown.stdout and "5/" in shown.stdout, shown.output
+    assert runner.invoke(app, ["drift", "baseline", "confirm", "cam-cli"], env=viewer).exit_code == Exit.AUTH
+    wrong = runner.invoke(app, ["drift", "baseline", "confirm", "cam-cli", "--camera", "side"], env=operator)
+    assert wrong.exit_code != 0 and "no drift windows" in wrong.stderr, wrong.output
+    confirmed = runner.invoke(app, ["drift", "baseline", "confirm", "cam-cli", "--json"], env=operator)
+    assert confirmed.exit_code == 0, confirmed.output
+    assert json.loads(confirmed.stdout)["state"] == "confirmed"
+    assert json.loads(runner.invoke(app, ["drift", "baseline", "show", "cam-cli", "--json"], env=viewer).stdout)[0][
+        "confirmed_by"].startswith("operator:")
