@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from agent.contract import DriftReport
 from agent.contract.drift import DriftReference, decode_histograms
@@ -36,6 +36,7 @@ __all__ = [
     "camera_of",
     "confirm_baseline",
     "confirmed_baseline",
+    "fleet_drift_states",
     "learn_from_window",
     "list_baselines",
 ]
@@ -224,3 +225,42 @@ def confirm_baseline(session: Session, device_id: str, settings: MonitorSettings
     session.commit()
     session.refresh(baseline)
     return baseline
+
+
+def fleet_drift_states(session: Session) -> list[dict[str, Any]]:
+    """Per device: open alerts, the newest window and baseline, and what they add up to.
+
+    ``state`` is ``alert`` (an open alert), ``no data`` (no window yet), ``baseline pending``
+    (a proposed baseline waits for an operator) or ``ok``.
+    """
+    newest = (select(DriftWindowRecord.device_id, func.max(DriftWindowRecord.id).label("max_id"))
+              .group_by(col(DriftWindowRecord.device_id)).subquery())
+    windows = {w.device_id: w for w in session.exec(
+        select(DriftWindowRecord).join(newest, col(DriftWindowRecord.id) == newest.c.max_id))}
+    alerts: dict[str, int] = {}
+    for device_id in session.exec(select(DriftAlert.device_id).where(col(DriftAlert.scope) == "device",
+                                                                     col(DriftAlert.state) == "open")):
+        if device_id is not None:
+            alerts[device_id] = alerts.get(device_id, 0) + 1
+    baselines: dict[str, list[DriftBaseline]] = {}
+    for row in session.exec(select(DriftBaseline).order_by(col(DriftBaseline.id))):
+        baselines.setdefault(row.device_id, []).append(row)
+    rows = []
+    for device_id in sorted(set(windows) | set(alerts) | set(baselines)):
+        window = windows.get(device_id)
+        own = [b for b in baselines.get(device_id, []) if window is None or b.package_id == window.package_id]
+        baseline_states = sorted({b.state for b in own})
+        if alerts.get(device_id):
+            state = "alert"
+        elif window is None:
+            state = "no data"
+        elif "proposed" in baseline_states:
+            state = "baseline pending"
+        else:
+            state = "ok"
+        rows.append({"device_id": device_id, "state": state, "open_alerts": alerts.get(device_id, 0),
+                     "baseline": baseline_states,
+                     "last_window_at": window.window_ended_at if window else None,
+                     "last_window_score": window.score if window else None,
+                     "last_window_class_counts": list(window.class_counts) if window else []})
+    return rows

@@ -218,3 +218,19 @@ def test_default_settings_close_a_testable_window_within_a_minute_at_demo_frame_
     assert first is not None and first_at is not None and first_at < 60.0
     # Enough frames for the control plane to test it, not just store it.
     assert first.frames >= MonitorSettings().min_window_frames
+
+
+def test_the_documented_monitoring_keys_are_the_agent_defaults() -> None:
+    """docs/drift.md names the keys that decide when windows arrive; they must be real and current."""
+    import re
+    import textwrap
+    from pathlib import Path
+
+    import yaml
+
+    from agent.telemetry.drift import MonitoringConfig
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "drift.md").read_text()
+    blocks = [yaml.safe_load(textwrap.dedent(m.group(1))) for m in re.finditer(r"```yaml\n(.*?)^ *```", text, re.S | re.M)]
+    documented = next(b["monitoring"] for b in blocks if isinstance(b, dict) and "monitoring" in b)
+    assert MonitoringConfig.model_validate(documented) == MonitoringConfig()

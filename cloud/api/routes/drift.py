@@ -35,6 +35,12 @@ def get_alert(alert_id: str, session: SessionDep) -> dict[str, Any]:
     return service.alert_detail(alert)
 
 
+@router.get("/devices")
+def device_states(session: SessionDep) -> list[dict[str, Any]]:
+    """Each device's drift state (ok, alert, no data, baseline pending) with its open alerts and newest window."""
+    return baseline.fleet_drift_states(session)
+
+
 @router.get("/devices/{device_id}/windows")
 def device_windows(device_id: str, session: SessionDep,
                    limit: int = Query(default=50, ge=1, le=1000)) -> list[dict[str, Any]]:
