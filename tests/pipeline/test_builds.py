@@ -187,3 +187,36 @@ def test_a_package_built_with_its_dataset_carries_a_drift_reference(engine, path
     assert reference.calibration.window_frames == DEFAULT_WINDOW_FRAMES == MonitoringConfig().window_frames
     note = next(n for n in result.notes if n["target"] == "drift-reference")
     assert note["status"] == "built" and "val" in note["message"]
+
+
+def test_a_real_agent_on_a_fresh_build_reports_tested_drift_windows_with_default_settings(
+        control_plane, api, good_onnx, tmp_path: Path) -> None:
+    """Build, deploy, run: no reference step, no ``monitoring:`` section in the agent's config."""
+    from cloud.pipeline.service import PipelinePaths
+    from tests.support.fleet import start_agent, stop_agents
+    from tests.support.services import wait_for
+
+    paths = PipelinePaths.under(control_plane.settings.data_dir)
+    version = _import_good_model(control_plane.engine, paths, good_onnx)
+    built = build_model(control_plane.engine, paths, version=version, profiles=["x86-64-avx2"])
+    assert built.package_id is not None
+    agent = start_agent(control_plane, tmp_path, "cam-fresh", fps=10.0)
+    try:
+        wait_for(lambda: api.get("/api/v1/devices/cam-fresh").json()["online"], 60, what="agent online")
+        response = api.post("/api/v1/deployments", json={"package_id": built.package_id, "device_ids": ["cam-fresh"]})
+        assert response.status_code == 201, response.text
+        deployment = response.json()["id"]
+        wait_for(lambda: api.get(f"/api/v1/deployments/{deployment}").json()["state"] == "succeeded", 120,
+                 what=f"the deployment to succeed; agent log:\n{agent.log[-3000:]}")
+
+        def tested() -> list[dict]:
+            windows = api.get("/api/v1/drift/devices/cam-fresh/windows").json()
+            return [w for w in windows if w["package_id"] == built.package_id and w["tested"]]
+
+        # Well under the old defaults' 300 frames or 600 s: the first window comes with the agent's defaults.
+        windows = wait_for(tested, 120, what=f"a tested drift window; agent log:\n{agent.log[-3000:]}")
+        assert windows[0]["evidence"]["compared_with"] == "package reference"
+        states = {d["device_id"]: d["state"] for d in api.get("/api/v1/drift/devices").json()}
+        assert states["cam-fresh"] in ("ok", "alert")
+    finally:
+        stop_agents([agent])
