@@ -26,6 +26,14 @@ DRIFT_REFERENCE_FILE = "drift_reference.json"
 HISTOGRAM_BINS = 32
 UINT16_MAX = 65_535
 
+# A device window closes at whichever comes first: this many subsampled frames, or this
+# many seconds (with at least one frame). At the default subsampling (one frame a second,
+# more on scene changes) the first window reaches the control plane within about 30 s,
+# with enough frames (the control plane's ``min_window_frames``, 20) to be tested.
+# Package references are calibrated on windows of DEFAULT_WINDOW_FRAMES frames.
+DEFAULT_WINDOW_FRAMES = 30
+DEFAULT_WINDOW_S = 30.0
+
 # Per-frame image statistics, computed on the model's view of the frame (after the
 # package's resize/crop, before normalisation), so training images and device frames
 # pass through the same code.

@@ -42,6 +42,8 @@ from agent.contract import (
     utc_now,
 )
 from agent.contract.drift import (
+    DEFAULT_WINDOW_FRAMES,
+    DEFAULT_WINDOW_S,
     HISTOGRAM_BINS,
     IMAGE_FEATURES,
     OUTPUT_FEATURES,
@@ -254,8 +256,8 @@ class DriftWindow:
         package_id: str | None = None,
         reference_sha256: str | None = None,
         pipeline: str | None = None,
-        max_frames: int = 300,
-        max_window_s: float = 600.0,
+        max_frames: int = DEFAULT_WINDOW_FRAMES,
+        max_window_s: float = DEFAULT_WINDOW_S,
     ) -> None:
         if not 1 <= max_frames <= 65_535:
             raise ValueError("max_frames must be between 1 and 65535 (uint16 histogram counts)")
@@ -373,8 +375,8 @@ class DeviceMonitor:
         reference_sha256: str | None = None,
         subsampler: FrameSubsampler | None = None,
         collector: SampleCollector | None = None,
-        window_frames: int = 300,
-        window_s: float = 600.0,
+        window_frames: int = DEFAULT_WINDOW_FRAMES,
+        window_s: float = DEFAULT_WINDOW_S,
         drift_trigger_score: float = 1.0,
         pipeline: str | None = None,
     ) -> None:
@@ -437,8 +439,10 @@ class MonitoringConfig(BaseModel):
     enabled: bool = True
     subsample_interval_s: float = Field(default=1.0, ge=0)
     scene_change: float = Field(default=20.0, gt=0)
-    window_frames: int = Field(default=300, ge=1, le=65_535)
-    window_s: float = Field(default=600.0, gt=0)
+    # A window closes at window_frames subsampled frames or after window_s seconds, whichever
+    # comes first: the first window of a fresh camera arrives within about window_s.
+    window_frames: int = Field(default=DEFAULT_WINDOW_FRAMES, ge=1, le=65_535)
+    window_s: float = Field(default=DEFAULT_WINDOW_S, gt=0)
     drift_trigger_score: float = Field(default=1.0, gt=0)
     # "stats_only" is the privacy mode: statistics of sampled frames, never an image.
     samples: Literal["off", "stats_only", "inline", "http"] = "inline"

@@ -109,6 +109,7 @@ def create_app(plane: Plane) -> FastAPI:
     for module in (drift, samples, governance):
         app.include_router(module.router, prefix="/api/v1", dependencies=[Depends(require_access)])
     app.include_router(samples.device_router, prefix="/api/v1")
+    app.include_router(drift.device_router, prefix="/api/v1", dependencies=[Depends(require_access)])
     # Operator experience: the dashboard (/ui, its own cookie login) and Prometheus /metrics.
 
     install_dashboard(app)

@@ -18,12 +18,14 @@ from cloud.cli.client import (
     emit_json,
     table,
 )
+from cloud.cli.drift_baseline import baseline_app
 from cloud.cli.local import local_settings
 from cloud.core.db import make_engine, migrate
 from cloud.governance.retrain import repackage_with_reference
 from cloud.pipeline.data.dataset import decode_image, scan_imagefolder
 
 drift_app = typer.Typer(help="Drift alerts with their evidence, and the fleet test.", no_args_is_help=True)
+drift_app.add_typer(baseline_app, name="baseline")
 
 
 @drift_app.command("alerts")

@@ -20,7 +20,13 @@ from starlette.types import Receive, Scope, Send
 from cloud.api.deps import IN_PROCESS_PRINCIPAL
 from cloud.security.tokens import Principal
 
-__all__ = ["ApiAnswer", "InProcessApi"]
+__all__ = ["ApiAnswer", "InProcessApi", "drift_state", "model_health"]
+
+# A model that gives one class to more than this share of a window's predictions has
+# most likely collapsed (a covered lens, a broken input, a model that lost its way).
+COLLAPSED_SHARE = 0.95
+# ... judged only on windows with at least this many predictions.
+COLLAPSED_MIN_FRAMES = 20
 
 
 @dataclass(frozen=True)
@@ -90,3 +96,41 @@ class ApiProblem(Exception):
     def __init__(self, answer: ApiAnswer) -> None:
         super().__init__(answer.detail)
         self.answer = answer
+
+
+def model_health(row: dict[str, Any], drift: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(state, why) of a device's model from its last telemetry window (else its last drift window).
+
+    ``inference errors`` when the window counted failed inferences, ``collapsed`` when one
+    class took more than 95% of at least 20 predictions, ``no data`` without a window, else ``ok``.
+    """
+    errors = row.get("inference_errors") or 0
+    if errors:
+        return "inference errors", f"{errors} failed inferences in the last window"
+    counts = [int(v) for v in (row.get("class_counts") or {}).values() if isinstance(v, int | float)]
+    if sum(counts) < COLLAPSED_MIN_FRAMES and drift is not None:
+        counts = [int(v) for v in drift.get("last_window_class_counts") or [] if isinstance(v, int | float)]
+    total = sum(counts)
+    if total < COLLAPSED_MIN_FRAMES:
+        return "no data", "no window with enough predictions yet"
+    top = max(counts)
+    share = top / total
+    if share > COLLAPSED_SHARE:
+        names = [str(k) for k, v in (row.get("class_counts") or {}).items() if v == top]
+        which = f" ({names[0]})" if names else ""
+        return "collapsed", f"one class{which} in {share:.0%} of the last window's {total} predictions"
+    return "ok", f"top class in {share:.0%} of {total} predictions"
+
+
+def drift_state(drift: dict[str, Any] | None) -> tuple[str, str]:
+    """(state, why) from the drift API's per-device row: ok, alert, no data or baseline pending."""
+    if drift is None:
+        return "no data", "no drift window yet"
+    state = str(drift.get("state") or "no data")
+    if state == "alert":
+        return state, f"{drift.get('open_alerts', 0)} open drift alert(s)"
+    if state == "baseline pending":
+        return state, "a camera baseline waits for confirmation on the device page"
+    if state == "no data":
+        return state, "no drift window yet"
+    return state, "windows arriving, no open alert"

@@ -17,9 +17,10 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from sqlmodel import Session
+from sqlmodel import Session, col, func, select
 from starlette.concurrency import run_in_threadpool
 
+from agent.contract.drift import DEFAULT_WINDOW_FRAMES, DEFAULT_WINDOW_S
 from cloud import __version__
 from cloud.dashboard.auth import (
     COOKIE_NAME,
@@ -33,8 +34,9 @@ from cloud.dashboard.auth import (
     user_for_cookie,
 )
 from cloud.dashboard.charts import Series, line_chart
-from cloud.dashboard.data import ApiProblem, InProcessApi
+from cloud.dashboard.data import ApiProblem, InProcessApi, drift_state, model_health
 from cloud.fleet import crud
+from cloud.monitor.tables import DriftAlert
 from cloud.rollout.format import gate_text
 
 __all__ = ["install_dashboard"]
@@ -130,11 +132,19 @@ async def _user(request: Request) -> DashboardUser:
 def _render(request: Request, user: DashboardUser | None, page: str, live: str | None, context: dict[str, Any],
             *, status_code: int = 200) -> HTMLResponse:
     """The whole page, or only its live fragment when the poller asks (``?partial=1``)."""
-    base = {"user": user, "nav": page.split("/")[0].removesuffix(".html"), "now": datetime.now(UTC)}
+    base: dict[str, Any] = {"user": user, "nav": page.split("/")[0].removesuffix(".html"), "now": datetime.now(UTC)}
     if live is not None and request.query_params.get("partial") == "1":
         return templates.TemplateResponse(request, live, {**base, **context}, status_code=status_code)
+    if user is not None:  # the navigation's count of open drift alerts (full pages only: the poller skips it)
+        base["open_alerts"] = _open_alert_count(request)
     return templates.TemplateResponse(request, page, {**base, "live_template": live, **context},
                                       status_code=status_code)
+
+
+def _open_alert_count(request: Request) -> int:
+    with Session(request.app.state.plane.engine) as session:
+        return int(session.exec(select(func.count()).select_from(DriftAlert)
+                                .where(col(DriftAlert.state) == "open")).one())
 
 
 def _api(request: Request, user: DashboardUser) -> InProcessApi:
@@ -255,8 +265,14 @@ async def fleet_page(request: Request, q: str = "", status: str = "all", profile
     user = await _user(request)
     async with _api(request, user) as api:
         rows: list[dict[str, Any]] = await api.get("/api/v1/fleet", default=[])
+        drift_rows: list[dict[str, Any]] = await api.get("/api/v1/drift/devices", default=[])
+    drift_by_device = {str(d.get("device_id")): d for d in drift_rows if isinstance(d, dict)}
     for row in rows:
         row["health"] = _health(row)
+        # Not only "is it running" but "is it right": drift and the model's own outputs.
+        drift = drift_by_device.get(str(row["device_id"]))
+        row["drift"], row["drift_why"] = drift_state(drift)
+        row["model_health"], row["model_why"] = model_health(row, drift)
     profiles = sorted({str(r["hardware_profile"]) for r in rows if r.get("hardware_profile")})
     versions = sorted({str(r["model_version"]) for r in rows if r.get("model_version")})
     needle = q.strip().lower()
@@ -273,6 +289,8 @@ async def fleet_page(request: Request, q: str = "", status: str = "all", profile
         "online": sum(1 for r in rows if r["online"]),
         "offline": sum(1 for r in rows if not r["online"]),
         "versions": len(versions),
+        "drift_alerts": sum(1 for r in rows if r["drift"] == "alert"),
+        "unhealthy_models": sum(1 for r in rows if r["model_health"] in ("collapsed", "inference errors")),
     }
     # A live table of thousands of rows every 2 s helps nobody: show a page, say how to narrow it.
     limit = max(1, min(limit, 5000))
@@ -323,6 +341,7 @@ async def device_page(request: Request, device_id: str) -> Response:
         # status= (empty) asks for every sample, labelled or not.
         samples = await api.get("/api/v1/samples", default=None, device_id=device_id, status="", limit=24)
         alerts = await api.get("/api/v1/drift/alerts", default=None, device_id=device_id, limit=20)
+        baselines = await api.get(f"/api/v1/devices/{quote(device_id, safe='')}/drift/baseline", default=None)
     windows = sorted(telemetry, key=lambda w: str(w.get("sent_at")))
     charts = {
         "throughput": line_chart("Frames per second", [_series(windows, "fps", "fps")], chart_id="chart-fps"),
@@ -347,8 +366,34 @@ async def device_page(request: Request, device_id: str) -> Response:
     return _render(request, user, "device.html", "device_live.html", {
         "device": device, "recent": list(reversed(windows))[:10], "charts": charts, "has_drift_api": drift is not None,
         "drift_available": bool(drift_lines), "samples": _sample_list(samples), "has_samples_api": samples is not None,
-        "jobs": jobs, "alerts": device_alerts,
+        "jobs": jobs, "alerts": device_alerts, "baselines": _items(baselines),
+        "monitoring_defaults": {"window_frames": DEFAULT_WINDOW_FRAMES, "window_s": DEFAULT_WINDOW_S,
+                                "baseline_windows": request.app.state.plane.settings.monitor.baseline_windows},
+        "message": request.query_params.get("message"), "error": request.query_params.get("error"),
     })
+
+
+@router.post("/devices/{device_id}/drift/baseline/confirm", response_class=HTMLResponse)
+async def baseline_confirm(request: Request, device_id: str, camera: str | None = None,
+                           package_id: str | None = None) -> Response:
+    user = await _user(request)
+    back = f"/ui/devices/{quote(device_id, safe='')}"
+    try:
+        form = await _form(request, user)
+    except _Refused as exc:
+        return _flash_redirect(back, error=exc.message)
+    query = urlencode({k: v for k, v in (("camera", camera), ("package_id", package_id)) if v})
+    here = f"{back}/drift/baseline/confirm" + (f"?{query}" if query else "")
+    if form.get("confirm") != "yes":
+        return _render(request, user, "confirm.html", None, {
+            "action": "confirm", "what": f"the drift baseline of {device_id}" + (f" camera {camera}" if camera else ""),
+            "post_to": here, "back": back})
+    body = {k: v for k, v in (("camera", camera), ("package_id", package_id)) if v}
+    async with _api(request, user) as api:
+        answer = await api.post(f"/api/v1/devices/{quote(device_id, safe='')}/drift/baseline/confirm", body or None)
+    if not answer.ok:
+        return _flash_redirect(back, error=f"confirm refused: {answer.detail}")
+    return _flash_redirect(back, message="baseline confirmed: this camera is now compared with what it normally sees")
 
 
 def _sample_list(samples: Any) -> list[dict[str, Any]]:

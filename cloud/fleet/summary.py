@@ -27,6 +27,10 @@ def fleet_rows(session: Session, liveness: Liveness) -> list[dict[str, object]]:
                 "fps": record.fps if record else None,
                 "p95_latency_ms": record.p95_latency_ms if record else None,
                 "mean_confidence": record.mean_confidence if record else None,
+                # The last window's predictions and failures: what model health is judged on.
+                "frames": record.frames if record else None,
+                "class_counts": dict(record.class_counts) if record else {},
+                "inference_errors": record.inference_errors if record else None,
                 "last_seen_at": device.last_seen_at.isoformat() if device.last_seen_at else None,
             }
         )

@@ -11,6 +11,12 @@ class MonitorSettings(BaseSettings):
 
     # Windows with fewer frames are stored but not tested (too little evidence).
     min_window_frames: int = Field(default=20, ge=1)
+    # Each camera learns its own baseline from its first tested windows under a package;
+    # once an operator confirms it, the camera's windows are tested against it.
+    baseline_windows: int = Field(default=5, ge=2, le=1000)
+    # The baseline's CUSUM allowance k: this many times the worst score of one baseline
+    # window against the others (never below the package reference's k).
+    baseline_k_margin: float = Field(default=1.5, ge=1.0)
     # An opened device alert opens (or joins) a retraining proposal.
     propose_retraining: bool = True
     # A validated retrained release is proposed as a canary rollout; approve it without a human?

@@ -27,9 +27,17 @@ from cloud.errors import NotFoundError
 from cloud.fleet.tables import Device, Package, utc_now
 from cloud.governance import audit
 from cloud.governance.proposals import attach_alert
+from cloud.monitor import baseline
 from cloud.monitor.config import MonitorSettings
 from cloud.monitor.stats import Cusum, CusumState, WindowTest, evaluate_window
-from cloud.monitor.tables import DriftAlert, DriftDetectorState, DriftWindowRecord, SampleBlob, SampleRecord
+from cloud.monitor.tables import (
+    DriftAlert,
+    DriftBaseline,
+    DriftDetectorState,
+    DriftWindowRecord,
+    SampleBlob,
+    SampleRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +165,9 @@ def store_drift_report(session: Session, report: DriftReport, reject: Reject, se
     )
     entry = _references.get(session, report.package_id) if report.package_id else None
     result: WindowTest | None = None
+    tested_against: DriftReference | None = None
+    own: DriftBaseline | None = None
+    aligned: tuple[np.ndarray, list[float]] | None = None
     if entry is None:
         record.untested_reason = "no drift reference for this package"
     else:
@@ -169,6 +180,11 @@ def store_drift_report(session: Session, report: DriftReport, reject: Reject, se
         if aligned is None:
             record.untested_reason = "window features do not cover the reference's features"
         else:
+            # A camera with a confirmed baseline is compared with what it normally sees.
+            own = baseline.confirmed_baseline(session, report)
+            if own is not None:
+                reference = baseline.baseline_reference(reference, own)
+            tested_against = reference
             result = evaluate_window(reference, aligned[0], list(report.class_counts), means=aligned[1],
                                      min_frames=settings.min_window_frames)
             if not result.tested:
@@ -176,14 +192,17 @@ def store_drift_report(session: Session, report: DriftReport, reject: Reject, se
                 result = None
     if result is not None:
         record.tested, record.p_value, record.score = True, result.p_value, result.score
-        record.evidence = result.evidence()
+        record.evidence = {**result.evidence(),
+                           "compared_with": "camera baseline" if own is not None else "package reference"}
     # No commit here: ingest commits the whole batch (a unique-key clash from a concurrent
     # worker fails the batch, which ingest retries report by report; the check above then
     # finds the duplicate).
     session.add(record)
     session.flush()
-    if result is not None and entry is not None and report.package_id is not None:
-        _step_detector(session, report, record, result, entry[0], settings)
+    if result is not None and tested_against is not None and report.package_id is not None:
+        if own is None and aligned is not None:
+            baseline.learn_from_window(session, report, record, tested_against, aligned[0], aligned[1], settings)
+        _step_detector(session, report, record, result, tested_against, settings)
     return True
 
 

@@ -129,3 +129,41 @@ class SampleRecord(SQLModel, table=True):
     label: str | None = Field(default=None, max_length=256)
     labelled_by: str | None = Field(default=None, max_length=128)
     labelled_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class DriftBaseline(SQLModel, table=True):
+    """What one camera normally sees, learnt from its first windows under one package.
+
+    ``collecting`` until ``windows`` reaches the configured number, then ``proposed``; an
+    operator's confirmation makes it ``confirmed``, and from then on that camera's windows
+    are tested against it instead of the package's training reference. The histograms use
+    the package's edges, so a new package starts a new baseline.
+    """
+
+    __tablename__ = "drift_baseline"
+    __table_args__ = (UniqueConstraint("device_id", "camera", "package_id", name="uq_drift_baseline_camera"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(index=True, max_length=64)
+    # The agent's pipeline name (one camera and model), "default" for reports that name none.
+    camera: str = Field(max_length=64)
+    package_id: str = Field(max_length=64)
+    state: str = Field(default="collecting", max_length=16)  # collecting, proposed, confirmed
+    windows: int = 0
+    frames: int = 0
+    window_ids: list[int] = _json(list)
+    features: list[str] = _json(list)
+    # Summed window histograms (features x 32) and predicted-class counts.
+    counts: list[list[int]] = _json(list)
+    class_counts: list[int] = _json(list)
+    # Per feature: frame-weighted sums of window means and of (std^2 + mean^2), for moments.
+    mean_sums: list[float] = _json(list)
+    square_sums: list[float] = _json(list)
+    # The CUSUM allowance for this camera: at least the reference's, raised to cover how
+    # much the baseline's own windows differ from one another.
+    k: float | None = None
+    loo_scores: list[float] = _json(list)
+    created_at: datetime = _ts()
+    proposed_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    confirmed_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    confirmed_by: str | None = Field(default=None, max_length=128)

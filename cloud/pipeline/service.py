@@ -22,9 +22,11 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from agent.contract import PreprocessSpec, sha256_file
+from agent.contract.drift import DEFAULT_WINDOW_FRAMES, DRIFT_REFERENCE_FILE
 from agent.profiles import FirmwareProfile, load_profiles
 from cloud.fleet import crud
 from cloud.fleet.tables import ModelVersion, Package
+from cloud.monitor.reference import build_reference, run_logits
 from cloud.pipeline.data.dataset import (
     DatasetVersion,
     decode_image,
@@ -42,13 +44,8 @@ from cloud.pipeline.evaluate.gates import (
     validation_gate,
 )
 from cloud.pipeline.evaluate.metrics import EvaluationReport, evaluate_predictions
-from cloud.pipeline.optimize.build import (
-    BuildOutcome,
-    BuildRequest,
-    BuiltArtifact,
-    EvaluationSet,
-    build_for_profiles,
-)
+from cloud.pipeline.optimize.activation import onnx_output_activation
+from cloud.pipeline.optimize.build import BuildOutcome, BuildRequest, EvaluationSet, build_for_profiles
 from cloud.pipeline.optimize.quantize import select_calibration
 from cloud.pipeline.optimize.runners import run_batched, runner_for
 from cloud.pipeline.package.builder import BuiltPackage, build_package
@@ -58,9 +55,10 @@ from cloud.pipeline.train.model import MobileNetV2
 from cloud.pipeline.train.trainer import TrainConfig, environment, export_onnx, train
 
 GOLDEN_INPUTS = 8
-# A build's default drift reference (as governance releases get): its minimum images and window size.
+# A drift reference needs this many images (cloud/monitor/reference.py); the build takes
+# at most REFERENCE_MAX_IMAGES of them so that large validation splits stay quick.
 REFERENCE_MIN_IMAGES = 64
-REFERENCE_WINDOW_FRAMES = 40
+REFERENCE_MAX_IMAGES = 1000
 
 
 @dataclass(frozen=True)
@@ -323,6 +321,34 @@ def import_model(engine: Engine, paths: PipelinePaths, *, model_path: Path, labe
 
 
 # --- builds --------------------------------------------------------------------
+def build_drift_reference(onnx_path: Path, dataset: DatasetVersion, labels: list[str], spec: PreprocessSpec,
+                          destination: Path, *, window_frames: int = DEFAULT_WINDOW_FRAMES) -> tuple[Path | None, str]:
+    """Write the package's drift reference to ``destination`` from the dataset's held-out images.
+
+    Images the model should see in service but was not trained on: the validation split,
+    topped up with the test split when it is short. Returns the file (``None`` when there
+    are too few images) and a note saying what was done, for the build's notes.
+    """
+    chosen = dataset.split("val")
+    split_names = "val"
+    if len(chosen) < REFERENCE_MIN_IMAGES:
+        chosen = [*chosen, *dataset.split("test")]
+        split_names = "val+test"
+    chosen = chosen[:REFERENCE_MAX_IMAGES]
+    images = [image for image in (decode_image(s.path) for s in chosen) if image is not None]
+    if len(images) < REFERENCE_MIN_IMAGES:
+        return None, (f"no drift reference: the dataset's {split_names} split has {len(images)} readable images, "
+                      f"a reference needs {REFERENCE_MIN_IMAGES}; devices report no drift windows for this package "
+                      "(add images, or run `edgefleet drift reference PACKAGE --data DIR`)")
+    reference = build_reference(images, run_logits(onnx_path, images, spec), list(labels), spec,
+                                activation=onnx_output_activation(onnx_path), window_frames=window_frames, source=f"dataset {dataset.dataset_id} ({split_names})")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.write_bytes(reference.to_bytes())
+    return destination, (f"drift reference from {len(images)} {split_names} images of dataset {dataset.dataset_id}, "
+                         f"calibrated on windows of {window_frames} frames (k={reference.calibration.k}, "
+                         f"h={reference.calibration.h})")
+
+
 def _load_torch_model(model_dir: Path, labels: list[str]) -> torch.nn.Module | None:
     path = model_dir / "model.pt"
     if not path.exists():
@@ -332,32 +358,6 @@ def _load_torch_model(model_dir: Path, labels: list[str]) -> torch.nn.Module | N
     module = MobileNetV2(saved["num_classes"], config["width_multiplier"], config["architecture"])
     module.load_state_dict(saved["state_dict"])
     return module.eval()
-
-
-def _dataset_reference(dataset: DatasetVersion | None, spec: PreprocessSpec, labels: list[str],
-                       accepted: list[BuiltArtifact], work_dir: Path, log: Callable[[str], None]) -> Path | None:
-    """A drift reference from the held-out images (validation split, then test), so a release is
-    monitored from its first deployment without `edgefleet drift reference`. None when there are too few."""
-    # Imported here: the monitor's statistics are needed only when a build has data to describe.
-    from cloud.monitor.reference import build_reference, run_logits
-
-    fp32 = next((a for a in accepted if a.artifact.runtime == "onnxruntime" and a.artifact.precision == "fp32"), None)
-    if dataset is None or fp32 is None:
-        return None
-    samples = [*dataset.split("val"), *dataset.split("test")]
-    images = [image for image in (decode_image(s.path) for s in samples) if image is not None]
-    if len(images) < REFERENCE_MIN_IMAGES:
-        log(f"no drift reference: {len(images)} held-out images, a reference needs {REFERENCE_MIN_IMAGES} "
-            "(add one later with `edgefleet drift reference`)")
-        return None
-    logits = run_logits(fp32.path, images, spec)
-    reference = build_reference(images, logits, labels, spec, activation=fp32.artifact.output_activation,
-                                window_frames=REFERENCE_WINDOW_FRAMES,
-                                source=f"dataset {dataset.dataset_id} (val and test splits)")
-    path = work_dir / "drift_reference.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(reference.to_bytes())
-    return path
 
 
 def build_model(engine: Engine, paths: PipelinePaths, *, version: str, profiles: list[str],
@@ -408,15 +408,26 @@ def build_model(engine: Engine, paths: PipelinePaths, *, version: str, profiles:
     ), log=log)
     accepted = outcome.accepted
     package: BuiltPackage | None = None
+    reference_path: Path | None = None
     if accepted:
+        # Every package built with its data carries a drift reference, so a device running
+        # it reports drift windows without another step.
+        if dataset is not None:
+            reference_path, message = build_drift_reference(
+                Path(model.onnx_path), dataset, list(model.labels), spec,
+                paths.builds_dir / build_id / DRIFT_REFERENCE_FILE)
+        else:
+            message = ("no drift reference: the model has no dataset; build one with "
+                       "`edgefleet drift reference PACKAGE --data DIR`")
+        outcome.notes.append({"profile": "all", "target": "drift-reference",
+                              "status": "built" if reference_path is not None else "not_built", "message": message})
         package = build_package(
             packages_dir=paths.packages_dir, model_name=model.name, model_version=model.version,
             labels=list(model.labels), spec=spec, hardware_profiles=[p.name for p in targets],
             # FP32 ONNX first: an agent that loads "the first artifact it can run" gets the safe one.
             artifacts=[(a.path, a.artifact) for a in accepted],
             extra_files=[extra for a in accepted for extra in a.extra_files],
-            drift_reference=_dataset_reference(dataset, spec, list(model.labels), accepted,
-                                               paths.builds_dir / build_id, log),
+            drift_reference=reference_path,
             release=model.id or 0,
         )
     with Session(engine) as session:

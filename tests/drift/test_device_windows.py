@@ -189,3 +189,48 @@ def test_agent_monitoring_follows_the_served_package(tmp_path) -> None:
     assert [r.frames for r in reports] == [4, 2] and all(r.package_id == "p1" for r in reports)
     # Budgets belong to the device: 12 frames over 12 simulated seconds, at most 2 a minute.
     assert len(samples) == 2 and {p for _, p in samples} == {"p1"}
+
+
+def test_default_settings_close_a_testable_window_within_a_minute_at_demo_frame_rates(tmp_path) -> None:
+    """The agent's defaults (no ``monitoring:`` section): a camera at 10 fps, scenes changing now and then."""
+    from agent.telemetry.drift import MonitoringConfig
+    from cloud.monitor.config import MonitorSettings
+
+    config = MonitoringConfig()
+    manifest = PackageManifest(
+        package_id="p1", model_name="m", model_version="v1", created_at=utc_now(), hardware_profiles=["x"],
+        labels=["circle", "cross", "square", "triangle"], preprocessing=SPEC,
+        artifacts=[ModelArtifact(file="m.onnx", runtime="onnxruntime", precision="fp32")],
+        files=[PackageFile(name="m.onnx", sha256="0" * 64, size_bytes=1)])
+    monitor = DeviceMonitor(
+        device_id="cam-1", manifest=manifest, reference=reference(), collector=None,
+        subsampler=FrameSubsampler(interval_s=config.subsample_interval_s, scene_change=config.scene_change),
+        window_frames=config.window_frames, window_s=config.window_s)
+    rng = np.random.default_rng(0)
+    first_at: float | None = None
+    first = None
+    frames = [scene(seed) for seed in range(8)]
+    for step in range(60 * 10):  # one simulated minute at 10 fps
+        now_s = step / 10
+        observed = monitor.observe(frames[(step // 25) % len(frames)], rng.normal(size=4), now_s=now_s)
+        if observed.reports and first is None:
+            first, first_at = observed.reports[0], now_s
+    assert first is not None and first_at is not None and first_at < 60.0
+    # Enough frames for the control plane to test it, not just store it.
+    assert first.frames >= MonitorSettings().min_window_frames
+
+
+def test_the_documented_monitoring_keys_are_the_agent_defaults() -> None:
+    """docs/drift.md names the keys that decide when windows arrive; they must be real and current."""
+    import re
+    import textwrap
+    from pathlib import Path
+
+    import yaml
+
+    from agent.telemetry.drift import MonitoringConfig
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "drift.md").read_text()
+    blocks = [yaml.safe_load(textwrap.dedent(m.group(1))) for m in re.finditer(r"```yaml\n(.*?)^ *```", text, re.S | re.M)]
+    documented = next(b["monitoring"] for b in blocks if isinstance(b, dict) and "monitoring" in b)
+    assert MonitoringConfig.model_validate(documented) == MonitoringConfig()

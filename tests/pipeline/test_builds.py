@@ -176,3 +176,56 @@ def test_nncf_int8_quantizes_depthwise_weights_per_output_channel_and_runs_them_
                          for op in compiled.get_runtime_model().get_ordered_ops()}
     depthwise_precisions = {op.get_friendly_name(): runtime_precision[op.get_friendly_name()] for op in depthwise}
     assert all(p in ("u8", "i8") for p in depthwise_precisions.values()), depthwise_precisions
+
+
+def test_a_package_built_with_its_dataset_carries_a_drift_reference(engine, paths, good_onnx) -> None:
+    """No extra step: the build's package names a reference calibrated on the agent's default window."""
+    from agent.contract.drift import DEFAULT_WINDOW_FRAMES, DriftReference
+    from agent.telemetry.drift import MonitoringConfig, load_reference
+
+    version = _import_good_model(engine, paths, good_onnx)
+    result = build_model(engine, paths, version=version, profiles=["x86-64-avx2"])
+    assert result.package is not None
+    manifest = _manifest(result.package.directory)
+    assert manifest.drift_reference_file == "drift_reference.json"
+    # The agent's own loader accepts it (hash pinned by the manifest).
+    loaded = load_reference(manifest, result.package.directory)
+    assert loaded is not None
+    reference: DriftReference = loaded[0]
+    assert reference.labels == list(manifest.labels) and reference.reference_size >= 32
+    assert reference.calibration.window_frames == DEFAULT_WINDOW_FRAMES == MonitoringConfig().window_frames
+    note = next(n for n in result.notes if n["target"] == "drift-reference")
+    assert note["status"] == "built" and "val" in note["message"]
+
+
+def test_a_real_agent_on_a_fresh_build_reports_tested_drift_windows_with_default_settings(
+        control_plane, api, good_onnx, tmp_path: Path) -> None:
+    """Build, deploy, run: no reference step, no ``monitoring:`` section in the agent's config."""
+    from cloud.pipeline.service import PipelinePaths
+    from tests.support.fleet import start_agent, stop_agents
+    from tests.support.services import wait_for
+
+    paths = PipelinePaths.under(control_plane.settings.data_dir)
+    version = _import_good_model(control_plane.engine, paths, good_onnx)
+    built = build_model(control_plane.engine, paths, version=version, profiles=["x86-64-avx2"])
+    assert built.package_id is not None
+    agent = start_agent(control_plane, tmp_path, "cam-fresh", fps=10.0)
+    try:
+        wait_for(lambda: api.get("/api/v1/devices/cam-fresh").json()["online"], 60, what="agent online")
+        response = api.post("/api/v1/deployments", json={"package_id": built.package_id, "device_ids": ["cam-fresh"]})
+        assert response.status_code == 201, response.text
+        deployment = response.json()["id"]
+        wait_for(lambda: api.get(f"/api/v1/deployments/{deployment}").json()["state"] == "succeeded", 120,
+                 what=f"the deployment to succeed; agent log:\n{agent.log[-3000:]}")
+
+        def tested() -> list[dict]:
+            windows = api.get("/api/v1/drift/devices/cam-fresh/windows").json()
+            return [w for w in windows if w["package_id"] == built.package_id and w["tested"]]
+
+        # Well under the old defaults' 300 frames or 600 s: the first window comes with the agent's defaults.
+        windows = wait_for(tested, 120, what=f"a tested drift window; agent log:\n{agent.log[-3000:]}")
+        assert windows[0]["evidence"]["compared_with"] == "package reference"
+        states = {d["device_id"]: d["state"] for d in api.get("/api/v1/drift/devices").json()}
+        assert states["cam-fresh"] in ("ok", "alert")
+    finally:
+        stop_agents([agent])

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Body, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
 from cloud.api.deps import PlaneDep, SessionDep
 from cloud.fleet.crud import NotFound
 from cloud.governance import audit
-from cloud.monitor import service
+from cloud.monitor import baseline, service
 from cloud.monitor.retention import apply_retention
 from cloud.monitor.tables import DriftAlert, DriftWindowRecord
 
 router = APIRouter(prefix="/drift", tags=["drift"])
+# Per-device drift settings live under the device: /devices/{id}/drift/...
+device_router = APIRouter(tags=["drift"])
 
 
 @router.get("/alerts")
@@ -30,6 +33,12 @@ def get_alert(alert_id: str, session: SessionDep) -> dict[str, Any]:
     if alert is None:
         raise NotFound(f"drift alert {alert_id!r} does not exist")
     return service.alert_detail(alert)
+
+
+@router.get("/devices")
+def device_states(session: SessionDep) -> list[dict[str, Any]]:
+    """Each device's drift state (ok, alert, no data, baseline pending) with its open alerts and newest window."""
+    return baseline.fleet_drift_states(session)
 
 
 @router.get("/devices/{device_id}/windows")
@@ -68,3 +77,32 @@ def retention(session: SessionDep, plane: PlaneDep, request: Request) -> dict[st
                  subject_type="retention", subject_id="monitor", details=done)
     session.commit()
     return done
+
+
+class BaselineChoice(BaseModel):
+    """Which proposed baseline to confirm, when the device has more than one camera or package."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    camera: str | None = Field(default=None, min_length=1, max_length=64)
+    package_id: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+@device_router.get("/devices/{device_id}/drift/baseline")
+def device_baselines(device_id: str, session: SessionDep, plane: PlaneDep) -> list[dict[str, Any]]:
+    """Each camera's baseline (collecting, proposed or confirmed), per package."""
+    if not service.device_exists(session, device_id):
+        raise NotFound(f"device {device_id!r} does not exist")
+    return [baseline.baseline_detail(b, plane.settings.monitor) for b in baseline.list_baselines(session, device_id)]
+
+
+@device_router.post("/devices/{device_id}/drift/baseline/confirm")
+def confirm_device_baseline(device_id: str, session: SessionDep, plane: PlaneDep, request: Request,
+                            choice: BaselineChoice | None = Body(default=None)) -> dict[str, Any]:
+    """Confirm the camera's proposed baseline: from now on its windows are tested against it."""
+    principal = getattr(request.state, "principal", None)
+    actor = f"operator:{principal.name}" if principal is not None else "operator"
+    chosen = choice or BaselineChoice()
+    confirmed = baseline.confirm_baseline(session, device_id, plane.settings.monitor, actor=actor,
+                                          camera=chosen.camera, package_id=chosen.package_id)
+    return baseline.baseline_detail(confirmed, plane.settings.monitor)
