@@ -177,7 +177,7 @@ def model_list(as_json: JsonOption = False) -> None:
         for column in ("version", "status", "accuracy", "dataset", "created"):
             table.add_column(column)
         for r in rows:
-            table.add_row(r["version"], r["status"], str(r["accuracy"]), r["dataset_id"], r["created_at"])
+            table.add_row(r["version"], r["status"], str(r["accuracy"]), r["dataset_id"], cell(r["created_at"]))
         Console().print(table)
 
     emit(as_json, rows, human)

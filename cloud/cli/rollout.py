@@ -17,6 +17,7 @@ from cloud.cli.client import (
     ServerOpt,
     TokenOpt,
     call,
+    cell,
     client_from,
     console,
     emit_json,
@@ -150,7 +151,7 @@ def list_rollouts(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, js
         return
     print_listing(f"rollouts ({len(rollouts)})", ["id", "name", "state", "stage", "created"],
                   [[r["id"], r["name"], r["state"], f"{r['stage'] + 1}/{r['stages']} {r['phase']}",
-                    str(r["created_at"])] for r in rollouts],
+                    cell(r["created_at"])] for r in rollouts],
                   empty_hint="Write a spec (docs/rollouts.md), preview it with `edgefleet rollout plan SPEC`, "
                              "then start it with `edgefleet rollout create SPEC`.")
 
