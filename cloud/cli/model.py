@@ -29,7 +29,7 @@ def model_lineage(version: str, server: ServerOpt = DEFAULT_SERVER, token: Token
     if json_out:
         emit_json(result)
         return
-    stdout_console.print(f"[bold]{result['model_name']} {result['model_version']}[/] created {str(result['created_at'])[:19]}"
+    stdout_console.print(f"[bold]{result['model_name']} {result['model_version']}[/] created {cell(result['created_at'])}"
                   f" (code {cell(result['code_version'])})")
     for dataset in result["datasets"]:
         added = ""

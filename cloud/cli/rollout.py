@@ -191,7 +191,7 @@ def show(rollout_id: IdArg, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt 
     console.print(table)
     console.print("[bold]decisions[/]")
     for decision in detail["decisions"]:
-        console.print(f"{decision['created_at']} stage {decision['stage'] + 1} [bold]{decision['action']}[/] by "
+        console.print(f"{cell(decision['created_at'])} stage {decision['stage'] + 1} [bold]{decision['action']}[/] by "
                       f"{decision['actor']}: {decision['reason']}", highlight=False, soft_wrap=True)
         for line in _gate_lines(decision["numbers"]):
             console.print(line, highlight=False, soft_wrap=True)

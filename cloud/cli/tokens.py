@@ -24,6 +24,7 @@ from cloud.cli.client import (
 from cloud.cli.keys import fleet_security
 from cloud.security.tables import Role
 from cloud.security.tokens import create_api_token
+from cloud.timefmt import format_utc
 
 token_app = typer.Typer(help="API and enrollment tokens.", no_args_is_help=True)
 
@@ -81,5 +82,5 @@ def token_enroll(
     security = fleet_security()
     with Session(security.engine) as session:
         secret, expires_at = security.create_enrollment_token(session, device_id, hardware_profile=profile)
-    console.print(f"valid until {expires_at.isoformat()}; on the device run:", style="dim")
+    console.print(f"valid until {format_utc(expires_at)}; on the device run:", style="dim")
     print(f"edgefleet-agent enroll --server <control-plane-url> --token {secret}")
