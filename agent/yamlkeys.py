@@ -60,8 +60,8 @@ def _rewritten(text: str, values: Mapping[str, Any]) -> str:
         newline = line[len(line.rstrip("\r\n")):] or "\n"
         comment = _trailing_comment(key, rest)
         value_text = rest[: len(rest) - len(comment)] if comment else rest
-        if value_text.strip() == "":
-            skipping_block = True
+        if value_text.strip() == "" or value_text.strip()[:1] in ("|", ">"):
+            skipping_block = True  # a nested mapping or list, or a block scalar, on the lines below
         seen.add(key)
         out.append(f"{line[:match.end()]} {_scalar(values[key])}{comment}{newline}")
     missing = [key for key in values if key not in seen]

@@ -41,10 +41,11 @@ def test_only_the_given_keys_change_and_every_comment_stays() -> None:
 
 
 def test_a_nested_value_is_replaced_whole_and_odd_strings_are_quoted() -> None:
-    text = "api_url:\n  nested: 1\n  more: 2\nkeep: yes  # the operator's\n"
-    edited = update_top_level_keys(text, {"api_url": "https://x:8443/#frag", "empty": ""})
-    assert yaml.safe_load(edited) == {"api_url": "https://x:8443/#frag", "keep": True, "empty": ""}
-    assert "keep: yes  # the operator's\n" in edited
+    text = "api_url:\n  nested: 1\n  more: 2\nkeep: yes  # the operator's\nnote: |\n  two\n  lines\nlast: 1\n"
+    edited = update_top_level_keys(text, {"api_url": "https://x:8443/#frag", "empty": "", "note": "one # line"})
+    assert yaml.safe_load(edited) == {"api_url": "https://x:8443/#frag", "keep": True, "empty": "",
+                                      "note": "one # line", "last": 1}
+    assert "keep: yes  # the operator's\n" in edited and "\nlast: 1\n" in edited
 
 
 def test_enroll_over_a_commented_agent_yaml_keeps_it(control_plane, api: httpx.Client, tmp_path: Path) -> None:
