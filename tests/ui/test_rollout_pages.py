@@ -174,5 +174,8 @@ def test_preview_refusal_and_abort_on_a_live_control_plane(control_plane, api, t
         shown = client.get(f"/ui/rollouts/{rollout_id}?partial=1")
         assert re.search(r'data-testid="rollout-phase">ended: cancelled<', shown.text)
         assert 'data-testid="rollout-ended"' in shown.text and "soaking" not in shown.text
+        listed = client.get("/ui/rollouts?partial=1")
+        row = re.search(rf'<tr data-rollout="{rollout_id}">(.*?)</tr>', listed.text, re.S)
+        assert row is not None and "cancelled" in row.group(1) and "install" not in row.group(1)
     finally:
         client.close()
