@@ -374,9 +374,12 @@ async def rollouts_page(request: Request) -> Response:
     })
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _release_package_ids(spec: dict[str, Any]) -> set[str]:
-    release = spec.get("release") if isinstance(spec.get("release"), dict) else {}
-    assert isinstance(release, dict)
+    release = _mapping(spec.get("release"))
     ids = {str(release["package_id"])} if release.get("package_id") else set()
     packages = release.get("packages")
     if isinstance(packages, dict):
@@ -395,10 +398,8 @@ async def _refuse_rejected(request: Request, spec: dict[str, Any]) -> list[Candi
 
 def _plan_view(spec: dict[str, Any], plan: dict[str, Any], fleet: list[dict[str, Any]]) -> dict[str, Any]:
     """The dry-run plan as the preview shows it: 1-based stages, devices per stratum, package per profile."""
-    release = spec.get("release") if isinstance(spec.get("release"), dict) else {}
-    assert isinstance(release, dict)
-    by_profile = release.get("packages") if isinstance(release.get("packages"), dict) else {}
-    assert isinstance(by_profile, dict)
+    release = _mapping(spec.get("release"))
+    by_profile = _mapping(release.get("packages"))
     profile_of = {str(d.get("device_id")): str(d.get("hardware_profile")) for d in fleet}
     stages: list[dict[str, Any]] = []
     previous: dict[str, int] = {}
