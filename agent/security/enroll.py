@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from agent.contract.enrollment import PinnedEnrollmentToken, anchor_pin, rotation_proof_bytes
 from agent.fsutil import atomic_write_bytes
 from agent.update.store import reset_command_state
+from agent.yamlkeys import update_top_level_keys
 
 __all__ = ["EnrollmentError", "check_anchor_pins", "current_broker_url", "enroll", "identity_paths",
            "remember_broker_url", "require_secure_url", "rotate_certificate"]
@@ -151,18 +152,17 @@ def enroll(server_url: str, token: str, state_dir: Path, *, config_path: Path | 
     # A new identity starts a new command sequence (the control plane's may be new too).
     reset_command_state(state_dir)
 
-    config: dict[str, Any] = {}
-    if config_path is not None and config_path.exists():
-        loaded = yaml.safe_load(config_path.read_text())
-        config = loaded if isinstance(loaded, dict) else {}
-    config.update({
+    enrolled: dict[str, Any] = {
         "device_id": bundle["device_id"], "hardware_profile": bundle["hardware_profile"],
         "mqtt_url": bundle["mqtt_url"], "api_url": bundle["api_url"], "topic_prefix": bundle["topic_prefix"],
-        "state_dir": str(state_dir), **{name: str(path) for name, path in paths.items()},
-    })
-    config.update(overrides or {})
+        "state_dir": str(state_dir), **{name: str(path) for name, path in paths.items()}, **(overrides or {}),
+    }
+    existing = config_path.read_text() if config_path is not None and config_path.exists() else ""
+    loaded = yaml.safe_load(existing) if existing.strip() else {}
+    config: dict[str, Any] = {**(loaded if isinstance(loaded, dict) else {}), **enrolled}
     if config_path is not None:
-        atomic_write_bytes(config_path, yaml.safe_dump(config).encode())
+        # Only the enrollment keys change: the operator's comments, order and other settings stay.
+        atomic_write_bytes(config_path, update_top_level_keys(existing, enrolled).encode())
     return config
 
 

@@ -30,6 +30,7 @@ from cloud.api.routes import (
 from cloud.core.plane import Plane
 from cloud.dashboard import install_dashboard
 from cloud.errors import EdgeFleetError
+from cloud.ops.access_log import install_access_log_filter
 from cloud.ops.metrics import install_metrics
 
 
@@ -115,6 +116,8 @@ def create_app(plane: Plane) -> FastAPI:
     install_dashboard(app)
     install_metrics(app, plane)
     _install_hardening(app, plane)
+    # Their polls (live refreshes, scrapes) stay out of the access log at INFO.
+    install_access_log_filter()
     return app
 
 

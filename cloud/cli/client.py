@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cloud.timefmt import format_utc, looks_like_timestamp
+
 __all__ = ["DEFAULT_SERVER", "ApiClient", "ApiError", "Exit", "JsonOpt", "OptionalServerOpt", "ServerOpt", "TokenOpt", "call", "cell",
            "client_from", "console", "emit_json", "err_console", "fail", "new_table", "online_cell", "print_listing", "table"]
 
@@ -125,6 +127,9 @@ def cell(value: Any, fmt: str = "") -> str:
         return "yes" if value else "no"
     if fmt and isinstance(value, int | float):
         return format(value, fmt)
+    if looks_like_timestamp(value):
+        # One style for every moment, as on the dashboard: "2026-12-05 18:20:03 UTC".
+        return format_utc(value, missing=str(value))
     return str(value)
 
 

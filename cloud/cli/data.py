@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from sqlmodel import Session
 
-from cloud.cli.client import new_table
+from cloud.cli.client import cell, new_table
 from cloud.cli.local import JsonOption, console, emit, issues_table, local_context, user_errors
 from cloud.pipeline.data.synth import write_synthetic_dataset
 from cloud.pipeline.registry import store
@@ -89,7 +89,7 @@ def data_list(as_json: JsonOption = False) -> None:
         for column in ("id", "images", "excluded", "labels", "created"):
             table.add_column(column)
         for r in records:
-            table.add_row(r["id"], str(r["image_count"]), str(r["excluded_count"]), ",".join(r["labels"]), r["created_at"])
+            table.add_row(r["id"], str(r["image_count"]), str(r["excluded_count"]), ",".join(r["labels"]), cell(r["created_at"]))
         Console().print(table)
 
     emit(as_json, records, human)

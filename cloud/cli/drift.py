@@ -42,7 +42,7 @@ def drift_alerts(state: Annotated[str | None, typer.Option(help="open or cleared
         features = alert["evidence"].get("features", [])[:3]
         worst = ", ".join(f"{f['name']} (p={f['p']:.1e}, PSI {f['psi']:.2f})" for f in features)
         rows.append([alert["id"], alert["scope"], cell(alert["device_id"]), cell(alert["model_version"]),
-                     alert["state"], cell(alert["score"], ".1f"), str(alert["opened_at"])[:19], worst,
+                     alert["state"], cell(alert["score"], ".1f"), cell(alert["opened_at"]), worst,
                      cell(alert["proposal_id"])])
     console.print(table("drift alerts", ["id", "scope", "device", "model", "state", "score", "opened", "evidence",
                                           "proposal"], rows))

@@ -41,7 +41,7 @@ def model_lineage(version: str, server: ServerOpt = DEFAULT_SERVER, token: Token
     if json_out:
         emit_json(result)
         return
-    stdout_console.print(f"[bold]{result['model_name']} {result['model_version']}[/] created {str(result['created_at'])[:19]}"
+    stdout_console.print(f"[bold]{result['model_name']} {result['model_version']}[/] created {cell(result['created_at'])}"
                   f" (code {cell(result['code_version'])})")
     for dataset in result["datasets"]:
         added = ""
@@ -228,7 +228,7 @@ def model_list(as_json: JsonOption = False) -> None:
         for column in ("version", "status", "accuracy", "dataset", "created"):
             table.add_column(column)
         for r in rows:
-            table.add_row(r["version"], r["status"], str(r["accuracy"]), r["dataset_id"], r["created_at"])
+            table.add_row(r["version"], r["status"], str(r["accuracy"]), r["dataset_id"], cell(r["created_at"]))
         Console().print(table)
 
     emit(as_json, rows, human)

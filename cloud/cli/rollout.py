@@ -17,6 +17,7 @@ from cloud.cli.client import (
     ServerOpt,
     TokenOpt,
     call,
+    cell,
     client_from,
     console,
     emit_json,
@@ -175,7 +176,7 @@ def list_rollouts(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, js
         return
     print_listing(f"rollouts ({len(rollouts)})", ["id", "name", "state", "stage", "created"],
                   [[r["id"], r["name"], r["state"], f"{r['stage'] + 1}/{r['stages']} {r['phase']}",
-                    str(r["created_at"])] for r in rollouts],
+                    cell(r["created_at"])] for r in rollouts],
                   empty_hint="Write a spec (docs/rollouts.md), preview it with `edgefleet rollout plan SPEC`, "
                              "then start it with `edgefleet rollout create SPEC`.")
 
@@ -214,7 +215,7 @@ def show(rollout_id: IdArg, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt 
     console.print(table)
     console.print("[bold]decisions[/]")
     for decision in detail["decisions"]:
-        console.print(f"{decision['created_at']} stage {decision['stage'] + 1} [bold]{decision['action']}[/] by "
+        console.print(f"{cell(decision['created_at'])} stage {decision['stage'] + 1} [bold]{decision['action']}[/] by "
                       f"{decision['actor']}: {decision['reason']}", highlight=False, soft_wrap=True)
         for line in _gate_lines(decision["numbers"]):
             console.print(line, highlight=False, soft_wrap=True)

@@ -27,6 +27,7 @@ from cloud.cli.client import (
 from cloud.cli.keys import fleet_security
 from cloud.security.tables import Role
 from cloud.security.tokens import create_api_token
+from cloud.timefmt import format_utc
 
 token_app = typer.Typer(help="API and enrollment tokens.", no_args_is_help=True)
 
@@ -110,7 +111,7 @@ def token_enroll(
             fail(str(exc), Exit.BAD_INPUT)
         finally:
             security.engine.dispose()
-        expires_at = expires.isoformat()
+        expires_at = format_utc(expires)
         device_server = security.settings.base_url()
     console.print(f"valid until {expires_at}; on the device run:", style="dim", highlight=False)
     print(f"edgefleet-agent enroll --server {shlex.quote(device_server)} --token {shlex.quote(secret)} "

@@ -17,6 +17,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from sqlmodel import Session, col, func, select
 from starlette.concurrency import run_in_threadpool
 
@@ -33,11 +34,13 @@ from cloud.dashboard.auth import (
     new_login_csrf,
     user_for_cookie,
 )
+from cloud.dashboard.candidates import Candidate, package_candidates, rejection_of
 from cloud.dashboard.charts import Series, line_chart
 from cloud.dashboard.data import ApiProblem, InProcessApi, drift_state, model_health
 from cloud.fleet import crud
 from cloud.monitor.tables import DriftAlert
 from cloud.rollout.format import gate_text
+from cloud.timefmt import format_utc, looks_like_timestamp, parse_utc, relative
 
 __all__ = ["install_dashboard"]
 
@@ -78,27 +81,15 @@ class LoginRequired(Exception):
 
 
 def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parse_utc(value) if isinstance(value, str) else None
 
 
-def _ago(value: Any) -> str:
-    moment = _parse_time(value)
-    if moment is None:
-        return "never"
-    seconds = (datetime.now(UTC) - moment).total_seconds()
-    if seconds < 90:
-        return f"{max(0, int(seconds))} s ago"
-    if seconds < 5400:
-        return f"{int(seconds // 60)} min ago"
-    if seconds < 172800:
-        return f"{int(seconds // 3600)} h ago"
-    return f"{int(seconds // 86400)} d ago"
+def _timestamp(value: Any, missing: str = "\u2013") -> Markup:
+    """Every moment on every page: ``2026-12-05 18:20:03 UTC``, with "3 min ago" as its tooltip."""
+    shown = format_utc(value, missing=missing)
+    if shown == missing:
+        return Markup('<span class="ts none">{}</span>').format(missing)
+    return Markup('<span class="ts" title="{}">{}</span>').format(relative(value), shown)
 
 
 def _num(value: Any, digits: int = 2) -> str:
@@ -113,10 +104,14 @@ def _num(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-templates.env.filters["ago"] = _ago
+templates.env.filters["timestamp"] = _timestamp
+# The former relative-only filter: templates that still say ``|ago`` show the same absolute UTC format.
+templates.env.filters["ago"] = lambda value: _timestamp(value, missing="never")
 templates.env.filters["num"] = _num
 # Gate values and thresholds: the same text as the CLI (cloud/rollout/format.py).
 templates.env.filters["gate_text"] = gate_text
+templates.env.tests["timestamp_like"] = looks_like_timestamp
+templates.env.globals["rollout_progress"] = lambda rollout: rollout_progress(rollout)
 templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
 
 
@@ -344,23 +339,24 @@ async def device_page(request: Request, device_id: str) -> Response:
         baselines = await api.get(f"/api/v1/devices/{quote(device_id, safe='')}/drift/baseline", default=None)
     windows = sorted(telemetry, key=lambda w: str(w.get("sent_at")))
     charts = {
-        "throughput": line_chart("Frames per second", [_series(windows, "fps", "fps")], chart_id="chart-fps"),
+        "throughput": line_chart("Frames per second", [_series(windows, "fps", "fps")], unit=" fps",
+                                 axis_label="throughput (frames/s)", chart_id="chart-fps", y_min=0),
         "latency": line_chart("Inference latency (ms)", [_series(windows, "p50", "p50_latency_ms"),
                                                          _series(windows, "p95", "p95_latency_ms")],
-                              unit=" ms", chart_id="chart-latency", y_min=0),
+                              unit=" ms", axis_label="latency (ms)", chart_id="chart-latency", y_min=0),
         "confidence": line_chart("Mean confidence", [_series(windows, "confidence", "mean_confidence")],
-                                 chart_id="chart-confidence", y_min=0, y_max=1),
-        "resources": line_chart("CPU %", [_series(windows, "cpu %", "cpu_percent")], unit=" %",
-                                chart_id="chart-cpu", y_min=0),
+                                 axis_label="confidence (0 to 1)", chart_id="chart-confidence", y_min=0, y_max=1),
+        "resources": line_chart("CPU %", [_series(windows, "cpu", "cpu_percent")], unit=" %",
+                                axis_label="CPU (%)", chart_id="chart-cpu", y_min=0),
     }
     drift_lines = _drift_series(drift)
     if drift_lines:
         charts["drift"] = line_chart("Drift score and CUSUM per window", [s for s in drift_lines if s.label != "p_value"],
-                                     chart_id="chart-drift", y_min=0)
+                                     axis_label="score (no unit)", chart_id="chart-drift", y_min=0)
         p_values = [s for s in drift_lines if s.label == "p_value"]
         if p_values:
             charts["drift_p"] = line_chart("Window p-value (low = unlike the training data)", p_values,
-                                           chart_id="chart-drift-p", y_min=0, y_max=1)
+                                           axis_label="p-value (0 to 1)", chart_id="chart-drift-p", y_min=0, y_max=1)
     jobs = await run_in_threadpool(_device_jobs, request, device_id)
     device_alerts = [a for a in _items(alerts) if a.get("device_id") in (None, device_id)]
     return _render(request, user, "device.html", "device_live.html", {
@@ -462,11 +458,86 @@ async def rollouts_page(request: Request) -> Response:
         packages: list[dict[str, Any]] = await api.get("/api/v1/packages", default=[])
         fleet: list[dict[str, Any]] = await api.get("/api/v1/fleet", default=[])
     profiles = sorted({str(r["hardware_profile"]) for r in fleet if r.get("hardware_profile")})
+    # The form (and its gate checks) is only on the whole page, not in the live fragment.
+    candidates = ([] if request.query_params.get("partial") == "1"
+                  else await run_in_threadpool(package_candidates, request.app.state.plane.engine))
     return _render(request, user, "rollouts.html", "rollouts_live.html", {
         "rollouts": rollouts or [], "rollouts_available": rollouts is not None, "deployments": deployments[:20],
-        "packages": packages, "profiles": profiles,
+        "packages": packages, "candidates": candidates, "profiles": profiles, "form": {}, "preview": None,
         "message": request.query_params.get("message"), "error": request.query_params.get("error"),
     })
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _release_package_ids(spec: dict[str, Any]) -> set[str]:
+    release = _mapping(spec.get("release"))
+    ids = {str(release["package_id"])} if release.get("package_id") else set()
+    packages = release.get("packages")
+    if isinstance(packages, dict):
+        ids |= {str(v) for v in packages.values()}
+    return ids
+
+
+async def _refuse_rejected(request: Request, spec: dict[str, Any]) -> list[Candidate]:
+    """The form's candidates; raises when the spec names a package its quality gate rejected."""
+    candidates = await run_in_threadpool(package_candidates, request.app.state.plane.engine)
+    refusal = rejection_of(candidates, _release_package_ids(spec))
+    if refusal:
+        raise _Refused(422, f"{refusal}; choose a package that passed its gates")
+    return candidates
+
+
+def _plan_view(spec: dict[str, Any], plan: dict[str, Any], fleet: list[dict[str, Any]]) -> dict[str, Any]:
+    """The dry-run plan as the preview shows it: 1-based stages, devices per stratum, package per profile."""
+    release = _mapping(spec.get("release"))
+    by_profile = _mapping(release.get("packages"))
+    profile_of = {str(d.get("device_id")): str(d.get("hardware_profile")) for d in fleet}
+    stages: list[dict[str, Any]] = []
+    previous: dict[str, int] = {}
+    for number, stage in enumerate(plan.get("stages") or [], start=1):
+        cumulative = stage.get("cumulative_per_stratum") or {}
+        stages.append({
+            "number": number, "cumulative": cumulative,
+            "new_per_stratum": {k: int(n) - int(previous.get(k, 0)) for k, n in cumulative.items()},
+            "devices": stage.get("devices") or [], "offline": set(stage.get("offline") or []),
+        })
+        previous = cumulative
+    planned = [d for s in stages for d in s["devices"]]
+    profiles = sorted({profile_of.get(d, "?") for d in planned})
+    return {
+        "strata": plan.get("strata") or {}, "stages": stages, "skipped": plan.get("skipped") or {},
+        "total": len(planned),
+        "package_by_profile": {p: by_profile.get(p) or release.get("package_id") or "\u2013" for p in profiles},
+    }
+
+
+@router.post("/rollouts/preview", response_class=HTMLResponse)
+async def rollout_preview(request: Request) -> Response:
+    """Dry run from the form: the plan the API would make now (``POST /api/v1/rollouts/plan``); nothing is stored."""
+    user = await _user(request)
+    try:
+        form = await _form(request, user)
+        spec = _spec_from_form(form)
+        candidates = await _refuse_rejected(request, spec)
+    except _Refused as exc:
+        return _flash_redirect("/ui/rollouts", error=exc.message)
+    async with _api(request, user) as api:
+        answer = await api.post("/api/v1/rollouts/plan", spec)
+        rollouts = await api.get("/api/v1/rollouts", default=None)
+        deployments: list[dict[str, Any]] = await api.get("/api/v1/deployments", default=[])
+        packages: list[dict[str, Any]] = await api.get("/api/v1/packages", default=[])
+        fleet: list[dict[str, Any]] = await api.get("/api/v1/fleet", default=[])
+    preview: dict[str, Any] = ({"plan": _plan_view(spec, answer.body, fleet)} if answer.ok and isinstance(answer.body, dict)
+                               else {"error": f"the control plane cannot plan this rollout: {answer.detail}"})
+    return _render(request, user, "rollouts.html", None, {
+        "rollouts": rollouts or [], "rollouts_available": rollouts is not None, "deployments": deployments[:20],
+        "packages": packages, "candidates": candidates, "form": form, "preview": preview,
+        "profiles": sorted({str(r["hardware_profile"]) for r in fleet if r.get("hardware_profile")}),
+        "message": None, "error": None,
+    }, status_code=200 if answer.ok else 422)
 
 
 def _stages_from_form(text: str, kind: str, approval: bool) -> list[dict[str, Any]]:
@@ -533,6 +604,7 @@ async def rollout_create(request: Request) -> Response:
     try:
         form = await _form(request, user)
         spec = _spec_from_form(form)
+        await _refuse_rejected(request, spec)
     except _Refused as exc:
         return _flash_redirect("/ui/rollouts", error=exc.message)
     async with _api(request, user) as api:
@@ -562,6 +634,46 @@ async def rollout_page(request: Request, rollout_id: str) -> Response:
     })
 
 
+FINAL_STATES = ("completed", "aborted", "cancelled")
+# What the rollout is doing, in words, when it is not evaluating gates in its phase.
+PHASE_BY_STATE = {
+    "paused": "paused: no device is dispatched until it is resumed",
+    "awaiting_approval": "waiting for an operator to approve the next stage",
+    "aborting": "rolling back every device it touched",
+    "finishing": "every stage passed; waiting for offline devices to report back",
+}
+
+
+def rollout_progress(rollout: dict[str, Any]) -> dict[str, Any]:
+    """What the rollout page says about where the rollout is, true to its state.
+
+    The last gate evaluation is stored as the engine left it: once a rollout stops
+    running, a "soaking (28/30s)" from its last pass is history, not a countdown.
+    """
+    state = str(rollout.get("state"))
+    evaluation = rollout.get("evaluation") or {}
+    running = state == "running"
+    final = state in FINAL_STATES
+    last_decision = (rollout.get("decisions") or [{}])[-1] if final else {}
+    if running:
+        phase = str(rollout.get("phase") or "\u2013")
+    elif final:
+        phase = f"ended: {state.replace('_', ' ')}"
+    else:
+        phase = PHASE_BY_STATE.get(state, state.replace("_", " "))
+    # A waiting verdict ("soaking", "collecting samples") only means something while the rollout runs.
+    stale_wait = not running and evaluation.get("action") == "wait"
+    return {
+        "running": running, "final": final, "phase": phase,
+        "ended_at": rollout.get("finished_at") if final else None,
+        "ended_reason": last_decision.get("reason") if final else None,
+        "ended_by": last_decision.get("actor") if final else None,
+        "evaluation_current": running,
+        "evaluation_reason": None if stale_wait else evaluation.get("reason"),
+        "evaluation_action": None if stale_wait else evaluation.get("action"),
+    }
+
+
 def _stage_rows(rollout: dict[str, Any], devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per stage: planned cumulative size per stratum, and its devices by state now."""
     plan = rollout.get("plan") or {}
@@ -576,7 +688,7 @@ def _stage_rows(rollout: dict[str, Any], devices: list[dict[str, Any]]) -> list[
         if rollout.get("state") == "completed" or (isinstance(current, int) and index < current):
             status = "done"
         elif index == current:
-            status = "stopped" if rollout.get("state") in ("aborted", "cancelled") else "current"
+            status = "stopped" if rollout.get("state") in ("aborting", "aborted", "cancelled") else "current"
         else:
             status = "upcoming"
         rows.append({"index": index, "sizes": per_stratum if isinstance(per_stratum, dict) else {},

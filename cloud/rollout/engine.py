@@ -192,8 +192,17 @@ class _Pass:
         return bool(device and device.online)
 
     def set_state(self, row: RolloutDevice, state: DeviceState, reason: str) -> None:
+        if row.state != state:
+            # One line per device transition: DEBUG. The stage decisions summarise them at INFO.
+            log.debug("rollout %s: device %s %s -> %s (%s)", self.rollout.id, row.device_id, row.state, state.value,
+                      reason[:200])
         row.state, row.reason, row.state_since = state, reason[:500], self.now
         self.session.add(row)
+
+    def device_summary(self) -> str:
+        """"3 succeeded, 1 installing": where the rollout's devices are, for the INFO summaries."""
+        counts = Counter(str(r.state) for r in self.rows)
+        return ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no devices"
 
     # -- the pass --------------------------------------------------------------
     def run(self) -> None:
@@ -226,6 +235,7 @@ class _Pass:
         self.rollout.state = state
         self.rollout.finished_at = self.now
         record_decision(self.session, self.rollout, state.value, reason, numbers or {}, actor=self.actor)
+        log.info("rollout %s ended %s: %s; devices: %s", self.rollout.id, state.value, reason, self.device_summary())
 
     # -- device states ----------------------------------------------------------
     def track_restarts(self) -> None:
@@ -593,7 +603,11 @@ class _Pass:
         if decision.failed_strata:
             decision.numbers["failed_strata"] = decision.failed_strata
         record_decision(self.session, rollout, action.value, decision.reason, decision.numbers, actor=self.actor)
-        log.info("rollout %s stage %d: %s (%s)", rollout.id, rollout.stage + 1, action.value, decision.reason)
+        # A stage decision is the summary an operator reads at INFO (stopping ones at WARNING);
+        # stages are numbered from 1 for people.
+        level = logging.WARNING if action in (Action.ABORT, Action.HALT_STRATA) else logging.INFO
+        log.log(level, "rollout %s stage %d of %d: %s (%s); devices: %s", rollout.id, rollout.stage + 1,
+                len(self.spec.stages), action.value, decision.reason, self.device_summary())
         if action == Action.PROMOTE:
             rollout.stage += 1
             rollout.phase = "shadow" if self.spec.shadows_stage(rollout.stage) else "install"

@@ -6,6 +6,7 @@ logic of their own (that is :mod:`cloud.rollout.decisions` and :mod:`cloud.rollo
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta
@@ -39,6 +40,9 @@ __all__ = [
     "rollout_detail",
     "set_labels",
 ]
+
+
+log = logging.getLogger(__name__)
 
 
 def new_rollout_id() -> str:
@@ -162,6 +166,8 @@ def create_rollout(session: Session, spec: RolloutSpec, *, actor: str = "operato
                     actor=actor)
     session.commit()
     session.refresh(rollout)
+    log.info("rollout %s created by %s: %d devices in %d strata, %d stages", rollout.id, actor, len(plan.devices),
+             len(plan.strata), len(plan.stage_sizes))
     return rollout
 
 
@@ -211,6 +217,7 @@ def operator_action(session: Session, rollout_id: str, action: OperatorAction, *
                     {"state_before": state_before, "state_after": new_state.value}, actor=actor)
     session.commit()
     session.refresh(rollout)
+    log.info("rollout %s: %s chose %s (%s -> %s)", rollout_id, actor, action.value, state_before, new_state.value)
     return rollout
 
 

@@ -27,7 +27,7 @@
       bindConfirmations(region);
     }
     region.dataset.refreshedAt = String(Date.now());
-    if (status()) status().textContent = "live · updated " + new Date().toLocaleTimeString();
+    if (status()) status().textContent = "live · updated " + new Date().toISOString().slice(0, 19).replace("T", " ") + " UTC";
   }
 
   function startPolling() {
@@ -63,6 +63,8 @@
       if (form.dataset.bound) return;
       form.dataset.bound = "1";
       form.addEventListener("submit", (event) => {
+        // A dry run (e.g. "Preview plan") changes nothing: no question to ask.
+        if (event.submitter && event.submitter.hasAttribute("data-no-confirm")) return;
         if (!window.confirm(form.dataset.confirm)) { event.preventDefault(); return; }
         const field = form.querySelector("input[name=confirm]");
         if (field) field.value = "yes";
