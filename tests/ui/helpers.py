@@ -110,3 +110,17 @@ class Fleet:
     def stop(self) -> None:
         for sim in self.sims:
             sim.stop()
+
+
+def page_csrf(client: Any, path: str) -> str:
+    """The CSRF value the dashboard page at ``path`` puts in its forms."""
+    import re
+
+    found = re.search(r'name="csrf" value="([^"]+)"', client.get(path).text)
+    assert found, f"{path} has no form with a CSRF value"
+    return found.group(1)
+
+
+def dashboard_login(client: Any, token: str, next_path: str = "/ui/fleet") -> Any:
+    """Log ``client`` (an httpx.Client on the control plane) in to the dashboard, as a browser does."""
+    return client.post("/ui/login", data={"token": token, "next": next_path, "csrf": page_csrf(client, "/ui/login")})

@@ -11,14 +11,15 @@ import httpx
 import pytest
 from sqlmodel import Session
 
-from cloud.dashboard.auth import COOKIE_NAME, DashboardUser, csrf_for
+from cloud.dashboard.auth import COOKIE_NAME, DashboardUser
 from cloud.dashboard.data import drift_state, model_health
 from cloud.dashboard.routes import templates
 from cloud.security.tables import Role
+from cloud.security.tokens import Principal
 from tests.support.services import wait_for
-from tests.ui.helpers import make_token, publish_reports
+from tests.ui.helpers import dashboard_login, make_token, page_csrf, publish_reports
 
-USER = DashboardUser("ops", Role.OPERATOR, "efo_x")
+USER = DashboardUser("ops", Role.OPERATOR, Principal(Role.OPERATOR, "ops"), csrf="c" * 32)
 
 
 def _render(name: str, **context: object) -> str:
@@ -111,7 +112,7 @@ def test_live_fleet_page_flags_a_collapsed_model_and_an_open_alert(control_plane
 
     token = make_token(control_plane, Role.OPERATOR)
     with httpx.Client(base_url=control_plane.base_url, timeout=15) as client:
-        assert client.post("/ui/login", data={"token": token, "next": "/ui/fleet"}).status_code == 303
+        assert dashboard_login(client, token, "/ui/fleet").status_code == 303
         assert COOKIE_NAME in client.cookies
         page = client.get("/ui/fleet")
         assert page.status_code == 200
@@ -123,6 +124,6 @@ def test_live_fleet_page_flags_a_collapsed_model_and_an_open_alert(control_plane
         assert 'data-action="confirm-baseline"' in device
         # The dashboard button acts through the API with the user's token.
         done = client.post("/ui/devices/cam-fine/drift/baseline/confirm?camera=main&package_id=p1",
-                           data={"csrf": csrf_for(token), "confirm": "yes"})
+                           data={"csrf": page_csrf(client, "/ui/devices/cam-fine"), "confirm": "yes"})
         assert done.status_code == 303 and "baseline+confirmed" in done.headers["location"], done.headers
     assert api.get("/api/v1/devices/cam-fine/drift/baseline").json()[0]["state"] == "confirmed"

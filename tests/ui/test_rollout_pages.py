@@ -13,17 +13,18 @@ import httpx
 import pytest
 from sqlmodel import Session
 
-from cloud.dashboard.auth import DashboardUser, csrf_for
+from cloud.dashboard.auth import DashboardUser
 from cloud.dashboard.candidates import Candidate
 from cloud.dashboard.routes import _plan_view, templates
 from cloud.fleet import crud
 from cloud.pipeline.registry import store
 from cloud.pipeline.registry.tables import ModelBuild, ModelLineage
 from cloud.security.tables import Role
-from tests.ui.helpers import PROFILES, make_release, make_token
+from cloud.security.tokens import Principal
+from tests.ui.helpers import PROFILES, dashboard_login, make_release, make_token, page_csrf
 from tests.ui.test_templates import _balanced
 
-USER = DashboardUser("ops", Role.OPERATOR, "efo_x")
+USER = DashboardUser("ops", Role.OPERATOR, Principal(Role.OPERATOR, "ops"), csrf="c" * 32)
 
 
 def _rollout(state: str, **extra: Any) -> dict[str, Any]:
@@ -110,7 +111,7 @@ def test_the_preview_numbers_stages_from_one_and_names_the_package_per_profile()
 # --- against a running control plane -------------------------------------------------------------
 def _client(plane: Any, token: str) -> httpx.Client:
     client = httpx.Client(base_url=plane.base_url, timeout=30)
-    assert client.post("/ui/login", data={"token": token, "next": "/ui/rollouts"}).status_code == 303
+    assert dashboard_login(client, token, "/ui/rollouts").status_code == 303
     return client
 
 
@@ -147,7 +148,7 @@ def test_preview_refusal_and_abort_on_a_live_control_plane(control_plane, api, t
         assert "rejected by the validation gate: accuracy 0.610 is below the minimum 0.800" in option.group(2)
         assert "rejected by the quantization gate" in page.text and "build-int8-bad" in page.text
 
-        form = {"csrf": csrf_for(token), "package_id": good.package_id, "stage_kind": "count", "stages": "2,6",
+        form = {"csrf": page_csrf(client, "/ui/rollouts"), "package_id": good.package_id, "stage_kind": "count", "stages": "2,6",
                 "soak_s": "3600", "name": "preview me"}
         preview = client.post("/ui/rollouts/preview", data=form)
         assert preview.status_code == 200, preview.text

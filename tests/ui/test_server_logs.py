@@ -17,12 +17,11 @@ import uvicorn
 from sqlmodel import Session
 
 from cloud.api.main import create_app
-from cloud.dashboard.auth import csrf_for
 from cloud.ops.access_log import ACCESS_LOGGER, is_poll
 from cloud.rollout.tables import Rollout
 from cloud.security.tables import Role
 from tests.support.services import free_port, wait_for
-from tests.ui.helpers import make_token
+from tests.ui.helpers import dashboard_login, make_token, page_csrf
 
 pytestmark = pytest.mark.integration
 
@@ -93,13 +92,13 @@ def test_live_refreshes_leave_the_info_log_quiet(server_at_info, fleet) -> None:
     # uvicorn's access logger is one per process: forget the fleet's set-up requests.
     records.records.clear()
     with httpx.Client(base_url=base_url, timeout=30) as client:
-        assert client.post("/ui/login", data={"token": token, "next": "/ui/rollouts"}).status_code == 303
+        assert dashboard_login(client, token, "/ui/rollouts").status_code == 303
         assert client.get("/ui/rollouts").status_code == 200
         spec = {"name": "quiet logs", "release": {"package_id": fleet.v2.package_id}, "target": {"all_devices": True},
                 "stages": [{"count": 2}, {"percent": 100}], "soak_s": 1,
                 "gates": {"min_frames": 20, "min_latency_windows": 1, "probation_min_windows": 1, "gate_wait_s": 600,
                           "control_window_s": 120}}
-        spec_form = {"csrf": csrf_for(token), "confirm": "yes", "spec": json.dumps(spec)}
+        spec_form = {"csrf": page_csrf(client, "/ui/rollouts"), "confirm": "yes", "spec": json.dumps(spec)}
         created = client.post("/ui/rollouts", data=spec_form)
         assert created.status_code == 303 and "/ui/rollouts/ro-" in created.headers["location"], created.headers
         rollout_id = created.headers["location"].split("/ui/rollouts/")[1].split("?")[0]
@@ -120,8 +119,10 @@ def test_live_refreshes_leave_the_info_log_quiet(server_at_info, fleet) -> None:
         assert httpx.get(f"{base_url}/ui/fleet?partial=1").status_code == 401
 
     logged = _access_paths(records)
-    assert logged == ["POST /ui/login 303", "GET /ui/rollouts 200", "POST /ui/rollouts 303",
-                      "GET /ui/fleet?partial=1 401"], logged
+    # The login page (its CSRF value), the login, the page and the page read again for the
+    # form's CSRF value, the form, the refused poll: every line a person's action, none a poll.
+    assert logged == ["GET /ui/login 200", "POST /ui/login 303", "GET /ui/rollouts 200", "GET /ui/rollouts 200",
+                      "POST /ui/rollouts 303", "GET /ui/fleet?partial=1 401"], logged
 
     devices = len(fleet.all_ids)
     transitions = [r for r in records.records if r.levelno == logging.DEBUG and "-> " in r.getMessage()

@@ -13,7 +13,7 @@ import pytest
 from cloud.security.tables import Role
 from cloud.timefmt import DISPLAY_PATTERN
 from tests.support.services import wait_for
-from tests.ui.helpers import PROFILES, make_release, make_token, publish_reports
+from tests.ui.helpers import PROFILES, dashboard_login, make_release, make_token, publish_reports
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ def test_every_timestamp_on_the_main_pages_has_the_one_style(control_plane, api:
 
     token = make_token(control_plane, Role.VIEWER)
     with httpx.Client(base_url=control_plane.base_url, timeout=30) as client:
-        assert client.post("/ui/login", data={"token": token, "next": "/ui/fleet"}).status_code == 303
+        assert dashboard_login(client, token, "/ui/fleet").status_code == 303
         pages: list[tuple[str, int]] = [
             ("/ui/fleet", 1),  # last seen
             (f"/ui/devices/{device_id}", 4 + 2 * 4),  # last seen, recent windows, each chart's range
