@@ -18,6 +18,7 @@ from cloud.cli.client import (
     emit_json,
     table,
 )
+from cloud.cli.local import local_actor
 from cloud.core.config import Settings
 from cloud.core.db import make_engine, migrate
 from cloud.governance.retrain import repackage_with_reference
@@ -80,7 +81,8 @@ def drift_reference(
     try:
         with Session(make_engine(settings.resolved_database_url)) as session:
             package = repackage_with_reference(session, package_id, images, packages_dir=settings.packages_dir,
-                                               window_frames=window_frames, source=f"{data} ({split})")
+                                               window_frames=window_frames, source=f"{data} ({split})",
+                                               actor=local_actor())
     except (LookupError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None

@@ -22,6 +22,8 @@ from cloud.cli.client import (
     table,
 )
 from cloud.cli.keys import fleet_security
+from cloud.cli.local import local_actor
+from cloud.governance import audit
 from cloud.security.tables import Role
 from cloud.security.tokens import create_api_token
 
@@ -68,7 +70,10 @@ def token_create(
         raise typer.Exit(2)
     security = fleet_security()
     with Session(security.engine) as session:
-        secret, _ = create_api_token(session, name=name, role=Role(role))
+        secret, row = create_api_token(session, name=name, role=Role(role))
+        audit.record(session, actor=local_actor(), action="token.created", subject_type="api_token",
+                     subject_id=row.id, details={"name": name, "role": role})
+        session.commit()
     print(secret)
 
 
@@ -81,5 +86,9 @@ def token_enroll(
     security = fleet_security()
     with Session(security.engine) as session:
         secret, expires_at = security.create_enrollment_token(session, device_id, hardware_profile=profile)
+        audit.record(session, actor=local_actor(), action="enrollment_token.created", subject_type="device",
+                     subject_id=device_id, details={"hardware_profile": profile,
+                                                    "expires_at": expires_at.isoformat()})
+        session.commit()
     console.print(f"valid until {expires_at.isoformat()}; on the device run:", style="dim")
     print(f"edgefleet-agent enroll --server <control-plane-url> --token {secret}")

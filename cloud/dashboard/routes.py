@@ -36,6 +36,7 @@ templates.env.globals["version"] = __version__
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 FLEET_PAGE_ROWS = 200
+AUDIT_PAGE_ROWS = 50
 ROLLOUT_ACTIONS = ("approve", "pause", "resume", "abort", "cancel")
 # Which actions make sense in which rollout state (cloud/rollout/decisions.py); the API
 # still has the last word (409 for an action the state does not allow).
@@ -299,6 +300,7 @@ async def device_page(request: Request, device_id: str) -> Response:
         "device": device, "recent": list(reversed(windows))[:10], "charts": charts, "has_drift_api": drift is not None,
         "drift_available": bool(drift_lines), "samples": _sample_list(samples), "has_samples_api": samples is not None,
         "jobs": jobs, "alerts": device_alerts,
+        "message": request.query_params.get("message"), "error": request.query_params.get("error"),
     })
 
 
@@ -328,6 +330,9 @@ async def models_page(request: Request) -> Response:
     async with _api(request, user) as api:
         models: list[dict[str, Any]] = await api.get("/api/v1/models", default=[])
         fleet: list[dict[str, Any]] = await api.get("/api/v1/fleet", default=[])
+        audit_events = None
+        if request.query_params.get("partial") != "1":  # outside the live region: full page loads only
+            audit_events = await api.get("/api/v1/governance/audit", default=None, limit=AUDIT_PAGE_ROWS)
     running: dict[str, int] = {}
     for row in fleet:
         if row.get("online") and row.get("model_version"):
@@ -335,7 +340,9 @@ async def models_page(request: Request) -> Response:
     for model in models:
         model["scalar_metrics"] = _scalar_metrics(model.get("metrics") or {})
         model["running_on"] = running.get(model["version"], 0)
-    return _render(request, user, "models.html", "models_live.html", {"models": models})
+    return _render(request, user, "models.html", "models_live.html", {
+        "models": models, "audit_events": list(reversed(_items(audit_events))), "audit_available": audit_events is not None,
+    })
 
 
 @router.get("/models/{version}", response_class=HTMLResponse)
@@ -564,6 +571,38 @@ async def sample_image(request: Request, sample_id: str) -> Response:
         return Response(status_code=answer.status if answer.status >= 400 else 502)
     return Response(content=raw if isinstance(raw, bytes) else b"", media_type="image/jpeg",
                     headers={"cache-control": "private, max-age=3600"})
+
+
+@router.post("/samples/{sample_id}/label", response_class=HTMLResponse)
+async def sample_label(request: Request, sample_id: str) -> Response:
+    """Label one sample from the device page: the API checks the class and records who relabelled what."""
+    user = await _user(request)
+    async with _api(request, user) as api:
+        sample = await api.get(f"/api/v1/samples/{quote(sample_id, safe='')}")
+    if sample is None:
+        return _render(request, user, "not_found.html", None,
+                       {"what": f"sample {sample_id!r}", "back": "/ui/fleet"}, status_code=404)
+    back = f"/ui/devices/{quote(str(sample['device_id']), safe='')}"
+    try:
+        form = await _form(request, user)
+    except _Refused as exc:
+        return _flash_redirect(back, error=exc.message)
+    label = form.get("label", "").strip()
+    if not label:
+        return _flash_redirect(back, error=f"choose a class for sample {sample_id}")
+    async with _api(request, user) as api:
+        answer = await api.post("/api/v1/samples/labels", {"labels": {sample_id: label}})
+    if not answer.ok:
+        return _flash_redirect(back, error=f"label refused: {answer.detail}")
+    changes = answer.body.get("changes", []) if isinstance(answer.body, dict) else []
+    change = changes[0] if changes and isinstance(changes[0], dict) else {}
+    if change.get("unchanged"):
+        message = f"sample {sample_id} already labelled {label}"
+    elif change.get("relabelled"):
+        message = f"sample {sample_id} relabelled from {change.get('from') or 'rejected'} to {label}"
+    else:
+        message = f"sample {sample_id} labelled {label}"
+    return _flash_redirect(back, message=message)
 
 
 def _items(document: Any) -> list[dict[str, Any]]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from sqlmodel import col, select
 
-from cloud.api.deps import PlaneDep, SessionDep
+from cloud.api.deps import ActorDep, PlaneDep, SessionDep
 from cloud.fleet.crud import NotFound
 from cloud.governance import audit
 from cloud.monitor import service
@@ -59,12 +59,11 @@ def fleet_evaluate(package_id: str, session: SessionDep, plane: PlaneDep,
 
 
 @router.post("/retention")
-def retention(session: SessionDep, plane: PlaneDep, request: Request) -> dict[str, Any]:
+def retention(session: SessionDep, plane: PlaneDep, actor: ActorDep) -> dict[str, Any]:
     """Apply the sample and drift-window retention policies now (also run periodically by operators' cron)."""
 
     done = apply_retention(session, plane.settings.monitor)
-    principal = getattr(request.state, "principal", None)
-    audit.record(session, actor=f"operator:{principal.name}" if principal else "operator", action="retention.applied",
+    audit.record(session, actor=actor, action="retention.applied",
                  subject_type="retention", subject_id="monitor", details=done)
     session.commit()
     return done
