@@ -146,9 +146,10 @@ class _Refused(Exception):
         self.message = message
 
 
-def _flash_redirect(path: str, *, message: str = "", error: str = "") -> RedirectResponse:
+def _flash_redirect(path: str, *, message: str = "", error: str = "", anchor: str = "") -> RedirectResponse:
     query = urlencode({k: v for k, v in (("message", message), ("error", error)) if v})
-    return RedirectResponse(f"{path}?{query}" if query else path, status_code=303)
+    fragment = f"#{anchor}" if anchor else ""  # back to the section the form was in, where the flash shows
+    return RedirectResponse((f"{path}?{query}" if query else path) + fragment, status_code=303)
 
 
 # --- login -------------------------------------------------------------------
@@ -586,14 +587,14 @@ async def sample_label(request: Request, sample_id: str) -> Response:
     try:
         form = await _form(request, user)
     except _Refused as exc:
-        return _flash_redirect(back, error=exc.message)
+        return _flash_redirect(back, error=exc.message, anchor="samples")
     label = form.get("label", "").strip()
     if not label:
-        return _flash_redirect(back, error=f"choose a class for sample {sample_id}")
+        return _flash_redirect(back, error=f"choose a class for sample {sample_id}", anchor="samples")
     async with _api(request, user) as api:
         answer = await api.post("/api/v1/samples/labels", {"labels": {sample_id: label}})
     if not answer.ok:
-        return _flash_redirect(back, error=f"label refused: {answer.detail}")
+        return _flash_redirect(back, error=f"label refused: {answer.detail}", anchor="samples")
     changes = answer.body.get("changes", []) if isinstance(answer.body, dict) else []
     change = changes[0] if changes and isinstance(changes[0], dict) else {}
     if change.get("unchanged"):
@@ -602,7 +603,7 @@ async def sample_label(request: Request, sample_id: str) -> Response:
         message = f"sample {sample_id} relabelled from {change.get('from') or 'rejected'} to {label}"
     else:
         message = f"sample {sample_id} labelled {label}"
-    return _flash_redirect(back, message=message)
+    return _flash_redirect(back, message=message, anchor="samples")
 
 
 def _items(document: Any) -> list[dict[str, Any]]:

@@ -213,7 +213,7 @@ def operator_action(session: Session, rollout_id: str, action: OperatorAction, *
     session.add(rollout)
     record_decision(session, rollout, f"operator_{action.value}", f"{actor} chose {action.value}",
                     {"state_before": state_before, "state_after": new_state.value}, actor=actor)
-    audit.record(session, actor=actor, action=f"rollout.{action.value}", subject_type="rollout", subject_id=rollout.id,
+    audit.record(session, actor=actor, action=f"rollout.operator_{action.value}", subject_type="rollout", subject_id=rollout.id,
                  details={"stage": rollout.stage, "state_before": str(state_before), "state_after": new_state.value})
     session.commit()
     session.refresh(rollout)

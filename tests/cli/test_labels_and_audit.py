@@ -205,9 +205,9 @@ def test_every_operator_action_is_audited_with_the_token_name(control_plane, api
         ("model.promoted", release.model_version): carol,
         ("deployment.created", deployment.json()["id"]): carol,
         ("rollout.created", rollout_id): carol,
-        ("rollout.pause", rollout_id): carol,
-        ("rollout.resume", rollout_id): carol,
-        ("rollout.abort", rollout_id): carol,
+        ("rollout.operator_pause", rollout_id): carol,
+        ("rollout.operator_resume", rollout_id): carol,
+        ("rollout.operator_abort", rollout_id): carol,
         ("samples.labelled", "smp-x-0001"): carol,
         ("token.created", token_id): dana,
         ("token.revoked", token_id): dana,
@@ -222,10 +222,10 @@ def test_every_operator_action_is_audited_with_the_token_name(control_plane, api
     lineage = api.get(f"/api/v1/governance/lineage/{release.model_version}").json()
     trail = {(e["action"], e["actor"]) for e in lineage["audit"]}
     assert {("model.promoted", carol), ("deployment.created", carol), ("rollout.created", carol),
-            ("rollout.abort", carol)} <= trail, trail
+            ("rollout.operator_abort", carol)} <= trail, trail
 
     # The CLI shows the log, filtered by an action prefix.
     shown = runner.invoke(app, ["governance", "audit", "--action", "rollout.", "--json"], env=operator)
     assert shown.exit_code == 0, shown.output
-    assert {e["action"] for e in json.loads(shown.stdout)} == {"rollout.created", "rollout.pause", "rollout.resume",
-                                                                "rollout.abort"}
+    assert {e["action"] for e in json.loads(shown.stdout)} == {"rollout.created", "rollout.operator_pause",
+                                                                "rollout.operator_resume", "rollout.operator_abort"}
