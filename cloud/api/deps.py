@@ -91,5 +91,12 @@ def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Pr
     return principal
 
 
+def audit_actor(principal: Annotated[Principal, Depends(get_principal)]) -> str:
+    """Who the audit log names for this request: the API token's name (the CLI, the dashboard and
+    scripts all call with a token, so every operator action carries the name of the token it used)."""
+    return f"operator:{principal.name}"
+
+
 CurrentPrincipal = Annotated[Principal, Depends(require_access)]
+ActorDep = Annotated[str, Depends(audit_actor)]
 AdminDep = Annotated[Principal, Depends(require_admin)]

@@ -80,6 +80,20 @@ class ApiClient:
             raise ApiError(response.status_code, f"{method} {path}: HTTP {response.status_code}: {detail}")
         return response.json() if response.content else None
 
+    def download(self, path: str) -> bytes:
+        """The raw body of a GET (an image), with the same error handling as :meth:`request`."""
+        try:
+            response = self._http.get(path)
+        except httpx.HTTPError as exc:
+            raise ApiError(0, f"cannot reach the control plane at {self.server}: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except (ValueError, AttributeError):
+                detail = response.text
+            raise ApiError(response.status_code, f"GET {path}: HTTP {response.status_code}: {detail}")
+        return response.content
+
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
 

@@ -19,7 +19,7 @@ from cloud.cli.client import (
     table,
 )
 from cloud.cli.drift_baseline import baseline_app
-from cloud.cli.local import local_settings
+from cloud.cli.local import local_actor, local_settings
 from cloud.core.db import make_engine, migrate
 from cloud.governance.retrain import repackage_with_reference
 from cloud.pipeline.data.dataset import decode_image, scan_imagefolder
@@ -83,7 +83,8 @@ def drift_reference(
     try:
         with Session(engine) as session:
             package = repackage_with_reference(session, package_id, images, packages_dir=settings.packages_dir,
-                                               window_frames=window_frames, source=f"{data} ({split})")
+                                               window_frames=window_frames, source=f"{data} ({split})",
+                                               actor=local_actor())
             # Read while the session is open: after it closes the row is detached.
             new_id, model_version = package.id, package.model_version
     except (LookupError, ValueError) as exc:

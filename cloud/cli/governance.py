@@ -82,11 +82,18 @@ def approve(rollout_proposal_id: str, server: ServerOpt = DEFAULT_SERVER, token:
 
 
 @governance_app.command("audit")
-def audit(subject: str | None = None, limit: int = 100, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
-          json_out: JsonOpt = False) -> None:
-    """The audit log: who or what did each step, when."""
+def audit(
+    subject: Annotated[str | None, typer.Option(help="only events about this id (sample, rollout, model, ...)")] = None,
+    action: Annotated[str | None, typer.Option(help="only this action; ending in '.' a prefix, e.g. 'rollout.'")] = None,
+    actor: Annotated[str | None, typer.Option(help="only this actor, e.g. 'operator:<token name>'")] = None,
+    limit: Annotated[int, typer.Option(help="the newest this many events")] = 100,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The audit log: who (the API token's name, or the monitor) did each step, when. Newest last."""
     events: list[dict[str, Any]] = call(server, token, "GET", "/api/v1/governance/audit", subject_id=subject,
-                                         limit=limit)
+                                         action=action, actor=actor, limit=limit)
     if json_out:
         emit_json(events)
         return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from sqlmodel import Session
@@ -14,8 +14,9 @@ from cloud.cli.client import (
     emit_json,
     table,
 )
-from cloud.cli.local import local_settings
+from cloud.cli.local import local_actor, local_settings
 from cloud.core.db import make_engine, migrate
+from cloud.governance import audit
 from cloud.security import FleetSecurity
 from cloud.security.tuf_repo import OfflineKeyRequired, sign_metadata_offline
 
@@ -33,6 +34,13 @@ def fleet_security(offline_keys_dir: Path | None = None) -> FleetSecurity:
     security = FleetSecurity(settings, make_engine(settings.resolved_database_url), offline_keys_dir=offline_keys_dir)
     security.initialise()
     return security
+
+
+def _audit(security: FleetSecurity, action: str, subject_id: str, details: dict[str, Any] | None = None) -> None:
+    with Session(security.engine) as session:
+        audit.record(session, actor=local_actor(), action=action, subject_type="keys", subject_id=subject_id,
+                     details=details)
+        session.commit()
 
 
 def _refused(exc: Exception) -> typer.Exit:
@@ -78,6 +86,8 @@ def keys_rotate(
         root = security.tuf.rotate_keys(role, keys=keys, threshold=threshold)
     except (ValueError, OfflineKeyRequired) as exc:
         raise _refused(exc) from None
+    _audit(security, "keys.rotated", role, {"root_version": root.version, "keys": len(root.roles[role].keyids),
+                                            "threshold": root.roles[role].threshold})
     console.print(f"rotated {role}: root is now version {root.version}, "
                   f"{len(root.roles[role].keyids)} keys, threshold {root.roles[role].threshold}")
 
@@ -94,6 +104,7 @@ def keys_rotate_director(offline_keys: OfflineKeysOpt = None) -> None:
         security.rotate_director()
     except OfflineKeyRequired as exc:
         raise _refused(exc) from None
+    _audit(security, "keys.director_rotated", "director")
     console.print("director key rotated; public key:")
     console.print(security.director.public_pem().decode())
 
@@ -103,7 +114,9 @@ def keys_offline(
     to: Annotated[Path, typer.Option(help="directory on the offline medium to move the root and targets keys to")],
 ) -> None:
     """Move the root and targets private keys off this host; it keeps snapshot, timestamp and director keys."""
-    moved = fleet_security().tuf.move_offline(to)
+    security = fleet_security()
+    moved = security.tuf.move_offline(to)
+    _audit(security, "keys.moved_offline", "root,targets", {"keys": len(moved)})
     console.print(f"moved {len(moved)} key(s) to {to}; detach it. Sign releases with "
                   "`edgefleet keys sign-targets --offline-keys DIR` (or export-targets / sign / import-targets)",
                   highlight=False)
@@ -118,6 +131,7 @@ def keys_sign_targets(offline_keys: Annotated[Path, typer.Option("--offline-keys
         version = security.tuf.sign_staged_targets()
     except (ValueError, OfflineKeyRequired) as exc:
         raise _refused(exc) from None
+    _audit(security, "keys.targets_signed", "targets", {"version": version, "packages": waiting})
     console.print(f"signed targets version {version}: {', '.join(waiting) or 'no new package'}", highlight=False)
 
 
@@ -156,10 +170,12 @@ def keys_sign(
 @keys_app.command("import-targets")
 def keys_import_targets(signed: Annotated[Path, typer.Argument(help="targets.signed.json from `keys sign`")]) -> None:
     """Publish targets signed on the key machine (checked against the root before anything changes)."""
+    security = fleet_security()
     try:
-        version = fleet_security().tuf.import_signed_targets(signed.read_bytes())
+        version = security.tuf.import_signed_targets(signed.read_bytes())
     except (OSError, ValueError) as exc:
         raise _refused(exc) from None
+    _audit(security, "keys.targets_imported", "targets", {"version": version})
     console.print(f"published targets version {version}")
 
 
@@ -168,5 +184,6 @@ def keys_revoke_device(device_id: str) -> None:
     """Take every credential of a device (certificates, API tokens, pending enrollment) and rewrite the CRL."""
     security = fleet_security()
     with Session(security.engine) as session:
-        serials = security.revoke_device(session, device_id, revoked_by="edgefleet keys revoke-device")
+        serials = security.revoke_device(session, device_id, revoked_by=local_actor())
+    _audit(security, "device.revoked", device_id, {"revoked_serials": [str(s) for s in serials]})
     console.print(f"revoked {len(serials)} certificate(s) of {device_id}; CRL: {security.ca.crl_file}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import sys
@@ -31,6 +32,14 @@ JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable
 
 
 ProfileOption = Annotated[list[str] | None, typer.Option("--profile", "-p", help="hardware profile (repeatable)")]
+
+
+def local_actor() -> str:
+    """Commands on the control plane's host run without an API token: the audit log names the OS user."""
+    try:
+        return f"local:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "local:unknown"
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from cloud.cli.client import (
 )
 from cloud.cli.client import console as stdout_console
 from cloud.cli.governance import validation_summary
-from cloud.cli.local import JsonOption, ProfileOption, console, emit, local_context, user_errors
+from cloud.cli.local import JsonOption, ProfileOption, console, emit, local_actor, local_context, user_errors
 from cloud.fleet import crud
 from cloud.pipeline.evaluate.gates import QuantizationGateConfig, ValidationThresholds
 
@@ -278,12 +278,20 @@ def model_import(
 
 
 @model_app.command("promote")
-def model_promote(version: str) -> None:
-    """Make a validated model the production model: later candidates must not be worse than it."""
+def model_promote(version: str, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None) -> None:
+    """Make a validated model the production model: later candidates must not be worse than it.
+
+    With an API token (--token or EDGEFLEET_TOKEN) it goes through the control plane, and the
+    audit log names the token; without one it works on the local database as ``local:<os user>``.
+    """
+    if token:
+        result = call(server, token, "POST", f"/api/v1/models/{version}/promote")
+        console.print(f"{result['model_version']} is now {result['status']}")
+        return
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import promote
 
     engine, _ = local_context()
     with user_errors():
-        model = promote(engine, version)
+        model = promote(engine, version, actor=local_actor())
     console.print(f"{model.version} is now production")

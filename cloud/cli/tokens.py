@@ -25,6 +25,8 @@ from cloud.cli.client import (
     table,
 )
 from cloud.cli.keys import fleet_security
+from cloud.cli.local import local_actor
+from cloud.governance import audit
 from cloud.security.tables import Role
 from cloud.security.tokens import create_api_token
 from cloud.timefmt import format_utc
@@ -82,8 +84,11 @@ def token_create(
     security = fleet_security()
     with Session(security.engine) as session:
         # Only the secret on the output (scripts capture it); `edgefleet token list` shows the expiry.
-        secret, _ = create_api_token(session, name=name, role=Role(role),
-                                     ttl_s=ttl or security.settings.api_token_ttl_s)
+        secret, row = create_api_token(session, name=name, role=Role(role),
+                                       ttl_s=ttl or security.settings.api_token_ttl_s)
+        audit.record(session, actor=local_actor(), action="token.created", subject_type="api_token",
+                     subject_id=row.id, details={"name": name, "role": role})
+        session.commit()
     security.engine.dispose()
     print(secret)
 
@@ -107,6 +112,10 @@ def token_enroll(
         try:
             with Session(security.engine) as session:
                 secret, expires = security.create_enrollment_token(session, device_id, hardware_profile=profile)
+                audit.record(session, actor=local_actor(), action="enrollment_token.created", subject_type="device",
+                             subject_id=device_id, details={"hardware_profile": profile,
+                                                            "expires_at": expires.isoformat()})
+                session.commit()
         except ValueError as exc:
             fail(str(exc), Exit.BAD_INPUT)
         finally:

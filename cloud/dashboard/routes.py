@@ -52,6 +52,7 @@ templates.env.globals["version"] = __version__
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 FLEET_PAGE_ROWS = 200
+AUDIT_PAGE_ROWS = 50
 ROLLOUT_ACTIONS = ("approve", "pause", "resume", "abort", "cancel")
 # Which actions make sense in which rollout state (cloud/rollout/decisions.py); the API
 # still has the last word (409 for an action the state does not allow).
@@ -163,9 +164,10 @@ class _Refused(Exception):
         self.message = message
 
 
-def _flash_redirect(path: str, *, message: str = "", error: str = "") -> RedirectResponse:
+def _flash_redirect(path: str, *, message: str = "", error: str = "", anchor: str = "") -> RedirectResponse:
     query = urlencode({k: v for k, v in (("message", message), ("error", error)) if v})
-    return RedirectResponse(f"{path}?{query}" if query else path, status_code=303)
+    fragment = f"#{anchor}" if anchor else ""  # back to the section the form was in, where the flash shows
+    return RedirectResponse((f"{path}?{query}" if query else path) + fragment, status_code=303)
 
 
 # --- login -------------------------------------------------------------------
@@ -418,6 +420,9 @@ async def models_page(request: Request) -> Response:
     async with _api(request, user) as api:
         models: list[dict[str, Any]] = await api.get("/api/v1/models", default=[])
         fleet: list[dict[str, Any]] = await api.get("/api/v1/fleet", default=[])
+        audit_events = None
+        if request.query_params.get("partial") != "1":  # outside the live region: full page loads only
+            audit_events = await api.get("/api/v1/governance/audit", default=None, limit=AUDIT_PAGE_ROWS)
     running: dict[str, int] = {}
     for row in fleet:
         if row.get("online") and row.get("model_version"):
@@ -425,7 +430,9 @@ async def models_page(request: Request) -> Response:
     for model in models:
         model["scalar_metrics"] = _scalar_metrics(model.get("metrics") or {})
         model["running_on"] = running.get(model["version"], 0)
-    return _render(request, user, "models.html", "models_live.html", {"models": models})
+    return _render(request, user, "models.html", "models_live.html", {
+        "models": models, "audit_events": list(reversed(_items(audit_events))), "audit_available": audit_events is not None,
+    })
 
 
 @router.get("/models/{version}", response_class=HTMLResponse)
@@ -770,6 +777,38 @@ async def sample_image(request: Request, sample_id: str) -> Response:
         return Response(status_code=answer.status if answer.status >= 400 else 502)
     return Response(content=raw if isinstance(raw, bytes) else b"", media_type="image/jpeg",
                     headers={"cache-control": "private, max-age=3600"})
+
+
+@router.post("/samples/{sample_id}/label", response_class=HTMLResponse)
+async def sample_label(request: Request, sample_id: str) -> Response:
+    """Label one sample from the device page: the API checks the class and records who relabelled what."""
+    user = await _user(request)
+    async with _api(request, user) as api:
+        sample = await api.get(f"/api/v1/samples/{quote(sample_id, safe='')}")
+    if sample is None:
+        return _render(request, user, "not_found.html", None,
+                       {"what": f"sample {sample_id!r}", "back": "/ui/fleet"}, status_code=404)
+    back = f"/ui/devices/{quote(str(sample['device_id']), safe='')}"
+    try:
+        form = await _form(request, user)
+    except _Refused as exc:
+        return _flash_redirect(back, error=exc.message, anchor="samples")
+    label = form.get("label", "").strip()
+    if not label:
+        return _flash_redirect(back, error=f"choose a class for sample {sample_id}", anchor="samples")
+    async with _api(request, user) as api:
+        answer = await api.post("/api/v1/samples/labels", {"labels": {sample_id: label}})
+    if not answer.ok:
+        return _flash_redirect(back, error=f"label refused: {answer.detail}", anchor="samples")
+    changes = answer.body.get("changes", []) if isinstance(answer.body, dict) else []
+    change = changes[0] if changes and isinstance(changes[0], dict) else {}
+    if change.get("unchanged"):
+        message = f"sample {sample_id} already labelled {label}"
+    elif change.get("relabelled"):
+        message = f"sample {sample_id} relabelled from {change.get('from') or 'rejected'} to {label}"
+    else:
+        message = f"sample {sample_id} labelled {label}"
+    return _flash_redirect(back, message=message, anchor="samples")
 
 
 def _items(document: Any) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from cloud.core.plane import Plane
 from cloud.errors import ConflictError, UnavailableError
 from cloud.fleet import crud
 from cloud.fleet.tables import Deployment, DeviceJob
+from cloud.governance import audit
 from cloud.rollout.commands import resync_command
 
 
@@ -22,7 +23,8 @@ class ResyncSent:
 
 
 def start_deployment(
-    plane: Plane, session: Session, package_id: str, device_ids: list[str], *, rollback: bool = False
+    plane: Plane, session: Session, package_id: str, device_ids: list[str], *, rollback: bool = False,
+    actor: str = "operator",
 ) -> tuple[Deployment, list[DeviceJob]]:
     """``rollback`` signs the commands as a deliberate return to an older release; without
     it devices refuse a package older than the one they installed (``package_downgrade``)."""
@@ -36,6 +38,10 @@ def start_deployment(
         rollback=rollback,
     )
     assert plane.mqtt is not None, "control plane is not connected to a broker"
+    audit.record(session, actor=actor, action="deployment.created", subject_type="deployment",
+                 subject_id=deployment.id, details={"package_id": package_id, "model_version": package.model_version,
+                                                    "device_ids": sorted(device_ids)[:200]})
+    session.commit()
     for command in commands:
         plane.mqtt.publish_command(command)
     return crud.get_deployment(session, deployment.id)

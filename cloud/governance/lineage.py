@@ -7,10 +7,11 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from cloud.fleet import crud
-from cloud.fleet.tables import Device, Package
+from cloud.fleet.tables import Deployment, Device, Package
 from cloud.governance.audit import list_events
 from cloud.governance.tables import DatasetLineage, RetrainingProposal, RolloutProposal
 from cloud.monitor.tables import SampleRecord
+from cloud.rollout.tables import RolloutDevice
 
 __all__ = ["lineage"]
 
@@ -49,11 +50,15 @@ def lineage(session: Session, version: str) -> dict[str, Any]:
     proposals = list(session.exec(select(RetrainingProposal).where(col(RetrainingProposal.new_model_version) == version)))
     rollouts = list(session.exec(select(RolloutProposal).where(col(RolloutProposal.model_version) == version)))
     running = list(session.exec(select(Device).where(col(Device.running_model_version) == version)))
-    events: list[dict[str, Any]] = []
-    for subject in [*package_ids, *(p.id for p in proposals), *(r.id for r in rollouts)]:
-        events += [{"at": e.at, "actor": e.actor, "action": e.action, "subject": e.subject_id, "details": e.details}
-                   for e in list_events(session, subject_id=subject)]
-    events.sort(key=lambda e: e["at"])
+    # Every step that touched this version: its promotion, its packages, the deployments and
+    # rollouts that shipped them (started by hand or from a proposal), and the proposals.
+    deployment_ids = [d.id for d in session.exec(select(Deployment).where(col(Deployment.package_id).in_(package_ids)))]
+    rollout_ids = sorted({row for row in session.exec(select(RolloutDevice.rollout_id).where(
+        col(RolloutDevice.package_id).in_(package_ids)))} | {r.rollout_id for r in rollouts if r.rollout_id})
+    subjects = [version, *package_ids, *deployment_ids, *rollout_ids, *(p.id for p in proposals),
+                *(r.id for r in rollouts)]
+    events = [{"at": e.at, "actor": e.actor, "action": e.action, "subject": e.subject_id, "details": e.details}
+              for e in list_events(session, subject_ids=subjects, limit=1000, newest=True)]
     return {
         "model_version": model.version,
         "model_name": model.name,

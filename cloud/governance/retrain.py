@@ -33,6 +33,7 @@ from cloud.fleet.crud import Conflict
 from cloud.fleet.tables import ModelVersion, Package, utc_now
 from cloud.governance import audit
 from cloud.governance.proposals import get_proposal, propose_rollout
+from cloud.governance.sampling import estimate_random_stream
 from cloud.governance.tables import DatasetLineage, RetrainingProposal
 from cloud.monitor.reference import build_reference, run_logits
 from cloud.monitor.tables import SampleBlob, SampleRecord
@@ -67,6 +68,8 @@ class RetrainSettings:
     min_gain: float = 0.0
     reference_window_frames: int = 40
     auto_approve: bool = False
+    # Random-stream samples the new release's drift reference is built from (EDGEFLEET_MONITOR_MIN_REFERENCE_SAMPLES).
+    min_reference_samples: int = MIN_REFERENCE_SAMPLES
 
 
 def accuracy(onnx_path: Path, images: list[np.ndarray], labels: list[int], spec: PreprocessSpec) -> float:
@@ -125,6 +128,10 @@ def retrain(engine: Engine, proposal_id: str, settings: RetrainSettings, *, acto
             raise Conflict(f"proposal {proposal.id} is {proposal.state}; only open proposals can be retrained")
         if proposal.base_package_id is None or proposal.base_dataset_id is None:
             raise Conflict(f"proposal {proposal.id} has no base release to retrain from")
+        # First, as it is the usual reason to wait: it says how long, and which settings change that.
+        stream = estimate_random_stream(session, proposal.device_ids, settings.min_reference_samples)
+        if stream.missing:
+            raise Conflict(f"proposal {proposal.id} cannot be retrained yet: {stream.explain()}")
         base_package = crud.get_package(session, proposal.base_package_id)
         base_model = session.get(ModelVersion, base_package.model_version_id)
         assert base_model is not None
@@ -139,10 +146,6 @@ def retrain(engine: Engine, proposal_id: str, settings: RetrainSettings, *, acto
         accepted = [s for s in accepted if s.label in previous.labels]
         if not accepted:
             raise Conflict(f"proposal {proposal.id} has no labelled samples from {', '.join(proposal.device_ids)}")
-        random_stream = len(_random_samples(session, proposal))
-        if random_stream < MIN_REFERENCE_SAMPLES:
-            raise Conflict(f"only {random_stream} random-stream samples from the drifted devices; the new release's "
-                           f"drift reference needs {MIN_REFERENCE_SAMPLES}: let the devices sample longer")
         proposal.state, proposal.updated_at = "training", utc_now()
         session.add(proposal)
         audit.record(session, actor=actor, action="retraining.started", subject_type="retraining_proposal",
@@ -268,8 +271,9 @@ def _reference_for(session: Session, proposal: RetrainingProposal, onnx_path: Pa
             continue
         images.append(np.asarray(image, dtype=np.uint8))
         features.append([record.features[name] for name in IMAGE_FEATURES])
-    if len(images) < MIN_REFERENCE_SAMPLES:
-        raise Conflict(f"only {len(images)} usable random-stream samples; a reference needs {MIN_REFERENCE_SAMPLES}")
+    if len(images) < settings.min_reference_samples:
+        raise Conflict(f"only {len(images)} usable random-stream samples; a reference needs "
+                       f"{settings.min_reference_samples} (EDGEFLEET_MONITOR_MIN_REFERENCE_SAMPLES)")
     logits = run_logits(onnx_path, images, spec)
     return build_reference(images, logits, labels, spec, window_frames=settings.reference_window_frames,
                            image_features=np.asarray(features, dtype=np.float64),
@@ -277,7 +281,8 @@ def _reference_for(session: Session, proposal: RetrainingProposal, onnx_path: Pa
 
 
 def repackage_with_reference(session: Session, package_id: str, images: list[np.ndarray], *,
-                             packages_dir: Path, window_frames: int = 300, source: str = "") -> Package:
+                             packages_dir: Path, window_frames: int = 300, source: str = "",
+                             actor: str = "operator") -> Package:
     """A new package of the same model version and files, plus a drift reference built from ``images``.
 
     For releases built before they carried a reference (packages are immutable: their
@@ -319,7 +324,7 @@ def repackage_with_reference(session: Session, package_id: str, images: list[np.
         id=built.manifest.package_id, model_version_id=package.model_version_id, model_version=package.model_version,
         hardware_profiles=list(manifest.hardware_profiles), manifest_sha256=built.manifest_sha256,
         size_bytes=built.size_bytes, path=str(built.directory.resolve())))
-    audit.record(session, actor="operator", action="release.reference_added", subject_type="package",
+    audit.record(session, actor=actor, action="release.reference_added", subject_type="package",
                  subject_id=new.id, details={"from_package": package_id, "reference_frames": reference.reference_size,
                                              "k": reference.calibration.k, "h": reference.calibration.h})
     session.commit()

@@ -90,3 +90,22 @@ class DatasetLineage(SQLModel, table=True):
     proposal_id: str | None = Field(default=None, max_length=32)
     created_by: str = Field(max_length=128)
     created_at: datetime = _ts()
+
+
+class SampleLabelChange(SQLModel, table=True):
+    """One change of a sample's label: who gave it, when, and what it replaced.
+
+    The sample row keeps only the current label; this is its history, so a relabel
+    never erases the earlier judgement (migration ``0010_label19_label_history``).
+    """
+
+    __tablename__ = "sample_label_change"
+
+    id: int | None = Field(default=None, primary_key=True)
+    sample_id: str = Field(index=True, max_length=64)
+    at: datetime = _ts()
+    actor: str = Field(max_length=128)
+    old_label: str | None = Field(default=None, max_length=256)
+    new_label: str | None = Field(default=None, max_length=256)
+    old_status: str = Field(max_length=16)
+    new_status: str = Field(max_length=16)

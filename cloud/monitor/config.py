@@ -21,6 +21,9 @@ class MonitorSettings(BaseSettings):
     propose_retraining: bool = True
     # A validated retrained release is proposed as a canary rollout; approve it without a human?
     auto_approve_rollouts: bool = False
+    # Random-stream samples (with an image) of the drifted devices that a retrained release's drift
+    # reference is built from; a retraining waits until there are this many.
+    min_reference_samples: int = Field(default=64, ge=8)
     # Retention.
     sample_retention_days: float = Field(default=30.0, gt=0)
     drift_window_retention_days: float = Field(default=90.0, gt=0)

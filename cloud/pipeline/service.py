@@ -26,6 +26,7 @@ from agent.contract.drift import DEFAULT_WINDOW_FRAMES, DRIFT_REFERENCE_FILE
 from agent.profiles import FirmwareProfile, load_profiles
 from cloud.fleet import crud
 from cloud.fleet.tables import ModelVersion, Package
+from cloud.governance import audit
 from cloud.monitor.reference import build_reference, run_logits
 from cloud.pipeline.data.dataset import (
     DatasetVersion,
@@ -449,7 +450,7 @@ def build_model(engine: Engine, paths: PipelinePaths, *, version: str, profiles:
                        notes=outcome.notes)
 
 
-def promote(engine: Engine, version: str) -> ModelVersion:
+def promote(engine: Engine, version: str, *, actor: str = "operator") -> ModelVersion:
     """Make a validated model the production model of its name (the previous one is retired).
 
     Raises:
@@ -460,9 +461,14 @@ def promote(engine: Engine, version: str) -> ModelVersion:
         if model.status not in ("validated", "production"):
             raise PipelineInputError(f"model {version} is {model.status}; only a validated model can go to production")
         current = store.production_model(session, model.name)
-        if current is not None and current.version != version:
+        retired = current.version if current is not None and current.version != version else None
+        if current is not None and retired is not None:
             store.set_status(session, current, "retired")
         model = store.set_status(session, model, "production")
+        audit.record(session, actor=actor, action="model.promoted", subject_type="model", subject_id=version,
+                     details={"name": model.name, "retired": retired})
+        session.commit()
+        session.refresh(model)
         session.expunge(model)
         return model
 

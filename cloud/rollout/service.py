@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 
 from cloud.fleet.crud import Conflict, NotFound
 from cloud.fleet.tables import Device, Package, TelemetryRecord, utc_now
+from cloud.governance import audit
 from cloud.rollout.decisions import (
     DeviceState,
     InvalidAction,
@@ -164,6 +165,9 @@ def create_rollout(session: Session, spec: RolloutSpec, *, actor: str = "operato
     record_decision(session, rollout, "created", f"planned {len(plan.devices)} devices in {len(plan.strata)} strata",
                     {"devices_per_stratum": plan.strata, "stage_sizes": plan.stage_sizes, "skipped": len(plan.skipped)},
                     actor=actor)
+    audit.record(session, actor=actor, action="rollout.created", subject_type="rollout", subject_id=rollout.id,
+                 details={"name": spec.name, "package_ids": sorted(spec.release.package_ids()),
+                          "devices": len(plan.devices), "stages": len(spec.stages)})
     session.commit()
     session.refresh(rollout)
     log.info("rollout %s created by %s: %d devices in %d strata, %d stages", rollout.id, actor, len(plan.devices),
@@ -215,6 +219,8 @@ def operator_action(session: Session, rollout_id: str, action: OperatorAction, *
     session.add(rollout)
     record_decision(session, rollout, f"operator_{action.value}", f"{actor} chose {action.value}",
                     {"state_before": state_before, "state_after": new_state.value}, actor=actor)
+    audit.record(session, actor=actor, action=f"rollout.operator_{action.value}", subject_type="rollout", subject_id=rollout.id,
+                 details={"stage": rollout.stage, "state_before": str(state_before), "state_after": new_state.value})
     session.commit()
     session.refresh(rollout)
     log.info("rollout %s: %s chose %s (%s -> %s)", rollout_id, actor, action.value, state_before, new_state.value)

@@ -73,7 +73,18 @@ def populated(control_plane, api, tmp_path: Path) -> dict[str, Any]:
                                                  "target": {"device_ids": ["cam-01", "cam-02"]},
                                                  "stages": [{"percent": 100}], "soak_s": 3600})
     assert rollout.status_code == 201, rollout.text
-    return {
+    from datetime import UTC, datetime
+
+    from sqlmodel import Session
+
+    from cloud.monitor.tables import SampleRecord
+
+    with Session(control_plane.engine) as session:
+        session.add(SampleRecord(message_id="msg-json-0001", sample_id="smp-json-0001", device_id="cam-01",
+                                 model_version=release.model_version, sampler="random",
+                                 captured_at=datetime.now(UTC), predicted_label="circle", confidence=0.7))
+        session.commit()
+    return {"sample_id": "smp-json-0001",
         "device_id": "cam-01", "deployment_id": deployment.json()["id"], "package_id": release.package_id,
         "version": release.model_version, "model_version": release.model_version, "rollout_id": rollout.json()["id"],
     }

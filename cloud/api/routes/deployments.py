@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from cloud.api.deps import PlaneDep, SessionDep
+from cloud.api.deps import ActorDep, PlaneDep, SessionDep
 from cloud.fleet import crud
 from cloud.fleet.deploy import start_deployment
 from cloud.fleet.tables import DeploymentCreate, DeploymentPublic, DeviceJobPublic
@@ -21,10 +21,9 @@ def _public(deployment, jobs) -> DeploymentPublic:  # type: ignore[no-untyped-de
 
 
 @router.post("", response_model=DeploymentPublic, status_code=201)
-def create_deployment(body: DeploymentCreate, session: SessionDep, plane: PlaneDep) -> DeploymentPublic:
-
+def create_deployment(body: DeploymentCreate, session: SessionDep, plane: PlaneDep, actor: ActorDep) -> DeploymentPublic:
     deployment, jobs = start_deployment(plane, session, body.package_id, body.device_ids,
-                                       rollback=body.rollback)
+                                       rollback=body.rollback, actor=actor)
     return _public(deployment, jobs)
 
 

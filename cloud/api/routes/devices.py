@@ -3,11 +3,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from cloud.api.deps import PlaneDep, SessionDep
+from cloud.api.deps import ActorDep, PlaneDep, SessionDep
 from cloud.fleet import crud
 from cloud.fleet.deploy import resync_device
 from cloud.fleet.liveness import Liveness, public_devices
 from cloud.fleet.tables import DeviceCreate, DevicePublic, TelemetryPublic
+from cloud.governance import audit
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -41,10 +42,13 @@ class ResyncPublic(BaseModel):
 
 
 @router.post("/{device_id}/resync", response_model=ResyncPublic, status_code=202)
-def resync(device_id: str, session: SessionDep, plane: PlaneDep) -> ResyncPublic:
+def resync(device_id: str, session: SessionDep, plane: PlaneDep, actor: ActorDep) -> ResyncPublic:
     """Send the device a signed resync of its command sequence (operators; see docs/security.md).
 
     The device's outcome comes back as a job report on the returned ``job_id``.
     """
     sent = resync_device(plane, session, device_id)
+    audit.record(session, actor=actor, action="device.resynced", subject_type="device", subject_id=device_id,
+                 details={"job_id": sent.job_id, "seq": sent.seq})
+    session.commit()
     return ResyncPublic(device_id=sent.device_id, job_id=sent.job_id, seq=sent.seq)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
-from cloud.api.deps import PlaneDep, SessionDep
+from cloud.api.deps import ActorDep, PlaneDep, SessionDep
 from cloud.fleet.crud import NotFound
 from cloud.governance import audit
 from cloud.monitor import baseline, service
@@ -68,12 +68,11 @@ def fleet_evaluate(package_id: str, session: SessionDep, plane: PlaneDep,
 
 
 @router.post("/retention")
-def retention(session: SessionDep, plane: PlaneDep, request: Request) -> dict[str, Any]:
+def retention(session: SessionDep, plane: PlaneDep, actor: ActorDep) -> dict[str, Any]:
     """Apply the sample and drift-window retention policies now (also run periodically by operators' cron)."""
 
     done = apply_retention(session, plane.settings.monitor)
-    principal = getattr(request.state, "principal", None)
-    audit.record(session, actor=f"operator:{principal.name}" if principal else "operator", action="retention.applied",
+    audit.record(session, actor=actor, action="retention.applied",
                  subject_type="retention", subject_id="monitor", details=done)
     session.commit()
     return done

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from agent.contract import PreprocessSpec
 from agent.profiles import load_profiles
-from cloud.api.deps import PlaneDep, SessionDep
+from cloud.api.deps import ActorDep, PlaneDep, SessionDep
 from cloud.core.ids import DATASET_ID, SAFE_ID
 from cloud.fleet import crud
 from cloud.fleet.tables import ModelVersionPublic
@@ -194,11 +194,11 @@ def list_builds(version: VersionParam, session: SessionDep) -> list[dict[str, An
 
 
 @router.post("/{version}/promote")
-def promote_model(version: VersionParam, plane: PlaneDep) -> dict[str, Any]:
+def promote_model(version: VersionParam, plane: PlaneDep, actor: ActorDep) -> dict[str, Any]:
     """Make a validated model the production model of its name."""
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import promote
 
     with user_errors():
-        model = promote(plane.engine, version)
+        model = promote(plane.engine, version, actor=actor)
     return {"model_version": model.version, "status": model.status}

@@ -9,10 +9,11 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
 from agent.contract import MANIFEST_FILE, PackageManifest
-from cloud.api.deps import AdminDep, PlaneDep, SessionDep
+from cloud.api.deps import ActorDep, AdminDep, PlaneDep, SessionDep
 from cloud.core.ids import SAFE_ID
 from cloud.fleet import crud
 from cloud.fleet.tables import PackagePublic
+from cloud.governance import audit
 
 router = APIRouter(prefix="/packages", tags=["packages"])
 # Package ids and file names name directories and files: checked before any lookup.
@@ -51,9 +52,13 @@ class WithdrawnPublic(BaseModel):
 
 
 @router.post("/{package_id}/withdraw", response_model=WithdrawnPublic)
-def withdraw_package(package_id: str, session: SessionDep, plane: PlaneDep, admin: AdminDep) -> WithdrawnPublic:
+def withdraw_package(package_id: str, session: SessionDep, plane: PlaneDep, admin: AdminDep,
+                     actor: ActorDep) -> WithdrawnPublic:
     """Remove the package from the signed TUF targets (admin). Devices refuse it as an unknown
     target from their next metadata refresh; new deployments of it are refused here."""
     crud.get_package(session, package_id)
     removed = plane.security.tuf.withdraw_package(package_id)
+    audit.record(session, actor=actor, action="package.withdrawn", subject_type="package", subject_id=package_id,
+                 details={"targets_removed": removed})
+    session.commit()
     return WithdrawnPublic(package_id=package_id, targets_removed=removed)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.api.deps import SessionDep
+from cloud.api.deps import ActorDep, SessionDep
 from cloud.rollout import service
 from cloud.rollout.decisions import OperatorAction
 from cloud.rollout.spec import Label, RolloutSpec
@@ -22,11 +22,6 @@ class DeviceLabels(BaseModel):
     groups: list[Label] = Field(default_factory=list, max_length=64)
 
 
-def _actor(request: Request) -> str:
-    principal = getattr(request.state, "principal", None)
-    return f"operator:{principal.name}" if principal is not None else "operator"
-
-
 @router.post("/rollouts/plan")
 def plan_rollout(spec: RolloutSpec, session: SessionDep) -> dict[str, Any]:
     """Dry run: the devices each stage would take now, per stratum. Nothing is stored."""
@@ -34,8 +29,8 @@ def plan_rollout(spec: RolloutSpec, session: SessionDep) -> dict[str, Any]:
 
 
 @router.post("/rollouts", status_code=201)
-def create_rollout(spec: RolloutSpec, session: SessionDep, request: Request) -> dict[str, Any]:
-    rollout = service.create_rollout(session, spec, actor=_actor(request))
+def create_rollout(spec: RolloutSpec, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+    rollout = service.create_rollout(session, spec, actor=actor)
     return service.rollout_detail(session, rollout.id)
 
 
@@ -62,9 +57,9 @@ def rollout_devices(rollout_id: str, session: SessionDep) -> list[dict[str, Any]
 
 
 @router.post("/rollouts/{rollout_id}/{action}")
-def act_on_rollout(rollout_id: str, action: OperatorAction, session: SessionDep, request: Request) -> dict[str, Any]:
+def act_on_rollout(rollout_id: str, action: OperatorAction, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
     """approve, pause, resume, abort (roll touched devices back) or cancel (stop at once, no rollback)."""
-    service.operator_action(session, rollout_id, action, actor=_actor(request))
+    service.operator_action(session, rollout_id, action, actor=actor)
     return service.rollout_detail(session, rollout_id)
 
 

@@ -12,9 +12,16 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.api.deps import PlaneDep, SessionDep, get_principal
+from cloud.api.deps import ActorDep, PlaneDep, SessionDep, get_principal
 from cloud.core.ids import SAMPLE_ID
-from cloud.governance.labelling import accept_labels, list_samples, sample_image
+from cloud.governance.labelling import (
+    accept_labels,
+    get_sample,
+    label_history,
+    list_samples,
+    model_classes,
+    sample_image,
+)
 from cloud.monitor import service
 from cloud.monitor.tables import SampleRecord
 from cloud.security.tables import Role
@@ -56,12 +63,12 @@ async def upload_blob(device_id: str, request: Request, session: SessionDep, pla
     return {"sha256": service.store_blob(session, device_id, bytes(content)), "size_bytes": len(content)}
 
 
-def _public(record: SampleRecord) -> dict[str, Any]:
-    return {"sample_id": record.sample_id, "device_id": record.device_id, "model_version": record.model_version,
+def _public(record: SampleRecord, classes: list[str] | None = None) -> dict[str, Any]:
+    return {"classes": classes, "sample_id": record.sample_id, "device_id": record.device_id, "model_version": record.model_version,
             "sampler": record.sampler, "reason": record.reason, "captured_at": record.captured_at,
             "predicted_label": record.predicted_label, "confidence": record.confidence, "status": record.status,
             "label": record.label, "labelled_by": record.labelled_by, "image_sha256": record.image_sha256,
-            "image_bytes": record.image_bytes, "features": record.features}
+            "image_bytes": record.image_bytes, "stats_only": record.stats_only, "features": record.features}
 
 
 @router.get("/samples")
@@ -70,8 +77,21 @@ def samples(session: SessionDep, status: str | None = Query(default="unlabelled"
             limit: int = Query(default=500, ge=1, le=5000), offset: int = Query(default=0, ge=0)
             ) -> list[dict[str, Any]]:
     """Samples to label (``status=unlabelled``, the default), or any status with ``status=``."""
-    return [_public(r) for r in list_samples(session, status=status or None, device_ids=device_id, sampler=sampler,
-                                             limit=limit, offset=offset)]
+    records = list_samples(session, status=status or None, device_ids=device_id, sampler=sampler, limit=limit,
+                           offset=offset)
+    classes = model_classes(session, records)
+    return [_public(r, classes.get(r.sample_id)) for r in records]
+
+
+@router.get("/samples/{sample_id}")
+def show_sample(sample_id: str, session: SessionDep) -> dict[str, Any]:
+    """One sample: its prediction, current label, the model's classes and the label history."""
+    record = get_sample(session, sample_id)
+    return {**_public(record, model_classes(session, [record]).get(sample_id)),
+            "labelled_at": record.labelled_at, "package_id": record.package_id,
+            "history": [{"at": c.at, "actor": c.actor, "from": c.old_label, "to": c.new_label,
+                         "from_status": c.old_status, "to_status": c.new_status}
+                        for c in label_history(session, sample_id)]}
 
 
 @router.get("/samples/{sample_id}/image", response_class=Response)
@@ -88,10 +108,11 @@ class LabelBatch(BaseModel):
 
 
 @router.post("/samples/labels")
-def label(batch: LabelBatch, session: SessionDep, request: Request) -> dict[str, Any]:
-    principal = getattr(request.state, "principal", None)
-    actor = f"operator:{principal.name}" if principal is not None else "operator"
+def label(batch: LabelBatch, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+    """Label (or, with null, reject) samples. A label must be a class of the sample's model (422 otherwise);
+    a sample that already had a label is relabelled, and the answer says from what to what."""
     if batch.labeller:
         actor = f"{actor} via {batch.labeller}"
-    changed = accept_labels(session, batch.labels, actor=actor)
-    return {"labelled": changed}
+    changes = accept_labels(session, batch.labels, actor=actor)
+    return {"labelled": len(changes), "changes": [c.as_dict() for c in changes],
+            "relabelled": [c.as_dict() for c in changes if c.relabelled]}
