@@ -1,15 +1,17 @@
-"""Dataset routes: ingest a directory the control plane can read, validate, list, show."""
+"""Dataset routes: ingest a directory the control plane can read (as an ``import`` job), validate, list, show."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from cloud.api.deps import PlaneDep, SessionDep
+from cloud.api.routes.jobs import actor, submit
 from cloud.api.routes.models import user_errors
+from cloud.errors import BadRequestError
 from cloud.pipeline.registry import store
 from cloud.pipeline.registry.tables import DatasetPublic
 
@@ -25,14 +27,14 @@ def list_datasets(session: SessionDep):  # type: ignore[no-untyped-def]
     return store.list_datasets(session)
 
 
-@router.post("", response_model=DatasetPublic, status_code=201)
-def ingest_dataset(body: DatasetSource, plane: PlaneDep):  # type: ignore[no-untyped-def]
-    """Validate and store a content-addressed version; corrupt images are excluded and listed in ``issues``."""
-    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
-    from cloud.pipeline.service import PipelinePaths, ingest
-
-    with user_errors():
-        return ingest(plane.engine, PipelinePaths.under(plane.settings.data_dir), Path(body.path)).record
+@router.post("", status_code=202)
+def ingest_dataset(body: DatasetSource, plane: PlaneDep, request: Request) -> dict[str, Any]:
+    """Queue an import: validate and store a content-addressed version (corrupt images are excluded and
+    listed in ``issues``); 202 with the job id, whose result names the dataset."""
+    root = Path(body.path)
+    if not root.is_dir():
+        raise BadRequestError(f"dataset directory {root} does not exist on the control plane (or is not a directory)")
+    return submit(plane, "import", {"path": str(root.resolve())}, created_by=actor(request))
 
 
 @router.post("/validate")
