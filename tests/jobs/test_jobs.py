@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import control_plane_admin_headers
-from tests.support.services import wait_for
+from tests.support.jobs import wait_for_job
 
 REPO = Path(__file__).resolve().parents[2]
 # Heartbeats and the lost-worker timeout shrink so a killed worker shows within seconds.
@@ -54,11 +54,7 @@ def _plane(tmp_path: Path, database_url: str | None, mqtt_url: str | None, topic
 
 
 def _wait_job(api: httpx.Client, job_id: str, predicate, what: str, timeout_s: float = 240) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        job = api.get(f"/api/v1/jobs/{job_id}").json()
-        return job if predicate(job) else None
-
-    return wait_for(check, timeout_s=timeout_s, interval_s=0.2, what=f"job {job_id} {what}")
+    return wait_for_job(api, job_id, timeout_s=timeout_s, predicate=predicate, what=what)
 
 
 class WorkerProcess:

@@ -13,6 +13,7 @@ from agent.contract import MANIFEST_FILE, PackageManifest
 from cloud.pipeline.optimize.runners import runner_for
 from cloud.pipeline.service import build_model, describe_model, import_model, ingest, read_labels, read_spec
 from cloud.pipeline.train.trainer import DEFAULT_SPEC
+from tests.support.jobs import wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -63,8 +64,11 @@ def test_int8_with_an_accuracy_drop_over_the_limit_is_rejected(engine, paths, go
 
 
 def test_imported_onnx_is_quantized_gated_and_packaged(control_plane, api, good_onnx) -> None:
-    dataset = api.post("/api/v1/datasets", json={"path": str(good_onnx.data_root)})
-    assert dataset.status_code == 201, dataset.text
+    queued = api.post("/api/v1/datasets", json={"path": str(good_onnx.data_root)})
+    assert queued.status_code == 202, queued.text
+    job = wait_for_job(api, queued.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    dataset = api.get(f"/api/v1/datasets/{job['result']['dataset_id']}")
     response = api.post(
         "/api/v1/models/import",
         files={"model": ("external.onnx", good_onnx.onnx_path.read_bytes(), "application/octet-stream")},
