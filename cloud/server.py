@@ -16,6 +16,7 @@ from cloud.core.broker import EmbeddedBroker, choose_port, free_port, remember_p
 from cloud.core.broker_access import BrokerAccess
 from cloud.core.config import WEAKNESSES, Settings
 from cloud.core.db import make_engine, migrate
+from cloud.jobs.queue import JobQueue, make_queue
 from cloud.messaging.bridge import CloudMqtt
 from cloud.messaging.wiring import make_bridge, make_ingest, make_retention
 from cloud.ops.telemetry_retention import RetentionWorker
@@ -45,6 +46,8 @@ class ControlPlane:
         # Staged rollouts: the engine thread starts with the plane unless disabled.
         self.rollout_settings = settings.rollout
         self.rollouts: RolloutEngine | None = None
+        # Training, builds, dataset imports, retraining: queued here, run by workers (cloud/jobs/).
+        self.jobs: JobQueue = make_queue(self.engine, settings)
         self.api_port = settings.api_port
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -57,6 +60,7 @@ class ControlPlane:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.settings.packages_dir.mkdir(parents=True, exist_ok=True)
         migrate(self.settings.resolved_database_url)
+        self.jobs.start()
         self.security.initialise()
         for weakness in self.security.check_production():
             log.warning("INSECURE: production runs with %s, accepted by EDGEFLEET_ACCEPT_WEAK_SECURITY=%s",
@@ -120,6 +124,7 @@ class ControlPlane:
     def stop(self) -> None:
         if self.rollouts is not None:
             self.rollouts.stop()
+        self.jobs.stop()
         if self._http is not None:
             self._http.should_exit = True
             if self._http_thread is not None:

@@ -21,6 +21,7 @@ from cloud.api.routes import (
     enroll,
     fleet,
     governance,
+    jobs,
     models,
     packages,
     rollouts,
@@ -107,7 +108,7 @@ def create_app(plane: Plane) -> FastAPI:
     app.include_router(tuf.router)  # public: the content is signed
     # Drift, samples, labelling and governance; sample uploads carry their own device rule.
 
-    for module in (drift, samples, governance):
+    for module in (drift, samples, governance, jobs):
         app.include_router(module.router, prefix="/api/v1", dependencies=[Depends(require_access)])
     app.include_router(samples.device_router, prefix="/api/v1")
     app.include_router(drift.device_router, prefix="/api/v1", dependencies=[Depends(require_access)])

@@ -21,6 +21,7 @@ from cloud.cli import (
     drift,
     fleet,
     governance,
+    jobs,
     keys,
     local,
     model,
@@ -60,6 +61,8 @@ app.add_typer(model.model_app, name="model")
 app.add_typer(drift.drift_app, name="drift")
 app.add_typer(samples.samples_app, name="samples")
 app.add_typer(governance.governance_app, name="governance")
+app.add_typer(jobs.jobs_app, name="jobs")
+app.command("worker")(jobs.worker)
 app.add_typer(rollout.rollout_app, name="rollout")
 app.command("broker-config")(broker.broker_config)
 app.command("broker-watch-crl")(broker.broker_watch_crl)

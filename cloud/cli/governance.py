@@ -17,9 +17,11 @@ from cloud.cli.client import (
     client_from,
     console,
     emit_json,
+    err_console,
     fail,
     table,
 )
+from cloud.cli.jobs import NoWaitOpt, finish_watch, watch_job
 
 governance_app = typer.Typer(help="Retraining and rollout proposals, approvals, the audit log.",
                              no_args_is_help=True)
@@ -68,10 +70,26 @@ def validation_summary(numbers: dict[str, Any]) -> str:
 
 
 @governance_app.command("retrain")
-def retrain(proposal_id: str, epochs: int = 6, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None) -> None:
-    """Retrain now: new dataset version, training, validation and (on success) a rollout proposal."""
-    result = call(server, token, "POST", f"/api/v1/governance/proposals/{proposal_id}/retrain?epochs={epochs}")
-    console.print(f"proposal {result['id']}: {result['state']}; {validation_summary(result['validation'])}")
+def retrain(proposal_id: str, epochs: int = 6, no_wait: NoWaitOpt = False, server: ServerOpt = DEFAULT_SERVER,
+            token: TokenOpt = None, json_out: JsonOpt = False) -> None:
+    """Retrain as a job: new dataset version, training, validation and (on success) a rollout proposal.
+
+    Prints the job id and watches it to the end (Ctrl-C stops watching, not the job); --no-wait returns at once.
+    """
+    job = call(server, token, "POST", f"/api/v1/governance/proposals/{proposal_id}/retrain?epochs={epochs}")
+    if no_wait:
+        if json_out:
+            emit_json(job)
+        else:
+            console.print(f"job {job['job_id']} queued (edgefleet jobs watch {job['job_id']})", highlight=False)
+        return
+    if not json_out:
+        err_console.print(f"job {job['job_id']} queued", highlight=False)
+    job = watch_job(server, token, job["job_id"], json_out=json_out)
+    proposal = job["result"].get("proposal") if job["state"] == "succeeded" else None
+    if proposal is not None and not json_out:
+        console.print(f"proposal {proposal['id']}: {proposal['state']}; {validation_summary(proposal['validation'])}")
+    finish_watch(job, json_out=json_out)
 
 
 @governance_app.command("approve")

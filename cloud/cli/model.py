@@ -26,6 +26,7 @@ from cloud.cli.client import (
 )
 from cloud.cli.client import console as stdout_console
 from cloud.cli.governance import validation_summary
+from cloud.cli.jobs import finish_watch, watch_job
 from cloud.cli.local import JsonOption, ProfileOption, console, emit, local_actor, local_context, user_errors
 from cloud.fleet import crud
 from cloud.pipeline.evaluate.gates import QuantizationGateConfig, ValidationThresholds
@@ -97,8 +98,7 @@ def train(
             "width_multiplier": width, "architecture": architecture, "epochs": epochs, "batch_size": batch_size,
             "learning_rate": learning_rate, "seed": seed, "min_accuracy": min_accuracy,
             "min_slice_accuracy": min_slice_accuracy, "max_regression_pp": max_regression_pp}
-        # Training runs inside the request: wait as long as it takes.
-        payload: dict[str, Any] = call(server, token, "POST", "/api/v1/models/train", body, timeout_s=24 * 3600)
+        payload: dict[str, Any] = _run_job(server, token, "/api/v1/models/train", body, as_json)
     else:
         payload = _train_here(dataset=dataset, data=data, name=name, profile=profile, input_size=input_size,
                               width=width, architecture=architecture, epochs=epochs, batch_size=batch_size,
@@ -108,6 +108,19 @@ def train(
     emit(as_json, payload, lambda: console.print(
         f"{payload['model_version']}: {payload['status']} (test accuracy {payload['accuracy']})"
         + "".join(f"\n  - {r}" for r in payload["reasons"])))
+
+
+def _run_job(server: str, token: str | None, path: str, body: dict[str, Any], as_json: bool) -> dict[str, Any]:
+    """Start the job the route queues and follow it; its result is what the command prints.
+
+    Exits non-zero (with the job's error) when it fails or is cancelled.
+    """
+    queued: dict[str, Any] = call(server, token, "POST", path, body)
+    job = watch_job(server, token, str(queued["job_id"]), json_out=as_json)
+    if job["state"] != "succeeded":
+        finish_watch(job, json_out=as_json)
+    result: dict[str, Any] = job["result"] or {}
+    return result
 
 
 def _train_here(*, dataset: str | None, data: Path | None, name: str, profile: str | None, input_size: int | None,
@@ -170,9 +183,7 @@ def build(
         body = {"profiles": profile, "calibration_method": calibration_method, "per_channel": per_channel,
                 "calibration_images": calibration_images, "max_accuracy_drop_pp": max_drop_pp,
                 "allow_unvalidated": allow_unvalidated}
-        # Builds run inside the request: wait as long as they take.
-        payload: dict[str, Any] = call(server, token, "POST", f"/api/v1/models/{version}/builds", body,
-                                       timeout_s=24 * 3600)
+        payload = _run_job(server, token, f"/api/v1/models/{version}/builds", body, as_json)
     else:
         # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
         from cloud.pipeline.service import build_model

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.contract import DEFAULT_MAX_REPORT_BYTES, DEFAULT_PREFIX
+from cloud.jobs.config import JobSettings
 from cloud.monitor.config import MonitorSettings
 from cloud.rollout.config import RolloutEngineSettings
 
@@ -109,6 +110,7 @@ class Settings(BaseSettings):
     # read once with the rest so every part of one process sees the same values.
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     rollout: RolloutEngineSettings = Field(default_factory=RolloutEngineSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
 
     @field_validator("accept_weak_security")
     @classmethod

@@ -12,6 +12,7 @@ from typing import Protocol
 from sqlalchemy import Engine
 
 from cloud.core.config import Settings
+from cloud.jobs.queue import JobQueue
 from cloud.messaging.bridge import CloudMqtt
 from cloud.messaging.ingest import ReportIngest
 from cloud.ops.telemetry_retention import RetentionWorker
@@ -29,6 +30,8 @@ class Plane(Protocol):
     mqtt: CloudMqtt | None
     retention: RetentionWorker | None
     broker_url: str
+    # Where long work (train, build, import, retrain) is queued (cloud/jobs/).
+    jobs: JobQueue
 
     @property
     def base_url(self) -> str:

@@ -435,6 +435,14 @@ async def models_page(request: Request) -> Response:
     })
 
 
+@router.get("/jobs", response_class=HTMLResponse)
+async def jobs_page(request: Request) -> Response:
+    user = await _user(request)
+    async with _api(request, user) as api:
+        jobs: list[dict[str, Any]] = await api.get("/api/v1/jobs", default=[], limit=100)
+    return _render(request, user, "jobs.html", "jobs_live.html", {"jobs": jobs})
+
+
 @router.get("/models/{version}", response_class=HTMLResponse)
 async def model_page(request: Request, version: str) -> Response:
     user = await _user(request)

@@ -19,7 +19,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -46,6 +46,9 @@ from cloud.pipeline.data.dataset import (
     store_dataset,
 )
 from cloud.pipeline.package.builder import build_package
+
+if TYPE_CHECKING:
+    from cloud.pipeline.train.trainer import EpochCallback
 
 log = logging.getLogger(__name__)
 
@@ -111,17 +114,18 @@ def _fail(session: Session, proposal: RetrainingProposal, actor: str, reason: st
     session.commit()
 
 
-def retrain(engine: Engine, proposal_id: str, settings: RetrainSettings, *, actor: str) -> RetrainingProposal:
+def retrain(engine: Engine, proposal_id: str, settings: RetrainSettings, *, actor: str,
+            on_epoch: EpochCallback | None = None) -> RetrainingProposal:
     """Run the proposal's retraining end to end. Returns the updated proposal.
+
+    ``on_epoch`` reports training progress; whatever it raises (a job's cancel) stops the
+    retraining before anything is released, and the proposal is open again.
 
     Raises:
         NotFound: unknown proposal.
         Conflict: the proposal is not open, has no base model or no labelled samples.
         PipelineInputError: the base dataset is not in ``settings.datasets_dir``.
     """
-    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
-    from cloud.pipeline.train.trainer import TrainConfig, export_onnx, train
-
     with Session(engine) as session:
         proposal = get_proposal(session, proposal_id)
         if proposal.state != "open":
@@ -153,85 +157,108 @@ def retrain(engine: Engine, proposal_id: str, settings: RetrainSettings, *, acto
                                                       "accepted_samples": len(accepted)})
         session.commit()
 
-        # 1. The new dataset version: previous + accepted samples (content-addressed).
-        sample_dir = settings.datasets_dir / "device-samples"
-        sample_dir.mkdir(parents=True, exist_ok=True)
-        added: list[Sample] = []
-        for record in accepted:
-            blob = session.get(SampleBlob, record.image_sha256)
-            if blob is None:
-                continue
-            path = sample_dir / f"{record.image_sha256}.jpg"
-            if not path.exists():
-                path.write_bytes(blob.content)
-            assert record.label is not None and record.image_sha256 is not None
-            added.append(Sample(path=path, label=record.label, sha256=record.image_sha256,
-                                relative=f"device-samples/{record.device_id}/{record.sample_id}.jpg",
-                                metadata=(("device", record.device_id), ("sampler", record.sampler),
-                                          ("source", "device-sample"))))
-        fields = sorted({*previous.metadata_fields, "device", "sampler", "source"})
-        samples = [*previous.samples, *added]
-        draft = DatasetVersion(root=settings.datasets_dir, dataset_id=dataset_id_for(samples), labels=previous.labels,
-                               samples=samples, metadata_fields=fields)
-        dataset = store_dataset(draft, settings.datasets_dir)
-        if session.get(DatasetLineage, dataset.dataset_id) is None:
-            session.add(DatasetLineage(dataset_id=dataset.dataset_id, parent_dataset_id=previous.dataset_id,
-                                       sample_ids=sorted(r.sample_id for r in accepted),
-                                       device_ids=sorted({r.device_id for r in accepted}),
-                                       store_path=str(settings.datasets_dir), proposal_id=proposal.id,
-                                       created_by=actor))
-        proposal.new_dataset_id = dataset.dataset_id
-        audit.record(session, actor=actor, action="dataset.created", subject_type="dataset",
-                     subject_id=dataset.dataset_id, details={"parent": previous.dataset_id, "added": len(added),
-                                                             "images": len(dataset.samples)})
-        session.add(proposal)
-        session.commit()
-
-        # 2. Train.
-        spec = PreprocessSpec.model_validate(_manifest_spec(base_package))
-        result = train(dataset, TrainConfig(epochs=settings.epochs, seed=settings.seed), spec, show_progress=False)
-        onnx_path = export_onnx(result.model, spec, settings.models_dir / base_model.name / dataset.dataset_id /
-                                f"seed{settings.seed}" / "model.onnx")
-
-        # 3. Validate: old test set and the held-out new drifted data, old model vs new.
-        new_ids = {s.sha256 for s in added}
-        old_test = [s for s in previous.split("test")]
-        drift_held_out = [s for s in dataset.samples if s.sha256 in new_ids and s.split != "train"]
-        numbers: dict[str, Any] = {"old_test_images": len(old_test), "drift_held_out_images": len(drift_held_out),
-                                   "train_images": len(dataset.split("train")), "added_samples": len(added)}
-        for name, subset in (("old_test", old_test), ("drift", drift_held_out)):
-            images, targets = _load(subset, dataset.labels)
-            numbers[f"{name}_accuracy_before"] = round(accuracy(Path(base_model.onnx_path), images, targets, spec), 4)
-            numbers[f"{name}_accuracy_after"] = round(accuracy(onnx_path, images, targets, spec), 4)
-        passed = (numbers["old_test_accuracy_after"] >= numbers["old_test_accuracy_before"] - settings.tolerance
-                  and numbers["drift_accuracy_after"] > numbers["drift_accuracy_before"] + settings.min_gain)
-        audit.record(session, actor=actor, action="retraining.validated", subject_type="retraining_proposal",
-                     subject_id=proposal.id, details={**numbers, "passed": passed})
-        session.commit()
-        if not passed:
-            _fail(session, proposal, actor, "the new model is not better on the drifted data, or worse on the old test set",
-                  numbers)
-            # _fail committed: reload before the session closes, or the caller gets an expired, empty row.
+        try:
+            return _retrain_open(session, proposal, base_package, base_model, previous, accepted, settings,
+                                 actor=actor, on_epoch=on_epoch)
+        except BaseException as exc:
+            session.rollback()
             session.refresh(proposal)
-            return proposal
+            if proposal.state == "training":
+                # Nothing was released: the proposal can be retrained again.
+                proposal.state, proposal.updated_at = "open", utc_now()
+                session.add(proposal)
+                audit.record(session, actor=actor, action="retraining.stopped", subject_type="retraining_proposal",
+                             subject_id=proposal.id, details={"reason": f"{type(exc).__name__}: {exc}"[:500]})
+                session.commit()
+            raise
 
-        # 4. Release with a reference for the devices it is proposed for.
-        reference = _reference_for(session, proposal, onnx_path, spec, dataset.labels, settings)
-        package = package_release(session, onnx_path=onnx_path, labels=dataset.labels, model_name=base_model.name,
-                                  dataset_id=dataset.dataset_id, packages_dir=settings.packages_dir,
-                                  hardware_profiles=list(settings.hardware_profiles), reference=reference, spec=spec,
-                                  metrics={**result.metrics, "validation": numbers},
-                                  hyperparameters=result.hyperparameters)
-        proposal.new_model_version, proposal.new_package_id = package.model_version, package.id
-        proposal.validation, proposal.state, proposal.updated_at = {**numbers, "passed": True}, "validated", utc_now()
-        session.add(proposal)
-        audit.record(session, actor=actor, action="release.built", subject_type="package", subject_id=package.id,
-                     details={"model_version": package.model_version, "dataset_id": dataset.dataset_id,
-                              "reference_frames": reference.reference_size})
-        session.commit()
-        propose_rollout(session, proposal, actor=actor, auto_approve=settings.auto_approve)
+
+def _retrain_open(session: Session, proposal: RetrainingProposal, base_package: Package, base_model: ModelVersion,
+                  previous: DatasetVersion, accepted: list[SampleRecord], settings: RetrainSettings, *, actor: str,
+                  on_epoch: EpochCallback | None) -> RetrainingProposal:
+    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
+    from cloud.pipeline.train.trainer import TrainConfig, export_onnx, train
+
+    # 1. The new dataset version: previous + accepted samples (content-addressed).
+    sample_dir = settings.datasets_dir / "device-samples"
+    sample_dir.mkdir(parents=True, exist_ok=True)
+    added: list[Sample] = []
+    for record in accepted:
+        blob = session.get(SampleBlob, record.image_sha256)
+        if blob is None:
+            continue
+        path = sample_dir / f"{record.image_sha256}.jpg"
+        if not path.exists():
+            path.write_bytes(blob.content)
+        assert record.label is not None and record.image_sha256 is not None
+        added.append(Sample(path=path, label=record.label, sha256=record.image_sha256,
+                            relative=f"device-samples/{record.device_id}/{record.sample_id}.jpg",
+                            metadata=(("device", record.device_id), ("sampler", record.sampler),
+                                      ("source", "device-sample"))))
+    fields = sorted({*previous.metadata_fields, "device", "sampler", "source"})
+    samples = [*previous.samples, *added]
+    draft = DatasetVersion(root=settings.datasets_dir, dataset_id=dataset_id_for(samples), labels=previous.labels,
+                           samples=samples, metadata_fields=fields)
+    dataset = store_dataset(draft, settings.datasets_dir)
+    if session.get(DatasetLineage, dataset.dataset_id) is None:
+        session.add(DatasetLineage(dataset_id=dataset.dataset_id, parent_dataset_id=previous.dataset_id,
+                                   sample_ids=sorted(r.sample_id for r in accepted),
+                                   device_ids=sorted({r.device_id for r in accepted}),
+                                   store_path=str(settings.datasets_dir), proposal_id=proposal.id,
+                                   created_by=actor))
+    proposal.new_dataset_id = dataset.dataset_id
+    audit.record(session, actor=actor, action="dataset.created", subject_type="dataset",
+                 subject_id=dataset.dataset_id, details={"parent": previous.dataset_id, "added": len(added),
+                                                         "images": len(dataset.samples)})
+    session.add(proposal)
+    session.commit()
+
+    # 2. Train.
+    spec = PreprocessSpec.model_validate(_manifest_spec(base_package))
+    result = train(dataset, TrainConfig(epochs=settings.epochs, seed=settings.seed), spec, show_progress=False,
+                   on_epoch=on_epoch)
+    onnx_path = export_onnx(result.model, spec, settings.models_dir / base_model.name / dataset.dataset_id /
+                            f"seed{settings.seed}" / "model.onnx")
+
+    # 3. Validate: old test set and the held-out new drifted data, old model vs new.
+    new_ids = {s.sha256 for s in added}
+    old_test = [s for s in previous.split("test")]
+    drift_held_out = [s for s in dataset.samples if s.sha256 in new_ids and s.split != "train"]
+    numbers: dict[str, Any] = {"old_test_images": len(old_test), "drift_held_out_images": len(drift_held_out),
+                               "train_images": len(dataset.split("train")), "added_samples": len(added)}
+    for name, subset in (("old_test", old_test), ("drift", drift_held_out)):
+        images, targets = _load(subset, dataset.labels)
+        numbers[f"{name}_accuracy_before"] = round(accuracy(Path(base_model.onnx_path), images, targets, spec), 4)
+        numbers[f"{name}_accuracy_after"] = round(accuracy(onnx_path, images, targets, spec), 4)
+    passed = (numbers["old_test_accuracy_after"] >= numbers["old_test_accuracy_before"] - settings.tolerance
+              and numbers["drift_accuracy_after"] > numbers["drift_accuracy_before"] + settings.min_gain)
+    audit.record(session, actor=actor, action="retraining.validated", subject_type="retraining_proposal",
+                 subject_id=proposal.id, details={**numbers, "passed": passed})
+    session.commit()
+    if not passed:
+        _fail(session, proposal, actor, "the new model is not better on the drifted data, or worse on the old test set",
+              numbers)
+        # _fail committed: reload before the session closes, or the caller gets an expired, empty row.
         session.refresh(proposal)
         return proposal
+
+    # 4. Release with a reference for the devices it is proposed for.
+    reference = _reference_for(session, proposal, onnx_path, spec, dataset.labels, settings)
+    package = package_release(session, onnx_path=onnx_path, labels=dataset.labels, model_name=base_model.name,
+                              dataset_id=dataset.dataset_id, packages_dir=settings.packages_dir,
+                              hardware_profiles=list(settings.hardware_profiles), reference=reference, spec=spec,
+                              metrics={**result.metrics, "validation": numbers},
+                              hyperparameters=result.hyperparameters)
+    proposal.new_model_version, proposal.new_package_id = package.model_version, package.id
+    proposal.validation, proposal.state, proposal.updated_at = {**numbers, "passed": True}, "validated", utc_now()
+    session.add(proposal)
+    audit.record(session, actor=actor, action="release.built", subject_type="package", subject_id=package.id,
+                 details={"model_version": package.model_version, "dataset_id": dataset.dataset_id,
+                          "reference_frames": reference.reference_size})
+    session.commit()
+    propose_rollout(session, proposal, actor=actor, auto_approve=settings.auto_approve)
+    session.refresh(proposal)
+    return proposal
 
 
 def _manifest_spec(package: Package) -> dict[str, Any]:

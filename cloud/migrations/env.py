@@ -10,6 +10,7 @@ import cloud.fleet.tables
 
 # Importing the table modules registers their tables on SQLModel.metadata.
 import cloud.governance.tables
+import cloud.jobs.tables
 import cloud.monitor.tables
 import cloud.pipeline.registry.tables
 import cloud.rollout.tables

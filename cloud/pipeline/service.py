@@ -53,7 +53,7 @@ from cloud.pipeline.package.builder import BuiltPackage, build_package
 from cloud.pipeline.registry import store
 from cloud.pipeline.registry.tables import DatasetRecord, ModelBuild, ModelLineage
 from cloud.pipeline.train.model import MobileNetV2
-from cloud.pipeline.train.trainer import TrainConfig, environment, export_onnx, train
+from cloud.pipeline.train.trainer import EpochCallback, TrainConfig, environment, export_onnx, train
 
 GOLDEN_INPUTS = 8
 # A drift reference needs this many images (cloud/monitor/reference.py); the build takes
@@ -221,8 +221,11 @@ def _gate_and_record(session: Session, model: ModelVersion, *, source: str, spec
 # --- training ------------------------------------------------------------------
 def train_model(engine: Engine, paths: PipelinePaths, *, dataset_id: str, name: str, config: TrainConfig,
                 spec: PreprocessSpec, thresholds: ValidationThresholds = ValidationThresholds(),
-                show_progress: bool = True) -> ModelOutcome:
+                show_progress: bool = True, on_epoch: EpochCallback | None = None) -> ModelOutcome:
     """Train on a stored dataset version, evaluate, gate, and register with full lineage.
+
+    ``on_epoch`` goes to the trainer: progress after every epoch, and an exception it
+    raises stops the run before anything is registered.
 
     Raises:
         PipelineInputError: unknown dataset, or a dataset whose validation found blocking errors.
@@ -234,7 +237,8 @@ def train_model(engine: Engine, paths: PipelinePaths, *, dataset_id: str, name: 
     with Session(engine) as session:
         version = crud.next_model_version(session, name)
     model_dir = paths.models_dir / name / version
-    result = train(dataset, config, spec, show_progress=show_progress, checkpoint_dir=model_dir / "checkpoints")
+    result = train(dataset, config, spec, show_progress=show_progress, checkpoint_dir=model_dir / "checkpoints",
+                   on_epoch=on_epoch)
     onnx_path = export_onnx(result.model, spec, model_dir / "model.onnx")
     torch.save({"state_dict": result.model.state_dict(), "config": result.hyperparameters,
                 "num_classes": len(dataset.labels)}, model_dir / "model.pt")

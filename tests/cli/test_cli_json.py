@@ -84,7 +84,16 @@ def populated(control_plane, api, tmp_path: Path) -> dict[str, Any]:
                                  model_version=release.model_version, sampler="random",
                                  captured_at=datetime.now(UTC), predicted_label="circle", confidence=0.7))
         session.commit()
-    return {"sample_id": "smp-json-0001",
+    # A finished job (a small dataset import) for `jobs list` and `jobs show`.
+    from cloud.pipeline.data.synth import write_synthetic_dataset
+    from tests.support.jobs import wait_for_job
+
+    imported = api.post("/api/v1/datasets", json={"path": str(write_synthetic_dataset(tmp_path / "shapes",
+                                                                                      images_per_class=4))})
+    assert imported.status_code == 202, imported.text
+    assert wait_for_job(api, imported.json()["job_id"])["state"] == "succeeded"
+    return {
+        "sample_id": "smp-json-0001", "job_id": imported.json()["job_id"],
         "device_id": "cam-01", "deployment_id": deployment.json()["id"], "package_id": release.package_id,
         "version": release.model_version, "model_version": release.model_version, "rollout_id": rollout.json()["id"],
     }

@@ -36,6 +36,7 @@ from tests.drift.simdevice import (
     labelled_images,
     oracle_labels,
 )
+from tests.support.jobs import wait_for_job
 from tests.support.services import wait_for
 
 pytestmark = pytest.mark.integration
@@ -148,10 +149,11 @@ def test_shifted_devices_alert_retrain_roll_out_and_clear(control_plane, api, tm
         assert answer["labelled"] == len(labels) and answer["relabelled"] == []
 
         # -- retraining: new dataset version, training, validation, rollout proposal -------
-        response = api.post(f"/api/v1/governance/proposals/{proposal_id}/retrain", params={"epochs": EPOCHS},
-                            timeout=900)
-        assert response.status_code == 200, response.text
-        proposal = response.json()
+        response = api.post(f"/api/v1/governance/proposals/{proposal_id}/retrain", params={"epochs": EPOCHS})
+        assert response.status_code == 202, response.text
+        job = wait_for_job(api, response.json()["job_id"], timeout_s=900)
+        assert job["state"] == "succeeded", job
+        proposal = job["result"]["proposal"]
         assert proposal["state"] == "rollout_proposed", dump(proposal)
         numbers = proposal["validation"]
         assert numbers["drift_accuracy_after"] > numbers["drift_accuracy_before"], numbers

@@ -15,6 +15,7 @@ from cloud.monitor.service import load_reference
 from cloud.pipeline.optimize.runners import runner_for
 from cloud.pipeline.service import build_model, describe_model, import_model, ingest, read_labels, read_spec
 from cloud.pipeline.train.trainer import DEFAULT_SPEC
+from tests.support.jobs import wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -72,8 +73,11 @@ def test_int8_with_an_accuracy_drop_over_the_limit_is_rejected(engine, paths, go
 def test_imported_onnx_is_quantized_gated_and_packaged(control_plane, api, good_onnx) -> None:
     # The API ingests only from its import root (EDGEFLEET_DATASET_IMPORT_ROOT).
     shutil.copytree(good_onnx.data_root, control_plane.settings.imports_dir / "shapes")
-    dataset = api.post("/api/v1/datasets", json={"path": "shapes"})
-    assert dataset.status_code == 201, dataset.text
+    queued = api.post("/api/v1/datasets", json={"path": "shapes"})
+    assert queued.status_code == 202, queued.text
+    job = wait_for_job(api, queued.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    dataset = api.get(f"/api/v1/datasets/{job['result']['dataset_id']}")
     response = api.post(
         "/api/v1/models/import",
         files={"model": ("external.onnx", good_onnx.onnx_path.read_bytes(), "application/octet-stream")},

@@ -1,4 +1,4 @@
-"""Dataset routes: ingest a directory under the import root, validate, list, show."""
+"""Dataset routes: ingest a directory under the import root (as an ``import`` job), validate, list, show."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from fastapi import APIRouter
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
-from cloud.api.deps import PlaneDep, SessionDep
+from cloud.api.deps import ActorDep, PlaneDep, SessionDep
+from cloud.api.routes.jobs import submit
 from cloud.api.routes.models import user_errors
 from cloud.core.config import Settings
 from cloud.core.ids import DATASET_ID
-from cloud.errors import PermissionDeniedError
+from cloud.errors import BadRequestError, PermissionDeniedError
 from cloud.pipeline.registry import store
 from cloud.pipeline.registry.tables import DatasetPublic
 
@@ -47,15 +48,15 @@ def list_datasets(session: SessionDep):  # type: ignore[no-untyped-def]
     return store.list_datasets(session)
 
 
-@router.post("", response_model=DatasetPublic, status_code=201)
-def ingest_dataset(body: DatasetSource, plane: PlaneDep):  # type: ignore[no-untyped-def]
-    """Validate and store a content-addressed version; corrupt images are excluded and listed in ``issues``."""
-    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
-    from cloud.pipeline.service import PipelinePaths, ingest
-
-    source = confined_dataset_path(plane.settings, body.path)
-    with user_errors():
-        return ingest(plane.engine, PipelinePaths.under(plane.settings.data_dir), source).record
+@router.post("", status_code=202)
+def ingest_dataset(body: DatasetSource, plane: PlaneDep, actor: ActorDep) -> dict[str, Any]:
+    """Queue an import: validate and store a content-addressed version (corrupt images are excluded and
+    listed in ``issues``); 202 with the job id, whose result names the dataset."""
+    root = confined_dataset_path(plane.settings, body.path)
+    if not root.is_dir():
+        raise BadRequestError(f"dataset directory {body.path[:200]!r} does not exist under the import root "
+                              "(or is not a directory)")
+    return submit(plane, "import", {"path": str(root)}, created_by=actor)
 
 
 @router.post("/validate")

@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from cloud.api.deps import ActorDep, PlaneDep, SessionDep
+from cloud.api.routes.jobs import submit
+from cloud.errors import ConflictError
 from cloud.governance import proposals
 from cloud.governance.audit import list_events
 from cloud.governance.lineage import lineage
-from cloud.governance.retrain import RetrainSettings
-from cloud.governance.retrain import retrain as run
+from cloud.governance.sampling import estimate_random_stream
 
 router = APIRouter(prefix="/governance", tags=["governance"])
 
@@ -26,17 +27,24 @@ def get_proposal(proposal_id: str, session: SessionDep) -> dict[str, Any]:
     return proposals.proposal_detail(proposals.get_proposal(session, proposal_id))
 
 
-@router.post("/proposals/{proposal_id}/retrain")
-def retrain(proposal_id: str, plane: PlaneDep, actor: ActorDep, epochs: int = Query(default=6, ge=1, le=200)
-            ) -> dict[str, Any]:
-    """Run the retraining now (blocking): new dataset version, training, validation, rollout proposal."""
+@router.post("/proposals/{proposal_id}/retrain", status_code=202)
+def retrain(proposal_id: str, session: SessionDep, plane: PlaneDep, actor: ActorDep,
+            epochs: int = Query(default=6, ge=1, le=200)) -> dict[str, Any]:
+    """Queue the retraining (new dataset version, training, validation, rollout proposal); 202 with the job id.
 
-    settings = plane.settings
-    config = RetrainSettings(datasets_dir=settings.data_dir / "datasets", models_dir=settings.models_dir,
-                             packages_dir=settings.packages_dir, epochs=epochs,
-                             auto_approve=settings.monitor.auto_approve_rollouts,
-                             min_reference_samples=settings.monitor.min_reference_samples)
-    return proposals.proposal_detail(run(plane.engine, proposal_id, config, actor=actor))
+    Refused at once (409) when the proposal is not open or its devices have not sampled enough
+    yet (the answer says how long at the current rate, and which settings change that). The
+    job's result carries the updated proposal; ``POST /api/v1/jobs/{id}/cancel`` stops it
+    during training, before anything is released.
+    """
+    proposal = proposals.get_proposal(session, proposal_id)
+    if proposal.state != "open":
+        raise ConflictError(f"proposal {proposal.id} is {proposal.state}; only open proposals can be retrained")
+    stream = estimate_random_stream(session, proposal.device_ids, plane.settings.monitor.min_reference_samples)
+    if stream.missing:
+        raise ConflictError(f"proposal {proposal.id} cannot be retrained yet: {stream.explain()}")
+    return submit(plane, "retrain", {"proposal_id": proposal_id, "epochs": epochs, "actor": actor},
+                  created_by=actor)
 
 
 @router.get("/rollout-proposals")

@@ -1,7 +1,8 @@
 """Model registry routes: list, lineage, train, import, build, promote.
 
-Training and builds run inside the request (small models, minutes at most); the
-response carries the gate decision and the artifacts with their hashes.
+Training and builds run as jobs (cloud/jobs/): the request is checked, queued and
+answered 202 with the job id at once; the job's result carries the gate decision and
+the artifacts with their hashes (``GET /api/v1/jobs/{id}``).
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
+from sqlmodel import Session
 
 from agent.contract import PreprocessSpec
 from agent.profiles import load_profiles
 from cloud.api.deps import ActorDep, PlaneDep, SessionDep
+from cloud.api.routes.jobs import submit
 from cloud.core.ids import DATASET_ID, SAFE_ID
 from cloud.fleet import crud
 from cloud.fleet.tables import ModelVersionPublic
-from cloud.pipeline.evaluate.gates import QuantizationGateConfig, ValidationThresholds
 
 router = APIRouter(prefix="/models", tags=["models"])
 # Model versions name directories (models/<name>/<version>): checked before any lookup.
@@ -91,35 +93,18 @@ def list_models(session: SessionDep):  # type: ignore[no-untyped-def]
     return crud.list_model_versions(session)
 
 
-@router.post("/train", status_code=201)
-def train_model(body: TrainRequest, plane: PlaneDep) -> dict[str, Any]:
-    """Train on an ingested dataset, evaluate, gate (validated/rejected) and register with lineage."""
-    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
-    from cloud.pipeline.service import train_model as run_training
-    from cloud.pipeline.train.trainer import DEFAULT_SPEC, TrainConfig, spec_for_input_size
+@router.post("/train", status_code=202)
+def train_model(body: TrainRequest, plane: PlaneDep, actor: ActorDep) -> dict[str, Any]:
+    """Queue training on an ingested dataset (evaluate, gate, register with lineage); 202 with the job id."""
+    # Imported here: it pulls in the pipeline, which the API keeps out of start-up.
+    from cloud.jobs.handlers import train_setup
+    from cloud.pipeline.data.dataset import load_stored_dataset
 
+    params = body.model_dump()
     with user_errors():
-        overrides: dict[str, Any] = {"epochs": body.epochs, "batch_size": body.batch_size,
-                                     "learning_rate": body.learning_rate, "seed": body.seed}
-        if body.width_multiplier is not None:
-            overrides["width_multiplier"] = body.width_multiplier
-        if body.architecture is not None:
-            overrides["architecture"] = body.architecture
-        if body.profile is not None:
-            profiles = load_profiles()
-            if body.profile not in profiles:
-                raise ValueError(f"unknown profile {body.profile!r}; known: {', '.join(sorted(profiles))}")
-            config = TrainConfig.for_profile(profiles[body.profile], **overrides)
-            spec = spec_for_input_size(body.input_size or profiles[body.profile].input_size)
-        else:
-            config = TrainConfig(**overrides)
-            spec = spec_for_input_size(body.input_size) if body.input_size else DEFAULT_SPEC
-        outcome = run_training(plane.engine, _paths(plane), dataset_id=body.dataset_id, name=body.name,
-                               config=config, spec=spec, show_progress=False,
-                               thresholds=ValidationThresholds(min_accuracy=body.min_accuracy,
-                                                               min_slice_accuracy=body.min_slice_accuracy,
-                                                               max_regression_pp=body.max_regression_pp))
-    return _outcome(outcome)
+        train_setup(params)  # a bad profile or value is refused now, not minutes later in the job
+        load_stored_dataset(_paths(plane).datasets_dir, body.dataset_id)
+    return submit(plane, "train", params, created_by=actor)
 
 
 @router.post("/import", status_code=201)
@@ -169,19 +154,17 @@ def get_model(version: VersionParam, session: SessionDep) -> dict[str, Any]:
     return describe_model(session, version)
 
 
-@router.post("/{version}/builds", status_code=201)
-def build_model(version: VersionParam, body: BuildRequestBody, plane: PlaneDep) -> dict[str, Any]:
-    """Build, evaluate and gate every artifact the profiles can use; package the accepted ones."""
-    # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
-    from cloud.pipeline.service import build_model as run_build
-
-    overrides = {"calibration_method": body.calibration_method, "per_channel": body.per_channel}
-    with user_errors():
-        result = run_build(plane.engine, _paths(plane), version=version, profiles=body.profiles,
-                           quantization_overrides={k: v for k, v in overrides.items() if v is not None},
-                           gate=QuantizationGateConfig(max_accuracy_drop_pp=body.max_accuracy_drop_pp),
-                           calibration_images=body.calibration_images, allow_unvalidated=body.allow_unvalidated)
-    return _build(result)
+@router.post("/{version}/builds", status_code=202)
+def build_model(version: VersionParam, body: BuildRequestBody, plane: PlaneDep, actor: ActorDep) -> dict[str, Any]:
+    """Queue a build (evaluate and gate every artifact the profiles can use, package the accepted ones); 202."""
+    with Session(plane.engine) as session:
+        crud.get_model_version(session, version)  # 404 now for an unknown version
+    known = load_profiles()
+    unknown = [name for name in body.profiles if name not in known]
+    if unknown:
+        raise HTTPException(status_code=400,
+                            detail=f"unknown hardware profile(s) {unknown}; known: {', '.join(sorted(known))}")
+    return submit(plane, "build", {"version": version, **body.model_dump()}, created_by=actor)
 
 
 @router.get("/{version}/builds")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import random
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ from cloud.pipeline.train.model import Architecture, MobileNetV2
 # The demo's input: 64 px keeps training under a minute on two cores.
 DEFAULT_SPEC = PreprocessSpec(width=64, height=64, resize="center_crop", color_order="rgb",
                               mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+# Called after each epoch with (epochs done, epochs in all, the last batch's loss).
+EpochCallback = Callable[[int, int, float], None]
 
 
 def spec_for_input_size(input_size: int) -> PreprocessSpec:
@@ -112,7 +117,7 @@ def evaluate(model: nn.Module, x: npt.NDArray[np.float32], y: npt.NDArray[np.int
 
 def train(dataset: DatasetVersion, config: TrainConfig, spec: PreprocessSpec = DEFAULT_SPEC,
           *, show_progress: bool = True, checkpoint_dir: Path | None = None,
-          initial_state: dict[str, torch.Tensor] | None = None) -> TrainResult:
+          initial_state: dict[str, torch.Tensor] | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train on the dataset's train split and evaluate on its test split.
 
     ``initial_state`` (a state dict of the same architecture) fine-tunes instead of
@@ -122,6 +127,9 @@ def train(dataset: DatasetVersion, config: TrainConfig, spec: PreprocessSpec = D
     With ``checkpoint_dir``, the state after every epoch is saved there
     (``epoch-NNN.pt`` and ``last.pt``) and a run resumes from ``last.pt``.
 
+    ``on_epoch(epochs_done, epochs, last_loss)`` is called after every epoch; whatever it
+    raises ends the training there (a job's cancel stops it this way).
+
     Raises:
         PipelineInputError: the train split has no readable image.
     """
@@ -130,13 +138,14 @@ def train(dataset: DatasetVersion, config: TrainConfig, spec: PreprocessSpec = D
     torch.set_num_threads(config.threads)
     try:
         return _train(dataset, config, spec, show_progress=show_progress, checkpoint_dir=checkpoint_dir,
-                      initial_state=initial_state)
+                      initial_state=initial_state, on_epoch=on_epoch)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _train(dataset: DatasetVersion, config: TrainConfig, spec: PreprocessSpec, *, show_progress: bool,
-           checkpoint_dir: Path | None, initial_state: dict[str, torch.Tensor] | None) -> TrainResult:
+           checkpoint_dir: Path | None, initial_state: dict[str, torch.Tensor] | None,
+           on_epoch: EpochCallback | None) -> TrainResult:
     x_train, y_train, _ = load_tensors_with_index(dataset.split("train"), dataset.labels, spec)
     x_test, y_test, test_samples = load_tensors_with_index(dataset.split("test"), dataset.labels, spec)
     if len(x_train) == 0:
@@ -171,6 +180,7 @@ def _train(dataset: DatasetVersion, config: TrainConfig, spec: PreprocessSpec, *
         for epoch in range(start_epoch, config.epochs):
             model.train()
             order = torch.randperm(len(x_all), generator=generator)
+            last_loss = float("nan")
             for step in range(steps_per_epoch):
                 batch = order[step * config.batch_size : (step + 1) * config.batch_size]
                 if len(batch) < 2:
@@ -180,6 +190,7 @@ def _train(dataset: DatasetVersion, config: TrainConfig, spec: PreprocessSpec, *
                 loss.backward()
                 optimiser.step()
                 scheduler.step()
+                last_loss = float(loss.item())
                 progress.update(task, advance=1, loss=f"epoch {epoch + 1} loss {loss.item():.3f}")
             if checkpoint_dir is not None:
                 checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -189,6 +200,8 @@ def _train(dataset: DatasetVersion, config: TrainConfig, spec: PreprocessSpec, *
                          "torch_rng": torch.get_rng_state()}
                 torch.save(state, checkpoint_dir / f"epoch-{epoch + 1:03d}.pt")
                 torch.save(state, checkpoint_dir / "last.pt")
+            if on_epoch is not None:
+                on_epoch(epoch + 1, config.epochs, last_loss)
     model = model.cpu().eval()
     report = evaluate(model, x_test, y_test, dataset.labels, [s.meta for s in test_samples])
     hyperparameters = {**asdict(config), "input_size": spec.width, "train_images": len(x_train),
