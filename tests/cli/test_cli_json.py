@@ -88,8 +88,9 @@ def populated(control_plane, api, tmp_path: Path) -> dict[str, Any]:
     from cloud.pipeline.data.synth import write_synthetic_dataset
     from tests.support.jobs import wait_for_job
 
-    imported = api.post("/api/v1/datasets", json={"path": str(write_synthetic_dataset(tmp_path / "shapes",
-                                                                                      images_per_class=4))})
+    # The API imports only from its import root (EDGEFLEET_DATASET_IMPORT_ROOT).
+    write_synthetic_dataset(control_plane.settings.imports_dir / "shapes", images_per_class=4)
+    imported = api.post("/api/v1/datasets", json={"path": "shapes"})
     assert imported.status_code == 202, imported.text
     assert wait_for_job(api, imported.json()["job_id"])["state"] == "succeeded"
     return {

@@ -178,7 +178,9 @@ def test_embedded_default_runs_import_and_train_jobs_with_no_extra_service(tmp_p
     plane.serve_http_in_thread()
     try:
         with _client(plane) as api:
-            response = api.post("/api/v1/datasets", json={"path": str(_dataset(tmp_path / "shapes"))})
+            # The API imports only from its import root (EDGEFLEET_DATASET_IMPORT_ROOT).
+            _dataset(plane.settings.imports_dir / "shapes")
+            response = api.post("/api/v1/datasets", json={"path": "shapes"})
             assert response.status_code == 202, response.text
             imported = _wait_job(api, response.json()["job_id"], lambda j: j["state"] != "queued" and
                                  j["state"] != "running", "ending")
@@ -206,7 +208,7 @@ def test_bad_requests_are_refused_before_anything_is_queued(control_plane, api, 
     assert unknown.status_code == 400 and "ingest it first" in unknown.json()["detail"]
     bad_profile = api.post("/api/v1/models/train", json={"dataset_id": "ds-0000000000000000", "profile": "toaster"})
     assert bad_profile.status_code == 400 and "unknown profile" in bad_profile.json()["detail"]
-    missing = api.post("/api/v1/datasets", json={"path": str(tmp_path / "nowhere")})
+    missing = api.post("/api/v1/datasets", json={"path": "nowhere"})
     assert missing.status_code == 400 and "does not exist" in missing.json()["detail"]
     assert api.post("/api/v1/models/none-1/builds", json={"profiles": ["x86-64-avx2"]}).status_code == 404
     assert api.post("/api/v1/governance/proposals/nope/retrain").status_code == 404

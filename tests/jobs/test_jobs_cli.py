@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from cloud.cli import app
 from cloud.cli.client import Exit
 from cloud.security.tables import Role
-from tests.ui.helpers import make_token
+from tests.ui.helpers import dashboard_login, make_token
 
 pytestmark = pytest.mark.integration
 
@@ -46,9 +46,8 @@ def test_jobs_watch_list_show_and_cancel(control_plane, api, tmp_path, monkeypat
 
     # The dashboard's jobs page lists it with its state, progress and log tail.
     with httpx.Client(base_url=control_plane.base_url, timeout=15) as browser:
-        logged_in = browser.post("/ui/login", data={"token": env["EDGEFLEET_TOKEN"], "next": "/ui/jobs"},
-                                 follow_redirects=True)
-        assert logged_in.status_code == 200, logged_in.text
+        logged_in = dashboard_login(browser, env["EDGEFLEET_TOKEN"], "/ui/jobs")
+        assert logged_in.status_code == 303, logged_in.text
         page = browser.get("/ui/jobs").text
     assert f'data-job="{job_id}"' in page and "badge-succeeded" in page and "epoch 2/2" in page
 
