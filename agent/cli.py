@@ -37,7 +37,7 @@ def _enroll(args: argparse.Namespace) -> int:
     config_path = Path(args.config)
     state_dir = Path(args.state_dir) if args.state_dir else config_path.resolve().parent
     try:
-        config = enroll(args.server, args.token, state_dir, config_path=config_path)
+        config = enroll(args.server, args.token, state_dir, config_path=config_path, allow_http=args.insecure_http)
     except EnrollmentError as exc:
         print(f"edgefleet-agent: enrollment failed: {exc}", file=sys.stderr)
         return 1
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     enroll.add_argument("--token", required=True, help="one-time enrollment token from an admin")
     enroll.add_argument("--config", default="agent.yaml", help="agent config file to write (merged if it exists)")
     enroll.add_argument("--state-dir", help="where identity files go (default: the config file's directory)")
+    enroll.add_argument("--insecure-http", action="store_true",
+                        help="allow a plain http:// server that is not on this machine (a lab network only)")
     rotate = commands.add_parser("rotate-cert", help="replace this device's key and certificate")
     rotate.add_argument("--config", required=True, help="agent config file (YAML or JSON)")
     args = parser.parse_args(argv)

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import ipaddress
 import json
+import logging
 import os
 import urllib.error
 import urllib.parse
@@ -32,6 +33,9 @@ from agent.yamlkeys import update_top_level_keys
 
 __all__ = ["EnrollmentError", "check_anchor_pins", "current_broker_url", "enroll", "identity_paths",
            "remember_broker_url", "require_secure_url", "rotate_certificate"]
+
+
+log = logging.getLogger(__name__)
 
 
 class EnrollmentError(ValueError):
@@ -70,14 +74,18 @@ def _new_key_and_csr() -> tuple[bytes, bytes]:
     return key_pem, csr.public_bytes(serialization.Encoding.PEM)
 
 
-def require_secure_url(url: str) -> None:
-    """Refuse plain http except to a loopback address (a control plane on this machine, for development).
+def require_secure_url(url: str, *, allow_http: bool = False) -> None:
+    """Refuse plain http except to a loopback address (a control plane on this machine, for development)
+    or when ``allow_http`` says so (a lab network; the token's pins still guard the anchors).
 
     Raises:
         EnrollmentError: ``url`` is not https and not loopback http.
     """
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme == "https":
+        return
+    if parsed.scheme == "http" and allow_http:
+        log.warning("enrolling over plain http to %s (--insecure-http): the API token travels unencrypted", url)
         return
     host = parsed.hostname or ""
     loopback = host == "localhost"
@@ -124,7 +132,7 @@ def _post(url: str, body: dict[str, Any], *, token: str | None = None, timeout_s
 
 
 def enroll(server_url: str, token: str, state_dir: Path, *, config_path: Path | None = None,
-           overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+           overrides: dict[str, Any] | None = None, allow_http: bool = False) -> dict[str, Any]:
     """Enroll this device with a one-time ``token``; write identity files and the agent config.
 
     Returns the agent config as a dict (also written to ``config_path`` when given,
@@ -137,7 +145,7 @@ def enroll(server_url: str, token: str, state_dir: Path, *, config_path: Path | 
         pinned = PinnedEnrollmentToken.parse(token)
     except ValueError as exc:
         raise EnrollmentError(str(exc)) from None
-    require_secure_url(server_url)
+    require_secure_url(server_url, allow_http=allow_http)
     key_pem, csr_pem = _new_key_and_csr()
     bundle = _post(f"{server_url.rstrip('/')}/api/v1/enroll", {"token": str(pinned), "csr_pem": csr_pem.decode()})
     check_anchor_pins(pinned, str(bundle.get("tuf_root_json", "")).encode(),

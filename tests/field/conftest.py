@@ -82,7 +82,9 @@ class Field:
         state_dir = self.workdir / "devices" / device_id
         state_dir.mkdir(parents=True, exist_ok=True)
         config: dict[str, Any] = {
-            **enroll_agent(self.plane, state_dir, device_id, profile=TEST_PROFILE),
+            # The control plane listens on the namespace's veth address, not loopback: plain http
+            # to it is allowed explicitly (the token's pins still guard the trust anchors).
+            **enroll_agent(self.plane, state_dir, device_id, profile=TEST_PROFILE, allow_http=True),
             "device_id": device_id, "mqtt_url": self.broker_url, "topic_prefix": self.plane.settings.topic_prefix,
             "api_url": self.plane.base_url, "state_dir": str(state_dir), "hardware_profile": TEST_PROFILE,
             "source": "synthetic:1", "target_fps": 10.0, "telemetry_interval_s": 1.0, "inference_threads": 1,

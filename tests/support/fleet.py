@@ -38,7 +38,8 @@ def publish_model(plane: ControlPlane, model: TrainedModel, *, name: str = "shap
     )
 
 
-def enroll_agent(plane: ControlPlane, state_dir: Path, device_id: str, *, profile: str = TEST_PROFILE) -> dict[str, object]:
+def enroll_agent(plane: ControlPlane, state_dir: Path, device_id: str, *, profile: str = TEST_PROFILE,
+                 allow_http: bool = False) -> dict[str, object]:
     """Enroll ``device_id`` the way a real device does (one-time token, key made here, CSR over HTTP).
 
     Returns the agent config settings enrollment produced: certificate and key paths,
@@ -46,7 +47,7 @@ def enroll_agent(plane: ControlPlane, state_dir: Path, device_id: str, *, profil
     """
     with Session(plane.engine) as session:
         token, _ = plane.security.create_enrollment_token(session, device_id, hardware_profile=profile)
-    return enroll(plane.base_url, token, state_dir)
+    return enroll(plane.base_url, token, state_dir, allow_http=allow_http)
 
 
 def start_agent(plane: ControlPlane, workdir: Path, device_id: str, *, source: str = "synthetic:1",

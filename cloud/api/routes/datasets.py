@@ -35,7 +35,13 @@ def confined_dataset_path(settings: Settings, requested: str) -> Path:
     root = settings.imports_dir
     root.mkdir(parents=True, exist_ok=True)
     root = root.resolve()
-    candidate = (root / requested).resolve()  # an absolute ``requested`` replaces root, and is checked the same
+    try:
+        candidate = (root / requested).resolve()  # an absolute ``requested`` replaces root, and is checked the same
+        candidate.stat()  # what the filesystem cannot even look up (NUL bytes, unencodable names) fails here
+    except FileNotFoundError:
+        pass  # a missing directory inside the root is the caller's 400 to give
+    except (OSError, ValueError) as exc:
+        raise BadRequestError(f"dataset path {requested[:200]!r} is not a usable path: {exc}") from None
     if not candidate.is_relative_to(root):
         raise PermissionDeniedError(
             f"dataset path {requested[:200]!r} is outside the dataset import root {root}; copy the dataset "
