@@ -67,7 +67,8 @@ class ApiClient:
         self.server = server.rstrip("/")
         self._http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout_s, transport=transport)
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response of a request, or ``ApiError`` (unreachable, or a 4xx/5xx with its detail)."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -78,21 +79,15 @@ class ApiClient:
             except (ValueError, AttributeError):
                 detail = response.text
             raise ApiError(response.status_code, f"{method} {path}: HTTP {response.status_code}: {detail}")
+        return response
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
         return response.json() if response.content else None
 
     def download(self, path: str) -> bytes:
         """The raw body of a GET (an image), with the same error handling as :meth:`request`."""
-        try:
-            response = self._http.get(path)
-        except httpx.HTTPError as exc:
-            raise ApiError(0, f"cannot reach the control plane at {self.server}: {exc}") from None
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except (ValueError, AttributeError):
-                detail = response.text
-            raise ApiError(response.status_code, f"GET {path}: HTTP {response.status_code}: {detail}")
-        return response.content
+        return self._send("GET", path).content
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})

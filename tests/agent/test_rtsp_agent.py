@@ -80,7 +80,15 @@ def test_agent_cameras_survive_an_rtsp_outage_and_report_wrong_credentials(
     # Every result carries its frame's capture time and its capture-to-result latency.
     results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     door_results = [r for r in results if r["pipeline"] == "door"]
-    assert door_results and all(r["captured_at"] <= r["at"] and r["capture_to_result_ms"] >= 0 for r in door_results)
+    # Causality and presence of the fields, not a speed: a result never precedes its frame.
+    assert door_results and all(_result_follows_its_frame(r) for r in door_results)
     log = agent.log
     assert "yard" in log and PASSWORD not in log and "wrong-password" not in log
     assert all(PASSWORD not in t.model_dump_json() for t in cloud.telemetry(device_id))
+
+
+def _result_follows_its_frame(result: dict[str, object]) -> bool:
+    """The result's time is not before its frame's capture time, and the gap it reports is not negative."""
+    captured, produced, gap = result["captured_at"], result["at"], result["capture_to_result_ms"]
+    assert isinstance(captured, str) and isinstance(produced, str) and isinstance(gap, (int, float))
+    return captured <= produced and not gap < 0

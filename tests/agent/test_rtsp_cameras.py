@@ -218,8 +218,9 @@ def test_capture_to_result_latency_pairs_results_with_their_capture_times() -> N
     assert latency.result(2, at_monotonic_s=101.0) is None  # one result per frame
     assert latency.result(7, at_monotonic_s=101.0) is None  # never captured (or overwritten long ago)
     assert latency.result(1, at_monotonic_s=100.3) == pytest.approx(300.0)
-    p50_ms, p95_ms = latency.snapshot_and_reset()
-    assert p50_ms == pytest.approx(200.0) and p95_ms is not None and p95_ms > p50_ms
+    # The clock is injected: this checks the percentile arithmetic, not how fast anything ran.
+    median, upper = latency.snapshot_and_reset()
+    assert median == pytest.approx(200.0) and upper is not None and upper > median
     assert latency.snapshot_and_reset() == (None, None)
 
 
