@@ -88,8 +88,13 @@ rtsp-deps:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $(RTSP_DEBS) gstreamer1.0-tools; \
 	fi
 
+# Two workers (pytest-xdist), a test file each at a time: most integration tests wait on agents,
+# brokers and windows rather than compute. The second worker gets a private Mosquitto
+# (tests/support/services.py), since agents use their device ids as MQTT client ids.
+TEST_WORKERS ?= 2
 test: lint imports typecheck browser rtsp-deps netns-deps litert
-	EDGEFLEET_LITERT_PYTHON=$(CURDIR)/$(LITERT_VENV)/bin/python $(BIN)/pytest -q -ra $(PYTEST_ARGS)
+	EDGEFLEET_LITERT_PYTHON=$(CURDIR)/$(LITERT_VENV)/bin/python $(BIN)/pytest -q -ra \
+	  -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 clean:
 	rm -rf .edgefleet .edgefleet-demo .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -90,5 +90,6 @@ def test_agent_cameras_survive_an_rtsp_outage_and_report_wrong_credentials(
 def _result_follows_its_frame(result: dict[str, object]) -> bool:
     """The result's time is not before its frame's capture time, and the gap it reports is not negative."""
     captured, produced, gap = result["captured_at"], result["at"], result["capture_to_result_ms"]
-    assert isinstance(captured, str) and isinstance(produced, str) and isinstance(gap, (int, float))
+    # Both times are Unix epoch seconds (floats); the gap is milliseconds.
+    assert isinstance(captured, float) and isinstance(produced, float) and isinstance(gap, (int, float))
     return captured <= produced and not gap < 0

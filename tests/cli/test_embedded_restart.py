@@ -109,15 +109,18 @@ def test_agents_reconnect_after_the_control_plane_restarts_and_follow_a_moved_br
 
         # 2. The operator moves the broker: the agent asks the API where it went, and remembers it.
         moved_port = free_port()
-        before = _telemetry_ids(client)
+        moved_url = f"mqtt://127.0.0.1:{moved_port}"
         serve.stop()
         serve.start(EDGEFLEET_EMBEDDED_BROKER_PORT=str(moved_port))
+        # Telemetry the old broker delivered just before the stop may still be ingested after the
+        # start, so new telemetry is counted only from the moment the agent has taken the new URL.
         try:
-            wait_for(lambda: _telemetry_ids(client) - before, 90, what="telemetry after the broker moved")
+            wait_for(lambda: yaml.safe_load(config_path.read_text())["mqtt_url"] == moved_url, 90,
+                     what="the agent remembering the moved broker")
+            before = _telemetry_ids(client)
+            wait_for(lambda: _telemetry_ids(client) - before, 60, what="telemetry after the broker moved")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nagent log:\n{agent_log()}") from None
-        moved_url = f"mqtt://127.0.0.1:{moved_port}"
-        assert yaml.safe_load(config_path.read_text())["mqtt_url"] == moved_url
         assert client.get(f"/api/v1/devices/{DEVICE}").json()["mqtt_url"] == moved_url
     finally:
         stop_processes([agent])

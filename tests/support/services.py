@@ -86,6 +86,20 @@ def mosquitto_available() -> bool:
     return shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
 
 
+def _worker_broker() -> tuple[str, MosquittoProcess] | None:
+    """A private Mosquitto for every parallel test worker but the first (pytest-xdist).
+
+    Agents connect with their device id as MQTT client id, and tests on two workers that
+    enroll the same device id on one broker would take each other's sessions. The first
+    worker keeps the machine's broker, so CI still runs against it.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker in ("", "gw0") or not mosquitto_available():
+        return None
+    private = MosquittoProcess().start()
+    return private.url, private
+
+
 def resolve_broker_url() -> tuple[str, MosquittoProcess | None]:
     """The broker tests use, and the private process to stop afterwards (if one was started)."""
     configured = os.environ.get("EDGEFLEET_TEST_MQTT_URL")
@@ -93,8 +107,10 @@ def resolve_broker_url() -> tuple[str, MosquittoProcess | None]:
         address = parse_broker_url(configured)
         if not port_open(address.host, address.port):
             raise RuntimeError(f"EDGEFLEET_TEST_MQTT_URL={configured} is not reachable")
-        return configured, None
+        return _worker_broker() or (configured, None)
     if port_open("127.0.0.1", 1883):
+        if (private := _worker_broker()) is not None:
+            return private
         return MACHINE_MOSQUITTO, None
     if REQUIRE_SERVICES:
         raise RuntimeError("EDGEFLEET_REQUIRE_SERVICES=1 but no Mosquitto on 127.0.0.1:1883")
