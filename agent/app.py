@@ -129,8 +129,12 @@ class AgentApp:
         self.topics = Topics(config.topic_prefix)
         pipeline_configs = config.pipeline_configs()
         self.store = PackageStore(config.state_dir, pipeline_configs[0].name)
+        self.profile = _load_profile(config)
+        # Keepalive, reconnect backoff and download timeouts: the profile's, unless the config overrides them.
+        self.network = config.network(self.profile.network if self.profile else None)
         self.fetcher = fetcher or HttpFetcher(
-            timeout_s=config.download_timeout_s, deadline_s=config.download_deadline_s
+            timeout_s=self.network.download_timeout_s, deadline_s=self.network.download_deadline_s,
+            reconnect_min_s=self.network.download_retry_min_s, reconnect_max_s=self.network.download_retry_max_s,
         )
         # Packages come only through TUF, anchored at the root received at enrollment.
         api_url = config.api_url.rstrip("/")
@@ -167,7 +171,6 @@ class AgentApp:
         self._process = psutil.Process()
 
         limit_opencv_threads(config.opencv_threads)
-        self.profile = _load_profile(config)
         self.sinks: list[ResultSink] = []
         if config.results_jsonl_path is not None:
             self.sinks.append(JsonLinesSink(config.results_jsonl_path, max_bytes=config.results_max_bytes))
@@ -195,9 +198,9 @@ class AgentApp:
             status_provider=self._status,
             on_command=self._receive_command,
             outbox=self.outbox,
-            keepalive_s=config.keepalive_s,
-            reconnect_min_s=config.reconnect_min_s,
-            reconnect_max_s=config.reconnect_max_s,
+            keepalive_s=self.network.keepalive_s,
+            reconnect_min_s=self.network.reconnect_min_s,
+            reconnect_max_s=self.network.reconnect_max_s,
             tls_ca_file=str(config.mqtt_ca_file) if config.mqtt_ca_file else None,
             tls_cert_file=str(config.mqtt_cert_file) if config.mqtt_cert_file else None,
             tls_key_file=str(config.mqtt_key_file) if config.mqtt_key_file else None,
