@@ -107,6 +107,9 @@ def copy_bundle(source: Path, destination: Path, *, max_bytes: int) -> None:
         BundleFormatError: not a directory or tar archive, unsafe or oversized archive members.
     """
     if source.is_dir():
+        total_bytes = sum(path.stat().st_size for path in source.rglob("*") if path.is_file())
+        if total_bytes > max_bytes:
+            raise BundleFormatError(f"{source} holds more than {max_bytes} bytes")
         shutil.copytree(source, destination, symlinks=False)
         return
     try:
