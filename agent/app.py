@@ -51,7 +51,14 @@ from agent.security import (
     check_fresh,
     verify_signature,
 )
-from agent.security.bundle import BundleQueue, bundle_updater, newest_trusted_root, outcome_of, verify_bundle
+from agent.security.bundle import (
+    BundleFormatError,
+    BundleQueue,
+    bundle_updater,
+    newest_trusted_root,
+    outcome_of,
+    verify_bundle,
+)
 from agent.security.enroll import current_broker_url, remember_broker_url
 from agent.security.keyring import DirectorKeyring
 from agent.telemetry.drift import agent_monitoring
@@ -663,6 +670,8 @@ class AgentApp:
                 bundle_dir, device_id=self.config.device_id, trusted_root=self._bundle_trusted_root(),
                 director_key_file=self.config.director_key_file, cache_dir=cache,
                 last_seq=self.store.last_command_seq(), now=datetime.now(UTC), seq_window=self.config.command_seq_window)
+            if verified.command.job_id != job_id:  # install-bundle names the copy after its command's job
+                raise BundleFormatError(f"bundle in {bundle_dir} carries job {verified.command.job_id}, not {job_id}")
         except AgentError as exc:
             self._count_rejected()
             log.error("refused bundle job %s (%s): %s", job_id, exc.code, exc)
