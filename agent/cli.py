@@ -32,7 +32,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"edgefleet-agent: another agent process is running on {config.state_dir} "
               f"(it holds {lock.path}); stop it first", file=sys.stderr)
         return 2
-    app = AgentApp(config, config_path=Path(args.config))
+    try:
+        app = AgentApp(config, config_path=Path(args.config))
+    except ValueError as exc:  # settings that only conflict with the firmware profile's (network bounds)
+        print(f"edgefleet-agent: {exc}", file=sys.stderr)
+        return 2
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         app.request_stop()
@@ -122,7 +126,12 @@ def _install_bundle(args: argparse.Namespace) -> int:
     app: AgentApp | None = None
     if lock.acquire():
         print("no agent is running on this state directory: running it until the install ends")
-        app = AgentApp(config, config_path=Path(args.config))
+        try:
+            app = AgentApp(config, config_path=Path(args.config))
+        except ValueError as exc:
+            lock.release()
+            print(f"edgefleet-agent: {exc}; the bundle waits in {bundles.inbox} for the agent", file=sys.stderr)
+            return BUNDLE_PENDING
         app.start()
     else:
         print("handed to the running agent; waiting for the install (including probation)")
