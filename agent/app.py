@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +50,14 @@ from agent.security import (
     ReplayedCommandError,
     check_fresh,
     verify_signature,
+)
+from agent.security.bundle import (
+    BundleFormatError,
+    BundleQueue,
+    bundle_updater,
+    newest_trusted_root,
+    outcome_of,
+    verify_bundle,
 )
 from agent.security.enroll import current_broker_url, remember_broker_url
 from agent.security.keyring import DirectorKeyring
@@ -126,8 +136,12 @@ class AgentApp:
         self.topics = Topics(config.topic_prefix)
         pipeline_configs = config.pipeline_configs()
         self.store = PackageStore(config.state_dir, pipeline_configs[0].name)
+        self.profile = _load_profile(config)
+        # Keepalive, reconnect backoff and download timeouts: the profile's, unless the config overrides them.
+        self.network = config.network(self.profile.network if self.profile else None)
         self.fetcher = fetcher or HttpFetcher(
-            timeout_s=config.download_timeout_s, deadline_s=config.download_deadline_s
+            timeout_s=self.network.download_timeout_s, deadline_s=self.network.download_deadline_s,
+            reconnect_min_s=self.network.download_retry_min_s, reconnect_max_s=self.network.download_retry_max_s,
         )
         # Packages come only through TUF, anchored at the root received at enrollment.
         api_url = config.api_url.rstrip("/")
@@ -146,6 +160,10 @@ class AgentApp:
         # Commands signed by a key we do not know yet (a rotation we have not seen): a few wait
         # here for one metadata refresh, apart from the verified queue they can never crowd.
         self._unknown_key_commands: queue.Queue[Command] = queue.Queue(maxsize=4)
+        # Bundles handed over by `edgefleet-agent install-bundle`, and the last report of each
+        # bundle job being installed (its outcome, for the CLI waiting on it).
+        self.bundles = BundleQueue(config.state_dir)
+        self._bundle_reports: dict[str, JobStatusReport | None] = {}
         self.update_check_error: str | None = None
         self.rejected_commands = 0
         # Well-formed messages of another kind on the command topic (not commands: ignored).
@@ -160,7 +178,6 @@ class AgentApp:
         self._process = psutil.Process()
 
         limit_opencv_threads(config.opencv_threads)
-        self.profile = _load_profile(config)
         self.sinks: list[ResultSink] = []
         if config.results_jsonl_path is not None:
             self.sinks.append(JsonLinesSink(config.results_jsonl_path, max_bytes=config.results_max_bytes))
@@ -188,9 +205,9 @@ class AgentApp:
             status_provider=self._status,
             on_command=self._receive_command,
             outbox=self.outbox,
-            keepalive_s=config.keepalive_s,
-            reconnect_min_s=config.reconnect_min_s,
-            reconnect_max_s=config.reconnect_max_s,
+            keepalive_s=self.network.keepalive_s,
+            reconnect_min_s=self.network.reconnect_min_s,
+            reconnect_max_s=self.network.reconnect_max_s,
             tls_ca_file=str(config.mqtt_ca_file) if config.mqtt_ca_file else None,
             tls_cert_file=str(config.mqtt_cert_file) if config.mqtt_cert_file else None,
             tls_key_file=str(config.mqtt_key_file) if config.mqtt_key_file else None,
@@ -213,6 +230,11 @@ class AgentApp:
             threading.Thread(target=self._command_loop, name="commands", daemon=True),
             threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True),
         ]
+
+    @staticmethod
+    def primary_store(config: AgentConfig) -> PackageStore:
+        """The first pipeline's package store (device-wide state: command seq, release floors)."""
+        return PackageStore(config.state_dir, config.pipeline_configs()[0].name)
 
     def _current_broker_url(self) -> str | None:
         assert self.config.api_token_file is not None
@@ -338,6 +360,9 @@ class AgentApp:
         self.uplink.publish_status()
 
     def _send_job_report(self, report: JobStatusReport) -> None:
+        if report.job_id in self._bundle_reports:
+            self._bundle_reports[report.job_id] = report
+        # Durable: while the broker is out of reach (an air-gapped install) it waits in the outbox.
         self.uplink.publish(self.topics.job(self.config.device_id, report.job_id), report)
 
     def _report_job(self, command: Command, state: JobState, error: AgentError | None = None) -> None:
@@ -505,6 +530,9 @@ class AgentApp:
         # First finish whatever install a crash interrupted (the resume table decides how).
         for manager in self.managers.values():
             manager.resume()
+        for job_id in self._interrupted_bundles():
+            self.bundles.finish(job_id, outcome_of(None, job_id=job_id, state="interrupted",
+                                                   detail="the agent restarted during the install; see its job report"))
         interval = self.config.update_check_interval_s
         next_check = time.monotonic() + interval
         while not self._stop.is_set():
@@ -512,6 +540,7 @@ class AgentApp:
             try:
                 command = self._commands.get(timeout=0.5)
             except queue.Empty:
+                self._take_bundles()
                 # The periodic metadata check runs here, on the one thread that uses the
                 # updater, so it never refreshes under a download in progress.
                 if interval and time.monotonic() >= next_check:
@@ -576,6 +605,9 @@ class AgentApp:
 
         Records the outcome of the metadata check for telemetry (a frozen repository shows there).
         """
+        bundle_dir = self.bundles.work_dir(command.job_id)
+        if bundle_dir is not None:
+            return self._fetch_from_bundle(command, bundle_dir, on_state)
         try:
             result = fetch_verified(
                 command,
@@ -589,6 +621,81 @@ class AgentApp:
             raise
         self.update_check_error = None
         return result
+
+    # -- air-gapped bundles --------------------------------------------------
+    def _bundle_trusted_root(self) -> Path | None:
+        return newest_trusted_root(self.updater.metadata_dir, self.config.tuf_root_file)
+
+    def _fetch_from_bundle(self, command: DeployCommand, bundle_dir: Path,
+                           on_state: Callable[[JobState], None]) -> FetchedPackage:
+        """The same TUF download and checks as online, with the bundle as the repository."""
+        cache = Path(tempfile.mkdtemp(prefix=".tuf-", dir=self.bundles.root))
+        try:
+            updater = bundle_updater(bundle_dir, trusted_root=self._bundle_trusted_root(), cache_dir=cache)
+            return fetch_verified(command, updater=updater, hardware_profile=self.config.hardware_profile,
+                                  max_package_bytes=self.config.max_package_bytes, on_state=on_state)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+
+    def _interrupted_bundles(self) -> list[str]:
+        """Bundle jobs left in work/ by a restart, once their install (resumed above) is over."""
+        if not self.bundles.work.is_dir():
+            return []
+        running = set()
+        for manager in self.managers.values():
+            install = manager.store.read().install
+            if install is not None:
+                running.add(str(install.command.get("job_id")))
+        return [entry.name for entry in self.bundles.work.iterdir() if entry.is_dir() and entry.name not in running]
+
+    def _take_bundles(self) -> None:
+        for job_id in self.bundles.pending():
+            if self._stop.is_set():
+                return
+            try:
+                self._install_bundle(job_id)
+            except Exception:  # the command thread is the update path: it must outlive any one bundle
+                log.exception("installing bundle job %s failed", job_id)
+                self.bundles.finish(job_id, outcome_of(None, job_id=job_id, state="failed",
+                                                       error_code="internal_error"))
+
+    def _install_bundle(self, job_id: str) -> None:
+        """Verify a handed-over bundle again, in this process (the copy in the inbox is what counts),
+        then take its command as if it had come over MQTT: seq persisted, install, reports queued."""
+        bundle_dir = self.bundles.take(job_id)
+        log.info("installing bundle job %s from %s", job_id, bundle_dir)
+        cache = Path(tempfile.mkdtemp(prefix=".tuf-", dir=self.bundles.root))
+        try:
+            verified = verify_bundle(
+                bundle_dir, device_id=self.config.device_id, trusted_root=self._bundle_trusted_root(),
+                director_key_file=self.config.director_key_file, cache_dir=cache,
+                last_seq=self.store.last_command_seq(), now=datetime.now(UTC), seq_window=self.config.command_seq_window)
+            if verified.command.job_id != job_id:  # install-bundle names the copy after its command's job
+                raise BundleFormatError(f"bundle in {bundle_dir} carries job {verified.command.job_id}, not {job_id}")
+        except AgentError as exc:
+            self._count_rejected()
+            log.error("refused bundle job %s (%s): %s", job_id, exc.code, exc)
+            model = self.engine.model
+            self._send_job_report(JobStatusReport(
+                device_id=self.config.device_id, job_id=job_id, state=JobState.REJECTED, error_code=exc.code,
+                error=str(exc)[:2000], running_model_version=model.version if model else None))
+            self.bundles.finish(job_id, outcome_of(exc, job_id=job_id, state=JobState.REJECTED.value))
+            return
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+        command = verified.command
+        self._bundle_reports[job_id] = None
+        try:
+            self._handle_deploy(command)
+        finally:
+            report = self._bundle_reports.pop(job_id, None)
+            if report is None:  # _handle_deploy sends a final report on every path; say so if one did not
+                report_fields: dict[str, object] = {"state": "unknown"}
+            else:
+                report_fields = {"state": report.state.value, "error_code": report.error_code, "error": report.error,
+                                 "running_model_version": report.running_model_version}
+            self.bundles.finish(job_id, outcome_of(None, job_id=job_id, package_id=command.package_id,
+                                                   bundle_id=verified.info.bundle_id, **report_fields))
 
     def _handle_deploy(self, command: DeployCommand) -> None:
         manager = self.managers.get(command.pipeline or next(iter(self.managers)))

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from agent.capture.stream import StreamSettings
 from agent.contract.topics import DEFAULT_PREFIX, validate_device_id
+from agent.profiles import NetworkSettings
 from agent.telemetry.drift import MonitoringConfig
 
 ENV_PREFIX = "EDGEFLEET_AGENT_"
@@ -77,9 +78,13 @@ class AgentConfig(BaseModel):
     target_fps: float = Field(default=0.0, ge=0, description="0 = as fast as frames arrive")
     inference_threads: int = Field(default=1, ge=0)
     telemetry_interval_s: float = Field(default=5.0, gt=0)
-    keepalive_s: int = Field(default=30, ge=5)
-    download_timeout_s: float = Field(default=30.0, gt=0)
-    download_deadline_s: float = Field(default=300.0, gt=0)
+    # Network settings (agent.profiles.NetworkSettings): None = the firmware profile's value,
+    # which defaults to one for a wired link. Set here to override the profile on one device.
+    keepalive_s: int | None = Field(default=None, ge=5)
+    download_timeout_s: float | None = Field(default=None, gt=0)
+    download_deadline_s: float | None = Field(default=None, gt=0)
+    download_retry_min_s: float | None = Field(default=None, gt=0)
+    download_retry_max_s: float | None = Field(default=None, gt=0)
     max_package_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     frame_policy: Literal["newest", "every"] = "newest"
     frame_queue_depth: int = Field(default=3, ge=1, le=64)
@@ -129,8 +134,8 @@ class AgentConfig(BaseModel):
     max_outbox_reports: int = Field(default=10_000, ge=1)
     # OpenCV's internal threads for decode/resize (0 = its default: one per core).
     opencv_threads: int = Field(default=1, ge=0)
-    reconnect_min_s: float = Field(default=0.5, gt=0)
-    reconnect_max_s: float = Field(default=30.0, gt=0)
+    reconnect_min_s: float | None = Field(default=None, gt=0)
+    reconnect_max_s: float | None = Field(default=None, gt=0)
     # After this many failed broker connections in a row, ask the API (api_url, device token) for
     # the current broker URL, and use and remember it if it changed.
     broker_resolve_after_failures: int = Field(default=3, ge=1)
@@ -159,6 +164,20 @@ class AgentConfig(BaseModel):
     tuf_targets_url: str | None = None
     # Drift windows and sample capture (agent/telemetry/drift.py, docs/drift.md).
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+
+    def network(self, profile_network: NetworkSettings | None) -> NetworkSettings:
+        """The network settings in force: this config's values over the profile's over the defaults.
+
+        Raises:
+            ValueError: the combination puts a lower bound above its upper bound.
+        """
+        base = (profile_network or NetworkSettings()).model_dump()
+        overrides = {name: getattr(self, name) for name in NetworkSettings.model_fields
+                     if getattr(self, name) is not None}
+        try:
+            return NetworkSettings.model_validate({**base, **overrides})
+        except ValidationError as exc:
+            raise ValueError(f"network settings: {exc.errors()[0]['msg']}") from exc
 
     @classmethod
     def load(cls, path: Path, env: dict[str, str] | None = None) -> AgentConfig:

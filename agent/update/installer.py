@@ -8,7 +8,7 @@ updater checks, and whose ``custom`` metadata says which hardware it fits.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,13 +18,15 @@ from agent.contract.manifest import unsupported_feature
 from agent.errors import (
     DigestMismatchError,
     IncompatiblePackageError,
+    PackageDowngradeError,
     UnsupportedDecoderError,
     UnsupportedTaskError,
     UntrustedContentError,
 )
 from agent.update.store import PackageStore
 
-__all__ = ["FetchedPackage", "PackageSource", "check_digests", "fetch_and_verify", "fetch_verified"]
+__all__ = ["FetchedPackage", "PackageSource", "check_digests", "check_release_floor", "fetch_and_verify",
+           "fetch_verified"]
 
 
 class _Target(Protocol):
@@ -86,6 +88,19 @@ def check_digests(package: FetchedPackage) -> None:
         data = package.files.get(entry.name)
         if data is None or len(data) != entry.size_bytes or hashlib.sha256(data).hexdigest() != entry.sha256:
             raise DigestMismatchError(f"file {entry.name} of {package.manifest.package_id} does not match its manifest")
+
+
+def check_release_floor(manifest: PackageManifest, release_floors: Mapping[str, int], *, rollback: bool) -> None:
+    """TUF stops old *metadata*, not an old *target*: the release counter stops going back.
+
+    Raises:
+        PackageDowngradeError: a lower release than this model line's floor, not signed as a rollback.
+    """
+    floor = release_floors.get(manifest.model_name, 0)
+    if manifest.release < floor and not rollback:
+        raise PackageDowngradeError(
+            f"package {manifest.package_id} is release {manifest.release} of {manifest.model_name}, "
+            f"below the installed release {floor}; only a command signed as a rollback may go back")
 
 
 def fetch_verified(

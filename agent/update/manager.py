@@ -25,14 +25,14 @@ from agent.contract import (
     PackageManifest,
     RuntimeMeasurement,
 )
-from agent.errors import AgentError, PackageDowngradeError, UntrustedContentError
+from agent.errors import AgentError, UntrustedContentError
 from agent.faults import crash_point, segfault_point
 from agent.infer.engine import LoadedModel, load_model
 from agent.pipeline import Pipeline
 from agent.runtime import InferenceBackend, available_devices
 from agent.runtime.select import Candidate, fastest, plan_candidates, self_test, time_backend
 from agent.update.boot import BOOT_LOOP_ERROR, BootAction, decide_boot
-from agent.update.installer import FetchedPackage, check_digests
+from agent.update.installer import FetchedPackage, check_digests, check_release_floor
 from agent.update.machine import InstallState, job_state_for, next_state, resume_state
 from agent.update.probation import Baseline, ProbationLimits, ProbationWatch, Verdict, judge
 from agent.update.store import InstallRecord, PackageStore, SlotContent, SlotName, UpdateState
@@ -293,11 +293,8 @@ class InstallManager:
         Raises:
             PackageDowngradeError: a lower release than this model line's floor, not signed as a rollback.
         """
-        floor = self.store.read().release_floors.get(manifest.model_name, 0)
-        if manifest.release < floor and not record.command.get("rollback", False):
-            raise PackageDowngradeError(
-                f"package {manifest.package_id} is release {manifest.release} of {manifest.model_name}, "
-                f"below the installed release {floor}; only a command signed as a rollback may go back")
+        check_release_floor(manifest, self.store.read().release_floors,
+                            rollback=bool(record.command.get("rollback", False)))
 
     def _raise_release_floor(self, record: InstallRecord, ctx: _Context, state: UpdateState) -> None:
         """A committed install sets its model line's floor: up to its release, or (a rollback) down to it."""

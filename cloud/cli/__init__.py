@@ -15,6 +15,7 @@ import typer
 
 from cloud.cli import (
     broker,
+    bundle,
     data,
     deployments,
     devices,
@@ -53,6 +54,7 @@ app.command("serve")(plane.serve)
 app.command("demo")(plane.demo)
 app.add_typer(devices.device_app, name="device")
 app.add_typer(deployments.deployment_app, name="deployment")
+app.add_typer(bundle.bundle_app, name="bundle")
 app.add_typer(packages.package_app, name="package")
 app.add_typer(fleet.fleet_app, name="fleet")
 app.add_typer(status.status_app, name="status")

@@ -450,6 +450,50 @@ class TufRepository:
                 return ["timestamp"]
         return []
 
+    # -- air-gapped bundles -----------------------------------------------------
+    def bundle_metadata(self, expires_at: datetime) -> dict[str, bytes]:
+        """The metadata an offline bundle carries, by the file name a client asks for.
+
+        Every root version (a device walks the chain from the root it trusts), the current
+        targets as signed (offline keys are never needed), and a snapshot and timestamp of
+        the same versions re-signed with the online keys to expire at ``expires_at``: the
+        online timestamp lives a day, a bundle may sit on a medium for weeks. Nothing in the
+        repository changes; devices verify a bundle in a cache apart from their online one,
+        so these copies never meet the online versions (docs/adr, air-gapped bundles).
+
+        Raises:
+            ValueError: ``expires_at`` is past the root's or the targets' own expiry (the bundle
+                cannot outlive what it vouches for: re-sign targets first, or choose a shorter expiry).
+        """
+        with self._locked():
+            root_md: Metadata[Root] = self._load("root")
+            targets_md: Metadata[Targets] = self._load("targets")
+            for role, md in (("root", root_md), ("targets", targets_md)):
+                if expires_at > md.signed.expires:
+                    raise ValueError(
+                        f"the {role} metadata expires at {md.signed.expires.isoformat()}, before the bundle would "
+                        f"({expires_at.isoformat()}); choose a shorter --expires"
+                        + (" or re-sign targets (`edgefleet keys sign-targets --offline-keys DIR`)"
+                           if role == "targets" else ""))
+            files = {f"{version}.root.json": (self.metadata_dir / f"{version}.root.json").read_bytes()
+                     for version in range(1, root_md.signed.version + 1)}
+            files[f"{targets_md.signed.version}.targets.json"] = (
+                self.metadata_dir / f"{targets_md.signed.version}.targets.json").read_bytes()
+            snapshot_md: Metadata[Snapshot] = self._load("snapshot")
+            snapshot_md.signed.expires = expires_at
+            self._sign(snapshot_md, root_md.signed.roles["snapshot"].keyids, role="snapshot")
+            files[f"{snapshot_md.signed.version}.snapshot.json"] = bytes(snapshot_md.to_bytes())
+            timestamp_md: Metadata[Timestamp] = self._load("timestamp")
+            timestamp_md.signed.expires = expires_at
+            self._sign(timestamp_md, root_md.signed.roles["timestamp"].keyids, role="timestamp")
+            files["timestamp.json"] = bytes(timestamp_md.to_bytes())
+            return files
+
+    def package_target_files(self, package_id: str) -> list[Path]:
+        """The files a client downloads for ``package_id`` (hash-prefixed names, as served)."""
+        directory = self.targets_dir / package_id
+        return sorted(path for path in directory.iterdir() if path.is_file()) if directory.is_dir() else []
+
     # -- rotation ------------------------------------------------------------
     def rotate_keys(self, role: str, *, keys: int | None = None, threshold: int | None = None) -> Root:
         """Replace every key of ``role`` with new ones and publish a new root version.
