@@ -371,8 +371,11 @@ def _import_drift_reference(inspected: InspectedModel, dataset: DatasetVersion |
         return None, ("no drift reference needed: detection packages monitor box score, size and position "
                       "histograms over fixed edges")
     if dataset is None:
-        return None, ("no drift reference: no dataset was given (pass --dataset ds-... to import with one, or run "
-                      "`edgefleet drift reference PACKAGE --data DIR`); devices report no drift windows for it")
+        # `edgefleet drift reference` computes references with ONNX Runtime: other formats re-import.
+        later = (" or run `edgefleet drift reference PACKAGE --data DIR`"
+                 if inspected.runtime == "onnxruntime" else "")
+        return None, (f"no drift reference: no dataset was given (import with --dataset ds-...{later}); "
+                      "devices report no drift windows for this package")
     chosen = dataset.split("val")
     split_names = "val"
     if len(chosen) < REFERENCE_MIN_IMAGES:
