@@ -301,6 +301,9 @@ def import_model(engine: Engine, paths: PipelinePaths, *, model_path: Path, labe
                  thresholds: ValidationThresholds = ValidationThresholds()) -> ModelOutcome:
     """Register an externally trained ONNX classifier; evaluate and gate it when a dataset is given.
 
+    The registry step alone (no package); ``edgefleet model import`` and the API use
+    :func:`import_package`, which takes every format and task and packages the file.
+
     Raises:
         PipelineInputError: not an ONNX file, shapes that do not match labels/spec, unknown dataset,
             or dataset labels that differ from the model's.
@@ -308,8 +311,8 @@ def import_model(engine: Engine, paths: PipelinePaths, *, model_path: Path, labe
     if not model_path.is_file():
         raise PipelineInputError(f"model file {model_path} does not exist")
     if model_path.suffix.lower() != ".onnx":
-        raise PipelineInputError(f"{model_path.name}: only ONNX models can be imported here (TFLite import is not "
-                                 "supported by this control plane yet); export your model to ONNX")
+        raise PipelineInputError(f"{model_path.name}: this registers ONNX classifiers only; LiteRT and OpenVINO "
+                                 "files, and detectors, go through import_package (`edgefleet model import`)")
     _check_onnx_classifier(model_path, labels, spec)
     dataset = load_dataset(paths, dataset_id) if dataset_id else None
     if dataset is not None and dataset.labels != labels:

@@ -165,17 +165,23 @@ def test_softmax_classifier_is_not_softmaxed_twice_in_onnx_openvino_and_litert(t
     import openvino as ov
 
     onnx_path = _export(TinySoftmaxClassifier(3), tmp_path / "clf.onnx", (1, 3, 32, 32), "input", "probs")
+    # The IR comes from an export with a dynamic height/width: the import reshapes it to --input-size.
+    dynamic = _export(TinySoftmaxClassifier(3), tmp_path / "dyn.onnx", (1, 3, 32, 32), "input", "probs",
+                      dynamic_hw=True)
     ir_path = tmp_path / "ir" / "clf.xml"
-    ov.save_model(ov.convert_model(str(onnx_path)), str(ir_path), compress_to_fp16=False)
+    ov.save_model(ov.convert_model(str(dynamic)), str(ir_path), compress_to_fp16=False)
     labels = ImportDeclaration(labels=["a", "b", "c"])
     for source, runtime in ((onnx_path, "onnxruntime"), (ir_path, "openvino"), (TFLITE_CLASSIFIER, "litert")):
-        result = import_package(engine, _paths(tmp_path), model_path=source, name=f"clf-{runtime}", declared=labels)
+        declared = labels if runtime != "openvino" else ImportDeclaration(labels=["a", "b", "c"], input_size=(32, 32))
+        result = import_package(engine, _paths(tmp_path), model_path=source, name=f"clf-{runtime}",
+                                declared=declared)
         payload = result.as_dict()
         assert (payload["format"], payload["task"], payload["activation"]) == (runtime, "classification",
                                                                                "probabilities"), payload
         manifest, loaded, device = _device(result.package.directory)
         assert manifest.artifacts[0].runtime == runtime and manifest.artifacts[0].output_activation == "none"
         assert "no dataset was given" in payload["drift_reference"]
+        assert (runtime == "openvino") == any("OpenVINO input's dynamic height/width" in n for n in payload["notes"])
         for image, checked in zip(reference_images(), payload["reference_check"], strict=True):
             raw = loaded.backend.run(_pre(image, manifest))
             label, confidence = device.infer_frame(loaded, image)
