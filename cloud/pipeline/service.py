@@ -546,8 +546,9 @@ def build_model(engine: Engine, paths: PipelinePaths, *, version: str, profiles:
     spec = PreprocessSpec.model_validate(lineage.preprocessing) if lineage and lineage.preprocessing else None
     if spec is None:
         raise PipelineInputError(f"model {version} has no recorded preprocessing spec")
-    imported = model.hyperparameters.get("format", "onnxruntime"), model.hyperparameters.get("task", "classification")
-    if imported != ("onnxruntime", "classification"):
+    # Only import_package records "format": trained models (of any task) are not concerned here.
+    imported = model.hyperparameters.get("format"), model.hyperparameters.get("task")
+    if imported[0] is not None and imported != ("onnxruntime", "classification"):
         # Builds convert and quantize ONNX classifiers; any other import was packaged as it is when imported.
         raise PipelineInputError(f"model {version} was imported as a {imported[0]} {imported[1]} model: its package "
                                  "was made at import (`edgefleet package list`); builds convert ONNX classifiers only")

@@ -28,7 +28,7 @@ from agent.telemetry.window import WindowStats
 from cloud.pipeline.byo.importer import ImportDeclaration, reference_images
 from cloud.pipeline.byo.layout import AmbiguousModel
 from cloud.pipeline.errors import PipelineInputError
-from cloud.pipeline.service import PipelinePaths, import_package, ingest
+from cloud.pipeline.service import PipelinePaths, build_model, import_package, ingest
 
 TFLITE_CLASSIFIER = Path(__file__).parent / "data" / "tiny_softmax_classifier.tflite"
 YOLO_SIZE = 160
@@ -140,6 +140,10 @@ def test_yolo_raw_export_imports_from_its_metadata_alone_and_the_device_finds_th
     check = payload["reference_check"]
     assert sum(len(image["detections"]) for image in check) > 0
     assert _device_detections(package_dir) == check
+    # The classifier build pipeline is not for it: refused with the reason, not a converter error.
+    with pytest.raises(PipelineInputError, match="made at import"):
+        build_model(engine, _paths(tmp_path), version=result.outcome.model_version, profiles=["x86-64-avx2"],
+                    allow_unvalidated=True)
 
 
 def test_nms_in_graph_export_needs_labels_then_imports_and_matches_on_the_device(tmp_path: Path,
