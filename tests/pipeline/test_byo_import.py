@@ -215,7 +215,9 @@ def test_a_dataset_gives_the_classifier_a_gate_and_a_drift_reference(tmp_path: P
     assert payload["drift_reference"].startswith("drift reference from")
 
 
-def test_ambiguous_and_contradicting_models_name_the_flag_to_pass(tmp_path: Path, engine: Engine) -> None:
+def test_ambiguous_and_contradicting_models_name_the_flag_to_pass(tmp_path: Path, engine: Engine,
+                                                                  database_url: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     paths = _paths(tmp_path)
     unknown = _export(nn.Sequential(nn.Conv2d(3, 20, 4, stride=4), nn.Flatten(2)), tmp_path / "odd.onnx",
                       (1, 3, 20, 24), "input", "out")  # 1 x 20 x 30: no decoder fits
@@ -239,6 +241,24 @@ def test_ambiguous_and_contradicting_models_name_the_flag_to_pass(tmp_path: Path
         import_package(engine, paths, model_path=tmp_path / "model.pt", name="pt")
     assert not (paths.models_dir / "odd").exists() or not any((paths.models_dir / "odd").iterdir())
 
+    # The CLI on the same data directory and database: exit 2 naming the flag, then the flags that settle it.
+    from typer.testing import CliRunner
+
+    from cloud.cli import app
+
+    monkeypatch.setenv("EDGEFLEET_DATA_DIR", str(tmp_path / "cloud"))
+    monkeypatch.setenv("EDGEFLEET_DATABASE_URL", database_url)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("person\ncar\n")
+    runner = CliRunner()
+    refused = runner.invoke(app, ["model", "import", str(bare_yolo), "--name", "bare", "--labels", str(labels)])
+    assert refused.exit_code == 2 and "--input-size" in refused.output
+    done = runner.invoke(app, ["model", "import", str(bare_yolo), "--name", "bare", "--labels", str(labels),
+                               "--input-size", str(YOLO_SIZE), "--decoder", "yolo_raw", "--json"])
+    assert done.exit_code == 0, done.output
+    payload = json.loads(done.stdout)
+    assert payload["decoder"] == "yolo_raw" and payload["package_id"]
+
 
 def test_api_imports_a_yolo_export_and_answers_400_naming_the_flag(control_plane, api, tmp_path: Path) -> None:
     yolo = _yolo_export(tmp_path / "yolo.onnx")
@@ -255,24 +275,3 @@ def test_api_imports_a_yolo_export_and_answers_400_naming_the_flag(control_plane
     ir_without_bin = api.post("/api/v1/models/import", data={"name": "ir"},
                               files={"model": ("m.xml", b"<net/>", "application/xml")})
     assert ir_without_bin.status_code == 400 and "weights" in ir_without_bin.json()["detail"]
-
-
-def test_cli_imports_with_flags_and_prints_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                database_url: str) -> None:
-    from typer.testing import CliRunner
-
-    from cloud.cli import app
-
-    monkeypatch.setenv("EDGEFLEET_DATA_DIR", str(tmp_path / "cloud"))
-    monkeypatch.setenv("EDGEFLEET_DATABASE_URL", database_url)
-    labels = tmp_path / "labels.txt"
-    labels.write_text("person\ncar\n")
-    bare = _yolo_export(tmp_path / "bare.onnx", metadata=False)
-    runner = CliRunner()
-    refused = runner.invoke(app, ["model", "import", str(bare), "--name", "bare", "--labels", str(labels)])
-    assert refused.exit_code == 2 and "--input-size" in refused.output
-    done = runner.invoke(app, ["model", "import", str(bare), "--name", "bare", "--labels", str(labels),
-                               "--input-size", str(YOLO_SIZE), "--decoder", "yolo_raw", "--json"])
-    assert done.exit_code == 0, done.output
-    payload = json.loads(done.stdout)
-    assert payload["decoder"] == "yolo_raw" and payload["package_id"]
