@@ -27,6 +27,8 @@ def test_ultralytics_metadata_gives_task_labels_and_size() -> None:
         parse_ultralytics_metadata({"names": "{0: 'a', 2: 'b'}"})
     with pytest.raises(PipelineInputError, match="--labels"):
         parse_ultralytics_metadata({"names": "__import__('os').system('true')"})
+    with pytest.raises(PipelineInputError, match="--labels"):
+        parse_ultralytics_metadata({"names": "[" * 50_000 + "]" * 50_000})
     with pytest.raises(PipelineInputError, match="--input-size"):
         parse_ultralytics_metadata({"imgsz": "[640]"})
     with pytest.raises(PipelineInputError, match="--task"):

@@ -39,6 +39,8 @@ _MIN_CANDIDATES_PER_ROW = 4
 # How far a probability row's sum may stray from 1 (float32 softmax, INT8 outputs).
 _SUM_TOLERANCE = 2e-2
 _RANGE_TOLERANCE = 1e-4
+# Metadata is untrusted text parsed as a literal: bounded so a crafted file cannot exhaust the parser.
+_MAX_METADATA_CHARS = 200_000
 
 
 class AmbiguousModel(PipelineInputError):
@@ -76,6 +78,10 @@ def parse_ultralytics_metadata(props: Mapping[str, str]) -> ExporterMetadata:
     """
     if not any(key in props for key in ("names", "imgsz", "task")):
         return ExporterMetadata()
+    for key in ("names", "imgsz"):
+        if len(props.get(key, "")) > _MAX_METADATA_CHARS:
+            raise PipelineInputError(f"the model's metadata {key!r} is over {_MAX_METADATA_CHARS} characters; "
+                                     f"pass {'--labels FILE' if key == 'names' else '--input-size'} instead")
     task: Task | None = None
     raw_task = props.get("task")
     if raw_task is not None:
@@ -90,7 +96,7 @@ def parse_ultralytics_metadata(props: Mapping[str, str]) -> ExporterMetadata:
     if "names" in props:
         try:
             names = ast.literal_eval(props["names"])
-        except (ValueError, SyntaxError) as exc:
+        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as exc:
             raise PipelineInputError(f"the model's metadata 'names' is not a dict or list literal ({exc}); "
                                      "pass --labels FILE instead") from exc
         if isinstance(names, dict) and all(isinstance(k, int) for k in names):
@@ -107,7 +113,7 @@ def parse_ultralytics_metadata(props: Mapping[str, str]) -> ExporterMetadata:
     if "imgsz" in props:
         try:
             imgsz = ast.literal_eval(props["imgsz"])
-        except (ValueError, SyntaxError) as exc:
+        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as exc:
             raise PipelineInputError(f"the model's metadata 'imgsz' is not a list literal ({exc}); "
                                      "pass --input-size instead") from exc
         if isinstance(imgsz, int):
