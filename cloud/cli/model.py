@@ -259,33 +259,64 @@ def model_show(version: str, as_json: JsonOption = False) -> None:
 
 @model_app.command("import")
 def model_import(
-    model_file: Annotated[Path, typer.Argument(help="an ONNX classifier")],
-    labels: Annotated[Path, typer.Option(help="labels file: one per line, or a JSON list")],
-    spec: Annotated[Path, typer.Option(help="preprocessing spec JSON (agent.contract.PreprocessSpec)")],
+    model_file: Annotated[Path, typer.Argument(help="ONNX (.onnx), LiteRT (.tflite) or OpenVINO IR (.xml, .bin beside it)")],
     name: Annotated[str, typer.Option(help="model name in the registry")],
-    dataset: Annotated[str | None, typer.Option(help="labelled dataset id to evaluate, calibrate and gate on")] = None,
+    labels: Annotated[Path | None, typer.Option(help="labels file: one per line, or a JSON list "
+                                                     "(default: the model's metadata 'names')")] = None,
+    spec: Annotated[Path | None, typer.Option(help="preprocessing spec JSON (agent.contract.PreprocessSpec); "
+                                                   "default: RGB, pixels / 255, letterbox 114 for detectors")] = None,
+    task: Annotated[str | None, typer.Option(help="classification | detection (default: inferred)")] = None,
+    decoder: Annotated[str | None, typer.Option(help="detection output layout: yolo_raw | nms_in_graph | yolov5 "
+                                                     "(default: inferred from the output shape)")] = None,
+    activation: Annotated[str | None, typer.Option(help="logits | probabilities: whether the outputs are already "
+                                                        "probabilities (default: inferred and checked)")] = None,
+    input_size: Annotated[str | None, typer.Option(help="model input WIDTHxHEIGHT or one number for square "
+                                                        "(default: metadata 'imgsz', else the model's own)")] = None,
+    score_threshold: Annotated[float | None, typer.Option(min=0, max=1, help="detection score threshold")] = None,
+    iou_threshold: Annotated[float | None, typer.Option(min=0.01, max=1, help="detection NMS IoU threshold")] = None,
+    max_detections: Annotated[int | None, typer.Option(min=1, max=1000, help="detections kept per frame")] = None,
+    dataset: Annotated[str | None, typer.Option(help="labelled dataset id: evaluate and gate a classifier, and "
+                                                     "build the package's drift reference")] = None,
     profile: ProfileOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Import an external ONNX model; with --dataset it is evaluated and gated, with --profile also built."""
+    """Import an external classifier or detector and package it as it is, for every profile that runs its format.
+
+    What the model is (task, decoder, activation, labels, input size) comes from the flags,
+    else the exporter's metadata (Ultralytics ONNX), else its output shape, checked on
+    reference images through the device runtime. When only a flag can settle it, the
+    error names that flag. A validated ONNX classifier is also built for --profile (INT8, OpenVINO).
+    """
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
-    from cloud.pipeline.service import build_model, import_model, read_labels, read_spec
+    from cloud.pipeline.byo.importer import ImportDeclaration, parse_input_size
+    from cloud.pipeline.service import build_model, import_package, read_labels, read_spec
 
     engine, paths = local_context()
     with user_errors():
-        outcome = import_model(engine, paths, model_path=model_file, labels=read_labels(labels), spec=read_spec(spec),
-                               name=name, dataset_id=dataset)
+        declared = ImportDeclaration.checked(
+            labels=read_labels(labels) if labels else None, spec=read_spec(spec) if spec else None, task=task,
+            decoder=decoder, activation=activation,
+            input_size=parse_input_size(input_size) if input_size else None, score_threshold=score_threshold,
+            iou_threshold=iou_threshold, max_detections=max_detections)
+        result = import_package(engine, paths, model_path=model_file, name=name, declared=declared,
+                                dataset_id=dataset, profiles=profile or [])
         built = None
-        if profile and outcome.status == "validated":
-            built = build_model(engine, paths, version=outcome.model_version, profiles=profile)
-    payload = {"model_version": outcome.model_version, "status": outcome.status, "reasons": outcome.decision.reasons,
-               "notes": outcome.decision.notes,
-               "accuracy": outcome.evaluation.accuracy if outcome.evaluation else None,
-               "package_id": built.package_id if built else None,
-               "artifacts": [a.summary() for a in built.outcome.artifacts] if built else []}
-    emit(as_json, payload, lambda: console.print(
-        f"{outcome.model_version}: {outcome.status}; package {payload['package_id']}"
-        + "".join(f"\n  - {r}" for r in outcome.decision.reasons)))
+        if profile and result.buildable:
+            built = build_model(engine, paths, version=result.outcome.model_version, profiles=profile)
+    payload = result.as_dict()
+    if built is not None:
+        payload["build"] = {"package_id": built.package_id, "artifacts": [a.summary() for a in built.outcome.artifacts]}
+
+    def human() -> None:
+        console.print(f"{payload['model_version']}: {payload['status']}, {payload['task']}"
+                      f"{' (' + payload['decoder'] + ')' if payload['decoder'] else ''}, {payload['format']} "
+                      f"{payload['precision']}, outputs {payload['activation']} ({payload['activation_reason']})",
+                      highlight=False)
+        console.print(f"package {payload['package_id']} for {', '.join(payload['hardware_profiles'])}", highlight=False)
+        for note in [*payload["reasons"], *payload["notes"], payload["drift_reference"]]:
+            console.print(f"  - {note}", highlight=False)
+
+    emit(as_json, payload, human)
 
 
 @model_app.command("promote")

@@ -28,6 +28,14 @@ from cloud.fleet import crud
 from cloud.fleet.tables import ModelVersion, Package
 from cloud.governance import audit
 from cloud.monitor.reference import build_reference, run_logits
+from cloud.pipeline.byo.importer import (
+    ImportDeclaration,
+    InspectedModel,
+    inspect_and_stage,
+    model_runtime,
+    run_on_images,
+    write_golden,
+)
 from cloud.pipeline.data.dataset import (
     DatasetVersion,
     decode_image,
@@ -48,7 +56,7 @@ from cloud.pipeline.evaluate.metrics import EvaluationReport, evaluate_predictio
 from cloud.pipeline.optimize.activation import onnx_output_activation
 from cloud.pipeline.optimize.build import BuildOutcome, BuildRequest, EvaluationSet, build_for_profiles
 from cloud.pipeline.optimize.quantize import select_calibration
-from cloud.pipeline.optimize.runners import run_batched, runner_for
+from cloud.pipeline.optimize.runners import device_backend_runner, run_batched, runner_for
 from cloud.pipeline.package.builder import BuiltPackage, build_package
 from cloud.pipeline.registry import store
 from cloud.pipeline.registry.tables import DatasetRecord, ModelBuild, ModelLineage
@@ -293,6 +301,9 @@ def import_model(engine: Engine, paths: PipelinePaths, *, model_path: Path, labe
                  thresholds: ValidationThresholds = ValidationThresholds()) -> ModelOutcome:
     """Register an externally trained ONNX classifier; evaluate and gate it when a dataset is given.
 
+    The registry step alone (no package); ``edgefleet model import`` and the API use
+    :func:`import_package`, which takes every format and task and packages the file.
+
     Raises:
         PipelineInputError: not an ONNX file, shapes that do not match labels/spec, unknown dataset,
             or dataset labels that differ from the model's.
@@ -300,8 +311,8 @@ def import_model(engine: Engine, paths: PipelinePaths, *, model_path: Path, labe
     if not model_path.is_file():
         raise PipelineInputError(f"model file {model_path} does not exist")
     if model_path.suffix.lower() != ".onnx":
-        raise PipelineInputError(f"{model_path.name}: only ONNX models can be imported here (TFLite import is not "
-                                 "supported by this control plane yet); export your model to ONNX")
+        raise PipelineInputError(f"{model_path.name}: this registers ONNX classifiers only; LiteRT and OpenVINO "
+                                 "files, and detectors, go through import_package (`edgefleet model import`)")
     _check_onnx_classifier(model_path, labels, spec)
     dataset = load_dataset(paths, dataset_id) if dataset_id else None
     if dataset is not None and dataset.labels != labels:
@@ -323,6 +334,149 @@ def import_model(engine: Engine, paths: PipelinePaths, *, model_path: Path, labe
         ))
         return _gate_and_record(session, model, source="imported", spec=spec, evaluation=evaluation,
                                 dataset=dataset, thresholds=thresholds, env=environment(), checkpoint=None)
+
+
+@dataclass
+class ImportResult:
+    """An imported model: its registry outcome, the package made from the file as given, and what was checked."""
+
+    outcome: ModelOutcome
+    package: BuiltPackage
+    inspection: dict[str, Any]
+    notes: list[str]
+    drift_reference: str
+
+    @property
+    def buildable(self) -> bool:
+        """A validated ONNX classifier: ``build_model`` can add INT8 and OpenVINO artifacts for it."""
+        return (self.outcome.status == "validated" and self.inspection["format"] == "onnxruntime"
+                and self.inspection["task"] == "classification")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model_version": self.outcome.model_version, "status": self.outcome.status,
+                "accuracy": self.outcome.evaluation.accuracy if self.outcome.evaluation else None,
+                "reasons": self.outcome.decision.reasons, "notes": [*self.outcome.decision.notes, *self.notes],
+                "package_id": self.package.manifest.package_id, "manifest_sha256": self.package.manifest_sha256,
+                "hardware_profiles": self.package.manifest.hardware_profiles, "drift_reference": self.drift_reference,
+                **self.inspection}
+
+
+def _profiles_running(runtime: str, names: list[str]) -> list[str]:
+    if names:
+        return [p.name for p in resolve_profiles(names)]
+    return sorted(name for name, profile in load_profiles().items()
+                  if any(choice.runtime == runtime for choice in profile.runtimes))
+
+
+def _import_drift_reference(inspected: InspectedModel, dataset: DatasetVersion | None,
+                            destination: Path) -> tuple[Path | None, str]:
+    if inspected.task == "detection":
+        return None, ("no drift reference needed: detection packages monitor box score, size and position "
+                      "histograms over fixed edges")
+    if dataset is None:
+        # `edgefleet drift reference` computes references with ONNX Runtime: other formats re-import.
+        later = (" or run `edgefleet drift reference PACKAGE --data DIR`"
+                 if inspected.runtime == "onnxruntime" else "")
+        return None, (f"no drift reference: no dataset was given (import with --dataset ds-...{later}); "
+                      "devices report no drift windows for this package")
+    chosen = dataset.split("val")
+    split_names = "val"
+    if len(chosen) < REFERENCE_MIN_IMAGES:
+        chosen, split_names = [*chosen, *dataset.split("test")], "val+test"
+    images = [image for image in (decode_image(s.path) for s in chosen[:REFERENCE_MAX_IMAGES]) if image is not None]
+    if len(images) < REFERENCE_MIN_IMAGES:
+        return None, (f"no drift reference: the dataset's {split_names} split has {len(images)} readable images, "
+                      f"a reference needs {REFERENCE_MIN_IMAGES}")
+    reference = build_reference(images, run_on_images(inspected, images), list(inspected.labels), inspected.spec,
+                                activation=inspected.output_activation, window_frames=DEFAULT_WINDOW_FRAMES,
+                                source=f"dataset {dataset.dataset_id} ({split_names})")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.write_bytes(reference.to_bytes())
+    return destination, (f"drift reference from {len(images)} {split_names} images of dataset {dataset.dataset_id} "
+                         f"(k={reference.calibration.k}, h={reference.calibration.h})")
+
+
+def import_package(engine: Engine, paths: PipelinePaths, *, model_path: Path, name: str,
+                   declared: ImportDeclaration = ImportDeclaration(), dataset_id: str | None = None,
+                   profiles: list[str] | None = None,
+                   thresholds: ValidationThresholds = ValidationThresholds()) -> ImportResult:
+    """Import an ONNX, LiteRT or OpenVINO IR classifier or detector and package it as it is.
+
+    Task, decoder, activation, labels and input size come from ``declared``, else the
+    exporter's metadata, else the model's output shape and its outputs on reference
+    images run through the device runtime (see :mod:`cloud.pipeline.byo`). A classifier
+    with a dataset is evaluated and gated on its test split; a dataset also gives the
+    reference images and the package's drift reference. ``profiles`` default to every
+    hardware profile that lists the model's runtime.
+
+    Raises:
+        AmbiguousModel: only a flag can settle what the model is (the message names it).
+        PipelineInputError: unreadable model, contradicting declarations, unknown dataset or profiles.
+    """
+    dataset = load_dataset(paths, dataset_id) if dataset_id else None
+    images = None
+    if dataset is not None:
+        held_out = [*dataset.split("val"), *dataset.split("test")][:GOLDEN_INPUTS]
+        images = [image for image in (decode_image(s.path) for s in held_out) if image is not None] or None
+    runtime = model_runtime(model_path) if model_path.is_file() else None
+    hardware = _profiles_running(runtime, profiles or []) if runtime else []
+    if runtime and not hardware:
+        raise PipelineInputError(f"no hardware profile lists runtime {runtime}; pass --profile NAME")
+    with Session(engine) as session:
+        version = crud.next_model_version(session, name)
+    model_dir = paths.models_dir / name / version
+    try:
+        inspected = inspect_and_stage(model_path, declared, model_dir, images)
+    except Exception:
+        shutil.rmtree(model_dir, ignore_errors=True)
+        raise
+    if dataset is not None and inspected.task == "classification" and dataset.labels != inspected.labels:
+        shutil.rmtree(model_dir, ignore_errors=True)
+        raise PipelineInputError(f"dataset {dataset_id} has labels {dataset.labels} but the model's labels are "
+                                 f"{inspected.labels}; use the same class names in the same order")
+    evaluation = None
+    notes = list(inspected.notes)
+    if dataset is not None and inspected.task == "classification":
+        data = evaluation_set(dataset, inspected.spec)
+        # One image at a time through the device backend: imported files often fix the batch at 1.
+        scores = run_batched(device_backend_runner(inspected.runtime, inspected.model_file), data.x)
+        predictions = scores.argmax(axis=1) if len(scores) else np.zeros(0, dtype=np.int64)
+        evaluation = evaluate_predictions(predictions, data.y, data.labels, data.metadata)
+    elif dataset is not None:
+        notes.append(f"dataset {dataset_id} is an image-classification set: the detector was not evaluated on it, "
+                     "only its images were used for the reference check")
+    golden, tolerance = write_golden(inspected, model_dir / f"golden-{inspected.model_file.stem}.npz")
+    artifact = inspected.artifact().model_copy(update={"golden_file": golden.name, "golden_tolerance": tolerance})
+    reference, drift_note = _import_drift_reference(inspected, dataset, model_dir / DRIFT_REFERENCE_FILE)
+    summary = inspected.summary()
+    with Session(engine) as session:
+        model = crud.add_model_version(session, ModelVersion(
+            name=name, version=version,
+            dataset_id=dataset.dataset_id if dataset is not None and inspected.task == "classification" else "",
+            code_version=None, labels=inspected.labels,
+            hyperparameters={"imported_from": str(model_path), "preprocessing": inspected.spec.model_dump(mode="json"),
+                             **{k: summary[k] for k in ("format", "precision", "task", "decoder", "activation")}},
+            metrics=evaluation.as_dict() if evaluation else {}, onnx_path=str(inspected.model_file.resolve()),
+            onnx_sha256=sha256_file(inspected.model_file)))
+        outcome = _gate_and_record(session, model, source="imported", spec=inspected.spec, evaluation=evaluation,
+                                   dataset=dataset if evaluation is not None else None, thresholds=thresholds,
+                                   env=environment(), checkpoint=None)
+        release = model.id or 0
+    package = build_package(packages_dir=paths.packages_dir, model_name=name, model_version=version,
+                            labels=inspected.labels, spec=inspected.spec, hardware_profiles=hardware,
+                            artifacts=[(inspected.model_file, artifact)],
+                            extra_files=[*inspected.extra_files, golden], drift_reference=reference,
+                            detection=inspected.detection, release=release)
+    with Session(engine) as session:
+        model = crud.get_model_version(session, version)
+        assert model.id is not None
+        if session.get(Package, package.manifest.package_id) is None:
+            crud.add_package(session, Package(
+                id=package.manifest.package_id, model_version_id=model.id, model_version=version,
+                hardware_profiles=hardware, manifest_sha256=package.manifest_sha256, size_bytes=package.size_bytes,
+                path=str(package.directory.resolve())))
+    return ImportResult(outcome=outcome, package=package, inspection=summary, notes=notes,
+                        drift_reference=drift_note)
 
 
 # --- builds --------------------------------------------------------------------
@@ -392,6 +546,12 @@ def build_model(engine: Engine, paths: PipelinePaths, *, version: str, profiles:
     spec = PreprocessSpec.model_validate(lineage.preprocessing) if lineage and lineage.preprocessing else None
     if spec is None:
         raise PipelineInputError(f"model {version} has no recorded preprocessing spec")
+    # Only import_package records "format": trained models (of any task) are not concerned here.
+    imported = model.hyperparameters.get("format"), model.hyperparameters.get("task")
+    if imported[0] is not None and imported != ("onnxruntime", "classification"):
+        # Builds convert and quantize ONNX classifiers; any other import was packaged as it is when imported.
+        raise PipelineInputError(f"model {version} was imported as a {imported[0]} {imported[1]} model: its package "
+                                 "was made at import (`edgefleet package list`); builds convert ONNX classifiers only")
     dataset = load_dataset(paths, model.dataset_id) if model.dataset_id else None
     evaluation = evaluation_set(dataset, spec) if dataset else None
     if calibration is None and dataset is not None:

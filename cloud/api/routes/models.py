@@ -110,37 +110,70 @@ def train_model(body: TrainRequest, plane: PlaneDep, actor: ActorDep) -> dict[st
 @router.post("/import", status_code=201)
 def import_model(
     plane: PlaneDep,
-    model: Annotated[UploadFile, File(description="ONNX classifier")],
-    labels: Annotated[str, Form(description="labels: a JSON list or one per line")],
-    preprocessing: Annotated[str, Form(description="PreprocessSpec as JSON")],
+    model: Annotated[UploadFile, File(description="ONNX (.onnx), LiteRT (.tflite) or OpenVINO IR (.xml) file; "
+                                                  "its file name's suffix says which")],
     name: Annotated[str, Form(min_length=1, max_length=100, pattern=SAFE_ID)],
+    weights: Annotated[UploadFile | None, File(description="the OpenVINO IR's .bin (with an .xml model)")] = None,
+    labels: Annotated[str | None, Form(description="labels: a JSON list or one per line "
+                                                   "(default: the model's metadata)")] = None,
+    preprocessing: Annotated[str | None, Form(description="PreprocessSpec as JSON (default: RGB, pixels / 255, "
+                                                          "letterbox 114 for detectors)")] = None,
+    task: Annotated[str | None, Form(description="classification | detection")] = None,
+    decoder: Annotated[str | None, Form(description="yolo_raw | nms_in_graph | yolov5")] = None,
+    activation: Annotated[str | None, Form(description="logits | probabilities")] = None,
+    input_size: Annotated[str | None, Form(description="WIDTHxHEIGHT or one number")] = None,
+    score_threshold: Annotated[float | None, Form(ge=0, le=1)] = None,
+    iou_threshold: Annotated[float | None, Form(gt=0, le=1)] = None,
+    max_detections: Annotated[int | None, Form(ge=1, le=1000)] = None,
     dataset_id: Annotated[str | None, Form(pattern=f"{DATASET_ID}|^$")] = None,
-    profiles: Annotated[str | None, Form(description="comma-separated profiles to build for")] = None,
+    profiles: Annotated[str | None, Form(description="comma-separated profiles (default: every profile that runs "
+                                                     "the model's format); a validated ONNX classifier is also "
+                                                     "built for them (INT8, OpenVINO)")] = None,
 ) -> dict[str, Any]:
-    """Import an external ONNX model; with a dataset it is evaluated and gated, with profiles also built."""
+    """Import an external classifier or detector and package it as it is (see docs/byo-models.md).
+
+    400 with the flag to pass when the model is ambiguous or contradicts what was declared.
+    """
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
-    from cloud.pipeline.service import build_model, read_labels
-    from cloud.pipeline.service import import_model as run_import
+    from cloud.pipeline.byo.importer import FORMATS, ImportDeclaration, parse_input_size
+    from cloud.pipeline.service import build_model, import_package, read_labels
 
     plane.settings.uploads_dir.mkdir(parents=True, exist_ok=True)
     # Scratch space in the data directory, not /tmp: the upload may be large, and it is
     # copied in chunks, never held whole in memory.
     with user_errors(), tempfile.TemporaryDirectory(dir=plane.settings.uploads_dir) as scratch:
-        try:
-            spec = PreprocessSpec.model_validate(json.loads(preprocessing))
-        except ValueError as exc:
-            raise ValueError(f"preprocessing is not a valid PreprocessSpec JSON: {exc}") from exc
-        labels_path = Path(scratch) / "labels.txt"
-        labels_path.write_text(labels)
-        model_path = Path(scratch) / "model.onnx"
-        with model_path.open("wb") as target:
-            shutil.copyfileobj(model.file, target, UPLOAD_CHUNK_BYTES)
-        outcome = run_import(plane.engine, _paths(plane), model_path=model_path, labels=read_labels(labels_path),
-                             spec=spec, name=name, dataset_id=dataset_id or None)
-        payload = _outcome(outcome)
+        suffix = Path(model.filename or "").suffix.lower()
+        if suffix not in FORMATS:
+            raise ValueError(f"the uploaded model's file name {model.filename!r} must end in .onnx, .tflite or .xml")
+        if (suffix == ".xml") != (weights is not None):
+            raise ValueError("OpenVINO IR needs both files: the .xml as 'model' and its .bin as 'weights'"
+                             if suffix == ".xml" else "'weights' is only for an OpenVINO IR .xml model")
+        spec = None
+        if preprocessing:
+            try:
+                spec = PreprocessSpec.model_validate(json.loads(preprocessing))
+            except ValueError as exc:
+                raise ValueError(f"preprocessing is not a valid PreprocessSpec JSON: {exc}") from exc
+        label_list = None
+        if labels:
+            labels_path = Path(scratch) / "labels.txt"
+            labels_path.write_text(labels)
+            label_list = read_labels(labels_path)
+        model_path = Path(scratch) / f"model{suffix}"
+        uploads = [(model, model_path)] + ([(weights, model_path.with_suffix(".bin"))] if weights else [])
+        for upload, path in uploads:
+            with path.open("wb") as target:
+                shutil.copyfileobj(upload.file, target, UPLOAD_CHUNK_BYTES)
+        declared = ImportDeclaration.checked(
+            labels=label_list, spec=spec, task=task or None, decoder=decoder or None, activation=activation or None,
+            input_size=parse_input_size(input_size) if input_size else None, score_threshold=score_threshold,
+            iou_threshold=iou_threshold, max_detections=max_detections)
         targets = [p.strip() for p in (profiles or "").split(",") if p.strip()]
-        if targets and outcome.status == "validated":
-            payload["build"] = _build(build_model(plane.engine, _paths(plane), version=outcome.model_version,
+        result = import_package(plane.engine, _paths(plane), model_path=model_path, name=name, declared=declared,
+                                dataset_id=dataset_id or None, profiles=targets)
+        payload = result.as_dict()
+        if targets and result.buildable:
+            payload["build"] = _build(build_model(plane.engine, _paths(plane), version=result.outcome.model_version,
                                                   profiles=targets))
     return payload
 

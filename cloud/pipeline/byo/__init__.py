@@ -1,0 +1,1 @@
+"""Bring-your-own models: import ONNX, LiteRT and OpenVINO IR classifiers and detectors as packages."""
