@@ -51,7 +51,6 @@ from agent.contract.drift import (
     encode_histograms,
     projection_feature_names,
 )
-from agent.infer.detect import Detection
 from agent.preprocess import preprocess
 from agent.telemetry.samples import (
     BoxUncertaintySampler,
@@ -70,6 +69,7 @@ from agent.telemetry.samples import (
 )
 
 if TYPE_CHECKING:
+    from agent.infer.detect import Detection
     from agent.infer.shadow import ShadowFrame
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import cv2
 import numpy as np
@@ -31,7 +31,9 @@ import numpy.typing as npt
 
 from agent.contract import SampleBox, SampleReport, new_message_id, utc_now
 from agent.contract.messages import MAX_INLINE_SAMPLE_BYTES, MAX_SAMPLE_BOXES
-from agent.infer.detect import Detection
+
+if TYPE_CHECKING:
+    from agent.infer.detect import Detection
 
 __all__ = [
     "BoxUncertaintySampler",
