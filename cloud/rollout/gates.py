@@ -450,10 +450,11 @@ def _class_counts_per_frame_gate(t: GateThresholds, canary: GroupStats, control:
 def _box_score_gate(t: GateThresholds, canary: GroupStats, control: GroupStats) -> GateResult:
     numbers = {"canary": _round(canary.mean_box_score), "control": _round(control.mean_box_score),
                "canary_boxes": canary.scored_boxes, "control_boxes": control.scored_boxes}
-    if canary.scored_boxes < t.min_frames or control.scored_boxes < t.min_frames:
-        return GateResult("mean_box_score", GateStatus.INSUFFICIENT, None, t.max_box_score_drop,
-                          f"{canary.scored_boxes} canary / {control.scored_boxes} control boxes, "
-                          f"need {t.min_frames} each", numbers)
+    short = _detection_short(t, canary, control)
+    if short is None and (canary.scored_boxes < t.min_frames or control.scored_boxes < t.min_frames):
+        short = f"{canary.scored_boxes} canary / {control.scored_boxes} control boxes, need {t.min_frames} each"
+    if short is not None:
+        return GateResult("mean_box_score", GateStatus.INSUFFICIENT, None, t.max_box_score_drop, short, numbers)
     assert canary.mean_box_score is not None and control.mean_box_score is not None
     drop = control.mean_box_score - canary.mean_box_score
     status = GateStatus.FAIL if drop > t.max_box_score_drop else GateStatus.PASS

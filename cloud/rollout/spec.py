@@ -215,7 +215,7 @@ class GateThresholds(_Strict):
     # direction (fewer objects is lost recall, more is false alarms), significant at
     # class_distribution_alpha; and the drop of the mean box score.
     max_boxes_per_frame_change: float = Field(default=0.25, ge=0, description="|canary / control - 1|")
-    max_class_count_per_frame_change: float = Field(default=0.5, ge=0, description="|canary / control - 1| per class")
+    max_class_count_per_frame_change: float = Field(default=0.4, ge=0, description="|canary / control - 1| per class")
     max_box_score_drop: float = Field(default=0.1, ge=0, le=1, description="control mean minus canary mean")
     # Drift score = -log10 of a drift window's adjusted p-value (cloud/monitor), when devices report drift.
     max_drift_score_increase: float = Field(default=2.0, ge=0, description="median canary minus median control")
