@@ -1,7 +1,7 @@
 """rollouts: detection windows and shadow box matches for the gates; samples keep their boxes
 
 Revision ID: detgates16_detection_gates
-Revises: 0001
+Revises: 0004_rollout (rollout_window), and needs 0006_monitor (sample)
 Create Date: 2026-12-05 21:10:00
 """
 from collections.abc import Sequence
@@ -10,9 +10,10 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = 'detgates16_detection_gates'
-down_revision: str | None = '0001'
+# Columns added to tables of two features: after the rollout tables, and after the monitor's.
+down_revision: str | None = '0004_rollout'
 branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = '0006_monitor'
 
 _ROLLOUT_WINDOW_COUNTS = ('detection_frames', 'detection_boxes', 'shadow_boxes_active', 'shadow_boxes_candidate',
                           'shadow_boxes_matched')
