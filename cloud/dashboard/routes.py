@@ -403,6 +403,14 @@ def _sample_list(samples: Any) -> list[dict[str, Any]]:
 BOXED_SAMPLE_WIDTH_PX = 240
 
 
+def _caption_y(top: float, bottom: float, *, candidate: bool) -> float:
+    """Where a box's caption goes: above the active model's box (inside it at the top edge),
+    inside the bottom of the candidate's, so the two models' captions of one object do not overlap."""
+    if candidate:
+        return round(bottom - 3, 1)
+    return round(top - 3 if top >= 12 else top + 11, 1)
+
+
 def _box_overlay(sample: dict[str, Any]) -> dict[str, Any] | None:
     """A detection sample's boxes in display pixels for the SVG drawn over its image (None without boxes)."""
     boxes = [b for b in sample.get("boxes") or [] if isinstance(b, dict)]
@@ -421,8 +429,7 @@ def _box_overlay(sample: dict[str, Any]) -> dict[str, Any] | None:
         drawn.append({"x": round(x1 * width, 1), "y": round(y1 * height, 1), "w": round((x2 - x1) * width, 1),
                       "h": round((y2 - y1) * height, 1), "label": str(box.get("label", "")), "score": score,
                       "model": "candidate" if box.get("model") == "candidate" else "active",
-                      # The caption sits above the box, or inside it when the box touches the top edge.
-                      "text_y": round(y1 * height - 3 if y1 * height >= 12 else y1 * height + 11, 1)})
+                      "text_y": _caption_y(y1 * height, y2 * height, candidate=box.get("model") == "candidate")})
     return {"width": width, "height": height, "boxes": drawn}
 
 
