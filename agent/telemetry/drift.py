@@ -512,8 +512,10 @@ class MonitoringConfig(BaseModel):
             UncertaintySampler(self.uncertainty, entropy_above=self.uncertainty_entropy_above,
                                margin_below=self.uncertainty_margin_below, threshold=self.uncertainty_threshold,
                                band=self.uncertainty_band),
-            BoxUncertaintySampler(band=self.box_uncertainty_band),
+            # A frame the shadow candidate disagreed on is worth more than an uncertain one,
+            # and its sample shows both models' boxes.
             ShadowDisagreementSampler(),
+            BoxUncertaintySampler(band=self.box_uncertainty_band),
             OperatorRequestSampler(),
         ]
         budget = SampleBudget(BudgetLimits(

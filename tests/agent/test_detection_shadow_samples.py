@@ -220,3 +220,43 @@ def test_monitoring_offers_detection_frames_and_always_the_disagreeing_ones(tmp_
     # disagreement cap (2 a minute) keeps both.
     assert [s.sampler for s in published] == ["disagreement", "disagreement"]
     assert all(sum(b.model == "candidate" for b in s.boxes) == 3 and len(s.boxes) == 9 for s in published)
+
+
+def test_the_engine_hands_detection_frames_to_the_shadow_and_the_samplers_on_its_thread(tmp_path: Path) -> None:
+    """The agent's wiring (agent/app.py): engine.detection_hook = shadows.detection_hook(monitoring)."""
+    from agent.capture.latest import FrameItem, FrameSlot
+    from agent.infer.engine import InferenceEngine
+    from agent.infer.shadow import ShadowSet
+    from agent.telemetry.window import WindowStats
+    from tests.support.services import wait_for
+
+    active = _detector(tmp_path, "good", SCENE)
+    published: list[CapturedSample] = []
+    monitoring = AgentMonitoring(
+        MonitoringConfig(random_probability=0.0, subsample_interval_s=60.0, scene_change=1000.0),
+        device_id="cam-1", package_dir=lambda pipeline, package_id: tmp_path / package_id.removeprefix("pkg-"),
+        publish_drift=lambda report: None, publish_sample=lambda sample, manifest, pipeline: published.append(sample),
+        threaded=False)
+    shadows = ShadowSet()
+    shadows.start("main", ShadowRunner(_detector(tmp_path, "half", half_recall()), sample_fraction=1.0,
+                                       duration_s=60))
+    slot: FrameSlot[FrameItem] = FrameSlot("every", depth=4)
+    stats = WindowStats()
+    engine = InferenceEngine(slot, stats)
+    engine.detection_hook = shadows.detection_hook("main", monitoring.detection_hook("main"))
+    engine.swap(active)
+    engine.start()
+    try:
+        for seq in range(3):
+            frame = np.random.default_rng(seq).integers(0, 255, size=(48, 64, 3), dtype=np.uint8)
+            slot.put(FrameItem(seq=seq, frame=frame))
+        wait_for(lambda: stats.total_frames == 3, 10, what="three frames inferred")
+    finally:
+        engine.stop()
+    window = shadows.take_window("main")
+    assert window is not None
+    assert (window.frames, window.boxes_active, window.boxes_candidate, window.boxes_matched) == (3, 18, 9, 9)
+    # Every frame disagreed: the disagreement cap (2 a minute) keeps two as such; the third
+    # still has a box near the threshold (0.3 against 0.25), so the uncertainty sampler takes it.
+    assert [s.sampler for s in published] == ["disagreement", "disagreement", "uncertainty"]
+    assert [sum(b.model == "candidate" for b in s.boxes) for s in published] == [3, 3, 0]

@@ -145,3 +145,36 @@ def test_shadow_agreement_of_detectors_is_the_share_of_matched_boxes() -> None:
     # Frames where neither model saw anything agree; classification shadows are unchanged.
     empty = ShadowStats(frames=200, agreements=200)
     assert {r.gate: r for r in evaluate_shadow(spec, empty)}["shadow_agreement"].observed == 1.0
+
+
+def test_the_ingest_listener_keeps_detection_parts_and_box_matches_for_the_engine() -> None:
+    from datetime import timedelta
+
+    from sqlmodel import Session, SQLModel, create_engine, select
+
+    from agent.contract import ShadowWindow, TelemetryReport
+    from agent.contract.messages import DetectionWindow
+    from cloud.fleet.tables import utc_now
+    from cloud.rollout.listener import record_rollout_window
+    from cloud.rollout.service import detection_parts
+    from cloud.rollout.tables import RolloutWindow
+
+    engine = create_engine("sqlite://")
+    SQLModel.metadata.create_all(engine, tables=[RolloutWindow.__table__])  # type: ignore[attr-defined]
+    detection = DetectionWindow(frames=10, object_counts={"person": 20, "car": 10}, mean_box_score=0.6,
+                                boxes_per_frame=3.0, empty_frames=0)
+    shadow = ShadowWindow(package_id="pkg-new", frames=10, agreements=0, boxes_active=30, boxes_candidate=15,
+                          boxes_matched=15)
+    detecting = TelemetryReport(device_id="cam-1", window_s=1.0, frames=10, fps=10.0, detection=detection,
+                                shadow=shadow)
+    classifying = TelemetryReport(device_id="cam-1", window_s=1.0, frames=10, fps=10.0, class_counts={"a": 10})
+    with Session(engine) as session:
+        for report in (detecting, detecting, classifying):  # a QoS 1 redelivery, and a healthy classifier window
+            record_rollout_window(session, report)
+        rows = list(session.exec(select(RolloutWindow)))
+        assert len(rows) == 1  # the classification window costs nothing, the redelivery is kept once
+        row = rows[0]
+        assert (row.shadow_boxes_active, row.shadow_boxes_candidate, row.shadow_boxes_matched) == (30, 15, 15)
+        parts = detection_parts(session, ["cam-1"], utc_now() - timedelta(minutes=1))
+    assert parts == {detecting.message_id: DetectionCounts(frames=10, boxes=30, mean_box_score=0.6,
+                                                           object_counts={"person": 20, "car": 10})}
