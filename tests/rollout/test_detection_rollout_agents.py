@@ -1,6 +1,7 @@
 """With real agent processes running detection packages: the canary gate compares boxes per
 frame with the control group, stops a release that finds half the objects, and lets an
-equally good one through. Samples from the agents carry their boxes."""
+equally good one through after a shadow phase whose boxes all match. Samples from the
+agents carry their boxes."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_a_detector_that_misses_half_the_objects_is_stopped_and_an_equal_one_pas
         assert deployment.status_code == 201, deployment.text
         wait_for(lambda: _running(api) == {current.package_id}, 90, what="both agents serving the current detector")
 
-        def spec(name: str, package_id: str) -> dict[str, Any]:
+        def spec(name: str, package_id: str, **extra: Any) -> dict[str, Any]:
             # One canary against one control device; frames of these synthetic scenes are
             # independent draws (frames_per_independent_sample 1). Latency is not under test
             # here, and sub-millisecond models are noisy on a shared machine.
@@ -54,7 +55,7 @@ def test_a_detector_that_misses_half_the_objects_is_stopped_and_an_equal_one_pas
                              stages=[{"count": 1}, {"percent": 100}],
                              gates={"min_frames": 20, "min_latency_windows": 2, "probation_min_windows": 2,
                                     "frames_per_independent_sample": 1, "max_p95_latency_ratio": 50,
-                                    "control_window_s": CONTROL_WINDOW_S})
+                                    "control_window_s": CONTROL_WINDOW_S}, **extra)
 
         # Half the recall: the canary reports 3 boxes a frame against the control's 6.
         stopped = wait_state(api, create(api, spec("half-recall", bad.package_id))["id"], timeout_s=90)
@@ -72,9 +73,14 @@ def test_a_detector_that_misses_half_the_objects_is_stopped_and_an_equal_one_pas
         # The control window must not reach back to the aborted canary's frames.
         time.sleep(CONTROL_WINDOW_S + 1.0)
 
-        # The same detector under a new name: the gate passes and both agents switch.
-        passed = wait_state(api, create(api, spec("equal", equal.package_id))["id"], timeout_s=120)
+        # The same detector under a new name: the canary agent first shadows it (its boxes all
+        # match the active model's), then the canary gate passes and both agents switch.
+        shadow = {"duration_s": 2, "sample_fraction": 1.0, "min_frames": 20, "stages": [0]}
+        passed = wait_state(api, create(api, spec("equal", equal.package_id, shadow=shadow))["id"], timeout_s=120)
         assert passed["state"] == "completed", [(d["action"], d["reason"]) for d in passed["decisions"]]
+        agreement = _gates(next(d for d in passed["decisions"] if d["action"] == "start_install"))["shadow_agreement"]
+        assert agreement["observed"] == 1.0 and agreement["numbers"]["boxes_matched"] >= 20 * len(SCENE)
+        assert agreement["numbers"]["boxes_active"] == agreement["numbers"]["boxes_candidate"]
         promote = next(d for d in passed["decisions"] if d["action"] == "promote")
         gates = _gates(promote)
         assert {gates[g]["status"] for g in ("boxes_per_frame", "class_counts_per_frame", "mean_box_score")} \
