@@ -226,6 +226,7 @@ class AgentApp:
             api_url=config.api_url, api_token_file=config.api_token_file, publish=self.uplink.publish)
         for name, pipeline in self.pipelines.items():
             pipeline.engine.output_hook = self.shadows.hook(name, self.monitoring.hook(name))
+            pipeline.engine.detection_hook = self.shadows.detection_hook(name, self.monitoring.detection_hook(name))
         self._threads = [
             threading.Thread(target=self._command_loop, name="commands", daemon=True),
             threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True),

@@ -162,6 +162,19 @@ class ShadowWindow(BaseModel):
     candidate_p95_latency_ms: float | None = Field(default=None, ge=0)
     active_p95_latency_ms: float | None = Field(default=None, ge=0)
     class_counts: dict[ShortText, int] = Field(default_factory=dict, max_length=1000)
+    # Optional, detection packages only: boxes of both models over the shadowed frames and
+    # how many pairs matched (IoU >= 0.5, same class, each box in at most one pair). The
+    # box agreement is 2 x boxes_matched / (boxes_active + boxes_candidate); ``agreements``
+    # then counts frames whose boxes all matched.
+    boxes_active: int = Field(default=0, ge=0)
+    boxes_candidate: int = Field(default=0, ge=0)
+    boxes_matched: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _matches_fit(self) -> ShadowWindow:
+        if self.boxes_matched > min(self.boxes_active, self.boxes_candidate):
+            raise ValueError("boxes_matched exceeds the boxes of one of the models")
+        return self
 
 
 class DetectionWindow(BaseModel):
@@ -386,6 +399,33 @@ class DriftReport(_Message):
         return self
 
 
+MAX_SAMPLE_BOXES = 32
+
+
+class SampleBox(BaseModel):
+    """One box drawn on a sample, in fractions of the frame (0-1), so it fits any thumbnail size.
+
+    ``model`` says whose box it is: the ``active`` model's, or the ``candidate``'s on a
+    frame where the two disagreed in shadow mode.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    x1: float = Field(ge=0, le=1)
+    y1: float = Field(ge=0, le=1)
+    x2: float = Field(ge=0, le=1)
+    y2: float = Field(ge=0, le=1)
+    label: ShortText
+    score: float = Field(ge=0, le=1)
+    model: Literal["active", "candidate"] = "active"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SampleBox:
+        if self.x2 < self.x1 or self.y2 < self.y1:
+            raise ValueError("a box needs x1 <= x2 and y1 <= y2")
+        return self
+
+
 class SampleReport(_Message):
     """One captured frame (or, in stats-only mode, only its statistics).
 
@@ -399,7 +439,7 @@ class SampleReport(_Message):
     model_version: ShortText | None = None
     package_id: ShortText | None = None
     pipeline: ShortText | None = None
-    sampler: Literal["random", "uncertainty", "drift", "operator"]
+    sampler: Literal["random", "uncertainty", "drift", "operator", "disagreement"]
     reason: ShortText = ""
     captured_at: datetime
     predicted_label: ShortText | None = None
@@ -412,6 +452,8 @@ class SampleReport(_Message):
     image_width: int = Field(default=0, ge=0, le=8192)
     image_height: int = Field(default=0, ge=0, le=8192)
     image_b64: Annotated[str, Field(max_length=_INLINE_B64_CHARS)] | None = None
+    # Optional, detection packages only: the frame's boxes (highest score first, at most 32).
+    boxes: list[SampleBox] = Field(default_factory=list, max_length=MAX_SAMPLE_BOXES)
 
     @model_validator(mode="after")
     def _image_fields(self) -> SampleReport:

@@ -141,6 +141,8 @@ class InferenceEngine:
         self._thread = threading.Thread(target=self._loop, name=f"inference-{name}", daemon=True)
         # Sees each frame's raw scores on the inference thread (drift windows, samples).
         self.output_hook: Callable[[LoadedModel, FrameItem, npt.NDArray[np.float32]], None] | None = None
+        # Sees each detection frame's boxes on the inference thread (shadow matching, samples).
+        self.detection_hook: Callable[[LoadedModel, FrameItem, tuple[Detection, ...]], None] | None = None
 
     @property
     def model(self) -> LoadedModel | None:
@@ -218,10 +220,17 @@ class InferenceEngine:
             raise InvalidOutput("model produced a non-finite score")
         manifest = model.manifest
         if manifest.detection is not None:
-            # Drift and shadow hooks read classifier score vectors; detection frames skip them.
+            # Drift and shadow output hooks read classifier score vectors; detection frames
+            # go to the detection hook instead.
             height, width = item.frame.shape[:2]
             found = tuple(detect(output, detection=manifest.detection, labels=manifest.labels,
                                  preprocessing=manifest.preprocessing, source_width=width, source_height=height))
+            detection_hook = self.detection_hook
+            if detection_hook is not None and threading.current_thread() is self._thread:
+                try:
+                    detection_hook(model, item, found)
+                except Exception:  # shadowing and samples must never cost a frame's inference
+                    log.exception("[%s] detection hook failed", self.name)
             top_label, top_score = (found[0].label, found[0].score) if found else ("", 0.0)
             return top_label, top_score, inference_ms, found
         scores = output[0]

@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from agent.contract import ModelArtifact, PackageManifest, RuntimeMeasurement
 from agent.errors import RuntimeLoadError
+from agent.infer.detect import check_output_shape
 from agent.runtime import load_backend
 from agent.runtime.base import InferenceBackend
 
@@ -130,7 +131,12 @@ def self_test(
             error = None
             sample = np.zeros(manifest.preprocessing.input_shape(1), dtype=_input_dtype(manifest))
         warmup = backend.run(sample)
-        if warmup.shape[-1] != len(manifest.labels):
+        if manifest.detection is not None:
+            # A detector's output is boxes for its decoder, not one score per label.
+            problem = check_output_shape(tuple(warmup.shape), manifest.detection, len(manifest.labels))
+            if problem is not None:
+                return candidate.measurement(reason=problem[:256]), None, None
+        elif warmup.shape[-1] != len(manifest.labels):
             return candidate.measurement(
                 reason=f"outputs {warmup.shape[-1]} scores for {len(manifest.labels)} labels"), None, None
     except Exception as exc:  # a runtime failing on the golden input is a failed self-test, not a crash

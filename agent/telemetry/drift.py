@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import cv2
 import numpy as np
@@ -53,6 +53,7 @@ from agent.contract.drift import (
 )
 from agent.preprocess import preprocess
 from agent.telemetry.samples import (
+    BoxUncertaintySampler,
     BudgetLimits,
     CapturedSample,
     DriftTriggeredSampler,
@@ -63,8 +64,13 @@ from agent.telemetry.samples import (
     SampleCollector,
     Sampler,
     SampleUploader,
+    ShadowDisagreementSampler,
     UncertaintySampler,
 )
+
+if TYPE_CHECKING:
+    from agent.infer.detect import Detection
+    from agent.infer.shadow import ShadowFrame
 
 log = logging.getLogger(__name__)
 
@@ -425,6 +431,34 @@ class DeviceMonitor:
                     drift_sampler.trigger(now_s)
         return out
 
+    def observe_detections(self, frame_bgr: npt.NDArray[np.uint8], detections: tuple[Detection, ...], *,
+                           now_s: float, shadow: ShadowFrame | None = None,
+                           captured_at: datetime | None = None) -> Observation:
+        """Offer a detection frame to the sample collector.
+
+        Subsampled like classification frames (consecutive frames repeat), except frames
+        whose shadowed boxes disagreed with the candidate's: those are rare and are
+        exactly what a label should settle, so they are always offered.
+        """
+        out = Observation()
+        disagrees = shadow is not None and not shadow.match.agrees
+        if self.collector is None or not (self.subsampler.accept(frame_bgr, now_s) or disagrees):
+            return out
+        detection = self.manifest.detection
+        scores = np.asarray([d.score for d in detections], dtype=np.float64)
+        candidate = SampleCandidate(
+            frame_bgr=frame_bgr, probabilities=scores, label=detections[0].label if detections else "",
+            now_s=now_s, captured_at=captured_at or utc_now(),
+            features={"boxes": float(len(detections)), "mean_box_score": round(float(scores.mean()), 6)
+                      if len(scores) else 0.0},
+            detections=detections, score_threshold=detection.score_threshold if detection is not None else None,
+            candidate_detections=shadow.candidate if shadow is not None else None,
+            unmatched_boxes=shadow.match.unmatched if shadow is not None else 0)
+        captured = self.collector.offer(candidate)
+        if captured is not None:
+            out.samples.append(captured)
+        return out
+
 
 def _softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     shifted = np.exp(logits - logits.max())
@@ -456,6 +490,10 @@ class MonitoringConfig(BaseModel):
     drift_active_s: float = Field(default=900.0, gt=0)
     # Caps inside the device budget so uncertain frames cannot crowd out the random stream.
     uncertainty_per_minute_count: int = Field(default=2, ge=0)
+    # Detection packages: boxes scoring within this band above the score threshold make a
+    # frame uncertain; frames whose shadowed boxes disagree have their own per-minute cap.
+    box_uncertainty_band: float = Field(default=0.1, gt=0, le=1)
+    disagreement_per_minute_count: int = Field(default=2, ge=0)
     per_minute_count: int = Field(default=6, ge=0)
     per_hour_count: int = Field(default=60, ge=0)
     per_day_count: int = Field(default=500, ge=0)
@@ -474,6 +512,10 @@ class MonitoringConfig(BaseModel):
             UncertaintySampler(self.uncertainty, entropy_above=self.uncertainty_entropy_above,
                                margin_below=self.uncertainty_margin_below, threshold=self.uncertainty_threshold,
                                band=self.uncertainty_band),
+            # A frame the shadow candidate disagreed on is worth more than an uncertain one,
+            # and its sample shows both models' boxes.
+            ShadowDisagreementSampler(),
+            BoxUncertaintySampler(band=self.box_uncertainty_band),
             OperatorRequestSampler(),
         ]
         budget = SampleBudget(BudgetLimits(
@@ -481,8 +523,10 @@ class MonitoringConfig(BaseModel):
             per_day_count=self.per_day_count, per_minute_bytes=self.per_minute_bytes,
             per_hour_bytes=self.per_hour_bytes, per_day_bytes=self.per_day_bytes))
         own = SampleBudget(BudgetLimits(per_minute_count=self.uncertainty_per_minute_count))
+        disagreement = SampleBudget(BudgetLimits(per_minute_count=self.disagreement_per_minute_count))
         return SampleCollector(samplers, budget, stats_only=self.samples == "stats_only", max_side=self.max_side,
-                               jpeg_quality=self.jpeg_quality, sampler_budgets={"uncertainty": own})
+                               jpeg_quality=self.jpeg_quality,
+                               sampler_budgets={"uncertainty": own, "disagreement": disagreement})
 
 
 class ServedModel(Protocol):
@@ -540,8 +584,8 @@ class AgentMonitoring:
         self.dropped_frames = 0
         self._monitors: dict[str, tuple[str, DeviceMonitor]] = {}
         self._lock = threading.Lock()
-        self._queue: queue.Queue[tuple[str, ServedModel, npt.NDArray[np.uint8], npt.NDArray[np.floating], float]] = (
-            queue.Queue(maxsize=queue_size))
+        # Each entry is one frame's monitoring work, bound to its arguments.
+        self._queue: queue.Queue[tuple[str, Callable[[], None]]] = queue.Queue(maxsize=queue_size)
         self._worker: threading.Thread | None = None
 
     def submit(self, pipeline: str, model: ServedModel, frame_bgr: npt.NDArray[np.uint8],
@@ -549,8 +593,18 @@ class AgentMonitoring:
         if not self.config.enabled:
             return
         now_s = self.clock()
+        self._run(pipeline, lambda: self.on_output(pipeline, model, frame_bgr, scores, now_s=now_s))
+
+    def submit_detections(self, pipeline: str, model: ServedModel, frame_bgr: npt.NDArray[np.uint8],
+                          detections: tuple[Detection, ...], shadow: ShadowFrame | None = None) -> None:
+        if not self.config.enabled:
+            return
+        now_s = self.clock()
+        self._run(pipeline, lambda: self.on_detections(pipeline, model, frame_bgr, detections, shadow, now_s=now_s))
+
+    def _run(self, pipeline: str, work: Callable[[], None]) -> None:
         if not self.threaded:
-            self.on_output(pipeline, model, frame_bgr, scores, now_s=now_s)
+            work()
             return
         if self._worker is None:
             with self._lock:
@@ -558,15 +612,15 @@ class AgentMonitoring:
                     self._worker = threading.Thread(target=self._loop, name="drift-monitor", daemon=True)
                     self._worker.start()
         try:
-            self._queue.put_nowait((pipeline, model, frame_bgr, scores, now_s))
+            self._queue.put_nowait((pipeline, work))
         except queue.Full:
             self.dropped_frames += 1
 
     def _loop(self) -> None:
         while True:
-            pipeline, model, frame, scores, now_s = self._queue.get()
+            pipeline, work = self._queue.get()
             try:
-                self.on_output(pipeline, model, frame, scores, now_s=now_s)
+                work()
             except Exception:  # a bad frame must not end monitoring
                 log.exception("[%s] drift monitoring failed on a frame", pipeline)
 
@@ -602,6 +656,22 @@ class AgentMonitoring:
     def hook(self, pipeline: str) -> Callable[[ServedModel, FrameLike, npt.NDArray[np.float32]], None]:
         """The engine's ``output_hook`` for ``pipeline``."""
         return lambda model, item, scores: self.submit(pipeline, model, item.frame, scores)
+
+    def detection_hook(self, pipeline: str
+                       ) -> Callable[[ServedModel, FrameLike, tuple[Detection, ...], ShadowFrame | None], None]:
+        """The inner hook of :meth:`agent.infer.shadow.ShadowSet.detection_hook` for ``pipeline``."""
+        return lambda model, item, detections, shadow: self.submit_detections(pipeline, model, item.frame,
+                                                                              detections, shadow)
+
+    def on_detections(self, pipeline: str, model: ServedModel, frame_bgr: npt.NDArray[np.uint8],
+                      detections: tuple[Detection, ...], shadow: ShadowFrame | None = None, *,
+                      now_s: float | None = None) -> None:
+        """Offer one detection frame to the samplers now (on the caller's thread)."""
+        monitor = self.monitor_for(pipeline, model)
+        observed = monitor.observe_detections(frame_bgr, detections, shadow=shadow,
+                                              now_s=self.clock() if now_s is None else now_s)
+        for sample in observed.samples:
+            self.publish_sample(sample, model.manifest, pipeline)
 
     def on_output(self, pipeline: str, model: ServedModel, frame_bgr: npt.NDArray[np.uint8],
                   scores: npt.NDArray[np.floating], *, now_s: float | None = None) -> None:

@@ -20,19 +20,23 @@ import threading
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from agent.contract import SampleReport, new_message_id, utc_now
-from agent.contract.messages import MAX_INLINE_SAMPLE_BYTES
+from agent.contract import SampleBox, SampleReport, new_message_id, utc_now
+from agent.contract.messages import MAX_INLINE_SAMPLE_BYTES, MAX_SAMPLE_BOXES
+
+if TYPE_CHECKING:
+    from agent.infer.detect import Detection
 
 __all__ = [
+    "BoxUncertaintySampler",
     "BudgetLimits",
     "CapturedSample",
     "DriftTriggeredSampler",
@@ -45,12 +49,14 @@ __all__ = [
     "SampleUploader",
     "Sampler",
     "SamplerName",
+    "ShadowDisagreementSampler",
     "UncertaintySampler",
     "dhash64",
     "encode_jpeg",
+    "sample_boxes",
 ]
 
-SamplerName = Literal["random", "uncertainty", "drift", "operator"]
+SamplerName = Literal["random", "uncertainty", "drift", "operator", "disagreement"]
 
 
 @dataclass(frozen=True)
@@ -63,10 +69,17 @@ class SampleCandidate:
     now_s: float
     captured_at: datetime = field(default_factory=utc_now)
     features: dict[str, float] = field(default_factory=dict)
+    # Detection frames only: the active model's boxes (source-frame pixels, highest score
+    # first) and its score threshold; when the frame was shadowed, the candidate's boxes
+    # and how many boxes of either model found no partner (agent.infer.shadow.match_boxes).
+    detections: tuple[Detection, ...] | None = None
+    score_threshold: float | None = None
+    candidate_detections: tuple[Detection, ...] | None = None
+    unmatched_boxes: int = 0
 
     @property
     def confidence(self) -> float:
-        return float(np.max(self.probabilities))
+        return float(np.max(self.probabilities)) if np.size(self.probabilities) else 0.0
 
 
 class Sampler(Protocol):
@@ -111,6 +124,8 @@ class UncertaintySampler:
         self.band = band
 
     def select(self, candidate: SampleCandidate) -> str | None:
+        if candidate.detections is not None:
+            return None  # box scores are not a class distribution: BoxUncertaintySampler's job
         p = np.asarray(candidate.probabilities, dtype=np.float64).reshape(-1)
         if self.mode == "entropy":
             entropy = float(-(p * np.log(np.clip(p, 1e-12, 1.0))).sum()) / math.log(max(p.size, 2))
@@ -121,6 +136,80 @@ class UncertaintySampler:
             return f"margin {margin:.2f}" if margin < self.margin_below else None
         top = float(top2[-1])
         return f"score {top:.2f} near {self.threshold:.2f}" if abs(top - self.threshold) <= self.band else None
+
+
+class BoxUncertaintySampler:
+    """Detection frames with a box whose score sits just above the model's score threshold.
+
+    Boxes below the threshold were never reported, so "near" means within ``band``
+    above it: the objects the model almost missed (or almost invented), where a
+    label helps most. At least ``min_boxes`` such boxes make a frame uncertain.
+    """
+
+    name: SamplerName = "uncertainty"
+
+    def __init__(self, *, band: float = 0.1, min_boxes: int = 1) -> None:
+        if not 0.0 < band <= 1.0 or min_boxes < 1:
+            raise ValueError("band must be in (0, 1] and min_boxes at least 1")
+        self.band = band
+        self.min_boxes = min_boxes
+
+    def select(self, candidate: SampleCandidate) -> str | None:
+        if not candidate.detections or candidate.score_threshold is None:
+            return None
+        threshold = candidate.score_threshold
+        near = [d for d in candidate.detections if d.score - threshold <= self.band]
+        if len(near) < self.min_boxes:
+            return None
+        lowest = min(near, key=lambda d: d.score)
+        return f"{len(near)} box(es) within {self.band:.2f} of threshold {threshold:.2f} (lowest {lowest.label} " \
+               f"{lowest.score:.2f})"
+
+
+class ShadowDisagreementSampler:
+    """Detection frames where the shadowed candidate's boxes and the active model's disagree.
+
+    A frame qualifies when at least ``min_unmatched`` boxes of either model found no
+    partner of the same class at IoU >= 0.5. The sample carries both models' boxes.
+    """
+
+    name: SamplerName = "disagreement"
+
+    def __init__(self, *, min_unmatched: int = 1) -> None:
+        if min_unmatched < 1:
+            raise ValueError("min_unmatched must be at least 1")
+        self.min_unmatched = min_unmatched
+
+    def select(self, candidate: SampleCandidate) -> str | None:
+        if candidate.candidate_detections is None or candidate.unmatched_boxes < self.min_unmatched:
+            return None
+        active = len(candidate.detections or ())
+        return (f"{candidate.unmatched_boxes} unmatched box(es): active {active}, "
+                f"candidate {len(candidate.candidate_detections)}")
+
+
+def sample_boxes(candidate: SampleCandidate, *, include_candidate: bool) -> tuple[SampleBox, ...]:
+    """The frame's boxes as fractions of the frame, at most ``MAX_SAMPLE_BOXES``.
+
+    With ``include_candidate`` the candidate's boxes follow the active model's (each
+    model keeps at least half of the room when both have more boxes than fit).
+    """
+    height, width = candidate.frame_bgr.shape[:2]
+
+    def scaled(boxes: Sequence[Detection], model: Literal["active", "candidate"], limit: int) -> list[SampleBox]:
+        return [SampleBox(x1=_fraction(d.x1, width), y1=_fraction(d.y1, height), x2=_fraction(d.x2, width),
+                          y2=_fraction(d.y2, height), label=d.label[:256], score=min(max(d.score, 0.0), 1.0),
+                          model=model) for d in list(boxes)[:limit]]
+
+    active = candidate.detections or ()
+    others = (candidate.candidate_detections or ()) if include_candidate else ()
+    room_for_others = min(len(others), max(MAX_SAMPLE_BOXES - len(active), MAX_SAMPLE_BOXES // 2))
+    return (*scaled(active, "active", MAX_SAMPLE_BOXES - room_for_others),
+            *scaled(others, "candidate", room_for_others))
+
+
+def _fraction(pixels: float, extent: int) -> float:
+    return round(min(max(pixels / max(extent, 1), 0.0), 1.0), 5)
 
 
 class DriftTriggeredSampler:
@@ -276,6 +365,7 @@ class CapturedSample:
     jpeg: bytes | None
     width: int = 0
     height: int = 0
+    boxes: tuple[SampleBox, ...] = ()
 
     @property
     def image_sha256(self) -> str | None:
@@ -295,6 +385,7 @@ class CapturedSample:
             image_bytes=len(self.jpeg) if self.jpeg is not None else 0, image_width=self.width,
             image_height=self.height,
             image_b64=base64.b64encode(self.jpeg).decode() if self.jpeg is not None and upload == "inline" else None,
+            boxes=list(self.boxes),
         )
 
 
@@ -385,7 +476,8 @@ class SampleCollector:
         return CapturedSample(sample_id=new_message_id(), sampler=chosen[0], reason=chosen[1],
                               captured_at=candidate.captured_at, label=candidate.label,
                               confidence=candidate.confidence, features=dict(candidate.features), jpeg=jpeg,
-                              width=width, height=height)
+                              width=width, height=height,
+                              boxes=sample_boxes(candidate, include_candidate=chosen[0] == "disagreement"))
 
 
 class SampleUploader:

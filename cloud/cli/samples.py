@@ -79,7 +79,7 @@ def samples_show(
     token: TokenOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """One sample: device, prediction and confidence, current label and its history; saves the image."""
+    """One sample: device, prediction and confidence, its boxes (detection), current label and history; saves the image."""
     client = client_from(server, token)
     path = f"/api/v1/samples/{quote(sample_id, safe='')}"
     image_note: str
@@ -124,6 +124,11 @@ def samples_show(
              + (f" by {sample['labelled_by']}" if sample.get("labelled_by") else ""),
              f"classes     {', '.join(sample['classes']) if sample.get('classes') else 'unknown (model not in the registry)'}",
              f"image       {image_note}"]
+    boxes = sample.get("boxes") or []
+    if boxes:
+        lines.append(f"boxes       {len(boxes)} (x1, y1, x2, y2 as fractions of the frame)")
+        lines += [f"  {box.get('model', 'active'):9} {box['label']} {cell(box.get('score'), '.2f')} "
+                  f"({box['x1']:.3f}, {box['y1']:.3f}, {box['x2']:.3f}, {box['y2']:.3f})" for box in boxes]
     for line in lines:
         console.print(line, highlight=False)
     history = sample.get("history") or []

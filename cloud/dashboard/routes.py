@@ -396,7 +396,41 @@ async def baseline_confirm(request: Request, device_id: str, camera: str | None 
 
 def _sample_list(samples: Any) -> list[dict[str, Any]]:
     items = samples if isinstance(samples, list) else (samples or {}).get("items", []) if isinstance(samples, dict) else []
-    return [s for s in items if isinstance(s, dict)][:24]
+    return [{**s, "overlay": _box_overlay(s)} for s in items if isinstance(s, dict)][:24]
+
+
+# Samples with boxes are shown this wide, so labels on the boxes stay readable.
+BOXED_SAMPLE_WIDTH_PX = 240
+
+
+def _caption_y(top: float, bottom: float, *, candidate: bool) -> float:
+    """Where a box's caption goes: above the active model's box (inside it at the top edge),
+    inside the bottom of the candidate's, so the two models' captions of one object do not overlap."""
+    if candidate:
+        return round(bottom - 3, 1)
+    return round(top - 3 if top >= 12 else top + 11, 1)
+
+
+def _box_overlay(sample: dict[str, Any]) -> dict[str, Any] | None:
+    """A detection sample's boxes in display pixels for the SVG drawn over its image (None without boxes)."""
+    boxes = [b for b in sample.get("boxes") or [] if isinstance(b, dict)]
+    if not boxes:
+        return None
+    width = BOXED_SAMPLE_WIDTH_PX
+    image_w, image_h = sample.get("image_width") or 0, sample.get("image_height") or 0
+    height = round(width * image_h / image_w) if image_w and image_h else width
+    drawn = []
+    for box in boxes:
+        try:
+            x1, y1, x2, y2 = (float(box[k]) for k in ("x1", "y1", "x2", "y2"))
+            score = float(box.get("score") or 0.0)
+        except (KeyError, TypeError, ValueError):
+            continue  # a malformed stored box is left out, never a broken page
+        drawn.append({"x": round(x1 * width, 1), "y": round(y1 * height, 1), "w": round((x2 - x1) * width, 1),
+                      "h": round((y2 - y1) * height, 1), "label": str(box.get("label", "")), "score": score,
+                      "model": "candidate" if box.get("model") == "candidate" else "active",
+                      "text_y": _caption_y(y1 * height, y2 * height, candidate=box.get("model") == "candidate")})
+    return {"width": width, "height": height, "boxes": drawn}
 
 
 # --- model registry ----------------------------------------------------------

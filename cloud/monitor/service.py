@@ -301,7 +301,7 @@ def store_sample_report(session: Session, report: SampleReport, reject: Reject, 
         reason=report.reason, captured_at=report.captured_at, predicted_label=report.predicted_label,
         confidence=report.confidence, features=dict(report.features), stats_only=report.stats_only,
         image_sha256=report.image_sha256, image_bytes=report.image_bytes, image_width=report.image_width,
-        image_height=report.image_height,
+        image_height=report.image_height, boxes=[box.model_dump(mode="json") for box in report.boxes],
         status="unlabelled" if not report.stats_only else "stats_only",
     ))
     session.flush()  # ingest commits the batch

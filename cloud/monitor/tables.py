@@ -124,6 +124,9 @@ class SampleRecord(SQLModel, table=True):
     image_bytes: int = 0
     image_width: int = 0
     image_height: int = 0
+    # Detection packages: the frame's boxes as the device sent them (SampleBox: fractions of
+    # the frame, label, score, and whose model found it).
+    boxes: list[dict[str, Any]] = _json(list)
     # Labelling: "unlabelled" → "labelled" (or "rejected": not usable); who and when.
     status: str = Field(default="unlabelled", index=True, max_length=16)
     label: str | None = Field(default=None, max_length=256)

@@ -59,7 +59,7 @@ from cloud.rollout.gates import (
     evaluate_shadow,
     evaluate_stratum,
 )
-from cloud.rollout.service import baseline_stats, record_decision
+from cloud.rollout.service import baseline_stats, detection_parts, record_decision
 from cloud.rollout.spec import RolloutSpec
 from cloud.rollout.tables import Rollout, RolloutDevice, RolloutWindow
 
@@ -476,6 +476,7 @@ class _Pass:
         invalid = dict(self.session.exec(select(RolloutWindow.message_id, RolloutWindow.invalid_outputs).where(
             col(RolloutWindow.device_id).in_(device_ids), col(RolloutWindow.received_at) >= since,
             col(RolloutWindow.invalid_outputs) > 0)).all())
+        detections = detection_parts(self.session, device_ids, since)
         windows = []
         for message_id, device_id, package_id, received_at, frames, errors, p95, confidence, classes in \
                 self.session.execute(query):
@@ -484,7 +485,7 @@ class _Pass:
                 continue  # an idle device says nothing about the model
             windows.append(_Window(message_id, device_id, package_id, aware(received_at), TelemetryWindow(
                 device_id=device_id, frames=frames, inference_errors=errors, p95_latency_ms=p95,
-                mean_confidence=confidence, class_counts=dict(classes or {}))))
+                mean_confidence=confidence, class_counts=dict(classes or {}), detection=detections.get(message_id))))
         return windows
 
     def drift_scores(self, since: datetime) -> dict[str, list[tuple[str | None, datetime, float]]]:
@@ -568,6 +569,9 @@ class _Pass:
                 shadow.candidate_p95_latency_ms.append(window.shadow_p95_latency_ms)
             if window.active_p95_latency_ms is not None:
                 shadow.active_p95_latency_ms.append(window.active_p95_latency_ms)
+            shadow.boxes_active += window.shadow_boxes_active
+            shadow.boxes_candidate += window.shadow_boxes_candidate
+            shadow.boxes_matched += window.shadow_boxes_matched
         verdicts = {}
         for stratum, rows in sorted(self.stage_rows().items()):
             shadow = stats[stratum]

@@ -22,10 +22,15 @@ NO_VALUE = "\u2014"  # an em dash: nothing observed yet (distinct from a zero)
 NOT_SET = "not set"
 
 # Observed values that are a change against the control group: (word when >= 0, word when < 0).
-_CHANGES = {"mean_confidence": ("drop of", "rise of"), "drift_score": ("increase of", "decrease of")}
+_CHANGES = {"mean_confidence": ("drop of", "rise of"), "drift_score": ("increase of", "decrease of"),
+            "mean_box_score": ("drop of", "rise of"), "boxes_per_frame": ("change of +", "change of -"),
+            "class_counts_per_frame": ("change of +", "change of -")}
 # How the observed value is compared with the threshold; gates not listed fail above it.
 _LIMITS = {"mean_confidence": "drop at most", "drift_score": "increase at most",
-           "class_distribution": "fails below p =", "shadow_agreement": "at least"}
+           "class_distribution": "fails below p =", "shadow_agreement": "at least",
+           "mean_box_score": "drop at most",
+           # Relative changes against the control, failing in either direction when significant.
+           "boxes_per_frame": "change within \u00b1", "class_counts_per_frame": "change per class within \u00b1"}
 
 
 def format_number(value: float | int | None) -> str:
@@ -46,7 +51,8 @@ def _observed(gate: str, value: float | None) -> str:
     if change is None:
         return format_number(value)
     word = change[0] if value >= 0 else change[1]
-    return f"{word} {format_number(abs(value))}"
+    separator = "" if word.endswith(("+", "-")) else " "
+    return f"{word}{separator}{format_number(abs(value))}"
 
 
 def _threshold(gate: str, value: float | None) -> str:

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from scipy.stats import chi2_contingency
+from scipy.stats import binomtest, chi2_contingency
 
 from cloud.rollout.spec import GateThresholds, ShadowSpec
 
 __all__ = [
+    "DetectionCounts",
     "GateResult",
     "GateStatus",
     "GroupStats",
@@ -27,6 +28,7 @@ __all__ = [
     "TelemetryWindow",
     "aggregate",
     "class_distribution_test",
+    "count_rate_test",
     "evaluate_shadow",
     "evaluate_stratum",
 ]
@@ -39,6 +41,16 @@ class GateStatus(StrEnum):
 
 
 @dataclass(frozen=True)
+class DetectionCounts:
+    """A detection package's part of one telemetry window (``TelemetryReport.detection``)."""
+
+    frames: int
+    boxes: int
+    mean_box_score: float | None = None
+    object_counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class TelemetryWindow:
     device_id: str
     frames: int
@@ -47,6 +59,7 @@ class TelemetryWindow:
     mean_confidence: float | None = None
     class_counts: dict[str, int] = field(default_factory=dict)
     drift_score: float | None = None
+    detection: DetectionCounts | None = None
 
 
 @dataclass
@@ -63,6 +76,26 @@ class GroupStats:
     class_counts: Counter[str] = field(default_factory=Counter)
     drift_scores: list[float] = field(default_factory=list)
     restarts: int = 0
+    # Detection packages: frames, boxes (those with a reported score apart), summed box
+    # scores and objects per class, over the group's detection windows.
+    detection_frames: int = 0
+    boxes: int = 0
+    scored_boxes: int = 0
+    box_score_sum: float = 0.0
+    object_counts: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def boxes_per_frame(self) -> float | None:
+        return self.boxes / self.detection_frames if self.detection_frames else None
+
+    @property
+    def mean_box_score(self) -> float | None:
+        return self.box_score_sum / self.scored_boxes if self.scored_boxes else None
+
+    @property
+    def detects(self) -> bool:
+        """Most of the group's frames came from a detection package."""
+        return self.frames > 0 and 2 * self.detection_frames >= self.frames
 
     @property
     def error_rate(self) -> float | None:
@@ -82,19 +115,26 @@ class GroupStats:
         return self.restarts / self.devices if self.devices else None
 
     def summary(self) -> dict[str, Any]:
-        return {
+        summary: dict[str, Any] = {
             "devices": self.devices, "windows": self.windows, "frames": self.frames, "errors": self.errors,
             "error_rate": _round(self.error_rate), "mean_confidence": _round(self.mean_confidence),
             "median_p95_latency_ms": _round(self.median_p95_latency_ms), "restarts": self.restarts,
             "class_counts": dict(sorted(self.class_counts.items())),
         }
+        if self.detection_frames:
+            summary.update(detection_frames=self.detection_frames, boxes=self.boxes,
+                           boxes_per_frame=_round(self.boxes_per_frame), mean_box_score=_round(self.mean_box_score),
+                           object_counts=dict(sorted(self.object_counts.items())))
+        return summary
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "class_counts": dict(self.class_counts)}
+        return {**self.__dict__, "class_counts": dict(self.class_counts), "object_counts": dict(self.object_counts)}
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> GroupStats:
-        return cls(**{**document, "class_counts": Counter(document.get("class_counts", {}))})
+        # Baselines stored before detection gates lack the detection fields: they default.
+        return cls(**{**document, "class_counts": Counter(document.get("class_counts", {})),
+                      "object_counts": Counter(document.get("object_counts", {}))})
 
 
 def aggregate(windows: Iterable[TelemetryWindow], *, restarts: int = 0, devices: int | None = None) -> GroupStats:
@@ -113,6 +153,14 @@ def aggregate(windows: Iterable[TelemetryWindow], *, restarts: int = 0, devices:
         stats.class_counts.update(window.class_counts)
         if window.drift_score is not None:
             stats.drift_scores.append(window.drift_score)
+        detection = window.detection
+        if detection is not None and detection.frames:
+            stats.detection_frames += detection.frames
+            stats.boxes += detection.boxes
+            if detection.mean_box_score is not None and detection.boxes:
+                stats.scored_boxes += detection.boxes
+                stats.box_score_sum += detection.mean_box_score * detection.boxes
+            stats.object_counts.update(detection.object_counts)
     stats.devices = len(seen) if devices is None else devices
     return stats
 
@@ -137,9 +185,24 @@ class ShadowStats:
     candidate_errors: int = 0
     candidate_p95_latency_ms: list[float] = field(default_factory=list)
     active_p95_latency_ms: list[float] = field(default_factory=list)
+    # Detection packages: boxes of each model over the shadowed frames, and matched pairs
+    # (IoU >= 0.5, same class; matched on the device, agent/infer/shadow.py).
+    boxes_active: int = 0
+    boxes_candidate: int = 0
+    boxes_matched: int = 0
+
+    @property
+    def box_agreement_rate(self) -> float | None:
+        """Share of both models' boxes that found a partner: 2 x matched / (active + candidate)."""
+        total = self.boxes_active + self.boxes_candidate
+        return 2 * self.boxes_matched / total if total else None
 
     @property
     def agreement_rate(self) -> float | None:
+        """Box agreement for detection packages (when any box was seen), else top-1 agreement per frame."""
+        boxes = self.box_agreement_rate
+        if boxes is not None:
+            return boxes
         return self.agreements / self.frames if self.frames else None
 
 
@@ -179,6 +242,28 @@ def class_distribution_test(canary: Counter[str], control: Counter[str], *,
              [control[label] / frames_per_sample for label in labels]]
     chi2, p_value, _dof, _expected = chi2_contingency(table, correction=False)
     return float(chi2), float(p_value), float(tvd)
+
+
+def count_rate_test(canary_count: float, canary_frames: int, control_count: float, control_frames: int, *,
+                    frames_per_sample: float = 1.0) -> float:
+    """Two-sided p-value that two groups see the same count per frame (Poisson rates).
+
+    Conditional on the total, the canary's share of counts is binomial with the canary's
+    share of frames under the null (the exact test for two Poisson rates). Counts and
+    frames are divided by ``frames_per_sample`` first: consecutive frames repeat objects.
+    """
+    canary_n = round(canary_count / frames_per_sample)
+    total = canary_n + round(control_count / frames_per_sample)
+    if total == 0 or canary_frames + control_frames == 0:
+        return 1.0
+    share = canary_frames / (canary_frames + control_frames)
+    return float(binomtest(min(canary_n, total), total, share).pvalue)
+
+
+def _relative_change(canary_rate: float, control_rate: float) -> float:
+    if control_rate > 0:
+        return canary_rate / control_rate - 1.0
+    return 0.0 if canary_rate == 0 else float("inf")
 
 
 def _install_gate(t: GateThresholds, installs: InstallOutcomes) -> GateResult:
@@ -285,6 +370,98 @@ def _drift_gate(t: GateThresholds, canary: GroupStats, control: GroupStats) -> G
                       f"median drift score {increase:+.3f} against the control group", numbers)
 
 
+def _detection_short(t: GateThresholds, canary: GroupStats, control: GroupStats) -> str | None:
+    if canary.detection_frames < t.min_frames or control.detection_frames < t.min_frames:
+        return f"{canary.detection_frames} canary / {control.detection_frames} control detection frames, " \
+               f"need {t.min_frames} each"
+    return None
+
+
+def _boxes_per_frame_gate(t: GateThresholds, canary: GroupStats, control: GroupStats, *,
+                          interim: bool) -> GateResult:
+    """Boxes per frame, canary against control: a detector that finds half the objects (or twice as many) fails."""
+    alpha = t.class_distribution_alpha * (t.interim_alpha_fraction if interim else 1.0)
+    numbers: dict[str, Any] = {"canary": _round(canary.boxes_per_frame), "control": _round(control.boxes_per_frame),
+                               "canary_boxes": canary.boxes, "canary_frames": canary.detection_frames,
+                               "control_boxes": control.boxes, "control_frames": control.detection_frames,
+                               "alpha": alpha, "interim": interim}
+    short = _detection_short(t, canary, control)
+    if short is not None:
+        return GateResult("boxes_per_frame", GateStatus.INSUFFICIENT, None, t.max_boxes_per_frame_change, short,
+                          numbers)
+    assert canary.boxes_per_frame is not None and control.boxes_per_frame is not None
+    change = _relative_change(canary.boxes_per_frame, control.boxes_per_frame)
+    p_value = count_rate_test(canary.boxes, canary.detection_frames, control.boxes, control.detection_frames,
+                              frames_per_sample=t.frames_per_independent_sample)
+    numbers.update(p_value=p_value, frames_per_sample=t.frames_per_independent_sample)
+    failed = abs(change) > t.max_boxes_per_frame_change and p_value < alpha
+    return GateResult("boxes_per_frame", GateStatus.FAIL if failed else GateStatus.PASS, change,
+                      t.max_boxes_per_frame_change,
+                      f"{canary.boxes_per_frame:.2f} boxes per frame vs control {control.boxes_per_frame:.2f} "
+                      f"({change:+.0%}, p={p_value:.3g})", numbers)
+
+
+def _class_counts_per_frame_gate(t: GateThresholds, canary: GroupStats, control: GroupStats, *,
+                                 interim: bool) -> GateResult:
+    """Objects per frame of each class, canary against control (Bonferroni across classes).
+
+    Catches what the total hides: a class the candidate stopped finding, or finds as another.
+    """
+    labels = sorted(label for label in set(canary.object_counts) | set(control.object_counts)
+                    if canary.object_counts[label] + control.object_counts[label] > 0)
+    alpha = t.class_distribution_alpha * (t.interim_alpha_fraction if interim else 1.0)
+    per_class_alpha = alpha / max(len(labels), 1)
+    numbers: dict[str, Any] = {"canary": dict(sorted(canary.object_counts.items())),
+                               "control": dict(sorted(control.object_counts.items())),
+                               "canary_frames": canary.detection_frames, "control_frames": control.detection_frames,
+                               "alpha": alpha, "interim": interim}
+    short = _detection_short(t, canary, control)
+    if short is not None:
+        return GateResult("class_counts_per_frame", GateStatus.INSUFFICIENT, None,
+                          t.max_class_count_per_frame_change, short, numbers)
+    worst_label, worst_change, failing = None, 0.0, []
+    changes: dict[str, dict[str, float | None]] = {}
+    for label in labels:
+        canary_rate = canary.object_counts[label] / canary.detection_frames
+        control_rate = control.object_counts[label] / control.detection_frames
+        change = _relative_change(canary_rate, control_rate)
+        p_value = count_rate_test(canary.object_counts[label], canary.detection_frames,
+                                  control.object_counts[label], control.detection_frames,
+                                  frames_per_sample=t.frames_per_independent_sample)
+        changes[label] = {"canary_per_frame": _round(canary_rate), "control_per_frame": _round(control_rate),
+                          "change": None if change == float("inf") else _round(change), "p_value": p_value}
+        if abs(change) > t.max_class_count_per_frame_change and p_value < per_class_alpha:
+            failing.append(label)
+        if worst_label is None or abs(change) > abs(worst_change):
+            worst_label, worst_change = label, change
+    numbers.update(per_class=changes, failing_classes=failing, frames_per_sample=t.frames_per_independent_sample)
+    observed = None if worst_change == float("inf") else worst_change
+    if failing:
+        return GateResult("class_counts_per_frame", GateStatus.FAIL, observed, t.max_class_count_per_frame_change,
+                          "objects per frame changed for " + ", ".join(
+                              f"{label} ({changes[label]['canary_per_frame']} vs "
+                              f"{changes[label]['control_per_frame']})" for label in failing), numbers)
+    message = (f"largest change {worst_label} {worst_change:+.0%}" if worst_label is not None
+               else "no objects in either group")
+    return GateResult("class_counts_per_frame", GateStatus.PASS, observed, t.max_class_count_per_frame_change,
+                      message, numbers)
+
+
+def _box_score_gate(t: GateThresholds, canary: GroupStats, control: GroupStats) -> GateResult:
+    numbers = {"canary": _round(canary.mean_box_score), "control": _round(control.mean_box_score),
+               "canary_boxes": canary.scored_boxes, "control_boxes": control.scored_boxes}
+    short = _detection_short(t, canary, control)
+    if short is None and (canary.scored_boxes < t.min_frames or control.scored_boxes < t.min_frames):
+        short = f"{canary.scored_boxes} canary / {control.scored_boxes} control boxes, need {t.min_frames} each"
+    if short is not None:
+        return GateResult("mean_box_score", GateStatus.INSUFFICIENT, None, t.max_box_score_drop, short, numbers)
+    assert canary.mean_box_score is not None and control.mean_box_score is not None
+    drop = control.mean_box_score - canary.mean_box_score
+    status = GateStatus.FAIL if drop > t.max_box_score_drop else GateStatus.PASS
+    return GateResult("mean_box_score", status, drop, t.max_box_score_drop,
+                      f"mean box score {canary.mean_box_score:.3f} vs control {control.mean_box_score:.3f}", numbers)
+
+
 def evaluate_stratum(
     thresholds: GateThresholds, *, installs: InstallOutcomes, canary: GroupStats, control: GroupStats,
     interim: bool = False,
@@ -299,9 +476,21 @@ def evaluate_stratum(
         _error_rate_gate(thresholds, canary, control),
         _restart_gate(thresholds, canary, control),
         _latency_gate(thresholds, canary, control),
-        _confidence_gate(thresholds, canary, control),
-        _class_distribution_gate(thresholds, canary, control, interim=interim),
     ]
+    # Model quality follows the task of the release: the canaries' frames once they have
+    # some, the control group's before (a detection window carries no classifier confidence).
+    detects = canary.detects if canary.frames else control.detects
+    if detects:
+        results += [
+            _boxes_per_frame_gate(thresholds, canary, control, interim=interim),
+            _class_counts_per_frame_gate(thresholds, canary, control, interim=interim),
+            _box_score_gate(thresholds, canary, control),
+        ]
+    else:
+        results += [
+            _confidence_gate(thresholds, canary, control),
+            _class_distribution_gate(thresholds, canary, control, interim=interim),
+        ]
     drift = _drift_gate(thresholds, canary, control)
     if drift is not None:
         results.append(drift)
@@ -310,8 +499,13 @@ def evaluate_stratum(
 
 def evaluate_shadow(spec: ShadowSpec, shadow: ShadowStats) -> list[GateResult]:
     """Gates of the shadow phase: agreement with the active model, candidate latency and errors."""
-    numbers = {"frames": shadow.frames, "agreements": shadow.agreements, "candidate_errors": shadow.candidate_errors,
-               "devices": shadow.devices, "min_frames": spec.min_frames}
+    numbers: dict[str, Any] = {"frames": shadow.frames, "agreements": shadow.agreements,
+                               "candidate_errors": shadow.candidate_errors, "devices": shadow.devices,
+                               "min_frames": spec.min_frames}
+    boxes = shadow.box_agreement_rate is not None
+    if boxes:
+        numbers.update(boxes_active=shadow.boxes_active, boxes_candidate=shadow.boxes_candidate,
+                       boxes_matched=shadow.boxes_matched, match="IoU >= 0.5, same class")
     if shadow.frames + shadow.candidate_errors < spec.min_frames:
         message = f"{shadow.frames} shadowed frames, need {spec.min_frames}"
         return [GateResult(name, GateStatus.INSUFFICIENT, None, limit, message, numbers) for name, limit in (
@@ -320,6 +514,7 @@ def evaluate_shadow(spec: ShadowSpec, shadow: ShadowStats) -> list[GateResult]:
     agreement = shadow.agreement_rate or 0.0
     results = [GateResult("shadow_agreement", GateStatus.FAIL if agreement < spec.min_agreement else GateStatus.PASS,
                           agreement, spec.min_agreement,
+                          f"{agreement:.1%} of both models' boxes matched (IoU >= 0.5, same class)" if boxes else
                           f"candidate agrees with the active model on {agreement:.1%} of frames", numbers)]
     if shadow.candidate_p95_latency_ms and shadow.active_p95_latency_ms:
         ratio = statistics.median(shadow.candidate_p95_latency_ms) / max(

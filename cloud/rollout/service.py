@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from cloud.fleet.crud import Conflict, NotFound
@@ -25,7 +26,7 @@ from cloud.rollout.decisions import (
     RolloutState,
     apply_operator_action,
 )
-from cloud.rollout.gates import GroupStats, TelemetryWindow, aggregate
+from cloud.rollout.gates import DetectionCounts, GroupStats, TelemetryWindow, aggregate
 from cloud.rollout.planner import DeviceFacts, Plan, PlanError, plan_rollout
 from cloud.rollout.spec import RolloutSpec
 from cloud.rollout.tables import DeviceLabel, Rollout, RolloutDecision, RolloutDevice, RolloutWindow
@@ -106,8 +107,10 @@ def plan_for_spec(session: Session, spec: RolloutSpec) -> Plan:
     return plan_rollout(spec, fleet_facts(session), {pid: p.hardware_profiles for pid, p in packages.items()})
 
 
-def telemetry_windows(session: Session, device_ids: list[str], since: datetime) -> list[tuple[TelemetryRecord, int]]:
-    """Telemetry windows of ``device_ids`` received since ``since``, each with its invalid-output count."""
+def telemetry_windows(session: Session, device_ids: list[str], since: datetime
+                      ) -> list[tuple[TelemetryRecord, int, DetectionCounts | None]]:
+    """Telemetry windows of ``device_ids`` received since ``since``, each with its invalid-output
+    count and, for detection packages, its detection part."""
     if not device_ids:
         return []
     records = list(session.exec(select(TelemetryRecord).where(
@@ -115,14 +118,28 @@ def telemetry_windows(session: Session, device_ids: list[str], since: datetime) 
     invalid = dict(session.exec(select(RolloutWindow.message_id, RolloutWindow.invalid_outputs).where(
         col(RolloutWindow.device_id).in_(device_ids), col(RolloutWindow.received_at) >= since,
         col(RolloutWindow.invalid_outputs) > 0)).all())
-    return [(record, int(invalid.get(record.message_id, 0))) for record in records]
+    detections = detection_parts(session, device_ids, since)
+    return [(record, int(invalid.get(record.message_id, 0)), detections.get(record.message_id))
+            for record in records]
 
 
-def as_window(record: TelemetryRecord, invalid_outputs: int = 0) -> TelemetryWindow:
+def detection_parts(session: Session, device_ids: list[str], since: datetime) -> dict[str, DetectionCounts]:
+    """The detection part of each window of ``device_ids`` received since ``since``, by message id."""
+    w = RolloutWindow
+    query = sa_select(col(w.message_id), col(w.detection_frames), col(w.detection_boxes),
+                      col(w.detection_mean_box_score), col(w.detection_object_counts)).where(
+        col(w.device_id).in_(device_ids), col(w.received_at) >= since, col(w.detection_frames) > 0)
+    return {message_id: DetectionCounts(frames=frames, boxes=boxes, mean_box_score=mean_score,
+                                        object_counts=dict(objects or {}))
+            for message_id, frames, boxes, mean_score, objects in session.execute(query)}
+
+
+def as_window(record: TelemetryRecord, invalid_outputs: int = 0,
+              detection: DetectionCounts | None = None) -> TelemetryWindow:
     return TelemetryWindow(
         device_id=record.device_id, frames=record.frames,
         inference_errors=record.inference_errors + invalid_outputs, p95_latency_ms=record.p95_latency_ms,
-        mean_confidence=record.mean_confidence, class_counts=dict(record.class_counts),
+        mean_confidence=record.mean_confidence, class_counts=dict(record.class_counts), detection=detection,
     )
 
 
@@ -158,9 +175,9 @@ def create_rollout(session: Session, spec: RolloutSpec, *, actor: str = "operato
     stratum_of_device = {d.device_id: d.stratum for d in plan.devices}
     windows: dict[str, list[TelemetryWindow]] = defaultdict(list)
     since = now - timedelta(seconds=spec.gates.control_window_s)
-    for record, invalid in telemetry_windows(session, list(stratum_of_device), since):
+    for record, invalid, detection in telemetry_windows(session, list(stratum_of_device), since):
         if record.package_id not in spec.release.package_ids():
-            windows[stratum_of_device[record.device_id]].append(as_window(record, invalid))
+            windows[stratum_of_device[record.device_id]].append(as_window(record, invalid, detection))
     rollout.baseline = {key: aggregate(windows[key], devices=len(ids)).to_json() for key, ids in by_stratum.items()}
     record_decision(session, rollout, "created", f"planned {len(plan.devices)} devices in {len(plan.strata)} strata",
                     {"devices_per_stratum": plan.strata, "stage_sizes": plan.stage_sizes, "skipped": len(plan.skipped)},
@@ -276,4 +293,4 @@ def baseline_stats(rollout: Rollout, stratum: str) -> GroupStats:
     return GroupStats.from_json(document) if document else GroupStats()
 
 
-__all__ += ["as_window", "baseline_stats", "get_rollout", "rollout_devices", "telemetry_windows"]
+__all__ += ["as_window", "baseline_stats", "detection_parts", "get_rollout", "rollout_devices", "telemetry_windows"]

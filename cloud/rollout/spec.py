@@ -172,7 +172,8 @@ class ShadowSpec(_Strict):
     sample_fraction: float = Field(default=0.25, gt=0, le=1, description="share of frames also run by the candidate")
     stages: list[int] = Field(default_factory=lambda: [0], description="stage indexes that shadow first")
     min_frames: int = Field(default=200, ge=1, description="shadowed frames per stratum before judging")
-    min_agreement: float = Field(default=0.9, ge=0, le=1, description="top-1 agreement with the active model")
+    min_agreement: float = Field(default=0.9, ge=0, le=1, description="top-1 agreement with the active model "
+                                 "(detection: share of boxes matched at IoU >= 0.5 with the same class)")
     max_latency_ratio: float = Field(default=2.0, gt=0, description="candidate p95 / active p95")
     max_error_rate: float = Field(default=0.01, ge=0, le=1, description="candidate errors per shadowed frame")
 
@@ -209,6 +210,13 @@ class GateThresholds(_Strict):
     # repeated looks do not add up to false alarms (the O'Brien-Fleming idea, simplified);
     # a gross shift still stops the stage at once.
     interim_alpha_fraction: float = Field(default=0.01, gt=0, le=1)
+    # Detection packages (instead of confidence and class distribution): relative change of
+    # boxes per frame and of each class's objects per frame, canary against control, in either
+    # direction (fewer objects is lost recall, more is false alarms), significant at
+    # class_distribution_alpha; and the drop of the mean box score.
+    max_boxes_per_frame_change: float = Field(default=0.25, ge=0, description="|canary / control - 1|")
+    max_class_count_per_frame_change: float = Field(default=0.4, ge=0, description="|canary / control - 1| per class")
+    max_box_score_drop: float = Field(default=0.1, ge=0, le=1, description="control mean minus canary mean")
     # Drift score = -log10 of a drift window's adjusted p-value (cloud/monitor), when devices report drift.
     max_drift_score_increase: float = Field(default=2.0, ge=0, description="median canary minus median control")
     min_drift_windows: int = Field(default=3, ge=1)

@@ -100,8 +100,8 @@ class DeviceLabel(SQLModel, table=True):
 class RolloutWindow(SQLModel, table=True):
     """What gates need from a telemetry window beyond the shared ``telemetry`` table.
 
-    Written by an ingest listener, only for windows that carry invalid outputs or a
-    shadow result, so healthy fleets cost nothing extra.
+    Written by an ingest listener, only for windows that carry invalid outputs, a
+    shadow result or a detection part, so healthy classification fleets cost nothing extra.
     """
 
     __tablename__ = "rollout_window"
@@ -117,3 +117,12 @@ class RolloutWindow(SQLModel, table=True):
     shadow_errors: int = 0
     shadow_p95_latency_ms: float | None = None
     active_p95_latency_ms: float | None = None
+    # Shadow mode of detection packages: boxes of each model and matched pairs.
+    shadow_boxes_active: int = 0
+    shadow_boxes_candidate: int = 0
+    shadow_boxes_matched: int = 0
+    # Detection packages: the window's detection frames, boxes, mean box score and objects per class.
+    detection_frames: int = 0
+    detection_boxes: int = 0
+    detection_mean_box_score: float | None = None
+    detection_object_counts: dict[str, int] = _json(dict)

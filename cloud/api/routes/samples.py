@@ -68,7 +68,8 @@ def _public(record: SampleRecord, classes: list[str] | None = None) -> dict[str,
             "sampler": record.sampler, "reason": record.reason, "captured_at": record.captured_at,
             "predicted_label": record.predicted_label, "confidence": record.confidence, "status": record.status,
             "label": record.label, "labelled_by": record.labelled_by, "image_sha256": record.image_sha256,
-            "image_bytes": record.image_bytes, "stats_only": record.stats_only, "features": record.features}
+            "image_bytes": record.image_bytes, "stats_only": record.stats_only, "features": record.features,
+            "image_width": record.image_width, "image_height": record.image_height, "boxes": record.boxes}
 
 
 @router.get("/samples")
