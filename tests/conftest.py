@@ -30,6 +30,11 @@ from tests.support.services import (
     resolve_broker_url,
 )
 
+# pytest-xdist workers start with COLUMNS=80 in their environment, and a Rich console built at
+# import time would keep that width for good; CLI tests set the width they want per call.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+
 # Fixtures that reach a real service, start processes or train a model.
 SERVICE_FIXTURES = frozenset({"mqtt_url", "database_url", "control_plane", "api", "trained_model"})
 
