@@ -338,7 +338,8 @@ class InferenceEngine:
                 for camera in cameras:
                     item = camera.slot.peek()
                     if item is not None:
-                        waiting.append(WaitingFrame(camera.name, item.ready_monotonic_s or self._clock()))
+                        # A frame without a hand-over time (handed over by hand) counts as waiting long.
+                        waiting.append(WaitingFrame(camera.name, item.ready_monotonic_s))
                 if not waiting and self._stop.is_set():
                     return None
                 stopping = self._stop.is_set()
