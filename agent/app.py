@@ -255,7 +255,8 @@ class AgentApp:
         max_batch = config.max_batch or (profile.max_batch if profile else 1)
         deadline_ms = config.batch_deadline_ms if config.batch_deadline_ms is not None else (
             profile.batch_deadline_ms if profile else 0.0)
-        return BatchSettings(max_batch=max_batch, deadline_s=deadline_ms / 1000.0)
+        workers = config.batch_workers or (profile.batch_workers if profile else 1)
+        return BatchSettings(max_batch=max_batch, deadline_s=deadline_ms / 1000.0, workers=workers)
 
     def _group(self, name: str) -> tuple[ModelGroup, bool]:
         """The model group ``name``, created (with its install manager) when new; (group, created)."""

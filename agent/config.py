@@ -122,6 +122,7 @@ class AgentConfig(BaseModel):
     # may wait for batch-mates (None = the firmware profile's max_batch / batch_deadline_ms).
     max_batch: int | None = Field(default=None, ge=1, le=64)
     batch_deadline_ms: float | None = Field(default=None, ge=0, le=1000)
+    batch_workers: int | None = Field(default=None, ge=1, le=16)
     memory_budget_mb: float | None = Field(default=None, gt=0, description="None = the profile's budget")
     runtime_timing_runs: int = Field(default=20, ge=1)
     # TUF metadata is otherwise fetched only when a command arrives: a device that gets no

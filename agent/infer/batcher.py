@@ -28,10 +28,13 @@ class BatchSettings:
 
     max_batch: int = 8
     deadline_s: float = 0.015
+    # Inference threads taking batches from the one loaded model (runtimes allow concurrent runs
+    # on one session): a second core can run a batch while the first runs another.
+    workers: int = 1
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
+        if self.max_batch < 1 or self.workers < 1:
+            raise ValueError("max_batch and workers must be at least 1")
         if self.deadline_s < 0:
             raise ValueError("the batch deadline cannot be negative")
 

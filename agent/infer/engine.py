@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -181,11 +182,15 @@ class InferenceEngine:
         self._batches_whole: bool | None = None
         self._watch: ProbationWatch | None = None
         self._recent: deque[tuple[float, float]] = deque(maxlen=BASELINE_FRAMES)
-        self._in_hand: frozenset[str] = frozenset()
-        self._busy = threading.Event()
+        # Cameras with a frame in a batch being run: at most one frame per camera is in flight,
+        # so a camera's results leave in order however many workers there are.
+        self._in_hand: set[str] = set()
+        self._running_batches = 0
+        self._run_lock = threading.Lock()
         self._stop = threading.Event()
         self._started = False
-        self._thread = threading.Thread(target=self._loop, name=f"inference-{name}", daemon=True)
+        self._threads = [threading.Thread(target=self._loop, name=f"inference-{name}-{index}", daemon=True)
+                         for index in range(self.batching.workers)]
         # Batches run and frames in them since start (the mean batch size is their ratio).
         self.batches = 0
         self.batched_frames = 0
@@ -221,7 +226,7 @@ class InferenceEngine:
         if camera is None:
             return
         deadline = time.monotonic() + drain_s
-        while self._started and (camera.slot.pending() or name in self._in_hand) and time.monotonic() < deadline:
+        while self._started and (camera.slot.pending() or self._holds(name)) and time.monotonic() < deadline:
             time.sleep(0.01)
         with self._wake:
             camera.slot.on_put = None
@@ -236,6 +241,10 @@ class InferenceEngine:
     def camera_names(self) -> list[str]:
         with self._wake:
             return list(self._cameras)
+
+    def _holds(self, camera: str) -> bool:
+        with self._wake:
+            return camera in self._in_hand
 
     def _notify(self) -> None:
         with self._wake:
@@ -269,12 +278,13 @@ class InferenceEngine:
     def start(self) -> None:
         if not self._started:
             self._started = True
-            self._thread.start()
+            for thread in self._threads:
+                thread.start()
 
     def drain(self, timeout_s: float) -> None:
         """Wait until the frames in the slots and the batch in hand are done (for a clean stop)."""
         deadline = time.monotonic() + timeout_s
-        while (self._pending() or self._busy.is_set()) and time.monotonic() < deadline:
+        while (self._pending() or self._running()) and time.monotonic() < deadline:
             time.sleep(0.01)
 
     def stop(self) -> None:
@@ -285,7 +295,12 @@ class InferenceEngine:
         for camera in cameras:
             camera.slot.close()
         if self._started:
-            self._thread.join(timeout=5)
+            for thread in self._threads:
+                thread.join(timeout=5)
+
+    def _running(self) -> bool:
+        with self._wake:
+            return self._running_batches > 0
 
     def _pending(self) -> bool:
         with self._wake:
@@ -333,14 +348,14 @@ class InferenceEngine:
         """Block until the planner says run; None once stopped with nothing left."""
         with self._wake:
             while True:
-                cameras = list(self._cameras.values())
+                cameras = [camera for camera in self._cameras.values() if camera.name not in self._in_hand]
                 waiting: list[WaitingFrame] = []
                 for camera in cameras:
                     item = camera.slot.peek()
                     if item is not None:
                         # A frame without a hand-over time (handed over by hand) counts as waiting long.
                         waiting.append(WaitingFrame(camera.name, item.ready_monotonic_s))
-                if not waiting and self._stop.is_set():
+                if not waiting and self._stop.is_set() and not self._in_hand:
                     return None
                 stopping = self._stop.is_set()
                 plan = self._planner.plan(waiting, attached=len(cameras), now_s=self._clock())
@@ -351,8 +366,8 @@ class InferenceEngine:
                         if item is not None:
                             taken.append((self._cameras[name], item))
                     if taken:
-                        self._in_hand = frozenset(camera.name for camera, _ in taken)
-                        self._busy.set()
+                        self._in_hand.update(camera.name for camera, _ in taken)
+                        self._running_batches += 1
                         return taken
                     continue
                 if stopping and waiting:
@@ -370,10 +385,19 @@ class InferenceEngine:
             except Exception:  # the serving thread must outlive any one batch
                 log.exception("[%s] batch failed", self.name)
             finally:
-                self._in_hand = frozenset()
-                self._busy.clear()
+                with self._wake:
+                    self._in_hand.difference_update(camera.name for camera, _ in batch)
+                    self._running_batches -= 1
+                    self._wake.notify_all()  # those cameras may have a frame waiting already
 
     def _run(self, model: LoadedModel, batch: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
+        # Several workers run one model concurrently only where the runtime allows it (ONNX
+        # Runtime sessions do; an OpenVINO infer request or a LiteRT interpreter does not).
+        concurrent = len(self._threads) == 1 or getattr(model.backend, "concurrent_runs", False)
+        with contextlib.nullcontext() if concurrent else self._run_lock:
+            return self._run_batch(model, batch)
+
+    def _run_batch(self, model: LoadedModel, batch: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
         whole = self._batches_whole
         if whole is not False or batch.shape[0] == 1:
             try:
