@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -286,7 +287,6 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
                                - (sum(b.seconds for b in backends) - start["infer"])) * 1000 / max(frames, 1),  # type: ignore[attr-defined]
             "agent_process_cpu_percent": (sum(me.cpu_times()[:2]) - start["cpu"]) * 100 / elapsed,
         }
-        rss_mb = me.memory_info().rss / 2**20
         for pipeline in pipelines:
             pipeline.stop(drain_s=2.0)
         for engine in engines:
@@ -295,33 +295,40 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         p95 = float(np.percentile(latencies, 95)) if latencies else float("inf")
         holds = min(fps) >= ANALYSED_FPS * MIN_FPS_SHARE and p95 < MAX_P95_MS
         outcome = {"n": n, "mode": mode, "holds": holds, "min_fps": round(min(fps), 2), "p95_ms": round(p95, 1),
-                   "analysed_fps": round(sum(fps), 2), "mean_batch": round(frames / max(calls, 1), 2), "rss_mb": round(rss_mb),
+                   "analysed_fps": round(sum(fps), 2), "mean_batch": round(frames / max(calls, 1), 2),
                    "breakdown": {k: round(v, 2) for k, v in breakdown.items()}}
         return outcome
 
-    def largest(mode: str) -> dict[str, Any] | None:
-        """Double N until it fails, then bisect: the largest N that holds and its trial."""
-        best: dict[str, Any] | None = None
+    def search(found: dict[str, Any]) -> Generator[int, dict[str, Any], None]:
+        """Double N until it fails, then bisect; ``found["best"]`` is the largest N's trial that held."""
         n, failed = 1, None
         while n <= args.max_streams:
-            outcome = trial(n, mode)
+            outcome = yield n
             if not outcome["holds"]:
                 failed = n
                 break
-            best, n = outcome, n * 2
-        low = best["n"] if best else 0
+            found["best"], n = outcome, n * 2
+        low = found["best"]["n"] if found.get("best") else 0
         high = failed if failed is not None else args.max_streams + 1
         while high - low > 1:
             middle = (low + high) // 2
-            outcome = trial(middle, mode)
+            outcome = yield middle
             if outcome["holds"]:
-                best, low = outcome, middle
+                found["best"], low = outcome, middle
             else:
                 high = middle
-        return best
 
-    batched = largest("batched")
-    per_camera = largest("per_camera")
+    # The two searches take turns, trial by trial, so both see the same background load.
+    results: dict[str, dict[str, Any]] = {"batched": {}, "per_camera": {}}
+    searches = {mode: search(results[mode]) for mode in results}
+    pending = {mode: next(searches[mode]) for mode in results}
+    while pending:
+        for mode in list(pending):
+            try:
+                pending[mode] = searches[mode].send(trial(pending[mode], mode))
+            except StopIteration:
+                del pending[mode]
+    batched, per_camera = results["batched"].get("best"), results["per_camera"].get("best")
 
     # The bare runtime at the batched agent's batch size, on pre-decoded, pre-resized frames,
     # with as many concurrent callers as the shared model has workers.
@@ -357,7 +364,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             continue
         report.append(f"{name}: {outcome['n']} cameras at >= {outcome['min_fps']} fps each, "
                       f"{outcome['analysed_fps']} frames/s analysed, capture-to-result p95 {outcome['p95_ms']} ms, "
-                      f"mean batch {outcome['mean_batch']}, agent RSS {outcome['rss_mb']} MB; per frame: {json.dumps(outcome['breakdown'])}")
+                      f"mean batch {outcome['mean_batch']}, {1 if name == 'batched' else outcome['n']} model(s) loaded; per frame: {json.dumps(outcome['breakdown'])}")
     report.append(f"bare runtime at batch {batch}, {batching.workers} concurrent caller(s): {bare_fps:.1f} frames/s")
     return {"streams": batched["n"] if batched else 0, "per_camera_streams": per_camera["n"] if per_camera else 0,
             "latency_p95_ms": batched["p95_ms"] if batched else 0.0, "efficiency": efficiency, "report": report}
