@@ -342,7 +342,7 @@ class AgentApp:
     def _manager_for(self, target: str | None) -> InstallManager | None:
         """A deploy's target: a model name, or a camera's name (its model); None = the first model."""
         if not target:
-            return next(iter(self.managers.values()))
+            return next(iter(self.managers.values()), None)
         return self.managers.get(target) or self.managers.get(self._model_of.get(target, ""))
 
     def _build_pipeline(self, pipeline_config: PipelineConfig, source: FrameSource | None,
@@ -420,8 +420,9 @@ class AgentApp:
 
     # -- reports -------------------------------------------------------------
     def _status(self) -> StatusReport:
-        first = next(iter(self.pipelines.values()))
-        model = first.engine.model
+        # Every camera may have been removed at run time: then nothing is served.
+        first = next(iter(self.pipelines.values()), None)
+        model = first.engine.model if first is not None else None
         install_states = [m.state for m in self.managers.values() if m.state is not InstallState.IDLE]
         return StatusReport(
             device_id=self.config.device_id,
@@ -451,8 +452,8 @@ class AgentApp:
 
     def _report_job(self, command: Command, state: JobState, error: AgentError | None = None) -> None:
         target = command.pipeline if isinstance(command, DeployCommand) else None
-        manager = self._manager_for(target) or next(iter(self.managers.values()))
-        model = manager.pipeline.engine.model
+        manager = self._manager_for(target) or next(iter(self.managers.values()), None)
+        model = manager.pipeline.engine.model if manager is not None else None
         self._send_job_report(JobStatusReport(
             device_id=self.config.device_id,
             job_id=command.job_id,
@@ -712,7 +713,7 @@ class AgentApp:
     def _handle_deploy(self, command: DeployCommand) -> None:
         manager = self._manager_for(command.pipeline)
         if manager is None:
-            self._reject_command(command, AgentError(f"this device has no pipeline {command.pipeline!r}"))
+            self._reject_command(command, AgentError(f"this device has no model or camera named {command.pipeline!r}"))
             return
         if manager.is_running_job(command.job_id):
             # A copy (MQTT redelivery) of the job whose install is under way: not a refusal,

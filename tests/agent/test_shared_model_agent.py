@@ -75,3 +75,32 @@ def test_cameras_share_one_model_instance_per_package(
     status = cloud.latest_status(device_id)
     assert status is not None
     assert {p.name: p.model_version for p in status.pipelines} == {**dict.fromkeys(SHARED, "3.0.0"), "gate": "2.0.0"}
+
+
+def test_cameras_are_added_and_removed_on_a_running_agent(cloud: CloudSim, tmp_path: Path) -> None:
+    """The serving layer's run-time API (what a camera-management command applies)."""
+    from agent.app import AgentApp
+    from agent.config import AgentConfig, PipelineConfig
+
+    device_id = f"cams-{uuid.uuid4().hex[:8]}"
+    config = AgentConfig.model_validate(cloud.agent_config(
+        device_id, tmp_path / device_id, pipelines=[{"name": "cam0", "source": "synthetic:1", "model": "shapes"}]))
+    app = AgentApp(config)
+    app.start()
+    try:
+        joined = app.add_camera(PipelineConfig(name="cam1", source="synthetic:2", model="shapes"))
+        app.add_camera(PipelineConfig(name="dock", source="synthetic:3", model="trucks"))
+        assert joined.engine is app.pipelines["cam0"].engine, "a camera joining a model shares its engine"
+        assert set(app.groups) == {"shapes", "trucks"} and app.groups["shapes"].cameras == ["cam0", "cam1"]
+        assert sorted(app.groups["shapes"].engine.camera_names) == ["cam0", "cam1"]
+        with pytest.raises(ValueError, match="exists already"):
+            app.add_camera(PipelineConfig(name="cam1", source="synthetic:4"))
+        app.remove_camera("cam0")
+        assert app.groups["shapes"].engine.camera_names == ["cam1"]
+        app.remove_camera("dock")
+        assert "trucks" not in app.groups and "trucks" not in app.managers, "a model without cameras is unloaded"
+        assert [p.name for p in app._status().pipelines] == ["cam1"]
+        with pytest.raises(KeyError):
+            app.remove_camera("nonexistent")
+    finally:
+        app.stop()
