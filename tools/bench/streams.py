@@ -90,7 +90,7 @@ def parent(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "result.json"
         command = [sys.executable, __file__, "--child", "--package", str(package), "--profile", args.profile,
-                   "--out", str(out), "--threads", str(args.threads),
+                   "--out", str(out), "--threads", str(args.threads), "--workers", str(args.workers),
                    "--max-streams", str(args.max_streams), "--measure-s", str(args.measure_s),
                    "--warmup-s", str(args.warmup_s)]
         completed = subprocess.run(command, check=False)
@@ -128,7 +128,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     manifest = PackageManifest.from_bytes((package / MANIFEST_FILE).read_bytes())
     profile = load_profile(PROFILES_DIR / f"{args.profile}.yaml")
     batching = BatchSettings(max_batch=profile.max_batch, deadline_s=profile.batch_deadline_ms / 1000.0,
-                             workers=profile.batch_workers)
+                             workers=args.workers or profile.batch_workers)
     spec = manifest.preprocessing
     dtype = np.float32 if spec.dtype == "float32" else np.uint8 if spec.dtype == "uint8" else np.int8
 
@@ -286,6 +286,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             "postprocess_ms": ((sum(e.busy_s for e in engines) - start["busy"])
                                - (sum(b.seconds for b in backends) - start["infer"])) * 1000 / max(frames, 1),  # type: ignore[attr-defined]
             "agent_process_cpu_percent": (sum(me.cpu_times()[:2]) - start["cpu"]) * 100 / elapsed,
+            # The agent's CPU (its process and its decoders) per frame analysed: the cost of a
+            # frame, whatever share of a busy machine the agent was given.
+            "cpu_ms_per_analysed_frame": ((sum(me.cpu_times()[:2]) - start["cpu"]) + (decoders_cpu_s() - start["decode"]))
+            * 1000 / max(frames, 1),
         }
         for pipeline in pipelines:
             pipeline.stop(drain_s=2.0)
@@ -377,6 +381,7 @@ def main() -> int:
     parser.add_argument("--profile", default="x86-64-avx2")
     parser.add_argument("--threads", type=int, default=1, help="inference threads (the agent's default: 1)")
     parser.add_argument("--max-streams", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=0, help="threads on the shared model (default: the profile's)")
     parser.add_argument("--measure-s", type=float, default=0.0)
     parser.add_argument("--warmup-s", type=float, default=0.0)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
