@@ -38,7 +38,9 @@ from agent.contract import (
 from agent.contract.broker_url import parse_broker_url
 from agent.contract.messages import DetectionWindow, ResyncCommand, message_kind
 from agent.errors import AgentError, CommandQueueFullError, SignatureError
-from agent.infer.engine import InferenceEngine, ResultSink, load_model
+from agent.infer.batcher import BatchSettings
+from agent.infer.engine import InferenceEngine, ResultSink, load_model, loaded_model_count
+from agent.infer.serving import ModelGroup
 from agent.infer.shadow import ShadowRunner, ShadowSet
 from agent.metrics import AgentMetrics, MetricsServer
 from agent.pipeline import Pipeline
@@ -135,7 +137,8 @@ class AgentApp:
         self.config_path = config_path
         self.topics = Topics(config.topic_prefix)
         pipeline_configs = config.pipeline_configs()
-        self.store = PackageStore(config.state_dir, pipeline_configs[0].name)
+        # The first model's store also keeps the device-wide state (the command sequence).
+        self.store = PackageStore(config.state_dir, pipeline_configs[0].model_group)
         self.profile = _load_profile(config)
         # Keepalive, reconnect backoff and download timeouts: the profile's, unless the config overrides them.
         self.network = config.network(self.profile.network if self.profile else None)
@@ -184,18 +187,18 @@ class AgentApp:
         if config.results_mqtt_url:
             self.sinks.append(MqttResultsSink(config.results_mqtt_url, config.results_mqtt_topic,
                                               client_id=f"ef-results-{config.device_id}"))
-        settings = self._install_settings()
+        self._settings = self._install_settings()
+        self.batching = self._batch_settings()
+        # Cameras (pipelines) by name; the models serving them (model groups), with their
+        # install managers, by model name. Cameras naming one model share its loaded instance.
         self.pipelines: dict[str, Pipeline] = {}
+        self.groups: dict[str, ModelGroup] = {}
         self.managers: dict[str, InstallManager] = {}
+        self._model_of: dict[str, str] = {}
+        self._cameras_lock = threading.Lock()
+        self._started = False
         for index, pipeline_config in enumerate(pipeline_configs):
-            pipeline = self._build_pipeline(pipeline_config, source if index == 0 else None)
-            store = self.store if index == 0 else PackageStore(config.state_dir, pipeline_config.name)
-            self.pipelines[pipeline.name] = pipeline
-            self.managers[pipeline.name] = InstallManager(
-                device_id=config.device_id, pipeline=pipeline, store=store, fetch_package=self._fetch_package,
-                settings=settings, send_job_report=self._send_job_report,
-                on_serving_changed=self._serving_changed, stop=self._stop,
-            )
+            self._attach_camera(pipeline_config, source if index == 0 else None)
 
         self.outbox = Outbox(config.state_dir / "outbox.sqlite", max_reports=config.max_outbox_reports)
         self.uplink = MqttUplink(
@@ -225,8 +228,7 @@ class AgentApp:
             config=config.monitoring, device_id=config.device_id, state_dir=config.state_dir, topics=self.topics,
             api_url=config.api_url, api_token_file=config.api_token_file, publish=self.uplink.publish)
         for name, pipeline in self.pipelines.items():
-            pipeline.engine.output_hook = self.shadows.hook(name, self.monitoring.hook(name))
-            pipeline.engine.detection_hook = self.shadows.detection_hook(name, self.monitoring.detection_hook(name))
+            self._hook_up(name, pipeline)
         self._threads = [
             threading.Thread(target=self._command_loop, name="commands", daemon=True),
             threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True),
@@ -270,7 +272,108 @@ class AgentApp:
             ),
         )
 
-    def _build_pipeline(self, pipeline_config: PipelineConfig, source: FrameSource | None) -> Pipeline:
+    def _batch_settings(self) -> BatchSettings:
+        config, profile = self.config, self.profile
+        max_batch = config.max_batch or (profile.max_batch if profile else 1)
+        deadline_ms = config.batch_deadline_ms if config.batch_deadline_ms is not None else (
+            profile.batch_deadline_ms if profile else 0.0)
+        workers = config.batch_workers or (profile.batch_workers if profile else 1)
+        return BatchSettings(max_batch=max_batch, deadline_s=deadline_ms / 1000.0, workers=workers)
+
+    def _group(self, name: str) -> tuple[ModelGroup, bool]:
+        """The model group ``name``, created (with its install manager) when new; (group, created)."""
+        group = self.groups.get(name)
+        if group is not None:
+            return group, False
+        group = ModelGroup.create(name, self.batching)
+        store = self.store if name == self.store.root.name else PackageStore(self.config.state_dir, name)
+        self.groups[name] = group
+        self.managers[name] = InstallManager(
+            device_id=self.config.device_id, pipeline=group, store=store, fetch_package=self._fetch_package,
+            settings=self._settings, send_job_report=self._send_job_report,
+            on_serving_changed=self._serving_changed, stop=self._stop,
+        )
+        return group, True
+
+    def _attach_camera(self, pipeline_config: PipelineConfig, source: FrameSource | None = None) -> Pipeline:
+        """Build the camera's pipeline on its model's shared engine (the group is created when new).
+
+        Raises:
+            ValueError: a camera of that name exists already.
+        """
+        if pipeline_config.name in self.pipelines:
+            raise ValueError(f"camera {pipeline_config.name!r} exists already")
+        group, created = self._group(pipeline_config.model_group)
+        try:
+            pipeline = self._build_pipeline(pipeline_config, source, group.engine)
+        except Exception:
+            if created:
+                del self.groups[group.name], self.managers[group.name]
+            raise
+        group.cameras.append(pipeline.name)
+        self.pipelines[pipeline.name] = pipeline
+        self._model_of[pipeline.name] = group.name
+        return pipeline
+
+    def _hook_up(self, name: str, pipeline: Pipeline) -> None:
+        """Feed a camera's scores and boxes to drift monitoring, samplers and its model's shadow."""
+        model = self._model_of[name]
+        pipeline.output_hook = self.shadows.hook(model, self.monitoring.hook(name))
+        pipeline.detection_hook = self.shadows.detection_hook(model, self.monitoring.detection_hook(name))
+
+    # -- cameras at run time -------------------------------------------------
+    def add_camera(self, pipeline_config: PipelineConfig) -> Pipeline:
+        """Start serving a new camera on a running agent, on the model its config names.
+
+        A camera joining an existing model is served by the instance already loaded (from
+        its next batch on); a new model name starts empty and waits for a deploy, or
+        restores what its A/B slots hold from an earlier run.
+
+        Raises:
+            ValueError: a camera of that name exists already, or its source cannot be opened.
+        """
+        with self._cameras_lock:
+            created = pipeline_config.model_group not in self.groups
+            pipeline = self._attach_camera(pipeline_config)
+            self._hook_up(pipeline.name, pipeline)
+            group = self.groups[pipeline_config.model_group]
+            if self._started:
+                if created:
+                    self.managers[group.name].restore()
+                    group.engine.start()
+                pipeline.start()
+        self._serving_changed()
+        return pipeline
+
+    def remove_camera(self, name: str) -> None:
+        """Stop a camera on a running agent; its model stays loaded while other cameras use it.
+
+        The last camera of a model takes the model down with it (its A/B slots stay on disk
+        for a later camera of the same model).
+
+        Raises:
+            KeyError: no camera of that name.
+        """
+        with self._cameras_lock:
+            pipeline = self.pipelines.pop(name)
+            group = self.groups[self._model_of.pop(name)]
+            group.cameras.remove(name)
+            pipeline.stop()
+            if not group.cameras and self.managers[group.name].state is InstallState.IDLE:
+                group.engine.stop()
+                group.engine.swap(None)
+                self.shadows.stop(group.name)
+                del self.groups[group.name], self.managers[group.name]
+        self._serving_changed()
+
+    def _manager_for(self, target: str | None) -> InstallManager | None:
+        """A deploy's target: a model name, or a camera's name (its model); None = the first model."""
+        if not target:
+            return next(iter(self.managers.values()), None)
+        return self.managers.get(target) or self.managers.get(self._model_of.get(target, ""))
+
+    def _build_pipeline(self, pipeline_config: PipelineConfig, source: FrameSource | None,
+                        engine: InferenceEngine | None = None) -> Pipeline:
         source_fps = pipeline_config.target_fps if pipeline_config.source_fps is None else pipeline_config.source_fps
         return Pipeline(
             pipeline_config.name,
@@ -283,19 +386,25 @@ class AgentApp:
             queue_depth=pipeline_config.frame_queue_depth,
             sinks=self.sinks,
             source_label=pipeline_config.source,
+            engine=engine,
+            roi=pipeline_config.roi,
         )
 
     @property
     def engine(self) -> InferenceEngine:
-        """The first pipeline's inference engine (the single-camera case)."""
-        return next(iter(self.pipelines.values())).engine
+        """The first model's inference engine (the single-camera case)."""
+        return next(iter(self.groups.values())).engine
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
         for manager in self.managers.values():
             manager.restore()
-        for pipeline in self.pipelines.values():
-            pipeline.start()
+        with self._cameras_lock:
+            for group in self.groups.values():
+                group.engine.start()
+            for pipeline in self.pipelines.values():
+                pipeline.start()
+            self._started = True
         for thread in self._threads:
             thread.start()
         self.uplink.start()
@@ -306,8 +415,12 @@ class AgentApp:
     def stop(self) -> None:
         """Stop capture, finish frames in hand, send the last telemetry and buffered reports, go offline."""
         self._stop.set()
-        for pipeline in self.pipelines.values():
-            pipeline.stop()
+        with self._cameras_lock:
+            for pipeline in self.pipelines.values():
+                pipeline.stop()
+            for group in self.groups.values():
+                group.engine.drain(5.0)
+                group.engine.stop()
         for thread in self._threads:
             thread.join(timeout=10)
         self._publish_telemetry()
@@ -334,8 +447,9 @@ class AgentApp:
 
     # -- reports -------------------------------------------------------------
     def _status(self) -> StatusReport:
-        first = next(iter(self.pipelines.values()))
-        model = first.engine.model
+        # Every camera may have been removed at run time: then nothing is served.
+        first = next(iter(self.pipelines.values()), None)
+        model = first.engine.model if first is not None else None
         install_states = [m.state for m in self.managers.values() if m.state is not InstallState.IDLE]
         return StatusReport(
             device_id=self.config.device_id,
@@ -367,9 +481,9 @@ class AgentApp:
         self.uplink.publish(self.topics.job(self.config.device_id, report.job_id), report)
 
     def _report_job(self, command: Command, state: JobState, error: AgentError | None = None) -> None:
-        pipeline_name = command.pipeline if isinstance(command, DeployCommand) else None
-        pipeline = self.pipelines.get(pipeline_name or "") or next(iter(self.pipelines.values()))
-        model = pipeline.engine.model
+        target = command.pipeline if isinstance(command, DeployCommand) else None
+        manager = self._manager_for(target) or next(iter(self.managers.values()), None)
+        model = manager.pipeline.engine.model if manager is not None else None
         self._send_job_report(JobStatusReport(
             device_id=self.config.device_id,
             job_id=command.job_id,
@@ -383,9 +497,16 @@ class AgentApp:
     def _publish_telemetry(self) -> None:
         cpu_percent = self._process.cpu_percent(None)
         memory_mb = round(self._process.memory_info().rss / 2**20, 1)
-        for name, pipeline in self.pipelines.items():
+        loaded_models = loaded_model_count()
+        with self._cameras_lock:
+            cameras = [(name, pipeline, self._model_of[name]) for name, pipeline in self.pipelines.items()]
+        shadow_reported: set[str] = set()
+        for name, pipeline, group in cameras:
             window = pipeline.stats.snapshot_and_reset()
             model = pipeline.engine.model
+            # A shadow compares the candidate with the shared model: one camera's report carries it.
+            shadow = self.shadows.take_window(group) if group not in shadow_reported else None
+            shadow_reported.add(group)
             report = TelemetryReport(
                 device_id=self.config.device_id,
                 model_version=model.version if model else None,
@@ -409,13 +530,16 @@ class AgentApp:
                 pipeline=name,
                 invalid_outputs=window.invalid_outputs,
                 frame_totals=pipeline.totals(),
-                shadow=self.shadows.take_window(name),
+                shadow=shadow,
                 detection=DetectionWindow(**asdict(window.detection)) if window.detection else None,
+                loaded_models=loaded_models,
+                model_group=group,
             )
             self.uplink.publish(self.topics.telemetry(self.config.device_id), report)
             self.metrics.observe_window(report)
-            if model is not None and window.frames > 0 and window.inference_errors == 0:
-                self.managers[name].confirm_healthy()
+            manager = self.managers.get(group)
+            if manager is not None and model is not None and window.frames > 0 and window.inference_errors == 0:
+                manager.confirm_healthy()
 
     def _telemetry_loop(self) -> None:
         self._process.cpu_percent(None)  # prime: the first call always returns 0
@@ -699,9 +823,9 @@ class AgentApp:
                                                    bundle_id=verified.info.bundle_id, **report_fields))
 
     def _handle_deploy(self, command: DeployCommand) -> None:
-        manager = self.managers.get(command.pipeline or next(iter(self.managers)))
+        manager = self._manager_for(command.pipeline)
         if manager is None:
-            self._reject_command(command, AgentError(f"this device has no pipeline {command.pipeline!r}"))
+            self._reject_command(command, AgentError(f"this device has no model or camera named {command.pipeline!r}"))
             return
         if manager.is_running_job(command.job_id):
             # A copy (MQTT redelivery) of the job whose install is under way: not a refusal,

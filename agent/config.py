@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.capture.stream import StreamSettings
 from agent.contract.topics import DEFAULT_PREFIX, validate_device_id
@@ -49,6 +49,29 @@ class PipelineConfig(BaseModel):
     camera_reconnect_max_s: float = Field(default=30.0, gt=0)
     # A secret holding "user:password" for the camera URL (kept out of the config file).
     credentials_ref: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
+    # The model serving this camera: cameras naming the same model share one loaded instance
+    # (one package, one A/B install, one deploy target) and are served in micro-batches.
+    # None = a model of the camera's own, named like the camera.
+    model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")] | None = None
+    # Region of interest (x, y, width, height as fractions of the frame), cropped before the
+    # model's resize. None = the whole frame.
+    roi: tuple[float, float, float, float] | None = None
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_inside_frame(cls, roi: tuple[float, float, float, float] | None) -> tuple[float, float, float, float] | None:
+        if roi is None:
+            return None
+        x, y, width, height = roi
+        if not (0 <= x < 1 and 0 <= y < 1 and width > 0 and height > 0 and x + width <= 1 and y + height <= 1):
+            raise ValueError("roi is [x, y, width, height] as fractions of the frame: x, y in [0, 1), "
+                             "width and height > 0, x + width and y + height at most 1")
+        return roi
+
+    @property
+    def model_group(self) -> str:
+        """The name of the model serving this camera (its deploy target)."""
+        return self.model or self.name
 
     def source_url(self) -> str:
         """``source`` with ``{secret:<credentials_ref>}@`` inserted after the scheme when set."""
@@ -98,8 +121,13 @@ class AgentConfig(BaseModel):
     results_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     results_mqtt_url: str | None = None
     results_mqtt_topic: str = "edgefleet/results"
-    # Firmware profiles: runtimes to measure, threads, memory budget.
+    # Firmware profiles: runtimes to measure, threads, memory budget, micro-batching.
     profiles_dir: Path | None = None
+    # Micro-batching of cameras sharing a model: frames per batch, and how long a waiting frame
+    # may wait for batch-mates (None = the firmware profile's max_batch / batch_deadline_ms).
+    max_batch: int | None = Field(default=None, ge=1, le=64)
+    batch_deadline_ms: float | None = Field(default=None, ge=0, le=1000)
+    batch_workers: int | None = Field(default=None, ge=1, le=16)
     memory_budget_mb: float | None = Field(default=None, gt=0, description="None = the profile's budget")
     runtime_timing_runs: int = Field(default=20, ge=1)
     # TUF metadata is otherwise fetched only when a command arrives: a device that gets no

@@ -62,6 +62,12 @@ class FirmwareProfile(BaseModel):
     input_size: int = Field(default=224, ge=16)
     width_multiplier: float = Field(default=1.0, gt=0)
     memory_budget_mb: int = Field(default=512, gt=0)
+    # Micro-batching of cameras that share a model: at most this many frames a batch, and a
+    # frame waits at most this long for batch-mates before its batch runs anyway.
+    max_batch: int = Field(default=8, ge=1, le=64)
+    batch_deadline_ms: float = Field(default=15.0, ge=0, le=1000)
+    # Inference threads sharing that model (one batch each at a time): the cores inference may use.
+    batch_workers: int = Field(default=1, ge=1, le=16)
     quantization: dict[str, Any] = Field(default_factory=dict)
     built_on_device: list[str] = Field(default_factory=list)
     built_externally: list[str] = Field(default_factory=list)

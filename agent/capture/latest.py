@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
@@ -34,6 +35,10 @@ class FrameItem:
     # When the frame left the camera's decoder (monotonic for latency, wall clock for logs).
     captured_monotonic_s: float = 0.0
     captured_wall_s: float = 0.0
+    # When the frame was handed to the model (monotonic): how long it waited for batch-mates.
+    ready_monotonic_s: float = 0.0
+    # Top-left corner of the camera's region of interest in the full frame (``frame`` is the crop).
+    origin: tuple[int, int] = (0, 0)
 
 
 class FrameSlot(Generic[T]):
@@ -49,6 +54,8 @@ class FrameSlot(Generic[T]):
         self._closed = False
         self.offered = 0
         self.overwritten = 0
+        # Called after every accepted put, outside the slot's lock (a shared model's batcher wakes up).
+        self.on_put: Callable[[], None] | None = None
 
     def put(self, item: T) -> bool:
         """Offer ``item``. Returns False when the slot was closed (the frame is not counted)."""
@@ -63,13 +70,29 @@ class FrameSlot(Generic[T]):
             self._items.append(item)
             self.offered += 1
             self._cond.notify_all()
-            return True
+        listener = self.on_put
+        if listener is not None:
+            listener()
+        return True
 
     def take(self, timeout_s: float) -> T | None:
         """Wait up to ``timeout_s`` for a frame not taken yet."""
         with self._cond:
             if not self._cond.wait_for(lambda: bool(self._items) or self._closed, timeout_s):
                 return None
+            if not self._items:
+                return None
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+    def peek(self) -> T | None:
+        """The item the next take would return, left in place."""
+        with self._cond:
+            return self._items[0] if self._items else None
+
+    def take_nowait(self) -> T | None:
+        with self._cond:
             if not self._items:
                 return None
             item = self._items.popleft()

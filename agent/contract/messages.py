@@ -224,6 +224,11 @@ class TelemetryReport(_Message):
     # Optional, detection packages only: object counts per class, mean box score, boxes per
     # frame. Their frames are not in class_counts / mean_confidence, which stay classification's.
     detection: DetectionWindow | None = None
+    # Optional: models loaded in the agent process when the report was built (the agent's
+    # own count: cameras sharing a model count it once; an install in flight adds its candidate).
+    loaded_models: int | None = Field(default=None, ge=0, le=1000)
+    # Optional: the model this pipeline's camera is served by (several cameras may share one).
+    model_group: ShortText | None = None
 
 
 class JobState(StrEnum):

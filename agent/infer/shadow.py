@@ -12,6 +12,7 @@ telemetry loop calls :meth:`ShadowRunner.take_window` once per report.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -175,6 +176,10 @@ class ShadowRunner:
         self.ends_at = clock() + duration_s
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
+        # A shared model's workers may shadow frames at once: serialise the candidate's runs
+        # unless its runtime takes concurrent ones (an ONNX Runtime session does).
+        self._run_lock = threading.Lock()
+        self._concurrent = bool(getattr(candidate.backend, "concurrent_runs", False))
         self._reset()
 
     def _reset(self) -> None:
@@ -206,7 +211,8 @@ class ShadowRunner:
         if not (self.wants_frame() if sampled is None else sampled):
             return
         try:
-            label, _confidence, inference_ms = run_candidate(self.candidate, frame_bgr)
+            with contextlib.nullcontext() if self._concurrent else self._run_lock:
+                label, _confidence, inference_ms = run_candidate(self.candidate, frame_bgr)
         except (CandidateOutputError, ValueError, RuntimeError):
             with self._lock:
                 self._errors += 1

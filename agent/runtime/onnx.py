@@ -30,6 +30,8 @@ def available_providers() -> list[str]:
 
 class OnnxRuntimeBackend:
     runtime = "onnxruntime"
+    # InferenceSession.run is thread-safe: a shared model's workers may run batches at once.
+    concurrent_runs = True
 
     def __init__(self, model_path: Path, artifact: ModelArtifact, *, threads: int = 0, device: str = "") -> None:
         try:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -27,8 +27,7 @@ from agent.contract import (
 )
 from agent.errors import AgentError, UntrustedContentError
 from agent.faults import crash_point, segfault_point
-from agent.infer.engine import LoadedModel, load_model
-from agent.pipeline import Pipeline
+from agent.infer.engine import InferenceEngine, LoadedModel, load_model
 from agent.runtime import InferenceBackend, available_devices
 from agent.runtime.select import Candidate, fastest, plan_candidates, self_test, time_backend
 from agent.update.boot import BOOT_LOOP_ERROR, BootAction, decide_boot
@@ -83,12 +82,22 @@ class _Interrupted(Exception):
     """The agent is stopping in the middle of a step; the persisted state decides on restart."""
 
 
+class ServedModel(Protocol):
+    """What an install swaps: a model group (cameras sharing a model) or a single pipeline."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def engine(self) -> InferenceEngine: ...
+
+
 class InstallManager:
     def __init__(
         self,
         *,
         device_id: str,
-        pipeline: Pipeline,
+        pipeline: ServedModel,
         store: PackageStore,
         fetch_package: FetchPackage,
         settings: InstallSettings,

@@ -75,3 +75,32 @@ def golden_for(model_path: Path, golden_path: Path, *, perturb: float = 0.0) -> 
     outputs = np.concatenate([session.run(None, {"input": inputs[i : i + 1]})[0] for i in range(len(inputs))])
     np.savez(golden_path, inputs=inputs, outputs=outputs + np.float32(perturb))
     return golden_path
+
+
+def brightness_model(path: Path) -> Path:
+    """Takes a batch: each row's logits are ``[m, 1 - m, 0, 0]`` for its input's mean ``m``.
+
+    Bright frames say ``circle``, dark ones ``square``: a batch whose rows were split back to
+    the wrong cameras shows in their labels.
+    """
+    shape = list(SPEC.input_shape(1))
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1, 2, 3], keepdims=0),
+            helper.make_node("Unsqueeze", ["mean", "axis"], ["column"]),
+            helper.make_node("Mul", ["column", "direction"], ["scaled"]),
+            helper.make_node("Add", ["scaled", "offset"], ["logits"]),
+        ],
+        "brightness",
+        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *shape[1:]])],
+        outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(LABELS)])],
+        initializer=[
+            helper.make_tensor("axis", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("direction", TensorProto.FLOAT, [1, len(LABELS)], [1.0, -1.0, 0.0, 0.0]),
+            helper.make_tensor("offset", TensorProto.FLOAT, [1, len(LABELS)], [0.0, 1.0, 0.0, 0.0]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

@@ -169,7 +169,14 @@ def test_onnx_detection_model_runs_through_the_agent_backend_and_decoder(tmp_pat
     manifest = _manifest(model_path, task="detection", detection=_detection("yolo_raw"))
     model = load_model(manifest, tmp_path)
     stats = WindowStats()
-    engine = InferenceEngine(FrameSlot("newest", depth=1), stats)
+    emitted: list[FrameResult] = []
+
+    class Collect:
+        def emit(self, result: FrameResult) -> None:
+            emitted.append(result)
+
+    slot: FrameSlot[FrameItem] = FrameSlot("every", depth=2)
+    engine = InferenceEngine(slot, stats, sinks=[Collect()])
     frame = np.random.default_rng(0).integers(0, 255, size=(SOURCE_H, SOURCE_W, 3), dtype=np.uint8)
 
     found = engine.detect_frame(model, frame)
@@ -178,22 +185,26 @@ def test_onnx_detection_model_runs_through_the_agent_backend_and_decoder(tmp_pat
     for detection, (box, _, _) in zip(found, TRUTH, strict=True):
         assert [detection.x1, detection.y1, detection.x2, detection.y2] == pytest.approx(box, abs=0.02)
     # Through the loop's path: the window counts objects per class, and the result carries the boxes.
+    # The second frame is a camera's region of interest cut at (30, 40): its boxes come back in
+    # the full frame's pixels.
     engine.swap(model)
-    emitted: list[FrameResult] = []
-
-    class Collect:
-        def emit(self, result: FrameResult) -> None:
-            emitted.append(result)
-
-    engine._sinks = [Collect()]
-    engine._process(FrameItem(seq=1, frame=frame))
+    slot.put(FrameItem(seq=1, frame=frame))
+    slot.put(FrameItem(seq=2, frame=frame, origin=(30, 40)))
+    engine.start()
+    engine.drain(10)
+    engine.stop()
     window = stats.snapshot_and_reset()
     assert window.detection is not None
-    assert window.detection.object_counts == {"person": 1, "car": 1, "dog": 1}
+    assert window.detection.object_counts == {"person": 2, "car": 2, "dog": 2}
     assert window.detection.mean_box_score == pytest.approx((0.91 + 0.74 + 0.55) / 3, abs=1e-4)
     assert window.detection.boxes_per_frame == 3 and window.class_counts == {}
     document = emitted[0].to_json_dict()
     assert [d["label"] for d in document["detections"]] == ["person", "car", "dog"]
+    shifted = emitted[1].detections
+    assert shifted is not None
+    for moved, (box, _, _) in zip(shifted, TRUTH, strict=True):
+        assert [moved.x1, moved.y1, moved.x2, moved.y2] == pytest.approx(
+            [box[0] + 30, box[1] + 40, box[2] + 30, box[3] + 40], abs=0.02)
 
 
 def test_a_detection_model_whose_output_does_not_fit_its_decoder_does_not_load(tmp_path: Path) -> None:
