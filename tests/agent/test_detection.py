@@ -6,17 +6,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
 
 from agent.capture.latest import FrameItem, FrameSlot
 from agent.contract import DetectionSpec, ModelArtifact, PackageFile, PackageManifest, PreprocessSpec
 from agent.infer.detect import box_iou, detect, input_to_source, nms, source_to_input
 from agent.infer.engine import FrameResult, InferenceEngine, load_model
 from agent.telemetry.window import WindowStats
+from tests.support.detection_models import constant_output_onnx
 
 LABELS = ["person", "car", "dog"]
 # A 640x360 camera frame into a 320x320 letterboxed input: scale 0.5, 70 rows of padding above and below.
@@ -136,23 +135,8 @@ def test_box_iou_of_identical_and_disjoint_boxes() -> None:
 
 # --- a real ONNX model through the agent's ONNX Runtime backend --------------------------------
 def _detector_onnx(path: Path, raw: np.ndarray) -> Path:
-    """A model with input 1x3x320x320 and output exactly ``raw`` (1 x (4+C) x N) plus 0 x the input's mean,
-    so ONNX Runtime really runs the graph on the frame."""
-    nodes = [
-        helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
-        helper.make_node("Mul", ["mean", "zero"], ["zeroed"]),
-        helper.make_node("Add", ["raw", "zeroed"], ["output0"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "detector",
-        inputs=[helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 320, 320])],
-        outputs=[helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(raw.shape))],
-        initializer=[numpy_helper.from_array(raw, "raw"), helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    """A model with input ``images`` 1x3x320x320 whose output is exactly ``raw`` (1 x (4+C) x N)."""
+    return constant_output_onnx(path, raw, input_name="images", input_size=320)
 
 
 def _manifest(path: Path, **fields: object) -> PackageManifest:

@@ -73,15 +73,20 @@ def yolo_raw_output(boxes: tuple[TrueBox, ...], *, num_classes: int = len(DET_LA
 
 def yolo_raw_detector(path: Path, boxes: tuple[TrueBox, ...] = SCENE) -> Path:
     """An ONNX detector with input 1x3xSxS named ``input`` whose output is :func:`yolo_raw_output` of ``boxes``."""
-    raw = yolo_raw_output(boxes)
+    return constant_output_onnx(path, yolo_raw_output(boxes), input_name="input", input_size=INPUT_SIZE)
+
+
+def constant_output_onnx(path: Path, raw: npt.NDArray[np.float32], *, input_name: str, input_size: int) -> Path:
+    """A model with input 1x3xSxS whose output ``output0`` is exactly ``raw`` plus 0 x the input's mean,
+    so the runtime really runs the graph on the frame."""
     nodes = [
-        helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=0),
+        helper.make_node("ReduceMean", [input_name], ["mean"], keepdims=0),
         helper.make_node("Mul", ["mean", "zero"], ["zeroed"]),
         helper.make_node("Add", ["raw", "zeroed"], ["output0"]),
     ]
     graph = helper.make_graph(
         nodes, "detector",
-        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, INPUT_SIZE, INPUT_SIZE])],
+        inputs=[helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 3, input_size, input_size])],
         outputs=[helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(raw.shape))],
         initializer=[numpy_helper.from_array(raw, "raw"), helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])],
     )
