@@ -21,6 +21,7 @@ from cloud.cli.client import (
     client_from,
     console,
     emit_json,
+    err_console,
     fail,
     table,
 )
@@ -122,6 +123,7 @@ def token_enroll(
             security.engine.dispose()
         expires_at = format_utc(expires)
         device_server = security.settings.base_url()
-    console.print(f"valid until {expires_at}; on the device run:", style="dim", highlight=False)
+    # The hint on stderr, so stdout is exactly the command: `$(edgefleet token enroll cam-01)` runs it.
+    err_console.print(f"valid until {expires_at}; on the device run:", style="dim", highlight=False)
     print(f"edgefleet-agent enroll --server {shlex.quote(device_server)} --token {shlex.quote(secret)} "
           "--config agent.yaml")

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from scipy.stats import chi2_contingency
-
 from cloud.rollout.spec import GateThresholds, ShadowSpec
 
 __all__ = [
@@ -177,6 +175,9 @@ def class_distribution_test(canary: Counter[str], control: Counter[str], *,
         return 0.0, 1.0, tvd
     table = [[canary[label] / frames_per_sample for label in labels],
              [control[label] / frames_per_sample for label in labels]]
+    # Imported here: scipy.stats takes seconds to import, and every `edgefleet` command imports this module.
+    from scipy.stats import chi2_contingency
+
     chi2, p_value, _dof, _expected = chi2_contingency(table, correction=False)
     return float(chi2), float(p_value), float(tvd)
 
