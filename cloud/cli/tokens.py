@@ -105,7 +105,7 @@ def token_enroll(
     if server is not None:
         answer = call(server, token, "POST", "/api/v1/enrollment-tokens",
                       {"device_id": device_id, "hardware_profile": profile})
-        secret, expires_at = str(answer["token"]), str(answer["expires_at"])
+        secret, expires_at = str(answer["token"]), format_utc(answer["expires_at"], missing=str(answer["expires_at"]))
         # The server's public URL when it has one; otherwise the address we reached it at.
         device_server = str(answer.get("server_url") or server).rstrip("/")
     else:
