@@ -61,7 +61,7 @@ def test_a_larger_frame_letterboxes_the_scene() -> None:
 
 @pytest.mark.parametrize(("args", "says"), [
     (["x.mp4"], ".avi or .mkv"),
-    (["x.avi", "--shift", "dim"], "choose one of none, dark, blur"),
+    (["x.avi", "--shift", "dim"], "choose one of none, dark, blur, new-object"),
     (["x.avi", "--fps", "0"], "--fps"),
     (["x.avi", "--seconds", "5", "--shift", "dark", "--shift-at", "5"], "--shift-at"),
     (["x.avi", "--width", "32"], "at least --size"),
@@ -88,3 +88,21 @@ def test_the_command_writes_a_shifted_video(tmp_path: Path) -> None:
         assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 15
     finally:
         capture.release()
+
+
+def test_a_new_object_shift_shows_a_shape_no_dataset_holds() -> None:
+    import numpy as np
+
+    from agent.capture.scenes import NOVEL_CLASSES, SCENE_CLASSES, render_scene
+
+    assert not set(NOVEL_CLASSES) & set(SCENE_CLASSES)
+    star = render_scene("star", np.random.default_rng(0), size=64)
+    assert star.shape == (64, 64, 3) and star.max() >= 150  # the object is brighter than the background
+    with pytest.raises(ValueError, match="unknown scene class"):
+        render_scene("hexagon", np.random.default_rng(0))
+    settings = VideoSettings(seconds=2.0, fps=10.0, frames_per_scene=1, seed=8, shift="new-object", shift_at_s=1.0)
+    unshifted = VideoSettings(seconds=2.0, fps=10.0, frames_per_scene=1, seed=8)
+    pairs = list(zip(scene_frames(settings), scene_frames(unshifted), strict=True))
+    # The same scenes until the shift; other objects after it.
+    assert all(np.array_equal(a, b) for (a, shifted), (b, _) in pairs if not shifted)
+    assert not any(np.array_equal(a, b) for (a, shifted), (b, _) in pairs if shifted)

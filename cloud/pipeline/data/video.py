@@ -4,8 +4,8 @@ The scenes come from the same generator, lighting mix and noise as ``edgefleet d
 (:mod:`cloud.pipeline.data.synth`), so a model trained on a synthetic dataset sees in the video
 what it was trained and gated on, and its drift reference finds nothing unusual. A *shift*
 changes the scene from a chosen moment on, the way a camera's view changes in service: ``dark``
-(lights dimmed far below the training data's darkest lighting) or ``blur`` (a lens out of
-focus). Frames are written losslessly (FFV1), so the pixels an agent reads are the ones rendered.
+(lights dimmed far below the training data's darkest lighting), ``blur`` (a lens out of
+focus) or ``new-object`` (a shape of a class the model never learned). Frames are written losslessly (FFV1), so the pixels an agent reads are the ones rendered.
 
 :func:`scene_frames` is pure (settings in, frames out); :func:`write_scene_video` writes them.
 """
@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from agent.capture.scenes import SCENE_CLASSES, SceneConditions, render_scene
+from agent.capture.scenes import NOVEL_CLASSES, SCENE_CLASSES, SceneConditions, render_scene
 from cloud.pipeline.data.synth import LIGHTING
 
 __all__ = ["SHIFTS", "VIDEO_SUFFIXES", "SceneShift", "VideoSettings", "VideoSummary", "scene_frames",
@@ -33,6 +33,7 @@ class SceneShift:
 
     brightness: float = 1.0  # multiplies the scene's lighting
     blur_sigma: float = 0.0  # a Gaussian blur after rendering, in pixels of the scene
+    novel_objects: bool = False  # shapes of NOVEL_CLASSES instead of the trained ones
     meaning: str = ""
 
 
@@ -41,6 +42,7 @@ SHIFTS: dict[str, SceneShift] = {
     # 0.35 of normal light is half the training data's dimmest lighting (0.7): unmistakable in luma.
     "dark": SceneShift(brightness=0.35, meaning="the lights go down: every scene at 35% brightness"),
     "blur": SceneShift(blur_sigma=2.5, meaning="the lens goes out of focus: a 2.5 px Gaussian blur"),
+    "new-object": SceneShift(novel_objects=True, meaning="objects of a class the model never learned (stars)"),
 }
 
 # FFV1 is lossless and every OpenCV build with FFmpeg (the agent's opencv-python-headless) reads it.
@@ -140,7 +142,8 @@ def scene_frames(settings: VideoSettings) -> Iterator[tuple[npt.NDArray[np.uint8
         shifted = first_shifted is not None and index >= first_shifted
         # A new scene every frames_per_scene frames, and at the moment the shift begins.
         if frame is None or index % settings.frames_per_scene == 0 or (shifted and index == first_shifted):
-            label = SCENE_CLASSES[int(rng.integers(len(SCENE_CLASSES)))]
+            classes = NOVEL_CLASSES if shifted and shift.novel_objects else SCENE_CLASSES
+            label = classes[int(rng.integers(len(classes)))]
             # The lighting mix of `edgefleet data synth`, so the unshifted video matches the training data.
             brightness = LIGHTING[lighting[int(rng.integers(len(lighting)))]]
             conditions = SceneConditions(brightness=brightness * (shift.brightness if shifted else 1.0),
