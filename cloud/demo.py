@@ -15,12 +15,13 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import Session
 
-from agent.capture.scenes import write_video
 from cloud.core.config import Settings
 from cloud.fleet import crud
 from cloud.fleet.liveness import Liveness
 from cloud.fleet.summary import fleet_rows
 from cloud.pipeline.data.synth import write_synthetic_dataset
+from cloud.pipeline.data.video import VideoSettings, write_scene_video
+from cloud.pipeline.presets import QUICKSTART
 from cloud.pipeline.quickstart import train_and_package
 from cloud.security.tables import Role
 from cloud.security.tokens import create_api_token
@@ -90,16 +91,18 @@ def run_demo(*, devices: int, seconds: float, workdir: Path, console: Console) -
         data_root = workdir / "data" / "shapes"
         if not (data_root / "metadata.csv").exists():
             console.print("[bold]data[/] generating a synthetic scene dataset (4 classes)")
-            write_synthetic_dataset(data_root, images_per_class=400, seed=1)
+            write_synthetic_dataset(data_root, images_per_class=QUICKSTART.images_per_class,
+                                    size=QUICKSTART.image_size, seed=QUICKSTART.dataset_seed)
         result = train_and_package(plane.engine, data_root=data_root, models_dir=settings.models_dir,
                                    packages_dir=settings.packages_dir,
                                    hardware_profiles=[DEMO_PROFILE, "x86-64-avx512-vnni"])
         console.print(f"[bold]model[/] {result.model_version} test accuracy {result.accuracy:.3f}; "
                       f"package {result.package_id}")
 
+        # Scenes like the training images (`edgefleet data video`), so drift stays quiet on every camera.
         video = workdir / "camera.avi"
         if not video.exists():
-            write_video(str(video), frames=450, fps=15.0, seed=7)
+            write_scene_video(video, VideoSettings(seconds=30.0, fps=15.0, seed=7))
 
         # Every API call needs a token: the demo makes an admin one and shows how to use it.
         with Session(plane.engine) as session:

@@ -16,6 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 SCENE_CLASSES = ("circle", "square", "triangle", "cross")
+# Shapes no synthetic dataset holds: a camera that starts seeing them sees a class its model never learned.
+NOVEL_CLASSES = ("star",)
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,8 @@ def render_scene(
     Raises:
         ValueError: ``label`` is not one of :data:`SCENE_CLASSES`.
     """
-    if label not in SCENE_CLASSES:
-        raise ValueError(f"unknown scene class {label!r}; choose from {', '.join(SCENE_CLASSES)}")
+    if label not in SCENE_CLASSES + NOVEL_CLASSES:
+        raise ValueError(f"unknown scene class {label!r}; choose from {', '.join(SCENE_CLASSES + NOVEL_CLASSES)}")
     base = rng.uniform(40, 120, size=3)
     gradient = np.linspace(-20, 20, size, dtype=np.float32)
     canvas = np.empty((size, size, 3), dtype=np.float32)
@@ -67,6 +69,10 @@ def render_scene(
         cv2.fillPoly(image, [_polygon(center, radius * 1.15, 4, angle)], colour, lineType=cv2.LINE_AA)
     elif label == "triangle":
         cv2.fillPoly(image, [_polygon(center, radius * 1.25, 3, angle)], colour, lineType=cv2.LINE_AA)
+    elif label == "star":
+        outer, inner = _polygon(center, radius * 1.2, 5, angle), _polygon(center, radius * 0.5, 5, angle + math.pi / 5)
+        points = np.stack([outer, inner], axis=1).reshape(-1, 2)  # alternate outer and inner corners
+        cv2.fillPoly(image, [points], colour, lineType=cv2.LINE_AA)
     else:
         thickness = max(2, round(radius * 0.45))
         for theta in (angle, angle + math.pi / 2):

@@ -12,18 +12,21 @@ from sqlmodel import Session
 from cloud.cli.client import cell, new_table
 from cloud.cli.local import JsonOption, console, emit, issues_table, local_context, user_errors
 from cloud.pipeline.data.synth import write_synthetic_dataset
+from cloud.pipeline.data.video import SHIFTS, VideoSettings, write_scene_video
+from cloud.pipeline.presets import QUICKSTART
 from cloud.pipeline.registry import store
 
-data_app = typer.Typer(help="Datasets: synthesize, validate, ingest, list.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: synthesize, validate, ingest, list; test videos.", no_args_is_help=True)
 
 
 # --- data --------------------------------------------------------------------
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Argument(help="directory to write <class>/<n>.png and metadata.csv into")],
-    per_class: Annotated[int, typer.Option(min=1)] = 200,
-    size: Annotated[int, typer.Option(min=16, max=1024)] = 64,
-    seed: int = 0,
+    per_class: Annotated[int, typer.Option(min=1, help="images per class (the quick-start default trains a model "
+                                                      "that passes the validation gate)")] = QUICKSTART.images_per_class,
+    size: Annotated[int, typer.Option(min=16, max=1024)] = QUICKSTART.image_size,
+    seed: int = QUICKSTART.dataset_seed,
     blur: Annotated[float, typer.Option(min=0)] = 0.0,
     noise: Annotated[float, typer.Option(min=0)] = 3.0,
 ) -> None:
@@ -33,6 +36,40 @@ def data_synth(
         write_synthetic_dataset(out, images_per_class=per_class, size=size, seed=seed, blur_sigma=blur,
                                 noise_std=noise)
     console.print(f"wrote {per_class * 4} images and metadata.csv to {out}")
+
+
+@data_app.command("video")
+def data_video(
+    out: Annotated[Path, typer.Argument(help="the video file to write (.avi or .mkv; an agent's `source`)")],
+    seconds: Annotated[float, typer.Option(help="length; an agent loops a file")] = 20.0,
+    fps: Annotated[float, typer.Option(help="frames per second")] = 10.0,
+    size: Annotated[int, typer.Option(help="the scene's side in px: the dataset's --size")] = QUICKSTART.image_size,
+    width: Annotated[int | None, typer.Option(help="frame width, when larger than the scene [default: --size]")] = None,
+    height: Annotated[int | None, typer.Option(help="frame height [default: --size]")] = None,
+    frames_per_scene: Annotated[int, typer.Option(help="frames each scene is held for")] = 2,
+    seed: Annotated[int, typer.Option(help="different seeds, different scenes")] = 0,
+    noise: Annotated[float, typer.Option(help="pixel noise, as `data synth --noise`")] = 3.0,
+    shift: Annotated[str, typer.Option(help=f"how the scene changes: {', '.join(SHIFTS)}")] = "none",
+    shift_at: Annotated[float, typer.Option(help="seconds into the video the shift starts")] = 0.0,
+) -> None:
+    """Write a test video of synthetic scenes for an agent's `source`; --shift makes the camera whose scene changed.
+
+    The scenes are those of `edgefleet data synth` (same shapes, lighting mix and noise), so a model
+    trained on a synthetic dataset sees nothing unusual in a video without a shift.
+    """
+    with user_errors():
+        settings = VideoSettings(seconds=seconds, fps=fps, size=size, width=width, height=height,
+                                 frames_per_scene=frames_per_scene, seed=seed, noise=noise, shift=shift,
+                                 shift_at_s=shift_at)
+        try:
+            summary = write_scene_video(out, settings)
+        except RuntimeError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from None
+    change = (f"; from {shift_at:g} s on ({summary.shifted_frames} frames): {SHIFTS[shift].meaning}"
+              if shift != "none" else "")
+    console.print(f"wrote {out}: {summary.frames} frames, {summary.width}x{summary.height} at {fps:g} fps{change}",
+                  highlight=False)
 
 
 @data_app.command("validate")

@@ -48,6 +48,19 @@ def drift_alerts(state: Annotated[str | None, typer.Option(help="open or cleared
                                           "proposal"], rows))
 
 
+@drift_app.command("devices")
+def drift_devices(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, json_out: JsonOpt = False) -> None:
+    """Each device's drift state: ok, alert, no data (no window yet) or baseline pending, with its newest window."""
+    rows: list[dict[str, Any]] = call(server, token, "GET", "/api/v1/drift/devices")
+    if json_out:
+        emit_json(rows)
+        return
+    console.print(table("drift by device", ["device", "state", "open alerts", "baseline", "last window",
+                                            "last score"],
+                         [[r["device_id"], r["state"], str(r["open_alerts"]), ", ".join(r["baseline"]) or "-",
+                           cell(r["last_window_at"]), cell(r["last_window_score"], ".1f")] for r in rows]))
+
+
 @drift_app.command("fleet")
 def drift_fleet(package_id: str, minutes: float = 60.0, server: ServerOpt = DEFAULT_SERVER,
                 token: TokenOpt = None, json_out: JsonOpt = False) -> None:

@@ -7,13 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 
-from cloud.api.main import create_app
 from cloud.cli import local
 from cloud.cli.client import console
 from cloud.core.config import Settings
-from cloud.server import ControlPlane
 
 
 def _logging(level: str) -> None:
@@ -28,6 +25,12 @@ def serve(
     log_level: str = "INFO",
 ) -> None:
     """Run the control plane (API, ingest, and an embedded broker when EDGEFLEET_MQTT_URL is unset)."""
+    # Imported here: the API and the server take a while to import, and every other command would pay for them.
+    import uvicorn
+
+    from cloud.api.main import create_app
+    from cloud.server import ControlPlane
+
     _logging(log_level)
     # `edgefleet --data-dir DIR serve` wins over EDGEFLEET_DATA_DIR, like the other options over their variables.
     settings = Settings() if local.data_dir_option is None else Settings(data_dir=local.data_dir_option)

@@ -21,6 +21,7 @@ from cloud.cli.client import (
     client_from,
     console,
     emit_json,
+    err_console,
     fail,
     table,
 )
@@ -104,7 +105,7 @@ def token_enroll(
     if server is not None:
         answer = call(server, token, "POST", "/api/v1/enrollment-tokens",
                       {"device_id": device_id, "hardware_profile": profile})
-        secret, expires_at = str(answer["token"]), str(answer["expires_at"])
+        secret, expires_at = str(answer["token"]), format_utc(answer["expires_at"], missing=str(answer["expires_at"]))
         # The server's public URL when it has one; otherwise the address we reached it at.
         device_server = str(answer.get("server_url") or server).rstrip("/")
     else:
@@ -122,6 +123,7 @@ def token_enroll(
             security.engine.dispose()
         expires_at = format_utc(expires)
         device_server = security.settings.base_url()
-    console.print(f"valid until {expires_at}; on the device run:", style="dim", highlight=False)
+    # The hint on stderr, so stdout is exactly the command: `$(edgefleet token enroll cam-01)` runs it.
+    err_console.print(f"valid until {expires_at}; on the device run:", style="dim", highlight=False)
     print(f"edgefleet-agent enroll --server {shlex.quote(device_server)} --token {shlex.quote(secret)} "
           "--config agent.yaml")

@@ -21,7 +21,6 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats as scipy_stats
 
 from agent.contract.drift import DriftReference, SequentialCalibration
 
@@ -71,6 +70,9 @@ def chi2_two_sample(window: npt.ArrayLike, reference: npt.ArrayLike, *, min_expe
     dof = int(keep.sum()) - 1
     if dof < 1:
         return 0.0, 1.0, 0
+    # Imported here: scipy.stats takes seconds to import, and every `edgefleet` command imports this module.
+    from scipy import stats as scipy_stats
+
     return statistic, float(scipy_stats.chi2.sf(statistic, dof)), dof
 
 

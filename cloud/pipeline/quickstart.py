@@ -18,11 +18,13 @@ from cloud.fleet import crud
 from cloud.fleet.tables import ModelVersion, Package
 from cloud.pipeline.errors import PipelineInputError
 from cloud.pipeline.package.builder import build_package
+from cloud.pipeline.presets import QUICKSTART
 from cloud.pipeline.service import PipelinePaths, build_model, code_version, ingest, train_model
 from cloud.pipeline.train.trainer import DEFAULT_SPEC, TrainConfig
 
-# The demo's 1 600 images reach ~0.99 test accuracy in 6 epochs; fewer epochs keep `make demo` quick.
-DEMO_TRAIN_CONFIG = TrainConfig(epochs=6)
+# The quick-start settings (cloud/pipeline/presets.py), which the CLI's defaults and the docs use too.
+DEMO_TRAIN_CONFIG = TrainConfig(epochs=QUICKSTART.epochs, batch_size=QUICKSTART.batch_size,
+                                learning_rate=QUICKSTART.learning_rate)
 
 __all__ = ["DEMO_TRAIN_CONFIG", "PipelineResult", "code_version", "register_and_package", "train_and_package"]
 

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from scipy.stats import binomtest, chi2_contingency
-
 from cloud.rollout.spec import GateThresholds, ShadowSpec
 
 __all__ = [
@@ -240,6 +238,9 @@ def class_distribution_test(canary: Counter[str], control: Counter[str], *,
         return 0.0, 1.0, tvd
     table = [[canary[label] / frames_per_sample for label in labels],
              [control[label] / frames_per_sample for label in labels]]
+    # Imported here: scipy.stats takes seconds to import, and every `edgefleet` command imports this module.
+    from scipy.stats import chi2_contingency
+
     chi2, p_value, _dof, _expected = chi2_contingency(table, correction=False)
     return float(chi2), float(p_value), float(tvd)
 
@@ -257,6 +258,8 @@ def count_rate_test(canary_count: float, canary_frames: int, control_count: floa
     if total == 0 or canary_frames + control_frames == 0:
         return 1.0
     share = canary_frames / (canary_frames + control_frames)
+    from scipy.stats import binomtest  # imported on first use, as above
+
     return float(binomtest(min(canary_n, total), total, share).pvalue)
 
 

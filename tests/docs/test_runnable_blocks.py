@@ -4,6 +4,8 @@ Convention: a fenced block whose info string is ``bash runnable`` is run by this
 plain ``bash`` blocks are examples that need real infrastructure (a fleet, a broker
 on another host, systemd) and are not run. Runnable blocks must work offline on a
 fresh checkout, in an empty directory, within a few minutes on two shared cores.
+Blocks marked ``bash walkthrough`` (docs/first-fleet.md) are one shell session:
+tests/docs/test_first_fleet.py runs them together, in order.
 
 Each block runs with ``bash -euo pipefail`` in its own temporary directory, the
 project's virtual environment first on PATH, no inherited ``EDGEFLEET_*`` settings,

@@ -1,0 +1,180 @@
+"""``edgefleet data video``: a test video of synthetic scenes that an agent can read as its ``source``.
+
+The scenes come from the same generator, lighting mix and noise as ``edgefleet data synth``
+(:mod:`cloud.pipeline.data.synth`), so a model trained on a synthetic dataset sees in the video
+what it was trained and gated on, and its drift reference finds nothing unusual. A *shift*
+changes the scene from a chosen moment on, the way a camera's view changes in service: ``dark``
+(lights dimmed far below the training data's darkest lighting), ``blur`` (a lens out of
+focus) or ``new-object`` (a shape of a class the model never learned). Frames are written losslessly (FFV1), so the pixels an agent reads are the ones rendered.
+
+:func:`scene_frames` is pure (settings in, frames out); :func:`write_scene_video` writes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from agent.capture.scenes import NOVEL_CLASSES, SCENE_CLASSES, SceneConditions, render_scene
+from cloud.pipeline.data.synth import LIGHTING
+
+__all__ = ["SHIFTS", "VIDEO_SUFFIXES", "SceneShift", "VideoSettings", "VideoSummary", "scene_frames",
+           "write_scene_video"]
+
+
+@dataclass(frozen=True)
+class SceneShift:
+    """How a shifted scene differs from the training scenes."""
+
+    brightness: float = 1.0  # multiplies the scene's lighting
+    blur_sigma: float = 0.0  # a Gaussian blur after rendering, in pixels of the scene
+    novel_objects: bool = False  # shapes of NOVEL_CLASSES instead of the trained ones
+    meaning: str = ""
+
+
+SHIFTS: dict[str, SceneShift] = {
+    "none": SceneShift(meaning="scenes like the training images throughout"),
+    # 0.35 of normal light is half the training data's dimmest lighting (0.7): unmistakable in luma.
+    "dark": SceneShift(brightness=0.35, meaning="the lights go down: every scene at 35% brightness"),
+    "blur": SceneShift(blur_sigma=2.5, meaning="the lens goes out of focus: a 2.5 px Gaussian blur"),
+    "new-object": SceneShift(novel_objects=True, meaning="objects of a class the model never learned (stars)"),
+}
+
+# FFV1 is lossless and every OpenCV build with FFmpeg (the agent's opencv-python-headless) reads it.
+VIDEO_SUFFIXES = (".avi", ".mkv")
+_BORDER_GREY = 30
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """What to render. ``width``/``height`` default to ``size`` (the scene fills the frame).
+
+    Raises:
+        ValueError: a setting out of range, with what to change.
+    """
+
+    seconds: float = 20.0
+    fps: float = 10.0
+    size: int = 64
+    width: int | None = None
+    height: int | None = None
+    frames_per_scene: int = 2
+    seed: int = 0
+    noise: float = 3.0
+    shift: str = "none"
+    shift_at_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fps <= 120:
+            raise ValueError(f"--fps must be in (0, 120], not {self.fps:g}")
+        if self.seconds <= 0 or self.frames < 1:
+            raise ValueError(f"--seconds {self.seconds:g} at --fps {self.fps:g} gives no frame; give a longer video")
+        if self.frames > 100_000:
+            raise ValueError(f"{self.frames} frames is too long for a test video; keep --seconds x --fps under 100000")
+        if not 16 <= self.size <= 1024:
+            raise ValueError(f"--size must be 16-1024 px (the dataset's image size), not {self.size}")
+        if self.frame_width < self.size or self.frame_height < self.size:
+            raise ValueError(f"the frame ({self.frame_width}x{self.frame_height}) must be at least --size "
+                             f"({self.size}) on each side")
+        if max(self.frame_width, self.frame_height) > 4096:
+            raise ValueError("--width and --height must be at most 4096 px")
+        if self.frames_per_scene < 1:
+            raise ValueError("--frames-per-scene must be at least 1")
+        if self.noise < 0:
+            raise ValueError("--noise must not be negative")
+        if self.shift not in SHIFTS:
+            raise ValueError(f"unknown --shift {self.shift!r}; choose one of {', '.join(SHIFTS)}")
+        if self.shift_at_s < 0 or (self.shift != "none" and self.shift_at_s >= self.seconds):
+            raise ValueError(f"--shift-at must be in [0, {self.seconds:g}) seconds (inside the video), "
+                             f"not {self.shift_at_s:g}")
+
+    @property
+    def frames(self) -> int:
+        return round(self.seconds * self.fps)
+
+    @property
+    def frame_width(self) -> int:
+        return self.width if self.width is not None else self.size
+
+    @property
+    def frame_height(self) -> int:
+        return self.height if self.height is not None else self.size
+
+    @property
+    def first_shifted_frame(self) -> int | None:
+        return None if self.shift == "none" else round(self.shift_at_s * self.fps)
+
+
+@dataclass(frozen=True)
+class VideoSummary:
+    path: Path
+    frames: int
+    shifted_frames: int
+    width: int
+    height: int
+
+
+def _frame_of(scene: npt.NDArray[np.uint8], width: int, height: int) -> npt.NDArray[np.uint8]:
+    """The scene scaled to the frame's shorter side and centred on a dark border (a letterboxed camera)."""
+    if scene.shape[:2] == (height, width):
+        return scene
+    side = min(width, height)
+    scaled = cv2.resize(scene, (side, side), interpolation=cv2.INTER_LINEAR)
+    frame = np.full((height, width, 3), _BORDER_GREY, dtype=np.uint8)
+    y0, x0 = (height - side) // 2, (width - side) // 2
+    frame[y0 : y0 + side, x0 : x0 + side] = scaled
+    return frame
+
+
+def scene_frames(settings: VideoSettings) -> Iterator[tuple[npt.NDArray[np.uint8], bool]]:
+    """Each frame of the video (BGR) and whether it is shifted. Same settings, same frames."""
+    rng = np.random.default_rng(settings.seed)
+    lighting = tuple(LIGHTING)
+    first_shifted = settings.first_shifted_frame
+    shift = SHIFTS[settings.shift]
+    frame: npt.NDArray[np.uint8] | None = None
+    for index in range(settings.frames):
+        shifted = first_shifted is not None and index >= first_shifted
+        # A new scene every frames_per_scene frames, and at the moment the shift begins.
+        if frame is None or index % settings.frames_per_scene == 0 or (shifted and index == first_shifted):
+            classes = NOVEL_CLASSES if shifted and shift.novel_objects else SCENE_CLASSES
+            label = classes[int(rng.integers(len(classes)))]
+            # The lighting mix of `edgefleet data synth`, so the unshifted video matches the training data.
+            brightness = LIGHTING[lighting[int(rng.integers(len(lighting)))]]
+            conditions = SceneConditions(brightness=brightness * (shift.brightness if shifted else 1.0),
+                                         blur_sigma=shift.blur_sigma if shifted else 0.0, noise_std=settings.noise)
+            frame = _frame_of(render_scene(label, rng, size=settings.size, conditions=conditions),
+                              settings.frame_width, settings.frame_height)
+        yield frame, shifted
+
+
+def write_scene_video(path: Path, settings: VideoSettings) -> VideoSummary:
+    """Write the video to ``path`` (``.avi`` or ``.mkv``, lossless FFV1).
+
+    Raises:
+        ValueError: another file type, or a directory that does not exist.
+        RuntimeError: this OpenCV build cannot write FFV1 video.
+    """
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"write the video to a {' or '.join(VIDEO_SUFFIXES)} file, not {path.name!r} "
+                         "(lossless FFV1, which agents read with OpenCV)")
+    if not path.parent.is_dir():
+        raise ValueError(f"directory {path.parent} does not exist; create it first")
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"FFV1"), settings.fps,
+                             (settings.frame_width, settings.frame_height))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write FFV1 video to {path} (its build lacks the FFmpeg encoder)")
+    shifted_frames = 0
+    try:
+        for frame, shifted in scene_frames(settings):
+            writer.write(frame)
+            shifted_frames += shifted
+    finally:
+        writer.release()
+    return VideoSummary(path=path, frames=settings.frames, shifted_frames=shifted_frames,
+                        width=settings.frame_width, height=settings.frame_height)
