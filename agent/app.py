@@ -18,9 +18,28 @@ from pathlib import Path
 import psutil
 
 from agent import __version__
+from agent.cameras import (
+    AppliedCameraSet,
+    CameraPlan,
+    CameraSetFile,
+    adopt_package,
+    device_problems,
+    find_package,
+    held_packages,
+    pipeline_config_for,
+    plan_cameras,
+    reported_spec,
+    spec_of,
+)
+from agent.capture.region import with_region
 from agent.capture.source import FrameSource, limit_opencv_threads, open_source
+from agent.capture.stream import StreamSource
 from agent.config import AgentConfig, PipelineConfig
 from agent.contract import (
+    CameraConfigCommand,
+    CameraSetStatus,
+    CameraSpec,
+    CameraState,
     Command,
     ContractError,
     DeployCommand,
@@ -124,7 +143,20 @@ class AgentApp:
         # Where the config came from: a broker URL learnt from the control plane is written back there.
         self.config_path = config_path
         self.topics = Topics(config.topic_prefix)
-        pipeline_configs = config.pipeline_configs()
+        # The cameras: the set last applied from the control plane (saved in the state dir), else
+        # the config file's pipelines (revision 0). agent/cameras.py; docs/agent.md.
+        self.camera_file = CameraSetFile(config.state_dir)
+        self._file_pipelines = {p.name: p for p in config.pipeline_configs()}
+        saved_cameras = self.camera_file.load()
+        pipeline_configs = (list(self._file_pipelines.values()) if saved_cameras is None else
+                            [pipeline_config_for(spec, config=config, base=self._file_pipelines.get(spec.name))
+                             for spec in saved_cameras.cameras])
+        self.cameras_revision = 0 if saved_cameras is None else saved_cameras.revision
+        self.camera_specs: dict[str, CameraSpec] = {p.name: spec_of(p) for p in pipeline_configs}
+        self._pipeline_configs = {p.name: p for p in pipeline_configs}
+        # The last camera command refused: (revision, error code, reason), reported in the status.
+        self.camera_rejection: tuple[int, str, str] | None = None
+        self._camera_states_reported: tuple[tuple[str, str, str | None], ...] = ()
         self.store = PackageStore(config.state_dir, pipeline_configs[0].name)
         self.fetcher = fetcher or HttpFetcher(
             timeout_s=config.download_timeout_s, deadline_s=config.download_deadline_s
@@ -174,11 +206,7 @@ class AgentApp:
             pipeline = self._build_pipeline(pipeline_config, source if index == 0 else None)
             store = self.store if index == 0 else PackageStore(config.state_dir, pipeline_config.name)
             self.pipelines[pipeline.name] = pipeline
-            self.managers[pipeline.name] = InstallManager(
-                device_id=config.device_id, pipeline=pipeline, store=store, fetch_package=self._fetch_package,
-                settings=settings, send_job_report=self._send_job_report,
-                on_serving_changed=self._serving_changed, stop=self._stop,
-            )
+            self.managers[pipeline.name] = self._new_manager(pipeline, store, settings)
 
         self.outbox = Outbox(config.state_dir / "outbox.sqlite", max_reports=config.max_outbox_reports)
         self.uplink = MqttUplink(
@@ -247,14 +275,22 @@ class AgentApp:
             ),
         )
 
+    def _new_manager(self, pipeline: Pipeline, store: PackageStore, settings: InstallSettings) -> InstallManager:
+        return InstallManager(
+            device_id=self.config.device_id, pipeline=pipeline, store=store, fetch_package=self._fetch_package,
+            settings=settings, send_job_report=self._send_job_report,
+            on_serving_changed=self._serving_changed, stop=self._stop,
+        )
+
     def _build_pipeline(self, pipeline_config: PipelineConfig, source: FrameSource | None) -> Pipeline:
         source_fps = pipeline_config.target_fps if pipeline_config.source_fps is None else pipeline_config.source_fps
         return Pipeline(
             pipeline_config.name,
-            source or open_source(pipeline_config.source_url(), loop=pipeline_config.source_loop,
-                                  file_fps=source_fps, name=pipeline_config.name,
-                                  stream=pipeline_config.stream_settings(),
-                                  secrets_dir=self.config.camera_secrets_dir),
+            source or with_region(open_source(pipeline_config.source_url(), loop=pipeline_config.source_loop,
+                                              file_fps=source_fps, name=pipeline_config.name,
+                                              stream=pipeline_config.stream_settings(),
+                                              secrets_dir=self.config.camera_secrets_dir),
+                                  pipeline_config.region),
             target_fps=pipeline_config.target_fps,
             policy=pipeline_config.frame_policy,
             queue_depth=pipeline_config.frame_queue_depth,
@@ -269,7 +305,8 @@ class AgentApp:
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
-        for manager in self.managers.values():
+        for name, manager in self.managers.items():
+            self._serve_assigned_package(self._pipeline_configs[name], manager)
             manager.restore()
         for pipeline in self.pipelines.values():
             pipeline.start()
@@ -332,7 +369,41 @@ class AgentApp:
                 )
                 for name, p in self.pipelines.items()
             ],
+            cameras=self._camera_status(),
         )
+
+    def _camera_states(self) -> list[CameraState]:
+        states: list[CameraState] = []
+        for name, pipeline in list(self.pipelines.items()):
+            spec = self.camera_specs.get(name)
+            if spec is None:
+                continue
+            model = pipeline.engine.model
+            state: str = "streaming" if pipeline.camera_ok else "down"
+            error_code: str | None = None
+            if isinstance(pipeline.source, StreamSource):
+                health = pipeline.source.health_snapshot()
+                state, error_code = health.state, health.error_code
+            if model is None:
+                state = "waiting_for_model"  # capture idles until the camera has a model to serve
+            states.append(CameraState(spec=reported_spec(spec), state=state,  # type: ignore[arg-type]
+                                      error_code=error_code, frames_processed=pipeline.stats.total_frames,
+                                      serving_package_id=model.manifest.package_id if model else None))
+        return states
+
+    def _camera_status(self) -> CameraSetStatus:
+        rejection = self.camera_rejection
+        return CameraSetStatus(
+            applied_revision=self.cameras_revision, cameras=self._camera_states(),
+            rejected_revision=rejection[0] if rejection else None,
+            error_code=rejection[1] if rejection else None, error=rejection[2][:2000] if rejection else None)
+
+    def _republish_status_on_camera_change(self) -> None:
+        """The retained status carries each camera's state: send it again when one changed."""
+        states = tuple((c.spec.name, c.state, c.error_code) for c in self._camera_states())
+        if states != self._camera_states_reported:
+            self._camera_states_reported = states
+            self.uplink.publish_status()
 
     def _serving_changed(self) -> None:
         self.uplink.publish_status()
@@ -395,6 +466,7 @@ class AgentApp:
         self._process.cpu_percent(None)  # prime: the first call always returns 0
         while not self._stop.wait(self.config.telemetry_interval_s):
             self._publish_telemetry()
+            self._republish_status_on_camera_change()
 
     # -- commands ------------------------------------------------------------
     def _receive_command(self, payload: bytes) -> None:
@@ -408,7 +480,7 @@ class AgentApp:
             command = parse_any_command(payload)
         except ContractError as exc:
             kind = message_kind(payload)
-            if kind is not None and kind not in ("deploy", "resync"):
+            if kind is not None and kind not in ("deploy", "resync", "cameras"):
                 # Another kind of message (say a status report): not a command, so nothing to reject.
                 self.ignored_messages += 1
                 log.debug("ignored a %r message on the command topic", kind)
@@ -485,6 +557,8 @@ class AgentApp:
         try:
             if isinstance(command, ResyncCommand):
                 self._handle_resync(command)
+            elif isinstance(command, CameraConfigCommand):
+                self._handle_cameras(command)
             else:
                 self._handle_deploy(command)
         except Exception:  # the command thread is the update path: it must outlive any one command
@@ -643,3 +717,96 @@ class AgentApp:
         self._report_job(command, JobState.SUCCEEDED)
         log.info("shadowing %s on %.0f%% of frames for %.0fs", command.package_id,
                  command.shadow_sample_fraction * 100, command.shadow_duration_s)
+
+    # -- cameras managed from the control plane ---------------------------------
+    def _handle_cameras(self, command: CameraConfigCommand) -> None:
+        """A signed camera set (signature and addressee checked on receipt): freshness, then the
+        set's own checks, then :meth:`apply_cameras`. A set that cannot run is refused whole and
+        the reason goes out in the status; the cameras already running are left alone."""
+        try:
+            check_fresh(command, last_seq=self.store.last_command_seq(), now=datetime.now(UTC),
+                        seq_window=self.config.command_seq_window)
+        except AgentError as exc:
+            self._reject_command(command, exc)
+            return
+        self.store.set_last_command_seq(command.seq)
+        problems = device_problems(command.cameras,
+                                   known_packages=held_packages(m.store for m in self.managers.values()))
+        if problems:
+            self._refuse_cameras(command, "bad_camera_config", "; ".join(problems))
+            return
+        try:
+            plan = self.apply_cameras(command.cameras, command.revision)
+        except Exception as exc:  # e.g. a disk that refuses the saved set: nothing was changed then
+            log.exception("applying camera set revision %d failed", command.revision)
+            self._refuse_cameras(command, "camera_apply_failed", f"{type(exc).__name__}: {exc}")
+            return
+        self.camera_rejection = None
+        log.info("camera set revision %d applied (job %s): started %s, stopped %s, restarted %s, kept %s",
+                 command.revision, command.job_id, plan.start, plan.stop, plan.restart, plan.keep)
+        self.uplink.publish_status()
+
+    def _refuse_cameras(self, command: CameraConfigCommand, code: str, reason: str) -> None:
+        self._count_rejected()
+        self.camera_rejection = (command.revision, code, reason)
+        log.error("refused camera set revision %d (job %s, %s): %s; the running cameras are unchanged",
+                  command.revision, command.job_id, code, reason)
+        self.uplink.publish_status()
+
+    def apply_cameras(self, specs: list[CameraSpec], revision: int) -> CameraPlan:
+        """Run exactly ``specs`` from now on: start the new cameras, stop the removed ones and
+        restart only those whose spec changed; the others keep their pipeline untouched.
+
+        The set is saved before any pipeline changes, so a crash midway restarts into it.
+
+        Raises:
+            OSError: the set could not be saved (nothing was changed).
+        """
+        plan = plan_cameras(list(self.camera_specs.values()), specs)
+        self.camera_file.save(AppliedCameraSet(revision=revision, cameras=list(specs)))
+        wanted = {spec.name: spec for spec in specs}
+        leaving = [*plan.stop, *plan.restart]
+        stopping = [pipeline for name, pipeline in self.pipelines.items() if name in leaving]
+        # Readers (telemetry, status on paho's thread) iterate these dicts: replace, never mutate.
+        self.managers = {n: m for n, m in self.managers.items() if n not in leaving}
+        self.pipelines = {n: p for n, p in self.pipelines.items() if n not in leaving}
+        self.camera_specs = {n: s for n, s in self.camera_specs.items() if n not in leaving}
+        for name in leaving:
+            self.shadows.stop(name)
+        for pipeline in stopping:
+            pipeline.stop()
+        settings = self._install_settings()
+        pipelines, managers = dict(self.pipelines), dict(self.managers)
+        for name in [n for n in wanted if n in plan.start or n in plan.restart]:
+            pipeline_config = pipeline_config_for(wanted[name], config=self.config, base=self._file_pipelines.get(name))
+            pipeline = self._build_pipeline(pipeline_config, None)
+            manager = self._new_manager(pipeline, PackageStore(self.config.state_dir, name), settings)
+            self._serve_assigned_package(pipeline_config, manager)
+            manager.restore()
+            pipeline.engine.output_hook = self.shadows.hook(name, self.monitoring.hook(name))
+            pipeline.start()
+            self._pipeline_configs[name] = pipeline_config
+            pipelines[name], managers[name] = pipeline, manager
+        self.managers = {n: managers[n] for n in wanted}
+        self.pipelines = {n: pipelines[n] for n in wanted}
+        self.camera_specs = dict(wanted)
+        self.cameras_revision = revision
+        return plan
+
+    def _serve_assigned_package(self, pipeline_config: PipelineConfig, manager: InstallManager) -> None:
+        """A camera assigned a package serves it: copied from whichever camera's slot holds it
+        into this camera's own store (so it survives restarts), unless already active there."""
+        package_id = pipeline_config.package_id
+        active = manager.store.active()
+        if package_id is None or (active is not None and active.package_id == package_id):
+            return
+        found = find_package([m.store for m in self.managers.values() if m.store.root != manager.store.root],
+                             package_id)
+        if found is None:
+            log.error("[%s] assigned package %s is not on this device; waiting for a deployment",
+                      pipeline_config.name, package_id)
+            return
+        try:
+            adopt_package(manager.store, *found)
+        except (AgentError, OSError) as exc:
+            log.error("[%s] cannot serve assigned package %s: %s", pipeline_config.name, package_id, exc)

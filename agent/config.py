@@ -15,6 +15,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from agent.capture.stream import StreamSettings
+from agent.contract.messages import CameraRegion
 from agent.contract.topics import DEFAULT_PREFIX, validate_device_id
 from agent.telemetry.drift import MonitoringConfig
 
@@ -48,6 +49,11 @@ class PipelineConfig(BaseModel):
     camera_reconnect_max_s: float = Field(default=30.0, gt=0)
     # A secret holding "user:password" for the camera URL (kept out of the config file).
     credentials_ref: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
+    # Only this part of each frame reaches the model (fractions of the frame); None = all of it.
+    region: CameraRegion | None = None
+    # A package the device already holds, served by this camera (agent/cameras.py); None = whatever
+    # a deploy installs into it.
+    package_id: str | None = None
 
     def source_url(self) -> str:
         """``source`` with ``{secret:<credentials_ref>}@`` inserted after the scheme when set."""

@@ -32,6 +32,8 @@ from typing import IO, Literal
 import numpy as np
 import numpy.typing as npt
 
+from agent.capture.crop import crop_to_region
+from agent.contract.messages import CameraRegion
 from agent.uplink.backoff import jittered_backoff_s
 
 log = logging.getLogger(__name__)
@@ -235,6 +237,8 @@ class StreamSource:
         self.display_url = redact(url)
         self.health = CameraHealth()
         self.reconnects = 0
+        # A region of interest (agent.capture.region): frames are cropped to it as they are retrieved.
+        self.region: CameraRegion | None = None
         self._ffmpeg = ffmpeg or shutil.which("ffmpeg") or "ffmpeg"
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
@@ -269,7 +273,11 @@ class StreamSource:
 
     def retrieve(self) -> npt.NDArray[np.uint8] | None:
         grabbed = self._grabbed
-        return grabbed.frame if grabbed is not None else None
+        if grabbed is None:
+            return None
+        if self.region is not None:
+            return crop_to_region(grabbed.frame, self.region)
+        return grabbed.frame
 
     def latest(self) -> CapturedFrame | None:
         """The frame the last successful ``grab`` took, with its capture times."""
