@@ -15,6 +15,7 @@ import typer
 
 from cloud.cli import (
     broker,
+    cameras,
     data,
     deployments,
     devices,
@@ -52,6 +53,7 @@ app.command("build")(model.build)
 app.command("serve")(plane.serve)
 app.command("demo")(plane.demo)
 app.add_typer(devices.device_app, name="device")
+app.add_typer(cameras.camera_app, name="camera")
 app.add_typer(deployments.deployment_app, name="deployment")
 app.add_typer(packages.package_app, name="package")
 app.add_typer(fleet.fleet_app, name="fleet")
