@@ -1,9 +1,12 @@
-"""`edgefleet camera add|set|remove|list` over HTTP: checked input, revisions, audit, exit codes."""
+"""Cameras changed from the CLI (`edgefleet camera add|set|remove|list`) and the dashboard's device
+page: checked input with what to fix, revisions, audit, exit codes, CSRF."""
 
 from __future__ import annotations
 
 import json
+from urllib.parse import unquote_plus
 
+import httpx
 import pytest
 from sqlmodel import Session
 from typer.testing import CliRunner
@@ -12,7 +15,7 @@ from cloud.cli import app
 from cloud.cli.client import Exit
 from cloud.governance import audit
 from cloud.security.tables import Role
-from tests.ui.helpers import make_token
+from tests.ui.helpers import dashboard_login, make_token, page_csrf
 
 pytestmark = pytest.mark.integration
 
@@ -63,3 +66,37 @@ def test_camera_commands_change_the_desired_set_and_refuse_what_cannot_run(contr
     with Session(control_plane.engine) as session:
         actions = [e.action for e in audit.list_events(session, subject_id="cam-cli")]
     assert actions == ["camera.added", "camera.added", "camera.changed", "camera.removed"]
+
+
+def _flash(response: httpx.Response) -> str:
+    assert response.status_code == 303, response.text
+    return unquote_plus(response.headers["location"])
+
+
+def test_device_page_lists_cameras_and_adds_and_removes_them(control_plane, api) -> None:
+    assert api.post("/api/v1/devices", json={"id": "cam-ui"}).status_code == 201
+    assert api.post("/api/v1/devices/cam-ui/cameras", json={"name": "door", "source": "synthetic:1"}).status_code == 202
+    page = "/ui/devices/cam-ui"
+    with httpx.Client(base_url=control_plane.base_url, timeout=15) as client:
+        assert dashboard_login(client, make_token(control_plane, Role.OPERATOR), page).status_code == 303
+        html = client.get(page).text
+        assert 'id="h-cameras"' in html and 'data-camera="door"' in html and "Desired revision 1" in html
+        csrf = page_csrf(client, page)
+        stale = client.post(f"{page}/cameras", data={"csrf": "stale", "name": "yard", "source": "synthetic:2"})
+        assert "reload the page" in _flash(stale)
+        literal = client.post(f"{page}/cameras", data={"csrf": csrf, "name": "yard", "target_fps": "5",
+                                                       "source": "rtsp://admin:pw@10.0.0.5/s", "rtsp_transport": "tcp"})
+        assert "camera not added" in _flash(literal) and "{secret:NAME}" in _flash(literal)
+        region = client.post(f"{page}/cameras", data={"csrf": csrf, "name": "yard", "source": "synthetic:2",
+                                                      "region": "0,0,1"})
+        assert "x,y,width,height" in _flash(region)
+        added = client.post(f"{page}/cameras", data={"csrf": csrf, "name": "yard", "source": "synthetic:2",
+                                                     "target_fps": "2", "region": "0.5, 0, 0.5, 1", "rtsp_transport": "udp"})
+        assert "revision 2" in _flash(added)
+        assert 'data-camera="yard"' in client.get(page).text
+        confirm = client.post(f"{page}/cameras/door/remove", data={"csrf": csrf})
+        assert confirm.status_code == 200 and "camera door of cam-ui" in confirm.text
+        removed = client.post(f"{page}/cameras/door/remove", data={"csrf": csrf, "confirm": "yes"})
+        assert "revision 3" in _flash(removed)
+    listed = api.get("/api/v1/devices/cam-ui/cameras").json()
+    assert [(c["name"], c["rtsp_transport"], c["region"]["x"]) for c in listed["cameras"]] == [("yard", "udp", 0.5)]
