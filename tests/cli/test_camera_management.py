@@ -100,3 +100,29 @@ def test_device_page_lists_cameras_and_adds_and_removes_them(control_plane, api)
         assert "revision 3" in _flash(removed)
     listed = api.get("/api/v1/devices/cam-ui/cameras").json()
     assert [(c["name"], c["rtsp_transport"], c["region"]["x"]) for c in listed["cameras"]] == [("yard", "udp", 0.5)]
+
+
+def test_camera_section_shows_refusals_and_cameras_being_removed() -> None:
+    from datetime import UTC, datetime
+
+    from cloud.dashboard.auth import DashboardUser
+    from cloud.dashboard.routes import templates
+    from cloud.security.tokens import Principal
+
+    user = DashboardUser("ops", Role.OPERATOR, Principal(Role.OPERATOR, "ops"), csrf="c" * 32)
+    reported = {"state": "streaming", "error_code": None, "frames_processed": 120, "serving_package_id": "p-1"}
+    cameras = {"device_id": "d1", "desired_revision": 3, "applied_revision": 2, "in_sync": False,
+               "rejected_revision": 3, "error_code": "bad_camera_config",
+               "error": "camera 'gate': package 'p-9' is not on this device", "reported_at": None,
+               "cameras": [{"name": "door", "source": "rtsp://{secret:door}@10.0.0.5/s", "target_fps": 5.0,
+                            "region": {"x": 0.25, "y": 0.0, "width": 0.5, "height": 1.0}, "package_id": "p-1",
+                            "rtsp_transport": "udp", "reported": reported, "applied": True}],
+               "not_desired": [{"name": "old", "source": "synthetic:1", "target_fps": 5.0, "region": None,
+                                "package_id": None, "rtsp_transport": "tcp", "reported": reported, "applied": False}]}
+    html = templates.get_template("_device_cameras.html").render(
+        user=user, device={"id": "d1"}, cameras=cameras, now=datetime.now(UTC))
+    text = " ".join(html.split())
+    assert "applied rev 2" in text and "refused revision 3 (bad_camera_config)" in text
+    assert "'p-9' is not on this device" in html.replace("&#39;", "'")
+    assert "old (being removed)" in text and "0.25, 0.00, 0.50 \u00d7 1.00" in text
+    assert 'name="csrf" value="' + "c" * 32 in html

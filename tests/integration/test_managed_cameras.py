@@ -36,10 +36,12 @@ FAST_INSTALL = {"probation_window_s": 0.5, "probation_min_frames": 2, "runtime_t
 
 
 class TelemetryWatch:
-    """The newest cumulative ``processed`` count per pipeline, from the device's telemetry on the broker."""
+    """The newest cumulative ``processed`` count per pipeline, from the device's telemetry on the broker,
+    and how often a pipeline's count went down (a restarted pipeline counts from zero again)."""
 
     def __init__(self, broker_url: str, topic: str) -> None:
         self.processed: dict[str, int] = {}
+        self.resets: dict[str, int] = {}
         self._lock = threading.Lock()
         address = parse_broker_url(broker_url)
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2)
@@ -51,8 +53,11 @@ class TelemetryWatch:
     def _message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         report = json.loads(message.payload)
         if report.get("pipeline") and report.get("frame_totals"):
+            name, processed = report["pipeline"], report["frame_totals"]["processed"]
             with self._lock:
-                self.processed[report["pipeline"]] = report["frame_totals"]["processed"]
+                if processed < self.processed.get(name, 0):
+                    self.resets[name] = self.resets.get(name, 0) + 1
+                self.processed[name] = processed
 
     def count(self, pipeline: str) -> int:
         with self._lock:
@@ -60,6 +65,10 @@ class TelemetryWatch:
 
     def grows(self, pipeline: str, beyond: int) -> bool:
         return self.count(pipeline) > beyond
+
+    def forget(self) -> None:
+        with self._lock:
+            self.processed.clear()
 
     def stop(self) -> None:
         self._client.loop_stop()
@@ -126,7 +135,7 @@ def test_cameras_added_refused_and_kept_without_restarting_the_agent(control_pla
         wait_for(lambda: (c := _cameras(api))["applied_revision"] == 1 and c["in_sync"], 30,
                  what="applied revision 1 reported")
         assert agent.process.poll() is None and agent.process.pid == pid
-        assert watch.count("main") > main_before
+        assert watch.count("main") > main_before and watch.resets == {}
         listed = wait_for(lambda: (c := _cameras(api))["cameras"][-1]["reported"] and c, 30, what="yard's state")
         yard = listed["cameras"][-1]
         assert yard["name"] == "yard" and yard["applied"] and yard["reported"]["serving_package_id"] == release.package_id
@@ -158,11 +167,11 @@ def test_cameras_added_refused_and_kept_without_restarting_the_agent(control_pla
         for name, count in counts.items():
             wait_for(lambda name=name, count=count: watch.grows(name, count), 20,
                      what=f"{name} still serving after the refusal")
-        assert agent.process.poll() is None and agent.process.pid == pid
+        assert agent.process.poll() is None and agent.process.pid == pid and watch.resets == {}
 
         # The applied set survives a restart: the config file's single camera is only the initial set.
         agent = _restart(agent)
-        watch.processed.clear()
+        watch.forget()
         wait_for(lambda: watch.grows("yard", 0) and watch.grows("main", 0), 60, what="both cameras after a restart")
     finally:
         watch.stop()
