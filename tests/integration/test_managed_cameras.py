@@ -3,8 +3,9 @@
 One agent runs its config file's camera; a camera added through the API starts serving
 (its own telemetry) in the same process, the first camera never restarts (its cumulative
 frame counter keeps growing), bad sets are refused at the API (4xx) and, when signed and
-sent anyway, by the agent (reason in its status) while both cameras keep running; after a
-restart the agent runs the applied set again.
+sent anyway, by the agent (reason in its status) while both cameras keep running; a changed
+camera restarts alone; a removed one stops; after a restart the agent runs the applied set,
+not its config file's.
 """
 
 from __future__ import annotations
@@ -169,10 +170,25 @@ def test_cameras_added_refused_and_kept_without_restarting_the_agent(control_pla
                      what=f"{name} still serving after the refusal")
         assert agent.process.poll() is None and agent.process.pid == pid and watch.resets == {}
 
-        # The applied set survives a restart: the config file's single camera is only the initial set.
+        # A changed camera restarts (its counter starts again); the other one does not.
+        changed = api.put(f"/api/v1/devices/{DEVICE}/cameras/yard", json={**good, "target_fps": 4})
+        assert changed.status_code == 202 and changed.json()["revision"] == 2, changed.text
+        wait_for(lambda: watch.resets.get("yard", 0) >= 1, 30, what="the changed camera restarting")
+        wait_for(lambda: (c := _cameras(api))["applied_revision"] == 2 and c["rejected_revision"] is None, 30,
+                 what="applied revision 2")
+        assert "main" not in watch.resets and agent.process.pid == pid
+        # Removing the config file's camera stops it, and it stays removed across a restart:
+        # the config file's cameras are only the initial set.
+        assert api.delete(f"/api/v1/devices/{DEVICE}/cameras/main").status_code == 202
+        wait_for(lambda: (c := _cameras(api))["applied_revision"] == 3 and c["in_sync"], 30,
+                 what="applied revision 3")
+        assert [c["name"] for c in _cameras(api)["cameras"]] == ["yard"] and not _cameras(api)["not_desired"]
         agent = _restart(agent)
         watch.forget()
-        wait_for(lambda: watch.grows("yard", 0) and watch.grows("main", 0), 60, what="both cameras after a restart")
+        wait_for(lambda: watch.grows("yard", 0), 60, what="the applied set serving after a restart")
+        after = wait_for(lambda: (c := _cameras(api))["cameras"][0]["reported"] and c, 30, what="status after restart")
+        assert after["applied_revision"] == 3 and after["in_sync"] and not after["not_desired"]
+        assert watch.count("main") == -1  # the config file's camera did not come back
     finally:
         watch.stop()
         stop_agents([agent])
