@@ -107,8 +107,7 @@ def camera_set_problems(specs: Sequence[CameraSpec]) -> list[str]:
         problems.append(f"{len(specs)} cameras; a device runs at most {MAX_CAMERAS}")
     duplicates = sorted(name for name, count in Counter(spec.name for spec in specs).items() if count > 1)
     if duplicates:
-        problems.append(f"camera names must be unique; {', '.join(repr(n) for n in duplicates)} "
-                        "appear more than once")
+        problems.append(f"camera names must be unique; used more than once: {', '.join(repr(n) for n in duplicates)}")
     for spec in specs:
         problems += camera_spec_problems(spec)
     return problems

@@ -162,7 +162,7 @@ def test_cameras_added_refused_and_kept_without_restarting_the_agent(control_pla
         control_plane.mqtt.publish_command(control_plane.security.director.sign(bad))
         refused = wait_for(lambda: (c := _cameras(api))["rejected_revision"] == 2 and c, 30, what="the refusal")
         assert refused["error_code"] == "bad_camera_config"
-        for fragment in ("appear more than once", "literal credentials", "'pkg-elsewhere' is not on this device"):
+        for fragment in ("used more than once: 'main'", "literal credentials", "'pkg-elsewhere' is not on this device"):
             assert fragment in refused["error"], refused["error"]
         assert refused["applied_revision"] == 1 and [c["name"] for c in refused["cameras"]] == ["main", "yard"]
         for name, count in counts.items():

@@ -30,7 +30,7 @@ def cam(name: str, source: str = "synthetic:1", **fields: object) -> CameraSpec:
 
 @pytest.mark.parametrize(("specs", "fragment"), [
     ([], "at least one camera"),
-    ([cam("a"), cam("a", "synthetic:2")], "'a' appear more than once"),
+    ([cam("a"), cam("a", "synthetic:2")], "used more than once: 'a'"),
     ([cam("a b")], "must be 1-32 letters"),
     ([cam("a", "rtsp://admin:hunter2@10.0.0.5/stream")], "{secret:NAME}"),
     ([cam("a", "rtsp://admin@10.0.0.5/stream")], "literal credentials"),
