@@ -35,7 +35,13 @@ def redact_source(source: str) -> str:
     return f"{match.group('scheme')}***@{source[match.end():]}"
 
 
+def _has_control_characters(text: str) -> bool:
+    return any(ord(character) < 32 or ord(character) == 127 for character in text)
+
+
 def _source_problems(name: str, source: str) -> list[str]:
+    if _has_control_characters(source):
+        return [f"camera {name!r}: source contains control characters; give a plain URL, path or device index"]
     if not source.strip():
         return [f"camera {name!r}: source is empty; give a URL (rtsp://...), a file path, a device index "
                 "or synthetic:<seed>"]
@@ -88,13 +94,17 @@ def _region_problems(name: str, region: CameraRegion | None) -> list[str]:
 def camera_spec_problems(spec: CameraSpec) -> list[str]:
     """What is wrong with one camera on its own (empty when nothing)."""
     problems: list[str] = []
-    if not CAMERA_NAME_PATTERN.match(spec.name):
+    if not CAMERA_NAME_PATTERN.fullmatch(spec.name):
         problems.append(f"camera name {spec.name!r} must be 1-32 letters, digits, '_' or '-'")
     problems += _source_problems(spec.name, spec.source)
     if not math.isfinite(spec.target_fps) or not 0 <= spec.target_fps <= MAX_TARGET_FPS:
         problems.append(f"camera {spec.name!r}: target_fps must be between 0 (as fast as frames arrive) "
                         f"and {MAX_TARGET_FPS:g}")
     problems += _region_problems(spec.name, spec.region)
+    if spec.package_id is not None and (not spec.package_id.strip() or _has_control_characters(spec.package_id)
+                                        or spec.package_id != spec.package_id.strip()):
+        problems.append(f"camera {spec.name!r}: package_id {spec.package_id!r} is not a package id; give one from "
+                        "`edgefleet package list` or leave it out")
     return problems
 
 

@@ -43,6 +43,9 @@ def cam(name: str, source: str = "synthetic:1", **fields: object) -> CameraSpec:
     ([cam("a", region=CameraRegion(x=0.5, y=0, width=0.6, height=1))], "inside the frame"),
     ([cam("a", region=CameraRegion(x=0, y=0, width=0, height=1))], "width and height > 0"),
     ([cam(f"c{i}") for i in range(9)], "at most 8"),
+    ([cam("a", "/data/clip\x00.mp4")], "control characters"),
+    ([cam("a", package_id=" ")], "is not a package id"),
+    ([cam("a\n")], "must be 1-32 letters"),
 ])
 def test_bad_camera_sets_say_what_to_fix(specs: list[CameraSpec], fragment: str) -> None:
     problems = camera_set_problems(specs)
