@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
-from agent.contract import CameraConfigCommand, CameraRegion, CameraSpec
+from agent.contract import CameraConfigCommand, CameraRegion, CameraSpec, DeviceState, StatusReport
 from agent.contract.cameras import camera_set_problems
 from cloud.errors import ConflictError, InvalidInputError
 from cloud.fleet import crud
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from cloud.core.plane import Plane
 
 __all__ = ["CameraIn", "CameraPublic", "CameraSetPublic", "CameraSetSent", "add_camera", "camera_set",
-           "remove_camera", "replace_cameras", "update_camera"]
+           "remove_camera", "replace_cameras", "resend_when_behind", "update_camera"]
 
 log = logging.getLogger(__name__)
 
@@ -279,3 +279,33 @@ def remove_camera(plane: Plane, session: Session, device_id: str, name: str, *, 
                             "Add the replacement first, then remove this one")
     return _store_and_send(plane, session, device_id, row, remaining, actor=actor, action="camera.removed",
                            details={"name": name})
+
+
+# --- repair --------------------------------------------------------------------------------------
+def resend_when_behind(plane: Plane, session: Session, report: object) -> None:
+    """An ingest listener: a device online with an older camera set than desired, whose last camera
+    command expired before it was applied (the device was offline), gets the desired set again
+    with a fresh ``seq``. A set the device refused is not resent: an operator must change it."""
+    if (not isinstance(report, StatusReport) or report.cameras is None or report.state != DeviceState.ONLINE
+            or plane.mqtt is None):
+        return
+    with Session(plane.engine) as own:
+        row = own.get(DeviceCameraSet, report.device_id)
+        if (row is None or row.desired_revision == 0 or report.cameras.applied_revision >= row.desired_revision
+                or report.cameras.rejected_revision == row.desired_revision):
+            return
+        sent_at = row.sent_at if row.sent_at is None or row.sent_at.tzinfo else row.sent_at.replace(tzinfo=UTC)
+        if sent_at is not None and utc_now() - sent_at < timedelta(seconds=plane.settings.command_ttl_s):
+            return  # still in flight
+        device = crud.get_device(own, report.device_id)
+        device.command_seq += 1
+        command = CameraConfigCommand(
+            device_id=device.id, job_id=crud.short_id("cams"), revision=row.desired_revision,
+            cameras=[_spec_of_row(r) for r in _desired_rows(own, device.id)], seq=device.command_seq,
+            expires_at=datetime.now(UTC) + timedelta(seconds=plane.settings.command_ttl_s))
+        row.last_job_id, row.sent_at = command.job_id, utc_now()
+        own.add_all([row, device])
+        own.commit()
+    log.info("device %s runs camera set revision %d of %d: sent it again (job %s)", report.device_id,
+             report.cameras.applied_revision, command.revision, command.job_id)
+    plane.mqtt.publish_command(plane.security.director.sign(command))

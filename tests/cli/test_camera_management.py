@@ -4,6 +4,7 @@ page: checked input with what to fix, revisions, audit, exit codes, CSRF."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote_plus
 
 import httpx
@@ -11,8 +12,11 @@ import pytest
 from sqlmodel import Session
 from typer.testing import CliRunner
 
+from agent.contract import CameraSetStatus, DeviceState, StatusReport
 from cloud.cli import app
 from cloud.cli.client import Exit
+from cloud.fleet import crud
+from cloud.fleet.camera_tables import DeviceCameraSet
 from cloud.governance import audit
 from cloud.security.tables import Role
 from tests.ui.helpers import dashboard_login, make_token, page_csrf
@@ -67,6 +71,25 @@ def test_camera_commands_change_the_desired_set_and_refuse_what_cannot_run(contr
         actions = [e.action for e in audit.list_events(session, subject_id="cam-cli")]
     assert actions == ["camera.added", "camera.added", "camera.changed", "camera.removed"]
 
+    # The device comes online still on its config file's cameras after the last command expired:
+    # the control plane sends the desired set again, once, with a new seq.
+    with Session(control_plane.engine) as session:
+        row = session.get(DeviceCameraSet, "cam-cli")
+        assert row is not None and row.last_job_id is not None
+        expired_job, row.sent_at = row.last_job_id, datetime.now(UTC) - timedelta(days=2)
+        session.add(row)
+        session.commit()
+        seq_before = crud.get_device(session, "cam-cli").command_seq
+    status = StatusReport(device_id="cam-cli", state=DeviceState.ONLINE,
+                          cameras=CameraSetStatus(applied_revision=0, cameras=[]))
+    topic = control_plane.topics.status("cam-cli")
+    control_plane.ingest.handle(topic, status.to_bytes())  # stored synchronously, listeners included
+    control_plane.ingest.handle(topic, status.model_copy(update={"message_id": "second-status"}).to_bytes())
+    with Session(control_plane.engine) as session:
+        row = session.get(DeviceCameraSet, "cam-cli")
+        assert row is not None and row.last_job_id != expired_job and row.applied_revision == 0
+        assert crud.get_device(session, "cam-cli").command_seq == seq_before + 1  # the second status found it in flight
+
 
 def _flash(response: httpx.Response) -> str:
     assert response.status_code == 303, response.text
@@ -103,8 +126,6 @@ def test_device_page_lists_cameras_and_adds_and_removes_them(control_plane, api)
 
 
 def test_camera_section_shows_refusals_and_cameras_being_removed() -> None:
-    from datetime import UTC, datetime
-
     from cloud.dashboard.auth import DashboardUser
     from cloud.dashboard.routes import templates
     from cloud.security.tokens import Principal
