@@ -12,6 +12,7 @@ import typer
 
 from cloud.cli.client import (
     DEFAULT_SERVER,
+    Exit,
     JsonOpt,
     ServerOpt,
     TokenOpt,
@@ -19,6 +20,7 @@ from cloud.cli.client import (
     cell,
     console,
     emit_json,
+    fail,
     print_listing,
 )
 
@@ -83,18 +85,34 @@ def camera_add(
 def camera_set(
     name: Annotated[str, typer.Argument(help="camera name")],
     device: DeviceOpt,
-    source: SourceOpt,
-    fps: FpsOpt = 5.0,
-    region: RegionOpt = None,
-    package: PackageOpt = None,
-    transport: TransportOpt = "tcp",
+    source: Annotated[str | None, typer.Option("--source", help="new source (credentials only as {secret:NAME})")] = None,
+    fps: Annotated[float | None, typer.Option("--fps", min=0, max=120, help="new target frames per second")] = None,
+    region: Annotated[str | None, typer.Option(
+        "--region", help="new region x,y,width,height (fractions of the frame), or 'full' for the whole frame")] = None,
+    package: Annotated[str | None, typer.Option("--package", help="new package, or 'none' to serve what a deploy installs")] = None,
+    transport: Annotated[str | None, typer.Option("--transport", help="new RTSP transport: tcp or udp")] = None,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Change a camera (all of its settings); only that camera restarts on the device."""
-    result = call(server, token, "PUT", f"/api/v1/devices/{device}/cameras/{name}",
-                  _body(name, source, fps, region, package, transport))
+    """Change some of a camera's settings (the others stay); only that camera restarts on the device."""
+    current: dict[str, Any] = call(server, token, "GET", f"/api/v1/devices/{device}/cameras")
+    camera = next((c for c in current["cameras"] if c["name"] == name), None)
+    if camera is None:
+        fail(f"device {device} has no camera {name!r}; add it with `edgefleet camera add {name} --device {device} "
+             "--source ...`", Exit.NOT_FOUND)
+    body = {key: camera[key] for key in ("name", "source", "target_fps", "region", "package_id", "rtsp_transport")}
+    if source is not None:
+        body["source"] = source
+    if fps is not None:
+        body["target_fps"] = fps
+    if region is not None:
+        body["region"] = None if region == "full" else _region(region)
+    if package is not None:
+        body["package_id"] = None if package == "none" else package
+    if transport is not None:
+        body["rtsp_transport"] = transport
+    result = call(server, token, "PUT", f"/api/v1/devices/{device}/cameras/{name}", body)
     _report_change("changed", name, device, result, json_out)
 
 

@@ -49,10 +49,12 @@ def test_camera_commands_change_the_desired_set_and_refuse_what_cannot_run(contr
                                 "--transport", "udp", "--fps", "4", "--json"], env=operator)
     assert added.exit_code == 0, added.output
     assert json.loads(added.stdout)["revision"] == 1
-    assert runner.invoke(app, ["camera", "add", "yard", *device, "--source", "synthetic:2"], env=operator).exit_code == 0
+    assert runner.invoke(app, ["camera", "add", "yard", *device, "--source", "synthetic:2", "--fps", "3"],
+                         env=operator).exit_code == 0
     changed = runner.invoke(app, ["camera", "set", "yard", *device, "--source", "synthetic:3", "--region",
                                   "0,0,0.5,0.5"], env=operator)
     assert changed.exit_code == 0 and "revision 3" in _text(changed.output), changed.output
+    assert runner.invoke(app, ["camera", "set", "nope", *device, "--fps", "1"], env=operator).exit_code == Exit.NOT_FOUND
     assert runner.invoke(app, ["camera", "remove", "door", *device], env=operator).exit_code == 0
     last = runner.invoke(app, ["camera", "remove", "yard", *device], env=operator)
     assert last.exit_code == Exit.BAD_INPUT and "is the last camera" in _text(last.output), last.output
@@ -62,8 +64,9 @@ def test_camera_commands_change_the_desired_set_and_refuse_what_cannot_run(contr
     assert listed.exit_code == 0, listed.output
     cameras = json.loads(listed.stdout)
     assert cameras["desired_revision"] == 4 and cameras["applied_revision"] is None and not cameras["in_sync"]
-    assert [(c["name"], c["source"], c["region"]) for c in cameras["cameras"]] == [
-        ("yard", "synthetic:3", {"x": 0.0, "y": 0.0, "width": 0.5, "height": 0.5})]
+    # `set` changed the source and the region; the settings it was not given stayed (fps 3 from `add`).
+    assert [(c["name"], c["source"], c["region"], c["target_fps"]) for c in cameras["cameras"]] == [
+        ("yard", "synthetic:3", {"x": 0.0, "y": 0.0, "width": 0.5, "height": 0.5}, 3.0)]
     table = runner.invoke(app, ["camera", "list", *device], env=viewer)
     assert table.exit_code == 0 and "desired revision 4, applied -" in _text(table.stdout), table.output
     assert "yard" in table.stdout and "synthetic" in table.stdout
