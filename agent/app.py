@@ -20,9 +20,29 @@ from pathlib import Path
 import psutil
 
 from agent import __version__
+from agent.cameras import (
+    AppliedCameraSet,
+    CameraPlan,
+    CameraSetFile,
+    adopt_package,
+    device_problems,
+    device_stores,
+    find_package,
+    held_packages,
+    pipeline_config_for,
+    plan_cameras,
+    reported_spec,
+    shared_model_problems,
+    spec_of,
+)
 from agent.capture.source import FrameSource, limit_opencv_threads, open_source
+from agent.capture.stream import StreamSource
 from agent.config import AgentConfig, PipelineConfig
 from agent.contract import (
+    CameraConfigCommand,
+    CameraSetStatus,
+    CameraSpec,
+    CameraState,
     Command,
     ContractError,
     DeployCommand,
@@ -37,7 +57,7 @@ from agent.contract import (
 )
 from agent.contract.broker_url import parse_broker_url
 from agent.contract.messages import DetectionWindow, ResyncCommand, message_kind
-from agent.errors import AgentError, CommandQueueFullError, SignatureError
+from agent.errors import AgentError, CameraApplyError, CommandQueueFullError, SignatureError
 from agent.infer.batcher import BatchSettings
 from agent.infer.engine import InferenceEngine, ResultSink, load_model, loaded_model_count
 from agent.infer.serving import ModelGroup
@@ -136,9 +156,24 @@ class AgentApp:
         # Where the config came from: a broker URL learnt from the control plane is written back there.
         self.config_path = config_path
         self.topics = Topics(config.topic_prefix)
-        pipeline_configs = config.pipeline_configs()
-        # The first model's store also keeps the device-wide state (the command sequence).
-        self.store = PackageStore(config.state_dir, pipeline_configs[0].model_group)
+        # The cameras: the set last applied from the control plane (saved in the state dir), else
+        # the config file's pipelines (revision 0). agent/cameras.py; docs/agent.md.
+        self.camera_file = CameraSetFile(config.state_dir)
+        file_configs = config.pipeline_configs()
+        self._file_pipelines = {p.name: p for p in file_configs}
+        saved_cameras = self.camera_file.load()
+        pipeline_configs = (file_configs if saved_cameras is None else
+                            [pipeline_config_for(spec, config=config, base=self._file_pipelines.get(spec.name))
+                             for spec in saved_cameras.cameras])
+        self.cameras_revision = 0 if saved_cameras is None else saved_cameras.revision
+        self.camera_specs: dict[str, CameraSpec] = {p.name: spec_of(p) for p in pipeline_configs}
+        # The last camera command refused: (revision, error code, reason), reported in the status.
+        self.camera_rejection: tuple[int, str, str] | None = None
+        self._camera_states_reported: tuple[tuple[str, str, str | None], ...] = ()
+        # The config file's first model's store also keeps the device-wide state (the command
+        # sequence): taken from the config file, not the applied camera set, so that a camera
+        # change never moves it (a lower remembered seq would let old commands replay).
+        self.store = self.primary_store(config)
         self.profile = _load_profile(config)
         # Keepalive, reconnect backoff and download timeouts: the profile's, unless the config overrides them.
         self.network = config.network(self.profile.network if self.profile else None)
@@ -236,8 +271,8 @@ class AgentApp:
 
     @staticmethod
     def primary_store(config: AgentConfig) -> PackageStore:
-        """The first pipeline's package store (device-wide state: command seq, release floors)."""
-        return PackageStore(config.state_dir, config.pipeline_configs()[0].name)
+        """The store of the config file's first model (device-wide state: command seq, release floors)."""
+        return PackageStore(config.state_dir, config.pipeline_configs()[0].model_group)
 
     def _current_broker_url(self) -> str | None:
         assert self.config.api_token_file is not None
@@ -310,6 +345,8 @@ class AgentApp:
             if created:
                 del self.groups[group.name], self.managers[group.name]
             raise
+        if created and pipeline_config.package_id is not None:
+            self._serve_assigned_package(self.managers[group.name], pipeline_config.package_id)
         group.cameras.append(pipeline.name)
         self.pipelines[pipeline.name] = pipeline
         self._model_of[pipeline.name] = group.name
@@ -447,10 +484,11 @@ class AgentApp:
 
     # -- reports -------------------------------------------------------------
     def _status(self) -> StatusReport:
-        # Every camera may have been removed at run time: then nothing is served.
-        first = next(iter(self.pipelines.values()), None)
-        model = first.engine.model if first is not None else None
-        install_states = [m.state for m in self.managers.values() if m.state is not InstallState.IDLE]
+        # Called on paho's thread while cameras may come and go: work on snapshots (list() of a
+        # dict is taken whole under the GIL). Every camera may have been removed: nothing is served.
+        pipelines = list(self.pipelines.items())
+        model = pipelines[0][1].engine.model if pipelines else None
+        install_states = [m.state for m in list(self.managers.values()) if m.state is not InstallState.IDLE]
         return StatusReport(
             device_id=self.config.device_id,
             state=DeviceState.ONLINE,
@@ -467,9 +505,44 @@ class AgentApp:
                     package_id=p.engine.model.manifest.package_id if p.engine.model else None,
                     runtime=p.engine.model.runtime_label if p.engine.model else None,
                 )
-                for name, p in self.pipelines.items()
+                for name, p in pipelines
             ],
+            cameras=self._camera_status(),
         )
+
+    def _camera_states(self) -> list[CameraState]:
+        states: list[CameraState] = []
+        pipelines = dict(list(self.pipelines.items()))
+        for name, spec in list(self.camera_specs.items()):  # in the order of the applied set
+            pipeline = pipelines.get(name)
+            if pipeline is None:
+                continue
+            model = pipeline.engine.model
+            state: str = "streaming" if pipeline.camera_ok else "down"
+            error_code: str | None = None
+            if isinstance(pipeline.source, StreamSource):
+                health = pipeline.source.health_snapshot()
+                state, error_code = health.state, health.error_code
+            if model is None:
+                state = "waiting_for_model"  # capture idles until the camera has a model to serve
+            states.append(CameraState(spec=reported_spec(spec), state=state,  # type: ignore[arg-type]
+                                      error_code=error_code, frames_processed=pipeline.stats.total_frames,
+                                      serving_package_id=model.manifest.package_id if model else None))
+        return states
+
+    def _camera_status(self) -> CameraSetStatus:
+        rejection = self.camera_rejection
+        return CameraSetStatus(
+            applied_revision=self.cameras_revision, cameras=self._camera_states(),
+            rejected_revision=rejection[0] if rejection else None,
+            error_code=rejection[1] if rejection else None, error=rejection[2][:2000] if rejection else None)
+
+    def _republish_status_on_camera_change(self) -> None:
+        """The retained status carries each camera's state: send it again when one changed."""
+        states = tuple((c.spec.name, c.state, c.error_code) for c in self._camera_states())
+        if states != self._camera_states_reported:
+            self._camera_states_reported = states
+            self.uplink.publish_status()
 
     def _serving_changed(self) -> None:
         self.uplink.publish_status()
@@ -545,6 +618,7 @@ class AgentApp:
         self._process.cpu_percent(None)  # prime: the first call always returns 0
         while not self._stop.wait(self.config.telemetry_interval_s):
             self._publish_telemetry()
+            self._republish_status_on_camera_change()
 
     # -- commands ------------------------------------------------------------
     def _receive_command(self, payload: bytes) -> None:
@@ -558,7 +632,7 @@ class AgentApp:
             command = parse_any_command(payload)
         except ContractError as exc:
             kind = message_kind(payload)
-            if kind is not None and kind not in ("deploy", "resync"):
+            if kind is not None and kind not in ("deploy", "resync", "cameras"):
                 # Another kind of message (say a status report): not a command, so nothing to reject.
                 self.ignored_messages += 1
                 log.debug("ignored a %r message on the command topic", kind)
@@ -635,6 +709,8 @@ class AgentApp:
         try:
             if isinstance(command, ResyncCommand):
                 self._handle_resync(command)
+            elif isinstance(command, CameraConfigCommand):
+                self._handle_cameras(command)
             else:
                 self._handle_deploy(command)
         except Exception:  # the command thread is the update path: it must outlive any one command
@@ -875,3 +951,91 @@ class AgentApp:
         self._report_job(command, JobState.SUCCEEDED)
         log.info("shadowing %s on %.0f%% of frames for %.0fs", command.package_id,
                  command.shadow_sample_fraction * 100, command.shadow_duration_s)
+
+    # -- cameras managed from the control plane ---------------------------------
+    def _handle_cameras(self, command: CameraConfigCommand) -> None:
+        """A signed camera set (signature and addressee checked on receipt): freshness, then the
+        set's own checks, then :meth:`apply_cameras`. A set that cannot run is refused whole and
+        the reason goes out in the status; the cameras already running are left alone."""
+        try:
+            check_fresh(command, last_seq=self.store.last_command_seq(), now=datetime.now(UTC),
+                        seq_window=self.config.command_seq_window)
+        except AgentError as exc:
+            self._reject_command(command, exc)
+            return
+        self.store.set_last_command_seq(command.seq)
+        problems = device_problems(command.cameras, known_packages=held_packages(device_stores(self.config.state_dir)))
+        if not problems:
+            problems = shared_model_problems(self._camera_configs(command.cameras))
+        if problems:
+            self._refuse_cameras(command, "bad_camera_config", "; ".join(problems))
+            return
+        try:
+            plan = self.apply_cameras(command.cameras, command.revision)
+        except Exception as exc:  # a disk that refuses the saved set, a source that cannot be opened
+            log.exception("applying camera set revision %d failed", command.revision)
+            self._refuse_cameras(command, "camera_apply_failed", f"{type(exc).__name__}: {exc}")
+            return
+        self.camera_rejection = None
+        log.info("camera set revision %d applied (job %s): started %s, stopped %s, restarted %s, kept %s",
+                 command.revision, command.job_id, plan.start, plan.stop, plan.restart, plan.keep)
+        self.uplink.publish_status()
+
+    def _refuse_cameras(self, command: CameraConfigCommand, code: str, reason: str) -> None:
+        self._count_rejected()
+        self.camera_rejection = (command.revision, code, reason)
+        log.error("refused camera set revision %d (job %s, %s): %s; the running cameras are unchanged",
+                  command.revision, command.job_id, code, reason)
+        self.uplink.publish_status()
+
+    def _camera_configs(self, specs: list[CameraSpec]) -> list[PipelineConfig]:
+        """The pipeline configs that run ``specs`` (each over the config file's camera of its name)."""
+        return [pipeline_config_for(spec, config=self.config, base=self._file_pipelines.get(spec.name))
+                for spec in specs]
+
+    def apply_cameras(self, specs: list[CameraSpec], revision: int) -> CameraPlan:
+        """Run exactly ``specs`` from now on: start the new cameras, stop the removed ones and
+        restart (remove, then add) only those whose spec changed; the others keep their pipeline
+        untouched. Cameras come and go through :meth:`add_camera` / :meth:`remove_camera`, so each
+        joins (or leaves) its model's shared instance.
+
+        The set is saved before any pipeline changes, so a crash midway restarts into it.
+
+        Raises:
+            OSError: the set could not be saved (nothing was changed).
+            CameraApplyError: cameras whose source could not be opened (the others were applied).
+        """
+        plan = plan_cameras(list(self.camera_specs.values()), specs)
+        configs = {c.name: c for c in self._camera_configs(specs)}
+        self.camera_file.save(AppliedCameraSet(revision=revision, cameras=list(specs)))
+        for name in [*plan.stop, *plan.restart]:
+            self.remove_camera(name)
+        failed: dict[str, str] = {}
+        for spec in specs:
+            if spec.name in plan.start or spec.name in plan.restart:
+                try:
+                    self.add_camera(configs[spec.name])
+                except ValueError as exc:
+                    failed[spec.name] = str(exc)
+        self.camera_specs = {spec.name: spec for spec in specs if spec.name not in failed}
+        self.cameras_revision = revision
+        if failed:
+            raise CameraApplyError("; ".join(f"camera {name!r}: {reason}" for name, reason in failed.items()))
+        return plan
+
+    def _serve_assigned_package(self, manager: InstallManager, package_id: str) -> None:
+        """A model assigned a package serves it: copied from whichever store on the device holds
+        it into the model's own store (re-verified, so it survives restarts), unless already active."""
+        active = manager.store.active()
+        if active is not None and active.package_id == package_id:
+            return
+        found = find_package([store for store in device_stores(self.config.state_dir)
+                              if store.root != manager.store.root], package_id)
+        if found is None:
+            log.error("[%s] assigned package %s is not on this device; waiting for a deployment",
+                      manager.pipeline.name, package_id)
+            return
+        try:
+            adopt_package(manager.store, *found)
+        except (AgentError, OSError) as exc:
+            log.error("[%s] cannot serve assigned package %s: %s", manager.pipeline.name, package_id, exc)

@@ -20,6 +20,8 @@ from agent.profiles import NetworkSettings
 from agent.telemetry.drift import MonitoringConfig
 
 ENV_PREFIX = "EDGEFLEET_AGENT_"
+# The model serving the cameras assigned one package (PipelineConfig.model_group).
+PACKAGE_MODEL_PREFIX = "package."
 
 
 class PipelineConfig(BaseModel):
@@ -51,11 +53,15 @@ class PipelineConfig(BaseModel):
     credentials_ref: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
     # The model serving this camera: cameras naming the same model share one loaded instance
     # (one package, one A/B install, one deploy target) and are served in micro-batches.
-    # None = a model of the camera's own, named like the camera.
+    # None = the model of its assigned package (package_id), else a model of the camera's own,
+    # named like the camera.
     model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")] | None = None
     # Region of interest (x, y, width, height as fractions of the frame), cropped before the
-    # model's resize. None = the whole frame.
+    # model's resize. None = the whole frame. A managed camera's `region` arrives here.
     roi: tuple[float, float, float, float] | None = None
+    # A package the device already holds, served by this camera's model (agent/cameras.py);
+    # None = whatever a deploy installs into the model.
+    package_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
 
     @field_validator("roi")
     @classmethod
@@ -70,8 +76,14 @@ class PipelineConfig(BaseModel):
 
     @property
     def model_group(self) -> str:
-        """The name of the model serving this camera (its deploy target)."""
-        return self.model or self.name
+        """The name of the model serving this camera (its deploy target).
+
+        Cameras assigned one package share one instance of it, in a model named
+        ``package.<id>`` (a '.' never appears in camera or model names, so it cannot clash).
+        """
+        if self.model is not None:
+            return self.model
+        return f"{PACKAGE_MODEL_PREFIX}{self.package_id}" if self.package_id is not None else self.name
 
     def source_url(self) -> str:
         """``source`` with ``{secret:<credentials_ref>}@`` inserted after the scheme when set."""

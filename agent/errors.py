@@ -66,6 +66,12 @@ class CommandQueueFullError(DeliveryError):
     code = "command_queue_full"
 
 
+class CameraApplyError(AgentError):
+    """A camera of an accepted camera set could not be started (its source would not open)."""
+
+    code = "camera_apply_failed"
+
+
 class InstallError(AgentError):
     """The package verified but could not be made to run (runtime refused it, disk full)."""
 

@@ -6,6 +6,7 @@ import logging
 import socket
 import threading
 import time
+from functools import partial
 
 import uvicorn
 from sqlalchemy import Engine
@@ -16,6 +17,7 @@ from cloud.core.broker import EmbeddedBroker, choose_port, free_port, remember_p
 from cloud.core.broker_access import BrokerAccess
 from cloud.core.config import WEAKNESSES, Settings
 from cloud.core.db import make_engine, migrate
+from cloud.fleet.cameras import resend_when_behind
 from cloud.jobs.queue import JobQueue, make_queue
 from cloud.messaging.bridge import CloudMqtt
 from cloud.messaging.wiring import make_bridge, make_ingest, make_retention
@@ -38,6 +40,8 @@ class ControlPlane:
         self.broker_url = settings.mqtt_url or ""
         # Ingest with the rollout listener and the drift monitor's handlers (cloud/messaging/wiring.py).
         self.ingest = make_ingest(self.engine, self.topics, settings)
+        # A device back online behind its desired camera set gets it again (cloud/fleet/cameras.py).
+        self.ingest.listeners.append(partial(resend_when_behind, self))
         # Telemetry downsampling and retention, on whichever node holds the lease.
         self.retention: RetentionWorker | None = None
         self.mqtt: CloudMqtt | None = None

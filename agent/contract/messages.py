@@ -128,6 +128,66 @@ class RuntimeMeasurement(BaseModel):
     median_latency_ms: float | None = Field(default=None, ge=0)
 
 
+class CameraRegion(BaseModel):
+    """A region of interest as fractions of the frame (0..1 from the top-left corner): only it is
+    classified. Bounds are checked by :func:`agent.contract.cameras.camera_set_problems`, so a
+    signed command with a bad region is refused with a reason rather than dropped unread."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    x: float = 0.0
+    y: float = 0.0
+    width: float = 1.0
+    height: float = 1.0
+
+
+class CameraSpec(BaseModel):
+    """One camera a device should run: where its frames come from and what it serves.
+
+    ``source`` is a device index, a file path, ``synthetic:<seed>`` or an ``rtsp://`` /
+    ``http://`` URL whose credentials are only ``{secret:NAME}`` references (resolved on the
+    device). The fields hold shapes only; what makes a set acceptable (names, URL, no literal
+    password, fps and region bounds) is :func:`agent.contract.cameras.camera_set_problems`,
+    shared by the API and the agent.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: ShortText
+    source: Annotated[str, Field(max_length=2048)]
+    target_fps: float = Field(default=5.0, ge=0)
+    region: CameraRegion | None = None
+    # The package this camera serves (one the device holds); None: whatever a deploy installs into it.
+    package_id: ShortText | None = None
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+
+
+class CameraState(BaseModel):
+    """What the device runs for one camera: the applied spec (its source with any literal
+    ``user:password@`` redacted) and how the camera is doing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: CameraSpec
+    state: Literal["connecting", "streaming", "down", "waiting_for_model"] = "streaming"
+    error_code: ShortText | None = None
+    frames_processed: int = Field(default=0, ge=0)
+    serving_package_id: ShortText | None = None
+
+
+class CameraSetStatus(BaseModel):
+    """The camera set a device runs (``applied_revision``; 0 = its config file's cameras) and the
+    last camera command it refused, with why (``rejected_revision``, ``error``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    applied_revision: int = Field(default=0, ge=0)
+    cameras: list[CameraState] = Field(default_factory=list, max_length=16)
+    rejected_revision: int | None = Field(default=None, ge=0)
+    error_code: ShortText | None = None
+    error: Annotated[str, Field(max_length=2000)] | None = None
+
+
 class StatusReport(_Message):
     """Retained on ``<device>/status``; the Last Will publishes the offline form."""
 
@@ -143,6 +203,8 @@ class StatusReport(_Message):
     # on devices with several camera/model pipelines, what each one really serves.
     install_state: ShortText | None = None
     pipelines: list[PipelineStatus] = Field(default_factory=list, max_length=16)
+    # Optional: the camera set the device runs, its revision and the last refused camera command.
+    cameras: CameraSetStatus | None = None
 
 
 class ShadowWindow(BaseModel):
@@ -319,7 +381,25 @@ class ResyncCommand(_Message):
     signature: Annotated[str, Field(max_length=512)] | None = None
 
 
-Command = DeployCommand | ResyncCommand
+class CameraConfigCommand(_Message):
+    """Cloud → device: run exactly ``cameras`` (the device's full desired set) from now on.
+
+    ``revision`` numbers the control plane's desired sets per device; the device reports the
+    one it applied (``StatusReport.cameras``). Director-signed, addressed, expiring and
+    sequenced like a deploy. A set the device cannot run is refused whole (the reason goes
+    back in its status) and the cameras it ran keep running.
+    """
+
+    kind: Literal["cameras"] = "cameras"
+    job_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    revision: int = Field(ge=1)
+    cameras: list[CameraSpec] = Field(max_length=16)
+    seq: int = Field(ge=0)
+    expires_at: datetime
+    signature: Annotated[str, Field(max_length=512)] | None = None
+
+
+Command = DeployCommand | ResyncCommand | CameraConfigCommand
 
 
 # --- drift windows and samples -------------------------------------
@@ -584,8 +664,11 @@ def parse_command(payload: bytes, *, max_bytes: int = DEFAULT_MAX_REPORT_BYTES) 
 
 
 def parse_any_command(payload: bytes, *, max_bytes: int = DEFAULT_MAX_REPORT_BYTES) -> Command:
-    """Validate any cloud → device command (deploy or resync, told apart by ``kind``). Raises ``ContractError``."""
+    """Validate any cloud → device command (deploy, resync or cameras, told apart by ``kind``).
+    Raises ``ContractError``."""
     document = _decode_json(payload, max_bytes)
     if isinstance(document, dict) and document.get("kind") == "resync":
         return _validate(ResyncCommand, document)
+    if isinstance(document, dict) and document.get("kind") == "cameras":
+        return _validate(CameraConfigCommand, document)
     return _validate(DeployCommand, document)

@@ -14,6 +14,7 @@ from cloud.api.deps import require_access
 from cloud.api.hardening import BodySizeLimit, RouteLimit, SecurityHeaders
 from cloud.api.routes import (
     auth,
+    cameras,
     datasets,
     deployments,
     devices,
@@ -99,7 +100,7 @@ def create_app(plane: Plane) -> FastAPI:
         }
 
     # Every resource router needs a token: viewer to read, operator to change (cloud/api/deps.py).
-    for module in (devices, models, packages, deployments, fleet):
+    for module in (devices, cameras, models, packages, deployments, fleet):
         app.include_router(module.router, prefix="/api/v1", dependencies=[Depends(require_access)])
     app.include_router(rollouts.router, prefix="/api/v1", dependencies=[Depends(require_access)])
     app.include_router(datasets.router, prefix="/api/v1", dependencies=[Depends(require_access)])

@@ -16,6 +16,7 @@ import typer
 from cloud.cli import (
     broker,
     bundle,
+    cameras,
     data,
     deployments,
     devices,
@@ -53,6 +54,7 @@ app.command("build")(model.build)
 app.command("serve")(plane.serve)
 app.command("demo")(plane.demo)
 app.add_typer(devices.device_app, name="device")
+app.add_typer(cameras.camera_app, name="camera")
 app.add_typer(deployments.deployment_app, name="deployment")
 app.add_typer(bundle.bundle_app, name="bundle")
 app.add_typer(packages.package_app, name="package")

@@ -185,7 +185,9 @@ def call(server: str, token: str | None, method: str, path: str, body: Any = Non
     try:
         if method == "GET":
             return client.get(path, **params)
-        return client.post(path, body)
+        if method == "POST":
+            return client.post(path, body)
+        return client.request(method, path, json=body)  # PUT, DELETE
     except ApiError as exc:
         fail(exc.detail, exc.exit_code)
     finally:

@@ -339,6 +339,7 @@ async def device_page(request: Request, device_id: str) -> Response:
         samples = await api.get("/api/v1/samples", default=None, device_id=device_id, status="", limit=24)
         alerts = await api.get("/api/v1/drift/alerts", default=None, device_id=device_id, limit=20)
         baselines = await api.get(f"/api/v1/devices/{quote(device_id, safe='')}/drift/baseline", default=None)
+        cameras = await api.get(f"/api/v1/devices/{quote(device_id, safe='')}/cameras", default=None)
     windows = sorted(telemetry, key=lambda w: str(w.get("sent_at")))
     charts = {
         "throughput": line_chart("Frames per second", [_series(windows, "fps", "fps")], unit=" fps",
@@ -364,7 +365,7 @@ async def device_page(request: Request, device_id: str) -> Response:
     return _render(request, user, "device.html", "device_live.html", {
         "device": device, "recent": list(reversed(windows))[:10], "charts": charts, "has_drift_api": drift is not None,
         "drift_available": bool(drift_lines), "samples": _sample_list(samples), "has_samples_api": samples is not None,
-        "jobs": jobs, "alerts": device_alerts, "baselines": _items(baselines),
+        "jobs": jobs, "alerts": device_alerts, "baselines": _items(baselines), "cameras": cameras,
         "monitoring_defaults": {"window_frames": DEFAULT_WINDOW_FRAMES, "window_s": DEFAULT_WINDOW_S,
                                 "baseline_windows": request.app.state.plane.settings.monitor.baseline_windows},
         "message": request.query_params.get("message"), "error": request.query_params.get("error"),
@@ -392,6 +393,63 @@ async def baseline_confirm(request: Request, device_id: str, camera: str | None 
     if not answer.ok:
         return _flash_redirect(back, error=f"confirm refused: {answer.detail}")
     return _flash_redirect(back, message="baseline confirmed: this camera is now compared with what it normally sees")
+
+
+def _camera_from_form(form: dict[str, str]) -> dict[str, Any]:
+    """The API body for one camera from the device page's form; the API checks the values."""
+    region_text = form.get("region", "").strip()
+    region: dict[str, Any] | None = None
+    if region_text:
+        parts = [part.strip() for part in region_text.split(",")]
+        if len(parts) != 4:
+            raise _Refused(422, "region takes four numbers: x,y,width,height as fractions of the frame (0,0,1,1 is all)")
+        try:
+            region = dict(zip(("x", "y", "width", "height"), map(float, parts), strict=True))
+        except ValueError:
+            raise _Refused(422, "region takes four numbers: x,y,width,height as fractions of the frame") from None
+    try:
+        fps = float(form.get("target_fps") or 5)
+    except ValueError:
+        raise _Refused(422, "target fps must be a number between 0 and 120") from None
+    return {"name": form.get("name", "").strip(), "source": form.get("source", "").strip(), "target_fps": fps,
+            "region": region, "package_id": form.get("package_id", "").strip() or None,
+            "rtsp_transport": form.get("rtsp_transport") or "tcp"}
+
+
+@router.post("/devices/{device_id}/cameras", response_class=HTMLResponse)
+async def camera_add(request: Request, device_id: str) -> Response:
+    user = await _user(request)
+    back = f"/ui/devices/{quote(device_id, safe='')}"
+    try:
+        body = _camera_from_form(await _form(request, user))
+    except _Refused as exc:
+        return _flash_redirect(back, error=exc.message, anchor="cameras")
+    async with _api(request, user) as api:
+        answer = await api.post(f"/api/v1/devices/{quote(device_id, safe='')}/cameras", body)
+    if not answer.ok:
+        return _flash_redirect(back, error=f"camera not added: {answer.detail}", anchor="cameras")
+    return _flash_redirect(back, message=f"camera {body['name']} added: sent to the device as revision "
+                                         f"{answer.body['revision']}", anchor="cameras")
+
+
+@router.post("/devices/{device_id}/cameras/{name}/remove", response_class=HTMLResponse)
+async def camera_remove(request: Request, device_id: str, name: str) -> Response:
+    user = await _user(request)
+    back = f"/ui/devices/{quote(device_id, safe='')}"
+    try:
+        form = await _form(request, user)
+    except _Refused as exc:
+        return _flash_redirect(back, error=exc.message, anchor="cameras")
+    if form.get("confirm") != "yes":
+        return _render(request, user, "confirm.html", None, {
+            "action": "remove", "what": f"camera {name} of {device_id}",
+            "post_to": f"{back}/cameras/{quote(name, safe='')}/remove", "back": back})
+    async with _api(request, user) as api:
+        answer = await api.call("DELETE", f"/api/v1/devices/{quote(device_id, safe='')}/cameras/{quote(name, safe='')}")
+    if not answer.ok:
+        return _flash_redirect(back, error=f"camera not removed: {answer.detail}", anchor="cameras")
+    return _flash_redirect(back, message=f"camera {name} removed: sent to the device as revision "
+                                         f"{answer.body['revision']}", anchor="cameras")
 
 
 def _sample_list(samples: Any) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.contract import DeployCommand, ResyncCommand, Topics
+from agent.contract import CameraConfigCommand, DeployCommand, ResyncCommand, Topics
 from agent.contract.broker_url import parse_broker_url
 
 log = logging.getLogger(__name__)
@@ -150,9 +150,9 @@ class CloudMqtt:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def publish_command(self, command: DeployCommand | ResyncCommand) -> None:
+    def publish_command(self, command: DeployCommand | ResyncCommand | CameraConfigCommand) -> None:
         """Publish a command to its device at QoS 1. Deploy commands are signed here if they
-        are not yet; a resync must come signed (its caller signs it with the director key)."""
+        are not yet; a resync or camera set must come signed (its caller signs it with the director key)."""
         if isinstance(command, DeployCommand) and command.signature is None and self._sign is not None:
             command = self._sign(command)
         if command.signature is None and self._sign is not None:

@@ -45,6 +45,7 @@ from agent.contract import (
     parse_report,
 )
 from cloud.fleet import crud
+from cloud.fleet.camera_reports import store_reported_cameras
 from cloud.fleet.tables import utc_now
 from cloud.workers.counters import IngestCounters
 
@@ -341,6 +342,7 @@ class ReportIngest:
                 crud.touch_devices(session, plan.touch_device_ids, utc_now())
                 statuses = [r for r in plan.ordered if isinstance(r, StatusReport)]
                 crud.apply_statuses(session, statuses)
+                store_reported_cameras(session, statuses)
                 for status in statuses:
                     self._touched_at.pop(status.device_id, None)  # the next telemetry re-marks it online
                 stored.extend(statuses)

@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
+import cloud.fleet.camera_tables
 import cloud.fleet.tables
 
 # Importing the table modules registers their tables on SQLModel.metadata.

@@ -15,13 +15,13 @@ from typing import TypeVar
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.contract import DeployCommand, ResyncCommand
+from agent.contract import CameraConfigCommand, DeployCommand, ResyncCommand
 from agent.contract.signing import command_signing_bytes
 from cloud.security.keys import load_private_key, write_private_key
 
 __all__ = ["DirectorKey"]
 
-SignedCommand = TypeVar("SignedCommand", DeployCommand, ResyncCommand)
+SignedCommand = TypeVar("SignedCommand", DeployCommand, ResyncCommand, CameraConfigCommand)
 
 
 class DirectorKey:

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from agent.contract import (
+    CameraConfigCommand,
     DeployCommand,
     DriftReport,
     JobStatusReport,
@@ -19,7 +20,8 @@ from agent.contract import (
 )
 
 PROTOCOL = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
-MESSAGES = (StatusReport, TelemetryReport, JobStatusReport, DeployCommand, DriftReport, SampleReport)
+MESSAGES = (StatusReport, TelemetryReport, JobStatusReport, DeployCommand, CameraConfigCommand, DriftReport,
+            SampleReport)
 
 
 def undocumented() -> list[str]:
