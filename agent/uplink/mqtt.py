@@ -20,6 +20,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -30,9 +31,11 @@ from agent.contract import DeviceState, StatusReport, Topics
 from agent.contract.broker_url import parse_broker_url
 from agent.contract.messages import _Message
 from agent.contract.topics import device_client_id
-from agent.infer.engine import FrameResult
 from agent.uplink.backoff import jittered_backoff_s
 from agent.uplink.outbox import Outbox
+
+if TYPE_CHECKING:  # a runtime import would be circular: agent.infer -> capture -> uplink -> agent.infer
+    from agent.infer.engine import FrameResult
 
 log = logging.getLogger(__name__)
 
