@@ -130,7 +130,14 @@ def self_test(
             error = None
             sample = np.zeros(manifest.preprocessing.input_shape(1), dtype=_input_dtype(manifest))
         warmup = backend.run(sample)
-        if warmup.shape[-1] != len(manifest.labels):
+        if manifest.detection is not None:
+            # Imported here: agent.infer imports the update manager, which imports this module.
+            from agent.infer.detect import check_output_shape
+
+            problem = check_output_shape(tuple(warmup.shape), manifest.detection, len(manifest.labels))
+            if problem is not None:
+                return candidate.measurement(reason=problem[:256]), None, None
+        elif warmup.shape[-1] != len(manifest.labels):
             return candidate.measurement(
                 reason=f"outputs {warmup.shape[-1]} scores for {len(manifest.labels)} labels"), None, None
     except Exception as exc:  # a runtime failing on the golden input is a failed self-test, not a crash
