@@ -251,12 +251,13 @@ def build_detection_for_profiles(request: DetectionBuildRequest,
 
     fp32_eval: DetectionEvaluation | None = None
     data = request.evaluation
-    evaluate = lambda built: evaluate_artifact(  # noqa: E731
-        built.artifact.runtime, built.path, data, block=request.block, labels=request.labels, spec=request.spec,
-        threads=request.threads)
+    def evaluate(built: DetectionArtifact, data: DetectionTensors) -> DetectionEvaluation:
+        return evaluate_artifact(built.artifact.runtime, built.path, data, block=request.block,
+                                 labels=request.labels, spec=request.spec, threads=request.threads)
+
     if data is not None and len(data):
         log("evaluating the FP32 model through the agent's decoder")
-        fp32_eval = evaluate(fp32)
+        fp32_eval = evaluate(fp32, data)
     fp32_golden = golden_detections(_write_golden(fp32, request.golden_inputs, request.threads), request.block,
                                     request.labels, request.spec)
     for key, built in builds.items():
@@ -269,7 +270,7 @@ def build_detection_for_profiles(request: DetectionBuildRequest,
             golden = golden_detections(_write_golden(built, request.golden_inputs, request.threads), request.block,
                                        request.labels, request.spec)
             if data is not None and len(data):
-                built.evaluation = evaluate(built)
+                built.evaluation = evaluate(built, data)
         except (BuildToolError, ValueError) as exc:
             built.gate = GateDecision("rejected", [f"cannot run {built.artifact.file}: {exc}"])
             continue

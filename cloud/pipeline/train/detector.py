@@ -78,6 +78,7 @@ class DetectorBody(nn.Module):
         self.head = nn.Sequential(_conv(c3, c3), _conv(c3, c3))
         self.box = nn.Conv2d(c3, 4, 1)
         self.cls = nn.Conv2d(c3, num_classes, 1)
+        assert self.cls.bias is not None and self.box.bias is not None
         nn.init.constant_(self.cls.bias, -4.6)  # start at p = 0.01: most cells are background
         nn.init.zeros_(self.box.bias)
 
@@ -280,7 +281,7 @@ def train_detector(dataset: DetectionDataset, config: DetectorConfig, spec: Prep
                              if len(b) else b for b in boxes]
                 optimiser.zero_grad()
                 loss = detection_loss(model, x, boxes, [data.classes[i] for i in batch], config.centre_radius_cells)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 optimiser.step()
                 scheduler.step()
                 epoch_loss += float(loss.item())
