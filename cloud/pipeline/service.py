@@ -286,7 +286,7 @@ def _train_detection(engine: Engine, paths: PipelinePaths, *, dataset_id: str, n
     outcome = train_detection_model(
         engine, paths, dataset_id=dataset_id, name=name, spec=detector_spec, on_epoch=on_epoch,
         code_version=code_version(),
-        config=DetectorConfig(epochs=max(config.epochs, 12), batch_size=config.batch_size, seed=config.seed,
+        config=DetectorConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
                               threads=config.threads))
     return ModelOutcome(model_version=outcome.model_version, status=outcome.status, decision=outcome.decision,
                         evaluation=None, detection=outcome.evaluation)
