@@ -35,6 +35,20 @@ def data_synth(
     console.print(f"wrote {per_class * 4} images and metadata.csv to {out}")
 
 
+@data_app.command("synth-detection")
+def data_synth_detection(
+    out: Annotated[Path, typer.Argument(help="directory to write images/, labels/, classes.txt, metadata.csv into")],
+    images: Annotated[int, typer.Option(min=1)] = 600,
+    seed: int = 0,
+) -> None:
+    """Generate synthetic detection scenes in YOLO layout (1-4 shapes of 3 classes per frame; lighting, camera)."""
+    from cloud.pipeline.data.synth_detection import write_detection_dataset
+
+    with user_errors():
+        write_detection_dataset(out, images=images, seed=seed)
+    console.print(f"wrote {images} frames with YOLO labels, classes.txt and metadata.csv to {out}")
+
+
 @data_app.command("validate")
 def data_validate(root: Annotated[Path, typer.Argument(help="ImageFolder directory")], as_json: JsonOption = False) -> None:
     """Check a directory before ingesting: corrupt files, duplicates, tiny classes, odd sizes. Exit 1 on blocking errors."""
