@@ -71,7 +71,7 @@ def data_validate(root: Annotated[Path, typer.Argument(help="ImageFolder directo
 
 
 @data_app.command("ingest")
-def data_ingest(root: Annotated[Path, typer.Argument(help="ImageFolder directory")], as_json: JsonOption = False) -> None:
+def data_ingest(root: Annotated[Path, typer.Argument(help="ImageFolder directory, or a YOLO-layout detection dataset")], as_json: JsonOption = False) -> None:
     """Validate and store a content-addressed dataset version (same bytes → same id)."""
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import ingest
