@@ -95,11 +95,12 @@ def decode_yolo_raw(output: npt.NDArray[np.generic], num_classes: int, *, score_
     class_scores = array[4:]
     if scores_are_logits:
         class_scores = _sigmoid(class_scores)
-    class_ids = np.argmax(class_scores, axis=0)
-    scores = class_scores[class_ids, np.arange(array.shape[1])]
-    keep = scores > score_threshold
-    return Candidates(_cxcywh_to_xyxy(array[:4, keep].T), scores[keep].astype(np.float32),
-                      class_ids[keep].astype(np.int64))
+    # Threshold on each column's best score first, then find the class of the few kept.
+    best = class_scores.max(axis=0)
+    keep = best > score_threshold
+    class_ids = np.argmax(class_scores[:, keep], axis=0)
+    return Candidates(_cxcywh_to_xyxy(array[:4, keep].T), best[keep].astype(np.float32),
+                      class_ids.astype(np.int64))
 
 
 def decode_yolov5(output: npt.NDArray[np.generic], num_classes: int, *, score_threshold: float,
