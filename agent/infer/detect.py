@@ -64,9 +64,9 @@ def _sigmoid(values: FloatArray) -> FloatArray:
 
 
 def _cxcywh_to_xyxy(boxes: FloatArray) -> FloatArray:
-    half_w, half_h = boxes[:, 2] / 2, boxes[:, 3] / 2
-    return np.stack([boxes[:, 0] - half_w, boxes[:, 1] - half_h, boxes[:, 0] + half_w, boxes[:, 1] + half_h],
-                    axis=1).astype(np.float32)
+    # Centre and half size as (K, 2) pairs: three array operations per frame, not nine.
+    centre, half = boxes[:, :2], boxes[:, 2:4] / 2
+    return np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
 
 
 def _drop_batch(output: npt.NDArray[np.generic], layout: str) -> FloatArray:
@@ -182,8 +182,10 @@ def nms(xyxy: FloatArray, scores: FloatArray, class_ids: IntArray, *, iou_thresh
     offsetting each class's boxes by its id x a constant larger than any coordinate and
     the loop runs once per *kept* box, each step a vectorised IoU against the rest.
     """
-    if len(scores) == 0:
+    if len(scores) == 0 or max_detections < 1:
         return np.zeros(0, dtype=np.intp)
+    if len(scores) == 1:
+        return np.zeros(1, dtype=np.intp)
     # Stable sort: equal scores keep their input order (so results are deterministic).
     order = np.argsort(-scores, kind="stable")
     kept: list[int] = []
