@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller dataset, fewer epochs and rounds")
     parser.add_argument("--profile", default="x86-64-avx512-vnni", help="firmware profile to build for")
     parser.add_argument("--input-size", type=int, default=160, help="detector input size (multiple of 16)")
-    parser.add_argument("--width", type=int, default=48, help="detector base width (multiple of 8)")
+    parser.add_argument("--width", type=int, default=64, help="detector base width (multiple of 8)")
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: the profile's)")
     parser.add_argument("--train-threads", type=int, default=1, help="PyTorch threads for training")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "edgefleet-bench-detection",
