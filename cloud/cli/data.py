@@ -72,6 +72,20 @@ def data_video(
                   highlight=False)
 
 
+@data_app.command("synth-detection")
+def data_synth_detection(
+    out: Annotated[Path, typer.Argument(help="directory to write images/, labels/, classes.txt, metadata.csv into")],
+    images: Annotated[int, typer.Option(min=1)] = 600,
+    seed: int = 0,
+) -> None:
+    """Generate synthetic detection scenes in YOLO layout (1-4 shapes of 3 classes per frame; lighting, camera)."""
+    from cloud.pipeline.data.synth_detection import write_detection_dataset
+
+    with user_errors():
+        write_detection_dataset(out, images=images, seed=seed)
+    console.print(f"wrote {images} frames with YOLO labels, classes.txt and metadata.csv to {out}")
+
+
 @data_app.command("validate")
 def data_validate(root: Annotated[Path, typer.Argument(help="ImageFolder directory")], as_json: JsonOption = False) -> None:
     """Check a directory before ingesting: corrupt files, duplicates, tiny classes, odd sizes. Exit 1 on blocking errors."""
@@ -94,7 +108,7 @@ def data_validate(root: Annotated[Path, typer.Argument(help="ImageFolder directo
 
 
 @data_app.command("ingest")
-def data_ingest(root: Annotated[Path, typer.Argument(help="ImageFolder directory")], as_json: JsonOption = False) -> None:
+def data_ingest(root: Annotated[Path, typer.Argument(help="ImageFolder directory, or a YOLO-layout detection dataset")], as_json: JsonOption = False) -> None:
     """Validate and store a content-addressed dataset version (same bytes → same id)."""
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import ingest

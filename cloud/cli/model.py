@@ -161,6 +161,8 @@ def _train_here(*, dataset: str | None, data: Path | None, name: str, profile: s
                               thresholds=thresholds, show_progress=show_progress)
     return {"model_version": outcome.model_version, "status": outcome.status,
             "accuracy": outcome.evaluation.accuracy if outcome.evaluation else None,
+            # Detection models: mAP@0.5 on the test split through the agent's decoder.
+            **({"map_50": outcome.detection.map_50} if outcome.detection else {}),
             "reasons": outcome.decision.reasons, "notes": outcome.decision.notes}
 
 

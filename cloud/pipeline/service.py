@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -44,8 +44,10 @@ from cloud.pipeline.data.dataset import (
     scan_imagefolder,
     store_dataset,
 )
+from cloud.pipeline.data.detection import DetectionDataset, is_detection_dataset, stored_task
 from cloud.pipeline.data.validate import ValidationLimits, ValidationReport, validate_dataset
 from cloud.pipeline.errors import BuildToolError, PipelineInputError
+from cloud.pipeline.evaluate.detection_gates import DetectionEvaluation, DetectionQuantizationGateConfig
 from cloud.pipeline.evaluate.gates import (
     GateDecision,
     QuantizationGateConfig,
@@ -62,6 +64,9 @@ from cloud.pipeline.registry import store
 from cloud.pipeline.registry.tables import DatasetRecord, ModelBuild, ModelLineage
 from cloud.pipeline.train.model import MobileNetV2
 from cloud.pipeline.train.trainer import EpochCallback, TrainConfig, environment, export_onnx, train
+
+if TYPE_CHECKING:  # the detection service imports this module
+    from cloud.pipeline.detection_service import DetectionBuildResult
 
 GOLDEN_INPUTS = 8
 # A drift reference needs this many images (cloud/monitor/reference.py); the build takes
@@ -88,7 +93,8 @@ class PipelinePaths:
 
 @dataclass
 class IngestResult:
-    dataset: DatasetVersion
+    # A DetectionDataset for a YOLO-layout directory (see cloud.pipeline.data.detection).
+    dataset: DatasetVersion | DetectionDataset
     record: DatasetRecord
     report: ValidationReport
 
@@ -99,6 +105,8 @@ class ModelOutcome:
     status: str
     decision: GateDecision
     evaluation: EvaluationReport | None
+    # Detection models: mAP overall, per class and per slice (``evaluation`` is None then).
+    detection: DetectionEvaluation | None = None
 
 
 @dataclass
@@ -152,7 +160,16 @@ def ingest(engine: Engine, paths: PipelinePaths, root: Path,
     """Scan, validate, copy into the content-addressed store and register a dataset version.
 
     Corrupt images are excluded and reported; the same bytes always give the same id.
+    A YOLO-layout directory (``images/``, ``labels/``, ``classes.txt``) is ingested as a
+    detection dataset (:func:`cloud.pipeline.detection_service.ingest_detection`).
     """
+    if is_detection_dataset(root):
+        from cloud.pipeline.detection_service import ingest_detection
+
+        detection = ingest_detection(engine, paths, root)
+        return IngestResult(dataset=detection.dataset, record=detection.record,
+                            report=ValidationReport(dataset_id=detection.record.id,
+                                                    usable_images=detection.record.image_count))
     scanned = scan_imagefolder(root)
     cleaned, report = validate_dataset(scanned, limits)
     stored = store_dataset(cleaned, paths.datasets_dir)
@@ -237,7 +254,13 @@ def train_model(engine: Engine, paths: PipelinePaths, *, dataset_id: str, name: 
 
     Raises:
         PipelineInputError: unknown dataset, or a dataset whose validation found blocking errors.
+
+    A detection dataset trains the grid detector instead (epochs, batch size, seed and
+    threads from ``config``; input size from ``spec`` when it is a multiple of 16).
     """
+    if stored_task(paths.datasets_dir, dataset_id) == "detection":
+        return _train_detection(engine, paths, dataset_id=dataset_id, name=name, config=config, spec=spec,
+                                on_epoch=on_epoch)
     dataset = load_dataset(paths, dataset_id)
     blocking = _blocking_issues(dataset)
     if blocking:
@@ -260,6 +283,21 @@ def train_model(engine: Engine, paths: PipelinePaths, *, dataset_id: str, name: 
         ))
         return _gate_and_record(session, model, source="trained", spec=spec, evaluation=evaluation, dataset=dataset,
                                 thresholds=thresholds, env=result.environment, checkpoint=result.checkpoint)
+
+
+def _train_detection(engine: Engine, paths: PipelinePaths, *, dataset_id: str, name: str, config: TrainConfig,
+                     spec: PreprocessSpec, on_epoch: EpochCallback | None) -> ModelOutcome:
+    from cloud.pipeline.detection_service import train_detection_model
+    from cloud.pipeline.train.detector import DETECTION_SPEC, DetectorConfig, detection_spec_for
+
+    detector_spec = detection_spec_for(spec.width) if spec.width == spec.height and spec.width % 16 == 0 else DETECTION_SPEC
+    outcome = train_detection_model(
+        engine, paths, dataset_id=dataset_id, name=name, spec=detector_spec, on_epoch=on_epoch,
+        code_version=code_version(),
+        config=DetectorConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                              threads=config.threads))
+    return ModelOutcome(model_version=outcome.model_version, status=outcome.status, decision=outcome.decision,
+                        evaluation=None, detection=outcome.evaluation)
 
 
 # --- import --------------------------------------------------------------------
@@ -524,8 +562,11 @@ def build_model(engine: Engine, paths: PipelinePaths, *, version: str, profiles:
                 gate: QuantizationGateConfig = QuantizationGateConfig(),
                 calibration_images: int = 128, calibration: npt.NDArray[np.float32] | None = None,
                 allow_unvalidated: bool = False, use_nncf: bool = True,
-                log: Callable[[str], None] = lambda _: None) -> BuildResult:
+                log: Callable[[str], None] = lambda _: None) -> BuildResult | DetectionBuildResult:
     """Build every artifact ``profiles`` can use, gate the INT8 ones, and package the accepted ones.
+
+    A detection model goes to :func:`cloud.pipeline.detection_service.build_detection_model`
+    (INT8 gated on mAP@0.5, with ``gate.max_accuracy_drop_pp`` as the mAP drop limit).
 
     ``calibration`` replaces the calibration set drawn from the training split (tests
     use it to force a bad INT8 build).
@@ -539,6 +580,14 @@ def build_model(engine: Engine, paths: PipelinePaths, *, version: str, profiles:
         model = crud.get_model_version(session, version)
         lineage = store.get_lineage(session, model.id) if model.id is not None else None
         session.expunge(model)
+    if (model.hyperparameters or {}).get("task") == "detection":
+        from cloud.pipeline.detection_service import build_detection_model
+
+        return build_detection_model(
+            engine, paths, version=version, profiles=targets, quantization_overrides=quantization_overrides,
+            gate=DetectionQuantizationGateConfig(max_map50_drop_pp=gate.max_accuracy_drop_pp),
+            calibration_images=calibration_images, calibration=calibration, allow_unvalidated=allow_unvalidated,
+            use_nncf=use_nncf, log=log)
     if model.status not in ("validated", "production") and not allow_unvalidated:
         reasons = "; ".join((lineage.gate.get("reasons") if lineage else None) or []) or "not validated"
         raise PipelineInputError(f"model {version} is {model.status} ({reasons}); only validated models are built "

@@ -44,8 +44,12 @@ def litert_available() -> bool:
 
 
 def convert_tflite(model: nn.Module, spec: PreprocessSpec, path: Path,
-                   calibration: npt.NDArray[np.float32] | None = None, *, timeout_s: float = 1800) -> Path:
+                   calibration: npt.NDArray[np.float32] | None = None, *, timeout_s: float = 1800,
+                   quantize_modules: tuple[str, ...] = ()) -> Path:
     """Convert ``model`` (NCHW float input) to ``path``: FP32, or INT8 calibrated on ``calibration``.
+
+    ``quantize_modules`` limits INT8 to those submodules (by attribute name); the rest
+    stays float (a detector's decode stage). Empty: the whole model.
 
     Raises:
         BuildToolError: no converter, or the conversion failed (with the converter's last words).
@@ -66,6 +70,8 @@ def convert_tflite(model: nn.Module, spec: PreprocessSpec, path: Path,
         if calibration is not None:
             np.save(Path(tmp) / "calibration.npy", np.asarray(calibration, dtype=np.float32))
             command += ["--calibration", str(Path(tmp) / "calibration.npy")]
+            for name in quantize_modules:
+                command += ["--quantize-module", name]
         path.unlink(missing_ok=True)
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)

@@ -46,8 +46,12 @@ def convert_ir(onnx_path: Path, xml_path: Path, *, fp16: bool = False) -> tuple[
         raise BuildToolError(f"OpenVINO could not convert {onnx_path.name}: {exc}") from exc
 
 
-def quantize_ir_nncf(onnx_path: Path, xml_path: Path, calibration: npt.NDArray[np.float32]) -> tuple[Path, Path]:
+def quantize_ir_nncf(onnx_path: Path, xml_path: Path, calibration: npt.NDArray[np.float32],
+                     ignored_name_patterns: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """NNCF post-training INT8 quantization of the FP32 model, calibrated on ``calibration``.
+
+    Operations whose names match one of ``ignored_name_patterns`` (regular expressions)
+    stay in float.
 
     Raises:
         BuildToolError: NNCF or OpenVINO failed.
@@ -68,8 +72,11 @@ def quantize_ir_nncf(onnx_path: Path, xml_path: Path, calibration: npt.NDArray[n
         dataset = nncf.Dataset(list(calibration), lambda item: item[np.newaxis])
         # NNCF draws progress bars on stdout; the CLI's --json output must stay parseable.
         with contextlib.redirect_stdout(io.StringIO()):
+            ignored = (nncf.IgnoredScope(patterns=list(ignored_name_patterns), validate=False)
+                       if ignored_name_patterns else None)
             quantized = nncf.quantize(model, dataset, subset_size=len(calibration),
-                                      preset=nncf.QuantizationPreset.PERFORMANCE)
+                                      preset=nncf.QuantizationPreset.PERFORMANCE,
+                                      **({"ignored_scope": ignored} if ignored is not None else {}))
         return _save(quantized, xml_path, fp16=False)
     except Exception as exc:
         raise BuildToolError(f"NNCF quantization of {onnx_path.name} failed: {exc}") from exc

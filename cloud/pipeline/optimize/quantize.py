@@ -92,9 +92,22 @@ def select_calibration(tensors: npt.NDArray[np.float32], count: int, seed: int =
     return tensors[np.sort(order)]
 
 
+def _nodes_named(model_path: Path, prefixes: tuple[str, ...]) -> list[str]:
+    if not prefixes:
+        return []
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return [node.name for node in graph.node if node.name.startswith(prefixes)]
+
+
 def quantize_onnx_static(fp32_path: Path, out_path: Path, calibration: npt.NDArray[np.float32],
-                         settings: QuantizationSettings, input_name: str = "input") -> Path:
+                         settings: QuantizationSettings, input_name: str = "input",
+                         exclude_node_prefixes: tuple[str, ...] = ()) -> Path:
     """Write an INT8 QDQ model calibrated on ``calibration`` (preprocessed NCHW float32 batch).
+
+    Nodes whose names start with one of ``exclude_node_prefixes`` stay in float (a
+    detector's decode stage: box coordinates and class scores share no useful int8 range).
 
     Raises:
         PipelineInputError: no calibration data.
@@ -114,11 +127,12 @@ def quantize_onnx_static(fp32_path: Path, out_path: Path, calibration: npt.NDArr
     try:
         # Shape inference and BN/Conv folding first, as ORT's quantization guide recommends.
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        excluded = _nodes_named(prepared, exclude_node_prefixes)
         quantize_static(
             str(prepared), str(out_path), _CalibrationReader(input_name, calibration),
             quant_format=QuantFormat.QDQ, per_channel=settings.per_channel, reduce_range=settings.reduce_range,
             activation_type=types[settings.activation_type], weight_type=types[settings.weight_type],
-            calibrate_method=methods[settings.calibration_method],
+            calibrate_method=methods[settings.calibration_method], nodes_to_exclude=excluded,
             # ActivationSymmetric stays off: measured here it made S8S8 QDQ ~2x slower than
             # FP32 (ReLU6 outputs are non-negative; a symmetric range wastes half of it).
         )
