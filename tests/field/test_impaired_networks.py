@@ -70,7 +70,8 @@ def test_rollout_completes_over_twenty_percent_loss_and_every_report_arrives_onc
     agents = [field.start_agent(d, **SLOW_LINK) for d in devices]
     for agent in agents:
         agent.link.set_loss(20)
-    wait_for(lambda: all(_device(field.api, d)["online"] for d in devices), 120, what="agents online over 20 % loss")
+    wait_for(lambda: all(_device(field.api, d)["online"] for d in devices), 240,
+             what="agents online over 20 % loss")
     _deploy(field, old.package_id, devices)
     wait_for(lambda: {_device(field.api, d)["running_package_id"] for d in devices} == {old.package_id}, 240,
              what="every agent serving the first release over 20 % loss")

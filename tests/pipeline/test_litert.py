@@ -21,7 +21,8 @@ from cloud.pipeline.optimize.quantize import select_calibration
 from cloud.pipeline.train.trainer import DEFAULT_SPEC
 from tests.pipeline.conftest import TrainedOnnx
 
-pytestmark = pytest.mark.integration
+# Each test converts through litert-torch in its own process: minutes of CPU, more beside a parallel worker.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 def _build(good_onnx: TrainedOnnx, work: Path, calibration: np.ndarray | None = None) -> BuildOutcome:
