@@ -580,6 +580,12 @@ def build_model(engine: Engine, paths: PipelinePaths, *, version: str, profiles:
         model = crud.get_model_version(session, version)
         lineage = store.get_lineage(session, model.id) if model.id is not None else None
         session.expunge(model)
+    # Only import_package records "format": trained models (of any task) are not concerned here.
+    imported = (model.hyperparameters or {}).get("format"), (model.hyperparameters or {}).get("task")
+    if imported[0] is not None and imported != ("onnxruntime", "classification"):
+        # Builds convert and quantize ONNX classifiers; any other import was packaged as it is when imported.
+        raise PipelineInputError(f"model {version} was imported as a {imported[0]} {imported[1]} model: its package "
+                                 "was made at import (`edgefleet package list`); builds convert ONNX classifiers only")
     if (model.hyperparameters or {}).get("task") == "detection":
         from cloud.pipeline.detection_service import build_detection_model
 
@@ -595,12 +601,6 @@ def build_model(engine: Engine, paths: PipelinePaths, *, version: str, profiles:
     spec = PreprocessSpec.model_validate(lineage.preprocessing) if lineage and lineage.preprocessing else None
     if spec is None:
         raise PipelineInputError(f"model {version} has no recorded preprocessing spec")
-    # Only import_package records "format": trained models (of any task) are not concerned here.
-    imported = model.hyperparameters.get("format"), model.hyperparameters.get("task")
-    if imported[0] is not None and imported != ("onnxruntime", "classification"):
-        # Builds convert and quantize ONNX classifiers; any other import was packaged as it is when imported.
-        raise PipelineInputError(f"model {version} was imported as a {imported[0]} {imported[1]} model: its package "
-                                 "was made at import (`edgefleet package list`); builds convert ONNX classifiers only")
     dataset = load_dataset(paths, model.dataset_id) if model.dataset_id else None
     evaluation = evaluation_set(dataset, spec) if dataset else None
     if calibration is None and dataset is not None:

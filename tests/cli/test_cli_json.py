@@ -144,12 +144,14 @@ def test_every_listing_parses_as_json(control_plane, populated: dict[str, Any]) 
             continue
         args: list[str] = []
         for param in command.params:
-            if param.param_type_name == "argument" and param.required:
+            if param.param_type_name in ("argument", "option") and param.required:
                 value = _argument_value(param, path, populated, runner, env)
                 if value is None:
-                    problems.append(f"{' '.join(path)}: no value for argument {param.name!r}; add it to `populated`")
+                    problems.append(f"{' '.join(path)}: no value for {param.param_type_name} {param.name!r}; "
+                                    "add it to `populated`")
                     break
-                args.append(value)
+                # A required option (`camera list --device ID`) goes with its flag.
+                args.extend([param.opts[0], value] if param.param_type_name == "option" else [value])
         else:
             result = runner.invoke(app, [*path, *args, "--json"], env=env)
             if result.exit_code == Exit.AUTH:

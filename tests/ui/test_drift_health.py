@@ -72,7 +72,7 @@ def _device_page(**extra: Any) -> str:
               "last_seen_at": None}
     context: dict[str, Any] = {"device": device, "recent": [], "charts": {}, "has_drift_api": True,
                                "drift_available": False, "samples": [], "has_samples_api": True, "jobs": [],
-                               "alerts": [], "baselines": [], "message": None, "error": None,
+                               "alerts": [], "baselines": [], "cameras": None, "message": None, "error": None,
                                "monitoring_defaults": {"window_frames": 30, "window_s": 30.0, "baseline_windows": 5}}
     context.update(extra)
     return _render("device.html", **context)
