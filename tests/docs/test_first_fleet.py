@@ -1,5 +1,6 @@
-"""docs/first-fleet.md runs as written: one operator, one machine, embedded defaults, two cameras, and a drift
-alert on the camera whose scene changed and not on the other.
+"""docs/first-fleet.md runs as written: one operator, one machine, embedded defaults, two cameras, a canary
+rollout of a second build (cam-01 first, judged against cam-02 still on the first package, then cam-02), and a
+drift alert on the camera whose scene changed and not on the other.
 
 The walkthrough's blocks (info string ``bash walkthrough``) are one shell session, so they run
 concatenated, in order, in one empty directory, with the environment of the runnable-blocks test
@@ -40,7 +41,8 @@ def test_the_walkthrough_is_linked_from_the_readme_and_has_every_step() -> None:
     script = "".join(walkthrough_blocks(WALKTHROUGH.read_text()))
     for step in ("edgefleet data synth", "edgefleet train", "edgefleet build", "edgefleet serve",
                  "edgefleet data video", "--shift dark", "edgefleet token enroll", "edgefleet-agent run",
-                 "edgefleet deployment create", "edgefleet drift alerts"):
+                 "edgefleet deployment create", "edgefleet rollout plan", "edgefleet rollout create",
+                 "edgefleet rollout watch", "edgefleet drift alerts"):
         assert step in script, step
     # No gate is waved through: the quick-start settings must pass it.
     assert "--allow-unvalidated" not in script
@@ -80,6 +82,24 @@ def test_first_fleet_walkthrough_ends_with_a_drift_alert_on_the_changed_camera_o
     build = json.loads((workdir / "build.json").read_text())
     assert build["package_id"] and any(n["target"] == "drift-reference" and n["status"] == "built"
                                        for n in build["notes"]), build["notes"]
+    # The canary: a second package, cam-01 alone in stage 1, promoted on gates that had a live control group
+    # (cam-02 on the first package), then cam-02; both end on the new package.
+    second = json.loads((workdir / "build2.json").read_text())["package_id"]
+    assert second and second != build["package_id"], second
+    rollout = json.loads((workdir / "rollout.json").read_text())
+    assert rollout["state"] == "completed", rollout["decisions"]
+    devices = {d["device_id"]: d for d in json.loads((workdir / "rollout-devices.json").read_text())}
+    assert {k: (d["stage"], d["state"], d["package_id"], d["previous_package_id"]) for k, d in devices.items()} == {
+        "cam-01": (0, "succeeded", second, build["package_id"]),
+        "cam-02": (1, "succeeded", second, build["package_id"])}, devices
+    promoted = [d for d in rollout["decisions"] if d["action"] == "promote"]
+    assert [d["stage"] for d in promoted] == [0], rollout["decisions"]
+    (stratum,) = promoted[0]["numbers"]["strata"].values()
+    assert stratum["control_source"] == "live" and stratum["canary"]["devices"] == 1, stratum
+    gates = {g["gate"]: g["status"] for g in stratum["gates"]}
+    assert {"install_failure_rate", "error_rate", "p95_latency_ratio", "mean_confidence",
+            "class_distribution"} <= set(gates) and set(gates.values()) == {"pass"}, gates
+    assert rollout["decisions"][-1]["action"] in ("complete", "completed"), rollout["decisions"]
     alerts = json.loads((workdir / "alerts.json").read_text())
     assert {a["device_id"] for a in alerts} == {"cam-02"}, logs()
     # The alert is about the light: a luma feature among the worst ones.
