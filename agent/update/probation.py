@@ -75,7 +75,8 @@ def judge(evidence: Evidence, baseline: Baseline, limits: ProbationLimits) -> tu
     if evidence.invalid_outputs > limits.max_invalid_outputs:
         return Verdict.FAIL, "invalid_outputs"
     enough = evidence.attempts >= limits.min_frames
-    if enough and evidence.errors / evidence.attempts > limits.max_error_ratio:
+    # With min_frames 0 the window may end before any frame: no attempts, no error rate to judge.
+    if enough and evidence.attempts and evidence.errors / evidence.attempts > limits.max_error_ratio:
         return Verdict.FAIL, "error_rate"
     if evidence.elapsed_s < limits.window_s or not enough:
         if not enough and evidence.elapsed_s >= limits.max_wait_s:

@@ -83,3 +83,11 @@ def _evidence(**fields: float | int | None) -> Evidence:
 ])
 def test_probation_verdicts(evidence: Evidence, baseline: Baseline, expected: tuple[Verdict, str]) -> None:
     assert judge(evidence, baseline, LIMITS) == expected
+
+
+def test_probation_with_no_minimum_frames_judges_an_empty_window_without_dividing_by_zero() -> None:
+    limits = ProbationLimits(window_s=10, min_frames=0, max_error_ratio=0.05, max_invalid_outputs=0,
+                             max_p95_latency_ratio=3.0, min_confidence_ratio=0.5, max_wait_s=60)
+    empty = _evidence(frames=0, p95_latency_ms=None, mean_confidence=None)
+    assert judge(empty, BASE, limits) == (Verdict.PASS, "healthy")
+    assert judge(_evidence(frames=0, errors=1), BASE, limits) == (Verdict.FAIL, "error_rate")
