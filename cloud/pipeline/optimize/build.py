@@ -55,12 +55,13 @@ class EvaluationSet:
 
 
 @dataclass
-class BuiltArtifact:
+class PackagedArtifact:
+    """One file a build made, with what its gate decided; the quality figures depend on the task."""
+
     key: str
     path: Path
     artifact: ModelArtifact
     extra_files: list[Path] = field(default_factory=list)
-    evaluation: EvaluationReport | None = None
     gate: GateDecision | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -68,17 +69,33 @@ class BuiltArtifact:
     def accepted(self) -> bool:
         return self.gate is None or self.gate.passed
 
+    def quality(self) -> dict[str, Any]:
+        """The task's figures for :meth:`summary` (accuracy, mAP, per slice)."""
+        return {}
+
     def summary(self) -> dict[str, Any]:
         return {
             "file": self.artifact.file, "runtime": self.artifact.runtime, "precision": self.artifact.precision,
             "profiles": list(self.artifact.profiles), "sha256": sha256_file(self.path),
             "size_bytes": self.path.stat().st_size + sum(p.stat().st_size for p in self.extra_files),
             "golden_file": self.artifact.golden_file, "golden_tolerance": self.artifact.golden_tolerance,
-            "accuracy": self.evaluation.accuracy if self.evaluation else None,
-            "slices": {k: v.accuracy for k, v in self.evaluation.slices.items()} if self.evaluation else {},
+            **self.quality(),
             "settings": self.settings,
             "gate": self.gate.as_dict() if self.gate else None,
             "accepted": self.accepted,
+        }
+
+
+@dataclass
+class BuiltArtifact(PackagedArtifact):
+    """A classifier's artifact."""
+
+    evaluation: EvaluationReport | None = None
+
+    def quality(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.evaluation.accuracy if self.evaluation else None,
+            "slices": {k: v.accuracy for k, v in self.evaluation.slices.items()} if self.evaluation else {},
         }
 
 

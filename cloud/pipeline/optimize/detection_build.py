@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from torch import nn
 
-from agent.contract import DetectionSpec, ModelArtifact, PreprocessSpec, sha256_file
+from agent.contract import DetectionSpec, ModelArtifact, PreprocessSpec
 from agent.infer.detect import Detection, detect
 from agent.profiles import FirmwareProfile
 from cloud.pipeline.data.detection import DetectionTensors
@@ -38,6 +38,7 @@ from cloud.pipeline.evaluate.detection_gates import (
     evaluate_raw_outputs,
 )
 from cloud.pipeline.evaluate.gates import GateDecision
+from cloud.pipeline.optimize.build import PackagedArtifact
 from cloud.pipeline.optimize.litert import NOT_INSTALLED, convert_tflite, litert_available
 from cloud.pipeline.optimize.openvino_ir import convert_ir, nncf_available, quantize_ir_nncf
 from cloud.pipeline.optimize.quantize import QuantizationSettings, quantize_onnx_static
@@ -53,29 +54,16 @@ _QUANTIZED_MODULE = "body"
 
 
 @dataclass
-class DetectionArtifact:
-    key: str
-    path: Path
-    artifact: ModelArtifact
-    extra_files: list[Path] = field(default_factory=list)
+class DetectionArtifact(PackagedArtifact):
+    """A detector's artifact."""
+
     evaluation: DetectionEvaluation | None = None
-    gate: GateDecision | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def accepted(self) -> bool:
-        return self.gate is None or self.gate.passed
-
-    def summary(self) -> dict[str, Any]:
+    def quality(self) -> dict[str, Any]:
         return {
-            "file": self.artifact.file, "runtime": self.artifact.runtime, "precision": self.artifact.precision,
-            "profiles": list(self.artifact.profiles), "sha256": sha256_file(self.path),
-            "size_bytes": self.path.stat().st_size + sum(p.stat().st_size for p in self.extra_files),
-            "golden_file": self.artifact.golden_file, "golden_tolerance": self.artifact.golden_tolerance,
             "map_50": self.evaluation.map_50 if self.evaluation else None,
             "map_50_95": self.evaluation.map_50_95 if self.evaluation else None,
             "slices": ({k: v.metrics.map_50 for k, v in self.evaluation.slices.items()} if self.evaluation else {}),
-            "settings": self.settings, "gate": self.gate.as_dict() if self.gate else None, "accepted": self.accepted,
         }
 
 
