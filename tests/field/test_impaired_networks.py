@@ -80,7 +80,11 @@ def test_rollout_completes_over_twenty_percent_loss_and_every_report_arrives_onc
                      stages=[{"count": 1}, {"percent": 100}],
                      timeouts={"queued_s": 120, "downloading_s": 180, "installing_s": 120, "probation_s": 120},
                      gates={"min_frames": 20, "min_latency_windows": 2, "probation_min_windows": 2,
-                            "gate_wait_s": 120})
+                            "gate_wait_s": 120,
+                            # The subject is delivery over a lossy link. The model-quality gates compare
+                            # devices that film their own synthetic scenes, on cores shared with a
+                            # parallel worker: their verdicts here would be about that, not the link.
+                            "class_distribution_min_tvd": 1.0, "max_p95_latency_ratio": 10.0})
     finished = wait_state(field.api, create(field.api, spec)["id"], timeout_s=480)
     assert finished["state"] == "completed", [(d["action"], d["reason"]) for d in finished["decisions"]]
     wait_for(lambda: {_device(field.api, d)["running_package_id"] for d in devices} == {new.package_id}, 120,

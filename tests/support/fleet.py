@@ -59,6 +59,10 @@ def start_agent(plane: ControlPlane, workdir: Path, device_id: str, *, source: s
         "device_id": device_id, "mqtt_url": plane.broker_url, "topic_prefix": plane.settings.topic_prefix,
         "api_url": plane.base_url, "state_dir": str(state_dir), "hardware_profile": profile,
         "source": source, "target_fps": fps, "telemetry_interval_s": 1.0, "inference_threads": 1,
+        # These agents share two cores with a parallel test worker: a p95 latency ratio against a
+        # baseline of a millisecond or two says nothing there. Probation's latency verdict is
+        # tested where it is the subject (tests/agent/test_probation.py, the state machine).
+        "probation_max_p95_latency_ratio": 20.0,
         **(extra or {}),
     }
     process = spawn_agent(config, state_dir / "agent.yaml", state_dir / "agent.log")
