@@ -108,14 +108,24 @@ def data_validate(root: Annotated[Path, typer.Argument(help="ImageFolder directo
 
 
 @data_app.command("ingest")
-def data_ingest(root: Annotated[Path, typer.Argument(help="ImageFolder directory, or a YOLO-layout detection dataset")], as_json: JsonOption = False) -> None:
-    """Validate and store a content-addressed dataset version (same bytes → same id)."""
+def data_ingest(
+    root: Annotated[Path, typer.Argument(help="ImageFolder directory, a YOLO-layout detection dataset, or a COCO "
+                                              "detection directory (annotations.json + images/)")],
+    as_json: JsonOption = False,
+    data_format: Annotated[str, typer.Option("--format", help="auto, imagefolder, yolo or coco; auto recognises "
+                                                              "the layout")] = "auto",
+) -> None:
+    """Validate and store a content-addressed dataset version (same bytes → same id).
+
+    Detection datasets with validation errors (boxes outside the image, zero-area boxes, unknown
+    classes, unreadable images) are refused with each file named; warnings are listed.
+    """
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import ingest
 
     engine, paths = local_context()
     with user_errors():
-        result = ingest(engine, paths, root)
+        result = ingest(engine, paths, root, layout=data_format)
     record = result.record
 
     def human() -> None:
