@@ -107,6 +107,21 @@ class DetectionBuildResult:
         return self.package.manifest.package_id if self.package else None
 
 
+def scan_detection_layout(root: Path, layout: str) -> DetectionDataset:
+    """Scan a ``yolo`` or ``coco`` directory (not yet validated)."""
+    if layout == "coco":
+        from cloud.pipeline.data.coco import scan_coco_dataset
+
+        return scan_coco_dataset(root)
+    return scan_detection_dataset(root)
+
+
+def validate_detection_directory(root: Path, layout: str = "yolo",
+                                 limits: DetectionLimits = DetectionLimits()) -> DetectionValidationReport:
+    """Validate a YOLO or COCO directory without ingesting it."""
+    return validate_detection_dataset(scan_detection_layout(root, layout), limits)
+
+
 def ingest_detection(engine: Engine, paths: PipelineDirs, root: Path, layout: str = "yolo",
                      limits: DetectionLimits = DetectionLimits()) -> DetectionIngestResult:
     """Scan a YOLO-layout or COCO directory, validate it, store it content-addressed and register the version.
@@ -117,12 +132,7 @@ def ingest_detection(engine: Engine, paths: PipelineDirs, root: Path, layout: st
         PipelineInputError: not a detection dataset, a malformed label file (named with its line), or
             validation errors (every one named with its file, up to ten in the message).
     """
-    if layout == "coco":
-        from cloud.pipeline.data.coco import scan_coco_dataset
-
-        scanned = scan_coco_dataset(root)
-    else:
-        scanned = scan_detection_dataset(root)
+    scanned = scan_detection_layout(root, layout)
     report = validate_detection_dataset(scanned, limits)
     errors = report.errors()
     if errors:

@@ -180,6 +180,10 @@ def test_cli_ingests_coco_with_counts_and_refuses_invalid_yolo(cli_env: Path) ->
     assert same.exit_code == 0 and json.loads(same.stdout)["id"] == yolo_id
 
     bad = write_yolo(cli_env / "bad", {"a.png": ["0 0.5 0.5 0 0.2"]})
+    validated = runner.invoke(app, ["data", "validate", str(bad), "--json"])
+    report = json.loads(validated.stdout)
+    assert validated.exit_code == 1 and not report["ok"] and report["counts"] == {"zero_area_box": 1}
+    assert report["issues"][0]["file"] == "labels/a.txt:1"
     refused = runner.invoke(app, ["data", "ingest", str(bad)])
     message = " ".join(refused.output.split())
     assert refused.exit_code == 2 and "labels/a.txt:1" in message and "zero area" in message, message
