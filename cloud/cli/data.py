@@ -87,11 +87,21 @@ def data_synth_detection(
 
 
 @data_app.command("validate")
-def data_validate(root: Annotated[Path, typer.Argument(help="ImageFolder directory")], as_json: JsonOption = False) -> None:
-    """Check a directory before ingesting: corrupt files, duplicates, tiny classes, odd sizes. Exit 1 on blocking errors."""
+def data_validate(
+    root: Annotated[Path, typer.Argument(help="ImageFolder directory, or a YOLO or COCO detection dataset")],
+    as_json: JsonOption = False,
+    data_format: Annotated[str, typer.Option("--format", help="auto, imagefolder, yolo or coco")] = "auto",
+) -> None:
+    """Check a directory before ingesting: corrupt files, duplicates, tiny classes, odd sizes; for detection
+    datasets boxes outside the image, zero-area boxes, unknown classes, leakage. Exit 1 on blocking errors."""
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
-    from cloud.pipeline.service import validate_directory
+    from cloud.pipeline.service import ingest_layout, validate_directory
 
+    with user_errors():
+        layout = ingest_layout(root, data_format)
+    if layout in ("yolo", "coco"):
+        _validate_detection(root, layout, as_json)
+        return
     with user_errors():
         report = validate_directory(root)
     issues = [i.as_dict() for i in report.issues]
@@ -107,15 +117,41 @@ def data_validate(root: Annotated[Path, typer.Argument(help="ImageFolder directo
         raise typer.Exit(1)
 
 
+def _validate_detection(root: Path, layout: str, as_json: bool) -> None:
+    from cloud.pipeline.detection_service import validate_detection_directory
+
+    with user_errors():
+        report = validate_detection_directory(root, layout)
+
+    def human() -> None:
+        issues_table([i.as_dict() for i in report.issues])
+        console.print(f"{report.dataset_id}: {report.images} images, {report.boxes} boxes, "
+                      f"{report.unlabelled_images} without boxes, {len(report.errors())} errors")
+
+    emit(as_json, report.summary(), human)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 @data_app.command("ingest")
-def data_ingest(root: Annotated[Path, typer.Argument(help="ImageFolder directory, or a YOLO-layout detection dataset")], as_json: JsonOption = False) -> None:
-    """Validate and store a content-addressed dataset version (same bytes → same id)."""
+def data_ingest(
+    root: Annotated[Path, typer.Argument(help="ImageFolder directory, a YOLO-layout detection dataset, or a COCO "
+                                              "detection directory (annotations.json + images/)")],
+    as_json: JsonOption = False,
+    data_format: Annotated[str, typer.Option("--format", help="auto, imagefolder, yolo or coco; auto recognises "
+                                                              "the layout")] = "auto",
+) -> None:
+    """Validate and store a content-addressed dataset version (same bytes → same id).
+
+    Detection datasets with validation errors (boxes outside the image, zero-area boxes, unknown
+    classes, unreadable images) are refused with each file named; warnings are listed.
+    """
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.pipeline.service import ingest
 
     engine, paths = local_context()
     with user_errors():
-        result = ingest(engine, paths, root)
+        result = ingest(engine, paths, root, layout=data_format)
     record = result.record
 
     def human() -> None:

@@ -29,6 +29,11 @@ from cloud.pipeline.data.detection import (
     scan_detection_dataset,
     store_detection_dataset,
 )
+from cloud.pipeline.data.detection_validate import (
+    DetectionLimits,
+    DetectionValidationReport,
+    validate_detection_dataset,
+)
 from cloud.pipeline.errors import PipelineInputError
 from cloud.pipeline.evaluate.detection_gates import (
     DetectionEvaluation,
@@ -78,6 +83,7 @@ class PipelineDirs(Protocol):
 class DetectionIngestResult:
     dataset: DetectionDataset
     record: DatasetRecord
+    report: DetectionValidationReport | None = None
 
 
 @dataclass
@@ -101,23 +107,53 @@ class DetectionBuildResult:
         return self.package.manifest.package_id if self.package else None
 
 
-def ingest_detection(engine: Engine, paths: PipelineDirs, root: Path) -> DetectionIngestResult:
-    """Scan a YOLO-layout directory, store it content-addressed and register the version.
+def scan_detection_layout(root: Path, layout: str) -> DetectionDataset:
+    """Scan a ``yolo`` or ``coco`` directory (not yet validated)."""
+    if layout == "coco":
+        from cloud.pipeline.data.coco import scan_coco_dataset
+
+        return scan_coco_dataset(root)
+    return scan_detection_dataset(root)
+
+
+def validate_detection_directory(root: Path, layout: str = "yolo",
+                                 limits: DetectionLimits = DetectionLimits()) -> DetectionValidationReport:
+    """Validate a YOLO or COCO directory without ingesting it."""
+    return validate_detection_dataset(scan_detection_layout(root, layout), limits)
+
+
+def ingest_detection(engine: Engine, paths: PipelineDirs, root: Path, layout: str = "yolo",
+                     limits: DetectionLimits = DetectionLimits()) -> DetectionIngestResult:
+    """Scan a YOLO-layout or COCO directory, validate it, store it content-addressed and register the version.
+
+    Warnings (duplicates, leakage) and the count of unlabelled images go into the record's issues.
 
     Raises:
-        PipelineInputError: not a detection dataset, or a malformed label file (named with its line).
+        PipelineInputError: not a detection dataset, a malformed label file (named with its line), or
+            validation errors (every one named with its file, up to ten in the message).
     """
-    scanned = scan_detection_dataset(root)
+    scanned = scan_detection_layout(root, layout)
+    report = validate_detection_dataset(scanned, limits)
+    errors = report.errors()
+    if errors:
+        shown = "; ".join(f"{e.file}: {e.reason}" for e in errors[:10])
+        more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+        raise PipelineInputError(f"{root} failed detection validation with {len(errors)} error(s): {shown}{more}")
     stored = store_detection_dataset(scanned, paths.datasets_dir)
+    issues = [issue.as_dict() for issue in report.issues]
+    if report.unlabelled_images:
+        issues.append({"kind": "unlabelled", "severity": "info", "file": "images/",
+                       "reason": f"{report.unlabelled_images} of {report.images} images have no boxes "
+                                 "(kept as negative frames)"})
     record = DatasetRecord(
         id=stored.dataset_id, source_path=str(root.resolve()), store_path=str(paths.datasets_dir.resolve()),
         labels=stored.labels, metadata_fields=stored.metadata_fields, split_counts=stored.split_counts(),
-        issues=[], image_count=len(stored.samples), excluded_count=0,
+        issues=issues, image_count=len(stored.samples), excluded_count=0,
     )
     with Session(engine) as session:
         record = store.save_dataset(session, record)
         session.expunge(record)
-    return DetectionIngestResult(dataset=stored, record=record)
+    return DetectionIngestResult(dataset=stored, record=record, report=report)
 
 
 def train_detection_model(engine: Engine, paths: PipelineDirs, *, dataset_id: str, name: str, config: DetectorConfig,

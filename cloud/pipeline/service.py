@@ -155,18 +155,41 @@ def validate_directory(root: Path, limits: ValidationLimits = ValidationLimits()
     return validate_dataset(scan_imagefolder(root), limits)[1]
 
 
+# Directory layouts `ingest` understands; "auto" recognises them in this order: coco, yolo, imagefolder.
+INGEST_FORMATS = ("auto", "imagefolder", "yolo", "coco")
+
+
+def ingest_layout(root: Path, layout: str = "auto") -> str:
+    """The layout of ``root`` (``layout`` itself unless it is ``auto``).
+
+    Raises:
+        PipelineInputError: an unknown layout name.
+    """
+    if layout not in INGEST_FORMATS:
+        raise PipelineInputError(f"unknown dataset format {layout!r}; known: {', '.join(INGEST_FORMATS)}")
+    if layout != "auto":
+        return layout
+    from cloud.pipeline.data.coco import is_coco_dataset
+
+    if is_detection_dataset(root):
+        return "yolo"
+    return "coco" if is_coco_dataset(root) else "imagefolder"
+
+
 def ingest(engine: Engine, paths: PipelinePaths, root: Path,
-           limits: ValidationLimits = ValidationLimits()) -> IngestResult:
+           limits: ValidationLimits = ValidationLimits(), layout: str = "auto") -> IngestResult:
     """Scan, validate, copy into the content-addressed store and register a dataset version.
 
     Corrupt images are excluded and reported; the same bytes always give the same id.
     A YOLO-layout directory (``images/``, ``labels/``, ``classes.txt``) is ingested as a
-    detection dataset (:func:`cloud.pipeline.detection_service.ingest_detection`).
+    detection dataset (:func:`cloud.pipeline.detection_service.ingest_detection`), and so is a
+    COCO directory (an annotations JSON with its images; ``layout`` forces one of ``INGEST_FORMATS``).
     """
-    if is_detection_dataset(root):
+    layout = ingest_layout(root, layout)
+    if layout in ("yolo", "coco"):
         from cloud.pipeline.detection_service import ingest_detection
 
-        detection = ingest_detection(engine, paths, root)
+        detection = ingest_detection(engine, paths, root, layout=layout)
         return IngestResult(dataset=detection.dataset, record=detection.record,
                             report=ValidationReport(dataset_id=detection.record.id,
                                                     usable_images=detection.record.image_count))

@@ -22,6 +22,7 @@ from cloud.pipeline.data.detection import (
     parse_label_file,
     scan_detection_dataset,
 )
+from cloud.pipeline.data.detection_validate import validate_detection_dataset
 from cloud.pipeline.data.synth_detection import write_detection_dataset
 from cloud.pipeline.errors import PipelineInputError
 from cloud.pipeline.evaluate.detection_gates import (
@@ -52,11 +53,12 @@ def test_dataset_ids_follow_content_and_bad_labels_name_their_line(tmp_path: Pat
     assert first.metadata_fields == ["lighting", "camera"]
     assert all(1 <= len(s.boxes) <= 4 for s in first.samples)
     (root / "labels" / "00000.txt").write_text("0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.2 0.2\n")
-    with pytest.raises(PipelineInputError, match=r"labels/00000.txt:2: class 7 is outside 0..2"):
-        scan_detection_dataset(root)
-    (root / "labels" / "bad.txt").write_text("0 0.5 0.5 1.4 0.2\n")
-    with pytest.raises(PipelineInputError, match="normalised"):
-        parse_label_file(root / "labels" / "bad.txt", 3, "labels/bad.txt")
+    errors = validate_detection_dataset(scan_detection_dataset(root)).errors()
+    assert [(e.kind, e.file) for e in errors] == [("class_out_of_range", "labels/00000.txt:2")]
+    assert "class 7 is outside 0..2" in errors[0].reason
+    (root / "labels" / "bad.txt").write_text("0 0.5 0.5 one 0.2\n")
+    with pytest.raises(PipelineInputError, match=r"labels/bad\.txt:1: class must be an integer"):
+        parse_label_file(root / "labels" / "bad.txt", "labels/bad.txt")
 
 
 def test_training_is_reproducible(tmp_path: Path) -> None:

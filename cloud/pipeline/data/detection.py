@@ -58,6 +58,9 @@ class DetectionSample:
     boxes: tuple[YoloBox, ...] = ()
     metadata: tuple[tuple[str, str], ...] = ()
     split_name: str | None = None
+    # Where each box came from ("labels/a.txt:3", "annotations.json: annotation 7"), for validation messages.
+    # Not part of the dataset id, and not stored: a stored version has been validated.
+    box_sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def split(self) -> str:
@@ -130,13 +133,18 @@ def read_classes(path: Path) -> list[str]:
     return names
 
 
-def parse_label_file(path: Path, num_classes: int, relative: str) -> tuple[YoloBox, ...]:
-    """Parse one YOLO label file.
+def parse_label_file(path: Path, relative: str) -> tuple[tuple[YoloBox, ...], tuple[str, ...]]:
+    """Parse one YOLO label file into its boxes and each box's ``file:line``.
+
+    Only the syntax is checked here; ranges (class ids, boxes inside the image, zero area)
+    are :func:`cloud.pipeline.data.detection_validate.validate_detection_dataset`'s job, so
+    a COCO import is held to the same rules.
 
     Raises:
-        PipelineInputError: a line that is not ``class cx cy w h`` with a known class and values in 0..1.
+        PipelineInputError: a line that is not ``class cx cy w h`` (an integer and four numbers).
     """
     boxes: list[YoloBox] = []
+    sources: list[str] = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -150,13 +158,9 @@ def parse_label_file(path: Path, num_classes: int, relative: str) -> tuple[YoloB
         except ValueError:
             raise PipelineInputError(f"{where}: class must be an integer and cx cy w h numbers, "
                                      f"got {line.strip()[:80]!r}") from None
-        if not 0 <= class_id < num_classes:
-            raise PipelineInputError(f"{where}: class {class_id} is outside 0..{num_classes - 1} ({CLASSES_FILE})")
-        if not (0 <= cx <= 1 and 0 <= cy <= 1 and 0 < w <= 1 and 0 < h <= 1):
-            raise PipelineInputError(f"{where}: cx cy w h must be normalised to 0..1 (w, h > 0), got "
-                                     f"{cx} {cy} {w} {h}")
         boxes.append((class_id, cx, cy, w, h))
-    return tuple(boxes)
+        sources.append(where)
+    return tuple(boxes), tuple(sources)
 
 
 def scan_detection_dataset(root: Path) -> DetectionDataset:
@@ -164,6 +168,9 @@ def scan_detection_dataset(root: Path) -> DetectionDataset:
 
     Raises:
         PipelineInputError: a missing directory or classes file, or a malformed label line (file and line named).
+
+    Class ids and box ranges are not checked here: validate the result
+    (:func:`cloud.pipeline.data.detection_validate.validate_detection_dataset`) before using it.
     """
     if not root.is_dir():
         raise PipelineInputError(f"dataset directory {root} does not exist")
@@ -178,10 +185,11 @@ def scan_detection_dataset(root: Path) -> DetectionDataset:
             continue
         relative = f"{IMAGES_DIR}/{path.name}"
         label_path = root / LABELS_DIR / f"{path.stem}.txt"
-        boxes = parse_label_file(label_path, len(labels), f"{LABELS_DIR}/{label_path.name}") if label_path.exists() else ()
+        boxes, sources = (parse_label_file(label_path, f"{LABELS_DIR}/{label_path.name}") if label_path.exists()
+                          else ((), ()))
         meta = tuple(sorted(metadata.get(relative, {}).items()))
         samples.append(DetectionSample(path=path, sha256=sha256_file(path), relative=relative, boxes=boxes,
-                                       metadata=meta))
+                                       metadata=meta, box_sources=sources))
     if not samples:
         raise PipelineInputError(f"{root / IMAGES_DIR} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return DetectionDataset(root=root, dataset_id=detection_dataset_id(labels, samples), labels=labels,
