@@ -151,3 +151,32 @@ def test_api_and_cli_show_a_registered_detectors_quality(control_plane, api, dat
     assert any("light=night" in line and "0.310" in line and "fail" in line for line in lines)
     assert any("weather=fog" in line and "not gated" in line for line in lines)
     assert any("model.int8.onnx" in line and "1.50" in line for line in lines)
+
+
+def test_training_a_detector_records_what_the_quality_view_needs(database_url: str, tmp_path: Path) -> None:
+    """The real path (tiny, one epoch): the gate's thresholds land in the lineage, so slices get a verdict."""
+    from cloud.core.db import make_engine, migrate
+    from cloud.pipeline.data.synth_detection import write_detection_dataset
+    from cloud.pipeline.detection_service import ingest_detection, train_detection_model
+    from cloud.pipeline.service import PipelinePaths, describe_model
+    from cloud.pipeline.train.detector import DetectorConfig
+
+    migrate(database_url)
+    engine = make_engine(database_url)
+    paths = PipelinePaths.under(tmp_path / "data")
+    dataset = ingest_detection(engine, paths, write_detection_dataset(tmp_path / "scenes", images=60, seed=5)).dataset
+    thresholds = DetectionThresholds(min_map_50=0.3, min_slice_map_50=0.2, min_slice_images=3)
+    outcome = train_detection_model(engine, paths, dataset_id=dataset.dataset_id, name="det",
+                                    config=DetectorConfig(epochs=1, width=8), thresholds=thresholds)
+    with Session(engine) as session:
+        described = describe_model(session, outcome.model_version)
+    quality = described["detection_quality"]
+    assert described["gate"]["thresholds"] == asdict(thresholds)
+    assert quality["gate_status"] == outcome.status and quality["map_50"] == described["evaluation"]["map_50"]
+    assert [c["label"] for c in quality["per_class"]] == sorted(dataset.labels)
+    assert quality["per_slice"] and all(s["min_map_50"] == 0.2 for s in quality["per_slice"])
+    assert {s["gated"] for s in quality["per_slice"]} == {True, False}  # both kinds of slice are judged here
+    for s in quality["per_slice"]:
+        assert s["gated"] == (s["images"] >= 3)
+        assert s["passed"] == ((s["map_50"] >= 0.2) if s["gated"] else None)
+    engine.dispose()
