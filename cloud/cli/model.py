@@ -258,7 +258,51 @@ def model_show(version: str, as_json: JsonOption = False) -> None:
     engine, _ = local_context()
     with user_errors(), Session(engine) as session:
         described = describe_model(session, version)
-    emit(as_json, described, lambda: Console().print_json(json.dumps(described, default=str)))
+    def human() -> None:
+        Console().print_json(json.dumps(described, default=str))
+        if described.get("detection_quality"):
+            print_detection_quality(described["detection_quality"])
+
+    emit(as_json, described, human)
+
+
+def _figure(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _verdict(passed: bool | None) -> str:
+    return "not gated" if passed is None else ("pass" if passed else "fail")
+
+
+def print_detection_quality(quality: dict[str, Any]) -> None:
+    """The detector's mAP overall, per class, per slice (against the gate) and per build artifact."""
+    out = Console()
+    gate = f" (gate ≥ {_figure(quality['min_map_50'])}: {_verdict(quality['passed'])})" \
+        if quality.get("min_map_50") is not None else ""
+    out.print(f"detection: mAP@0.5 {_figure(quality['map_50'])}{gate}, mAP@0.5:0.95 {_figure(quality['map_50_95'])}, "
+              f"gate {quality.get('gate_status') or 'not recorded'}", highlight=False)
+    classes = new_table("mAP per class")
+    for column in ("class", "AP@0.5", "AP@0.5:0.95"):
+        classes.add_column(column)
+    for c in quality["per_class"]:
+        classes.add_row(c["label"], _figure(c["ap_50"]), _figure(c["ap_50_95"]))
+    out.print(classes)
+    slices = new_table("mAP per slice")
+    for column in ("slice", "images", "mAP@0.5", "mAP@0.5:0.95", "gate minimum", "result"):
+        slices.add_column(column)
+    for s in quality["per_slice"]:
+        slices.add_row(s["slice"], str(s["images"]), _figure(s["map_50"]), _figure(s["map_50_95"]),
+                       _figure(s["min_map_50"]), _verdict(s["passed"]))
+    out.print(slices)
+    if quality["artifacts"]:
+        artifacts = new_table("build artifacts")
+        for column in ("build", "file", "runtime", "precision", "mAP@0.5", "mAP@0.5:0.95", "INT8 drop pp", "accepted"):
+            artifacts.add_column(column)
+        for a in quality["artifacts"]:
+            artifacts.add_row(str(a["build_id"]), str(a["file"]), str(a["runtime"]), str(a["precision"]),
+                              _figure(a["map_50"]), _figure(a["map_50_95"]), _figure(a["map_50_drop_pp"], 2),
+                              "-" if a["accepted"] is None else ("yes" if a["accepted"] else "no"))
+        out.print(artifacts)
 
 
 @model_app.command("import")

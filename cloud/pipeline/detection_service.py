@@ -9,7 +9,7 @@ metric (mAP through the agent's decoder) and the package's ``detection`` block.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -193,7 +193,9 @@ def train_detection_model(engine: Engine, paths: PipelineDirs, *, dataset_id: st
         assert model.id is not None
         store.save_lineage(session, ModelLineage(
             model_version_id=model.id, source="trained", preprocessing=spec.model_dump(mode="json"),
-            environment=result.environment, evaluation=metrics, gate=decision.as_dict(),
+            environment=result.environment, evaluation=metrics,
+            # The thresholds too, so the model page can say which slice passed against what.
+            gate={**decision.as_dict(), "thresholds": asdict(thresholds)},
         ))
         store.set_status(session, model, decision.status)
     return DetectionModelOutcome(model_version=version, status=decision.status, decision=decision,

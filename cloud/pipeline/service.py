@@ -61,6 +61,7 @@ from cloud.pipeline.optimize.quantize import select_calibration
 from cloud.pipeline.optimize.runners import device_backend_runner, run_batched, runner_for
 from cloud.pipeline.package.builder import BuiltPackage, build_package
 from cloud.pipeline.registry import store
+from cloud.pipeline.registry.detection_quality import detection_quality
 from cloud.pipeline.registry.tables import DatasetRecord, ModelBuild, ModelLineage
 from cloud.pipeline.train.model import MobileNetV2
 from cloud.pipeline.train.trainer import EpochCallback, TrainConfig, environment, export_onnx, train
@@ -715,15 +716,21 @@ def describe_model(session: Session, version: str) -> dict[str, Any]:
     assert model.id is not None
     lineage = store.get_lineage(session, model.id)
     builds = store.list_builds(session, model.id)
+    build_rows = [{"id": b.id, "profiles": b.profiles, "package_id": b.package_id, "artifacts": b.artifacts,
+                   "notes": b.notes, "created_at": b.created_at.isoformat()} for b in builds]
+    evaluation = lineage.evaluation if lineage else model.metrics
+    gate = lineage.gate if lineage else {}
     return {
         "id": model.id, "metrics": model.metrics, "version": model.version, "name": model.name, "status": model.status, "dataset_id": model.dataset_id,
         "code_version": model.code_version, "labels": model.labels, "hyperparameters": model.hyperparameters,
         "onnx_sha256": model.onnx_sha256, "created_at": model.created_at.isoformat(),
         "source": lineage.source if lineage else None,
         "environment": lineage.environment if lineage else {},
-        "evaluation": lineage.evaluation if lineage else model.metrics,
-        "gate": lineage.gate if lineage else {},
+        "evaluation": evaluation,
+        "gate": gate,
         "compared_with": lineage.compared_with if lineage else None,
-        "builds": [{"id": b.id, "profiles": b.profiles, "package_id": b.package_id, "artifacts": b.artifacts,
-                    "notes": b.notes, "created_at": b.created_at.isoformat()} for b in builds],
+        "builds": build_rows,
+        # None for a classifier: its figures stay where they were (metrics, evaluation, builds).
+        "detection_quality": detection_quality(hyperparameters=model.hyperparameters, evaluation=evaluation,
+                                               gate=gate, builds=build_rows),
     }
