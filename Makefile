@@ -16,6 +16,8 @@ QUIET_PIP = { grep -v "is ignored" || true; }
 # environment of its own; the pipeline runs its converter there through EDGEFLEET_LITERT_PYTHON
 # (cloud/pipeline/optimize/litert.py).
 LITERT_VENV  ?= .venv-litert
+# pytest-xdist workers for `make check` and `make test` (see the test target).
+TEST_WORKERS ?= 2
 LITERT_STAMP  = $(LITERT_VENV)/.installed-stamp
 LITERT_PIP    = $(LITERT_VENV)/bin/pip --quiet --disable-pip-version-check
 
@@ -65,7 +67,7 @@ browser:
 # The quick loop (under two minutes, no services): lint, import contracts, types and the
 # tests that need no broker, database, agent process or trained model.
 check: lint imports typecheck
-	$(BIN)/pytest -q -m "not integration" -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "not integration" -p no:cacheprovider -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The field tests put agents in network namespaces: iproute2 (ip, tc) and nftables.
 netns-deps:
@@ -91,7 +93,6 @@ rtsp-deps:
 # Two workers (pytest-xdist), a test file each at a time: most integration tests wait on agents,
 # brokers and windows rather than compute. The second worker gets a private Mosquitto
 # (tests/support/services.py), since agents use their device ids as MQTT client ids.
-TEST_WORKERS ?= 2
 test: lint imports typecheck browser rtsp-deps netns-deps litert
 	EDGEFLEET_LITERT_PYTHON=$(CURDIR)/$(LITERT_VENV)/bin/python $(BIN)/pytest -q -ra \
 	  -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
