@@ -54,8 +54,10 @@ def test_cameras_share_one_model_instance_per_package(
     for report in shared.values():
         assert report.model_group == "shapes"
         camera = report.frame_totals.camera if report.frame_totals else None
-        assert camera is not None and camera.capture_to_result_p95_ms is not None
-        assert camera.capture_to_result_p50_ms is not None and camera.stale_frames_dropped >= 0
+        # Each camera's report carries its latency figures and stale-frame count (their values are the benchmark's).
+        assert camera is not None
+        assert {"capture_to_result_p50_ms", "capture_to_result_p95_ms", "stale_frames_dropped"} <= set(
+            camera.model_dump(exclude_none=True))
     # The fifth camera's model has nothing deployed yet: it serves nothing and loads nothing.
     assert all(r.frames == 0 for r in cloud.telemetry(device_id)[-10:] if r.pipeline == "gate")
 
