@@ -174,19 +174,30 @@ def _forged(device_id: str, package_id: str, key: Ed25519PrivateKey, index: int)
 
 # --- forged commands crowding out a genuine one -----------------------------------
 def test_a_flood_of_forged_commands_does_not_crowd_out_a_genuine_one(plant: Plant) -> None:
-    v1 = plant.releases["v1"].package_id
+    """The flood lands while the device is busy installing, as an attacker would time it.
+
+    A genuine deploy goes first, so the agent's command thread is downloading, verifying and
+    loading a package when the forgeries arrive. Anything that queues commands before their
+    signature is checked fills up with forgeries then, and the second genuine command, sent in
+    the middle of the flood, is dropped. Checked on receipt, forgeries never take a place.
+    """
+    v1, v2 = plant.releases["v1"].package_id, plant.releases["v2"].package_id
     attacker = Ed25519PrivateKey.generate()
     flood = [_forged(FLOODED, v1, attacker, index) for index in range(FORGED_COMMANDS)]
-    # The genuine command, signed by the director with the control plane's next seq for the device.
-    genuine = plant.signed_deploy(v1, FLOODED, seq=plant.next_seq(FLOODED))
+    # Genuine commands, signed by the director with the control plane's next seq numbers.
+    busy = plant.signed_deploy(v1, FLOODED, seq=plant.next_seq(FLOODED))
+    genuine = plant.signed_deploy(v2, FLOODED, seq=plant.next_seq(FLOODED))
     half = FORGED_COMMANDS // 2
-    # One connection, so the broker delivers them in this order: the genuine command arrives
-    # in the middle of the flood. The attacker does not wait for acknowledgements (QoS 0).
+    # One connection, so the broker delivers them in this order: the install first, then the
+    # genuine command in the middle of the flood. The attacker does not wait for acknowledgements (QoS 0).
     topic = plant.plane.topics.commands(FLOODED)
+    plant.observer.client.publish(topic, busy.to_bytes(), qos=1).wait_for_publish(5)
     for payload in [*flood[:half], genuine.to_bytes(), *flood[half:]]:
         sent = plant.observer.client.publish(topic, payload, qos=0)
     sent.wait_for_publish(60)
 
+    first = wait_for(lambda: plant.observer.final_job(busy.job_id), 120, what="the first install's final report")
+    assert first["state"] == "succeeded", (first, plant.agents[FLOODED].log[-3000:])
     report = wait_for(lambda: plant.observer.final_job(genuine.job_id), 120,
                       what="the genuine command's final report despite the flood")
     assert report["state"] == "succeeded", (report, plant.agents[FLOODED].log[-3000:])
@@ -194,7 +205,7 @@ def test_a_flood_of_forged_commands_does_not_crowd_out_a_genuine_one(plant: Plan
     # Every forgery is counted in telemetry, none of them was installed.
     wait_for(lambda: (t := plant.observer.latest_telemetry(FLOODED)) and t["rejected_commands"] >= FORGED_COMMANDS,
              60, what=f"telemetry counting {FORGED_COMMANDS} rejected commands")
-    wait_for(lambda: plant.running(FLOODED) == v1, 30, what="the genuine package running")
+    wait_for(lambda: plant.running(FLOODED) == v2, 30, what="the genuine package running")
 
 
 # --- seq window, resync, replay ----------------------------------------------------
