@@ -97,9 +97,9 @@ def decode_yolo_raw(output: npt.NDArray[np.generic], num_classes: int, *, score_
         class_scores = _sigmoid(class_scores)
     # Threshold on each column's best score first, then find the class of the few kept.
     best = class_scores.max(axis=0)
-    keep = best > score_threshold
-    class_ids = np.argmax(class_scores[:, keep], axis=0)
-    return Candidates(_cxcywh_to_xyxy(array[:4, keep].T), best[keep].astype(np.float32),
+    columns = np.flatnonzero(best > score_threshold)
+    class_ids = class_scores[:, columns].argmax(axis=0)
+    return Candidates(_cxcywh_to_xyxy(array[:4, columns].T), best[columns].astype(np.float32),
                       class_ids.astype(np.int64))
 
 
@@ -158,17 +158,22 @@ def box_iou(box: FloatArray, boxes: FloatArray) -> FloatArray:
 _NMS_MATRIX_MAX = 512
 
 
-def _iou_rows(boxes: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
-    """Pairwise IoU of (n, 4) x1y1x2y2 boxes as float32, the same arithmetic as :func:`box_iou`."""
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    # np.maximum, not np.clip: same values, a fraction of the per-call overhead.
-    inter_w = np.maximum(np.minimum(x2[:, None], x2[None, :]) - np.maximum(x1[:, None], x1[None, :]), 0.0)
-    inter_h = np.maximum(np.minimum(y2[:, None], y2[None, :]) - np.maximum(y1[:, None], y1[None, :]), 0.0)
-    intersection = inter_w * inter_h
-    areas = np.maximum(x2 - x1, 0.0) * np.maximum(y2 - y1, 0.0)
+def _iou_rows(boxes: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Pairwise IoU of (n, 4) x1y1x2y2 boxes, the same arithmetic as :func:`box_iou`.
+
+    Corners are handled as (x, y) pairs, so the whole matrix is eight array operations:
+    at the few dozen candidates of a frame numpy's per-call overhead is the cost, not
+    the arithmetic.
+    """
+    top_left = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    bottom_right = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    overlap = np.maximum(bottom_right - top_left, 0.0)
+    intersection = overlap[..., 0] * overlap[..., 1]
+    sizes = np.maximum(boxes[:, 2:] - boxes[:, :2], 0.0)
+    areas = sizes[:, 0] * sizes[:, 1]
     union = areas[:, None] + areas[None, :] - intersection
     # A zero union means two empty boxes, whose intersection is zero too: IoU 0.
-    return np.asarray(intersection / np.where(union > 0, union, 1.0), dtype=np.float32)
+    return np.asarray(intersection / np.where(union > 0, union, 1.0))
 
 
 def nms(xyxy: FloatArray, scores: FloatArray, class_ids: IntArray, *, iou_threshold: float,
@@ -232,11 +237,14 @@ def input_to_source(xyxy: FloatArray, spec: PreprocessSpec, source_width: int, s
     else:
         scale_x, scale_y = spec.width / source_width, spec.height / source_height
         offset_x = offset_y = crop_x = crop_y = 0.0
-    out = np.empty_like(boxes)
-    # Strided views (x1, x2 and y1, y2), not fancy indexing: this runs for every frame.
-    np.clip((boxes[:, 0::2] - offset_x) / scale_x + crop_x, 0, source_width, out=out[:, 0::2])
-    np.clip((boxes[:, 1::2] - offset_y) / scale_y + crop_y, 0, source_height, out=out[:, 1::2])
-    return out.astype(np.float32)
+    # All four coordinates in one pass (x1, y1, x2, y2 against per-column constants): this
+    # runs for every frame, and at a handful of boxes each numpy call costs more than its work.
+    offset = np.array([offset_x, offset_y, offset_x, offset_y])
+    scale = np.array([scale_x, scale_y, scale_x, scale_y])
+    out = (boxes - offset) / scale + np.array([crop_x, crop_y, crop_x, crop_y])
+    np.maximum(out, 0.0, out=out)
+    np.minimum(out, np.array([source_width, source_height, source_width, source_height], dtype=np.float64), out=out)
+    return np.asarray(out, dtype=np.float32)
 
 
 def source_to_input(xyxy: FloatArray, spec: PreprocessSpec, source_width: int, source_height: int) -> FloatArray:
@@ -319,11 +327,10 @@ def detect(output: npt.NDArray[np.generic], *, detection: DetectionSpec, labels:
                     iou_threshold=detection.iou_threshold, max_detections=detection.max_detections)
     kept = candidates.select(order)
     boxes = input_to_source(kept.xyxy, preprocessing, source_width, source_height)
-    results = []
-    for (x1, y1, x2, y2), class_id, score in zip(boxes.tolist(), kept.class_ids.tolist(), kept.scores.tolist(),
-                                                  strict=True):
-        if x2 <= x1 or y2 <= y1:
-            continue
-        results.append(Detection(x1=round(x1, 2), y1=round(y1, 2), x2=round(x2, 2), y2=round(y2, 2),
-                                 class_id=int(class_id), label=labels[class_id], score=round(float(score), 5)))
-    return results
+    # Boxes that clipping left empty are dropped; rounding is done on the arrays, not per value.
+    present = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    corners = np.round(boxes[present].astype(np.float64), 2).tolist()
+    scores = np.round(kept.scores[present].astype(np.float64), 5).tolist()
+    return [Detection(x1=x1, y1=y1, x2=x2, y2=y2, class_id=class_id, label=labels[class_id], score=score)
+            for (x1, y1, x2, y2), class_id, score in zip(corners, kept.class_ids[present].tolist(), scores,
+                                                          strict=True)]
