@@ -129,7 +129,7 @@ def test_yolo_raw_export_imports_from_its_metadata_alone_and_the_device_finds_th
     assert (payload["task"], payload["decoder"], payload["activation"]) == ("detection", "yolo_raw", "probabilities")
     assert payload["labels"] == ["person", "car"] and payload["input_size"] == [YOLO_SIZE, YOLO_SIZE]
     assert any("dynamic height/width were fixed" in note for note in payload["notes"])
-    assert "no drift reference needed" in payload["drift_reference"]
+    assert "no drift reference: no detection dataset was given" in payload["drift_reference"]
     package_dir = result.package.directory
     manifest = PackageManifest.from_bytes((package_dir / MANIFEST_FILE).read_bytes())
     assert manifest.task == "detection" and manifest.detection is not None
