@@ -153,8 +153,7 @@ class DriftReference(BaseModel):
 
     schema_version: Literal[1] = 1
     bins: Literal[32] = 32
-    # A detector may find one kind of object; a classifier needs two classes (checked below).
-    labels: list[str] = Field(min_length=1, max_length=1000)
+    labels: list[str] = Field(min_length=2, max_length=1000)
     features: list[FeatureReference] = Field(min_length=1, max_length=64)
     class_counts: list[int] = Field(default_factory=list)
     # Low-dimensional projection of the model's output logits: ``(logits - mean) @ matrix.T``.
@@ -170,8 +169,6 @@ class DriftReference(BaseModel):
 
     @model_validator(mode="after")
     def _detection_labels(self) -> DriftReference:
-        if self.detection is None and len(self.labels) < 2:
-            raise ValueError("labels: a classifier's reference needs at least 2 labels")
         if self.detection is not None and len(self.detection.object_counts) != len(self.labels):
             raise ValueError("detection.object_counts must have one entry per label")
         return self

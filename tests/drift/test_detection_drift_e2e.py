@@ -46,7 +46,12 @@ def detector(tmp_path_factory: pytest.TempPathFactory) -> Detector:
 
     from cloud.pipeline.data.detection import scan_detection_dataset
     from cloud.pipeline.data.synth_detection import write_detection_dataset
-    from cloud.pipeline.train.detector import DETECTION_SPEC, DetectorConfig, export_detector_onnx, train_detector
+    from cloud.pipeline.train.detector import (
+        DETECTION_SPEC,
+        DetectorConfig,
+        export_detector_onnx,
+        train_detector,
+    )
 
     root = write_detection_dataset(tmp_path_factory.mktemp("scenes") / "data", images=360, seed=5)
     result = train_detector(scan_detection_dataset(root), DetectorConfig(epochs=12, width=16, seed=0), DETECTION_SPEC)
