@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agent.contract import DetectionSpec, ModelArtifact, PackageFile, PackageManifest, PreprocessSpec, utc_now
+from agent.contract import (
+    DetectionSpec,
+    DriftReport,
+    ModelArtifact,
+    PackageFile,
+    PackageManifest,
+    PreprocessSpec,
+    sha256_bytes,
+    utc_now,
+)
 from agent.contract.drift import DETECTION_FEATURES, DriftReference, detection_feature_edges
 from agent.contract.messages import MAX_DRIFT_REPORT_BYTES
 from agent.infer.detect import Detection
-from agent.telemetry.drift import DeviceMonitor, FrameSubsampler
+from agent.telemetry.drift import AgentMonitoring, MonitoringConfig
 from cloud.monitor.reference import DetectionFrames, build_detection_reference
 from cloud.monitor.stats import DetectionCounts, binned_mean, detection_rows, evaluate_window
 
@@ -138,28 +149,41 @@ def test_windows_merge_by_addition() -> None:
     assert sum(merged.boxes_per_frame) == 80
 
 
-def test_device_window_of_a_detection_package_carries_boxes_and_fits_the_report_cap() -> None:
-    """The device's own window (80 classes, crowded frames) against the drift report cap."""
+@dataclass(frozen=True)
+class _Served:
+    manifest: PackageManifest
+    artifact: ModelArtifact
+
+
+def test_agent_publishes_a_detection_window_with_boxes_within_the_report_cap(tmp_path: Path) -> None:
+    """The agent's monitoring hook on a detection package (80 classes, crowded frames) against the report cap."""
     labels = [f"class-{i}" for i in range(80)]
     images, found = _scenes(13, 80)
-    reference = build_detection_reference(images, found, labels, SPEC, window_frames=30, calibration_windows=20)
+    raw = build_detection_reference(images, found, labels, SPEC, window_frames=30, calibration_windows=20).to_bytes()
+    (tmp_path / "drift_reference.json").write_bytes(raw)
+    artifact = ModelArtifact(file="model.onnx", runtime="onnxruntime", precision="fp32")
     manifest = PackageManifest(
         package_id="det-1", model_name="det", model_version="v1", created_at=utc_now(), labels=labels,
         preprocessing=SPEC, hardware_profiles=["x86-64-avx2"], task="detection",
-        detection=DetectionSpec(decoder="yolo_raw", input_width=32, input_height=32),
-        artifacts=[ModelArtifact(file="model.onnx", runtime="onnxruntime", precision="fp32")],
-        files=[PackageFile(name="model.onnx", sha256="0" * 64, size_bytes=1)])
-    monitor = DeviceMonitor(device_id="cam-1", manifest=manifest, reference=reference,
-                            subsampler=FrameSubsampler(interval_s=1.0), window_frames=300, window_s=3600)
+        detection=DetectionSpec(decoder="yolo_raw", input_width=32, input_height=32), artifacts=[artifact],
+        drift_reference_file="drift_reference.json",
+        files=[PackageFile(name="model.onnx", sha256="0" * 64, size_bytes=1),
+               PackageFile(name="drift_reference.json", sha256=sha256_bytes(raw), size_bytes=len(raw))])
+    published: list[DriftReport] = []
+    monitoring = AgentMonitoring(MonitoringConfig(window_frames=300, window_s=3600, samples="off"),
+                                 device_id="cam-1", package_dir=lambda pipeline, package_id: tmp_path,
+                                 publish_drift=published.append, publish_sample=lambda *args: None,
+                                 threaded=False)
     rng = np.random.default_rng(0)
-    reports = []
     for second in range(300):
-        crowd = tuple(_box(rng.uniform(0, W), rng.uniform(0, H), rng.uniform(2, 40), 0, 0.5)
-                      for _ in range(int(rng.integers(0, 40))))
-        crowd = tuple(Detection(d.x1, d.y1, d.x2, d.y2, int(rng.integers(80)), "x", d.score) for d in crowd)
-        reports += monitor.observe_detections(images[second % 80], crowd, now_s=float(second + 1)).reports
-    assert len(reports) == 1
-    report = reports[0]
+        crowd = tuple(Detection(x1=x, y1=y, x2=x + side, y2=y + side, class_id=int(rng.integers(80)), label="x",
+                                score=float(rng.uniform(0.25, 1)))
+                      for x, y, side in rng.uniform((0, 0, 2), (W - 40, H - 40, 40), size=(rng.integers(0, 40), 3)))
+        monitoring.on_detections("cam", _Served(manifest, artifact), images[second % 80], crowd,
+                                 now_s=float(second + 1))
+    assert len(published) == 1
+    report = published[0]
     assert report.detection is not None and report.detection.frames == report.frames == 300
-    assert report.class_counts == [] and report.features == reference.feature_names
+    assert report.detection.boxes == sum(report.detection.object_counts) > 0
+    assert report.class_counts == [] and len(report.features) == 6 and report.pipeline == "cam"
     assert len(report.to_bytes()) < MAX_DRIFT_REPORT_BYTES
