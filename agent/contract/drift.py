@@ -107,7 +107,48 @@ class SequentialCalibration(BaseModel):
     clean_alarms: int = Field(default=0, ge=0)
 
 
+class DetectionReference(BaseModel):
+    """What a detection package's windows should look like (its part of a :class:`DriftReference`).
+
+    ``features`` are the box histograms over :func:`detection_feature_edges`, in
+    :data:`DETECTION_FEATURES` order, counted per box; ``object_counts`` follows the
+    reference's labels; ``boxes_per_frame`` counts frames with 0, 1, ..., 31 or more
+    boxes. All from the packaged detector's own boxes on ``frames`` held-out images,
+    decoded with the device's decoder and thresholds.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    features: list[FeatureReference] = Field(min_length=len(DETECTION_FEATURES), max_length=len(DETECTION_FEATURES))
+    object_counts: list[int] = Field(min_length=1, max_length=1000)
+    boxes_per_frame: list[int] = Field(min_length=HISTOGRAM_BINS, max_length=HISTOGRAM_BINS)
+    frames: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _fixed_edges(self) -> DetectionReference:
+        if [f.name for f in self.features] != list(DETECTION_FEATURES):
+            raise ValueError(f"detection features must be {list(DETECTION_FEATURES)}")
+        # Devices bin with the fixed edges, not the file's: a reference with other edges cannot be tested.
+        if not np.allclose(np.asarray([f.edges for f in self.features]), detection_feature_edges()):
+            raise ValueError("detection feature edges must be the fixed detection edges")
+        if any(c < 0 for c in (*self.object_counts, *self.boxes_per_frame)):
+            raise ValueError("object_counts and boxes_per_frame must be non-negative")
+        if sum(self.boxes_per_frame) != self.frames:
+            raise ValueError("boxes_per_frame must count every reference frame once")
+        return self
+
+    def counts_array(self) -> npt.NDArray[np.float64]:
+        return np.asarray([f.counts for f in self.features], dtype=np.float64)
+
+
 class DriftReference(BaseModel):
+    """A package's drift reference.
+
+    Classifiers: image, output and projection features, and predicted-class counts.
+    Detectors: the image features, no class counts or projection, and ``detection``
+    (absent from classifier references, so older files load unchanged).
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     schema_version: Literal[1] = 1
@@ -124,6 +165,13 @@ class DriftReference(BaseModel):
     reference_size: int = Field(ge=1)
     calibration: SequentialCalibration = Field(default_factory=SequentialCalibration)
     source: str = Field(default="", max_length=256)
+    detection: DetectionReference | None = None
+
+    @model_validator(mode="after")
+    def _detection_labels(self) -> DriftReference:
+        if self.detection is not None and len(self.detection.object_counts) != len(self.labels):
+            raise ValueError("detection.object_counts must have one entry per label")
+        return self
 
     @property
     def feature_names(self) -> list[str]:

@@ -21,7 +21,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +52,7 @@ from agent.contract.drift import (
     projection_feature_names,
 )
 from agent.preprocess import preprocess
+from agent.telemetry.detection_drift import DetectionDriftWindow
 from agent.telemetry.samples import (
     BoxUncertaintySampler,
     BudgetLimits,
@@ -283,10 +284,14 @@ class DriftWindow:
         self.max_window_s = max_window_s
         self.window_seq = 0
         self._acc: _Accumulator | None = None
+        # A detection package's windows also carry box histograms and objects per class.
+        self.detection = DetectionDriftWindow(reference.labels) if reference.detection is not None else None
 
     def _open(self, now_s: float) -> _Accumulator:
         if self._acc is None:
-            self._acc = _Accumulator(now_s, utc_now(), len(self.names), len(self.reference.labels))
+            # Detection windows count objects per class in their detection block instead.
+            classes = 0 if self.detection is not None else len(self.reference.labels)
+            self._acc = _Accumulator(now_s, utc_now(), len(self.names), classes)
         return self._acc
 
     def count_seen(self, now_s: float) -> None:
@@ -307,6 +312,13 @@ class DriftWindow:
             acc.finite[index] += 1
         if 0 <= features.class_index < acc.class_counts.size:
             acc.class_counts[features.class_index] += 1
+
+    def add_detections(self, features: FrameFeatures, detections: Sequence[Detection], frame_width: int,
+                       frame_height: int, now_s: float) -> None:
+        """One subsampled detection frame: its image features and its boxes (frame pixels)."""
+        self.add(features, now_s)
+        if self.detection is not None:
+            self.detection.add(detections, frame_width, frame_height)
 
     @property
     def frames(self) -> int:
@@ -350,6 +362,7 @@ class DriftWindow:
             stds=[round(float(v), 6) for v in stds],
             class_counts=[int(c) for c in acc.class_counts],
             local_score=round(min(local_score, 1e6), 4),
+            detection=self.detection.close() if self.detection is not None else None,
         )
         self.window_seq += 1
         return report
@@ -422,43 +435,59 @@ class DeviceMonitor:
         elif self.window is not None:
             self.window.count_seen(now_s)
         if self.window is not None:
-            report = self.window.close_if_due(now_s)
-            if report is not None:
-                out.reports.append(report)
-                drift_sampler = self.collector.sampler("drift") if self.collector is not None else None
-                if (isinstance(drift_sampler, DriftTriggeredSampler) and report.local_score is not None
-                        and report.local_score >= self.drift_trigger_score):
-                    drift_sampler.trigger(now_s)
+            self._close_due(out, now_s)
         return out
+
+    def _close_due(self, out: Observation, now_s: float) -> None:
+        assert self.window is not None
+        report = self.window.close_if_due(now_s)
+        if report is not None:
+            out.reports.append(report)
+            drift_sampler = self.collector.sampler("drift") if self.collector is not None else None
+            if (isinstance(drift_sampler, DriftTriggeredSampler) and report.local_score is not None
+                    and report.local_score >= self.drift_trigger_score):
+                drift_sampler.trigger(now_s)
 
     def observe_detections(self, frame_bgr: npt.NDArray[np.uint8], detections: tuple[Detection, ...], *,
                            now_s: float, shadow: ShadowFrame | None = None,
                            captured_at: datetime | None = None) -> Observation:
-        """Offer a detection frame to the sample collector.
+        """Add a subsampled detection frame to the drift window and offer it to the sample collector.
 
         Subsampled like classification frames (consecutive frames repeat), except frames
         whose shadowed boxes disagreed with the candidate's: those are rare and are
-        exactly what a label should settle, so they are always offered.
+        exactly what a label should settle, so they are always offered to the collector
+        (but do not enter the drift window, which must see frames as subsampled).
         """
         out = Observation()
         disagrees = shadow is not None and not shadow.match.agrees
-        if self.collector is None or not (self.subsampler.accept(frame_bgr, now_s) or disagrees):
-            return out
-        detection = self.manifest.detection
-        scores = np.asarray([d.score for d in detections], dtype=np.float64)
-        candidate = SampleCandidate(
-            frame_bgr=frame_bgr, probabilities=scores, label=detections[0].label if detections else "",
-            now_s=now_s, captured_at=captured_at or utc_now(),
-            features={"boxes": float(len(detections)), "mean_box_score": round(float(scores.mean()), 6)
-                      if len(scores) else 0.0},
-            detections=detections, score_threshold=detection.score_threshold if detection is not None else None,
-            candidate_detections=shadow.candidate if shadow is not None else None,
-            unmatched_boxes=shadow.match.unmatched if shadow is not None else 0)
-        captured = self.collector.offer(candidate)
-        if captured is not None:
-            out.samples.append(captured)
+        accepted = self.subsampler.accept(frame_bgr, now_s)
+        if accepted and self.reference is not None and self.window is not None:
+            view = model_view(frame_bgr, self.manifest.preprocessing)
+            by_name = dict(zip(IMAGE_FEATURES, image_stats(view).tolist(), strict=True))
+            values = np.asarray([by_name.get(name, math.nan) for name in self.reference.feature_names],
+                                dtype=np.float64)
+            height, width = frame_bgr.shape[:2]
+            self.window.add_detections(FrameFeatures(values=values, class_index=-1), detections, width, height,
+                                       now_s)
+        elif self.window is not None:
+            self.window.count_seen(now_s)
+        if self.collector is not None and (accepted or disagrees):
+            detection = self.manifest.detection
+            scores = np.asarray([d.score for d in detections], dtype=np.float64)
+            candidate = SampleCandidate(
+                frame_bgr=frame_bgr, probabilities=scores, label=detections[0].label if detections else "",
+                now_s=now_s, captured_at=captured_at or utc_now(),
+                features={"boxes": float(len(detections)), "mean_box_score": round(float(scores.mean()), 6)
+                          if len(scores) else 0.0},
+                detections=detections, score_threshold=detection.score_threshold if detection is not None else None,
+                candidate_detections=shadow.candidate if shadow is not None else None,
+                unmatched_boxes=shadow.match.unmatched if shadow is not None else 0)
+            captured = self.collector.offer(candidate)
+            if captured is not None:
+                out.samples.append(captured)
+        if self.window is not None:
+            self._close_due(out, now_s)
         return out
-
 
 def _softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     shifted = np.exp(logits - logits.max())
@@ -666,10 +695,12 @@ class AgentMonitoring:
     def on_detections(self, pipeline: str, model: ServedModel, frame_bgr: npt.NDArray[np.uint8],
                       detections: tuple[Detection, ...], shadow: ShadowFrame | None = None, *,
                       now_s: float | None = None) -> None:
-        """Offer one detection frame to the samplers now (on the caller's thread)."""
+        """Add one detection frame to the drift window and offer it to the samplers now (on the caller's thread)."""
         monitor = self.monitor_for(pipeline, model)
         observed = monitor.observe_detections(frame_bgr, detections, shadow=shadow,
                                               now_s=self.clock() if now_s is None else now_s)
+        for report in observed.reports:
+            self.publish_drift(report)
         for sample in observed.samples:
             self.publish_sample(sample, model.manifest, pipeline)
 

@@ -77,12 +77,22 @@ def data_synth_detection(
     out: Annotated[Path, typer.Argument(help="directory to write images/, labels/, classes.txt, metadata.csv into")],
     images: Annotated[int, typer.Option(min=1)] = 600,
     seed: int = 0,
+    object_scale: Annotated[float, typer.Option(help="multiply object sizes (0.4: shrunken objects)")] = 1.0,
+    class_weights: Annotated[str | None, typer.Option(
+        help="relative frequency of circle,square,triangle, e.g. 1,1,8 (default equal)")] = None,
 ) -> None:
-    """Generate synthetic detection scenes in YOLO layout (1-4 shapes of 3 classes per frame; lighting, camera)."""
+    """Generate synthetic detection scenes in YOLO layout (1-4 shapes of 3 classes per frame; lighting, camera).
+
+    ``--object-scale`` and ``--class-weights`` write shifted scenes (for drift tests).
+    """
     from cloud.pipeline.data.synth_detection import write_detection_dataset
 
     with user_errors():
-        write_detection_dataset(out, images=images, seed=seed)
+        try:
+            weights = tuple(float(w) for w in class_weights.split(",")) if class_weights else None
+        except ValueError:
+            raise ValueError(f"--class-weights must be numbers separated by commas, got {class_weights!r}") from None
+        write_detection_dataset(out, images=images, seed=seed, object_scale=object_scale, class_weights=weights)
     console.print(f"wrote {images} frames with YOLO labels, classes.txt and metadata.csv to {out}")
 
 

@@ -13,6 +13,8 @@ size of its nominal length): thresholds err towards fewer false alarms.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +22,26 @@ import numpy.typing as npt
 
 from agent.contract import PreprocessSpec
 from agent.contract.drift import (
+    DETECTION_FEATURES,
     HISTOGRAM_BINS,
     IMAGE_FEATURES,
     OUTPUT_FEATURES,
+    DetectionReference,
     DriftReference,
     FeatureReference,
     SequentialCalibration,
+    detection_feature_edges,
     projection_feature_names,
 )
+from agent.contract.manifest import DetectionSpec
+from agent.infer.detect import Detection, detect
 from agent.preprocess import preprocess
+from agent.telemetry.detection_drift import box_features
 from agent.telemetry.drift import image_stats, model_view, output_stats
-from cloud.monitor.stats import Cusum, evaluate_window
+from cloud.monitor.stats import Cusum, DetectionCounts, evaluate_window
 
-__all__ = ["build_reference", "feature_matrix", "histogram", "run_logits", "softmax"]
+__all__ = ["DetectionFrames", "build_detection_reference", "build_reference", "detections_from_outputs",
+           "feature_matrix", "histogram", "run_detections", "run_logits", "softmax"]
 
 
 def softmax(logits: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
@@ -142,11 +151,13 @@ def build_reference(
 
 def calibrate(reference: DriftReference, values: npt.NDArray[np.float64], classes: npt.NDArray[np.int64],
               edges: npt.NDArray[np.float64], *, window_frames: int, windows: int, seed: int = 0,
-              streams: int = 8) -> SequentialCalibration:
+              streams: int = 8, detections: DetectionFrames | None = None) -> SequentialCalibration:
     """Choose CUSUM ``k`` and ``h`` from clean windows drawn from held-out reference frames.
 
     ``k`` is the 99th percentile of clean window scores (at least 1); ``h`` is 1.5x the
     highest CUSUM excursion over the clean windows (split into ``streams`` runs), at least 3.
+    ``detections`` (a detection package) are the same frames' boxes; each window then
+    carries its drawn frames' boxes, so ``k`` covers how boxes of one frame move together.
     """
     rng = np.random.default_rng(seed + 1)
     scores = []
@@ -155,6 +166,9 @@ def calibrate(reference: DriftReference, values: npt.NDArray[np.float64], classe
     for _ in range(windows):
         drawn = np.repeat(rng.integers(0, len(values), size=half), 2)
         counts = histogram(values[drawn], edges)
+        if detections is not None:
+            scores.append(evaluate_window(reference, counts, detection=detections.window(drawn)).score)
+            continue
         class_counts = np.bincount(classes[drawn], minlength=labels).tolist()
         scores.append(evaluate_window(reference, counts, class_counts).score)
     k = max(1.0, float(np.quantile(scores, 0.99)))
@@ -172,3 +186,109 @@ def calibrate(reference: DriftReference, values: npt.NDArray[np.float64], classe
         alarms += sum(1 for score in run if cusum.step(float(score)) == "open")
     return SequentialCalibration(k=round(k, 4), h=round(h, 4), window_frames=window_frames, clean_windows=windows,
                                  clean_alarms=alarms)
+
+
+# --- detection packages -----------------------------------------------------------
+def detections_from_outputs(outputs: npt.NDArray[np.generic], images_bgr: list[npt.NDArray[np.uint8]],
+                            detection: DetectionSpec, labels: list[str], spec: PreprocessSpec) -> list[list[Detection]]:
+    """Each image's boxes from the raw outputs (N, ...), with the device's decoder and thresholds."""
+    return [detect(outputs[index : index + 1], detection=detection, labels=labels, preprocessing=spec,
+                   source_width=image.shape[1], source_height=image.shape[0])
+            for index, image in enumerate(images_bgr)]
+
+
+def run_detections(onnx_path: Path, images_bgr: list[npt.NDArray[np.uint8]], spec: PreprocessSpec,
+                   detection: DetectionSpec, labels: list[str]) -> list[list[Detection]]:
+    """The detector's boxes on each image in frame pixels, as the device finds them (ONNX Runtime, one at a time)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    outputs = [np.asarray(session.run(None, {name: preprocess(image, spec)})[0]) for image in images_bgr]
+    return detections_from_outputs(np.concatenate(outputs), images_bgr, detection, labels, spec)
+
+
+@dataclass(frozen=True)
+class DetectionFrames:
+    """Per-frame boxes as drift features: ``boxes[i]`` is frame i's (boxes, 4) features, ``classes[i]`` their classes."""
+
+    boxes: list[npt.NDArray[np.float64]]
+    classes: list[npt.NDArray[np.int64]]
+    labels: int
+
+    @classmethod
+    def of(cls, images_bgr: list[npt.NDArray[np.uint8]], detections: Sequence[Sequence[Detection]],
+           labels: int) -> DetectionFrames:
+        return cls([box_features(found, image.shape[1], image.shape[0]) for image, found in
+                    zip(images_bgr, detections, strict=True)],
+                   [np.asarray([d.class_id for d in found], dtype=np.int64) for found in detections], labels)
+
+    def window(self, frames: npt.NDArray[np.intp] | Sequence[int]) -> DetectionCounts:
+        """The counts a device window holding these frames would report (binned as the device bins)."""
+        edges = detection_feature_edges()
+        boxes = np.concatenate([self.boxes[i] for i in frames] or [np.zeros((0, len(DETECTION_FEATURES)))])
+        histograms = histogram(boxes, edges) if len(boxes) else np.zeros((len(DETECTION_FEATURES), HISTOGRAM_BINS),
+                                                                         dtype=np.int64)
+        classes = np.concatenate([self.classes[i] for i in frames] or [np.zeros(0, dtype=np.int64)])
+        per_frame = np.bincount([min(len(self.classes[i]), HISTOGRAM_BINS - 1) for i in frames],
+                                minlength=HISTOGRAM_BINS)
+        return DetectionCounts(histograms, np.bincount(classes, minlength=self.labels).tolist(), per_frame.tolist())
+
+
+def build_detection_reference(
+    images_bgr: list[npt.NDArray[np.uint8]],
+    detections: Sequence[Sequence[Detection]],
+    labels: list[str],
+    spec: PreprocessSpec,
+    *,
+    window_frames: int = 100,
+    calibration_windows: int = 400,
+    seed: int = 0,
+    source: str = "",
+) -> DriftReference:
+    """A detection package's reference from held-out images and the packaged detector's boxes on them.
+
+    The image features get quantile edges as for a classifier; the box features use
+    the fixed detection edges. Half of the images make the expected counts, the other
+    half the clean windows the CUSUM constants are calibrated on.
+
+    Raises:
+        ValueError: fewer than 64 images, or not one list of detections per image.
+    """
+    if len(images_bgr) < 64:
+        raise ValueError(f"a drift reference needs at least 64 images, got {len(images_bgr)}")
+    if len(detections) != len(images_bgr):
+        raise ValueError(f"{len(detections)} lists of detections for {len(images_bgr)} images")
+    values = np.asarray([image_stats(model_view(image, spec)) for image in images_bgr], dtype=np.float64)
+    frames = DetectionFrames.of(images_bgr, detections, len(labels))
+    order = np.random.default_rng(seed).permutation(len(images_bgr))
+    half_a, half_b = order[: len(order) // 2], order[len(order) // 2 :]
+    quantiles = np.arange(1, HISTOGRAM_BINS) / HISTOGRAM_BINS
+    edges = np.quantile(values[half_a], quantiles, axis=0).T  # (6, 31)
+    counts = histogram(values[half_a], edges)
+    features = [
+        FeatureReference(name=name, edges=[float(e) for e in edges[i]], counts=[int(c) for c in counts[i]],
+                         mean=float(values[half_a, i].mean()), std=float(values[half_a, i].std()))
+        for i, name in enumerate(IMAGE_FEATURES)
+    ]
+    expected = frames.window(half_a)
+    boxes = np.concatenate([frames.boxes[i] for i in half_a])
+    fixed = detection_feature_edges()
+    box_features_ref = [
+        FeatureReference(name=name, edges=[float(e) for e in fixed[i]],
+                         counts=[int(c) for c in expected.histograms[i]],
+                         mean=float(boxes[:, i].mean()) if len(boxes) else 0.0,
+                         std=float(boxes[:, i].std()) if len(boxes) else 0.0)
+        for i, name in enumerate(DETECTION_FEATURES)
+    ]
+    detection = DetectionReference(features=box_features_ref, object_counts=expected.object_counts,
+                                   boxes_per_frame=expected.boxes_per_frame, frames=len(half_a))
+    draft = DriftReference(labels=labels, features=features, reference_size=len(half_a), source=source[:256],
+                           detection=detection)
+    calibration = calibrate(draft, values[half_b], np.full(len(half_b), -1, dtype=np.int64), edges,
+                            window_frames=window_frames, windows=calibration_windows, seed=seed,
+                            detections=DetectionFrames([frames.boxes[i] for i in half_b],
+                                                       [frames.classes[i] for i in half_b], len(labels)))
+    return draft.model_copy(update={"calibration": calibration})

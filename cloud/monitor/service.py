@@ -23,13 +23,14 @@ from sqlmodel import Session, col, select
 
 from agent.contract import DriftReport, PackageManifest, Report, SampleReport, sha256_bytes
 from agent.contract.drift import DriftReference, decode_histograms
+from agent.contract.messages import DetectionDrift
 from cloud.errors import NotFoundError
 from cloud.fleet.tables import Device, Package, utc_now
 from cloud.governance import audit
 from cloud.governance.proposals import attach_alert
 from cloud.monitor import baseline
 from cloud.monitor.config import MonitorSettings
-from cloud.monitor.stats import Cusum, CusumState, WindowTest, evaluate_window
+from cloud.monitor.stats import Cusum, CusumState, DetectionCounts, WindowTest, evaluate_window
 from cloud.monitor.tables import (
     DriftAlert,
     DriftBaseline,
@@ -148,6 +149,10 @@ def _aligned(report: DriftReport, reference: DriftReference) -> tuple[np.ndarray
     return np.stack([counts[i] for i in order]), [report.means[i] for i in order]
 
 
+def _detection_counts(report: DriftReport) -> DetectionCounts | None:
+    return DetectionCounts.from_window(report.detection) if report.detection is not None else None
+
+
 def store_drift_report(session: Session, report: DriftReport, reject: Reject, settings: MonitorSettings) -> bool:
     """Store one window, test it against its package's reference, step the device's detector.
 
@@ -162,6 +167,7 @@ def store_drift_report(session: Session, report: DriftReport, reject: Reject, se
         window_ended_at=report.window_ended_at, frames=report.frames, frames_seen=report.frames_seen,
         features=list(report.features), histograms=report.histograms, means=list(report.means),
         stds=list(report.stds), class_counts=list(report.class_counts), local_score=report.local_score,
+        detection=report.detection.model_dump(mode="json") if report.detection is not None else None,
     )
     entry = _references.get(session, report.package_id) if report.package_id else None
     result: WindowTest | None = None
@@ -186,7 +192,7 @@ def store_drift_report(session: Session, report: DriftReport, reject: Reject, se
                 reference = baseline.baseline_reference(reference, own)
             tested_against = reference
             result = evaluate_window(reference, aligned[0], list(report.class_counts), means=aligned[1],
-                                     min_frames=settings.min_window_frames)
+                                     min_frames=settings.min_window_frames, detection=_detection_counts(report))
             if not result.tested:
                 record.untested_reason = f"fewer than {settings.min_window_frames} frames"
                 result = None
@@ -344,6 +350,7 @@ def fleet_test(session: Session, package_id: str, settings: MonitorSettings, *, 
                                                                 col(DriftWindowRecord.received_at) >= since)))
     total = np.zeros((len(reference.features), reference.bins), dtype=np.int64)
     classes = np.zeros(len(reference.labels), dtype=np.int64)
+    detection: DetectionCounts | None = None
     devices: set[str] = set()
     used = 0
     for window in windows:
@@ -352,9 +359,13 @@ def fleet_test(session: Session, package_id: str, settings: MonitorSettings, *, 
         total += decode_histograms(window.histograms, len(window.features))
         if len(window.class_counts) == len(classes):
             classes += np.asarray(window.class_counts, dtype=np.int64)
+        if window.detection is not None and reference.detection is not None:
+            counts = DetectionCounts.from_window(DetectionDrift.model_validate(window.detection))
+            detection = counts if detection is None else detection + counts
         devices.add(window.device_id)
         used += 1
-    result = evaluate_window(reference, total, classes.tolist(), min_frames=settings.min_window_frames)
+    result = evaluate_window(reference, total, classes.tolist(), min_frames=settings.min_window_frames,
+                             detection=detection)
     summary: dict[str, Any] = {"package_id": package_id, "devices": sorted(devices), "windows": used,
                                "tested": result.tested, **result.evidence()}
     threshold = reference.calibration.k + reference.calibration.h

@@ -22,11 +22,23 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from agent.contract.drift import DriftReference, SequentialCalibration
+from agent.contract.drift import (
+    DETECTION_FEATURES,
+    HISTOGRAM_BINS,
+    DetectionReference,
+    DriftReference,
+    SequentialCalibration,
+    decode_histograms,
+    detection_feature_edges,
+)
+from agent.contract.messages import DetectionDrift
 
-__all__ = ["Cusum", "CusumState", "FeatureTest", "WindowTest", "chi2_two_sample", "evaluate_window", "holm", "psi"]
+__all__ = ["Cusum", "CusumState", "DetectionCounts", "FeatureTest", "WindowTest", "chi2_two_sample",
+           "detection_rows", "evaluate_window", "holm", "psi"]
 
 CLASS_FEATURE = "predicted_class"
+OBJECT_COUNTS_FEATURE = "object_counts"
+BOXES_PER_FRAME_FEATURE = "boxes_per_frame"
 
 
 def _merge_groups(expected: npt.NDArray[np.float64], min_expected: float) -> list[list[int]]:
@@ -101,6 +113,72 @@ def holm(p_values: npt.ArrayLike) -> npt.NDArray[np.float64]:
 
 
 @dataclass(frozen=True)
+class DetectionCounts:
+    """A detection window's counts: box histograms (4, 32), objects per class, frames by box count (32)."""
+
+    histograms: npt.NDArray[np.int64]
+    object_counts: list[int]
+    boxes_per_frame: list[int]
+
+    @classmethod
+    def from_window(cls, drift: DetectionDrift) -> DetectionCounts:
+        return cls(decode_histograms(drift.histograms, len(DETECTION_FEATURES)), list(drift.object_counts),
+                   list(drift.boxes_per_frame))
+
+    def __add__(self, other: DetectionCounts) -> DetectionCounts:
+        """Windows merge by addition (a fleet or a camera over time)."""
+        objects = (np.asarray(self.object_counts) + np.asarray(other.object_counts)).tolist() \
+            if len(self.object_counts) == len(other.object_counts) else list(self.object_counts)
+        return DetectionCounts(self.histograms + other.histograms, objects,
+                               (np.asarray(self.boxes_per_frame) + np.asarray(other.boxes_per_frame)).tolist())
+
+
+def _bin_values() -> npt.NDArray[np.float64]:
+    """A representative value for each detection bin: the midpoint of its edges (the edge for the open ends)."""
+    edges = detection_feature_edges()
+    middles = (edges[:, 1:] + edges[:, :-1]) / 2
+    return np.concatenate([edges[:, :1], middles, edges[:, -1:]], axis=1)
+
+
+def binned_mean(counts: npt.NDArray[np.integer] | npt.NDArray[np.floating], index: int) -> float | None:
+    """Mean of a detection feature from its histogram (bin midpoints); None without boxes."""
+    row = np.asarray(counts, dtype=np.float64)
+    total = row.sum()
+    return None if total <= 0 else round(float((row * _bin_values()[index]).sum() / total), 4)
+
+
+Row = tuple[str, float, int, float, float, float | None, float | None]
+
+
+def detection_rows(reference: DetectionReference, window: DetectionCounts, *, min_expected: float = 5.0) -> list[Row]:
+    """Chi-square rows for the four box features, the objects per class and the boxes per frame.
+
+    Box histograms count boxes, not frames: boxes of one frame are not independent, so
+    these p-values run small on clean data; the package's CUSUM allowance ``k`` is
+    calibrated on windows of whole frames, which absorbs it. Means (for the evidence)
+    are computed from bin midpoints on both sides, so they compare like with like.
+    """
+    rows: list[Row] = []
+    ref_counts = reference.counts_array()
+    for index, name in enumerate(DETECTION_FEATURES):
+        statistic, p, dof = chi2_two_sample(window.histograms[index], ref_counts[index], min_expected=min_expected)
+        rows.append((name, statistic, dof, p, psi(window.histograms[index], ref_counts[index]),
+                     binned_mean(window.histograms[index], index), binned_mean(ref_counts[index], index)))
+    if len(window.object_counts) == len(reference.object_counts):
+        statistic, p, dof = chi2_two_sample(window.object_counts, reference.object_counts, min_expected=min_expected)
+        rows.append((OBJECT_COUNTS_FEATURE, statistic, dof, p, psi(window.object_counts, reference.object_counts),
+                     None, None))
+    per_frame = np.arange(HISTOGRAM_BINS, dtype=np.float64)
+    ref_frames = np.asarray(reference.boxes_per_frame, dtype=np.float64)
+    win_frames = np.asarray(window.boxes_per_frame, dtype=np.float64)
+    statistic, p, dof = chi2_two_sample(win_frames, ref_frames, min_expected=min_expected)
+    rows.append((BOXES_PER_FRAME_FEATURE, statistic, dof, p, psi(win_frames, ref_frames),
+                 round(float((win_frames * per_frame).sum() / max(win_frames.sum(), 1)), 4),
+                 round(float((ref_frames * per_frame).sum() / max(ref_frames.sum(), 1)), 4)))
+    return rows
+
+
+@dataclass(frozen=True)
 class FeatureTest:
     name: str
     statistic: float
@@ -147,11 +225,14 @@ def evaluate_window(
     means: list[float] | None = None,
     min_frames: int = 20,
     min_expected: float = 5.0,
+    detection: DetectionCounts | None = None,
 ) -> WindowTest:
     """Test one (possibly merged) window's histograms against the reference.
 
     ``counts`` has shape (features, 32) in the reference's feature order. Windows
     with fewer than ``min_frames`` frames are not tested (``tested=False``, p = 1).
+    A detection package's window also tests ``detection`` against the reference's
+    detection part (:func:`detection_rows`); Holm's correction covers every row.
     """
     ref_counts = reference.counts_array()
     if counts.shape != ref_counts.shape:
@@ -159,7 +240,7 @@ def evaluate_window(
     frames = int(counts.sum(axis=1).max()) if counts.size else 0
     if frames < min_frames:
         return WindowTest(frames=frames, features=[], p_value=1.0, score=0.0, tested=False)
-    rows: list[tuple[str, float, int, float, float, float | None, float | None]] = []
+    rows: list[Row] = []
     for index, feature in enumerate(reference.features):
         statistic, p, dof = chi2_two_sample(counts[index], ref_counts[index], min_expected=min_expected)
         window_mean = None if means is None or index >= len(means) else round(float(means[index]), 4)
@@ -168,6 +249,8 @@ def evaluate_window(
     if class_counts and reference.class_counts and len(class_counts) == len(reference.class_counts):
         statistic, p, dof = chi2_two_sample(class_counts, reference.class_counts, min_expected=min_expected)
         rows.append((CLASS_FEATURE, statistic, dof, p, psi(class_counts, reference.class_counts), None, None))
+    if detection is not None and reference.detection is not None:
+        rows.extend(detection_rows(reference.detection, detection, min_expected=min_expected))
     adjusted = holm([row[3] for row in rows])
     features = [FeatureTest(name=r[0], statistic=r[1], dof=r[2], p_value=r[3], p_adjusted=float(a), psi=r[4],
                             window_mean=r[5], reference_mean=r[6])

@@ -46,6 +46,8 @@ class DriftWindowRecord(SQLModel, table=True):
     stds: list[float] = _json(list)
     class_counts: list[int] = _json(list)
     local_score: float | None = None
+    # A detection package's window: its DetectionDrift block as sent (merged by the fleet test).
+    detection: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     tested: bool = False
     untested_reason: str | None = Field(default=None, max_length=256)
     p_value: float | None = None

@@ -19,9 +19,13 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from agent.contract import DetectionSpec, PreprocessSpec, sha256_file
+from agent.contract.drift import DEFAULT_WINDOW_FRAMES, DRIFT_REFERENCE_FILE
+from agent.infer.detect import Detection
 from agent.profiles import FirmwareProfile
 from cloud.fleet import crud
 from cloud.fleet.tables import ModelVersion, Package
+from cloud.monitor.reference import build_detection_reference, run_detections
+from cloud.pipeline.data.dataset import decode_image
 from cloud.pipeline.data.detection import (
     DetectionDataset,
     load_detection_tensors,
@@ -64,6 +68,9 @@ from cloud.pipeline.train.detector import (
 
 GOLDEN_INPUTS = 8
 TASK = "detection"
+# Held-out images a drift reference is built from (the validation split, topped up with the test split).
+REFERENCE_MIN_IMAGES = 64
+REFERENCE_MAX_IMAGES = 1000
 
 
 class PipelineDirs(Protocol):
@@ -254,15 +261,21 @@ def build_detection_model(engine: Engine, paths: PipelineDirs, *, version: str, 
     accepted = outcome.accepted
     package: BuiltPackage | None = None
     if accepted:
-        outcome.notes.append({"profile": "all", "target": "drift-reference", "status": "not_built",
-                              "message": "drift references are built for classifiers only; devices report no "
-                                         "drift windows for detection packages"})
+        reference_path: Path | None = None
+        if dataset is not None:
+            reference_path, note = build_detection_drift_reference(
+                dataset, list(model.labels), spec, paths.builds_dir / build_id / DRIFT_REFERENCE_FILE,
+                lambda images: run_detections(Path(model.onnx_path), images, spec, block, list(model.labels)))
+        else:
+            note = "no drift reference: the model names no dataset; devices report no drift windows for this package"
+        outcome.notes.append({"profile": "all", "target": "drift-reference",
+                              "status": "built" if reference_path is not None else "not_built", "message": note})
         package = build_package(
             packages_dir=paths.packages_dir, model_name=model.name, model_version=model.version,
             labels=list(model.labels), spec=spec, hardware_profiles=[p.name for p in targets],
             artifacts=[(a.path, a.artifact) for a in accepted],
             extra_files=[extra for a in accepted for extra in a.extra_files],
-            detection=block, release=model.id or 0,
+            detection=block, release=model.id or 0, drift_reference=reference_path,
         )
     with Session(engine) as session:
         assert model.id is not None
@@ -279,3 +292,31 @@ def build_detection_model(engine: Engine, paths: PipelineDirs, *, version: str, 
         ))
     return DetectionBuildResult(build_id=build_id, model_version=model.version, package=package, outcome=outcome,
                                 notes=outcome.notes)
+
+
+def build_detection_drift_reference(dataset: DetectionDataset, labels: list[str], spec: PreprocessSpec,
+                                   destination: Path, run: Callable[[list[npt.NDArray[np.uint8]]],
+                                                                    list[list[Detection]]],
+                                   *, window_frames: int = DEFAULT_WINDOW_FRAMES) -> tuple[Path | None, str]:
+    """Write a detection package's drift reference from the dataset's held-out images.
+
+    ``run`` is the packaged detector, decoded as the device decodes it (boxes in frame
+    pixels). Returns the file (``None`` when there are too few images) and a note for
+    the build's notes.
+    """
+    chosen, split_names = dataset.split("val"), "val"
+    if len(chosen) < REFERENCE_MIN_IMAGES:
+        chosen, split_names = [*chosen, *dataset.split("test")], "val+test"
+    images = [image for image in (decode_image(s.path) for s in chosen[:REFERENCE_MAX_IMAGES]) if image is not None]
+    if len(images) < REFERENCE_MIN_IMAGES:
+        return None, (f"no drift reference: the dataset's {split_names} split has {len(images)} readable images, "
+                      f"a reference needs {REFERENCE_MIN_IMAGES}; devices report no drift windows for this package")
+    found = run(images)
+    reference = build_detection_reference(images, found, labels, spec, window_frames=window_frames,
+                                          source=f"dataset {dataset.dataset_id} ({split_names})")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.write_bytes(reference.to_bytes())
+    boxes = sum(len(f) for f in found)
+    return destination, (f"drift reference from the detector's {boxes} boxes on {len(images)} {split_names} images "
+                         f"of dataset {dataset.dataset_id}, calibrated on windows of {window_frames} frames "
+                         f"(k={reference.calibration.k}, h={reference.calibration.h})")

@@ -44,7 +44,12 @@ from cloud.pipeline.data.dataset import (
     scan_imagefolder,
     store_dataset,
 )
-from cloud.pipeline.data.detection import DetectionDataset, is_detection_dataset, stored_task
+from cloud.pipeline.data.detection import (
+    DetectionDataset,
+    is_detection_dataset,
+    load_stored_detection_dataset,
+    stored_task,
+)
 from cloud.pipeline.data.validate import ValidationLimits, ValidationReport, validate_dataset
 from cloud.pipeline.errors import BuildToolError, PipelineInputError
 from cloud.pipeline.evaluate.detection_gates import DetectionEvaluation, DetectionQuantizationGateConfig
@@ -430,11 +435,23 @@ def _profiles_running(runtime: str, names: list[str]) -> list[str]:
                   if any(choice.runtime == runtime for choice in profile.runtimes))
 
 
-def _import_drift_reference(inspected: InspectedModel, dataset: DatasetVersion | None,
+def _import_drift_reference(inspected: InspectedModel, dataset: DatasetVersion | DetectionDataset | None,
                             destination: Path) -> tuple[Path | None, str]:
     if inspected.task == "detection":
-        return None, ("no drift reference needed: detection packages monitor box score, size and position "
-                      "histograms over fixed edges")
+        if not isinstance(dataset, DetectionDataset):
+            return None, ("no drift reference: no detection dataset was given (import with --dataset ds-...); "
+                          "devices report no drift windows for this package")
+        from cloud.monitor.reference import detections_from_outputs
+        from cloud.pipeline.detection_service import build_detection_drift_reference
+
+        block = inspected.detection
+        assert block is not None  # a detection model always has its decoder block
+        return build_detection_drift_reference(
+            dataset, list(inspected.labels), inspected.spec, destination,
+            lambda images: detections_from_outputs(run_on_images(inspected, images), images, block,
+                                                   list(inspected.labels), inspected.spec))
+    if isinstance(dataset, DetectionDataset):
+        return None, "no drift reference: a classifier needs a classification dataset"
     if dataset is None:
         # `edgefleet drift reference` computes references with ONNX Runtime: other formats re-import.
         later = (" or run `edgefleet drift reference PACKAGE --data DIR`"
@@ -475,7 +492,11 @@ def import_package(engine: Engine, paths: PipelinePaths, *, model_path: Path, na
         AmbiguousModel: only a flag can settle what the model is (the message names it).
         PipelineInputError: unreadable model, contradicting declarations, unknown dataset or profiles.
     """
-    dataset = load_dataset(paths, dataset_id) if dataset_id else None
+    dataset: DatasetVersion | DetectionDataset | None = None
+    if dataset_id:
+        # A detection set gives a detector its drift reference (the detector's own boxes on held-out images).
+        dataset = (load_stored_detection_dataset(paths.datasets_dir, dataset_id)
+                   if stored_task(paths.datasets_dir, dataset_id) == "detection" else load_dataset(paths, dataset_id))
     images = None
     if dataset is not None:
         held_out = [*dataset.split("val"), *dataset.split("test")][:GOLDEN_INPUTS]
@@ -492,18 +513,25 @@ def import_package(engine: Engine, paths: PipelinePaths, *, model_path: Path, na
     except Exception:
         shutil.rmtree(model_dir, ignore_errors=True)
         raise
+    if isinstance(dataset, DetectionDataset) and inspected.task == "classification":
+        shutil.rmtree(model_dir, ignore_errors=True)
+        raise PipelineInputError(f"dataset {dataset_id} is a detection set and the model is a classifier; "
+                                 "give a classification dataset")
     if dataset is not None and inspected.task == "classification" and dataset.labels != inspected.labels:
         shutil.rmtree(model_dir, ignore_errors=True)
         raise PipelineInputError(f"dataset {dataset_id} has labels {dataset.labels} but the model's labels are "
                                  f"{inspected.labels}; use the same class names in the same order")
     evaluation = None
     notes = list(inspected.notes)
-    if dataset is not None and inspected.task == "classification":
+    if isinstance(dataset, DatasetVersion) and inspected.task == "classification":
         data = evaluation_set(dataset, inspected.spec)
         # One image at a time through the device backend: imported files often fix the batch at 1.
         scores = run_batched(device_backend_runner(inspected.runtime, inspected.model_file), data.x)
         predictions = scores.argmax(axis=1) if len(scores) else np.zeros(0, dtype=np.int64)
         evaluation = evaluate_predictions(predictions, data.y, data.labels, data.metadata)
+    elif isinstance(dataset, DetectionDataset):
+        notes.append(f"the detector was not evaluated on dataset {dataset_id}; its images were used for the "
+                     "reference check and the drift reference")
     elif dataset is not None:
         notes.append(f"dataset {dataset_id} is an image-classification set: the detector was not evaluated on it, "
                      "only its images were used for the reference check")
@@ -521,7 +549,7 @@ def import_package(engine: Engine, paths: PipelinePaths, *, model_path: Path, na
             metrics=evaluation.as_dict() if evaluation else {}, onnx_path=str(inspected.model_file.resolve()),
             onnx_sha256=sha256_file(inspected.model_file)))
         outcome = _gate_and_record(session, model, source="imported", spec=inspected.spec, evaluation=evaluation,
-                                   dataset=dataset if evaluation is not None else None, thresholds=thresholds,
+                                   dataset=dataset if evaluation is not None and isinstance(dataset, DatasetVersion) else None, thresholds=thresholds,
                                    env=environment(), checkpoint=None)
         release = model.id or 0
     package = build_package(packages_dir=paths.packages_dir, model_name=name, model_version=version,

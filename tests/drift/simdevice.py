@@ -39,6 +39,7 @@ from agent.contract import (
 )
 from agent.contract.broker_url import parse_broker_url
 from agent.contract.drift import DriftReference
+from agent.infer.detect import detect
 from agent.infer.engine import LoadedModel, load_model
 from agent.telemetry.drift import DeviceMonitor, FrameSubsampler
 from agent.telemetry.samples import (
@@ -88,6 +89,44 @@ class World:
         return self._last
 
 
+@dataclass(frozen=True)
+class SceneShift:
+    """How a detection camera's scenes differ from the training scenes."""
+
+    object_scale: float = 1.0
+    class_weights: tuple[float, ...] | None = None
+
+
+AS_TRAINED = SceneShift()
+
+
+class DetectionWorld:
+    """Synthetic detection scenes (the training generator's lighting and cameras), optionally shifted.
+
+    ``next`` returns the frame and an empty label: detection samples are not labelled here.
+    """
+
+    def __init__(self, seed: int, shift: SceneShift = AS_TRAINED, width: int = 200, height: int = 150) -> None:
+        from cloud.pipeline.data.synth_detection import CAMERAS
+        from cloud.pipeline.data.synth_detection import LIGHTING as SCENE_LIGHTING
+
+        self.rng = np.random.default_rng(seed)
+        self.shift = shift
+        self.width, self.height = width, height
+        self._lighting, self._cameras = tuple(SCENE_LIGHTING), tuple(CAMERAS)
+
+    def next(self) -> tuple[np.ndarray, str]:
+        from cloud.pipeline.data.synth_detection import render_detection_scene
+
+        light = self._lighting[int(self.rng.integers(len(self._lighting)))]
+        camera = self._cameras[int(self.rng.integers(len(self._cameras)))]
+        frame, _ = render_detection_scene(self.rng, width=self.width, height=self.height, lighting=light,
+                                          camera=camera, min_size=16.0 * self.shift.object_scale,
+                                          max_size=56.0 * self.shift.object_scale,
+                                          class_weights=self.shift.class_weights)
+        return frame, ""
+
+
 def labelled_images(seed: int, count: int, shift: Shift = CLEAN) -> tuple[list[np.ndarray], list[str]]:
     world = World(seed, shift, repeat=0.0)
     pairs = [world.render() for _ in range(count)]
@@ -107,7 +146,7 @@ class SimDevice:
     api_url: str
     token: str
     packages_dir: Path
-    world: World
+    world: World | DetectionWorld
     window_frames: int = 40
     budget: BudgetLimits = field(default_factory=default_budget)
     seed: int = 0
@@ -192,11 +231,21 @@ class SimDevice:
         from agent.preprocess import preprocess
 
         frame, label = self.world.next()
-        scores = self.model.backend.run(preprocess(frame, self.model.manifest.preprocessing))[0]
+        manifest = self.model.manifest
+        output = self.model.backend.run(preprocess(frame, manifest.preprocessing))
         self.now_s += 1.0
-        observed = self.monitor.observe(frame, scores, now_s=self.now_s,
-                                        activation=self.model.artifact.output_activation,
-                                        captured_at=self.started_at + timedelta(seconds=self.now_s))
+        captured_at = self.started_at + timedelta(seconds=self.now_s)
+        if manifest.detection is not None:
+            # The device's decoder and thresholds, then the device's drift window and samplers.
+            found = detect(output, detection=manifest.detection, labels=manifest.labels,
+                           preprocessing=manifest.preprocessing, source_width=frame.shape[1],
+                           source_height=frame.shape[0])
+            observed = self.monitor.observe_detections(frame, tuple(found), now_s=self.now_s,
+                                                       captured_at=captured_at)
+        else:
+            observed = self.monitor.observe(frame, output[0], now_s=self.now_s,
+                                            activation=self.model.artifact.output_activation,
+                                            captured_at=captured_at)
         for report in observed.reports:
             self._publish(self.topics.drift(self.device_id), report.to_bytes())
             self.published["drift"] += 1

@@ -129,7 +129,7 @@ def test_yolo_raw_export_imports_from_its_metadata_alone_and_the_device_finds_th
     assert (payload["task"], payload["decoder"], payload["activation"]) == ("detection", "yolo_raw", "probabilities")
     assert payload["labels"] == ["person", "car"] and payload["input_size"] == [YOLO_SIZE, YOLO_SIZE]
     assert any("dynamic height/width were fixed" in note for note in payload["notes"])
-    assert "no drift reference needed" in payload["drift_reference"]
+    assert "no drift reference: no detection dataset was given" in payload["drift_reference"]
     package_dir = result.package.directory
     manifest = PackageManifest.from_bytes((package_dir / MANIFEST_FILE).read_bytes())
     assert manifest.task == "detection" and manifest.detection is not None
@@ -213,6 +213,29 @@ def test_a_dataset_gives_the_classifier_a_gate_and_a_drift_reference(tmp_path: P
     assert payload["accuracy"] is not None and payload["status"] in ("validated", "rejected")
     assert result.package.manifest.drift_reference_file is not None, payload["drift_reference"]
     assert payload["drift_reference"].startswith("drift reference from")
+
+
+def test_a_detection_dataset_gives_an_imported_detector_a_drift_reference(tmp_path: Path, engine: Engine) -> None:
+    from agent.contract.drift import DriftReference
+    from cloud.pipeline.data.synth_detection import write_detection_dataset
+
+    paths = _paths(tmp_path)
+    dataset = ingest(engine, paths, write_detection_dataset(tmp_path / "scenes", images=260, seed=4)).dataset
+    result = import_package(engine, paths, model_path=_yolo_export(tmp_path / "yolo11n.onnx"), name="yolo",
+                            dataset_id=dataset.dataset_id)
+    payload = result.as_dict()
+    manifest = result.package.manifest
+    assert manifest.drift_reference_file is not None, payload["drift_reference"]
+    assert payload["drift_reference"].startswith("drift reference from the detector's")
+    reference = DriftReference.from_bytes((result.package.directory / manifest.drift_reference_file).read_bytes())
+    # Objects per class follow the detector's labels, whatever the dataset calls its objects.
+    assert reference.detection is not None and reference.labels == ["person", "car"]
+    assert len(reference.detection.object_counts) == 2
+    with pytest.raises(PipelineInputError, match="detection set and the model is a classifier"):
+        import_package(engine, paths, model_path=_export(TinySoftmaxClassifier(3), tmp_path / "clf.onnx",
+                                                         (1, 3, 32, 32), "input", "probs"),
+                       name="clf", dataset_id=dataset.dataset_id,
+                       declared=ImportDeclaration(labels=["circle", "square", "triangle"]))
 
 
 def test_ambiguous_and_contradicting_models_name_the_flag_to_pass(tmp_path: Path, engine: Engine,

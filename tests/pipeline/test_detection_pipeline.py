@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from agent.capture.latest import FrameSlot
 from agent.contract import MANIFEST_FILE, PackageManifest
+from agent.contract.drift import DriftReference
 from agent.infer.engine import InferenceEngine, load_model
 from agent.profiles import load_profiles
 from agent.runtime.select import Candidate, self_test
@@ -149,6 +150,12 @@ def test_detection_dataset_through_the_service(trained_detector: TrainedDetector
     manifest = built.package.manifest
     assert manifest.task == "detection" and manifest.detection is not None
     assert manifest.detection.decoder == "yolo_raw" and manifest.labels == trained_detector.dataset.labels
+    # The drift reference: the detector's boxes on the held-out split, which devices bin their windows against.
+    assert manifest.drift_reference_file is not None
+    reference = DriftReference.from_bytes((built.package.directory / manifest.drift_reference_file).read_bytes())
+    assert reference.detection is not None and reference.labels == manifest.labels
+    assert reference.detection.frames == reference.reference_size and not reference.class_counts
+    assert any(n["target"] == "drift-reference" and n["status"] == "built" for n in built.notes)
     loaded = load_model(manifest, built.package.directory)
     assert loaded.manifest.detection == manifest.detection
     frame = cv2.imread(str(trained_detector.dataset.samples[0].path))

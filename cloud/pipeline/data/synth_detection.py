@@ -95,14 +95,24 @@ def _draw(image: npt.NDArray[np.float32], class_id: int, box: tuple[float, float
 
 def render_detection_scene(rng: np.random.Generator, *, width: int, height: int, lighting: str = "normal",
                            camera: str = "cam0", max_objects: int = 4,
-                           min_size: float = 16.0, max_size: float = 56.0) -> tuple[npt.NDArray[np.uint8], list[SceneObject]]:
+                           min_size: float = 16.0, max_size: float = 56.0,
+                           class_weights: tuple[float, ...] | None = None,
+                           ) -> tuple[npt.NDArray[np.uint8], list[SceneObject]]:
     """One BGR frame and its objects (boxes in pixels, in drawing order).
 
     Objects may overlap (IoU up to 0.3), so later ones partly occlude earlier ones.
+    ``class_weights`` (one per class, default equal) makes some kinds of object
+    commoner than others: a scene whose mix of objects drifted.
 
     Raises:
-        ValueError: an unknown lighting or camera name.
+        ValueError: an unknown lighting or camera name, or class weights that are not one per class.
     """
+    probabilities = None
+    if class_weights is not None:
+        weights = np.asarray(class_weights, dtype=np.float64)
+        if weights.shape != (len(DETECTION_CLASSES),) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"class_weights must be {len(DETECTION_CLASSES)} non-negative numbers, not all zero")
+        probabilities = weights / weights.sum()
     if lighting not in LIGHTING:
         raise ValueError(f"unknown lighting {lighting!r}; choose from {sorted(LIGHTING)}")
     if camera not in CAMERAS:
@@ -121,7 +131,8 @@ def render_detection_scene(rng: np.random.Generator, *, width: int, height: int,
                 break
         else:
             continue
-        class_id = int(rng.integers(len(DETECTION_CLASSES)))
+        class_id = (int(rng.integers(len(DETECTION_CLASSES))) if probabilities is None
+                    else int(rng.choice(len(DETECTION_CLASSES), p=probabilities)))
         colour = tuple(float(c) for c in rng.uniform(140, 255, size=3))
         # Circles are drawn with equal width and height: the box is the circle's.
         if DETECTION_CLASSES[class_id] == "circle":
@@ -138,8 +149,12 @@ def render_detection_scene(rng: np.random.Generator, *, width: int, height: int,
 
 
 def write_detection_dataset(root: Path, *, images: int = 600, width: int = 200, height: int = 150, seed: int = 0,
-                            lighting: tuple[str, ...] = tuple(LIGHTING), cameras: tuple[str, ...] = tuple(CAMERAS)) -> Path:
+                            lighting: tuple[str, ...] = tuple(LIGHTING), cameras: tuple[str, ...] = tuple(CAMERAS),
+                            object_scale: float = 1.0, class_weights: tuple[float, ...] | None = None) -> Path:
     """Write ``images`` frames in YOLO layout under ``root``; return ``root``.
+
+    ``object_scale`` multiplies every object's size (0.5: objects half as large) and
+    ``class_weights`` skews the mix of classes: shifted scenes for drift tests.
 
     ``root/classes.txt``, ``root/images/NNNNN.png``, ``root/labels/NNNNN.txt`` (one
     ``class cx cy w h`` line per object, normalised to 0..1) and ``root/metadata.csv``
@@ -150,6 +165,8 @@ def write_detection_dataset(root: Path, *, images: int = 600, width: int = 200, 
     """
     if images <= 0 or width < 32 or height < 32:
         raise ValueError("images must be positive and the frame at least 32 x 32 pixels")
+    if not 0.1 <= object_scale <= 2.0:
+        raise ValueError(f"object_scale must be between 0.1 and 2.0, got {object_scale}")
     unknown = (set(lighting) - LIGHTING.keys()) | (set(cameras) - CAMERAS.keys())
     if unknown or not lighting or not cameras:
         raise ValueError(f"unknown or no lighting/camera {sorted(unknown)}; choose from {sorted(LIGHTING)} "
@@ -162,7 +179,9 @@ def write_detection_dataset(root: Path, *, images: int = 600, width: int = 200, 
     for index in range(images):
         light = lighting[int(rng.integers(len(lighting)))]
         camera = cameras[index % len(cameras)]
-        image, objects = render_detection_scene(rng, width=width, height=height, lighting=light, camera=camera)
+        image, objects = render_detection_scene(rng, width=width, height=height, lighting=light, camera=camera,
+                                                min_size=16.0 * object_scale, max_size=56.0 * object_scale,
+                                                class_weights=class_weights)
         name = f"{index:05d}"
         cv2.imwrite(str(root / IMAGES_DIR / f"{name}.png"), image)
         lines = []
