@@ -48,12 +48,15 @@ def show_rollout(rollout_id: str, session: SessionDep) -> dict[str, Any]:
 
 @router.get("/rollouts/{rollout_id}/devices")
 def rollout_devices(rollout_id: str, session: SessionDep) -> list[dict[str, Any]]:
-    service.get_rollout(session, rollout_id)
+    """The rollout's devices, each with its cameras' figures since the current phase started."""
+    rollout = service.get_rollout(session, rollout_id)
+    rows = service.rollout_devices(session, rollout_id)
+    cameras = service.device_cameras(session, [r.device_id for r in rows], rollout.phase_started_at)
     return [{"device_id": r.device_id, "stratum": r.stratum, "stage": r.stage, "state": r.state,
              "reason": r.reason, "attempts": r.attempts, "package_id": r.package_id,
              "previous_package_id": r.previous_package_id, "job_id": r.job_id, "restarts": r.restarts,
-             "state_since": r.state_since}
-            for r in service.rollout_devices(session, rollout_id)]
+             "state_since": r.state_since, "cameras": cameras.get(r.device_id, [])}
+            for r in rows]
 
 
 @router.post("/rollouts/{rollout_id}/{action}")
