@@ -27,7 +27,7 @@ class CameraWindow:
     """One telemetry window of one camera, with what the gates' window does not carry."""
 
     camera: str
-    received_at: datetime
+    sent_at: datetime  # the device's clock: orders one device's windows even when received in one batch
     model_version: str | None
     package_id: str | None
     window_s: float
@@ -41,7 +41,7 @@ def _round(value: float | None, digits: int = 4) -> float | None:
 
 
 def _figures(windows: list[CameraWindow], drift_scores: list[float]) -> dict[str, Any]:
-    newest = max(windows, key=lambda w: w.received_at)
+    newest = max(windows, key=lambda w: w.sent_at)
     # Only the windows of the model the camera runs now: before its install it ran another.
     current = [w for w in windows if w.package_id == newest.package_id]
     stats = aggregate([w.window for w in current])

@@ -298,7 +298,7 @@ def device_cameras(session: Session, device_ids: list[str], since: datetime) -> 
     if not device_ids:
         return {}
     t = TelemetryRecord
-    query = sa_select(col(t.message_id), col(t.device_id), col(t.camera), col(t.received_at), col(t.model_version),
+    query = sa_select(col(t.message_id), col(t.device_id), col(t.camera), col(t.sent_at), col(t.model_version),
                       col(t.package_id), col(t.window_s), col(t.frames), col(t.inference_errors),
                       col(t.p95_latency_ms), col(t.mean_confidence), col(t.class_counts),
                       col(t.capture_to_result_p95_ms), col(t.stale_frames_dropped)).where(
@@ -308,10 +308,10 @@ def device_cameras(session: Session, device_ids: list[str], since: datetime) -> 
         col(RolloutWindow.invalid_outputs) > 0)).all())
     detections = detection_parts(session, device_ids, since)
     windows: dict[str, list[CameraWindow]] = defaultdict(list)
-    for (message_id, device_id, camera, received_at, model_version, package_id, window_s, frames, errors, p95,
+    for (message_id, device_id, camera, sent_at, model_version, package_id, window_s, frames, errors, p95,
          confidence, classes, capture_p95, stale) in session.execute(query):
         windows[device_id].append(CameraWindow(
-            camera=camera or DEFAULT_CAMERA, received_at=received_at, model_version=model_version,
+            camera=camera or DEFAULT_CAMERA, sent_at=sent_at, model_version=model_version,
             package_id=package_id, window_s=window_s, capture_to_result_p95_ms=capture_p95,
             stale_frames_dropped=stale, window=TelemetryWindow(
                 device_id=device_id, frames=frames, inference_errors=errors + int(invalid.get(message_id, 0)),
