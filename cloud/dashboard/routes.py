@@ -831,11 +831,12 @@ async def alerts_page(request: Request, state: str = "") -> Response:
     user = await _user(request)
     async with _api(request, user) as api:
         alerts = await api.get("/api/v1/drift/alerts", default=None, state=state or None)
+        drift_devices = await api.get("/api/v1/drift/devices", default=None)
         proposals = await api.get("/api/v1/governance/proposals", default=None)
         rollout_proposals = await api.get("/api/v1/governance/rollout-proposals", default=None)
     return _render(request, user, "alerts.html", "alerts_live.html", {
         "alerts": _items(alerts), "alerts_available": alerts is not None, "state": state,
-        "proposals": _items(proposals), "proposals_available": proposals is not None,
+        "drift_devices": _items(drift_devices), "proposals": _items(proposals), "proposals_available": proposals is not None,
         "rollout_proposals": _items(rollout_proposals),
         "message": request.query_params.get("message"), "error": request.query_params.get("error"),
     })

@@ -293,8 +293,9 @@ def fleet_drift_states(session: Session) -> list[dict[str, Any]]:
                 **_window_fields(window)})
         newest_window = max((w for (d, _), w in windows.items() if d == device_id),
                             key=lambda w: w.id or 0, default=None)
-        worst = next((s for s in ("alert", "baseline pending", "ok") if any(c["state"] == s for c in cameras)),
-                     "no data")
+        # An alert stored without a camera has no camera row to show it: the device still shows it.
+        worst = "alert" if alerts.get(device_id) else next(
+            (s for s in ("alert", "baseline pending", "ok") if any(c["state"] == s for c in cameras)), "no data")
         rows.append({"device_id": device_id, "state": worst, "open_alerts": len(alerts.get(device_id, [])),
                      "baseline": sorted({s for c in cameras for s in c["baseline"]}),
                      **_window_fields(newest_window), "cameras": cameras})
