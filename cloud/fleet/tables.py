@@ -239,3 +239,6 @@ class TelemetryPublic(SQLModel):
     memory_mb: float
     update_check_error: str | None = None
     report_seq: int | None = None
+    camera: str | None = None
+    capture_to_result_p95_ms: float | None = None
+    stale_frames_dropped: int | None = None
