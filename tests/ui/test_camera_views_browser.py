@@ -72,7 +72,7 @@ def test_rollout_and_drift_pages_list_two_cameras_under_their_device(control_pla
     # The device, then its two cameras beneath it.
     assert [rows.nth(i).get_attribute("data-camera") for i in range(3)] == [None, "dock", "gate"]
     assert rows.nth(0).get_attribute("data-device") == DEVICE
-    dock, gate = (table.locator(f'tr.camera-row[data-device="{DEVICE}"][data-camera="{name}"]')
+    dock, gate = (table.locator(f'tr.camera-row[data-camera-of="{DEVICE}"][data-camera="{name}"]')
                   for name in ("dock", "gate"))
     for camera in (dock, gate):
         assert camera.locator('[data-figure="model"]').inner_text() == release.model_version
@@ -89,7 +89,7 @@ def test_rollout_and_drift_pages_list_two_cameras_under_their_device(control_pla
     assert [drift.nth(i).get_attribute("data-camera") for i in range(3)] == [None, "dock", "gate"]
     assert drift.nth(0).get_attribute("data-drift-device") == DEVICE
     for i in (1, 2):
-        assert drift.nth(i).get_attribute("data-device") == DEVICE
+        assert drift.nth(i).get_attribute("data-camera-of") == DEVICE
         assert "not tested: no drift reference for this package" in drift.nth(i).locator(
             '[data-figure="test"]').inner_text()
     screenshot(page, "drift-cameras")
