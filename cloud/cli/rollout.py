@@ -72,7 +72,8 @@ def rollout_watch(
     with progress:
         task = progress.add_task(rollout_id, total=None, detail="")
         while True:
-            detail = call(server, token, "GET", f"/api/v1/rollouts/{rollout_id}")
+            # Following only the state: the cameras' figures are `rollout show`'s.
+            detail = call(server, token, "GET", f"/api/v1/rollouts/{rollout_id}", cameras=False)
             counts: dict[str, int] = {}
             for states in detail.get("devices_by_stratum", {}).values():
                 for state, n in states.items():

@@ -728,7 +728,8 @@ async def rollout_create(request: Request) -> Response:
 async def rollout_page(request: Request, rollout_id: str) -> Response:
     user = await _user(request)
     async with _api(request, user) as api:
-        rollout = await api.get(f"/api/v1/rollouts/{quote(rollout_id, safe='')}")
+        # The devices' cameras come with the devices; the rollout itself is read without them.
+        rollout = await api.get(f"/api/v1/rollouts/{quote(rollout_id, safe='')}", cameras="false")
         devices = await api.get(f"/api/v1/rollouts/{quote(rollout_id, safe='')}/devices", default=[])
     if rollout is None:
         return _render(request, user, "not_found.html", None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete
@@ -270,8 +270,9 @@ def rollout_devices(session: Session, rollout_id: str) -> list[RolloutDevice]:
                              .order_by(col(RolloutDevice.stage), col(RolloutDevice.device_id))))
 
 
-def rollout_detail(session: Session, rollout_id: str) -> dict[str, Any]:
-    """Everything `edgefleet rollout show` prints: state, counts per stratum, every decision."""
+def rollout_detail(session: Session, rollout_id: str, *, cameras: bool = True) -> dict[str, Any]:
+    """Everything `edgefleet rollout show` prints: state, counts per stratum, every decision, and
+    (``cameras``) each stage's devices with their cameras' figures."""
     rollout = get_rollout(session, rollout_id)
     rows = rollout_devices(session, rollout_id)
     counts: dict[str, Counter[str]] = defaultdict(Counter)
@@ -279,17 +280,33 @@ def rollout_detail(session: Session, rollout_id: str) -> dict[str, Any]:
         counts[row.stratum][row.state] += 1
     decisions = session.exec(select(RolloutDecision).where(RolloutDecision.rollout_id == rollout_id)
                              .order_by(col(RolloutDecision.id))).all()
-    return {
+    detail: dict[str, Any] = {
         "id": rollout.id, "name": rollout.name, "state": rollout.state, "stage": rollout.stage,
         "stages": len(rollout.spec.get("stages", [])), "phase": rollout.phase,
         "phase_started_at": rollout.phase_started_at, "halted_strata": rollout.halted_strata,
         "created_at": rollout.created_at, "finished_at": rollout.finished_at, "plan": rollout.plan,
         "spec": rollout.spec, "devices_by_stratum": {k: dict(v) for k, v in sorted(counts.items())},
         "device_count": len(rows), "evaluation": rollout.evaluation,
-        "cameras_since": rollout.phase_started_at, "stage_devices": stage_devices(session, rollout, rows),
         "decisions": [{"id": d.id, "stage": d.stage, "action": d.action, "actor": d.actor, "reason": d.reason,
                        "numbers": d.numbers, "created_at": d.created_at} for d in decisions],
     }
+    if cameras:
+        detail["cameras_since"] = cameras_since(rollout)
+        detail["stage_devices"] = stage_devices(session, rollout, rows)
+    return detail
+
+
+# Per-camera figures read at most this far back: a rollout page or `show` must stay cheap on a
+# large fleet in a long phase (the gates themselves read the whole phase, in the engine).
+CAMERA_FIGURES_MAX_S = 3600.0
+
+
+def cameras_since(rollout: Rollout) -> datetime:
+    """Where per-camera figures start: the current phase's start, at most CAMERA_FIGURES_MAX_S ago."""
+    started = rollout.phase_started_at
+    # SQLite returns naive datetimes for timezone-aware columns; everything here is UTC.
+    started = started if started.tzinfo is not None else started.replace(tzinfo=UTC)
+    return max(started, utc_now() - timedelta(seconds=CAMERA_FIGURES_MAX_S))
 
 
 def device_cameras(session: Session, device_ids: list[str], since: datetime) -> dict[str, list[dict[str, Any]]]:
@@ -332,8 +349,8 @@ def device_cameras(session: Session, device_ids: list[str], since: datetime) -> 
 
 
 def stage_devices(session: Session, rollout: Rollout, rows: list[RolloutDevice]) -> list[dict[str, Any]]:
-    """Each stage's devices with their cameras beneath them, figures since the current phase started."""
-    cameras = device_cameras(session, [row.device_id for row in rows], rollout.phase_started_at)
+    """Each stage's devices with their cameras beneath them, figures from :func:`cameras_since`."""
+    cameras = device_cameras(session, [row.device_id for row in rows], cameras_since(rollout))
     stages: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         stages[row.stage].append({"device_id": row.device_id, "stratum": row.stratum, "state": row.state,
@@ -347,5 +364,5 @@ def baseline_stats(rollout: Rollout, stratum: str) -> GroupStats:
     return GroupStats.from_json(document) if document else GroupStats()
 
 
-__all__ += ["as_window", "baseline_stats", "detection_parts", "device_cameras", "get_rollout", "rollout_devices",
-            "stage_devices", "telemetry_windows"]
+__all__ += ["as_window", "baseline_stats", "cameras_since", "detection_parts", "device_cameras", "get_rollout",
+            "rollout_devices", "stage_devices", "telemetry_windows"]

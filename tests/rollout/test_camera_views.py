@@ -72,6 +72,9 @@ def test_rollout_api_and_cli_show_cameras_under_their_device(control_plane, api,
     assert devices["edge-quiet"]["cameras"] == []  # no camera reported: nothing invented
     _check_cameras(devices[DEVICE]["cameras"], release.model_version, release.package_id)
 
+    # A poller that follows only the state asks without the figures.
+    assert "stage_devices" not in api.get(f"/api/v1/rollouts/{rollout_id}", params={"cameras": "false"}).json()
+
     listed = {d["device_id"]: d for d in api.get(f"/api/v1/rollouts/{rollout_id}/devices").json()}
     _check_cameras(listed[DEVICE]["cameras"], release.model_version, release.package_id)
 
