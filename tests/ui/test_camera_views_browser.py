@@ -93,3 +93,16 @@ def test_rollout_and_drift_pages_list_two_cameras_under_their_device(control_pla
         assert "not tested: no drift reference for this package" in drift.nth(i).locator(
             '[data-figure="test"]').inner_text()
     screenshot(page, "drift-cameras")
+
+
+def test_the_device_drift_chart_draws_each_camera_apart() -> None:
+    from cloud.dashboard.routes import _drift_series
+
+    at = "2026-12-05T18:00:0{}+00:00"
+    windows = [{"camera": camera, "window_ended_at": at.format(i), "score": 1.0 + i, "cusum": 0.0, "p_value": 0.5}
+               for i, camera in enumerate(("door", "yard", "door"))]
+    lines = {s.label: len(s.points) for s in _drift_series(windows)}
+    assert lines == {"score (door)": 2, "cusum (door)": 2, "p_value (door)": 2,
+                     "score (yard)": 1, "cusum (yard)": 1, "p_value (yard)": 1}
+    # One camera: the lines keep their plain names.
+    assert {s.label for s in _drift_series(windows[:1])} == {"score", "cusum", "p_value"}
