@@ -159,8 +159,9 @@ def store_drift_report(session: Session, report: DriftReport, reject: Reject, se
         return False
     record = DriftWindowRecord(
         message_id=report.message_id, device_id=report.device_id, camera=report.pipeline,
-        model_version=report.model_version, package_id=report.package_id, window_seq=report.window_seq, window_started_at=report.window_started_at,
-        window_ended_at=report.window_ended_at, frames=report.frames, frames_seen=report.frames_seen,
+        model_version=report.model_version, package_id=report.package_id, window_seq=report.window_seq,
+        window_started_at=report.window_started_at, window_ended_at=report.window_ended_at, frames=report.frames,
+        frames_seen=report.frames_seen,
         features=list(report.features), histograms=report.histograms, means=list(report.means),
         stds=list(report.stds), class_counts=list(report.class_counts), local_score=report.local_score,
     )
@@ -235,7 +236,8 @@ def _step_detector(session: Session, report: DriftReport, record: DriftWindowRec
             session.add(alert)
             audit.record(session, actor=MONITOR_ACTOR, action="alert.opened", subject_type="drift_alert",
                          subject_id=alert.id, details={"device_id": report.device_id, "camera": camera,
-                                                       "package_id": report.package_id, "score": alert.score, "cusum": round(row.statistic, 3),
+                                                       "package_id": report.package_id, "score": alert.score,
+                                                       "cusum": round(row.statistic, 3),
                                                        "drifted_features": result.drifted_features})
             session.flush()
             if settings.propose_retraining:
@@ -305,8 +307,9 @@ def store_sample_report(session: Session, report: SampleReport, reject: Reject, 
             return False
     session.add(SampleRecord(
         message_id=report.message_id, sample_id=report.sample_id, device_id=report.device_id,
-        camera=report.pipeline, model_version=report.model_version, package_id=report.package_id, sampler=report.sampler,
-        reason=report.reason, captured_at=report.captured_at, predicted_label=report.predicted_label,
+        camera=report.pipeline, model_version=report.model_version, package_id=report.package_id,
+        sampler=report.sampler, reason=report.reason, captured_at=report.captured_at,
+        predicted_label=report.predicted_label,
         confidence=report.confidence, features=dict(report.features), stats_only=report.stats_only,
         image_sha256=report.image_sha256, image_bytes=report.image_bytes, image_width=report.image_width,
         image_height=report.image_height, boxes=[box.model_dump(mode="json") for box in report.boxes],

@@ -48,10 +48,13 @@ def device_windows(device_id: str, session: SessionDep, limit: int = Query(defau
     """The device's latest windows (of one camera, with ``camera``), newest first, with the test's numbers."""
     query = select(DriftWindowRecord).where(col(DriftWindowRecord.device_id) == device_id)
     if camera is not None:
-        query = query.where(col(DriftWindowRecord.camera) == camera) if camera != baseline.DEFAULT_CAMERA else \
-            query.where((col(DriftWindowRecord.camera) == camera) | col(DriftWindowRecord.camera).is_(None))
+        named = col(DriftWindowRecord.camera) == camera
+        # Windows that named no camera are the "default" camera's (as baselines and detectors name them).
+        query = query.where(named | col(DriftWindowRecord.camera).is_(None) if camera == baseline.DEFAULT_CAMERA
+                            else named)
     rows = session.exec(query.order_by(col(DriftWindowRecord.id).desc()).limit(limit))
-    return [{"id": w.id, "camera": w.camera or baseline.DEFAULT_CAMERA, "window_seq": w.window_seq, "package_id": w.package_id, "model_version": w.model_version,
+    return [{"id": w.id, "camera": w.camera or baseline.DEFAULT_CAMERA, "window_seq": w.window_seq,
+             "package_id": w.package_id, "model_version": w.model_version,
              "frames": w.frames, "frames_seen": w.frames_seen, "window_ended_at": w.window_ended_at,
              "tested": w.tested, "untested_reason": w.untested_reason, "p_value": w.p_value, "score": w.score,
              "cusum": w.cusum, "evidence": w.evidence} for w in rows]
