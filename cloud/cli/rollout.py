@@ -198,8 +198,8 @@ def _gate_lines(numbers: dict[str, Any]) -> list[str]:
 
 def _camera_table(stages: list[dict[str, Any]]) -> Any:
     """Each stage's devices with their cameras beneath them (None when no device reported a camera)."""
-    table = new_table("devices and their cameras (since the current phase started)")
-    for name in ("stage", "device / camera", "model", "frames", "fps", "p95 ms", "capture p95 ms", "stale dropped",
+    table = new_table("devices and their cameras (since the phase started, at most the last hour)")
+    for name in ("stage", "device / camera", "state / model", "frames", "fps", "p95 ms", "capture p95 ms", "stale dropped",
                  "error rate", "confidence / boxes", "drift"):
         table.add_column(name)
     rows = 0
