@@ -50,15 +50,23 @@ def drift_alerts(state: Annotated[str | None, typer.Option(help="open or cleared
 
 @drift_app.command("devices")
 def drift_devices(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, json_out: JsonOpt = False) -> None:
-    """Each device's drift state: ok, alert, no data (no window yet) or baseline pending, with its newest window."""
+    """Each device's drift state (ok, alert, no data or baseline pending) and each of its cameras' beneath it."""
     rows: list[dict[str, Any]] = call(server, token, "GET", "/api/v1/drift/devices")
     if json_out:
         emit_json(rows)
         return
-    console.print(table("drift by device", ["device", "state", "open alerts", "baseline", "last window",
-                                            "last score"],
-                         [[r["device_id"], r["state"], str(r["open_alerts"]), ", ".join(r["baseline"]) or "-",
-                           cell(r["last_window_at"]), cell(r["last_window_score"], ".1f")] for r in rows]))
+
+    def line(name: str, r: dict[str, Any]) -> list[str]:
+        return [name, r["state"], str(r["open_alerts"]), ", ".join(r["baseline"]) or "-", cell(r["last_window_at"]),
+                cell(r["last_window_score"], ".1f")]
+
+    lines = []
+    for r in rows:
+        lines.append(line(r["device_id"], r))
+        # Each camera's scene is its own population: its test, alert and baseline are its own.
+        lines.extend(line(f"{r['device_id']} / {c['camera']}", c) for c in r.get("cameras", []))
+    console.print(table("drift by device and camera", ["device / camera", "state", "open alerts", "baseline",
+                                                       "last window", "last score"], lines))
 
 
 @drift_app.command("fleet")

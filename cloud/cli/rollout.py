@@ -72,7 +72,8 @@ def rollout_watch(
     with progress:
         task = progress.add_task(rollout_id, total=None, detail="")
         while True:
-            detail = call(server, token, "GET", f"/api/v1/rollouts/{rollout_id}")
+            # Following only the state: the cameras' figures are `rollout show`'s.
+            detail = call(server, token, "GET", f"/api/v1/rollouts/{rollout_id}", cameras=False)
             counts: dict[str, int] = {}
             for states in detail.get("devices_by_stratum", {}).values():
                 for state, n in states.items():
@@ -195,6 +196,28 @@ def _gate_lines(numbers: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _camera_table(stages: list[dict[str, Any]]) -> Any:
+    """Each stage's devices with their cameras beneath them (None when no device reported a camera)."""
+    table = new_table("devices and their cameras (since the phase started, at most the last hour)")
+    for name in ("stage", "device / camera", "state / model", "frames", "fps", "p95 ms", "capture p95 ms", "stale dropped",
+                 "error rate", "confidence / boxes", "drift"):
+        table.add_column(name)
+    rows = 0
+    for stage in stages:
+        for device in stage["devices"]:
+            table.add_row(str(stage["stage"] + 1), device["device_id"], device["state"], *[""] * 8)
+            for camera in device["cameras"]:
+                quality = (cell(camera.get("mean_confidence"), ".2f") if "boxes" not in camera
+                           else f"{camera['boxes']} boxes, score {cell(camera.get('mean_box_score'), '.2f')}")
+                table.add_row("", f"  {camera['camera']}", cell(camera.get("model_version")), str(camera["frames"]),
+                              cell(camera.get("fps"), ".1f"), cell(camera.get("median_p95_latency_ms"), ".1f"),
+                              cell(camera.get("capture_to_result_p95_ms"), ".1f"),
+                              cell(camera.get("stale_frames_dropped")), cell(camera.get("error_rate"), ".3f"),
+                              quality, cell(camera.get("drift_score"), ".1f"))
+                rows += 1
+    return table if rows else None
+
+
 @rollout_app.command("show")
 def show(rollout_id: IdArg, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
          json_out: JsonOpt = False) -> None:
@@ -213,6 +236,9 @@ def show(rollout_id: IdArg, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt 
     for stratum, states in detail["devices_by_stratum"].items():
         table.add_row(stratum, ", ".join(f"{s}: {n}" for s, n in sorted(states.items())))
     console.print(table)
+    cameras = _camera_table(detail.get("stage_devices", []))
+    if cameras is not None:
+        console.print(cameras)
     console.print("[bold]decisions[/]")
     for decision in detail["decisions"]:
         console.print(f"{cell(decision['created_at'])} stage {decision['stage'] + 1} [bold]{decision['action']}[/] by "

@@ -308,19 +308,21 @@ def _series(windows: list[dict[str, Any]], label: str, key: str) -> Series:
 
 
 def _drift_series(drift: Any) -> list[Series]:
-    """Drift windows from the drift API, one line per score field, whatever its exact shape."""
+    """Drift windows from the drift API, one line per score field (and per camera, when the device
+    has several: each camera's windows are its own test), whatever its exact shape."""
     windows = drift if isinstance(drift, list) else (drift or {}).get("windows", []) if isinstance(drift, dict) else []
+    windows = [w for w in windows if isinstance(w, dict)]
+    several = len({w.get("camera") for w in windows}) > 1
     scores: dict[str, list[tuple[datetime, float | None]]] = {}
     for window in windows:
-        if not isinstance(window, dict):
-            continue
         when = _parse_time(window.get("window_ended_at") or window.get("sent_at") or window.get("created_at"))
         if when is None:
             continue
         for key in ("score", "cusum", "p_value"):
             value = window.get(key)
             if isinstance(value, int | float):
-                scores.setdefault(key, []).append((when, float(value)))
+                label = f"{key} ({window.get('camera')})" if several else key
+                scores.setdefault(label, []).append((when, float(value)))
     return [Series(key, points) for key, points in scores.items()]
 
 
@@ -354,9 +356,9 @@ async def device_page(request: Request, device_id: str) -> Response:
     }
     drift_lines = _drift_series(drift)
     if drift_lines:
-        charts["drift"] = line_chart("Drift score and CUSUM per window", [s for s in drift_lines if s.label != "p_value"],
+        charts["drift"] = line_chart("Drift score and CUSUM per window", [s for s in drift_lines if not s.label.startswith("p_value")],
                                      axis_label="score (no unit)", chart_id="chart-drift", y_min=0)
-        p_values = [s for s in drift_lines if s.label == "p_value"]
+        p_values = [s for s in drift_lines if s.label.startswith("p_value")]
         if p_values:
             charts["drift_p"] = line_chart("Window p-value (low = unlike the training data)", p_values,
                                            axis_label="p-value (0 to 1)", chart_id="chart-drift-p", y_min=0, y_max=1)
@@ -728,7 +730,8 @@ async def rollout_create(request: Request) -> Response:
 async def rollout_page(request: Request, rollout_id: str) -> Response:
     user = await _user(request)
     async with _api(request, user) as api:
-        rollout = await api.get(f"/api/v1/rollouts/{quote(rollout_id, safe='')}")
+        # The devices' cameras come with the devices; the rollout itself is read without them.
+        rollout = await api.get(f"/api/v1/rollouts/{quote(rollout_id, safe='')}", cameras="false")
         devices = await api.get(f"/api/v1/rollouts/{quote(rollout_id, safe='')}/devices", default=[])
     if rollout is None:
         return _render(request, user, "not_found.html", None,
@@ -831,11 +834,12 @@ async def alerts_page(request: Request, state: str = "") -> Response:
     user = await _user(request)
     async with _api(request, user) as api:
         alerts = await api.get("/api/v1/drift/alerts", default=None, state=state or None)
+        drift_devices = await api.get("/api/v1/drift/devices", default=None)
         proposals = await api.get("/api/v1/governance/proposals", default=None)
         rollout_proposals = await api.get("/api/v1/governance/rollout-proposals", default=None)
     return _render(request, user, "alerts.html", "alerts_live.html", {
         "alerts": _items(alerts), "alerts_available": alerts is not None, "state": state,
-        "proposals": _items(proposals), "proposals_available": proposals is not None,
+        "drift_devices": _items(drift_devices), "proposals": _items(proposals), "proposals_available": proposals is not None,
         "rollout_proposals": _items(rollout_proposals),
         "message": request.query_params.get("message"), "error": request.query_params.get("error"),
     })

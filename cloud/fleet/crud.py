@@ -103,6 +103,7 @@ def apply_statuses(session: Session, reports: list[StatusReport]) -> None:
 
 def telemetry_row(report: TelemetryReport, received_at: datetime) -> dict[str, object]:
     """The telemetry table's columns for one report (the one place that maps them)."""
+    camera = report.frame_totals.camera if report.frame_totals is not None else None
     return {
         "message_id": report.message_id,
         "device_id": report.device_id,
@@ -124,6 +125,9 @@ def telemetry_row(report: TelemetryReport, received_at: datetime) -> dict[str, o
         "memory_mb": report.memory_mb,
         "update_check_error": report.update_check_error,
         "report_seq": report.report_seq,
+        "camera": report.pipeline,
+        "capture_to_result_p95_ms": camera.capture_to_result_p95_ms if camera is not None else None,
+        "stale_frames_dropped": camera.stale_frames_dropped if camera is not None else None,
     }
 
 

@@ -192,6 +192,8 @@ class TelemetryRecord(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(max_length=64)
     device_id: str = Field(foreign_key="device.id", index=True)
+    # The agent's pipeline (one camera and model) this window belongs to; None if it named none.
+    camera: str | None = Field(default=None, max_length=64)
     model_version: str | None = Field(default=None, index=True)
     package_id: str | None = None
     runtime: str | None = None
@@ -213,6 +215,10 @@ class TelemetryRecord(SQLModel, table=True):
     update_check_error: str | None = Field(default=None, max_length=256)  # the contract's ShortText
     # The device's own telemetry counter (1, 2, 3, ...): a gap means a lost window.
     report_seq: int | None = None
+    # The camera's capture-to-result p95 over the window, and its stale frames dropped since
+    # the agent started (cumulative), from the report's frame totals when it has them.
+    capture_to_result_p95_ms: float | None = None
+    stale_frames_dropped: int | None = None
 
 
 class TelemetryPublic(SQLModel):
@@ -233,3 +239,6 @@ class TelemetryPublic(SQLModel):
     memory_mb: float
     update_check_error: str | None = None
     report_seq: int | None = None
+    camera: str | None = None
+    capture_to_result_p95_ms: float | None = None
+    stale_frames_dropped: int | None = None

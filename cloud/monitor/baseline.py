@@ -170,7 +170,7 @@ def confirm_baseline(session: Session, device_id: str, settings: MonitorSettings
                      camera: str | None = None, package_id: str | None = None) -> DriftBaseline:
     """Make the device's proposed baseline the one its windows are tested against.
 
-    Resets the camera's sequential test and clears the device's open alert under that
+    Resets the camera's sequential test and clears the camera's open alert under that
     package: the operator has said that what the camera sees is its normal scene.
 
     Raises:
@@ -203,15 +203,15 @@ def confirm_baseline(session: Session, device_id: str, settings: MonitorSettings
     baseline = proposed[0]
     baseline.state, baseline.confirmed_at, baseline.confirmed_by = "confirmed", utc_now(), actor[:128]
     session.add(baseline)
-    detector = session.get(DriftDetectorState, (device_id, baseline.package_id))
+    detector = session.get(DriftDetectorState, (device_id, baseline.camera, baseline.package_id))
     if detector is not None:
         detector.statistic, detector.alarm, detector.clean_run, detector.clean_streak = 0.0, False, 0, 0
         detector.updated_at = utc_now()
         session.add(detector)
-    open_alert = session.exec(select(DriftAlert).where(col(DriftAlert.scope) == "device",
-                                                       col(DriftAlert.device_id) == device_id,
-                                                       col(DriftAlert.package_id) == baseline.package_id,
-                                                       col(DriftAlert.state) == "open")).first()
+    open_alert = session.exec(select(DriftAlert).where(
+        col(DriftAlert.scope) == "device", col(DriftAlert.device_id) == device_id,
+        (col(DriftAlert.camera) == baseline.camera) | col(DriftAlert.camera).is_(None),
+        col(DriftAlert.package_id) == baseline.package_id, col(DriftAlert.state) == "open")).first()
     if open_alert is not None:
         open_alert.state, open_alert.cleared_at = "cleared", utc_now()
         open_alert.cleared_reason = f"camera {baseline.camera}'s baseline confirmed as its normal scene by {actor}"[:256]
@@ -227,40 +227,76 @@ def confirm_baseline(session: Session, device_id: str, settings: MonitorSettings
     return baseline
 
 
+def _state(open_alerts: int, window: DriftWindowRecord | None, baseline_states: list[str]) -> str:
+    if open_alerts:
+        return "alert"
+    if window is None:
+        return "no data"
+    if "proposed" in baseline_states:
+        return "baseline pending"
+    return "ok"
+
+
+def _window_fields(window: DriftWindowRecord | None) -> dict[str, Any]:
+    return {"last_window_at": window.window_ended_at if window else None,
+            "last_window_score": window.score if window else None,
+            "last_window_class_counts": list(window.class_counts) if window else []}
+
+
 def fleet_drift_states(session: Session) -> list[dict[str, Any]]:
-    """Per device: open alerts, the newest window and baseline, and what they add up to.
+    """Per device, and per camera under it: open alerts, the newest window and baseline, and their sum.
 
     ``state`` is ``alert`` (an open alert), ``no data`` (no window yet), ``baseline pending``
-    (a proposed baseline waits for an operator) or ``ok``.
+    (a proposed baseline waits for an operator) or ``ok``; a device's is its cameras' worst.
+    Each camera's scene is its own population, so its test result, alert and baseline are its own.
     """
-    newest = (select(DriftWindowRecord.device_id, func.max(DriftWindowRecord.id).label("max_id"))
-              .group_by(col(DriftWindowRecord.device_id)).subquery())
-    windows = {w.device_id: w for w in session.exec(
-        select(DriftWindowRecord).join(newest, col(DriftWindowRecord.id) == newest.c.max_id))}
-    alerts: dict[str, int] = {}
-    for device_id in session.exec(select(DriftAlert.device_id).where(col(DriftAlert.scope) == "device",
-                                                                     col(DriftAlert.state) == "open")):
-        if device_id is not None:
-            alerts[device_id] = alerts.get(device_id, 0) + 1
-    baselines: dict[str, list[DriftBaseline]] = {}
+    newest = (select(DriftWindowRecord.device_id, DriftWindowRecord.camera,
+                     func.max(DriftWindowRecord.id).label("max_id"))
+              .group_by(col(DriftWindowRecord.device_id), col(DriftWindowRecord.camera)).subquery())
+    windows: dict[tuple[str, str], DriftWindowRecord] = {
+        (w.device_id, w.camera or DEFAULT_CAMERA): w
+        for w in session.exec(select(DriftWindowRecord).join(newest, col(DriftWindowRecord.id) == newest.c.max_id))}
+    alerts: dict[str, list[DriftAlert]] = {}
+    for alert in session.exec(select(DriftAlert).where(col(DriftAlert.scope) == "device",
+                                                       col(DriftAlert.state) == "open")):
+        if alert.device_id is not None:
+            alerts.setdefault(alert.device_id, []).append(alert)
+    baselines: dict[tuple[str, str], list[DriftBaseline]] = {}
     for row in session.exec(select(DriftBaseline).order_by(col(DriftBaseline.id))):
-        baselines.setdefault(row.device_id, []).append(row)
+        baselines.setdefault((row.device_id, row.camera), []).append(row)
+    cameras_of: dict[str, set[str]] = {}
+    for device_id, camera in (*windows, *baselines):
+        cameras_of.setdefault(device_id, set()).add(camera)
+    for device_id, device_alerts in alerts.items():
+        cameras_of.setdefault(device_id, set()).update(a.camera for a in device_alerts if a.camera is not None)
     rows = []
-    for device_id in sorted(set(windows) | set(alerts) | set(baselines)):
-        window = windows.get(device_id)
-        own = [b for b in baselines.get(device_id, []) if window is None or b.package_id == window.package_id]
-        baseline_states = sorted({b.state for b in own})
-        if alerts.get(device_id):
-            state = "alert"
-        elif window is None:
-            state = "no data"
-        elif "proposed" in baseline_states:
-            state = "baseline pending"
-        else:
-            state = "ok"
-        rows.append({"device_id": device_id, "state": state, "open_alerts": alerts.get(device_id, 0),
-                     "baseline": baseline_states,
-                     "last_window_at": window.window_ended_at if window else None,
-                     "last_window_score": window.score if window else None,
-                     "last_window_class_counts": list(window.class_counts) if window else []})
+    for device_id in sorted(cameras_of):
+        cameras = []
+        for camera in sorted(cameras_of[device_id]):
+            window = windows.get((device_id, camera))
+            own = [b for b in baselines.get((device_id, camera), [])
+                   if window is None or b.package_id == window.package_id]
+            # An alert stored without a camera (before alerts were per camera) shows under each camera.
+            camera_alerts = [a for a in alerts.get(device_id, []) if a.camera in (camera, None)]
+            baseline_states = sorted({b.state for b in own})
+            cameras.append({
+                "camera": camera, "state": _state(len(camera_alerts), window, baseline_states),
+                "open_alerts": len(camera_alerts), "alert_ids": [a.id for a in camera_alerts],
+                "baseline": baseline_states,
+                "baseline_windows": max((b.windows for b in own if b.state == "collecting"), default=None),
+                "package_id": window.package_id if window else None,
+                "model_version": window.model_version if window else None,
+                "last_window_tested": window.tested if window else None,
+                "last_window_untested_reason": window.untested_reason if window else None,
+                "last_window_p_value": window.p_value if window else None,
+                "last_window_cusum": window.cusum if window else None,
+                **_window_fields(window)})
+        newest_window = max((w for (d, _), w in windows.items() if d == device_id),
+                            key=lambda w: w.id or 0, default=None)
+        # An alert stored without a camera has no camera row to show it: the device still shows it.
+        worst = "alert" if alerts.get(device_id) else next(
+            (s for s in ("alert", "baseline pending", "ok") if any(c["state"] == s for c in cameras)), "no data")
+        rows.append({"device_id": device_id, "state": worst, "open_alerts": len(alerts.get(device_id, [])),
+                     "baseline": sorted({s for c in cameras for s in c["baseline"]}),
+                     **_window_fields(newest_window), "cameras": cameras})
     return rows

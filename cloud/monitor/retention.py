@@ -42,7 +42,7 @@ def merge_windows(windows: list[DriftWindowRecord]) -> DriftWindowRecord:
     pooled = np.sqrt(np.maximum((weight * (stds**2 + means**2)).sum(axis=0) - mean**2, 0.0))
     classes = np.sum([w.class_counts for w in windows if len(w.class_counts) == len(first.class_counts)], axis=0)
     return DriftWindowRecord(
-        message_id=f"{DOWNSAMPLED}-{first.message_id}"[:64], device_id=first.device_id,
+        message_id=f"{DOWNSAMPLED}-{first.message_id}"[:64], device_id=first.device_id, camera=first.camera,
         model_version=first.model_version, package_id=first.package_id, window_seq=first.window_seq,
         window_started_at=min(w.window_started_at for w in windows),
         window_ended_at=max(w.window_ended_at for w in windows), received_at=max(w.received_at for w in windows),
@@ -81,12 +81,14 @@ def apply_retention(session: Session, settings: MonitorSettings, now: datetime |
         session.execute(delete(SampleBlob).where(col(SampleBlob.sha256).in_(removable)))
 
     window_cutoff = now - timedelta(days=settings.drift_window_retention_days)
-    groups: dict[tuple[str, str | None, str, tuple[str, ...]], list[DriftWindowRecord]] = defaultdict(list)
+    # Per camera: a camera's windows describe its own scene and are never merged with another's.
+    groups: dict[tuple[str, str | None, str | None, str, tuple[str, ...]], list[DriftWindowRecord]] = \
+        defaultdict(list)
     for window in session.exec(select(DriftWindowRecord).where(col(DriftWindowRecord.received_at) < window_cutoff)):
         if window.untested_reason and window.untested_reason.startswith(DOWNSAMPLED):
             continue
         day = window.window_started_at.date().isoformat()
-        groups[(window.device_id, window.package_id, day, tuple(window.features))].append(window)
+        groups[(window.device_id, window.camera, window.package_id, day, tuple(window.features))].append(window)
     merged = 0
     for windows in groups.values():
         if len(windows) < 2:

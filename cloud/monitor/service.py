@@ -48,6 +48,7 @@ __all__ = [
     "install",
     "list_alerts",
     "load_reference",
+    "open_camera_alert",
     "store_blob",
     "store_drift_report",
     "store_monitor_report",
@@ -154,17 +155,18 @@ def _detection_counts(report: DriftReport) -> DetectionCounts | None:
 
 
 def store_drift_report(session: Session, report: DriftReport, reject: Reject, settings: MonitorSettings) -> bool:
-    """Store one window, test it against its package's reference, step the device's detector.
+    """Store one window, test it against its package's reference, step its camera's detector.
 
-    Opens an alert (and a retraining proposal) when the detector alarms; clears the
-    device's open alert after enough clean windows, under this or a newer package.
+    Opens an alert for the camera (and a retraining proposal) when the detector alarms;
+    clears the camera's open alert after enough clean windows, under this or a newer package.
     """
     if session.exec(select(DriftWindowRecord.id).where(col(DriftWindowRecord.message_id) == report.message_id)).first():
         return False
     record = DriftWindowRecord(
-        message_id=report.message_id, device_id=report.device_id, model_version=report.model_version,
-        package_id=report.package_id, window_seq=report.window_seq, window_started_at=report.window_started_at,
-        window_ended_at=report.window_ended_at, frames=report.frames, frames_seen=report.frames_seen,
+        message_id=report.message_id, device_id=report.device_id, camera=report.pipeline,
+        model_version=report.model_version, package_id=report.package_id, window_seq=report.window_seq,
+        window_started_at=report.window_started_at, window_ended_at=report.window_ended_at, frames=report.frames,
+        frames_seen=report.frames_seen,
         features=list(report.features), histograms=report.histograms, means=list(report.means),
         stds=list(report.stds), class_counts=list(report.class_counts), local_score=report.local_score,
         detection=report.detection.model_dump(mode="json") if report.detection is not None else None,
@@ -215,9 +217,10 @@ def store_drift_report(session: Session, report: DriftReport, reject: Reject, se
 def _step_detector(session: Session, report: DriftReport, record: DriftWindowRecord, result: WindowTest,
                    reference: DriftReference, settings: MonitorSettings) -> None:
     assert report.package_id is not None
-    row = session.get(DriftDetectorState, (report.device_id, report.package_id))
+    camera = baseline.camera_of(report)
+    row = session.get(DriftDetectorState, (report.device_id, camera, report.package_id))
     if row is None:
-        row = DriftDetectorState(device_id=report.device_id, package_id=report.package_id)
+        row = DriftDetectorState(device_id=report.device_id, camera=camera, package_id=report.package_id)
     cusum = Cusum(reference.calibration, CusumState(row.statistic, row.alarm, row.clean_run, row.windows))
     event = cusum.step(result.score)
     row.statistic, row.alarm, row.clean_run, row.windows = (cusum.state.statistic, cusum.state.alarm,
@@ -226,22 +229,21 @@ def _step_detector(session: Session, report: DriftReport, record: DriftWindowRec
     row.updated_at = utc_now()
     record.cusum = round(row.statistic, 4)
     session.add(row)
-    open_alert = session.exec(select(DriftAlert).where(col(DriftAlert.scope) == "device",
-                                                       col(DriftAlert.device_id) == report.device_id,
-                                                       col(DriftAlert.state) == "open")).first()
+    open_alert = open_camera_alert(session, report.device_id, camera)
     if event == "open":
         assert record.id is not None
         if open_alert is None:
             alert = DriftAlert(id=f"al-{uuid.uuid4().hex[:12]}", scope="device", device_id=report.device_id,
-                               package_id=report.package_id, model_version=report.model_version,
+                               camera=camera, package_id=report.package_id, model_version=report.model_version,
                                score=round(result.score, 3), window_ids=[record.id],
                                evidence={**result.evidence(), "cusum": round(row.statistic, 3),
                                          "k": reference.calibration.k, "h": reference.calibration.h,
                                          "window_seq": report.window_seq})
             session.add(alert)
             audit.record(session, actor=MONITOR_ACTOR, action="alert.opened", subject_type="drift_alert",
-                         subject_id=alert.id, details={"device_id": report.device_id, "package_id": report.package_id,
-                                                       "score": alert.score, "cusum": round(row.statistic, 3),
+                         subject_id=alert.id, details={"device_id": report.device_id, "camera": camera,
+                                                       "package_id": report.package_id, "score": alert.score,
+                                                       "cusum": round(row.statistic, 3),
                                                        "drifted_features": result.drifted_features})
             session.flush()
             if settings.propose_retraining:
@@ -267,6 +269,14 @@ def _step_detector(session: Session, report: DriftReport, record: DriftWindowRec
                      subject_id=open_alert.id, details={"device_id": report.device_id,
                                                         "package_id": report.package_id,
                                                         "reason": open_alert.cleared_reason})
+
+
+def open_camera_alert(session: Session, device_id: str, camera: str) -> DriftAlert | None:
+    """The camera's open device alert (an alert stored without a camera counts for all of the device's)."""
+    return session.exec(select(DriftAlert).where(
+        col(DriftAlert.scope) == "device", col(DriftAlert.device_id) == device_id,
+        (col(DriftAlert.camera) == camera) | col(DriftAlert.camera).is_(None),
+        col(DriftAlert.state) == "open")).first()
 
 
 def store_blob(session: Session, device_id: str, content: bytes) -> str:
@@ -303,8 +313,9 @@ def store_sample_report(session: Session, report: SampleReport, reject: Reject, 
             return False
     session.add(SampleRecord(
         message_id=report.message_id, sample_id=report.sample_id, device_id=report.device_id,
-        model_version=report.model_version, package_id=report.package_id, sampler=report.sampler,
-        reason=report.reason, captured_at=report.captured_at, predicted_label=report.predicted_label,
+        camera=report.pipeline, model_version=report.model_version, package_id=report.package_id,
+        sampler=report.sampler, reason=report.reason, captured_at=report.captured_at,
+        predicted_label=report.predicted_label,
         confidence=report.confidence, features=dict(report.features), stats_only=report.stats_only,
         image_sha256=report.image_sha256, image_bytes=report.image_bytes, image_width=report.image_width,
         image_height=report.image_height, boxes=[box.model_dump(mode="json") for box in report.boxes],
@@ -326,7 +337,8 @@ def list_alerts(session: Session, *, state: str | None = None, device_id: str | 
 
 
 def alert_detail(alert: DriftAlert) -> dict[str, Any]:
-    return {"id": alert.id, "scope": alert.scope, "device_id": alert.device_id, "package_id": alert.package_id,
+    return {"id": alert.id, "scope": alert.scope, "device_id": alert.device_id, "camera": alert.camera,
+            "package_id": alert.package_id,
             "model_version": alert.model_version, "state": alert.state, "opened_at": alert.opened_at,
             "cleared_at": alert.cleared_at, "cleared_reason": alert.cleared_reason, "score": alert.score,
             "window_ids": alert.window_ids, "evidence": alert.evidence, "proposal_id": alert.proposal_id}

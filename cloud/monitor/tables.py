@@ -32,6 +32,8 @@ class DriftWindowRecord(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(max_length=64)
     device_id: str = Field(index=True, max_length=64)
+    # The agent's pipeline (one camera and model); None for reports that name none.
+    camera: str | None = Field(default=None, max_length=64)
     model_version: str | None = Field(default=None, max_length=128)
     package_id: str | None = Field(default=None, index=True, max_length=64)
     window_seq: int = 0
@@ -57,11 +59,17 @@ class DriftWindowRecord(SQLModel, table=True):
 
 
 class DriftDetectorState(SQLModel, table=True):
-    """The sequential test's state for one device and package (survives restarts)."""
+    """The sequential test's state for one camera of a device under one package (survives restarts).
 
-    __tablename__ = "drift_detector"
+    Per camera: each camera's scene is its own population, so one camera's windows must
+    not step another's statistic.
+    """
+
+    __tablename__ = "drift_camera_detector"
 
     device_id: str = Field(primary_key=True, max_length=64)
+    # The agent's pipeline name, "default" for reports that name none (as DriftBaseline.camera).
+    camera: str = Field(primary_key=True, max_length=64)
     package_id: str = Field(primary_key=True, max_length=64)
     statistic: float = 0.0
     alarm: bool = False
@@ -77,6 +85,8 @@ class DriftAlert(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=32)
     scope: str = Field(default="device", max_length=16)  # "device" or "fleet"
     device_id: str | None = Field(default=None, index=True, max_length=64)
+    # The camera whose windows alarmed (device alerts); None for fleet alerts.
+    camera: str | None = Field(default=None, max_length=64)
     package_id: str | None = Field(default=None, max_length=64)
     model_version: str | None = Field(default=None, max_length=128)
     state: str = Field(default="open", index=True, max_length=16)  # "open" or "cleared"
@@ -112,6 +122,7 @@ class SampleRecord(SQLModel, table=True):
     message_id: str = Field(max_length=64)
     sample_id: str = Field(max_length=64)
     device_id: str = Field(index=True, max_length=64)
+    camera: str | None = Field(default=None, max_length=64)  # the agent's pipeline, when it named one
     model_version: str | None = Field(default=None, max_length=128)
     package_id: str | None = Field(default=None, max_length=64)
     sampler: str = Field(max_length=16)

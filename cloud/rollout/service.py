@@ -9,16 +9,19 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from cloud.fleet.camera_tables import DeviceCameraSet
 from cloud.fleet.crud import Conflict, NotFound
 from cloud.fleet.tables import Device, Package, TelemetryRecord, utc_now
 from cloud.governance import audit
+from cloud.monitor.tables import DriftWindowRecord
+from cloud.rollout.camera_view import DEFAULT_CAMERA, CameraWindow, camera_figures
 from cloud.rollout.decisions import (
     DeviceState,
     InvalidAction,
@@ -267,8 +270,9 @@ def rollout_devices(session: Session, rollout_id: str) -> list[RolloutDevice]:
                              .order_by(col(RolloutDevice.stage), col(RolloutDevice.device_id))))
 
 
-def rollout_detail(session: Session, rollout_id: str) -> dict[str, Any]:
-    """Everything `edgefleet rollout show` prints: state, counts per stratum, every decision."""
+def rollout_detail(session: Session, rollout_id: str, *, cameras: bool = True) -> dict[str, Any]:
+    """Everything `edgefleet rollout show` prints: state, counts per stratum, every decision, and
+    (``cameras``) each stage's devices with their cameras' figures."""
     rollout = get_rollout(session, rollout_id)
     rows = rollout_devices(session, rollout_id)
     counts: dict[str, Counter[str]] = defaultdict(Counter)
@@ -276,7 +280,7 @@ def rollout_detail(session: Session, rollout_id: str) -> dict[str, Any]:
         counts[row.stratum][row.state] += 1
     decisions = session.exec(select(RolloutDecision).where(RolloutDecision.rollout_id == rollout_id)
                              .order_by(col(RolloutDecision.id))).all()
-    return {
+    detail: dict[str, Any] = {
         "id": rollout.id, "name": rollout.name, "state": rollout.state, "stage": rollout.stage,
         "stages": len(rollout.spec.get("stages", [])), "phase": rollout.phase,
         "phase_started_at": rollout.phase_started_at, "halted_strata": rollout.halted_strata,
@@ -286,6 +290,73 @@ def rollout_detail(session: Session, rollout_id: str) -> dict[str, Any]:
         "decisions": [{"id": d.id, "stage": d.stage, "action": d.action, "actor": d.actor, "reason": d.reason,
                        "numbers": d.numbers, "created_at": d.created_at} for d in decisions],
     }
+    if cameras:
+        detail["cameras_since"] = cameras_since(rollout)
+        detail["stage_devices"] = stage_devices(session, rollout, rows)
+    return detail
+
+
+# Per-camera figures read at most this far back: a rollout page or `show` must stay cheap on a
+# large fleet in a long phase (the gates themselves read the whole phase, in the engine).
+CAMERA_FIGURES_MAX_S = 3600.0
+
+
+def cameras_since(rollout: Rollout) -> datetime:
+    """Where per-camera figures start: the current phase's start, at most CAMERA_FIGURES_MAX_S ago."""
+    started = rollout.phase_started_at
+    # SQLite returns naive datetimes for timezone-aware columns; everything here is UTC.
+    started = started if started.tzinfo is not None else started.replace(tzinfo=UTC)
+    return max(started, utc_now() - timedelta(seconds=CAMERA_FIGURES_MAX_S))
+
+
+def device_cameras(session: Session, device_ids: list[str], since: datetime) -> dict[str, list[dict[str, Any]]]:
+    """Per device, its cameras' figures over the windows received since ``since``
+    (:func:`cloud.rollout.camera_view.camera_figures`)."""
+    if not device_ids:
+        return {}
+    t = TelemetryRecord
+    query = sa_select(col(t.message_id), col(t.device_id), col(t.camera), col(t.sent_at), col(t.model_version),
+                      col(t.package_id), col(t.window_s), col(t.frames), col(t.inference_errors),
+                      col(t.p95_latency_ms), col(t.mean_confidence), col(t.class_counts),
+                      col(t.capture_to_result_p95_ms), col(t.stale_frames_dropped)).where(
+        col(t.device_id).in_(device_ids), col(t.received_at) >= since)
+    invalid = dict(session.exec(select(RolloutWindow.message_id, RolloutWindow.invalid_outputs).where(
+        col(RolloutWindow.device_id).in_(device_ids), col(RolloutWindow.received_at) >= since,
+        col(RolloutWindow.invalid_outputs) > 0)).all())
+    detections = detection_parts(session, device_ids, since)
+    windows: dict[str, list[CameraWindow]] = defaultdict(list)
+    for (message_id, device_id, camera, sent_at, model_version, package_id, window_s, frames, errors, p95,
+         confidence, classes, capture_p95, stale) in session.execute(query):
+        windows[device_id].append(CameraWindow(
+            camera=camera or DEFAULT_CAMERA, sent_at=sent_at, model_version=model_version,
+            package_id=package_id, window_s=window_s, capture_to_result_p95_ms=capture_p95,
+            stale_frames_dropped=stale, window=TelemetryWindow(
+                device_id=device_id, frames=frames, inference_errors=errors + int(invalid.get(message_id, 0)),
+                p95_latency_ms=p95, mean_confidence=confidence, class_counts=dict(classes or {}),
+                detection=detections.get(message_id))))
+    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for device_id, camera, score in session.exec(select(
+            DriftWindowRecord.device_id, DriftWindowRecord.camera, DriftWindowRecord.score).where(
+            col(DriftWindowRecord.device_id).in_(device_ids), col(DriftWindowRecord.received_at) >= since,
+            col(DriftWindowRecord.score).is_not(None))):
+        if score is not None:
+            scores[device_id][camera or DEFAULT_CAMERA].append(float(score))
+    reported = {row.device_id: [str(c.get("spec", {}).get("name")) for c in row.reported if c.get("spec")]
+                for row in session.exec(select(DeviceCameraSet).where(col(DeviceCameraSet.device_id).in_(device_ids)))}
+    return {device_id: camera_figures(windows.get(device_id, []), known_cameras=reported.get(device_id, []),
+                                      drift_scores=scores.get(device_id))
+            for device_id in device_ids}
+
+
+def stage_devices(session: Session, rollout: Rollout, rows: list[RolloutDevice]) -> list[dict[str, Any]]:
+    """Each stage's devices with their cameras beneath them, figures from :func:`cameras_since`."""
+    cameras = device_cameras(session, [row.device_id for row in rows], cameras_since(rollout))
+    stages: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        stages[row.stage].append({"device_id": row.device_id, "stratum": row.stratum, "state": row.state,
+                                  "package_id": row.package_id, "restarts": row.restarts,
+                                  "cameras": cameras.get(row.device_id, [])})
+    return [{"stage": stage, "devices": devices} for stage, devices in sorted(stages.items())]
 
 
 def baseline_stats(rollout: Rollout, stratum: str) -> GroupStats:
@@ -293,4 +364,5 @@ def baseline_stats(rollout: Rollout, stratum: str) -> GroupStats:
     return GroupStats.from_json(document) if document else GroupStats()
 
 
-__all__ += ["as_window", "baseline_stats", "detection_parts", "get_rollout", "rollout_devices", "telemetry_windows"]
+__all__ += ["as_window", "baseline_stats", "cameras_since", "detection_parts", "device_cameras", "get_rollout",
+            "rollout_devices", "stage_devices", "telemetry_windows"]

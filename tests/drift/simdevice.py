@@ -150,6 +150,9 @@ class SimDevice:
     window_frames: int = 40
     budget: BudgetLimits = field(default_factory=default_budget)
     seed: int = 0
+    # The agent pipeline (camera) this simulates; several SimDevices with one device_id are one
+    # device's cameras.
+    pipeline: str | None = None
     started_at: datetime = field(default_factory=lambda: datetime(2026, 1, 1, tzinfo=UTC))
 
     def __post_init__(self) -> None:
@@ -195,7 +198,8 @@ class SimDevice:
             reference_sha = hashlib.sha256(ref_raw).hexdigest()
         self.monitor = DeviceMonitor(device_id=self.device_id, manifest=manifest, reference=reference,
                                      reference_sha256=reference_sha, subsampler=FrameSubsampler(interval_s=1.0),
-                                     collector=self.collector, window_frames=self.window_frames, window_s=3600)
+                                     collector=self.collector, window_frames=self.window_frames, window_s=3600,
+                                     pipeline=self.pipeline)
         self._publish(self.topics.status(self.device_id), StatusReport(
             device_id=self.device_id, state=DeviceState.ONLINE, hardware_profile="x86-64-avx2",
             running_model_version=manifest.model_version, running_package_id=manifest.package_id,
@@ -257,7 +261,7 @@ class SimDevice:
             self.uploaded_bytes += len(sample.jpeg)
             self.oracle[sample.sample_id] = label
             report = sample.to_report(self.device_id, upload="http", model_version=self.model.version,
-                                      package_id=self.model.manifest.package_id)
+                                      package_id=self.model.manifest.package_id, pipeline=self.pipeline)
             self._publish(self.topics.samples(self.device_id), report.to_bytes())
             self.published["sample"] += 1
 

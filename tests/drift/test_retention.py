@@ -63,3 +63,20 @@ def test_retention_deletes_keeps_and_downsamples(tmp_path) -> None:
         again = apply_retention(session, MonitorSettings(sample_retention_days=30, drift_window_retention_days=90),
                                 now=NOW)
         assert again["windows_merged"] == 0 and again["samples_deleted"] == 0
+
+
+def test_old_windows_of_two_cameras_merge_per_camera(tmp_path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    SQLModel.metadata.create_all(engine, tables=[SampleRecord.__table__, SampleBlob.__table__,
+                                                 DriftWindowRecord.__table__, DatasetLineage.__table__])
+    with Session(engine) as session:
+        # One device, one day, two cameras: each camera's scene is its own population.
+        for i, (camera, frames) in enumerate((("door", 10), ("door", 20), ("yard", 5), ("yard", 7))):
+            record = window(i, 100, frames, 1.0)
+            record.camera = camera
+            session.add(record)
+        session.commit()
+        done = apply_retention(session, MonitorSettings(drift_window_retention_days=90), now=NOW)
+        assert done["windows_merged"] == 4 and done["windows_created"] == 2
+        merged = {w.camera: w.frames for w in session.exec(select(DriftWindowRecord))}
+        assert merged == {"door": 30, "yard": 12}

@@ -72,6 +72,53 @@ def publish_reports(plane: ControlPlane, device_id: str, *, model_version: str |
         client.disconnect()
 
 
+def publish_camera_windows(plane: ControlPlane, device_id: str, *, package_id: str, model_version: str,
+                           windows: dict[str, int], detecting: frozenset[str] = frozenset(),
+                           profile: str = PROFILES[0]) -> None:
+    """Publish what an agent running several cameras sends: a status naming its cameras, and per camera
+    (``windows``: camera -> number of windows) telemetry with its pipeline name, capture-to-result
+    latency and stale frames. Cameras in ``detecting`` report a detection part (objects per class)."""
+    from agent.contract import CameraSetStatus, CameraSpec, CameraState, DetectionWindow, FrameTotals
+    from agent.contract.messages import CameraReport
+
+    address = parse_broker_url(plane.broker_url)
+    topics = Topics(plane.settings.topic_prefix)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ef-test-{device_id}-{time.monotonic_ns()}")
+    client.connect(address.host, address.port)
+    client.loop_start()
+    try:
+        cameras = CameraSetStatus(cameras=[
+            CameraState(spec=CameraSpec(name=name, source=f"synthetic:{i}"), frames_processed=100,
+                        serving_package_id=package_id) for i, name in enumerate(sorted(windows))])
+        status = StatusReport(device_id=device_id, state=DeviceState.ONLINE, agent_version="test",
+                              hardware_profile=profile, running_model_version=model_version,
+                              running_package_id=package_id, runtime="onnxruntime", cameras=cameras)
+        infos = [client.publish(topics.status(device_id), status.model_dump_json(), qos=1, retain=False)]
+        seq = 0
+        for offset, (camera, count) in enumerate(sorted(windows.items())):
+            for index in range(count):
+                seq += 1
+                frames = 10 * (offset + 1) + index
+                detection = DetectionWindow(frames=frames, object_counts={"person": 2 * frames, "car": frames},
+                                            mean_box_score=0.8, boxes_per_frame=3.0) if camera in detecting else None
+                report = TelemetryReport(
+                    device_id=device_id, model_version=model_version, package_id=package_id, runtime="onnxruntime",
+                    pipeline=camera, report_seq=seq, window_s=2.0, frames=frames, fps=frames / 2.0,
+                    p50_latency_ms=3.0, p95_latency_ms=5.0 + offset, inference_errors=offset,
+                    mean_confidence=None if detection else 0.8 + offset / 10,
+                    class_counts={} if detection else {"circle": frames},
+                    detection=detection, frame_totals=FrameTotals(
+                        captured=100 * (index + 1), processed=90 * (index + 1),
+                        camera=CameraReport(stale_frames_dropped=offset * 7 + index,
+                                            capture_to_result_p50_ms=8.0, capture_to_result_p95_ms=12.0 + offset)))
+                infos.append(client.publish(topics.telemetry(device_id), report.model_dump_json(), qos=1))
+        for info in infos:
+            info.wait_for_publish(timeout=10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
 class Fleet:
     """A simulated fleet on the real broker: two hardware profiles, all running release ``v1``."""
 

@@ -37,17 +37,24 @@ def get_alert(alert_id: str, session: SessionDep) -> dict[str, Any]:
 
 @router.get("/devices")
 def device_states(session: SessionDep) -> list[dict[str, Any]]:
-    """Each device's drift state (ok, alert, no data, baseline pending) with its open alerts and newest window."""
+    """Each device's drift state (ok, alert, no data, baseline pending) with its open alerts and newest
+    window, and the same per camera under it (``cameras``)."""
     return baseline.fleet_drift_states(session)
 
 
 @router.get("/devices/{device_id}/windows")
-def device_windows(device_id: str, session: SessionDep,
-                   limit: int = Query(default=50, ge=1, le=1000)) -> list[dict[str, Any]]:
-    """The device's latest windows, newest first, with the test's numbers."""
-    rows = session.exec(select(DriftWindowRecord).where(col(DriftWindowRecord.device_id) == device_id)
-                        .order_by(col(DriftWindowRecord.id).desc()).limit(limit))
-    return [{"id": w.id, "window_seq": w.window_seq, "package_id": w.package_id, "model_version": w.model_version,
+def device_windows(device_id: str, session: SessionDep, limit: int = Query(default=50, ge=1, le=1000),
+                   camera: str | None = Query(default=None, min_length=1, max_length=64)) -> list[dict[str, Any]]:
+    """The device's latest windows (of one camera, with ``camera``), newest first, with the test's numbers."""
+    query = select(DriftWindowRecord).where(col(DriftWindowRecord.device_id) == device_id)
+    if camera is not None:
+        named = col(DriftWindowRecord.camera) == camera
+        # Windows that named no camera are the "default" camera's (as baselines and detectors name them).
+        query = query.where(named | col(DriftWindowRecord.camera).is_(None) if camera == baseline.DEFAULT_CAMERA
+                            else named)
+    rows = session.exec(query.order_by(col(DriftWindowRecord.id).desc()).limit(limit))
+    return [{"id": w.id, "camera": w.camera or baseline.DEFAULT_CAMERA, "window_seq": w.window_seq,
+             "package_id": w.package_id, "model_version": w.model_version,
              "frames": w.frames, "frames_seen": w.frames_seen, "window_ended_at": w.window_ended_at,
              "tested": w.tested, "untested_reason": w.untested_reason, "p_value": w.p_value, "score": w.score,
              "cusum": w.cusum, "evidence": w.evidence} for w in rows]

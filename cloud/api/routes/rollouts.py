@@ -42,18 +42,23 @@ def list_rollouts(session: SessionDep) -> list[dict[str, Any]]:
 
 
 @router.get("/rollouts/{rollout_id}")
-def show_rollout(rollout_id: str, session: SessionDep) -> dict[str, Any]:
-    return service.rollout_detail(session, rollout_id)
+def show_rollout(rollout_id: str, session: SessionDep, cameras: bool = True) -> dict[str, Any]:
+    """The rollout; with ``cameras`` (default) each stage's devices with their cameras' figures
+    (``stage_devices``). Pollers that only follow its state pass ``cameras=false``."""
+    return service.rollout_detail(session, rollout_id, cameras=cameras)
 
 
 @router.get("/rollouts/{rollout_id}/devices")
 def rollout_devices(rollout_id: str, session: SessionDep) -> list[dict[str, Any]]:
-    service.get_rollout(session, rollout_id)
+    """The rollout's devices, each with its cameras' figures (from ``service.cameras_since``)."""
+    rollout = service.get_rollout(session, rollout_id)
+    rows = service.rollout_devices(session, rollout_id)
+    cameras = service.device_cameras(session, [r.device_id for r in rows], service.cameras_since(rollout))
     return [{"device_id": r.device_id, "stratum": r.stratum, "stage": r.stage, "state": r.state,
              "reason": r.reason, "attempts": r.attempts, "package_id": r.package_id,
              "previous_package_id": r.previous_package_id, "job_id": r.job_id, "restarts": r.restarts,
-             "state_since": r.state_since}
-            for r in service.rollout_devices(session, rollout_id)]
+             "state_since": r.state_since, "cameras": cameras.get(r.device_id, [])}
+            for r in rows]
 
 
 @router.post("/rollouts/{rollout_id}/{action}")

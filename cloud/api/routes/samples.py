@@ -65,7 +65,7 @@ async def upload_blob(device_id: str, request: Request, session: SessionDep, pla
 
 def _public(record: SampleRecord, classes: list[str] | None = None) -> dict[str, Any]:
     return {"classes": classes, "sample_id": record.sample_id, "device_id": record.device_id, "model_version": record.model_version,
-            "sampler": record.sampler, "reason": record.reason, "captured_at": record.captured_at,
+            "camera": record.camera, "sampler": record.sampler, "reason": record.reason, "captured_at": record.captured_at,
             "predicted_label": record.predicted_label, "confidence": record.confidence, "status": record.status,
             "label": record.label, "labelled_by": record.labelled_by, "image_sha256": record.image_sha256,
             "image_bytes": record.image_bytes, "stats_only": record.stats_only, "features": record.features,
