@@ -16,6 +16,7 @@ from cloud.api.deps import ActorDep, PlaneDep, SessionDep, get_principal
 from cloud.core.ids import SAMPLE_ID
 from cloud.governance.labelling import (
     accept_labels,
+    box_labels,
     get_sample,
     label_history,
     list_samples,
@@ -86,12 +87,16 @@ def samples(session: SessionDep, status: str | None = Query(default="unlabelled"
 
 @router.get("/samples/{sample_id}")
 def show_sample(sample_id: str, session: SessionDep) -> dict[str, Any]:
-    """One sample: its prediction, current label, the model's classes and the label history."""
+    """One sample: its prediction, current label (a detection sample's labelled boxes in ``label_boxes``),
+    the model's classes and the label history."""
     record = get_sample(session, sample_id)
     return {**_public(record, model_classes(session, [record]).get(sample_id)),
             "labelled_at": record.labelled_at, "package_id": record.package_id,
+            "label_boxes": box_labels(session, [sample_id]).get(sample_id),
             "history": [{"at": c.at, "actor": c.actor, "from": c.old_label, "to": c.new_label,
-                         "from_status": c.old_status, "to_status": c.new_status}
+                         "from_status": c.old_status, "to_status": c.new_status,
+                         **({"from_boxes": c.old_boxes, "to_boxes": c.new_boxes}
+                            if c.old_boxes is not None or c.new_boxes is not None else {})}
                         for c in label_history(session, sample_id)]}
 
 
@@ -103,15 +108,20 @@ def image(sample_id: Annotated[str, PathParam(pattern=SAMPLE_ID)], session: Sess
 class LabelBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    labels: dict[str, str | None] = Field(min_length=1, max_length=5000,
-                                          description="sample_id -> label; null rejects the sample")
+    # Boxes stay plain objects here: the labelling core checks them against the frame and the
+    # model's classes and names the sample and box in its message.
+    labels: dict[str, str | list[dict[str, Any]] | None] = Field(
+        min_length=1, max_length=5000,
+        description="sample_id -> label; null rejects the sample. A detection sample takes a list of boxes "
+                    '{"label", "x1", "y1", "x2", "y2", "units": "fraction"|"pixels"} ([] = no objects)')
     labeller: str | None = Field(default=None, max_length=64, description="e.g. 'oracle:synthetic'")
 
 
 @router.post("/samples/labels")
 def label(batch: LabelBatch, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
     """Label (or, with null, reject) samples. A label must be a class of the sample's model (422 otherwise);
-    a sample that already had a label is relabelled, and the answer says from what to what."""
+    a detection sample's boxes must lie inside the frame, have an area and name a class of the model (422
+    otherwise). A sample that already had a label is relabelled, and the answer says from what to what."""
     if batch.labeller:
         actor = f"{actor} via {batch.labeller}"
     changes = accept_labels(session, batch.labels, actor=actor)
