@@ -36,7 +36,7 @@ class RetrainSettings:
     min_reference_samples: int = MIN_REFERENCE_SAMPLES
     # Detection packages: the build work directories (default: ``builds`` next to ``models_dir``),
     # the epochs (default: the base detector's own) and the new detector's validation gate
-    # (default: the pipeline's). ``tolerance`` and ``min_gain`` apply to mAP@0.5.
+    # (default: the thresholds the base detector passed). ``tolerance`` and ``min_gain`` apply to mAP@0.5.
     builds_dir: Path | None = None
     detector_epochs: int | None = None
     detection_thresholds: DetectionThresholds | None = None

@@ -6,7 +6,8 @@ trained again from scratch with the base model's own configuration (same seed, s
 same data trains the same weights); validation scores mAP@0.5 through the agent's
 decoder, old model against new, on the old test split (may drop at most
 ``tolerance``) and on the labelled samples held out of training (must gain more than
-``min_gain``), and the new model must pass its own validation gate. The release is
+``min_gain``), and the new model must pass its own validation gate (the thresholds its
+predecessor passed, unless the settings name others). The release is
 built and packaged by the pipeline's detection build, the path every trained detector
 takes, so it carries whatever that path adds (artifacts per profile, INT8 gate,
 detection block, drift reference).
@@ -44,6 +45,7 @@ from cloud.pipeline.data.detection import (
 from cloud.pipeline.detection_service import build_detection_model, train_detection_model
 from cloud.pipeline.evaluate.detection_gates import DetectionThresholds
 from cloud.pipeline.optimize.detection_build import evaluate_artifact
+from cloud.pipeline.registry import store
 from cloud.pipeline.service import PipelinePaths, resolve_profiles
 from cloud.pipeline.train.detector import DetectorConfig
 
@@ -122,6 +124,17 @@ def _config(base_model: ModelVersion, settings: RetrainSettings) -> DetectorConf
     return DetectorConfig(**values)
 
 
+def _thresholds(session: Session, base_model: ModelVersion, settings: RetrainSettings) -> DetectionThresholds:
+    """The validation gate the new detector must pass: the settings', else the one its predecessor passed
+    (kept in its lineage), else the pipeline's default."""
+    if settings.detection_thresholds is not None:
+        return settings.detection_thresholds
+    lineage = store.get_lineage(session, base_model.id) if base_model.id is not None else None
+    saved = (lineage.gate.get("thresholds") if lineage is not None else None) or {}
+    known = {f.name for f in fields(DetectionThresholds)}
+    return DetectionThresholds(**{k: v for k, v in saved.items() if k in known})
+
+
 def retrain_detection(engine: Engine, session: Session, proposal: RetrainingProposal, base_package: Package,
                       base_model: ModelVersion, previous: DetectionDataset, accepted: list[BoxSample],
                       settings: RetrainSettings, *, actor: str,
@@ -166,7 +179,7 @@ def retrain_detection(engine: Engine, session: Session, proposal: RetrainingProp
     paths = _paths(settings)
     outcome = train_detection_model(engine, paths, dataset_id=dataset.dataset_id, name=base_model.name,
                                     config=_config(base_model, settings), spec=spec,
-                                    thresholds=settings.detection_thresholds or DetectionThresholds(), block=block,
+                                    thresholds=_thresholds(session, base_model, settings), block=block,
                                     on_epoch=on_epoch)
     new_model = crud.get_model_version(session, outcome.model_version)
 
