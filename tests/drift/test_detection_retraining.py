@@ -15,6 +15,7 @@ Also: box labels that cannot be right are refused with what to fix.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -291,3 +292,22 @@ def test_shifted_detector_is_relabelled_retrained_and_rolled_out(control_plane: 
     finally:
         for device in devices:
             device.close()
+
+
+def test_a_retrained_detector_is_held_back_for_each_reason() -> None:
+    from cloud.governance._detection import retraining_reasons
+
+    good = {"old_test_map_50_before": 0.6, "old_test_map_50_after": 0.59, "drift_map_50_before": 0.1,
+            "drift_map_50_after": 0.3, "drift_held_out_images": 20, "new_test_map_50": 0.55}
+    assert retraining_reasons(good, gate_status="validated", tolerance=0.02, min_gain=0.0) == []
+    cases = [
+        ({"old_test_map_50_after": 0.55}, "validated", r"old test set drops from 0.6 to 0.55"),
+        ({"drift_map_50_after": 0.1}, "validated", r"held-out drifted samples goes from 0.1 to 0.1"),
+        ({"drift_held_out_images": 0}, "validated", r"no labelled sample was held out"),
+        ({}, "rejected", r"rejected by its own validation gate"),
+    ]
+    for change, gate, reason in cases:
+        reasons = retraining_reasons({**good, **change}, gate_status=gate, tolerance=0.02, min_gain=0.0)
+        assert len(reasons) == 1 and re.search(reason, reasons[0]), reasons
+    # The gain must exceed min_gain, not merely be positive.
+    assert retraining_reasons(good, gate_status="validated", tolerance=0.02, min_gain=0.25)
