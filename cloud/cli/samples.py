@@ -141,6 +141,11 @@ def samples_show(
         lines.append(f"boxes       {len(boxes)} (x1, y1, x2, y2 as fractions of the frame)")
         lines += [f"  {box.get('model', 'active'):9} {box['label']} {cell(box.get('score'), '.2f')} "
                   f"({box['x1']:.3f}, {box['y1']:.3f}, {box['x2']:.3f}, {box['y2']:.3f})" for box in boxes]
+    labelled = sample.get("label_boxes")
+    if labelled is not None:
+        lines.append(f"labelled    {len(labelled)} box(es) (fractions of the frame)")
+        lines += [f"  {box['label']} ({box['x1']:.3f}, {box['y1']:.3f}, {box['x2']:.3f}, {box['y2']:.3f})"
+                  for box in labelled]
     for line in lines:
         console.print(line, highlight=False)
     history = sample.get("history") or []
