@@ -27,7 +27,8 @@ from sqlmodel import Session, col, select
 
 from agent.contract import DetectionSpec, PreprocessSpec
 from cloud.fleet import crud
-from cloud.fleet.tables import ModelVersion, Package, utc_now
+from cloud.fleet.crud import Conflict
+from cloud.fleet.tables import ModelVersion, utc_now
 from cloud.governance import audit
 from cloud.governance._common import RetrainSettings, fail
 from cloud.governance.proposals import propose_rollout
@@ -49,7 +50,8 @@ from cloud.pipeline.registry import store
 from cloud.pipeline.service import PipelinePaths, resolve_profiles
 from cloud.pipeline.train.detector import DetectorConfig
 
-__all__ = ["BoxSample", "accepted_box_samples", "retrain_detection", "retraining_reasons", "yolo_boxes"]
+__all__ = ["BoxSample", "accepted_box_samples", "base_dataset", "check_retrainable", "retrain_detection",
+           "retraining_reasons", "yolo_boxes"]
 
 BoxSample = tuple[SampleRecord, list[dict[str, Any]]]
 
@@ -102,6 +104,15 @@ def accepted_box_samples(session: Session, proposal: RetrainingProposal, labels:
             if record.sample_id in boxes and all(b["label"] in labels for b in boxes[record.sample_id])]
 
 
+def check_retrainable(proposal: RetrainingProposal, base_model: ModelVersion) -> None:
+    """Raises ``Conflict`` unless the base detector was trained by the pipeline (its configuration is known)."""
+    saved = base_model.hyperparameters or {}
+    if saved.get("architecture") != "grid-detector" or "preprocessing" not in saved or "detection" not in saved:
+        raise Conflict(f"proposal {proposal.id}: detector {base_model.version} was not trained by the pipeline "
+                       "(imported, or its configuration is not recorded), so it cannot be retrained with the same "
+                       "configuration; train a detector on the labelled data with `edgefleet train` instead")
+
+
 def base_dataset(settings: RetrainSettings, proposal: RetrainingProposal) -> DetectionDataset:
     """Raises ``PipelineInputError`` when the base dataset is not a stored detection dataset."""
     assert proposal.base_dataset_id is not None
@@ -135,8 +146,7 @@ def _thresholds(session: Session, base_model: ModelVersion, settings: RetrainSet
     return DetectionThresholds(**{k: v for k, v in saved.items() if k in known})
 
 
-def retrain_detection(engine: Engine, session: Session, proposal: RetrainingProposal, base_package: Package,
-                      base_model: ModelVersion, previous: DetectionDataset, accepted: list[BoxSample],
+def retrain_detection(engine: Engine, session: Session, proposal: RetrainingProposal, base_model: ModelVersion, previous: DetectionDataset, accepted: list[BoxSample],
                       settings: RetrainSettings, *, actor: str,
                       on_epoch: Callable[[int, int, float], None] | None) -> RetrainingProposal:
     """New dataset version → train → validate → build and package → rollout proposal. The proposal is training."""
@@ -204,6 +214,8 @@ def retrain_detection(engine: Engine, session: Session, proposal: RetrainingProp
                  subject_id=proposal.id, details={**numbers, "passed": not reasons, "reasons": reasons})
     session.commit()
     if reasons:
+        # The pipeline registered it as validated by its own gate; it is not fit to replace its predecessor.
+        store.set_status(session, new_model, "rejected")
         fail(session, proposal, actor, "; ".join(reasons), numbers)
         session.refresh(proposal)
         return proposal

@@ -58,7 +58,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_REFERENCE_SAMPLES", "RetrainSettings", "accuracy", "package_release", "repackage_with_reference", "retrain"]
+__all__ = ["MIN_REFERENCE_SAMPLES", "RetrainSettings", "accuracy", "package_release", "repackage_with_reference",
+           "retrain"]
+
 
 def accuracy(onnx_path: Path, images: list[np.ndarray], labels: list[int], spec: PreprocessSpec) -> float:
     if not images:
@@ -117,6 +119,7 @@ def retrain(engine: Engine, proposal_id: str, settings: RetrainSettings, *, acto
             # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
             from cloud.governance import _detection
 
+            _detection.check_retrainable(proposal, base_model)
             previous_detection = _detection.base_dataset(settings, proposal)
             boxed = _detection.accepted_box_samples(session, proposal, previous_detection.labels)
             if not boxed:
@@ -125,9 +128,8 @@ def retrain(engine: Engine, proposal_id: str, settings: RetrainSettings, *, acto
             accepted_count = len(boxed)
 
             def run() -> RetrainingProposal:
-                return _detection.retrain_detection(engine, session, proposal, base_package, base_model,
-                                                    previous_detection, boxed, settings, actor=actor,
-                                                    on_epoch=on_epoch)
+                return _detection.retrain_detection(engine, session, proposal, base_model, previous_detection,
+                                                    boxed, settings, actor=actor, on_epoch=on_epoch)
         else:
             # First, as it is the usual reason to wait: it says how long, and which settings change that.
             stream = estimate_random_stream(session, proposal.device_ids, settings.min_reference_samples)
