@@ -15,6 +15,7 @@ Also: box labels that cannot be right are refused with what to fix.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -27,19 +28,24 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
+from typer.testing import CliRunner
 
 from agent.contract import PackageManifest, SampleBox, SampleReport
 from agent.infer.detect import detect
 from agent.preprocess import preprocess
+from cloud.cli import app
+from cloud.cli.client import Exit
 from cloud.fleet.tables import Device, DeviceCreate, ModelVersion, Package, utc_now
 from cloud.governance.audit import list_events
 from cloud.governance.labelling import LabelError, accept_labels, box_labels, label_history
 from cloud.governance.proposals import attach_alert
 from cloud.governance.tables import DatasetLineage
 from cloud.monitor.tables import DriftAlert, SampleBlob, SampleRecord
+from cloud.security.tables import Role
 from tests.drift.simdevice import SimDevice, World, dump
 from tests.support.jobs import wait_for_job
 from tests.support.services import wait_for
+from tests.ui.helpers import make_token
 
 pytestmark = pytest.mark.integration
 
@@ -226,15 +232,30 @@ def test_shifted_detector_is_relabelled_retrained_and_rolled_out(control_plane: 
         proposal_id = proposals[0]["id"]
         assert proposals[0]["base_dataset_id"] == dataset.dataset_id
 
-        # -- the oracle labels every sample with its true boxes, through the API ------------
+        # -- the oracle labels every sample with its true boxes: one from the CLI, all through the API
         first = next(iter(truth))
         bad = api.post("/api/v1/samples/labels", json={"labels": {first: [{**truth[first][0], "x2": 400}]}})
         assert bad.status_code == 422 and "outside the frame (200x150 pixels)" in bad.text, bad.text
+        runner = CliRunner()
+        operator = {"EDGEFLEET_SERVER": plane.base_url, "COLUMNS": "200",
+                    "EDGEFLEET_TOKEN": make_token(plane, Role.OPERATOR, "oracle")}
+        zero_area = runner.invoke(app, ["samples", "label", f"{first}={json.dumps([{**truth[first][0], 'y2': 0}])}"],
+                                  env=operator)
+        assert zero_area.exit_code == Exit.BAD_INPUT and "has no area" in zero_area.stderr, zero_area.output
+        broken = runner.invoke(app, ["samples", "label", f"{first}=[{{'label'"], env=operator)
+        assert broken.exit_code == Exit.BAD_INPUT and "not valid JSON" in broken.stderr, broken.output
+        labelled = runner.invoke(app, ["samples", "label", f"{first}={json.dumps(truth[first])}"], env=operator)
+        assert labelled.exit_code == 0 and f"{first}: {len(truth[first])} object" in labelled.stdout, labelled.output
+        shown = runner.invoke(app, ["samples", "show", first, "--out", str(tmp_path / "first.jpg")], env=operator)
+        assert f"labelled    {len(truth[first])} box(es)" in shown.stdout, shown.output
         answer = api.post("/api/v1/samples/labels", json={"labels": truth, "labeller": "oracle:synthetic"})
         assert answer.status_code == 200, answer.text
         assert answer.json()["labelled"] == len(truth)
-        detail = api.get(f"/api/v1/samples/{first}").json()
-        assert detail["status"] == "labelled" and len(detail["label_boxes"]) == len(truth[first])
+        # The CLI's label was the same: unchanged, still the CLI's.
+        assert next(c for c in answer.json()["changes"] if c["sample_id"] == first)["unchanged"]
+        second = list(truth)[1]
+        detail = api.get(f"/api/v1/samples/{second}").json()
+        assert detail["status"] == "labelled" and len(detail["label_boxes"]) == len(truth[second])
         assert detail["labelled_by"].endswith("via oracle:synthetic")
 
         # -- retraining: new dataset version, training, validation, build, rollout proposal -
