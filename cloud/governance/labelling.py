@@ -34,7 +34,8 @@ from cloud.governance.tables import SampleBoxLabel, SampleLabelChange
 from cloud.monitor.tables import SampleBlob, SampleRecord
 
 __all__ = ["BoxLabel", "LabelChange", "LabelError", "LabelValue", "accept_labels", "box_labels", "box_summary",
-           "check_box_labels", "get_sample", "label_history", "list_samples", "model_classes", "sample_image"]
+           "check_box_labels", "get_sample", "label_history", "list_samples", "model_classes", "model_tasks",
+           "sample_image"]
 
 # A class name, None (reject the sample), or a detection sample's boxes.
 LabelValue = str | None | Sequence[Mapping[str, Any]]
@@ -97,6 +98,12 @@ def model_classes(session: Session, records: Iterable[SampleRecord]) -> dict[str
     """
     return {sample_id: list(model.labels) for sample_id, model in _models_of(session, records).items()
             if model.labels}
+
+
+def model_tasks(session: Session, records: Iterable[SampleRecord]) -> dict[str, str]:
+    """``{sample_id: "detection" | "classification"}`` for the samples whose model is in the registry."""
+    return {sample_id: "detection" if _is_detection(model) else "classification"
+            for sample_id, model in _models_of(session, records).items()}
 
 
 def _is_detection(model: ModelVersion | None) -> bool:

@@ -216,7 +216,7 @@ def test_shifted_detector_is_relabelled_retrained_and_rolled_out(control_plane: 
         wait_for(lambda: len(api.get("/api/v1/samples", params={"device_id": device_ids, "limit": 500}).json())
                  >= len(truth), 60, what="every sample stored")
         stored = api.get(f"/api/v1/samples/{next(iter(truth))}").json()
-        assert stored["image_width"] == FRAME_W and stored["classes"] == CLASSES
+        assert stored["image_width"] == FRAME_W and stored["classes"] == CLASSES and stored["task"] == "detection"
 
         # -- the monitor's alerts open one proposal for the package ------------------------
         with Session(plane.engine) as session:

@@ -21,6 +21,7 @@ from cloud.governance.labelling import (
     label_history,
     list_samples,
     model_classes,
+    model_tasks,
     sample_image,
 )
 from cloud.monitor import service
@@ -64,8 +65,9 @@ async def upload_blob(device_id: str, request: Request, session: SessionDep, pla
     return {"sha256": service.store_blob(session, device_id, bytes(content)), "size_bytes": len(content)}
 
 
-def _public(record: SampleRecord, classes: list[str] | None = None) -> dict[str, Any]:
-    return {"classes": classes, "sample_id": record.sample_id, "device_id": record.device_id, "model_version": record.model_version,
+def _public(record: SampleRecord, classes: list[str] | None = None, task: str | None = None) -> dict[str, Any]:
+    # ``task`` says what the label is: a class name (classification) or a list of boxes (detection).
+    return {"classes": classes, "task": task, "sample_id": record.sample_id, "device_id": record.device_id, "model_version": record.model_version,
             "sampler": record.sampler, "reason": record.reason, "captured_at": record.captured_at,
             "predicted_label": record.predicted_label, "confidence": record.confidence, "status": record.status,
             "label": record.label, "labelled_by": record.labelled_by, "image_sha256": record.image_sha256,
@@ -81,8 +83,8 @@ def samples(session: SessionDep, status: str | None = Query(default="unlabelled"
     """Samples to label (``status=unlabelled``, the default), or any status with ``status=``."""
     records = list_samples(session, status=status or None, device_ids=device_id, sampler=sampler, limit=limit,
                            offset=offset)
-    classes = model_classes(session, records)
-    return [_public(r, classes.get(r.sample_id)) for r in records]
+    classes, tasks = model_classes(session, records), model_tasks(session, records)
+    return [_public(r, classes.get(r.sample_id), tasks.get(r.sample_id)) for r in records]
 
 
 @router.get("/samples/{sample_id}")
@@ -90,7 +92,8 @@ def show_sample(sample_id: str, session: SessionDep) -> dict[str, Any]:
     """One sample: its prediction, current label (a detection sample's labelled boxes in ``label_boxes``),
     the model's classes and the label history."""
     record = get_sample(session, sample_id)
-    return {**_public(record, model_classes(session, [record]).get(sample_id)),
+    return {**_public(record, model_classes(session, [record]).get(sample_id),
+                      model_tasks(session, [record]).get(sample_id)),
             "labelled_at": record.labelled_at, "package_id": record.package_id,
             "label_boxes": box_labels(session, [sample_id]).get(sample_id),
             "history": [{"at": c.at, "actor": c.actor, "from": c.old_label, "to": c.new_label,
