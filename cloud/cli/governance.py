@@ -65,18 +65,25 @@ def proposals(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, json_o
 def validation_summary(numbers: dict[str, Any]) -> str:
     if not numbers:
         return "-"
+    if numbers.get("task") == "detection":
+        return (f"mAP@0.5 old test {numbers.get('old_test_map_50_before')}→{numbers.get('old_test_map_50_after')}, "
+                f"drift {numbers.get('drift_map_50_before')}→{numbers.get('drift_map_50_after')}")
     return (f"old test {numbers.get('old_test_accuracy_before')}→{numbers.get('old_test_accuracy_after')}, "
             f"drift {numbers.get('drift_accuracy_before')}→{numbers.get('drift_accuracy_after')}")
 
 
 @governance_app.command("retrain")
-def retrain(proposal_id: str, epochs: int = 6, no_wait: NoWaitOpt = False, server: ServerOpt = DEFAULT_SERVER,
+def retrain(proposal_id: str,
+            epochs: Annotated[int | None, typer.Option(help="default: 6 for a classifier, the base detector's own "
+                                                            "for a detector")] = None,
+            no_wait: NoWaitOpt = False, server: ServerOpt = DEFAULT_SERVER,
             token: TokenOpt = None, json_out: JsonOpt = False) -> None:
     """Retrain as a job: new dataset version, training, validation and (on success) a rollout proposal.
 
     Prints the job id and watches it to the end (Ctrl-C stops watching, not the job); --no-wait returns at once.
     """
-    job = call(server, token, "POST", f"/api/v1/governance/proposals/{proposal_id}/retrain?epochs={epochs}")
+    query = f"?epochs={epochs}" if epochs is not None else ""
+    job = call(server, token, "POST", f"/api/v1/governance/proposals/{proposal_id}/retrain{query}")
     if no_wait:
         if json_out:
             emit_json(job)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,7 +31,10 @@ samples_app = typer.Typer(help="Captured samples and labelling.", no_args_is_hel
 
 @samples_app.command("label")
 def samples_label(
-    assignments: Annotated[list[str], typer.Argument(help="SAMPLE_ID=LABEL, or SAMPLE_ID= to reject the sample")],
+    assignments: Annotated[list[str], typer.Argument(
+        help="SAMPLE_ID=LABEL, SAMPLE_ID= to reject the sample, or for a detection sample "
+             "SAMPLE_ID='[{\"label\": \"car\", \"x1\": 0.1, \"y1\": 0.2, \"x2\": 0.4, \"y2\": 0.5}]' "
+             "(JSON boxes; \"units\": \"pixels\" for source pixels; [] = no objects)")],
     labeller: Annotated[str | None, typer.Option(help="recorded in the audit log, e.g. 'oracle:synthetic'")] = None,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
@@ -38,15 +42,23 @@ def samples_label(
 ) -> None:
     """Label captured samples (they join the next retraining dataset).
 
-    A label must be one of the classes of the sample's model; a sample that already has a
-    label is relabelled (its label history keeps the old one).
+    A label must be one of the classes of the sample's model; a detection sample is
+    labelled with a JSON list of its boxes. A sample that already has a label is
+    relabelled (its label history keeps the old one).
     """
-    labels: dict[str, str | None] = {}
+    labels: dict[str, Any] = {}
     for item in assignments:
         sample_id, sep, label = item.partition("=")
         if not sep or not sample_id:
             fail(f"{item!r} is not SAMPLE_ID=LABEL (use SAMPLE_ID= to reject a sample)", Exit.BAD_INPUT)
-        labels[sample_id] = label or None
+        if label.lstrip().startswith("["):
+            try:
+                labels[sample_id] = json.loads(label)
+            except json.JSONDecodeError as exc:
+                fail(f"the boxes of {sample_id} are not valid JSON ({exc.msg} at character {exc.pos})",
+                     Exit.BAD_INPUT)
+        else:
+            labels[sample_id] = label or None
     result = call(server, token, "POST", "/api/v1/samples/labels", {"labels": labels, "labeller": labeller})
     if json_out:
         emit_json(result)
@@ -129,6 +141,11 @@ def samples_show(
         lines.append(f"boxes       {len(boxes)} (x1, y1, x2, y2 as fractions of the frame)")
         lines += [f"  {box.get('model', 'active'):9} {box['label']} {cell(box.get('score'), '.2f')} "
                   f"({box['x1']:.3f}, {box['y1']:.3f}, {box['x2']:.3f}, {box['y2']:.3f})" for box in boxes]
+    labelled = sample.get("label_boxes")
+    if labelled is not None:
+        lines.append(f"labelled    {len(labelled)} box(es) (fractions of the frame)")
+        lines += [f"  {box['label']} ({box['x1']:.3f}, {box['y1']:.3f}, {box['x2']:.3f}, {box['y2']:.3f})"
+                  for box in labelled]
     for line in lines:
         console.print(line, highlight=False)
     history = sample.get("history") or []

@@ -30,6 +30,7 @@ __all__ = [
     "list_proposals",
     "list_rollout_proposals",
     "proposal_detail",
+    "proposal_task",
     "propose_rollout",
     "reject_rollout",
 ]
@@ -72,6 +73,14 @@ def get_proposal(session: Session, proposal_id: str) -> RetrainingProposal:
     if proposal is None:
         raise NotFound(f"retraining proposal {proposal_id!r} does not exist")
     return proposal
+
+
+def proposal_task(session: Session, proposal: RetrainingProposal) -> str:
+    """``detection`` or ``classification``: the task of the model the proposal retrains."""
+    package = session.get(Package, proposal.base_package_id) if proposal.base_package_id else None
+    model = session.get(ModelVersion, package.model_version_id) if package is not None else None
+    task = (model.hyperparameters or {}).get("task") if model is not None else None
+    return "detection" if task == "detection" else "classification"
 
 
 def list_proposals(session: Session, state: str | None = None) -> list[RetrainingProposal]:

@@ -1,6 +1,10 @@
 """Retraining that closes the loop: previous dataset + accepted samples → train → validate →
 release with a drift reference → canary rollout proposal.
 
+Detection packages take the same steps with boxes (:mod:`cloud.governance._detection`,
+chosen by the base model's task): mAP@0.5 instead of accuracy, and the pipeline's
+detection build instead of :func:`package_release`.
+
 Validation compares the new model with the one it replaces on two sets: the previous
 dataset's test split (must be no worse, within ``tolerance``) and the held-out part
 (val + test splits) of the new samples (must be better). Both numbers go into the
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +36,8 @@ from cloud.fleet import crud
 from cloud.fleet.crud import Conflict
 from cloud.fleet.tables import ModelVersion, Package, utc_now
 from cloud.governance import audit
+from cloud.governance._common import MIN_REFERENCE_SAMPLES, RetrainSettings
+from cloud.governance._common import fail as _fail
 from cloud.governance.proposals import get_proposal, propose_rollout
 from cloud.governance.sampling import estimate_random_stream
 from cloud.governance.tables import DatasetLineage, RetrainingProposal
@@ -52,27 +58,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RetrainSettings", "accuracy", "package_release", "repackage_with_reference", "retrain"]
-
-MIN_REFERENCE_SAMPLES = 64
-
-
-@dataclass(frozen=True)
-class RetrainSettings:
-    datasets_dir: Path
-    models_dir: Path
-    packages_dir: Path
-    hardware_profiles: tuple[str, ...] = ("x86-64-avx2",)
-    epochs: int = 6
-    seed: int = 0
-    # The new model may lose at most this much accuracy on the old test set.
-    tolerance: float = 0.02
-    # ... and must gain at least this much on the new drifted data.
-    min_gain: float = 0.0
-    reference_window_frames: int = 40
-    auto_approve: bool = False
-    # Random-stream samples the new release's drift reference is built from (EDGEFLEET_MONITOR_MIN_REFERENCE_SAMPLES).
-    min_reference_samples: int = MIN_REFERENCE_SAMPLES
+__all__ = ["MIN_REFERENCE_SAMPLES", "RetrainSettings", "accuracy", "package_release", "repackage_with_reference",
+           "retrain"]
 
 
 def accuracy(onnx_path: Path, images: list[np.ndarray], labels: list[int], spec: PreprocessSpec) -> float:
@@ -106,14 +93,6 @@ def package_release(session: Session, *, onnx_path: Path, labels: list[str], mod
         path=str(built.directory.resolve())))
 
 
-def _fail(session: Session, proposal: RetrainingProposal, actor: str, reason: str, numbers: dict[str, Any]) -> None:
-    proposal.state, proposal.validation, proposal.updated_at = "rejected", {**numbers, "reason": reason}, utc_now()
-    session.add(proposal)
-    audit.record(session, actor=actor, action="retraining.rejected", subject_type="retraining_proposal",
-                 subject_id=proposal.id, details={**numbers, "reason": reason})
-    session.commit()
-
-
 def retrain(engine: Engine, proposal_id: str, settings: RetrainSettings, *, actor: str,
             on_epoch: EpochCallback | None = None) -> RetrainingProposal:
     """Run the proposal's retraining end to end. Returns the updated proposal.
@@ -132,34 +111,56 @@ def retrain(engine: Engine, proposal_id: str, settings: RetrainSettings, *, acto
             raise Conflict(f"proposal {proposal.id} is {proposal.state}; only open proposals can be retrained")
         if proposal.base_package_id is None or proposal.base_dataset_id is None:
             raise Conflict(f"proposal {proposal.id} has no base release to retrain from")
-        # First, as it is the usual reason to wait: it says how long, and which settings change that.
-        stream = estimate_random_stream(session, proposal.device_ids, settings.min_reference_samples)
-        if stream.missing:
-            raise Conflict(f"proposal {proposal.id} cannot be retrained yet: {stream.explain()}")
         base_package = crud.get_package(session, proposal.base_package_id)
         base_model = session.get(ModelVersion, base_package.model_version_id)
         assert base_model is not None
-        previous = load_stored_dataset(settings.datasets_dir, proposal.base_dataset_id)
-        # In content order, not arrival order: training visits the dataset in list order, so
-        # the same samples arriving in another order trained another model (the old test set
-        # then swung by 3-5 pp between runs of the same test).
-        accepted = list(session.exec(select(SampleRecord).where(
-            col(SampleRecord.status) == "labelled", col(SampleRecord.device_id).in_(proposal.device_ids),
-            col(SampleRecord.image_sha256).is_not(None)).order_by(col(SampleRecord.image_sha256),
-                                                                  col(SampleRecord.sample_id))))
-        accepted = [s for s in accepted if s.label in previous.labels]
-        if not accepted:
-            raise Conflict(f"proposal {proposal.id} has no labelled samples from {', '.join(proposal.device_ids)}")
+        run: Callable[[], RetrainingProposal]
+        if (base_model.hyperparameters or {}).get("task") == "detection":
+            # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
+            from cloud.governance import _detection
+
+            _detection.check_retrainable(proposal, base_model)
+            previous_detection = _detection.base_dataset(settings, proposal)
+            boxed = _detection.accepted_box_samples(session, proposal, previous_detection.labels)
+            if not boxed:
+                raise Conflict(f"proposal {proposal.id} has no samples labelled with boxes from "
+                               f"{', '.join(proposal.device_ids)}")
+            accepted_count = len(boxed)
+
+            def run() -> RetrainingProposal:
+                return _detection.retrain_detection(engine, session, proposal, base_model, previous_detection,
+                                                    boxed, settings, actor=actor, on_epoch=on_epoch)
+        else:
+            # First, as it is the usual reason to wait: it says how long, and which settings change that.
+            stream = estimate_random_stream(session, proposal.device_ids, settings.min_reference_samples)
+            if stream.missing:
+                raise Conflict(f"proposal {proposal.id} cannot be retrained yet: {stream.explain()}")
+            previous = load_stored_dataset(settings.datasets_dir, proposal.base_dataset_id)
+            # In content order, not arrival order: training visits the dataset in list order, so
+            # the same samples arriving in another order trained another model (the old test set
+            # then swung by 3-5 pp between runs of the same test).
+            accepted = list(session.exec(select(SampleRecord).where(
+                col(SampleRecord.status) == "labelled", col(SampleRecord.device_id).in_(proposal.device_ids),
+                col(SampleRecord.image_sha256).is_not(None)).order_by(col(SampleRecord.image_sha256),
+                                                                      col(SampleRecord.sample_id))))
+            accepted = [s for s in accepted if s.label in previous.labels]
+            if not accepted:
+                raise Conflict(f"proposal {proposal.id} has no labelled samples from "
+                               f"{', '.join(proposal.device_ids)}")
+            accepted_count = len(accepted)
+
+            def run() -> RetrainingProposal:
+                return _retrain_open(session, proposal, base_package, base_model, previous, accepted, settings,
+                                     actor=actor, on_epoch=on_epoch)
         proposal.state, proposal.updated_at = "training", utc_now()
         session.add(proposal)
         audit.record(session, actor=actor, action="retraining.started", subject_type="retraining_proposal",
-                     subject_id=proposal.id, details={"base_dataset_id": previous.dataset_id,
-                                                      "accepted_samples": len(accepted)})
+                     subject_id=proposal.id, details={"base_dataset_id": proposal.base_dataset_id,
+                                                      "accepted_samples": accepted_count})
         session.commit()
 
         try:
-            return _retrain_open(session, proposal, base_package, base_model, previous, accepted, settings,
-                                 actor=actor, on_epoch=on_epoch)
+            return run()
         except BaseException as exc:
             session.rollback()
             session.refresh(proposal)

@@ -109,3 +109,22 @@ class SampleLabelChange(SQLModel, table=True):
     new_label: str | None = Field(default=None, max_length=256)
     old_status: str = Field(max_length=16)
     new_status: str = Field(max_length=16)
+    # Detection samples: the boxes before and after (fractions of the frame); None for a classifier's
+    # sample or a rejection (migration ``detretrain_box_labels``).
+    old_boxes: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    new_boxes: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class SampleBoxLabel(SQLModel, table=True):
+    """The current box label of a detection sample: each object's class and box in fractions of the frame.
+
+    An empty list is a label too: the frame holds no objects. The sample row keeps the
+    status and a short summary in ``label``; retraining reads the boxes from here.
+    """
+
+    __tablename__ = "sample_box_label"
+
+    sample_id: str = Field(primary_key=True, max_length=64)
+    boxes: list[dict[str, Any]] = _json(list)
+    labelled_by: str = Field(default="", max_length=128)
+    labelled_at: datetime = _ts()

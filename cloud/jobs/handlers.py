@@ -133,11 +133,15 @@ def run_retrain(engine: Engine, settings: Settings, params: dict[str, Any], repo
     from cloud.governance.proposals import proposal_detail
     from cloud.governance.retrain import RetrainSettings, retrain
 
+    # No epochs given: 6 for a classifier, the base model's own for a detector.
+    epochs = params.get("epochs")
     config = RetrainSettings(datasets_dir=settings.data_dir / "datasets", models_dir=settings.models_dir,
-                             packages_dir=settings.packages_dir, epochs=params["epochs"],
+                             packages_dir=settings.packages_dir, epochs=epochs or 6, detector_epochs=epochs,
+                             builds_dir=_paths(settings).builds_dir,
                              auto_approve=settings.monitor.auto_approve_rollouts,
                              min_reference_samples=settings.monitor.min_reference_samples)
-    reporter.progress(0.0, f"retraining proposal {params['proposal_id']} for {params['epochs']} epochs")
+    reporter.progress(0.0, f"retraining proposal {params['proposal_id']}"
+                           + (f" for {epochs} epochs" if epochs else ""))
     proposal = retrain(engine, params["proposal_id"], config, actor=params.get("actor", "operator"),
                        on_epoch=reporter.epochs(0.05, 0.9))
     detail: dict[str, Any] = proposal_detail(proposal)

@@ -33,6 +33,7 @@ from agent.contract import (
     JobState,
     JobStatusReport,
     PackageManifest,
+    SampleReport,
     StatusReport,
     Topics,
     parse_command,
@@ -264,6 +265,15 @@ class SimDevice:
                                       package_id=self.model.manifest.package_id, pipeline=self.pipeline)
             self._publish(self.topics.samples(self.device_id), report.to_bytes())
             self.published["sample"] += 1
+
+    def publish_sample(self, jpeg: bytes, report: SampleReport) -> None:
+        """Upload a sample's JPEG over HTTP and publish its report (``upload="http"``), as the agent does."""
+        response = self._http.put(f"/api/v1/devices/{self.device_id}/samples/blobs", content=jpeg,
+                                  headers={"content-type": "image/jpeg"})
+        response.raise_for_status()
+        self.uploaded_bytes += len(jpeg)
+        self._publish(self.topics.samples(self.device_id), report.to_bytes())
+        self.published["sample"] += 1
 
     def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self._pending.append(self._client.publish(topic, payload, qos=1, retain=retain))

@@ -29,11 +29,14 @@ def get_proposal(proposal_id: str, session: SessionDep) -> dict[str, Any]:
 
 @router.post("/proposals/{proposal_id}/retrain", status_code=202)
 def retrain(proposal_id: str, session: SessionDep, plane: PlaneDep, actor: ActorDep,
-            epochs: int = Query(default=6, ge=1, le=200)) -> dict[str, Any]:
+            epochs: int | None = Query(default=None, ge=1, le=200,
+                                       description="default: 6 for a classifier, the base detector's own")
+            ) -> dict[str, Any]:
     """Queue the retraining (new dataset version, training, validation, rollout proposal); 202 with the job id.
 
-    Refused at once (409) when the proposal is not open or its devices have not sampled enough
-    yet (the answer says how long at the current rate, and which settings change that). The
+    Refused at once (409) when the proposal is not open or, for a classifier, its devices have not
+    sampled enough yet (the answer says how long at the current rate, and which settings change
+    that; a detection release takes no reference from device samples). The
     job's result carries the updated proposal; ``POST /api/v1/jobs/{id}/cancel`` stops it
     during training, before anything is released.
     """
@@ -41,7 +44,7 @@ def retrain(proposal_id: str, session: SessionDep, plane: PlaneDep, actor: Actor
     if proposal.state != "open":
         raise ConflictError(f"proposal {proposal.id} is {proposal.state}; only open proposals can be retrained")
     stream = estimate_random_stream(session, proposal.device_ids, plane.settings.monitor.min_reference_samples)
-    if stream.missing:
+    if stream.missing and proposals.proposal_task(session, proposal) == "classification":
         raise ConflictError(f"proposal {proposal.id} cannot be retrained yet: {stream.explain()}")
     return submit(plane, "retrain", {"proposal_id": proposal_id, "epochs": epochs, "actor": actor},
                   created_by=actor)

@@ -16,10 +16,12 @@ from cloud.api.deps import ActorDep, PlaneDep, SessionDep, get_principal
 from cloud.core.ids import SAMPLE_ID
 from cloud.governance.labelling import (
     accept_labels,
+    box_labels,
     get_sample,
     label_history,
     list_samples,
     model_classes,
+    model_tasks,
     sample_image,
 )
 from cloud.monitor import service
@@ -63,8 +65,9 @@ async def upload_blob(device_id: str, request: Request, session: SessionDep, pla
     return {"sha256": service.store_blob(session, device_id, bytes(content)), "size_bytes": len(content)}
 
 
-def _public(record: SampleRecord, classes: list[str] | None = None) -> dict[str, Any]:
-    return {"classes": classes, "sample_id": record.sample_id, "device_id": record.device_id, "model_version": record.model_version,
+def _public(record: SampleRecord, classes: list[str] | None = None, task: str | None = None) -> dict[str, Any]:
+    # ``task`` says what the label is: a class name (classification) or a list of boxes (detection).
+    return {"classes": classes, "task": task, "sample_id": record.sample_id, "device_id": record.device_id, "model_version": record.model_version,
             "camera": record.camera, "sampler": record.sampler, "reason": record.reason, "captured_at": record.captured_at,
             "predicted_label": record.predicted_label, "confidence": record.confidence, "status": record.status,
             "label": record.label, "labelled_by": record.labelled_by, "image_sha256": record.image_sha256,
@@ -80,18 +83,23 @@ def samples(session: SessionDep, status: str | None = Query(default="unlabelled"
     """Samples to label (``status=unlabelled``, the default), or any status with ``status=``."""
     records = list_samples(session, status=status or None, device_ids=device_id, sampler=sampler, limit=limit,
                            offset=offset)
-    classes = model_classes(session, records)
-    return [_public(r, classes.get(r.sample_id)) for r in records]
+    classes, tasks = model_classes(session, records), model_tasks(session, records)
+    return [_public(r, classes.get(r.sample_id), tasks.get(r.sample_id)) for r in records]
 
 
 @router.get("/samples/{sample_id}")
 def show_sample(sample_id: str, session: SessionDep) -> dict[str, Any]:
-    """One sample: its prediction, current label, the model's classes and the label history."""
+    """One sample: its prediction, current label (a detection sample's labelled boxes in ``label_boxes``),
+    the model's classes and the label history."""
     record = get_sample(session, sample_id)
-    return {**_public(record, model_classes(session, [record]).get(sample_id)),
+    return {**_public(record, model_classes(session, [record]).get(sample_id),
+                      model_tasks(session, [record]).get(sample_id)),
             "labelled_at": record.labelled_at, "package_id": record.package_id,
+            "label_boxes": box_labels(session, [sample_id]).get(sample_id),
             "history": [{"at": c.at, "actor": c.actor, "from": c.old_label, "to": c.new_label,
-                         "from_status": c.old_status, "to_status": c.new_status}
+                         "from_status": c.old_status, "to_status": c.new_status,
+                         **({"from_boxes": c.old_boxes, "to_boxes": c.new_boxes}
+                            if c.old_boxes is not None or c.new_boxes is not None else {})}
                         for c in label_history(session, sample_id)]}
 
 
@@ -103,15 +111,20 @@ def image(sample_id: Annotated[str, PathParam(pattern=SAMPLE_ID)], session: Sess
 class LabelBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    labels: dict[str, str | None] = Field(min_length=1, max_length=5000,
-                                          description="sample_id -> label; null rejects the sample")
+    # Boxes stay plain objects here: the labelling core checks them against the frame and the
+    # model's classes and names the sample and box in its message.
+    labels: dict[str, str | list[dict[str, Any]] | None] = Field(
+        min_length=1, max_length=5000,
+        description="sample_id -> label; null rejects the sample. A detection sample takes a list of boxes "
+                    '{"label", "x1", "y1", "x2", "y2", "units": "fraction"|"pixels"} ([] = no objects)')
     labeller: str | None = Field(default=None, max_length=64, description="e.g. 'oracle:synthetic'")
 
 
 @router.post("/samples/labels")
 def label(batch: LabelBatch, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
     """Label (or, with null, reject) samples. A label must be a class of the sample's model (422 otherwise);
-    a sample that already had a label is relabelled, and the answer says from what to what."""
+    a detection sample's boxes must lie inside the frame, have an area and name a class of the model (422
+    otherwise). A sample that already had a label is relabelled, and the answer says from what to what."""
     if batch.labeller:
         actor = f"{actor} via {batch.labeller}"
     changes = accept_labels(session, batch.labels, actor=actor)
