@@ -1,4 +1,9 @@
-"""``edgefleet demo``: the whole loop on embedded defaults, with N agent processes."""
+"""``edgefleet demo``: the whole loop on embedded defaults, with N agent processes.
+
+Two tasks: ``detection`` (the default: synthetic detection scenes, the grid detector, a video of
+scenes with several objects per frame, and a fleet table of objects per class) and
+``classification`` (synthetic shapes, the classifier, a fleet table of confidences).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -19,15 +25,26 @@ from cloud.core.config import Settings
 from cloud.fleet import crud
 from cloud.fleet.liveness import Liveness
 from cloud.fleet.summary import fleet_rows
+from cloud.fleet.tables import utc_now
 from cloud.pipeline.data.synth import write_synthetic_dataset
-from cloud.pipeline.data.video import VideoSettings, write_scene_video
-from cloud.pipeline.presets import QUICKSTART
-from cloud.pipeline.quickstart import train_and_package
+from cloud.pipeline.data.synth_detection import write_detection_dataset
+from cloud.pipeline.data.video import (
+    DetectionVideoSettings,
+    VideoSettings,
+    write_detection_video,
+    write_scene_video,
+)
+from cloud.pipeline.presets import DETECTION_QUICKSTART, QUICKSTART, DetectionQuickstartSettings
+from cloud.pipeline.quickstart import PipelineResult, detect_train_and_package, train_and_package
+from cloud.pipeline.train.detector import DetectorConfig
+from cloud.rollout.service import object_counts_by_device
 from cloud.security.tables import Role
 from cloud.security.tokens import create_api_token
 from cloud.server import ControlPlane
 
 DEMO_PROFILE = "x86-64-avx2"
+DEMO_BUILD_PROFILES = [DEMO_PROFILE, "x86-64-avx512-vnni"]
+TASKS = ("detection", "classification")
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -76,8 +93,103 @@ def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
             process.kill()
 
 
-def run_demo(*, devices: int, seconds: float, workdir: Path, console: Console) -> str:
-    """Run the demo; return the summary line."""
+@dataclass(frozen=True)
+class DemoOutcome:
+    """What the demo ended with; ``line`` is the summary it prints last."""
+
+    task: str
+    devices: int
+    reporting: int
+    model_version: str
+    # Detection: objects per class each device reported after the rollout, by device id.
+    object_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def line(self) -> str:
+        return (f"demo: devices={self.devices} reporting={self.reporting} model={self.model_version} "
+                f"task={self.task}")
+
+
+def _classification_model(plane: ControlPlane, workdir: Path, console: Console) -> tuple[PipelineResult, Path]:
+    """Synthetic shapes → the classifier, packaged; and a video of scenes like its training images."""
+    settings = plane.settings
+    data_root = workdir / "data" / "shapes"
+    if not (data_root / "metadata.csv").exists():
+        console.print("[bold]data[/] generating a synthetic scene dataset (4 classes)")
+        write_synthetic_dataset(data_root, images_per_class=QUICKSTART.images_per_class,
+                                size=QUICKSTART.image_size, seed=QUICKSTART.dataset_seed)
+    result = train_and_package(plane.engine, data_root=data_root, models_dir=settings.models_dir,
+                               packages_dir=settings.packages_dir, hardware_profiles=DEMO_BUILD_PROFILES)
+    console.print(f"[bold]model[/] {result.model_version} test accuracy {result.accuracy:.3f}; "
+                  f"package {result.package_id}")
+    # Scenes like the training images (`edgefleet data video`), so drift stays quiet on every camera.
+    video = workdir / "camera.avi"
+    if not video.exists():
+        write_scene_video(video, VideoSettings(seconds=30.0, fps=15.0, seed=7))
+    return result, video
+
+
+def _detection_model(plane: ControlPlane, workdir: Path, console: Console,
+                     preset: DetectionQuickstartSettings) -> tuple[PipelineResult, Path]:
+    """Synthetic detection scenes → the grid detector, mAP-gated and packaged; and a video of such scenes."""
+    settings = plane.settings
+    # One directory per preset: a smaller one (tests) never reuses the default's frames, nor the reverse.
+    data_root = workdir / "data" / f"scenes-{preset.images}-{preset.dataset_seed}"
+    if not (data_root / "metadata.csv").exists():
+        console.print(f"[bold]data[/] generating {preset.images} synthetic detection scenes "
+                      "(1-4 circles, squares, triangles per frame)")
+        write_detection_dataset(data_root, images=preset.images, seed=preset.dataset_seed)
+    console.print(f"[bold]train[/] grid detector, width {preset.width}, {preset.epochs} epochs")
+    result = detect_train_and_package(
+        plane.engine, data_root=data_root, models_dir=settings.models_dir, packages_dir=settings.packages_dir,
+        hardware_profiles=DEMO_BUILD_PROFILES,
+        config=DetectorConfig(epochs=preset.epochs, width=preset.width, batch_size=preset.batch_size,
+                              seed=preset.seed))
+    console.print(f"[bold]model[/] {result.model_version} test mAP@0.5 {result.accuracy:.3f}; "
+                  f"package {result.package_id}")
+    # Scenes of the same generator, lighting and cameras (seed apart from the dataset's): what the detector learned.
+    video = workdir / "scenes.avi"
+    if not video.exists():
+        write_detection_video(video, DetectionVideoSettings(seconds=30.0, fps=15.0, seed=7))
+    return result, video
+
+
+def _fleet_table(plane: ControlPlane, task: str, model_version: str,
+                 object_counts: dict[str, dict[str, int]]) -> Table:
+    table = Table(title="fleet")
+    with Session(plane.engine) as session:
+        rows = fleet_rows(session, Liveness.from_settings(plane.settings))
+        labels = crud.get_model_version(session, model_version).labels
+    columns = ["device", "model version", "fps", "p95 ms"]
+    columns += [f"{label}s" for label in labels] if task == "detection" else ["mean confidence"]
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        cells = [str(row["device_id"]), str(row["model_version"]),
+                 f"{row['fps']:.1f}" if row["fps"] is not None else "-",
+                 f"{row['p95_latency_ms']:.2f}" if row["p95_latency_ms"] is not None else "-"]
+        if task == "detection":
+            counts = object_counts.get(str(row["device_id"]), {})
+            cells += [str(counts.get(label, 0)) for label in labels]
+        else:
+            cells.append(f"{row['mean_confidence']:.3f}" if row["mean_confidence"] is not None else "-")
+        table.add_row(*cells)
+    return table
+
+
+def run_demo(*, devices: int, seconds: float, workdir: Path, console: Console, task: str = "detection",
+             detection_preset: DetectionQuickstartSettings = DETECTION_QUICKSTART) -> DemoOutcome:
+    """Run the demo for ``task`` (``detection`` or ``classification``); ``seconds`` of inference after the rollout.
+
+    ``detection_preset`` sets the detection dataset and training (tests pass a smaller one).
+
+    Raises:
+        ValueError: an unknown task.
+        PipelineInputError: the trained model or every artifact was rejected by its gates.
+        TimeoutError: agents did not come online or finish installing in time.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose {' or '.join(TASKS)}")
     workdir.mkdir(parents=True, exist_ok=True)
     settings = Settings(data_dir=workdir, api_port=0)
     plane = ControlPlane(settings)
@@ -87,23 +199,8 @@ def run_demo(*, devices: int, seconds: float, workdir: Path, console: Console) -
         base_url = plane.serve_http_in_thread()
         console.print(f"[bold]control plane[/] {base_url}  broker {plane.broker_url}  "
                       f"database {settings.resolved_database_url}")
-
-        data_root = workdir / "data" / "shapes"
-        if not (data_root / "metadata.csv").exists():
-            console.print("[bold]data[/] generating a synthetic scene dataset (4 classes)")
-            write_synthetic_dataset(data_root, images_per_class=QUICKSTART.images_per_class,
-                                    size=QUICKSTART.image_size, seed=QUICKSTART.dataset_seed)
-        result = train_and_package(plane.engine, data_root=data_root, models_dir=settings.models_dir,
-                                   packages_dir=settings.packages_dir,
-                                   hardware_profiles=[DEMO_PROFILE, "x86-64-avx512-vnni"])
-        console.print(f"[bold]model[/] {result.model_version} test accuracy {result.accuracy:.3f}; "
-                      f"package {result.package_id}")
-
-        # Scenes like the training images (`edgefleet data video`), so drift stays quiet on every camera.
-        video = workdir / "camera.avi"
-        if not video.exists():
-            write_scene_video(video, VideoSettings(seconds=30.0, fps=15.0, seed=7))
-
+        result, video = (_detection_model(plane, workdir, console, detection_preset) if task == "detection"
+                         else _classification_model(plane, workdir, console))
         # Every API call needs a token: the demo makes an admin one and shows how to use it.
         with Session(plane.engine) as session:
             admin_token, _ = create_api_token(session, name="demo admin", role=Role.ADMIN)
@@ -138,20 +235,17 @@ def run_demo(*, devices: int, seconds: float, workdir: Path, console: Console) -
               120, "every device to finish installing")
         state = client.get(f"/api/v1/deployments/{deployment['id']}").json()["state"]
         console.print(f"[bold]deployment[/] {state}; running inference for {seconds:.0f}s")
+        inference_started = utc_now()
         time.sleep(seconds)
 
-        table = Table(title="fleet")
-        for column in ("device", "model version", "fps", "p95 ms", "mean confidence"):
-            table.add_column(column)
         with Session(plane.engine) as session:
-            for row in fleet_rows(session, Liveness.from_settings(settings)):
-                table.add_row(str(row["device_id"]), str(row["model_version"]),
-                              f"{row['fps']:.1f}" if row["fps"] is not None else "-",
-                              f"{row['p95_latency_ms']:.2f}" if row["p95_latency_ms"] is not None else "-",
-                              f"{row['mean_confidence']:.3f}" if row["mean_confidence"] is not None else "-")
             reporting = crud.devices_reporting(session, result.model_version)
-        console.print(table)
-        return f"demo: devices={devices} reporting={reporting} model={result.model_version}"
+            # Only this run's windows of this model: a reused workdir keeps earlier runs' telemetry.
+            object_counts = (object_counts_by_device(session, inference_started, result.model_version)
+                             if task == "detection" else {})
+        console.print(_fleet_table(plane, task, result.model_version, object_counts))
+        return DemoOutcome(task=task, devices=devices, reporting=reporting, model_version=result.model_version,
+                           object_counts=object_counts)
     finally:
         stop_processes(agents)
         plane.stop()

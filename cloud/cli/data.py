@@ -12,7 +12,14 @@ from sqlmodel import Session
 from cloud.cli.client import cell, new_table
 from cloud.cli.local import JsonOption, console, emit, issues_table, local_context, user_errors
 from cloud.pipeline.data.synth import write_synthetic_dataset
-from cloud.pipeline.data.video import SHIFTS, VideoSettings, write_scene_video
+from cloud.pipeline.data.video import (
+    SHIFTS,
+    DetectionVideoSettings,
+    VideoSettings,
+    VideoSummary,
+    write_detection_video,
+    write_scene_video,
+)
 from cloud.pipeline.presets import QUICKSTART
 from cloud.pipeline.registry import store
 
@@ -51,18 +58,30 @@ def data_video(
     noise: Annotated[float, typer.Option(help="pixel noise, as `data synth --noise`")] = 3.0,
     shift: Annotated[str, typer.Option(help=f"how the scene changes: {', '.join(SHIFTS)}")] = "none",
     shift_at: Annotated[float, typer.Option(help="seconds into the video the shift starts")] = 0.0,
+    task: Annotated[str, typer.Option(help="classification: scenes of `data synth`; detection: scenes of "
+                                           "`data synth-detection` (200x150 unless --width/--height)")] = "classification",
 ) -> None:
     """Write a test video of synthetic scenes for an agent's `source`; --shift makes the camera whose scene changed.
 
     The scenes are those of `edgefleet data synth` (same shapes, lighting mix and noise), so a model
-    trained on a synthetic dataset sees nothing unusual in a video without a shift.
+    trained on a synthetic dataset sees nothing unusual in a video without a shift. With
+    `--task detection` they are those of `edgefleet data synth-detection` (one to four objects per frame).
     """
     with user_errors():
-        settings = VideoSettings(seconds=seconds, fps=fps, size=size, width=width, height=height,
-                                 frames_per_scene=frames_per_scene, seed=seed, noise=noise, shift=shift,
-                                 shift_at_s=shift_at)
+        if task not in ("classification", "detection"):
+            raise ValueError(f"--task must be classification or detection, not {task!r}")
+        if task == "detection" and shift != "none":
+            raise ValueError("--shift applies to classification scenes; leave it out with --task detection")
         try:
-            summary = write_scene_video(out, settings)
+            summary: VideoSummary
+            if task == "detection":
+                summary = write_detection_video(out, DetectionVideoSettings(
+                    seconds=seconds, fps=fps, width=width or 200, height=height or 150,
+                    frames_per_scene=frames_per_scene, seed=seed))
+            else:
+                summary = write_scene_video(out, VideoSettings(
+                    seconds=seconds, fps=fps, size=size, width=width, height=height,
+                    frames_per_scene=frames_per_scene, seed=seed, noise=noise, shift=shift, shift_at_s=shift_at))
         except RuntimeError as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(1) from None

@@ -49,6 +49,8 @@ def serve(
 
 def demo(
     devices: Annotated[int, typer.Option(min=1, max=50, help="number of simulated camera devices")] = 5,
+    task: Annotated[str, typer.Option(help="detection (objects per class on each camera) or classification "
+                                           "(one label per frame)")] = "detection",
     seconds: Annotated[float, typer.Option(min=1, help="seconds of inference after the rollout")] = 20.0,
     workdir: Annotated[Path, typer.Option(help="where the demo keeps its database, models and devices")] = Path(
         ".edgefleet-demo"
@@ -56,13 +58,16 @@ def demo(
     log_level: str = "WARNING",
 ) -> None:
     """Train, package, deploy to N agent processes over MQTT, run inference, print the fleet."""
+    if task not in ("detection", "classification"):
+        console.print(f"[red]error:[/] --task must be detection or classification, not {task!r}")
+        raise typer.Exit(2)
     # Imported here: it pulls in torch, which the API and CLI keep out of start-up.
     from cloud.demo import run_demo
 
     _logging(log_level)
     try:
-        summary = run_demo(devices=devices, seconds=seconds, workdir=workdir, console=console)
+        outcome = run_demo(devices=devices, seconds=seconds, workdir=workdir, console=console, task=task)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; stopped every process the demo started[/]")
         raise typer.Exit(130) from None
-    print(summary)
+    print(outcome.line)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["QUICKSTART", "QuickstartSettings"]
+__all__ = ["DETECTION_QUICKSTART", "QUICKSTART", "DetectionQuickstartSettings", "QuickstartSettings"]
 
 
 @dataclass(frozen=True)
@@ -30,3 +30,24 @@ class QuickstartSettings:
 
 
 QUICKSTART = QuickstartSettings()
+
+
+@dataclass(frozen=True)
+class DetectionQuickstartSettings:
+    """A synthetic detection dataset (``edgefleet data synth-detection``) and the grid detector's training
+    settings that pass the mAP gate (mAP@0.5 0.5 overall, 0.4 per slice of 20+ test images).
+
+    ``edgefleet demo`` (``--task detection``, its default) trains with these. Measured on two shared
+    cores (dataset seeds 0-1): 600 scenes, width 16, 15 epochs give test mAP@0.5 0.88-0.91 in 26-34 s
+    of training and evaluation; 800 scenes, width 24, 20 epochs reach 0.92-0.94 but take 110-120 s.
+    """
+
+    images: int = 600
+    dataset_seed: int = 0
+    epochs: int = 15
+    width: int = 16
+    batch_size: int = 16
+    seed: int = 0
+
+
+DETECTION_QUICKSTART = DetectionQuickstartSettings()

@@ -137,6 +137,21 @@ def detection_parts(session: Session, device_ids: list[str], since: datetime) ->
             for message_id, frames, boxes, mean_score, objects in session.execute(query)}
 
 
+def object_counts_by_device(session: Session, since: datetime, model_version: str | None = None
+                            ) -> dict[str, dict[str, int]]:
+    """Objects per class each device reported (detection packages) since ``since``, summed over its
+    windows; only windows of ``model_version`` when given. Devices without detection windows are absent."""
+    w = RolloutWindow
+    query = sa_select(col(w.device_id), col(w.detection_object_counts)).where(
+        col(w.received_at) >= since, col(w.detection_frames) > 0)
+    if model_version is not None:
+        query = query.where(col(w.model_version) == model_version)
+    totals: dict[str, Counter[str]] = defaultdict(Counter)
+    for device_id, objects in session.execute(query):
+        totals[device_id].update(objects or {})
+    return {device_id: dict(counts) for device_id, counts in totals.items()}
+
+
 def as_window(record: TelemetryRecord, invalid_outputs: int = 0,
               detection: DetectionCounts | None = None) -> TelemetryWindow:
     return TelemetryWindow(
@@ -365,4 +380,4 @@ def baseline_stats(rollout: Rollout, stratum: str) -> GroupStats:
 
 
 __all__ += ["as_window", "baseline_stats", "cameras_since", "detection_parts", "device_cameras", "get_rollout",
-            "rollout_devices", "stage_devices", "telemetry_windows"]
+            "object_counts_by_device", "rollout_devices", "stage_devices", "telemetry_windows"]

@@ -13,7 +13,13 @@ from typer.testing import CliRunner
 from agent.capture.source import open_source, read_frame
 from cloud.cli import app
 from cloud.pipeline.data.synth import write_synthetic_dataset
-from cloud.pipeline.data.video import VideoSettings, scene_frames, write_scene_video
+from cloud.pipeline.data.video import (
+    DetectionVideoSettings,
+    VideoSettings,
+    detection_scene_frames,
+    scene_frames,
+    write_scene_video,
+)
 
 
 def _grey_means(frames: list[np.ndarray]) -> np.ndarray:
@@ -67,6 +73,9 @@ def test_a_larger_frame_letterboxes_the_scene() -> None:
     (["x.avi", "--width", "32"], "at least --size"),
     (["x.avi", "--frames-per-scene", "0"], "--frames-per-scene"),
     (["missing/x.avi"], "does not exist"),
+    (["x.avi", "--task", "tracking"], "--task must be classification or detection"),
+    (["x.avi", "--task", "detection", "--shift", "dark"], "leave it out with --task detection"),
+    (["x.avi", "--task", "detection", "--width", "48"], "64-4096 px for detection scenes"),
 ])
 def test_bad_options_exit_2_saying_what_to_change(args: list[str], says: str, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,3 +115,30 @@ def test_a_new_object_shift_shows_a_shape_no_dataset_holds() -> None:
     # The same scenes until the shift; other objects after it.
     assert all(np.array_equal(a, b) for (a, shifted), (b, _) in pairs if not shifted)
     assert not any(np.array_equal(a, b) for (a, shifted), (b, _) in pairs if shifted)
+
+
+def test_a_detection_video_shows_the_detection_dataset_s_scenes_and_the_agent_reads_them_back(
+        tmp_path: Path) -> None:
+    from cloud.pipeline.data.synth_detection import write_detection_dataset
+
+    out = tmp_path / "scenes.avi"
+    result = CliRunner().invoke(app, ["data", "video", str(out), "--task", "detection", "--seconds", "2",
+                                      "--fps", "10", "--seed", "4"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "20 frames, 200x150" in result.output
+    settings = DetectionVideoSettings(seconds=2.0, fps=10.0, seed=4)
+    rendered = list(detection_scene_frames(settings))
+    source = open_source(str(out), loop=False)
+    try:
+        read = [read_frame(source) for _ in range(20)]
+    finally:
+        source.close()
+    assert all(np.array_equal(a, b) for a, b in zip(rendered, read, strict=True))
+    assert np.array_equal(rendered[0], rendered[1]) and not np.array_equal(rendered[1], rendered[2])
+    # The detection dataset's frames: same size, and brightness like theirs (its lighting and cameras).
+    root = write_detection_dataset(tmp_path / "scenes", images=40, seed=4)
+    dataset = _grey_means([cv2.imread(str(p)) for p in sorted((root / "images").glob("*.png"))])
+    video = _grey_means(list(detection_scene_frames(DetectionVideoSettings(seconds=4.0, fps=10.0,
+                                                                            frames_per_scene=1, seed=9))))
+    assert rendered[0].shape == cv2.imread(str(root / "images" / "00000.png")).shape
+    assert abs(video.mean() - dataset.mean()) < 0.15 * dataset.mean()

@@ -7,7 +7,13 @@ changes the scene from a chosen moment on, the way a camera's view changes in se
 (lights dimmed far below the training data's darkest lighting), ``blur`` (a lens out of
 focus) or ``new-object`` (a shape of a class the model never learned). Frames are written losslessly (FFV1), so the pixels an agent reads are the ones rendered.
 
-:func:`scene_frames` is pure (settings in, frames out); :func:`write_scene_video` writes them.
+Detection has its own variant: :func:`detection_scene_frames` renders the scenes of
+``edgefleet data synth-detection`` (:mod:`cloud.pipeline.data.synth_detection`: one to four
+shapes per frame on textured backgrounds, under its lighting conditions and cameras), so a
+detector trained on a synthetic detection dataset finds in the video the objects it learned.
+
+:func:`scene_frames` and :func:`detection_scene_frames` are pure (settings in, frames out);
+:func:`write_scene_video` and :func:`write_detection_video` write them.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ import numpy.typing as npt
 from agent.capture.scenes import NOVEL_CLASSES, SCENE_CLASSES, SceneConditions, render_scene
 from cloud.pipeline.data.synth import LIGHTING
 
-__all__ = ["SHIFTS", "VIDEO_SUFFIXES", "SceneShift", "VideoSettings", "VideoSummary", "scene_frames",
-           "write_scene_video"]
+__all__ = ["SHIFTS", "VIDEO_SUFFIXES", "DetectionVideoSettings", "SceneShift", "VideoSettings", "VideoSummary",
+           "detection_scene_frames", "scene_frames", "write_detection_video", "write_scene_video"]
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,73 @@ def scene_frames(settings: VideoSettings) -> Iterator[tuple[npt.NDArray[np.uint8
         yield frame, shifted
 
 
+@dataclass(frozen=True)
+class DetectionVideoSettings:
+    """What to render for a detector: frames of the synthetic detection scenes (default 200x150, their size).
+
+    Raises:
+        ValueError: a setting out of range, with what to change.
+    """
+
+    seconds: float = 20.0
+    fps: float = 10.0
+    width: int = 200
+    height: int = 150
+    frames_per_scene: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fps <= 120:
+            raise ValueError(f"--fps must be in (0, 120], not {self.fps:g}")
+        if self.seconds <= 0 or self.frames < 1:
+            raise ValueError(f"--seconds {self.seconds:g} at --fps {self.fps:g} gives no frame; give a longer video")
+        if self.frames > 100_000:
+            raise ValueError(f"{self.frames} frames is too long for a test video; keep --seconds x --fps under 100000")
+        # The scene generator places 16-56 px shapes: a smaller frame cannot hold them.
+        if not (64 <= self.width <= 4096 and 64 <= self.height <= 4096):
+            raise ValueError(f"--width and --height must be 64-4096 px for detection scenes, "
+                             f"not {self.width}x{self.height}")
+        if self.frames_per_scene < 1:
+            raise ValueError("--frames-per-scene must be at least 1")
+
+    @property
+    def frames(self) -> int:
+        return round(self.seconds * self.fps)
+
+
+def detection_scene_frames(settings: DetectionVideoSettings) -> Iterator[npt.NDArray[np.uint8]]:
+    """Each frame of the detection video (BGR). Same settings, same frames."""
+    # Imported here: the detection generator pulls in the agent's decoder, which `edgefleet data video`
+    # for classification scenes (and the CLI's start-up) does without.
+    from cloud.pipeline.data.synth_detection import CAMERAS as DETECTION_CAMERAS
+    from cloud.pipeline.data.synth_detection import LIGHTING as DETECTION_LIGHTING
+    from cloud.pipeline.data.synth_detection import render_detection_scene
+
+    rng = np.random.default_rng(settings.seed)
+    lighting, cameras = tuple(DETECTION_LIGHTING), tuple(DETECTION_CAMERAS)
+    frame: npt.NDArray[np.uint8] | None = None
+    for index in range(settings.frames):
+        if frame is None or index % settings.frames_per_scene == 0:
+            # The lighting and camera mix of `edgefleet data synth-detection`, one draw per scene.
+            light = lighting[int(rng.integers(len(lighting)))]
+            camera = cameras[int(rng.integers(len(cameras)))]
+            frame, _objects = render_detection_scene(rng, width=settings.width, height=settings.height,
+                                                     lighting=light, camera=camera)
+        yield frame
+
+
+def _open_writer(path: Path, fps: float, width: int, height: int) -> cv2.VideoWriter:
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"write the video to a {' or '.join(VIDEO_SUFFIXES)} file, not {path.name!r} "
+                         "(lossless FFV1, which agents read with OpenCV)")
+    if not path.parent.is_dir():
+        raise ValueError(f"directory {path.parent} does not exist; create it first")
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"FFV1"), fps, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write FFV1 video to {path} (its build lacks the FFmpeg encoder)")
+    return writer
+
+
 def write_scene_video(path: Path, settings: VideoSettings) -> VideoSummary:
     """Write the video to ``path`` (``.avi`` or ``.mkv``, lossless FFV1).
 
@@ -160,15 +233,7 @@ def write_scene_video(path: Path, settings: VideoSettings) -> VideoSummary:
         ValueError: another file type, or a directory that does not exist.
         RuntimeError: this OpenCV build cannot write FFV1 video.
     """
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise ValueError(f"write the video to a {' or '.join(VIDEO_SUFFIXES)} file, not {path.name!r} "
-                         "(lossless FFV1, which agents read with OpenCV)")
-    if not path.parent.is_dir():
-        raise ValueError(f"directory {path.parent} does not exist; create it first")
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"FFV1"), settings.fps,
-                             (settings.frame_width, settings.frame_height))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write FFV1 video to {path} (its build lacks the FFmpeg encoder)")
+    writer = _open_writer(path, settings.fps, settings.frame_width, settings.frame_height)
     shifted_frames = 0
     try:
         for frame, shifted in scene_frames(settings):
@@ -178,3 +243,20 @@ def write_scene_video(path: Path, settings: VideoSettings) -> VideoSummary:
         writer.release()
     return VideoSummary(path=path, frames=settings.frames, shifted_frames=shifted_frames,
                         width=settings.frame_width, height=settings.frame_height)
+
+
+def write_detection_video(path: Path, settings: DetectionVideoSettings) -> VideoSummary:
+    """Write the detection video to ``path`` (``.avi`` or ``.mkv``, lossless FFV1).
+
+    Raises:
+        ValueError: another file type, or a directory that does not exist.
+        RuntimeError: this OpenCV build cannot write FFV1 video.
+    """
+    writer = _open_writer(path, settings.fps, settings.width, settings.height)
+    try:
+        for frame in detection_scene_frames(settings):
+            writer.write(frame)
+    finally:
+        writer.release()
+    return VideoSummary(path=path, frames=settings.frames, shifted_frames=0, width=settings.width,
+                        height=settings.height)
