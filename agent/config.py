@@ -95,7 +95,7 @@ class PipelineConfig(BaseModel):
     def stream_settings(self) -> StreamSettings:
         return StreamSettings(transport=self.rtsp_transport, stall_timeout_s=self.stall_timeout_s,
                               open_timeout_s=self.open_timeout_s, reconnect_min_s=self.camera_reconnect_min_s,
-                              reconnect_max_s=self.camera_reconnect_max_s)
+                              reconnect_max_s=self.camera_reconnect_max_s, analysed_fps=self.target_fps)
 
 
 class AgentConfig(BaseModel):

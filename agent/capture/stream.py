@@ -174,6 +174,13 @@ class StreamSettings:
     open_timeout_s: float = 10.0
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    # The camera's analysed rate (0 = every frame). ffmpeg still decodes every frame (H.264
+    # frames depend on each other) but converts to BGR and pipes out only frames at least
+    # 0.45 of an analysis interval apart (just under half, so timestamps a hair short of an
+    # exact step still count): about twice the analysed rate at most, and never fewer
+    # frames than the rate needs, whatever the camera sends (the spacing stays under
+    # d + interval/2 for a camera sending every d seconds; slower cameras pass untouched).
+    analysed_fps: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -212,10 +219,18 @@ def build_ffmpeg_command(url: str, settings: StreamSettings, decoder: DecoderCho
             else ["-rw_timeout", timeout_us]
     elif url.startswith("/dev/video"):
         command += ["-f", "v4l2"]
+    filters = []
+    if settings.analysed_fps > 0:
+        # select decides on each frame as it comes (no buffering, unlike the fps filter, and it
+        # never duplicates one); the first frame has no predecessor (prev_selected_t is NaN).
+        min_gap_s = 0.45 / settings.analysed_fps
+        filters.append(f"select='isnan(prev_selected_t)+gte(t-prev_selected_t,{min_gap_s:.6f})'")
     # VAAPI frames come back from the GPU surface before conversion to BGR.
-    download = ["-vf", "hwdownload,format=nv12"] if decoder.name == "vaapi" else []
+    if decoder.name == "vaapi":
+        filters += ["hwdownload", "format=nv12"]
+    vf = ["-vf", ",".join(filters), "-fps_mode", "passthrough"] if filters else []
     command += ["-fflags", "nobuffer", "-flags", "low_delay", *decoder.ffmpeg_args, "-i", url,
-                "-an", *download, "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"]
+                "-an", *vf, "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"]
     return command
 
 
