@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -319,3 +320,39 @@ def colour_model(path: Path, classes: int) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def register_device(plane: Any, device_id: str, hardware_profile: str = "x86-64-avx2") -> str:
+    """Register a device with the control plane and return its device token."""
+    from sqlmodel import Session
+
+    from cloud.fleet import crud
+    from cloud.fleet.tables import DeviceCreate
+    from cloud.security.tables import Role
+    from cloud.security.tokens import create_api_token
+
+    with Session(plane.engine) as session:
+        crud.create_device(session, DeviceCreate(id=device_id, hardware_profile=hardware_profile))
+        token, _ = create_api_token(session, name=f"{device_id} device", role=Role.DEVICE, device_id=device_id)
+    return token
+
+
+def stored_drift_windows(plane: Any) -> list[Any]:
+    """Every drift window the control plane stored (``DriftWindowRecord`` rows)."""
+    from sqlmodel import Session, select
+
+    from cloud.monitor.tables import DriftWindowRecord
+
+    with Session(plane.engine) as session:
+        return list(session.exec(select(DriftWindowRecord)))
+
+
+def open_alert_devices(plane: Any) -> set[str]:
+    """The devices with an open drift alert."""
+    from sqlmodel import Session, col, select
+
+    from cloud.monitor.tables import DriftAlert
+
+    with Session(plane.engine) as session:
+        return {a.device_id for a in session.exec(select(DriftAlert).where(col(DriftAlert.state) == "open"))
+                if a.device_id}

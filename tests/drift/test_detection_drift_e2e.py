@@ -17,12 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from agent.contract import ModelArtifact, PackageManifest, sha256_file
 from agent.contract.drift import DriftReference
-from cloud.monitor.tables import DriftWindowRecord
-from tests.drift.simdevice import AS_TRAINED, DetectionWorld, SceneShift, SimDevice, dump
+from tests.drift.simdevice import (
+    AS_TRAINED,
+    DetectionWorld,
+    SceneShift,
+    SimDevice,
+    dump,
+    register_device,
+    stored_drift_windows,
+)
 from tests.support.services import wait_for
 
 pytestmark = pytest.mark.integration
@@ -95,23 +102,6 @@ def _package(plane: Any, detector: Detector, workdir: Path) -> str:
     return built.manifest.package_id
 
 
-def _register(plane: Any, device_id: str) -> str:
-    from cloud.fleet import crud
-    from cloud.fleet.tables import DeviceCreate
-    from cloud.security.tables import Role
-    from cloud.security.tokens import create_api_token
-
-    with Session(plane.engine) as session:
-        crud.create_device(session, DeviceCreate(id=device_id))
-        token, _ = create_api_token(session, name=f"{device_id} device", role=Role.DEVICE, device_id=device_id)
-    return token
-
-
-def _windows_stored(plane: Any) -> list[DriftWindowRecord]:
-    with Session(plane.engine) as session:
-        return list(session.exec(select(DriftWindowRecord)))
-
-
 SHIFTS = {
     "det-clean-0": AS_TRAINED,
     "det-clean-1": AS_TRAINED,
@@ -139,7 +129,7 @@ def test_shifted_detection_cameras_alert_with_the_feature_that_moved(control_pla
     devices = []
     for index, (device_id, shift) in enumerate(SHIFTS.items()):
         device = SimDevice(device_id=device_id, broker_url=plane.broker_url, topics=plane.topics,
-                           api_url=plane.base_url, token=_register(plane, device_id),
+                           api_url=plane.base_url, token=register_device(plane, device_id),
                            packages_dir=plane.settings.packages_dir, world=DetectionWorld(seed=300 + index, shift=shift),
                            window_frames=WINDOW_FRAMES, seed=index)
         device.install(package_id)
@@ -150,10 +140,10 @@ def test_shifted_detection_cameras_alert_with_the_feature_that_moved(control_pla
             device.flush()
         published = sum(d.published["drift"] for d in devices)
         assert published == WINDOWS * len(devices)
-        wait_for(lambda: len(_windows_stored(plane)) >= published, 60, what=f"{published} drift windows stored")
+        wait_for(lambda: len(stored_drift_windows(plane)) >= published, 60, what=f"{published} drift windows stored")
 
         # Every window was tested, with its detection block kept for the fleet test.
-        windows = _windows_stored(plane)
+        windows = stored_drift_windows(plane)
         assert all(w.tested and w.detection is not None for w in windows), dump([w.untested_reason for w in windows])
 
         alerts = api.get("/api/v1/drift/alerts", params={"state": "open"}).json()

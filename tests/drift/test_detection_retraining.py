@@ -1,13 +1,16 @@
 """Governed retraining of a detector, on a real database, broker and control plane.
 
-A detector trained on synthetic scenes is released to two cameras whose scenes shift to
-smaller objects. The cameras (the real device code: model runtime and the agent's
-decoder) upload samples with the boxes they found; a drift alert opens a retraining
-proposal; the generator's ground truth labels the samples with boxes through the API;
-the retraining adds them to a new dataset version, retrains the detector, validates it
+A detector trained on synthetic scenes is released, with the drift reference its
+detection build writes, to three cameras; two of them now film smaller objects. The
+cameras (the real device code: model runtime, decoder, drift windows, samplers, MQTT)
+send drift windows; the real monitor opens alerts for exactly the two shifted cameras
+and one retraining proposal. The shifted cameras upload samples with the boxes they
+found; the generator's ground truth labels them with boxes through the API; the
+retraining adds them to a new dataset version, retrains the detector, validates it
 (mAP@0.5 no worse on the old test split, better on the held-out shifted samples), builds
 it through the pipeline's detection build and proposes a canary rollout, which starts on
-approval; both cameras install the retrained release.
+approval; both shifted cameras install the retrained release, and under it their
+windows test clean and their alerts clear.
 
 Also: box labels that cannot be right are refused with what to fix.
 """
@@ -27,22 +30,31 @@ import cv2
 import numpy as np
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
 from agent.contract import PackageManifest, SampleBox, SampleReport
+from agent.contract.drift import DEFAULT_WINDOW_FRAMES, DriftReference
 from agent.infer.detect import detect
 from agent.preprocess import preprocess
 from cloud.cli import app
 from cloud.cli.client import Exit
-from cloud.fleet.tables import Device, DeviceCreate, ModelVersion, Package, utc_now
+from cloud.fleet.tables import Device, ModelVersion, Package, utc_now
 from cloud.governance.audit import list_events
 from cloud.governance.labelling import LabelError, accept_labels, box_labels, label_history
-from cloud.governance.proposals import attach_alert
 from cloud.governance.tables import DatasetLineage
-from cloud.monitor.tables import DriftAlert, SampleBlob, SampleRecord
+from cloud.monitor.tables import SampleBlob, SampleRecord
 from cloud.security.tables import Role
-from tests.drift.simdevice import SimDevice, World, dump
+from tests.drift.simdevice import (
+    AS_TRAINED,
+    DetectionWorld,
+    SceneShift,
+    SimDevice,
+    dump,
+    open_alert_devices,
+    register_device,
+    stored_drift_windows,
+)
 from tests.support.jobs import wait_for_job
 from tests.support.services import wait_for
 from tests.ui.helpers import make_token
@@ -52,6 +64,11 @@ pytestmark = pytest.mark.integration
 PROFILE = "x86-64-avx2"
 CLASSES = ["circle", "square", "triangle"]
 FRAME_W, FRAME_H = 200, 150
+# The detection build calibrates the package's drift reference on windows of this many frames.
+WINDOW_FRAMES = DEFAULT_WINDOW_FRAMES
+DRIFT_WINDOWS = 4
+# Enough for the default clear_windows (3) consecutive clean windows.
+CLEAR_WINDOWS = 4
 
 
 # -- box labels are checked, and the refusal says what to fix ---------------------------
@@ -129,17 +146,6 @@ def test_box_labels_are_checked_and_say_what_to_fix(engine: Engine) -> None:
 
 # -- the loop end to end ----------------------------------------------------------------
 
-def _register(plane: Any, device_id: str) -> str:
-    from cloud.fleet import crud
-    from cloud.security.tables import Role
-    from cloud.security.tokens import create_api_token
-
-    with Session(plane.engine) as session:
-        crud.create_device(session, DeviceCreate(id=device_id, hardware_profile=PROFILE))
-        token, _ = create_api_token(session, name=f"{device_id} device", role=Role.DEVICE, device_id=device_id)
-    return token
-
-
 def _upload_shifted_samples(device: SimDevice, rng: np.random.Generator, count: int,
                             truth: dict[str, list[dict[str, Any]]]) -> None:
     """``count`` frames of small objects: the device's boxes go with each sample, the true ones into ``truth``."""
@@ -198,37 +204,53 @@ def test_shifted_detector_is_relabelled_retrained_and_rolled_out(control_plane: 
     assert base.package is not None, base.notes
     base_package = base.package.manifest.package_id
 
-    # -- two cameras run it; their scenes shift to small objects ---------------------------
+    # -- three cameras run it; two of them now film smaller objects ------------------------
+    base_manifest = PackageManifest.from_bytes(
+        (plane.settings.packages_dir / base_package / "manifest.json").read_bytes())
+    assert base_manifest.drift_reference_file is not None, base.notes
     device_ids = ["det-shift-0", "det-shift-1"]
+    shifts = {"det-shift-0": SceneShift(object_scale=0.4), "det-shift-1": SceneShift(object_scale=0.4),
+              "det-clean": AS_TRAINED}
     devices = []
-    for index, device_id in enumerate(device_ids):
+    for index, (device_id, shift) in enumerate(shifts.items()):
         device = SimDevice(device_id=device_id, broker_url=plane.broker_url, topics=plane.topics,
-                           api_url=plane.base_url, token=_register(plane, device_id),
-                           packages_dir=plane.settings.packages_dir, world=World(seed=index), seed=index)
+                           api_url=plane.base_url, token=register_device(plane, device_id, PROFILE),
+                           packages_dir=plane.settings.packages_dir,
+                           world=DetectionWorld(seed=500 + index, shift=shift), window_frames=WINDOW_FRAMES,
+                           seed=index)
         device.install(base_package)
         devices.append(device)
+    shifted = [d for d in devices if d.device_id in device_ids]
     try:
+        # -- their drift windows reach the real monitor: alerts for exactly the shifted cameras
+        for device in devices:
+            device.run_windows(DRIFT_WINDOWS)
+            device.flush()
+        published = sum(d.published["drift"] for d in devices)
+        assert published == DRIFT_WINDOWS * len(devices)
+        wait_for(lambda: len(stored_drift_windows(plane)) >= published, 60, what=f"{published} drift windows stored")
+        windows = stored_drift_windows(plane)
+        assert all(w.tested for w in windows), dump([w.untested_reason for w in windows])
+        assert open_alert_devices(plane) == set(device_ids), dump(
+            api.get("/api/v1/drift/alerts", params={"state": "open"}).json())
+        alerts = api.get("/api/v1/drift/alerts", params={"state": "open"}).json()
+        assert all(a["package_id"] == base_package for a in alerts), dump(alerts)
+
         truth: dict[str, list[dict[str, Any]]] = {}
         rng = np.random.default_rng(77)
-        for device in devices:
+        for device in shifted:
             _upload_shifted_samples(device, rng, 60, truth)
             device.flush()
-        wait_for(lambda: len(api.get("/api/v1/samples", params={"device_id": device_ids, "limit": 500}).json())
-                 >= len(truth), 60, what="every sample stored")
+        # The cameras' own samplers uploaded frames too while their windows ran; wait for ours.
+        wait_for(lambda: set(truth) <= {s["sample_id"] for s in api.get(
+            "/api/v1/samples", params={"device_id": device_ids, "limit": 500}).json()}, 60,
+                 what="every sample stored")
         stored = api.get(f"/api/v1/samples/{next(iter(truth))}").json()
         assert stored["image_width"] == FRAME_W and stored["classes"] == CLASSES and stored["task"] == "detection"
 
-        # -- the monitor's alerts open one proposal for the package ------------------------
-        with Session(plane.engine) as session:
-            for device_id in device_ids:
-                alert = DriftAlert(id=f"al-{uuid.uuid4().hex[:12]}", scope="device", device_id=device_id,
-                                   package_id=base_package, model_version=trained.model_version, score=9.0)
-                session.add(alert)
-                session.flush()
-                attach_alert(session, alert, actor="monitor")
-            session.commit()
+        # -- the monitor's alerts opened one proposal for the package, for the shifted cameras
         proposals = api.get("/api/v1/governance/proposals").json()
-        assert len(proposals) == 1 and proposals[0]["device_ids"] == device_ids, dump(proposals)
+        assert len(proposals) == 1 and sorted(proposals[0]["device_ids"]) == device_ids, dump(proposals)
         proposal_id = proposals[0]["id"]
         assert proposals[0]["base_dataset_id"] == dataset.dataset_id
 
@@ -282,33 +304,52 @@ def test_shifted_detector_is_relabelled_retrained_and_rolled_out(control_plane: 
             assert new_model.hyperparameters["task"] == "detection"
             assert new_model.hyperparameters["train_images"] == numbers["train_images"]
             assert numbers["train_images"] + numbers["drift_held_out_images"] < len(dataset.samples) + len(truth)
-            blobs = len(list(session.exec(select(SampleBlob.sha256))))
-            assert blobs == len(truth)
+            blobs = set(session.exec(select(SampleBlob.sha256)))
+            images = set(session.exec(select(SampleRecord.image_sha256).where(
+                col(SampleRecord.sample_id).in_(list(truth)))))
+            assert len(images) == len(truth) and images <= blobs
         # Packaged as any trained detector: the detection block, the profile's artifacts.
         manifest = PackageManifest.from_bytes(
             (plane.settings.packages_dir / proposal["new_package_id"] / "manifest.json").read_bytes())
         assert manifest.detection is not None and manifest.model_version == proposal["new_model_version"]
+        assert manifest.drift_reference_file is not None
         assert list(manifest.hardware_profiles) == [PROFILE]
 
         # -- the canary rollout waits for approval; approval starts it; both cameras install
         pending = api.get("/api/v1/governance/rollout-proposals", params={"state": "pending"}).json()
-        assert len(pending) == 1 and pending[0]["device_ids"] == device_ids, dump(pending)
+        assert len(pending) == 1 and sorted(pending[0]["device_ids"]) == device_ids, dump(pending)
         approved = api.post(f"/api/v1/governance/rollout-proposals/{pending[0]['id']}/approve").json()
         assert approved["state"] == "started" and approved["rollout_id"], dump(approved)
-        installed: dict[str, list[str]] = {d.device_id: [] for d in devices}
+        installed: dict[str, list[str]] = {d.device_id: [] for d in shifted}
 
         def all_installed() -> bool:
-            for device in devices:
+            for device in shifted:
                 installed[device.device_id] += device.handle_commands()
             return all(proposal["new_package_id"] in packages for packages in installed.values())
 
         wait_for(all_installed, 90, interval_s=0.5, what="the retrained release on both cameras")
-        assert all(d.model is not None and d.model.manifest.package_id == proposal["new_package_id"] for d in devices)
+        assert all(d.model is not None and d.model.manifest.package_id == proposal["new_package_id"] for d in shifted)
+        # -- under the retrained release (its reference drawn from the new dataset version, the
+        # shifted samples included) the shifted cameras' windows test clean and their alerts clear
+        published = sum(d.published["drift"] for d in devices)
+        for device in shifted:
+            device.run_windows(CLEAR_WINDOWS)
+            device.flush()
+        published += CLEAR_WINDOWS * len(shifted)
+        assert sum(d.published["drift"] for d in devices) == published
+        wait_for(lambda: len(stored_drift_windows(plane)) >= published, 60, what="post-rollout windows stored")
+        wait_for(lambda: not open_alert_devices(plane), 30, what="the shifted cameras' alerts to clear")
+        cleared = api.get("/api/v1/drift/alerts", params={"state": "cleared"}).json()
+        assert sorted(a["device_id"] for a in cleared) == device_ids, dump(cleared)
+        new_reference = DriftReference.from_bytes((plane.settings.packages_dir / proposal["new_package_id"]
+                                                   / manifest.drift_reference_file).read_bytes())
+        assert all(a["cleared_reason"] == f"{new_reference.calibration.clear_windows} clean windows under package "
+                   f"{proposal['new_package_id']}" for a in cleared), dump(cleared)
         actions = [e["action"] for e in api.get("/api/v1/governance/audit",
                                                  params={"limit": 200}).json()]
-        for action in ("proposal.opened", "samples.labelled", "retraining.started", "dataset.created",
+        for action in ("alert.opened", "proposal.opened", "samples.labelled", "retraining.started", "dataset.created",
                        "retraining.validated", "release.built", "rollout.proposed", "rollout.approved",
-                       "rollout.started"):
+                       "rollout.started", "alert.cleared"):
             assert action in actions, actions
     finally:
         for device in devices:

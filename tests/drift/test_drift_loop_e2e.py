@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
-from cloud.fleet.tables import DeviceCreate
 from cloud.governance.retrain import accuracy, package_release
 from cloud.monitor.reference import build_reference, run_logits
-from cloud.monitor.tables import DriftAlert, DriftWindowRecord, SampleRecord
+from cloud.monitor.tables import SampleRecord
 from cloud.pipeline.data.dataset import decode_image, scan_imagefolder, store_dataset
 from cloud.pipeline.data.synth import write_synthetic_dataset
 from cloud.pipeline.train.trainer import DEFAULT_SPEC, TrainConfig, export_onnx, train
@@ -34,7 +33,10 @@ from tests.drift.simdevice import (
     default_budget,
     dump,
     labelled_images,
+    open_alert_devices,
     oracle_labels,
+    register_device,
+    stored_drift_windows,
 )
 from tests.support.jobs import wait_for_job
 from tests.support.services import wait_for
@@ -43,28 +45,6 @@ pytestmark = pytest.mark.integration
 
 WINDOW_FRAMES = 40
 EPOCHS = 10
-
-
-def _register(plane, device_id: str) -> str:
-    from cloud.fleet import crud
-    from cloud.security.tables import Role
-    from cloud.security.tokens import create_api_token
-
-    with Session(plane.engine) as session:
-        crud.create_device(session, DeviceCreate(id=device_id))
-        token, _ = create_api_token(session, name=f"{device_id} device", role=Role.DEVICE, device_id=device_id)
-    return token
-
-
-def _windows_stored(plane, expected: int) -> bool:
-    with Session(plane.engine) as session:
-        return len(list(session.exec(select(DriftWindowRecord.id)))) >= expected
-
-
-def _open_alert_devices(plane) -> set[str]:
-    with Session(plane.engine) as session:
-        return {a.device_id for a in session.exec(select(DriftAlert).where(col(DriftAlert.state) == "open"))
-                if a.device_id}
 
 
 # Sensitive to load on a shared 2-core machine (how much arrives before a deadline);
@@ -94,7 +74,7 @@ def test_shifted_devices_alert_retrain_roll_out_and_clear(control_plane, api, tm
     shifted_ids = {"cam-shift-0", "cam-shift-1"}
     devices = []
     for index, device_id in enumerate(["cam-clean-0", "cam-clean-1", "cam-clean-2", "cam-clean-3", *sorted(shifted_ids)]):
-        token = _register(plane, device_id)
+        token = register_device(plane, device_id)
         world = World(seed=100 + index, shift=DARK_AND_BLURRED if device_id in shifted_ids else CLEAN)
         device = SimDevice(device_id=device_id, broker_url=plane.broker_url, topics=plane.topics,
                            api_url=plane.base_url, token=token, packages_dir=settings.packages_dir, world=world,
@@ -106,7 +86,7 @@ def test_shifted_devices_alert_retrain_roll_out_and_clear(control_plane, api, tm
             device.run_windows(12)
             device.flush()
         published = sum(d.published["drift"] for d in devices)
-        wait_for(lambda: _windows_stored(plane, published), 60, what=f"{published} drift windows stored")
+        wait_for(lambda: len(stored_drift_windows(plane)) >= published, 60, what=f"{published} drift windows stored")
 
         # -- alerts for exactly the shifted devices, with evidence -----------------------
         alerts = api.get("/api/v1/drift/alerts", params={"state": "open"}).json()
@@ -200,8 +180,8 @@ def test_shifted_devices_alert_retrain_roll_out_and_clear(control_plane, api, tm
             device.flush()
         published = sum(d.published["drift"] for d in devices)
         assert published == windows_before + 6 * len(devices)
-        wait_for(lambda: _windows_stored(plane, published), 60, what="post-rollout windows stored")
-        wait_for(lambda: not _open_alert_devices(plane), 30, what="alerts to clear")
+        wait_for(lambda: len(stored_drift_windows(plane)) >= published, 60, what="post-rollout windows stored")
+        wait_for(lambda: not open_alert_devices(plane), 30, what="alerts to clear")
         cleared = api.get("/api/v1/drift/alerts", params={"state": "cleared"}).json()
         assert {a["device_id"] for a in cleared} == shifted_ids
         assert all(new_package in (a["cleared_reason"] or "") for a in cleared), dump(cleared)
