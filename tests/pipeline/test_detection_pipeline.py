@@ -160,3 +160,23 @@ def test_detection_dataset_through_the_service(trained_detector: TrainedDetector
     assert loaded.manifest.detection == manifest.detection
     frame = cv2.imread(str(trained_detector.dataset.samples[0].path))
     assert isinstance(InferenceEngine(FrameSlot("newest", depth=1), WindowStats()).detect_frame(loaded, frame), list)
+
+
+def test_the_exported_detector_runs_several_frames_in_one_batch(tmp_path: Path) -> None:
+    """One loaded detector serves several cameras as one batch, so its export keeps the batch axis free."""
+    import onnxruntime as ort
+    import torch
+
+    from cloud.pipeline.train.detector import GridDetector, detection_spec_for, export_detector_onnx
+
+    torch.manual_seed(0)
+    spec = detection_spec_for(96)
+    path = export_detector_onnx(GridDetector(3, width=8, input_size=96), spec, tmp_path / "detector.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    frames = np.random.default_rng(0).uniform(0, 1, size=(3, *spec.input_shape(1)[1:])).astype(np.float32)
+
+    batched = session.run(None, {"input": frames})[0]
+    one_by_one = np.concatenate([session.run(None, {"input": frames[i:i + 1]})[0] for i in range(3)])
+
+    assert batched.shape[0] == 3
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-4, atol=1e-4)

@@ -3,11 +3,13 @@
     python tools/bench/streams.py --quick [--package DIR] [--profile x86-64-avx2]
 
 1. Model: ``--package DIR`` (a package directory: ``manifest.json`` and its artifacts,
-   a classifier or a detector), else the classifier our pipeline builds for the firmware
-   profile (its architecture, width and input size; random weights, since speed does not
-   depend on them), exported with a dynamic batch dimension and packaged (cached). Of the
+   a classifier or a detector), else the grid detector the pipeline trains on synthetic
+   scenes (the detection benchmark's width and input size, trained briefly: speed does
+   not depend on how well), mAP-gated, built for the firmware profile (FP32 and INT8 for
+   each runtime) and packaged by the pipeline itself (cached under .edgefleet/). Of the
    package's artifacts that load here, the fastest on one frame serves, as the agent's
-   runtime selection would pick it.
+   runtime selection would pick it; ``--classifier`` serves the profile's classifier
+   (random weights, FP32) instead.
 2. Cameras: the tests' RTSP harness (GStreamer RTSP server, H.264 640x480 at 15 fps). The
    N cameras are N RTSP sessions, each decoded by its own ffmpeg process as in the agent;
    they share one publisher (shared media: encoded once), so the encoder's CPU does not
@@ -53,6 +55,9 @@ MIN_FPS_SHARE = 0.95
 # ...and the capture-to-result p95 over all frames stays under this.
 MAX_P95_MS = 250.0
 LABELS = ["circle", "square", "triangle", "cross"]
+# The detection benchmark's detector (tools/bench/detection.py): 160 px input, width 64.
+DETECTOR_WIDTH = 64
+DETECTOR_EPOCHS = 8
 
 
 # -- parent: the model package (torch lives only here) -------------------------------
@@ -85,8 +90,37 @@ def build_classifier_package(profile_name: str) -> Path:
     return directory
 
 
+def build_detector_package(profile_name: str) -> Path:
+    """The pipeline's grid detector for ``profile_name``: trained, gated, built and packaged (cached)."""
+    directory = CACHE / f"detector-{profile_name}"
+    marker = directory / "package-dir"
+    if marker.exists() and Path(marker.read_text()).is_dir():
+        return Path(marker.read_text())
+    from cloud.core.db import make_engine, migrate
+    from cloud.pipeline.data.synth_detection import write_detection_dataset
+    from cloud.pipeline.quickstart import detect_train_and_package
+    from cloud.pipeline.train.detector import DetectorConfig
+
+    directory.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{directory / 'pipeline.db'}"
+    migrate(url)
+    data_root = directory / "scenes"
+    if not (data_root / "metadata.csv").exists():
+        write_detection_dataset(data_root, images=600, seed=0)
+    print(f"training the grid detector (width {DETECTOR_WIDTH}) and building it for {profile_name}", file=sys.stderr)
+    result = detect_train_and_package(
+        make_engine(url), data_root=data_root, models_dir=directory / "models", packages_dir=directory / "packages",
+        model_name="bench-detector", hardware_profiles=[profile_name],
+        config=DetectorConfig(epochs=DETECTOR_EPOCHS, width=DETECTOR_WIDTH, seed=0))
+    package = directory / "packages" / result.package_id
+    marker.write_text(str(package))
+    return package
+
+
 def parent(args: argparse.Namespace) -> int:
-    package = Path(args.package) if args.package else build_classifier_package(args.profile)
+    package = (Path(args.package) if args.package
+               else build_classifier_package(args.profile) if args.classifier
+               else build_detector_package(args.profile))
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "result.json"
         command = [sys.executable, __file__, "--child", "--package", str(package), "--profile", args.profile,
@@ -250,7 +284,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             if mode == "per_camera":
                 engines.append(TimedEngine(name=f"cam{index}", batching=BatchSettings(max_batch=1, deadline_s=0.0)))
                 engines[-1].swap(load())
-            source = open_source(url, name=f"cam{index}", stream=StreamSettings(open_timeout_s=20.0))
+            # The agent hands each camera's analysed rate to its decoder (agent.config), so do we.
+            source = open_source(url, name=f"cam{index}",
+                                 stream=StreamSettings(open_timeout_s=20.0, analysed_fps=ANALYSED_FPS))
             pipelines.append(Pipeline(f"cam{index}", source, target_fps=ANALYSED_FPS, sinks=[recorder],
                                       engine=engines[-1]))
         for engine in engines:
@@ -383,8 +419,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short trials, at most 16 cameras (a few minutes)")
-    parser.add_argument("--package", help="a package directory to serve (default: the profile's classifier)")
+    parser.add_argument("--quick", action="store_true", help="short trials, at most 32 cameras (a few minutes)")
+    parser.add_argument("--package", help="a package directory to serve (default: the pipeline's detector)")
+    parser.add_argument("--classifier", action="store_true", help="serve the profile's classifier instead")
     parser.add_argument("--profile", default="x86-64-avx2")
     parser.add_argument("--threads", type=int, default=1, help="inference threads (the agent's default: 1)")
     parser.add_argument("--max-streams", type=int, default=0)
@@ -397,7 +434,7 @@ def main() -> int:
     if args.child:
         Path(args.out).write_text(json.dumps(child(args)))
         return 0
-    args.max_streams = args.max_streams or (16 if args.quick else 48)
+    args.max_streams = args.max_streams or (32 if args.quick else 48)
     args.measure_s = args.measure_s or (5.0 if args.quick else 20.0)
     args.warmup_s = args.warmup_s or (2.0 if args.quick else 5.0)
     return parent(args)

@@ -298,12 +298,17 @@ def train_detector(dataset: DetectionDataset, config: DetectorConfig, spec: Prep
 
 
 def export_detector_onnx(model: GridDetector, spec: PreprocessSpec, path: Path) -> Path:
-    """Export to ONNX (opset 17, batch 1, input ``input``, output ``output0`` in the yolo_raw layout)."""
+    """Export to ONNX (opset 17, input ``input``, output ``output0`` in the yolo_raw layout).
+
+    The batch axis is dynamic, as for classifiers: an agent serving several cameras from
+    one loaded detector runs their frames as one batch.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     with torch.no_grad():
         torch.onnx.export(model, (torch.zeros(spec.input_shape(1)),), str(path), input_names=["input"],
-                          output_names=["output0"], opset_version=17, dynamo=False)
+                          output_names=["output0"], opset_version=17, dynamo=False,
+                          dynamic_axes={"input": {0: "batch"}, "output0": {0: "batch"}})
     return path
 
 
