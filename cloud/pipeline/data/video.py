@@ -33,6 +33,16 @@ __all__ = ["SHIFTS", "VIDEO_SUFFIXES", "DetectionVideoSettings", "SceneShift", "
            "detection_scene_frames", "scene_frames", "write_detection_video", "write_scene_video"]
 
 
+def _check_length(seconds: float, fps: float, frames: int) -> None:
+    """A test video's rate and length, as the ``edgefleet data video`` options name them."""
+    if not 0 < fps <= 120:
+        raise ValueError(f"--fps must be in (0, 120], not {fps:g}")
+    if seconds <= 0 or frames < 1:
+        raise ValueError(f"--seconds {seconds:g} at --fps {fps:g} gives no frame; give a longer video")
+    if frames > 100_000:
+        raise ValueError(f"{frames} frames is too long for a test video; keep --seconds x --fps under 100000")
+
+
 @dataclass(frozen=True)
 class SceneShift:
     """How a shifted scene differs from the training scenes."""
@@ -76,12 +86,7 @@ class VideoSettings:
     shift_at_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.fps <= 120:
-            raise ValueError(f"--fps must be in (0, 120], not {self.fps:g}")
-        if self.seconds <= 0 or self.frames < 1:
-            raise ValueError(f"--seconds {self.seconds:g} at --fps {self.fps:g} gives no frame; give a longer video")
-        if self.frames > 100_000:
-            raise ValueError(f"{self.frames} frames is too long for a test video; keep --seconds x --fps under 100000")
+        _check_length(self.seconds, self.fps, self.frames)
         if not 16 <= self.size <= 1024:
             raise ValueError(f"--size must be 16-1024 px (the dataset's image size), not {self.size}")
         if self.frame_width < self.size or self.frame_height < self.size:
@@ -175,12 +180,7 @@ class DetectionVideoSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.fps <= 120:
-            raise ValueError(f"--fps must be in (0, 120], not {self.fps:g}")
-        if self.seconds <= 0 or self.frames < 1:
-            raise ValueError(f"--seconds {self.seconds:g} at --fps {self.fps:g} gives no frame; give a longer video")
-        if self.frames > 100_000:
-            raise ValueError(f"{self.frames} frames is too long for a test video; keep --seconds x --fps under 100000")
+        _check_length(self.seconds, self.fps, self.frames)
         # The scene generator places 16-56 px shapes: a smaller frame cannot hold them.
         if not (64 <= self.width <= 4096 and 64 <= self.height <= 4096):
             raise ValueError(f"--width and --height must be 64-4096 px for detection scenes, "
