@@ -26,8 +26,8 @@ from tests.drift.simdevice import (
     colour_model,
     dump,
     labelled_images,
+    register_device,
 )
-from tests.drift.test_drift_loop_e2e import _register
 from tests.support.services import wait_for
 
 pytestmark = pytest.mark.integration
@@ -68,7 +68,7 @@ def test_a_confirmed_camera_baseline_silences_a_steady_scene_and_still_catches_a
 
     def camera(device_id: str, seed: int, world: World) -> SimDevice:
         device = SimDevice(device_id=device_id, broker_url=plane.broker_url, topics=plane.topics,
-                           api_url=plane.base_url, token=_register(plane, device_id),
+                           api_url=plane.base_url, token=register_device(plane, device_id),
                            packages_dir=settings.packages_dir, world=world, window_frames=DEFAULT_WINDOW_FRAMES,
                            seed=seed)
         device.install(package_id)

@@ -31,8 +31,8 @@ from tests.drift.simdevice import (
     colour_model,
     dump,
     labelled_images,
+    register_device,
 )
-from tests.drift.test_drift_loop_e2e import _register
 from tests.support.services import wait_for
 from tests.ui.helpers import make_token
 
@@ -60,7 +60,7 @@ def test_two_cameras_of_one_device_drift_apart_and_are_shown_apart(control_plane
         package_id = package_release(session, onnx_path=onnx, labels=labels, model_name="colour",
                                      dataset_id="ds-none", packages_dir=settings.packages_dir,
                                      hardware_profiles=["x86-64-avx2"], reference=reference, spec=DEFAULT_SPEC).id
-    token = _register(plane, DEVICE)
+    token = register_device(plane, DEVICE)
 
     def camera(name: str, seed: int, world: World) -> SimDevice:
         device = SimDevice(device_id=DEVICE, broker_url=plane.broker_url, topics=plane.topics, api_url=plane.base_url,
