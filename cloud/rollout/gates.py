@@ -322,9 +322,13 @@ def _latency_gate(t: GateThresholds, canary: GroupStats, control: GroupStats) ->
                           f"need {t.min_latency_windows} latency windows in each group", numbers)
     assert canary_p95 is not None and control_p95 is not None
     ratio = canary_p95 / max(control_p95, 1e-6)
-    status = GateStatus.FAIL if ratio > t.max_p95_latency_ratio else GateStatus.PASS
-    return GateResult("p95_latency_ratio", status, ratio, t.max_p95_latency_ratio,
-                      f"p95 latency {ratio:.2f}x the control group", numbers)
+    increase_ms = canary_p95 - control_p95
+    slower = ratio > t.max_p95_latency_ratio and increase_ms > t.min_p95_latency_increase_ms
+    status = GateStatus.FAIL if slower else GateStatus.PASS
+    detail = f"p95 latency {ratio:.2f}x the control group"
+    if ratio > t.max_p95_latency_ratio and not slower:
+        detail += f", {increase_ms:.2f} ms slower (under {t.min_p95_latency_increase_ms:g} ms counts as noise)"
+    return GateResult("p95_latency_ratio", status, ratio, t.max_p95_latency_ratio, detail, numbers)
 
 
 def _confidence_gate(t: GateThresholds, canary: GroupStats, control: GroupStats) -> GateResult:

@@ -195,6 +195,10 @@ class GateThresholds(_Strict):
     max_restart_rate_increase: float = Field(default=0.25, ge=0, description="restarts per device, canary minus control")
     min_latency_windows: int = Field(default=3, ge=1)
     max_p95_latency_ratio: float = Field(default=1.5, gt=0, description="median canary p95 / median control p95")
+    # A ratio of two sub-millisecond p95s is scheduling noise on a shared host (0.6 against
+    # 1.1 ms reads as 1.9x): the canary fails on latency only when it is also this much slower.
+    min_p95_latency_increase_ms: float = Field(
+        default=2.0, ge=0, description="canary median p95 minus control median p95 that counts as slower")
     # Model quality.
     max_confidence_drop: float = Field(default=0.15, ge=0, le=1, description="control mean minus canary mean")
     class_distribution_alpha: float = Field(default=0.001, gt=0, lt=1, description="chi-square significance")

@@ -54,6 +54,12 @@ def test_a_healthy_canary_passes_every_gate() -> None:
     assert set(statuses.values()) == {GateStatus.PASS}, statuses
 
 
+def test_a_latency_ratio_of_sub_millisecond_figures_is_not_a_slower_canary() -> None:
+    control = _windows(10, prefix="c", p95=0.6)
+    assert _gates(_windows(3, p95=1.1), control)["p95_latency_ratio"] == GateStatus.PASS
+    assert _gates(_windows(3, p95=2.9), control)["p95_latency_ratio"] == GateStatus.FAIL
+
+
 def test_each_gate_fails_on_its_own_symptom() -> None:
     control = _windows(10, prefix="c")
     assert _gates(_windows(3), control, installs=InstallOutcomes(succeeded=1, failed=2))[
