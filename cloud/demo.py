@@ -22,10 +22,10 @@ from rich.table import Table
 from sqlmodel import Session
 
 from cloud.core.config import Settings
+from cloud.core.timestamps import utc_now
 from cloud.fleet import crud
 from cloud.fleet.liveness import Liveness
 from cloud.fleet.summary import fleet_rows
-from cloud.fleet.tables import utc_now
 from cloud.pipeline.data.synth import write_synthetic_dataset
 from cloud.pipeline.data.synth_detection import write_detection_dataset
 from cloud.pipeline.data.video import (

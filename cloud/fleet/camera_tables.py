@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from cloud.fleet.tables import utc_now
+from cloud.core.timestamps import UtcDateTime, utc_now
 
 __all__ = ["DeviceCamera", "DeviceCameraSet"]
 
@@ -28,8 +28,8 @@ class DeviceCamera(SQLModel, table=True):
     region: dict[str, float] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     package_id: str | None = Field(default=None, max_length=64)
     rtsp_transport: str = Field(default="tcp", max_length=8)
-    created_at: datetime = Field(default_factory=utc_now, sa_type=DateTime(timezone=True))
-    updated_at: datetime = Field(default_factory=utc_now, sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
+    updated_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
 
 class DeviceCameraSet(SQLModel, table=True):
@@ -41,11 +41,11 @@ class DeviceCameraSet(SQLModel, table=True):
     # 0 until an operator first changes the device's cameras (it then runs its config file's).
     desired_revision: int = 0
     last_job_id: str | None = Field(default=None, max_length=64)
-    sent_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    sent_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     applied_revision: int | None = None
     rejected_revision: int | None = None
     error_code: str | None = Field(default=None, max_length=256)
     error: str | None = Field(default=None, max_length=2000)
     # The device's CameraState list from its last status (spec, state, frames, serving package).
     reported: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    reported_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    reported_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

@@ -19,11 +19,12 @@ from sqlmodel import Session, col, select
 
 from agent.contract import CameraConfigCommand, CameraRegion, CameraSpec, DeviceState, StatusReport
 from agent.contract.cameras import camera_set_problems
+from cloud.core.timestamps import utc_now
 from cloud.errors import ConflictError, InvalidInputError
 from cloud.fleet import crud
 from cloud.fleet.camera_reports import set_row as _set_row
 from cloud.fleet.camera_tables import DeviceCamera, DeviceCameraSet
-from cloud.fleet.tables import Package, utc_now
+from cloud.fleet.tables import Package
 from cloud.governance import audit
 
 if TYPE_CHECKING:
@@ -294,8 +295,7 @@ def resend_when_behind(plane: Plane, session: Session, report: object) -> None:
         if (row is None or row.desired_revision == 0 or report.cameras.applied_revision >= row.desired_revision
                 or report.cameras.rejected_revision == row.desired_revision):
             return
-        sent_at = row.sent_at if row.sent_at is None or row.sent_at.tzinfo else row.sent_at.replace(tzinfo=UTC)
-        if sent_at is not None and utc_now() - sent_at < timedelta(seconds=plane.settings.command_ttl_s):
+        if row.sent_at is not None and utc_now() - row.sent_at < timedelta(seconds=plane.settings.command_ttl_s):
             return  # still in flight
         device = crud.get_device(own, report.device_id)
         device.command_seq += 1

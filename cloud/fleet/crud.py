@@ -11,6 +11,7 @@ from sqlmodel import Session, col, select
 
 from agent.contract import DeployCommand, JobState, JobStatusReport, StatusReport, TelemetryReport
 from agent.contract.messages import DeviceState
+from cloud.core.timestamps import utc_now
 from cloud.errors import ConflictError, InvalidInputError, NotFoundError
 from cloud.fleet.tables import (
     Deployment,
@@ -21,7 +22,6 @@ from cloud.fleet.tables import (
     ModelVersion,
     Package,
     TelemetryRecord,
-    utc_now,
 )
 from cloud.rollout.commands import deploy_command
 from cloud.security.ca import refuse_reserved_identity

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from cloud.core.config import Settings
-from cloud.fleet.tables import Device, DevicePublic, TelemetryRecord, utc_now
+from cloud.core.timestamps import utc_now
+from cloud.fleet.tables import Device, DevicePublic, TelemetryRecord
 
 __all__ = ["Liveness", "public_devices", "reporting_intervals"]
 
@@ -46,10 +47,7 @@ class Liveness:
     def online(self, device: Device, interval_s: float | None, now: datetime | None = None) -> bool:
         if not device.online or device.last_seen_at is None:
             return False
-        last_seen = device.last_seen_at
-        if last_seen.tzinfo is None:  # SQLite returns naive datetimes; we store UTC
-            last_seen = last_seen.replace(tzinfo=UTC)
-        silent_s = ((now or utc_now()) - last_seen).total_seconds()
+        silent_s = ((now or utc_now()) - device.last_seen_at).total_seconds()
         return silent_s <= self.silence_allowed_s(interval_s)
 
     def gone_quiet(self, device: Device, interval_s: float | None, now: datetime | None = None) -> bool:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
+from cloud.core.timestamps import utc_now
 from cloud.fleet import crud
 from cloud.fleet.liveness import Liveness
-from cloud.fleet.tables import utc_now
 
 
 def fleet_rows(session: Session, liveness: Liveness) -> list[dict[str, object]]:

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from pydantic import field_validator
-from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from agent.contract import validate_device_id
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _ts(**kwargs: Any) -> Any:
-    return Field(default_factory=utc_now, sa_type=DateTime(timezone=True), **kwargs)
+from cloud.core.timestamps import UtcDateTime, timestamp_field
 
 
 def _json(default_factory: Any) -> Any:
@@ -42,7 +35,7 @@ class DeviceCreate(DeviceBase):
 class Device(DeviceBase, table=True):
     id: str = Field(primary_key=True, max_length=64)
     online: bool = False
-    last_seen_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    last_seen_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     agent_version: str | None = None
     running_model_version: str | None = None
     running_package_id: str | None = None
@@ -51,7 +44,7 @@ class Device(DeviceBase, table=True):
     mqtt_url: str | None = Field(default=None, max_length=512)
     # Per-device command sequence: every command carries a larger one than the last.
     command_seq: int = 0
-    created_at: datetime = _ts()
+    created_at: datetime = timestamp_field()
 
 
 class DevicePublic(DeviceBase):
@@ -85,7 +78,7 @@ class ModelVersion(SQLModel, table=True):
     metrics: dict[str, Any] = _json(dict)
     onnx_path: str
     onnx_sha256: str = Field(max_length=64)
-    created_at: datetime = _ts()
+    created_at: datetime = timestamp_field()
 
 
 class ModelVersionPublic(SQLModel):
@@ -111,7 +104,7 @@ class Package(SQLModel, table=True):
     manifest_sha256: str = Field(max_length=64)
     size_bytes: int
     path: str
-    created_at: datetime = _ts()
+    created_at: datetime = timestamp_field()
 
 
 class PackagePublic(SQLModel):
@@ -149,7 +142,7 @@ class Deployment(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)
     package_id: str = Field(foreign_key="package.id", index=True)
     state: str = Field(default=DeploymentState.IN_PROGRESS, max_length=32)
-    created_at: datetime = _ts()
+    created_at: datetime = timestamp_field()
 
 
 class DeviceJob(SQLModel, table=True):
@@ -162,8 +155,8 @@ class DeviceJob(SQLModel, table=True):
     state: str = Field(default="queued", max_length=32)
     error_code: str | None = None
     error: str | None = None
-    created_at: datetime = _ts()
-    updated_at: datetime = _ts()
+    created_at: datetime = timestamp_field()
+    updated_at: datetime = timestamp_field()
 
 
 class DeviceJobPublic(SQLModel):
@@ -197,8 +190,8 @@ class TelemetryRecord(SQLModel, table=True):
     model_version: str | None = Field(default=None, index=True)
     package_id: str | None = None
     runtime: str | None = None
-    sent_at: datetime = Field(sa_type=DateTime(timezone=True))
-    received_at: datetime = _ts(index=True)
+    sent_at: datetime = Field(sa_type=UtcDateTime)
+    received_at: datetime = timestamp_field(index=True)
     window_s: float
     frames: int
     fps: float

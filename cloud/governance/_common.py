@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from cloud.fleet.tables import utc_now
+from cloud.core.timestamps import utc_now
 from cloud.governance import audit
 from cloud.governance.tables import RetrainingProposal
 from cloud.pipeline.evaluate.detection_gates import DetectionThresholds

@@ -26,9 +26,10 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from agent.contract import DetectionSpec, PreprocessSpec
+from cloud.core.timestamps import utc_now
 from cloud.fleet import crud
 from cloud.fleet.crud import Conflict
-from cloud.fleet.tables import ModelVersion, utc_now
+from cloud.fleet.tables import ModelVersion
 from cloud.governance import audit
 from cloud.governance._common import RetrainSettings, fail
 from cloud.governance.proposals import propose_rollout

@@ -26,9 +26,10 @@ import cv2
 import numpy as np
 from sqlmodel import Session, col, select
 
+from cloud.core.timestamps import utc_now
 from cloud.errors import InvalidInputError
 from cloud.fleet.crud import NotFound
-from cloud.fleet.tables import ModelVersion, Package, utc_now
+from cloud.fleet.tables import ModelVersion, Package
 from cloud.governance import audit
 from cloud.governance.tables import SampleBoxLabel, SampleLabelChange
 from cloud.monitor.tables import SampleBlob, SampleRecord

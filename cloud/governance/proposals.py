@@ -12,8 +12,9 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from cloud.core.timestamps import utc_now
 from cloud.fleet.crud import Conflict, NotFound
-from cloud.fleet.tables import ModelVersion, Package, utc_now
+from cloud.fleet.tables import ModelVersion, Package
 from cloud.governance import audit
 from cloud.governance.tables import RetrainingProposal, RolloutProposal
 from cloud.monitor.tables import DriftAlert

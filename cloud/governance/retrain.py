@@ -32,9 +32,10 @@ from sqlmodel import Session, col, select
 
 from agent.contract import ModelArtifact, PackageManifest, PreprocessSpec, sha256_file
 from agent.contract.drift import IMAGE_FEATURES, DriftReference
+from cloud.core.timestamps import utc_now
 from cloud.fleet import crud
 from cloud.fleet.crud import Conflict
-from cloud.fleet.tables import ModelVersion, Package, utc_now
+from cloud.fleet.tables import ModelVersion, Package
 from cloud.governance import audit
 from cloud.governance._common import MIN_REFERENCE_SAMPLES, RetrainSettings
 from cloud.governance._common import fail as _fail

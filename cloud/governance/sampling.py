@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
-from cloud.fleet.tables import utc_now
+from cloud.core.timestamps import as_utc, utc_now
 from cloud.monitor.tables import SampleRecord
 
 __all__ = ["RATE_WINDOW", "SamplingEstimate", "estimate_random_stream"]
@@ -28,9 +28,6 @@ RATE_SETTINGS = ("monitoring.random_probability", "monitoring.per_minute_count",
                  "monitoring.per_day_count")
 
 
-def _aware(moment: datetime) -> datetime:
-    # SQLite returns naive datetimes; every stored time is UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=utc_now().tzinfo)
 
 
 @dataclass(frozen=True)
@@ -97,7 +94,7 @@ def estimate_random_stream(session: Session, device_ids: list[str], needed: int,
     recent_by_device: dict[str, list[datetime]] = {device: [] for device in device_ids}
     first_seen: dict[str, datetime] = {}
     for device, received in rows:
-        received = _aware(received)
+        received = as_utc(received)
         have_by_device[device] = have_by_device.get(device, 0) + 1
         first_seen[device] = min(first_seen.get(device, received), received)
         if received >= now - RATE_WINDOW:

@@ -5,14 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime
+from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
-from cloud.fleet.tables import utc_now
-
-
-def _ts(**kwargs: Any) -> Any:
-    return Field(default_factory=utc_now, sa_type=DateTime(timezone=True), **kwargs)
+from cloud.core.timestamps import UtcDateTime, timestamp_field
 
 
 def _json(default_factory: Any) -> Any:
@@ -25,7 +21,7 @@ class AuditEvent(SQLModel, table=True):
     __tablename__ = "audit_event"
 
     id: int | None = Field(default=None, primary_key=True)
-    at: datetime = _ts(index=True)
+    at: datetime = timestamp_field(index=True)
     actor: str = Field(max_length=128)
     action: str = Field(index=True, max_length=64)
     subject_type: str = Field(max_length=32)
@@ -41,8 +37,8 @@ class RetrainingProposal(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=32)
     # open → training → validated | rejected → rollout_proposed
     state: str = Field(default="open", index=True, max_length=24)
-    created_at: datetime = _ts()
-    updated_at: datetime = _ts()
+    created_at: datetime = timestamp_field()
+    updated_at: datetime = timestamp_field()
     created_by: str = Field(max_length=128)
     base_model_version: str | None = Field(default=None, max_length=128)
     base_package_id: str | None = Field(default=None, max_length=64)
@@ -70,10 +66,10 @@ class RolloutProposal(SQLModel, table=True):
     state: str = Field(default="pending", index=True, max_length=16)
     auto_approved: bool = False
     decided_by: str | None = Field(default=None, max_length=128)
-    decided_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    decided_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     rollout_id: str | None = Field(default=None, max_length=64)
     deployment_id: str | None = Field(default=None, max_length=64)
-    created_at: datetime = _ts()
+    created_at: datetime = timestamp_field()
     reason: str = Field(default="", max_length=512)
 
 
@@ -89,7 +85,7 @@ class DatasetLineage(SQLModel, table=True):
     store_path: str = ""
     proposal_id: str | None = Field(default=None, max_length=32)
     created_by: str = Field(max_length=128)
-    created_at: datetime = _ts()
+    created_at: datetime = timestamp_field()
 
 
 class SampleLabelChange(SQLModel, table=True):
@@ -103,7 +99,7 @@ class SampleLabelChange(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     sample_id: str = Field(index=True, max_length=64)
-    at: datetime = _ts()
+    at: datetime = timestamp_field()
     actor: str = Field(max_length=128)
     old_label: str | None = Field(default=None, max_length=256)
     new_label: str | None = Field(default=None, max_length=256)
@@ -127,4 +123,4 @@ class SampleBoxLabel(SQLModel, table=True):
     sample_id: str = Field(primary_key=True, max_length=64)
     boxes: list[dict[str, Any]] = _json(list)
     labelled_by: str = Field(default="", max_length=128)
-    labelled_at: datetime = _ts()
+    labelled_at: datetime = timestamp_field()

@@ -14,8 +14,9 @@ from typing import Any
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
+from cloud.core.timestamps import utc_now
 from cloud.errors import ConflictError, NotFoundError
-from cloud.jobs.tables import FINAL_STATES, JOB_KINDS, JOB_STATES, Job, utc_now
+from cloud.jobs.tables import FINAL_STATES, JOB_KINDS, JOB_STATES, Job
 
 __all__ = ["LOG_LINES", "append_log", "claim", "create_job", "finish", "get_job", "heartbeat", "list_jobs",
            "reap_lost", "report_progress", "request_cancel", "set_queue_ref"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Text
+from sqlalchemy import JSON, Column, Text
 from sqlmodel import Field, SQLModel
+
+from cloud.core.timestamps import UtcDateTime, utc_now
 
 __all__ = ["FINAL_STATES", "JOB_KINDS", "JOB_STATES", "Job"]
 
@@ -14,9 +16,6 @@ JOB_KINDS = ("train", "build", "import", "retrain")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Job(SQLModel, table=True):
@@ -41,11 +40,11 @@ class Job(SQLModel, table=True):
     worker: str | None = Field(default=None, max_length=128)
     # The queue's own id for the job (procrastinate's job id), so a queued job can be withdrawn.
     queue_ref: str | None = Field(default=None, max_length=64)
-    created_at: datetime = Field(default_factory=utc_now, sa_type=DateTime(timezone=True))
-    started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
+    started_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     # Written by the worker every few seconds while the job runs; a stale one means the worker is gone.
-    heartbeat_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    heartbeat_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "state": self.state, "progress": round(self.progress, 4),
@@ -58,6 +57,4 @@ class Job(SQLModel, table=True):
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
-        value = value.replace(tzinfo=UTC)
     return value.isoformat()

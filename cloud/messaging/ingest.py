@@ -44,9 +44,9 @@ from agent.contract import (
     Topics,
     parse_report,
 )
+from cloud.core.timestamps import utc_now
 from cloud.fleet import crud
 from cloud.fleet.camera_reports import store_reported_cameras
-from cloud.fleet.tables import utc_now
 from cloud.workers.counters import IngestCounters
 
 __all__ = ["BatchPlan", "IngestCounters", "Rejection", "ReportIngest", "classify", "plan_batch"]

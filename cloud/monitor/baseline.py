@@ -22,8 +22,9 @@ from sqlmodel import Session, col, func, select
 
 from agent.contract import DriftReport
 from agent.contract.drift import DriftReference, decode_histograms
+from cloud.core.timestamps import utc_now
 from cloud.errors import ConflictError, NotFoundError
-from cloud.fleet.tables import Device, utc_now
+from cloud.fleet.tables import Device
 from cloud.governance import audit
 from cloud.monitor.config import MonitorSettings
 from cloud.monitor.stats import evaluate_window

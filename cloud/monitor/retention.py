@@ -19,7 +19,7 @@ from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
 from agent.contract.drift import decode_histograms, encode_histograms
-from cloud.fleet.tables import utc_now
+from cloud.core.timestamps import utc_now
 from cloud.governance.tables import DatasetLineage
 from cloud.monitor.config import MonitorSettings
 from cloud.monitor.tables import DriftWindowRecord, SampleBlob, SampleRecord

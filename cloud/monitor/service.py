@@ -24,8 +24,9 @@ from sqlmodel import Session, col, select
 from agent.contract import DriftReport, PackageManifest, Report, SampleReport, sha256_bytes
 from agent.contract.drift import DriftReference, decode_histograms
 from agent.contract.messages import DetectionDrift
+from cloud.core.timestamps import utc_now
 from cloud.errors import NotFoundError
-from cloud.fleet.tables import Device, Package, utc_now
+from cloud.fleet.tables import Device, Package
 from cloud.governance import audit
 from cloud.governance.proposals import attach_alert
 from cloud.monitor import baseline

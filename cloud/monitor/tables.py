@@ -9,14 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from cloud.fleet.tables import utc_now
-
-
-def _ts(**kwargs: Any) -> Any:
-    return Field(default_factory=utc_now, sa_type=DateTime(timezone=True), **kwargs)
+from cloud.core.timestamps import UtcDateTime, timestamp_field
 
 
 def _json(default_factory: Any) -> Any:
@@ -37,9 +33,9 @@ class DriftWindowRecord(SQLModel, table=True):
     model_version: str | None = Field(default=None, max_length=128)
     package_id: str | None = Field(default=None, index=True, max_length=64)
     window_seq: int = 0
-    window_started_at: datetime = Field(sa_type=DateTime(timezone=True))
-    window_ended_at: datetime = Field(sa_type=DateTime(timezone=True))
-    received_at: datetime = _ts(index=True)
+    window_started_at: datetime = Field(sa_type=UtcDateTime)
+    window_ended_at: datetime = Field(sa_type=UtcDateTime)
+    received_at: datetime = timestamp_field(index=True)
     frames: int = 0
     frames_seen: int = 0
     features: list[str] = _json(list)
@@ -76,7 +72,7 @@ class DriftDetectorState(SQLModel, table=True):
     clean_run: int = 0
     clean_streak: int = 0
     windows: int = 0
-    updated_at: datetime = _ts()
+    updated_at: datetime = timestamp_field()
 
 
 class DriftAlert(SQLModel, table=True):
@@ -90,8 +86,8 @@ class DriftAlert(SQLModel, table=True):
     package_id: str | None = Field(default=None, max_length=64)
     model_version: str | None = Field(default=None, max_length=128)
     state: str = Field(default="open", index=True, max_length=16)  # "open" or "cleared"
-    opened_at: datetime = _ts()
-    cleared_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    opened_at: datetime = timestamp_field()
+    cleared_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     cleared_reason: str | None = Field(default=None, max_length=256)
     score: float = 0.0
     window_ids: list[int] = _json(list)
@@ -108,7 +104,7 @@ class SampleBlob(SQLModel, table=True):
     device_id: str = Field(index=True, max_length=64)
     content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     size_bytes: int
-    created_at: datetime = _ts(index=True)
+    created_at: datetime = timestamp_field(index=True)
 
 
 class SampleRecord(SQLModel, table=True):
@@ -127,8 +123,8 @@ class SampleRecord(SQLModel, table=True):
     package_id: str | None = Field(default=None, max_length=64)
     sampler: str = Field(max_length=16)
     reason: str = Field(default="", max_length=256)
-    captured_at: datetime = Field(sa_type=DateTime(timezone=True))
-    received_at: datetime = _ts(index=True)
+    captured_at: datetime = Field(sa_type=UtcDateTime)
+    received_at: datetime = timestamp_field(index=True)
     predicted_label: str | None = Field(default=None, max_length=256)
     confidence: float | None = None
     features: dict[str, float] = _json(dict)
@@ -144,7 +140,7 @@ class SampleRecord(SQLModel, table=True):
     status: str = Field(default="unlabelled", index=True, max_length=16)
     label: str | None = Field(default=None, max_length=256)
     labelled_by: str | None = Field(default=None, max_length=128)
-    labelled_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    labelled_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
 class DriftBaseline(SQLModel, table=True):
@@ -179,7 +175,7 @@ class DriftBaseline(SQLModel, table=True):
     # much the baseline's own windows differ from one another.
     k: float | None = None
     loo_scores: list[float] = _json(list)
-    created_at: datetime = _ts()
-    proposed_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    confirmed_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    created_at: datetime = timestamp_field()
+    proposed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    confirmed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     confirmed_by: str | None = Field(default=None, max_length=128)

@@ -24,8 +24,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 from cloud.core.plane import Plane
+from cloud.core.timestamps import utc_now
 from cloud.fleet.liveness import Liveness, reporting_intervals
-from cloud.fleet.tables import Deployment, Device, DeviceJob, utc_now
+from cloud.fleet.tables import Deployment, Device, DeviceJob
 
 __all__ = ["INGEST_REJECT_REASONS", "ControlPlaneCollector", "install_metrics", "metrics_registry"]
 

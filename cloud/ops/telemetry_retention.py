@@ -37,7 +37,8 @@ from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
-from cloud.fleet.tables import TelemetryRecord, utc_now
+from cloud.core.timestamps import utc_now
+from cloud.fleet.tables import TelemetryRecord
 from cloud.workers.counters import RetentionCounters
 from cloud.workers.leader import Lease
 from cloud.workers.tables import LeaderLease, TelemetryRollup

@@ -6,7 +6,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from agent.contract import TelemetryReport
-from cloud.fleet.tables import utc_now
+from cloud.core.timestamps import utc_now
 from cloud.rollout.tables import RolloutWindow
 
 __all__ = ["record_rollout_window"]

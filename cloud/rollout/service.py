@@ -9,16 +9,17 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter, defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from cloud.core.timestamps import utc_now
 from cloud.fleet.camera_tables import DeviceCameraSet
 from cloud.fleet.crud import Conflict, NotFound
-from cloud.fleet.tables import Device, Package, TelemetryRecord, utc_now
+from cloud.fleet.tables import Device, Package, TelemetryRecord
 from cloud.governance import audit
 from cloud.monitor.tables import DriftWindowRecord
 from cloud.rollout.camera_view import DEFAULT_CAMERA, CameraWindow, camera_figures
@@ -318,10 +319,7 @@ CAMERA_FIGURES_MAX_S = 3600.0
 
 def cameras_since(rollout: Rollout) -> datetime:
     """Where per-camera figures start: the current phase's start, at most CAMERA_FIGURES_MAX_S ago."""
-    started = rollout.phase_started_at
-    # SQLite returns naive datetimes for timezone-aware columns; everything here is UTC.
-    started = started if started.tzinfo is not None else started.replace(tzinfo=UTC)
-    return max(started, utc_now() - timedelta(seconds=CAMERA_FIGURES_MAX_S))
+    return max(rollout.phase_started_at, utc_now() - timedelta(seconds=CAMERA_FIGURES_MAX_S))
 
 
 def device_cameras(session: Session, device_ids: list[str], since: datetime) -> dict[str, list[dict[str, Any]]]:

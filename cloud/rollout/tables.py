@@ -5,14 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from cloud.fleet.tables import utc_now
-
-
-def _ts(**kwargs: Any) -> Any:
-    return Field(default_factory=utc_now, sa_type=DateTime(timezone=True), **kwargs)
+from cloud.core.timestamps import UtcDateTime, timestamp_field
 
 
 def _json(default_factory: Any) -> Any:
@@ -29,7 +25,7 @@ class Rollout(SQLModel, table=True):
     stage: int = 0
     # "shadow" while the stage's devices run the candidate beside the active model, else "install".
     phase: str = Field(default="install", max_length=16)
-    phase_started_at: datetime = _ts()
+    phase_started_at: datetime = timestamp_field()
     # The stage an operator approved to move past (pause-for-approval, or too few samples).
     approved_stage: int | None = None
     halted_strata: list[str] = _json(list)
@@ -41,10 +37,10 @@ class Rollout(SQLModel, table=True):
     evaluation: dict[str, Any] = _json(dict)
     # Dispatch rate limit as a token bucket kept on the row, so it holds across engines.
     dispatch_budget: float = 0.0
-    budget_at: datetime = _ts()
-    created_at: datetime = _ts()
-    updated_at: datetime = _ts()
-    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    budget_at: datetime = timestamp_field()
+    created_at: datetime = timestamp_field()
+    updated_at: datetime = timestamp_field()
+    finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
 class RolloutDevice(SQLModel, table=True):
@@ -63,11 +59,11 @@ class RolloutDevice(SQLModel, table=True):
     previous_package_id: str | None = Field(default=None, max_length=64)
     previous_model_version: str | None = Field(default=None, max_length=128)
     state: str = Field(max_length=32)
-    state_since: datetime = _ts()
+    state_since: datetime = timestamp_field()
     reason: str = Field(default="", max_length=500)
     attempts: int = 0
     job_id: str | None = Field(default=None, max_length=64)
-    dispatched_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    dispatched_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     shadow_job_id: str | None = Field(default=None, max_length=64)
     # Offline events seen after the device received the candidate (restart signal).
     restarts: int = 0
@@ -84,7 +80,7 @@ class RolloutDecision(SQLModel, table=True):
     actor: str = Field(default="engine", max_length=64)
     reason: str = Field(max_length=4000)
     numbers: dict[str, Any] = _json(dict)
-    created_at: datetime = _ts()
+    created_at: datetime = timestamp_field()
 
 
 class DeviceLabel(SQLModel, table=True):
@@ -108,7 +104,7 @@ class RolloutWindow(SQLModel, table=True):
 
     message_id: str = Field(primary_key=True, max_length=64)
     device_id: str = Field(max_length=64, index=True)
-    received_at: datetime = _ts(index=True)
+    received_at: datetime = timestamp_field(index=True)
     model_version: str | None = Field(default=None, max_length=128)
     invalid_outputs: int = 0
     shadow_package_id: str | None = Field(default=None, max_length=64)

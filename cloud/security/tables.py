@@ -6,15 +6,12 @@ so a fast hash is enough: there is no password to brute-force.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import DateTime
 from sqlmodel import Field, SQLModel
 
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+from cloud.core.timestamps import UtcDateTime, utc_now
 
 
 class Role(StrEnum):
@@ -37,10 +34,10 @@ class ApiToken(SQLModel, table=True):
     role: str = Field(max_length=16)
     token_sha256: str = Field(max_length=64, unique=True, index=True)
     device_id: str | None = Field(default=None, max_length=64, index=True)
-    created_at: datetime = Field(default_factory=utc_now, sa_type=DateTime(timezone=True))
-    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     # None: no expiry (device tokens, which end with the device's enrollment, and older rows).
-    expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    expires_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
 class ApiTokenPublic(SQLModel):
@@ -64,8 +61,8 @@ class DashboardSession(SQLModel, table=True):
 
     id_sha256: str = Field(primary_key=True, max_length=64)
     token_id: str = Field(foreign_key="api_token.id", max_length=32, index=True)
-    created_at: datetime = Field(default_factory=utc_now, sa_type=DateTime(timezone=True))
-    expires_at: datetime = Field(sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
+    expires_at: datetime = Field(sa_type=UtcDateTime)
 
 
 class EnrollmentToken(SQLModel, table=True):
@@ -75,9 +72,9 @@ class EnrollmentToken(SQLModel, table=True):
     device_id: str = Field(max_length=64, index=True)
     hardware_profile: str = Field(default="x86-64-avx2", max_length=64)
     token_sha256: str = Field(max_length=64, unique=True, index=True)
-    expires_at: datetime = Field(sa_type=DateTime(timezone=True))
-    used_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    created_at: datetime = Field(default_factory=utc_now, sa_type=DateTime(timezone=True))
+    expires_at: datetime = Field(sa_type=UtcDateTime)
+    used_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
 
 
 class DeviceCertificate(SQLModel, table=True):
@@ -86,9 +83,9 @@ class DeviceCertificate(SQLModel, table=True):
     # Serials are 159-bit random numbers: stored as decimal text, portable across databases.
     serial: str = Field(primary_key=True, max_length=64)
     device_id: str = Field(max_length=64, index=True)
-    not_after: datetime = Field(sa_type=DateTime(timezone=True))
-    created_at: datetime = Field(default_factory=utc_now, sa_type=DateTime(timezone=True))
-    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    not_after: datetime = Field(sa_type=UtcDateTime)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
 class RevokedDevice(SQLModel, table=True):
@@ -101,6 +98,6 @@ class RevokedDevice(SQLModel, table=True):
     __tablename__ = "revoked_device"
 
     device_id: str = Field(primary_key=True, max_length=64)
-    revoked_at: datetime = Field(default_factory=utc_now, sa_type=DateTime(timezone=True))
+    revoked_at: datetime = Field(default_factory=utc_now, sa_type=UtcDateTime)
     revoked_by: str = Field(default="", max_length=128)
-    readmitted_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    readmitted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

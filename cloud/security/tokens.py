@@ -128,10 +128,8 @@ def principal_for_row(row: ApiToken | None) -> Principal | None:
     """The principal an api_token row stands for now: None if missing or revoked; ``TokenExpired`` if expired."""
     if row is None or row.revoked_at is not None:
         return None
-    if row.expires_at is not None:
-        expires_at = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
-        if expires_at <= datetime.now(UTC):
-            raise TokenExpired(row.name)
+    if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
+        raise TokenExpired(row.name)
     return Principal(Role(row.role), row.name, row.device_id, row.id)
 
 
@@ -186,8 +184,7 @@ def redeem_enrollment_token(session: Session, token: str) -> EnrollmentToken:
         raise EnrollmentRefused("unknown enrollment token")
     if row.used_at is not None:
         raise EnrollmentRefused("enrollment token was already used; ask an admin for a new one")
-    expires_at = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
-    if expires_at < datetime.now(UTC):
+    if row.expires_at < datetime.now(UTC):
         raise EnrollmentRefused("enrollment token expired; ask an admin for a new one")
     if is_revoked_device(session, row.device_id):
         raise DeviceRevokedError(row.device_id)

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, case, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
-from cloud.fleet.tables import utc_now
+from cloud.core.timestamps import utc_now
 from cloud.workers.tables import LeaderLease
 
 __all__ = ["Lease"]

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from cloud.core.timestamps import UtcDateTime
 
 __all__ = ["LeaderLease", "TelemetryRollup"]
 
@@ -31,7 +33,7 @@ class TelemetryRollup(SQLModel, table=True):
     device_id: str = Field(max_length=64, index=True)
     # "" rather than NULL: NULLs never collide in a unique constraint.
     model_version: str = Field(default="", max_length=128)
-    bucket_start: datetime = Field(sa_type=DateTime(timezone=True))
+    bucket_start: datetime = Field(sa_type=UtcDateTime)
     reports: int = 0
     frames: int = 0
     window_s: float = 0.0
@@ -55,7 +57,7 @@ class LeaderLease(SQLModel, table=True):
 
     name: str = Field(primary_key=True, max_length=64)
     holder: str = Field(max_length=128)
-    expires_at: datetime = Field(sa_type=DateTime(timezone=True))
+    expires_at: datetime = Field(sa_type=UtcDateTime)
     term: int = 1
 
     def describe(self) -> dict[str, Any]:

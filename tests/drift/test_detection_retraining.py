@@ -39,7 +39,8 @@ from agent.infer.detect import detect
 from agent.preprocess import preprocess
 from cloud.cli import app
 from cloud.cli.client import Exit
-from cloud.fleet.tables import Device, ModelVersion, Package, utc_now
+from cloud.core.timestamps import utc_now
+from cloud.fleet.tables import Device, ModelVersion, Package
 from cloud.governance.audit import list_events
 from cloud.governance.labelling import LabelError, accept_labels, box_labels, label_history
 from cloud.governance.tables import DatasetLineage

@@ -9,8 +9,9 @@ from sqlmodel import Session, SQLModel, create_engine, select
 
 import cloud.rollout.tables  # the rollout engine's tables, for approval
 import cloud.security.tables  # noqa: F401
+from cloud.core.timestamps import utc_now
 from cloud.fleet.crud import Conflict
-from cloud.fleet.tables import Device, ModelVersion, Package, utc_now
+from cloud.fleet.tables import Device, ModelVersion, Package
 from cloud.governance.audit import list_events
 from cloud.governance.labelling import LabelError, accept_labels
 from cloud.governance.proposals import approve_rollout, attach_alert, propose_rollout, reject_rollout

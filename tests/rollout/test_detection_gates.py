@@ -154,7 +154,7 @@ def test_the_ingest_listener_keeps_detection_parts_and_box_matches_for_the_engin
 
     from agent.contract import ShadowWindow, TelemetryReport
     from agent.contract.messages import DetectionWindow
-    from cloud.fleet.tables import utc_now
+    from cloud.core.timestamps import utc_now
     from cloud.rollout.listener import record_rollout_window
     from cloud.rollout.service import detection_parts
     from cloud.rollout.tables import RolloutWindow

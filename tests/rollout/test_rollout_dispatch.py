@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud.rollout.engine import EngineConfig, RolloutEngine, aware
+from cloud.core.timestamps import as_utc
+from cloud.rollout.engine import EngineConfig, RolloutEngine
 from tests.rollout.fleet_helpers import ARM, X86, create, fast_spec, publish_constant, rows, start_fleet
 
 pytestmark = pytest.mark.integration
@@ -36,7 +37,7 @@ def test_dispatch_rate_limit_and_maintenance_window(plane, api, tmp_path: Path) 
         engine = _engine(plane, published)
         spec = fast_spec("paced", {"package_id": new.package_id}, stages=[{"percent": 100}], dispatch_rate_per_s=3)
         detail = create(api, spec)
-        created = aware(datetime.fromisoformat(detail["created_at"]))
+        created = as_utc(datetime.fromisoformat(detail["created_at"]))
         engine.tick_rollout(detail["id"], created + timedelta(seconds=1))
         assert len(published) == 3  # one second's budget at 3 per second
         engine.tick_rollout(detail["id"], created + timedelta(seconds=2))
@@ -55,7 +56,7 @@ def test_dispatch_rate_limit_and_maintenance_window(plane, api, tmp_path: Path) 
         api.post(f"/api/v1/rollouts/{detail['id']}/cancel")
         second = create(api, windowed)
         published.clear()
-        moment = aware(datetime.fromisoformat(second["created_at"]))
+        moment = as_utc(datetime.fromisoformat(second["created_at"]))
         engine.tick_rollout(second["id"], moment + timedelta(seconds=1))
         assert published == [] and {r["state"] for r in rows(api, second["id"]).values()} == {"pending"}
         engine.tick_rollout(second["id"], moment + timedelta(hours=2, minutes=30))

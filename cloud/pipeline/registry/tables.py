@@ -10,18 +10,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime
+from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
-from cloud.fleet.tables import utc_now
+from cloud.core.timestamps import timestamp_field
 
 
 def _json(default_factory: Any) -> Any:
     return Field(default_factory=default_factory, sa_column=Column(JSON, nullable=False))
 
-
-def _ts() -> Any:
-    return Field(default_factory=utc_now, sa_type=DateTime(timezone=True))
 
 
 class DatasetRecord(SQLModel, table=True):
@@ -37,7 +34,7 @@ class DatasetRecord(SQLModel, table=True):
     issues: list[dict[str, str]] = _json(list)
     image_count: int = 0
     excluded_count: int = 0
-    created_at: datetime = _ts()
+    created_at: datetime = timestamp_field()
 
 
 class DatasetPublic(SQLModel):
@@ -76,4 +73,4 @@ class ModelBuild(SQLModel, table=True):
     # Per profile and target: built | rejected | not_built | built_on_device | built_externally, with a message.
     notes: list[dict[str, Any]] = _json(list)
     package_id: str | None = Field(default=None, max_length=64)
-    created_at: datetime = _ts()
+    created_at: datetime = timestamp_field()
