@@ -49,24 +49,44 @@ class Detection:
 
 @dataclass(frozen=True)
 class Candidates:
-    """Decoded boxes before suppression, in model-input pixels (x1, y1, x2, y2)."""
+    """Decoded boxes before suppression, highest score first (stable: ties keep output order).
 
-    xyxy: FloatArray
+    ``columns`` is (4, K): the x1, y1, x2, y2 rows in model-input pixels. Every later step
+    (pairwise IoU, mapping back to the frame) works a coordinate at a time, so boxes are
+    kept as contiguous coordinate rows and sorted once, here.
+    """
+
+    columns: FloatArray
     scores: FloatArray
     class_ids: IntArray
 
+    @property
+    def xyxy(self) -> FloatArray:
+        """The boxes as (K, 4) rows of x1, y1, x2, y2."""
+        return np.asarray(self.columns.T)
+
     def select(self, keep: npt.NDArray[np.intp] | npt.NDArray[np.bool_]) -> Candidates:
-        return Candidates(self.xyxy[keep], self.scores[keep], self.class_ids[keep])
+        return Candidates(self.columns[:, keep], self.scores[keep], self.class_ids[keep])
 
 
 def _sigmoid(values: FloatArray) -> FloatArray:
     return np.asarray(1.0 / (1.0 + np.exp(-values)), dtype=np.float32)
 
 
-def _cxcywh_to_xyxy(boxes: FloatArray) -> FloatArray:
-    # Centre and half size as (K, 2) pairs: three array operations per frame, not nine.
-    centre, half = boxes[:, :2], boxes[:, 2:4] / 2
-    return np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
+def _centre_size_to_corners(centre_size: FloatArray) -> FloatArray:
+    """(4, K) rows of centre-x, centre-y, width, height -> (4, K) rows of x1, y1, x2, y2."""
+    centre, half = centre_size[:2], centre_size[2:] * np.float32(0.5)
+    # Written into a C-ordered array: a fancy-indexed input is Fortran-ordered, and every
+    # later (n, n) step over its rows runs several times slower on strided memory.
+    corners = np.empty((4, centre_size.shape[1]), dtype=np.float32)
+    np.subtract(centre, half, out=corners[:2])
+    np.add(centre, half, out=corners[2:])
+    return corners
+
+
+def _by_score(scores: FloatArray) -> npt.NDArray[np.intp]:
+    # Stable: equal scores keep their output order, so results are deterministic.
+    return np.argsort(-scores, kind="stable")
 
 
 def _drop_batch(output: npt.NDArray[np.generic], layout: str) -> FloatArray:
@@ -95,12 +115,13 @@ def decode_yolo_raw(output: npt.NDArray[np.generic], num_classes: int, *, score_
     class_scores = array[4:]
     if scores_are_logits:
         class_scores = _sigmoid(class_scores)
-    # Threshold on each column's best score first, then find the class of the few kept.
+    # Threshold on each column's best score first, then sort and classify the few kept.
     best = class_scores.max(axis=0)
     columns = np.flatnonzero(best > score_threshold)
+    columns = columns[_by_score(best[columns])]
     class_ids = class_scores[:, columns].argmax(axis=0)
-    return Candidates(_cxcywh_to_xyxy(array[:4, columns].T), best[columns].astype(np.float32),
-                      class_ids.astype(np.int64))
+    return Candidates(_centre_size_to_corners(array[:4, columns]), best[columns].astype(np.float32, copy=False),
+                      class_ids.astype(np.int64, copy=False))
 
 
 def decode_yolov5(output: npt.NDArray[np.generic], num_classes: int, *, score_threshold: float,
@@ -119,9 +140,10 @@ def decode_yolov5(output: npt.NDArray[np.generic], num_classes: int, *, score_th
         objectness, class_scores = _sigmoid(objectness), _sigmoid(class_scores)
     class_ids = np.argmax(class_scores, axis=1)
     scores = objectness * class_scores[np.arange(array.shape[0]), class_ids]
-    keep = scores > score_threshold
-    return Candidates(_cxcywh_to_xyxy(array[keep, :4]), scores[keep].astype(np.float32),
-                      class_ids[keep].astype(np.int64))
+    rows = np.flatnonzero(scores > score_threshold)
+    rows = rows[_by_score(scores[rows])]
+    return Candidates(_centre_size_to_corners(array[rows, :4].T), scores[rows].astype(np.float32, copy=False),
+                      class_ids[rows].astype(np.int64, copy=False))
 
 
 def decode_nms_in_graph(output: npt.NDArray[np.generic], num_classes: int, *, score_threshold: float) -> Candidates:
@@ -134,12 +156,12 @@ def decode_nms_in_graph(output: npt.NDArray[np.generic], num_classes: int, *, sc
     if array.shape[1] != 6:
         raise ValueError(f"nms_in_graph: expected 6 columns (x1, y1, x2, y2, score, class), "
                          f"got output shape {list(array.shape)}")
-    keep = array[:, 4] > score_threshold
-    kept = array[keep]
+    rows = np.flatnonzero(array[:, 4] > score_threshold)
+    kept = array[rows[_by_score(array[rows, 4])]]
     class_ids = np.rint(kept[:, 5]).astype(np.int64)
     if len(class_ids) and (class_ids.min() < 0 or class_ids.max() >= num_classes):
         raise ValueError(f"nms_in_graph: class ids {sorted(set(class_ids.tolist()))} outside 0..{num_classes - 1}")
-    return Candidates(np.ascontiguousarray(kept[:, :4]), kept[:, 4].copy(), class_ids)
+    return Candidates(np.ascontiguousarray(kept[:, :4].T), kept[:, 4].copy(), class_ids)
 
 
 def box_iou(box: FloatArray, boxes: FloatArray) -> FloatArray:
@@ -154,34 +176,32 @@ def box_iou(box: FloatArray, boxes: FloatArray) -> FloatArray:
 
 
 # Up to this many candidates NMS computes their pairwise IoU matrix in one vectorised step
-# (n x n float64: 2 MB at 512); beyond it, one IoU row per kept box, to bound memory.
+# (a few n x n float64 arrays: 2 MB each at 512); beyond it, one IoU row per kept box.
 _NMS_MATRIX_MAX = 512
 
 
-def _iou_rows(columns: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Pairwise IoU of n x1y1x2y2 boxes given as (4, n) contiguous columns, the same arithmetic as :func:`box_iou`.
+def _suppression_matrix(columns: npt.NDArray[np.float64], iou_threshold: float) -> npt.NDArray[np.bool_]:
+    """``[i, j]``: box i overlaps box j by IoU over ``iou_threshold``; boxes as (4, n) x1, y1, x2, y2 rows.
 
-    Each coordinate is a contiguous column and every step an (n, n) array written in
-    place: numpy's cost here is per call and per inner loop, so (n, n, 2) corner pairs,
-    whose inner loops are two elements long, are several times slower at the 30-60
-    candidates a trained detector leaves above its threshold.
+    The same arithmetic as :func:`box_iou`, compared without the division (IoU > t is
+    intersection > t x union; an empty union has an empty intersection, so never). The
+    x and y pairs are computed together as (2, n, n) arrays whose inner loops are n long:
+    numpy's cost at the 30-60 candidates a trained detector leaves is per call, and a
+    decode that runs right after inference finds little of it in the caches, so fewer
+    calls is what makes it faster.
     """
-    x1, y1, x2, y2 = columns
-    overlap_w = np.minimum(x2[:, None], x2[None, :])
-    overlap_w -= np.maximum(x1[:, None], x1[None, :])
-    np.maximum(overlap_w, 0.0, out=overlap_w)
-    overlap_h = np.minimum(y2[:, None], y2[None, :])
-    overlap_h -= np.maximum(y1[:, None], y1[None, :])
-    np.maximum(overlap_h, 0.0, out=overlap_h)
-    intersection = overlap_w
-    intersection *= overlap_h
-    areas = np.maximum(x2 - x1, 0.0) * np.maximum(y2 - y1, 0.0)
+    low, high = columns[:2], columns[2:]
+    overlap = np.minimum(high[:, :, None], high[:, None, :])
+    overlap -= np.maximum(low[:, :, None], low[:, None, :])
+    np.maximum(overlap, 0.0, out=overlap)
+    intersection = overlap[0] * overlap[1]
+    size = high - low
+    np.maximum(size, 0.0, out=size)
+    areas = size[0] * size[1]
     union = areas[:, None] + areas[None, :]
     union -= intersection
-    # A zero union means two empty boxes, whose intersection is zero too: 0 / tiny = IoU 0.
-    np.maximum(union, np.finfo(np.float64).tiny, out=union)
-    intersection /= union
-    return np.asarray(intersection, dtype=np.float64)
+    union *= iou_threshold
+    return np.asarray(intersection > union)
 
 
 def _greedy_over_matrix(suppresses: npt.NDArray[np.bool_], max_detections: int) -> npt.NDArray[np.intp]:
@@ -189,7 +209,7 @@ def _greedy_over_matrix(suppresses: npt.NDArray[np.bool_], max_detections: int) 
 
     Each row becomes one Python integer bitmask, so a step (drop what the kept box
     suppresses, jump to the next survivor) is a few integer operations instead of four
-    numpy calls; at the dozen boxes a frame keeps, those calls were most of NMS's time.
+    numpy calls; at the handful of boxes a frame keeps, those calls were most of NMS's time.
     """
     count = len(suppresses)
     row_bytes = (count + 7) // 8
@@ -210,66 +230,88 @@ def _greedy_over_matrix(suppresses: npt.NDArray[np.bool_], max_detections: int) 
     return np.asarray(kept, dtype=np.intp)
 
 
+def _nms_sorted(columns: FloatArray, class_ids: IntArray, *, iou_threshold: float,
+                max_detections: int) -> npt.NDArray[np.intp]:
+    """Class-aware greedy NMS over boxes already sorted by score: the kept positions, in order."""
+    count = columns.shape[1]
+    if count == 0 or max_detections < 1:
+        return np.zeros(0, dtype=np.intp)
+    if count == 1:
+        return np.zeros(1, dtype=np.intp)
+    # Classes apart: each class's boxes move by its id x a constant larger than any
+    # coordinate, so boxes of different classes never overlap and IoU alone decides.
+    # float64 holds the shifted float32 coordinates and their differences exactly.
+    shifted = np.array(columns, dtype=np.float64, order="C")
+    shifted += class_ids * _CLASS_OFFSET
+    if count <= _NMS_MATRIX_MAX:
+        return _greedy_over_matrix(_suppression_matrix(shifted, iou_threshold), max_detections)
+    boxes = np.ascontiguousarray(shifted.T)
+    kept: list[int] = []
+    remaining = np.arange(count)
+    while len(remaining) and len(kept) < max_detections:
+        best = int(remaining[0])
+        kept.append(best)
+        rest = remaining[1:]
+        if not len(rest):
+            break
+        remaining = rest[box_iou(boxes[best], boxes[rest]) <= iou_threshold]
+    return np.asarray(kept, dtype=np.intp)
+
+
 def nms(xyxy: FloatArray, scores: FloatArray, class_ids: IntArray, *, iou_threshold: float,
         max_detections: int) -> npt.NDArray[np.intp]:
     """Class-aware greedy NMS: indices of kept boxes, highest score first, at most ``max_detections``.
 
     A box is suppressed by a higher-scoring kept box of the same class whose IoU with it
-    exceeds ``iou_threshold``; classes are kept apart by offsetting each class's boxes by
-    its id x a constant larger than any coordinate. For the usual few dozen candidates,
-    every pairwise IoU is computed at once and the greedy pass walks bitmasks of that
-    matrix's rows; for many candidates, the loop runs once per *kept* box, each step a
-    vectorised IoU against the rest.
+    exceeds ``iou_threshold``. For the usual few dozen candidates, every pairwise IoU is
+    computed at once and the greedy pass walks bitmasks of that matrix's rows; for many
+    candidates, the loop runs once per *kept* box, each step a vectorised IoU against
+    the rest.
     """
-    if len(scores) == 0 or max_detections < 1:
-        return np.zeros(0, dtype=np.intp)
-    if len(scores) == 1:
-        return np.zeros(1, dtype=np.intp)
-    # Stable sort: equal scores keep their input order (so results are deterministic).
-    order = np.argsort(-scores, kind="stable")
-    # Classes apart: each class's boxes move by its id x a constant larger than any
-    # coordinate, so boxes of different classes never overlap and IoU alone decides.
-    shifted = xyxy[order].astype(np.float64)
-    shifted += class_ids[order].astype(np.float64)[:, None] * _CLASS_OFFSET
-    if len(order) <= _NMS_MATRIX_MAX:
-        return order[_greedy_over_matrix(_iou_rows(np.ascontiguousarray(shifted.T)) > iou_threshold,
-                                         max_detections)]
-    kept: list[int] = []
-    remaining = np.arange(len(order))
-    while len(remaining) and len(kept) < max_detections:
-        best = remaining[0]
-        kept.append(int(order[best]))
-        rest = remaining[1:]
-        if not len(rest):
-            break
-        overlaps = box_iou(shifted[best], shifted[rest])
-        remaining = rest[overlaps <= iou_threshold]
-    return np.asarray(kept, dtype=np.intp)
+    order = _by_score(np.asarray(scores))
+    boxes = np.asarray(xyxy).reshape(-1, 4)[order]
+    kept = _nms_sorted(np.ascontiguousarray(boxes.T), np.asarray(class_ids)[order], iou_threshold=iou_threshold,
+                       max_detections=max_detections)
+    return order[kept]
+
+
+def _source_mapping(spec: PreprocessSpec, source_width: int, source_height: int) -> tuple[FloatArray, FloatArray]:
+    """(scale, shift) as (4, 1) columns for x1, y1, x2, y2: source = input x scale + shift (undoes the resize)."""
+    if spec.resize == "letterbox":
+        new_w, new_h, pad_x, pad_y = spec.letterbox(source_width, source_height)
+        scale_x, scale_y = source_width / new_w, source_height / new_h
+        shift_x, shift_y = -pad_x * scale_x, -pad_y * scale_y
+    elif spec.resize == "center_crop":
+        crop_w, crop_h, crop_x, crop_y = _centre_crop(spec, source_width, source_height)
+        scale_x, scale_y = crop_w / spec.width, crop_h / spec.height
+        shift_x, shift_y = float(crop_x), float(crop_y)
+    else:
+        scale_x, scale_y = source_width / spec.width, source_height / spec.height
+        shift_x = shift_y = 0.0
+    return (np.array([[scale_x], [scale_y], [scale_x], [scale_y]]),
+            np.array([[shift_x], [shift_y], [shift_x], [shift_y]]))
+
+
+def _columns_to_source(columns: FloatArray, spec: PreprocessSpec, source_width: int,
+                       source_height: int) -> npt.NDArray[np.float64]:
+    """(4, K) x1, y1, x2, y2 rows in model-input pixels -> the same in source pixels, clipped to the frame.
+
+    All four coordinates in one pass against per-row constants: this runs for every frame,
+    and at a handful of boxes each numpy call costs more than its work.
+    """
+    scale, shift = _source_mapping(spec, source_width, source_height)
+    out = columns * scale
+    out += shift
+    frame = np.array([[source_width], [source_height], [source_width], [source_height]], dtype=np.float64)
+    np.maximum(out, 0.0, out=out)  # two ufuncs: np.clip's Python wrapper costs more than both
+    np.minimum(out, frame, out=out)
+    return out
 
 
 def input_to_source(xyxy: FloatArray, spec: PreprocessSpec, source_width: int, source_height: int) -> FloatArray:
     """Map boxes from model-input pixels back to the source frame (undo the resize), clipped to it."""
     boxes = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
-    if spec.resize == "letterbox":
-        new_w, new_h, pad_x, pad_y = spec.letterbox(source_width, source_height)
-        scale_x, scale_y = new_w / source_width, new_h / source_height
-        offset_x, offset_y = float(pad_x), float(pad_y)
-        crop_x = crop_y = 0.0
-    elif spec.resize == "center_crop":
-        crop_w, crop_h, crop_x, crop_y = _centre_crop(spec, source_width, source_height)
-        scale_x, scale_y = spec.width / crop_w, spec.height / crop_h
-        offset_x = offset_y = 0.0
-    else:
-        scale_x, scale_y = spec.width / source_width, spec.height / source_height
-        offset_x = offset_y = crop_x = crop_y = 0.0
-    # All four coordinates in one pass (x1, y1, x2, y2 against per-column constants): this
-    # runs for every frame, and at a handful of boxes each numpy call costs more than its work.
-    offset = np.array([offset_x, offset_y, offset_x, offset_y])
-    scale = np.array([scale_x, scale_y, scale_x, scale_y])
-    out = (boxes - offset) / scale + np.array([crop_x, crop_y, crop_x, crop_y])
-    np.maximum(out, 0.0, out=out)
-    np.minimum(out, np.array([source_width, source_height, source_width, source_height], dtype=np.float64), out=out)
-    return np.asarray(out, dtype=np.float32)
+    return _columns_to_source(boxes.T, spec, source_width, source_height).T.astype(np.float32)
 
 
 def source_to_input(xyxy: FloatArray, spec: PreprocessSpec, source_width: int, source_height: int) -> FloatArray:
@@ -344,19 +386,19 @@ def detect(output: npt.NDArray[np.generic], *, detection: DetectionSpec, labels:
     Raises:
         ValueError: the output's shape does not fit the decoder.
     """
-    candidates = decode(output, detection, len(labels))
+    candidates = decode(output, detection, len(labels))  # sorted by score
     if detection.decoder == "nms_in_graph":
-        order = np.argsort(-candidates.scores, kind="stable")[: detection.max_detections]
+        kept = candidates.select(np.arange(min(len(candidates.scores), detection.max_detections)))
     else:
-        order = nms(candidates.xyxy, candidates.scores, candidates.class_ids,
-                    iou_threshold=detection.iou_threshold, max_detections=detection.max_detections)
-    kept = candidates.select(order)
-    boxes = input_to_source(kept.xyxy, preprocessing, source_width, source_height)
+        kept = candidates.select(_nms_sorted(candidates.columns, candidates.class_ids,
+                                             iou_threshold=detection.iou_threshold,
+                                             max_detections=detection.max_detections))
+    x1, y1, x2, y2 = corners = _columns_to_source(kept.columns, preprocessing, source_width, source_height)
     # Boxes that clipping left empty are dropped; rounding is done on the arrays, not per value.
-    present = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    corners = np.round(boxes[present].astype(np.float64), 2).tolist()
+    present = (x2 > x1) & (y2 > y1)
+    boxes = np.round(corners[:, present], 2).T.tolist()
     scores = np.round(kept.scores[present].astype(np.float64), 5).tolist()
     # Positional: a frozen dataclass built by keyword costs a third more, per box, per frame.
-    return [Detection(x1, y1, x2, y2, class_id, labels[class_id], score)
-            for (x1, y1, x2, y2), class_id, score in zip(corners, kept.class_ids[present].tolist(), scores,
-                                                          strict=True)]
+    return [Detection(left, top, right, bottom, class_id, labels[class_id], score)
+            for (left, top, right, bottom), class_id, score in zip(boxes, kept.class_ids[present].tolist(), scores,
+                                                                   strict=True)]
