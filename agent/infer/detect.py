@@ -17,6 +17,7 @@ centre crop) and clipped to the source frame.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,15 +74,20 @@ def _sigmoid(values: FloatArray) -> FloatArray:
     return np.asarray(1.0 / (1.0 + np.exp(-values)), dtype=np.float32)
 
 
+# x1 = cx - w/2, y1 = cy - h/2, x2 = cx + w/2, y2 = cy + h/2 as one product. Each product
+# is exact (a coordinate times 1, 0 or a power of two) and the zeros add nothing, so the
+# one rounding is that of cx -/+ w/2, as when written out; one call instead of eight.
+_CORNERS_FROM_CENTRE_SIZE = np.array([[1, 0, -0.5, 0], [0, 1, 0, -0.5], [1, 0, 0.5, 0], [0, 1, 0, 0.5]],
+                                     dtype=np.float32)
+
+
 def _centre_size_to_corners(centre_size: FloatArray) -> FloatArray:
-    """(4, K) rows of centre-x, centre-y, width, height -> (4, K) rows of x1, y1, x2, y2."""
-    centre, half = centre_size[:2], centre_size[2:] * np.float32(0.5)
-    # Written into a C-ordered array: a fancy-indexed input is Fortran-ordered, and every
-    # later (n, n) step over its rows runs several times slower on strided memory.
-    corners = np.empty((4, centre_size.shape[1]), dtype=np.float32)
-    np.subtract(centre, half, out=corners[:2])
-    np.add(centre, half, out=corners[2:])
-    return corners
+    """(4, K) rows of centre-x, centre-y, width, height -> (4, K) C-ordered rows of x1, y1, x2, y2.
+
+    C order matters: a fancy-indexed input is Fortran-ordered, and every later (n, n)
+    step over its rows runs several times slower on strided memory.
+    """
+    return np.ascontiguousarray(_CORNERS_FROM_CENTRE_SIZE @ np.asarray(centre_size, dtype=np.float32))
 
 
 def _by_score(scores: FloatArray) -> npt.NDArray[np.intp]:
@@ -115,13 +121,16 @@ def decode_yolo_raw(output: npt.NDArray[np.generic], num_classes: int, *, score_
     class_scores = array[4:]
     if scores_are_logits:
         class_scores = _sigmoid(class_scores)
-    # Threshold on each column's best score first, then sort and classify the few kept.
+    # Threshold on each column's best score first, then sort the few kept and gather
+    # their rows once (C-ordered, unlike a fancy index on the second axis).
     best = class_scores.max(axis=0)
-    columns = np.flatnonzero(best > score_threshold)
-    columns = columns[_by_score(best[columns])]
-    class_ids = class_scores[:, columns].argmax(axis=0)
-    return Candidates(_centre_size_to_corners(array[:4, columns]), best[columns].astype(np.float32, copy=False),
-                      class_ids.astype(np.int64, copy=False))
+    columns = (best > score_threshold).nonzero()[0]
+    scores = best[columns]
+    order = _by_score(scores)
+    picked = (array if not scores_are_logits else np.concatenate((array[:4], class_scores))).take(
+        columns[order], axis=1)
+    return Candidates(_centre_size_to_corners(picked[:4]), scores[order].astype(np.float32, copy=False),
+                      picked[4:].argmax(axis=0).astype(np.int64, copy=False))
 
 
 def decode_yolov5(output: npt.NDArray[np.generic], num_classes: int, *, score_threshold: float,
@@ -241,8 +250,7 @@ def _nms_sorted(columns: FloatArray, class_ids: IntArray, *, iou_threshold: floa
     # Classes apart: each class's boxes move by its id x a constant larger than any
     # coordinate, so boxes of different classes never overlap and IoU alone decides.
     # float64 holds the shifted float32 coordinates and their differences exactly.
-    shifted = np.array(columns, dtype=np.float64, order="C")
-    shifted += class_ids * _CLASS_OFFSET
+    shifted = np.add(columns, class_ids * _CLASS_OFFSET, dtype=np.float64)
     if count <= _NMS_MATRIX_MAX:
         return _greedy_over_matrix(_suppression_matrix(shifted, iou_threshold), max_detections)
     boxes = np.ascontiguousarray(shifted.T)
@@ -275,8 +283,14 @@ def nms(xyxy: FloatArray, scores: FloatArray, class_ids: IntArray, *, iou_thresh
     return order[kept]
 
 
-def _source_mapping(spec: PreprocessSpec, source_width: int, source_height: int) -> tuple[FloatArray, FloatArray]:
-    """(scale, shift) as (4, 1) columns for x1, y1, x2, y2: source = input x scale + shift (undoes the resize)."""
+@functools.lru_cache(maxsize=256)
+def _source_mapping(spec: PreprocessSpec, source_width: int,
+                    source_height: int) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(scale, shift, frame) as (4, 1) columns for x1, y1, x2, y2: source = input x scale + shift, within frame.
+
+    Cached: a camera's frame size and its model's preprocessing stay the same from frame to
+    frame (the arrays are never written to).
+    """
     if spec.resize == "letterbox":
         new_w, new_h, pad_x, pad_y = spec.letterbox(source_width, source_height)
         scale_x, scale_y = source_width / new_w, source_height / new_h
@@ -289,7 +303,8 @@ def _source_mapping(spec: PreprocessSpec, source_width: int, source_height: int)
         scale_x, scale_y = source_width / spec.width, source_height / spec.height
         shift_x = shift_y = 0.0
     return (np.array([[scale_x], [scale_y], [scale_x], [scale_y]]),
-            np.array([[shift_x], [shift_y], [shift_x], [shift_y]]))
+            np.array([[shift_x], [shift_y], [shift_x], [shift_y]]),
+            np.array([[source_width], [source_height], [source_width], [source_height]], dtype=np.float64))
 
 
 def _columns_to_source(columns: FloatArray, spec: PreprocessSpec, source_width: int,
@@ -299,10 +314,9 @@ def _columns_to_source(columns: FloatArray, spec: PreprocessSpec, source_width: 
     All four coordinates in one pass against per-row constants: this runs for every frame,
     and at a handful of boxes each numpy call costs more than its work.
     """
-    scale, shift = _source_mapping(spec, source_width, source_height)
+    scale, shift, frame = _source_mapping(spec, source_width, source_height)
     out = columns * scale
     out += shift
-    frame = np.array([[source_width], [source_height], [source_width], [source_height]], dtype=np.float64)
     np.maximum(out, 0.0, out=out)  # two ufuncs: np.clip's Python wrapper costs more than both
     np.minimum(out, frame, out=out)
     return out
@@ -393,12 +407,11 @@ def detect(output: npt.NDArray[np.generic], *, detection: DetectionSpec, labels:
         kept = candidates.select(_nms_sorted(candidates.columns, candidates.class_ids,
                                              iou_threshold=detection.iou_threshold,
                                              max_detections=detection.max_detections))
-    x1, y1, x2, y2 = corners = _columns_to_source(kept.columns, preprocessing, source_width, source_height)
-    # Boxes that clipping left empty are dropped; rounding is done on the arrays, not per value.
-    present = (x2 > x1) & (y2 > y1)
-    boxes = np.round(corners[:, present], 2).T.tolist()
-    scores = np.round(kept.scores[present].astype(np.float64), 5).tolist()
+    corners = _columns_to_source(kept.columns, preprocessing, source_width, source_height)
+    # Rounded on the arrays, then one Python pass; boxes that clipping left empty are dropped.
+    boxes = np.round(corners, 2).T.tolist()
+    scores = np.round(kept.scores.astype(np.float64), 5).tolist()
     # Positional: a frozen dataclass built by keyword costs a third more, per box, per frame.
     return [Detection(left, top, right, bottom, class_id, labels[class_id], score)
-            for (left, top, right, bottom), class_id, score in zip(boxes, kept.class_ids[present].tolist(), scores,
-                                                                   strict=True)]
+            for (left, top, right, bottom), class_id, score in zip(boxes, kept.class_ids.tolist(), scores, strict=True)
+            if right > left and bottom > top]
