@@ -56,5 +56,13 @@ def good_onnx(shapes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Tr
 
 
 @pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str) -> Path:
+    """The CLI's data directory and database for one test (in the environment its commands read)."""
+    monkeypatch.setenv("EDGEFLEET_DATA_DIR", str(tmp_path / "cloud"))
+    monkeypatch.setenv("EDGEFLEET_DATABASE_URL", database_url)
+    return tmp_path
+
+
+@pytest.fixture
 def paths(tmp_path: Path) -> PipelinePaths:
     return PipelinePaths.under(tmp_path / "cloud")
