@@ -110,48 +110,64 @@ class DemoOutcome:
                 f"task={self.task}")
 
 
+def _model_and_video(console: Console, *, data_root: Path, data_note: str, write_data: Callable[[Path], object],
+                     train_note: str | None, train: Callable[[Path], PipelineResult], metric: str,
+                     video: Path, write_video: Callable[[Path], object]) -> tuple[PipelineResult, Path]:
+    """The steps both tasks take: the dataset (kept from an earlier run), train and package, the camera video.
+
+    A rerun in the same workdir reuses the dataset and the video, so only training repeats.
+    """
+    if not (data_root / "metadata.csv").exists():
+        console.print(f"[bold]data[/] {data_note}")
+        write_data(data_root)
+    if train_note is not None:
+        console.print(f"[bold]train[/] {train_note}")
+    result = train(data_root)
+    console.print(f"[bold]model[/] {result.model_version} test {metric} {result.accuracy:.3f}; "
+                  f"package {result.package_id}")
+    if not video.exists():
+        write_video(video)
+    return result, video
+
+
 def _classification_model(plane: ControlPlane, workdir: Path, console: Console) -> tuple[PipelineResult, Path]:
     """Synthetic shapes → the classifier, packaged; and a video of scenes like its training images."""
     settings = plane.settings
-    data_root = workdir / "data" / "shapes"
-    if not (data_root / "metadata.csv").exists():
-        console.print("[bold]data[/] generating a synthetic scene dataset (4 classes)")
-        write_synthetic_dataset(data_root, images_per_class=QUICKSTART.images_per_class,
-                                size=QUICKSTART.image_size, seed=QUICKSTART.dataset_seed)
-    result = train_and_package(plane.engine, data_root=data_root, models_dir=settings.models_dir,
-                               packages_dir=settings.packages_dir, hardware_profiles=DEMO_BUILD_PROFILES)
-    console.print(f"[bold]model[/] {result.model_version} test accuracy {result.accuracy:.3f}; "
-                  f"package {result.package_id}")
-    # Scenes like the training images (`edgefleet data video`), so drift stays quiet on every camera.
-    video = workdir / "camera.avi"
-    if not video.exists():
-        write_scene_video(video, VideoSettings(seconds=30.0, fps=15.0, seed=7))
-    return result, video
+    return _model_and_video(
+        console, data_root=workdir / "data" / "shapes", data_note="generating a synthetic scene dataset (4 classes)",
+        write_data=lambda root: write_synthetic_dataset(root, images_per_class=QUICKSTART.images_per_class,
+                                                        size=QUICKSTART.image_size, seed=QUICKSTART.dataset_seed),
+        train_note=None,
+        train=lambda root: train_and_package(plane.engine, data_root=root, models_dir=settings.models_dir,
+                                             packages_dir=settings.packages_dir,
+                                             hardware_profiles=DEMO_BUILD_PROFILES),
+        metric="accuracy",
+        # Scenes like the training images (`edgefleet data video`), so drift stays quiet on every camera.
+        video=workdir / "camera.avi",
+        write_video=lambda path: write_scene_video(path, VideoSettings(seconds=30.0, fps=15.0, seed=7)))
 
 
 def _detection_model(plane: ControlPlane, workdir: Path, console: Console,
                      preset: DetectionQuickstartSettings) -> tuple[PipelineResult, Path]:
     """Synthetic detection scenes → the grid detector, mAP-gated and packaged; and a video of such scenes."""
     settings = plane.settings
-    # One directory per preset: a smaller one (tests) never reuses the default's frames, nor the reverse.
-    data_root = workdir / "data" / f"scenes-{preset.images}-{preset.dataset_seed}"
-    if not (data_root / "metadata.csv").exists():
-        console.print(f"[bold]data[/] generating {preset.images} synthetic detection scenes "
-                      "(1-4 circles, squares, triangles per frame)")
-        write_detection_dataset(data_root, images=preset.images, seed=preset.dataset_seed)
-    console.print(f"[bold]train[/] grid detector, width {preset.width}, {preset.epochs} epochs")
-    result = detect_train_and_package(
-        plane.engine, data_root=data_root, models_dir=settings.models_dir, packages_dir=settings.packages_dir,
-        hardware_profiles=DEMO_BUILD_PROFILES,
-        config=DetectorConfig(epochs=preset.epochs, width=preset.width, batch_size=preset.batch_size,
-                              seed=preset.seed))
-    console.print(f"[bold]model[/] {result.model_version} test mAP@0.5 {result.accuracy:.3f}; "
-                  f"package {result.package_id}")
-    # Scenes of the same generator, lighting and cameras (seed apart from the dataset's): what the detector learned.
-    video = workdir / "scenes.avi"
-    if not video.exists():
-        write_detection_video(video, DetectionVideoSettings(seconds=30.0, fps=15.0, seed=7))
-    return result, video
+    return _model_and_video(
+        console,
+        # One directory per preset: a smaller one (tests) never reuses the default's frames, nor the reverse.
+        data_root=workdir / "data" / f"scenes-{preset.images}-{preset.dataset_seed}",
+        data_note=f"generating {preset.images} synthetic detection scenes (1-4 circles, squares, triangles per frame)",
+        write_data=lambda root: write_detection_dataset(root, images=preset.images, seed=preset.dataset_seed),
+        train_note=f"grid detector, width {preset.width}, {preset.epochs} epochs",
+        train=lambda root: detect_train_and_package(
+            plane.engine, data_root=root, models_dir=settings.models_dir, packages_dir=settings.packages_dir,
+            hardware_profiles=DEMO_BUILD_PROFILES,
+            config=DetectorConfig(epochs=preset.epochs, width=preset.width, batch_size=preset.batch_size,
+                                  seed=preset.seed)),
+        metric="mAP@0.5",
+        # Scenes of the same generator, lighting and cameras (seed apart from the dataset's): what the detector
+        # learned.
+        video=workdir / "scenes.avi",
+        write_video=lambda path: write_detection_video(path, DetectionVideoSettings(seconds=30.0, fps=15.0, seed=7)))
 
 
 def _fleet_table(plane: ControlPlane, task: str, model_version: str,

@@ -108,6 +108,25 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory):
     return train_tiny_model(tmp_path_factory.mktemp("model"))
 
 
+@pytest.fixture(scope="session")
+def trained_detector(tmp_path_factory: pytest.TempPathFactory):
+    """A grid detector trained once per session on synthetic scenes (``TrainedDetector``)."""
+    from tests.support.models import train_scene_detector
+
+    return train_scene_detector(tmp_path_factory.mktemp("scenes"), tmp_path_factory.mktemp("detector"))
+
+
+@pytest.fixture
+def engine(database_url: str):
+    """A migrated database engine on the test's database, without a control plane."""
+    from cloud.core.db import make_engine, migrate
+
+    migrate(database_url)
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture
 def api(control_plane):
     """An HTTP client for the control plane's API with full (admin) rights.

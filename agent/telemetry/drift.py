@@ -85,7 +85,9 @@ __all__ = [
     "Observation",
     "agent_monitoring",
     "frame_features",
+    "image_features",
     "image_stats",
+    "in_reference_order",
     "load_reference",
     "model_view",
     "output_stats",
@@ -165,6 +167,20 @@ class FrameFeatures:
         return {name: round(float(v), 6) for name, v in zip(names, self.values, strict=True)}
 
 
+def image_features(view_bgr: npt.NDArray[np.uint8]) -> dict[str, float]:
+    """:func:`image_stats` keyed by its :data:`IMAGE_FEATURES` names."""
+    return dict(zip(IMAGE_FEATURES, image_stats(view_bgr).tolist(), strict=True))
+
+
+def in_reference_order(by_name: dict[str, float], reference: DriftReference) -> npt.NDArray[np.float64]:
+    """Named features as a vector in ``reference.feature_names`` order.
+
+    A feature the frame did not produce is NaN (a detection frame has no output or
+    projection features), so the window skips it rather than reading a made-up zero.
+    """
+    return np.asarray([by_name.get(name, math.nan) for name in reference.feature_names], dtype=np.float64)
+
+
 def frame_features(
     view_bgr: npt.NDArray[np.uint8],
     logits: npt.NDArray[np.floating],
@@ -173,13 +189,11 @@ def frame_features(
 ) -> FrameFeatures:
     """Every monitored feature of one frame, in ``reference.feature_names`` order."""
     outputs, class_index = output_stats(probabilities)
-    by_name: dict[str, float] = {}
-    by_name.update(zip(IMAGE_FEATURES, image_stats(view_bgr).tolist(), strict=True))
+    by_name = image_features(view_bgr)
     by_name.update(zip(OUTPUT_FEATURES, outputs.tolist(), strict=True))
     projected = project_logits(logits, reference)
     by_name.update(zip(projection_feature_names(len(projected)), projected.tolist(), strict=True))
-    values = np.asarray([by_name.get(name, math.nan) for name in reference.feature_names], dtype=np.float64)
-    return FrameFeatures(values=values, class_index=class_index)
+    return FrameFeatures(values=in_reference_order(by_name, reference), class_index=class_index)
 
 
 class FrameSubsampler:
@@ -422,8 +436,7 @@ class DeviceMonitor:
                 class_index = features.class_index
             else:
                 outputs, class_index = output_stats(probabilities)
-                named = {**dict(zip(IMAGE_FEATURES, image_stats(view).tolist(), strict=True)),
-                         **dict(zip(OUTPUT_FEATURES, outputs.tolist(), strict=True))}
+                named = {**image_features(view), **dict(zip(OUTPUT_FEATURES, outputs.tolist(), strict=True))}
             if self.collector is not None:
                 label = self.manifest.labels[class_index] if class_index < len(self.manifest.labels) else ""
                 candidate = SampleCandidate(frame_bgr=frame_bgr, probabilities=probabilities, label=label,
@@ -463,9 +476,7 @@ class DeviceMonitor:
         accepted = self.subsampler.accept(frame_bgr, now_s)
         if accepted and self.reference is not None and self.window is not None:
             view = model_view(frame_bgr, self.manifest.preprocessing)
-            by_name = dict(zip(IMAGE_FEATURES, image_stats(view).tolist(), strict=True))
-            values = np.asarray([by_name.get(name, math.nan) for name in self.reference.feature_names],
-                                dtype=np.float64)
+            values = in_reference_order(image_features(view), self.reference)
             height, width = frame_bgr.shape[:2]
             self.window.add_detections(FrameFeatures(values=values, class_index=-1), detections, width, height,
                                        now_s)

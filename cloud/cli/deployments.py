@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from cloud.cli.client import (
@@ -19,11 +18,11 @@ from cloud.cli.client import (
     cell,
     console,
     emit_json,
-    err_console,
     fail,
     print_listing,
     table,
 )
+from cloud.cli.watch import follow
 
 # --- deployments -------------------------------------------------------------
 deployment_app = typer.Typer(help="Direct deployments of a package to named devices.", no_args_is_help=True)
@@ -109,20 +108,19 @@ def deployment_create(
 
 def _follow_deployment(server: str, token: str | None, deployment: dict[str, Any], timeout_s: float,
                        *, quiet: bool) -> dict[str, Any]:
-    total = max(1, len(deployment.get("jobs", [])))
-    deadline = time.monotonic() + timeout_s
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[states]}"), TimeElapsedColumn(),
-                        console=err_console, disable=quiet, transient=False)
-    with progress:
-        task = progress.add_task(f"deploying {deployment['package_id']}", total=total, states="")
-        while True:
-            done = sum(1 for j in deployment.get("jobs", []) if j["state"] in _FINAL_JOB_STATES)
-            states: dict[str, int] = {}
-            for job in deployment.get("jobs", []):
-                states[job["state"]] = states.get(job["state"], 0) + 1
-            progress.update(task, completed=done, states=" ".join(f"{k}={v}" for k, v in sorted(states.items())))
-            if deployment["state"] in _FINAL_DEPLOYMENT_STATES or time.monotonic() > deadline:
-                return deployment
-            time.sleep(0.5)
-            deployment = call(server, token, "GET", f"/api/v1/deployments/{deployment['id']}")
+    # The first state is the one the caller has (the create response); later ones are fetched.
+    unseen = [deployment]
+
+    def fetch() -> dict[str, Any]:
+        return unseen.pop() if unseen else call(server, token, "GET", f"/api/v1/deployments/{deployment['id']}")
+
+    def show(current: dict[str, Any], progress: Progress, task: TaskID) -> None:
+        done = sum(1 for j in current.get("jobs", []) if j["state"] in _FINAL_JOB_STATES)
+        states: dict[str, int] = {}
+        for job in current.get("jobs", []):
+            states[job["state"]] = states.get(job["state"], 0) + 1
+        progress.update(task, completed=done, detail=" ".join(f"{k}={v}" for k, v in sorted(states.items())))
+
+    return follow(fetch, show, ended=lambda current: current["state"] in _FINAL_DEPLOYMENT_STATES,
+                  title=f"deploying {deployment['package_id']}", interval_s=0.5, timeout_s=timeout_s, quiet=quiet,
+                  total=max(1, len(deployment.get("jobs", []))), counted=True)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TaskID
 
 from cloud.cli.client import (
     DEFAULT_SERVER,
@@ -18,10 +17,10 @@ from cloud.cli.client import (
     cell,
     console,
     emit_json,
-    err_console,
     fail,
     print_listing,
 )
+from cloud.cli.watch import follow
 
 jobs_app = typer.Typer(help="Jobs: training, builds, dataset imports and retraining running off the request path.",
                        no_args_is_help=True)
@@ -90,25 +89,22 @@ def watch_job(server: str, token: str | None, job_id: str, *, json_out: bool, in
               timeout_s: float = 24 * 3600.0) -> dict[str, Any]:
     """Follow a job with a progress bar (on stderr) and its new log lines until it ends; exit non-zero unless it
     succeeded (1 failed/cancelled, 6 timeout). Returns the finished job."""
-    deadline = time.monotonic() + timeout_s
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
-                        TimeElapsedColumn(), console=err_console, disable=json_out)
     seen = 0
-    with progress:
-        task = progress.add_task(job_id, total=1.0, detail="")
-        while True:
-            job: dict[str, Any] = call(server, token, "GET", f"/api/v1/jobs/{job_id}")
-            if not json_out:
-                # The log keeps the last lines only; print what is new since the last poll.
-                new = job["log"][seen:] if seen <= len(job["log"]) else job["log"][-1:]
-                for line in new:
-                    progress.console.print(f"  {line}", highlight=False, markup=False)
-                seen = len(job["log"])
-            progress.update(task, completed=job["progress"], description=f"{job_id} {job['state']}",
-                            detail=job["message"])
-            if job["state"] in _FINAL_JOB_STATES or time.monotonic() > deadline:
-                break
-            time.sleep(interval_s)
+
+    def show(job: dict[str, Any], progress: Progress, task: TaskID) -> None:
+        nonlocal seen
+        if not json_out:
+            # The log keeps the last lines only; print what is new since the last poll.
+            new = job["log"][seen:] if seen <= len(job["log"]) else job["log"][-1:]
+            for line in new:
+                progress.console.print(f"  {line}", highlight=False, markup=False)
+            seen = len(job["log"])
+        progress.update(task, completed=job["progress"], description=f"{job_id} {job['state']}",
+                        detail=job["message"])
+
+    job = follow(lambda: call(server, token, "GET", f"/api/v1/jobs/{job_id}"), show,
+                 ended=lambda job: job["state"] in _FINAL_JOB_STATES, title=job_id, interval_s=interval_s,
+                 timeout_s=timeout_s, quiet=json_out, total=1.0)
     if job["state"] not in _FINAL_JOB_STATES:
         if json_out:
             emit_json(job)

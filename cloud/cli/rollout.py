@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TaskID
 
 from cloud.cli.client import (
     DEFAULT_SERVER,
@@ -21,11 +20,11 @@ from cloud.cli.client import (
     client_from,
     console,
     emit_json,
-    err_console,
     fail,
     new_table,
     print_listing,
 )
+from cloud.cli.watch import follow
 from cloud.core.config import Settings
 from cloud.rollout.format import gate_line
 from cloud.rollout.run import run_engine
@@ -63,43 +62,39 @@ def rollout_watch(
 
     A rollout waiting for approval (or paused) is followed on, with the command that continues it.
     """
-    deadline = time.monotonic() + timeout_s
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
-                        console=err_console, disable=json_out)
     shown_decisions: set[object] = set()
     last_wait: str | None = None
-    with progress:
-        task = progress.add_task(rollout_id, total=None, detail="")
-        while True:
-            # Following only the state: the cameras' figures are `rollout show`'s.
-            detail = call(server, token, "GET", f"/api/v1/rollouts/{rollout_id}", cameras=False)
-            counts: dict[str, int] = {}
-            for states in detail.get("devices_by_stratum", {}).values():
-                for state, n in states.items():
-                    counts[state] = counts.get(state, 0) + n
-            settled = sum(n for state, n in counts.items() if state in _SETTLED_DEVICE_STATES)
-            # Every decision not shown yet, in order: several can land between two polls
-            # (an operator's abort and the engine's rollback that follows it).
-            for decision in detail.get("decisions") or []:
-                if decision.get("id") in shown_decisions:
-                    continue
-                shown_decisions.add(decision.get("id"))
-                if not json_out:
-                    progress.console.print(f"stage {decision['stage'] + 1}: [bold]{decision['action']}[/] by "
-                                           f"{decision['actor']}: {decision['reason']}", highlight=False)
-            waiting_for = _waiting_for(rollout_id, detail)
-            if waiting_for != last_wait:
-                last_wait = waiting_for
-                if waiting_for:
-                    # Said once per wait: watch keeps following, so approving in another shell continues it.
-                    progress.console.print(f"stage {detail['stage'] + 1}: {waiting_for}", highlight=False)
-            progress.update(task, total=max(1, int(detail.get("device_count") or 0)), completed=settled,
-                            description=f"{rollout_id} {detail['state']} stage {detail['stage'] + 1}/{detail['stages']}",
-                            detail=" ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-            if detail["state"] in _FINAL_ROLLOUT_STATES or time.monotonic() > deadline:
-                break
-            time.sleep(interval_s)
+
+    def show(detail: dict[str, Any], progress: Progress, task: TaskID) -> None:
+        nonlocal last_wait
+        counts: dict[str, int] = {}
+        for states in detail.get("devices_by_stratum", {}).values():
+            for state, n in states.items():
+                counts[state] = counts.get(state, 0) + n
+        settled = sum(n for state, n in counts.items() if state in _SETTLED_DEVICE_STATES)
+        # Every decision not shown yet, in order: several can land between two polls
+        # (an operator's abort and the engine's rollback that follows it).
+        for decision in detail.get("decisions") or []:
+            if decision.get("id") in shown_decisions:
+                continue
+            shown_decisions.add(decision.get("id"))
+            if not json_out:
+                progress.console.print(f"stage {decision['stage'] + 1}: [bold]{decision['action']}[/] by "
+                                       f"{decision['actor']}: {decision['reason']}", highlight=False)
+        waiting_for = _waiting_for(rollout_id, detail)
+        if waiting_for != last_wait:
+            last_wait = waiting_for
+            if waiting_for:
+                # Said once per wait: watch keeps following, so approving in another shell continues it.
+                progress.console.print(f"stage {detail['stage'] + 1}: {waiting_for}", highlight=False)
+        progress.update(task, total=max(1, int(detail.get("device_count") or 0)), completed=settled,
+                        description=f"{rollout_id} {detail['state']} stage {detail['stage'] + 1}/{detail['stages']}",
+                        detail=" ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+
+    # Following only the state: the cameras' figures are `rollout show`'s.
+    detail = follow(lambda: call(server, token, "GET", f"/api/v1/rollouts/{rollout_id}", cameras=False), show,
+                    ended=lambda detail: detail["state"] in _FINAL_ROLLOUT_STATES, title=rollout_id,
+                    interval_s=interval_s, timeout_s=timeout_s, quiet=json_out, counted=True)
     if json_out:
         emit_json(detail)
     if detail["state"] not in _FINAL_ROLLOUT_STATES:

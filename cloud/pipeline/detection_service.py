@@ -25,7 +25,7 @@ from agent.profiles import FirmwareProfile
 from cloud.fleet import crud
 from cloud.fleet.tables import ModelVersion, Package
 from cloud.monitor.reference import build_detection_reference, run_detections
-from cloud.pipeline.data.dataset import decode_image
+from cloud.pipeline.data.dataset import REFERENCE_MIN_IMAGES, reference_images
 from cloud.pipeline.data.detection import (
     DetectionDataset,
     load_detection_tensors,
@@ -68,9 +68,6 @@ from cloud.pipeline.train.detector import (
 
 GOLDEN_INPUTS = 8
 TASK = "detection"
-# Held-out images a drift reference is built from (the validation split, topped up with the test split).
-REFERENCE_MIN_IMAGES = 64
-REFERENCE_MAX_IMAGES = 1000
 
 
 class PipelineDirs(Protocol):
@@ -304,10 +301,7 @@ def build_detection_drift_reference(dataset: DetectionDataset, labels: list[str]
     pixels). Returns the file (``None`` when there are too few images) and a note for
     the build's notes.
     """
-    chosen, split_names = dataset.split("val"), "val"
-    if len(chosen) < REFERENCE_MIN_IMAGES:
-        chosen, split_names = [*chosen, *dataset.split("test")], "val+test"
-    images = [image for image in (decode_image(s.path) for s in chosen[:REFERENCE_MAX_IMAGES]) if image is not None]
+    images, split_names = reference_images(dataset)
     if len(images) < REFERENCE_MIN_IMAGES:
         return None, (f"no drift reference: the dataset's {split_names} split has {len(images)} readable images, "
                       f"a reference needs {REFERENCE_MIN_IMAGES}; devices report no drift windows for this package")

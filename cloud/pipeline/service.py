@@ -37,10 +37,12 @@ from cloud.pipeline.byo.importer import (
     write_golden,
 )
 from cloud.pipeline.data.dataset import (
+    REFERENCE_MIN_IMAGES,
     DatasetVersion,
     decode_image,
     load_stored_dataset,
     load_tensors_with_index,
+    reference_images,
     scan_imagefolder,
     store_dataset,
 )
@@ -75,10 +77,6 @@ if TYPE_CHECKING:  # the detection service imports this module
     from cloud.pipeline.detection_service import DetectionBuildResult
 
 GOLDEN_INPUTS = 8
-# A drift reference needs this many images (cloud/monitor/reference.py); the build takes
-# at most REFERENCE_MAX_IMAGES of them so that large validation splits stay quick.
-REFERENCE_MIN_IMAGES = 64
-REFERENCE_MAX_IMAGES = 1000
 
 
 @dataclass(frozen=True)
@@ -458,11 +456,7 @@ def _import_drift_reference(inspected: InspectedModel, dataset: DatasetVersion |
                  if inspected.runtime == "onnxruntime" else "")
         return None, (f"no drift reference: no dataset was given (import with --dataset ds-...{later}); "
                       "devices report no drift windows for this package")
-    chosen = dataset.split("val")
-    split_names = "val"
-    if len(chosen) < REFERENCE_MIN_IMAGES:
-        chosen, split_names = [*chosen, *dataset.split("test")], "val+test"
-    images = [image for image in (decode_image(s.path) for s in chosen[:REFERENCE_MAX_IMAGES]) if image is not None]
+    images, split_names = reference_images(dataset)
     if len(images) < REFERENCE_MIN_IMAGES:
         return None, (f"no drift reference: the dataset's {split_names} split has {len(images)} readable images, "
                       f"a reference needs {REFERENCE_MIN_IMAGES}")
@@ -578,13 +572,7 @@ def build_drift_reference(onnx_path: Path, dataset: DatasetVersion, labels: list
     topped up with the test split when it is short. Returns the file (``None`` when there
     are too few images) and a note saying what was done, for the build's notes.
     """
-    chosen = dataset.split("val")
-    split_names = "val"
-    if len(chosen) < REFERENCE_MIN_IMAGES:
-        chosen = [*chosen, *dataset.split("test")]
-        split_names = "val+test"
-    chosen = chosen[:REFERENCE_MAX_IMAGES]
-    images = [image for image in (decode_image(s.path) for s in chosen) if image is not None]
+    images, split_names = reference_images(dataset)
     if len(images) < REFERENCE_MIN_IMAGES:
         return None, (f"no drift reference: the dataset's {split_names} split has {len(images)} readable images, "
                       f"a reference needs {REFERENCE_MIN_IMAGES}; devices report no drift windows for this package "

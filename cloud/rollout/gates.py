@@ -230,7 +230,7 @@ def class_distribution_test(canary: Counter[str], control: Counter[str], *,
     evidence than their number). Returns ``(chi2, p_value, total_variation_distance)``.
     Classes that neither group predicted are dropped (a zero column has no expected count).
     """
-    labels = sorted(label for label in set(canary) | set(control) if canary[label] + control[label] > 0)
+    labels = _seen_labels(canary, control)
     canary_total = sum(canary[label] for label in labels)
     control_total = sum(control[label] for label in labels)
     tvd = 0.5 * sum(abs(canary[label] / canary_total - control[label] / control_total) for label in labels)
@@ -261,6 +261,16 @@ def count_rate_test(canary_count: float, canary_frames: int, control_count: floa
     from scipy.stats import binomtest  # imported on first use, as above
 
     return float(binomtest(min(canary_n, total), total, share).pvalue)
+
+
+def _alpha(t: GateThresholds, *, interim: bool) -> float:
+    """The significance level of a model-quality test; an interim look spends only a fraction of it."""
+    return t.class_distribution_alpha * (t.interim_alpha_fraction if interim else 1.0)
+
+
+def _seen_labels(canary: Counter[str], control: Counter[str]) -> list[str]:
+    """Labels either group counted at least once (a label neither saw has nothing to compare)."""
+    return sorted(label for label in set(canary) | set(control) if canary[label] + control[label] > 0)
 
 
 def _relative_change(canary_rate: float, control_rate: float) -> float:
@@ -348,7 +358,7 @@ def _confidence_gate(t: GateThresholds, canary: GroupStats, control: GroupStats)
 def _class_distribution_gate(t: GateThresholds, canary: GroupStats, control: GroupStats, *,
                              interim: bool) -> GateResult:
     canary_n, control_n = sum(canary.class_counts.values()), sum(control.class_counts.values())
-    alpha = t.class_distribution_alpha * (t.interim_alpha_fraction if interim else 1.0)
+    alpha = _alpha(t, interim=interim)
     numbers: dict[str, Any] = {"canary": dict(sorted(canary.class_counts.items())),
                                "control": dict(sorted(control.class_counts.items())),
                                "alpha": alpha, "interim": interim, "min_tvd": t.class_distribution_min_tvd}
@@ -387,7 +397,7 @@ def _detection_short(t: GateThresholds, canary: GroupStats, control: GroupStats)
 def _boxes_per_frame_gate(t: GateThresholds, canary: GroupStats, control: GroupStats, *,
                           interim: bool) -> GateResult:
     """Boxes per frame, canary against control: a detector that finds half the objects (or twice as many) fails."""
-    alpha = t.class_distribution_alpha * (t.interim_alpha_fraction if interim else 1.0)
+    alpha = _alpha(t, interim=interim)
     numbers: dict[str, Any] = {"canary": _round(canary.boxes_per_frame), "control": _round(control.boxes_per_frame),
                                "canary_boxes": canary.boxes, "canary_frames": canary.detection_frames,
                                "control_boxes": control.boxes, "control_frames": control.detection_frames,
@@ -414,9 +424,8 @@ def _class_counts_per_frame_gate(t: GateThresholds, canary: GroupStats, control:
 
     Catches what the total hides: a class the candidate stopped finding, or finds as another.
     """
-    labels = sorted(label for label in set(canary.object_counts) | set(control.object_counts)
-                    if canary.object_counts[label] + control.object_counts[label] > 0)
-    alpha = t.class_distribution_alpha * (t.interim_alpha_fraction if interim else 1.0)
+    labels = _seen_labels(canary.object_counts, control.object_counts)
+    alpha = _alpha(t, interim=interim)
     per_class_alpha = alpha / max(len(labels), 1)
     numbers: dict[str, Any] = {"canary": dict(sorted(canary.object_counts.items())),
                                "control": dict(sorted(control.object_counts.items())),

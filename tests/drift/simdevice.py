@@ -18,6 +18,7 @@ import hashlib
 import json
 import queue
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -53,6 +54,7 @@ from agent.telemetry.samples import (
     SampleCollector,
     UncertaintySampler,
 )
+from tests.support.services import wait_for
 
 LIGHTING = (0.7, 1.0, 1.2)  # the training generator's dim / normal / bright
 BASE_NOISE = 3.0
@@ -356,3 +358,67 @@ def open_alert_devices(plane: Any) -> set[str]:
     with Session(plane.engine) as session:
         return {a.device_id for a in session.exec(select(DriftAlert).where(col(DriftAlert.state) == "open"))
                 if a.device_id}
+
+
+def installed_device(plane: Any, device_id: str, package_id: str, *, world: World | DetectionWorld, seed: int,
+                     window_frames: int, token: str | None = None, pipeline: str | None = None,
+                     hardware_profile: str = "x86-64-avx2") -> SimDevice:
+    """A device on the plane's broker and API running ``package_id``.
+
+    Registers ``device_id`` first unless given its token: another camera (``pipeline``) of a
+    device already registered shares the device's token.
+    """
+    device = SimDevice(device_id=device_id, broker_url=plane.broker_url, topics=plane.topics,
+                       api_url=plane.base_url, token=token or register_device(plane, device_id, hardware_profile),
+                       packages_dir=plane.settings.packages_dir, world=world, window_frames=window_frames,
+                       seed=seed, pipeline=pipeline)
+    device.install(package_id)
+    return device
+
+
+def start_fleet(plane: Any, worlds: Mapping[str, World | DetectionWorld], package_id: str, *, window_frames: int,
+                hardware_profile: str = "x86-64-avx2") -> list[SimDevice]:
+    """One registered device per entry of ``worlds``, running ``package_id``; each samples with its position as seed."""
+    return [installed_device(plane, device_id, package_id, world=world, seed=index, window_frames=window_frames,
+                             hardware_profile=hardware_profile)
+            for index, (device_id, world) in enumerate(worlds.items())]
+
+
+def run_until_stored(plane: Any, fleet: list[SimDevice], windows: int) -> int:
+    """Every device of ``fleet`` sends ``windows`` more drift windows; returns, once the plane has stored
+    them all, how many the fleet published in total.
+
+    ``fleet`` is every device of the plane: its total is compared with all windows stored.
+    """
+    before = sum(d.published["drift"] for d in fleet)
+    for device in fleet:
+        device.run_windows(windows)
+        device.flush()
+    published = sum(d.published["drift"] for d in fleet)
+    assert published == before + windows * len(fleet)
+    wait_for(lambda: len(stored_drift_windows(plane)) >= published, 60, what=f"{published} drift windows stored")
+    return published
+
+
+def colour_release(plane: Any, workdir: Path) -> str:
+    """Release the colour model (:func:`colour_model`) with a reference from clean scenes; its package id.
+
+    The camera tests' model: its drift reference, not its accuracy, is what they exercise.
+    """
+    from sqlmodel import Session
+
+    from agent.contract.drift import DEFAULT_WINDOW_FRAMES
+    from cloud.governance.retrain import package_release
+    from cloud.monitor.reference import build_reference, run_logits
+    from cloud.pipeline.train.trainer import DEFAULT_SPEC
+
+    labels = sorted(SCENE_CLASSES)
+    workdir.mkdir(parents=True, exist_ok=True)
+    onnx = colour_model(workdir / "model.onnx", len(labels))
+    images, _ = labelled_images(seed=21, count=400)
+    reference = build_reference(images, run_logits(onnx, images, DEFAULT_SPEC), labels, DEFAULT_SPEC,
+                                window_frames=DEFAULT_WINDOW_FRAMES, calibration_windows=200)
+    with Session(plane.engine) as session:
+        return package_release(session, onnx_path=onnx, labels=labels, model_name="colour", dataset_id="ds-none",
+                               packages_dir=plane.settings.packages_dir, hardware_profiles=["x86-64-avx2"],
+                               reference=reference, spec=DEFAULT_SPEC).id

@@ -12,21 +12,16 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, col, select
 
-from agent.capture.scenes import SCENE_CLASSES
 from agent.contract.drift import DEFAULT_WINDOW_FRAMES
-from cloud.governance.retrain import package_release
-from cloud.monitor.reference import build_reference, run_logits
 from cloud.monitor.tables import DriftWindowRecord
-from cloud.pipeline.train.trainer import DEFAULT_SPEC
 from tests.drift.simdevice import (
     CLEAN,
     DARK_AND_BLURRED,
     SimDevice,
     World,
-    colour_model,
+    colour_release,
     dump,
-    labelled_images,
-    register_device,
+    installed_device,
 )
 from tests.support.services import wait_for
 
@@ -55,24 +50,11 @@ def test_a_confirmed_camera_baseline_silences_a_steady_scene_and_still_catches_a
     plane = control_plane
     settings = plane.settings
     needed = settings.monitor.baseline_windows
-    labels = sorted(SCENE_CLASSES)
-    (tmp_path / "model").mkdir()
-    onnx = colour_model(tmp_path / "model" / "model.onnx", len(labels))
-    images, _ = labelled_images(seed=21, count=400)
-    reference = build_reference(images, run_logits(onnx, images, DEFAULT_SPEC), labels, DEFAULT_SPEC,
-                                window_frames=DEFAULT_WINDOW_FRAMES, calibration_windows=200)
-    with Session(plane.engine) as session:
-        package_id = package_release(session, onnx_path=onnx, labels=labels, model_name="colour",
-                                     dataset_id="ds-none", packages_dir=settings.packages_dir,
-                                     hardware_profiles=["x86-64-avx2"], reference=reference, spec=DEFAULT_SPEC).id
+    package_id = colour_release(plane, tmp_path / "model")
 
     def camera(device_id: str, seed: int, world: World) -> SimDevice:
-        device = SimDevice(device_id=device_id, broker_url=plane.broker_url, topics=plane.topics,
-                           api_url=plane.base_url, token=register_device(plane, device_id),
-                           packages_dir=settings.packages_dir, world=world, window_frames=DEFAULT_WINDOW_FRAMES,
-                           seed=seed)
-        device.install(package_id)
-        return device
+        return installed_device(plane, device_id, package_id, world=world, seed=seed,
+                                window_frames=DEFAULT_WINDOW_FRAMES)
 
     # A camera that always films a darker, blurrier scene than the training images, and one that
     # films scenes like them until something changes.

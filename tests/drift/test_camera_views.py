@@ -15,22 +15,18 @@ import pytest
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
-from agent.capture.scenes import SCENE_CLASSES
 from agent.contract.drift import DEFAULT_WINDOW_FRAMES
 from cloud.cli import app
-from cloud.governance.retrain import package_release
-from cloud.monitor.reference import build_reference, run_logits
 from cloud.monitor.tables import DriftWindowRecord, SampleRecord
-from cloud.pipeline.train.trainer import DEFAULT_SPEC
 from cloud.security.tables import Role
 from tests.drift.simdevice import (
     CLEAN,
     DARK_AND_BLURRED,
     SimDevice,
     World,
-    colour_model,
+    colour_release,
     dump,
-    labelled_images,
+    installed_device,
     register_device,
 )
 from tests.support.services import wait_for
@@ -50,24 +46,12 @@ def _stored(plane, camera: str) -> int:
 def test_two_cameras_of_one_device_drift_apart_and_are_shown_apart(control_plane, api, tmp_path: Path) -> None:
     plane = control_plane
     settings = plane.settings
-    labels = sorted(SCENE_CLASSES)
-    (tmp_path / "model").mkdir()
-    onnx = colour_model(tmp_path / "model" / "model.onnx", len(labels))
-    images, _ = labelled_images(seed=21, count=400)
-    reference = build_reference(images, run_logits(onnx, images, DEFAULT_SPEC), labels, DEFAULT_SPEC,
-                                window_frames=DEFAULT_WINDOW_FRAMES, calibration_windows=200)
-    with Session(plane.engine) as session:
-        package_id = package_release(session, onnx_path=onnx, labels=labels, model_name="colour",
-                                     dataset_id="ds-none", packages_dir=settings.packages_dir,
-                                     hardware_profiles=["x86-64-avx2"], reference=reference, spec=DEFAULT_SPEC).id
+    package_id = colour_release(plane, tmp_path / "model")
     token = register_device(plane, DEVICE)
 
     def camera(name: str, seed: int, world: World) -> SimDevice:
-        device = SimDevice(device_id=DEVICE, broker_url=plane.broker_url, topics=plane.topics, api_url=plane.base_url,
-                           token=token, packages_dir=settings.packages_dir, world=world,
-                           window_frames=DEFAULT_WINDOW_FRAMES, seed=seed, pipeline=name)
-        device.install(package_id)
-        return device
+        return installed_device(plane, DEVICE, package_id, world=world, seed=seed,
+                                window_frames=DEFAULT_WINDOW_FRAMES, token=token, pipeline=name)
 
     # One camera films a dim, blurred yard all day; the other a door lit like the training images.
     yard = camera("yard", 1, World(seed=301, shift=DARK_AND_BLURRED))

@@ -12,7 +12,6 @@ reach the API, the CLI and one retraining proposal, like a classifier's alerts.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,12 @@ from tests.drift.simdevice import (
     AS_TRAINED,
     DetectionWorld,
     SceneShift,
-    SimDevice,
     dump,
-    register_device,
+    run_until_stored,
+    start_fleet,
     stored_drift_windows,
 )
-from tests.support.services import wait_for
+from tests.support.models import TrainedDetector
 
 pytestmark = pytest.mark.integration
 
@@ -39,34 +38,7 @@ WINDOWS = 5
 X86 = "x86-64-avx2"
 
 
-@dataclass(frozen=True)
-class Detector:
-    onnx_path: Path
-    data_root: Path
-    output_name: str
-
-
-@pytest.fixture(scope="module")
-def detector(tmp_path_factory: pytest.TempPathFactory) -> Detector:
-    """The detection tests' fast configuration: 360 synthetic scenes, 12 epochs of a narrow grid detector."""
-    import onnx
-
-    from cloud.pipeline.data.detection import scan_detection_dataset
-    from cloud.pipeline.data.synth_detection import write_detection_dataset
-    from cloud.pipeline.train.detector import (
-        DETECTION_SPEC,
-        DetectorConfig,
-        export_detector_onnx,
-        train_detector,
-    )
-
-    root = write_detection_dataset(tmp_path_factory.mktemp("scenes") / "data", images=360, seed=5)
-    result = train_detector(scan_detection_dataset(root), DetectorConfig(epochs=12, width=16, seed=0), DETECTION_SPEC)
-    onnx_path = export_detector_onnx(result.model, DETECTION_SPEC, tmp_path_factory.mktemp("detector") / "det.onnx")
-    return Detector(onnx_path, root, onnx.load(str(onnx_path)).graph.output[0].name)
-
-
-def _package(plane: Any, detector: Detector, workdir: Path) -> str:
+def _package(plane: Any, detector: TrainedDetector, workdir: Path) -> str:
     """Package the detector as the detection build does, with the reference it writes."""
     from cloud.fleet import crud
     from cloud.fleet.tables import ModelVersion, Package
@@ -116,31 +88,22 @@ PLAUSIBLE = {
 }
 
 
-def test_shifted_detection_cameras_alert_with_the_feature_that_moved(control_plane, api, detector: Detector,
+def test_shifted_detection_cameras_alert_with_the_feature_that_moved(control_plane, api,
+                                                                     trained_detector: TrainedDetector,
                                                                      tmp_path: Path) -> None:
     plane = control_plane
-    package_id = _package(plane, detector, tmp_path / "reference")
+    package_id = _package(plane, trained_detector, tmp_path / "reference")
     manifest = PackageManifest.from_bytes((plane.settings.packages_dir / package_id / "manifest.json").read_bytes())
     assert manifest.drift_reference_file is not None
     reference = DriftReference.from_bytes(
         (plane.settings.packages_dir / package_id / manifest.drift_reference_file).read_bytes())
     assert reference.detection is not None and reference.class_counts == []
 
-    devices = []
-    for index, (device_id, shift) in enumerate(SHIFTS.items()):
-        device = SimDevice(device_id=device_id, broker_url=plane.broker_url, topics=plane.topics,
-                           api_url=plane.base_url, token=register_device(plane, device_id),
-                           packages_dir=plane.settings.packages_dir, world=DetectionWorld(seed=300 + index, shift=shift),
-                           window_frames=WINDOW_FRAMES, seed=index)
-        device.install(package_id)
-        devices.append(device)
+    devices = start_fleet(plane, {device_id: DetectionWorld(seed=300 + index, shift=shift)
+                                  for index, (device_id, shift) in enumerate(SHIFTS.items())},
+                          package_id, window_frames=WINDOW_FRAMES)
     try:
-        for device in devices:
-            device.run_windows(WINDOWS)
-            device.flush()
-        published = sum(d.published["drift"] for d in devices)
-        assert published == WINDOWS * len(devices)
-        wait_for(lambda: len(stored_drift_windows(plane)) >= published, 60, what=f"{published} drift windows stored")
+        published = run_until_stored(plane, devices, WINDOWS)
 
         # Every window was tested, with its detection block kept for the fleet test.
         windows = stored_drift_windows(plane)

@@ -21,7 +21,6 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,8 @@ from tests.drift.simdevice import (
     SimDevice,
     dump,
     open_alert_devices,
-    register_device,
+    run_until_stored,
+    start_fleet,
     stored_drift_windows,
 )
 from tests.support.jobs import wait_for_job
@@ -73,16 +73,6 @@ CLEAR_WINDOWS = 4
 
 
 # -- box labels are checked, and the refusal says what to fix ---------------------------
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    from cloud.core.db import make_engine, migrate
-
-    migrate(database_url)
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
-
 
 def _model(session: Session, name: str, version: str, task: str | None) -> None:
     model = ModelVersion(name=name, version=version, dataset_id="ds-base", labels=CLASSES, onnx_path="/x",
@@ -212,24 +202,13 @@ def test_shifted_detector_is_relabelled_retrained_and_rolled_out(control_plane: 
     device_ids = ["det-shift-0", "det-shift-1"]
     shifts = {"det-shift-0": SceneShift(object_scale=0.4), "det-shift-1": SceneShift(object_scale=0.4),
               "det-clean": AS_TRAINED}
-    devices = []
-    for index, (device_id, shift) in enumerate(shifts.items()):
-        device = SimDevice(device_id=device_id, broker_url=plane.broker_url, topics=plane.topics,
-                           api_url=plane.base_url, token=register_device(plane, device_id, PROFILE),
-                           packages_dir=plane.settings.packages_dir,
-                           world=DetectionWorld(seed=500 + index, shift=shift), window_frames=WINDOW_FRAMES,
-                           seed=index)
-        device.install(base_package)
-        devices.append(device)
+    devices = start_fleet(plane, {device_id: DetectionWorld(seed=500 + index, shift=shift)
+                                  for index, (device_id, shift) in enumerate(shifts.items())},
+                          base_package, window_frames=WINDOW_FRAMES, hardware_profile=PROFILE)
     shifted = [d for d in devices if d.device_id in device_ids]
     try:
         # -- their drift windows reach the real monitor: alerts for exactly the shifted cameras
-        for device in devices:
-            device.run_windows(DRIFT_WINDOWS)
-            device.flush()
-        published = sum(d.published["drift"] for d in devices)
-        assert published == DRIFT_WINDOWS * len(devices)
-        wait_for(lambda: len(stored_drift_windows(plane)) >= published, 60, what=f"{published} drift windows stored")
+        run_until_stored(plane, devices, DRIFT_WINDOWS)
         windows = stored_drift_windows(plane)
         assert all(w.tested for w in windows), dump([w.untested_reason for w in windows])
         assert open_alert_devices(plane) == set(device_ids), dump(

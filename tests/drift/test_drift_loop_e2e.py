@@ -28,15 +28,14 @@ from cloud.pipeline.train.trainer import DEFAULT_SPEC, TrainConfig, export_onnx,
 from tests.drift.simdevice import (
     CLEAN,
     DARK_AND_BLURRED,
-    SimDevice,
     World,
     default_budget,
     dump,
     labelled_images,
     open_alert_devices,
     oracle_labels,
-    register_device,
-    stored_drift_windows,
+    run_until_stored,
+    start_fleet,
 )
 from tests.support.jobs import wait_for_job
 from tests.support.services import wait_for
@@ -72,21 +71,13 @@ def test_shifted_devices_alert_retrain_roll_out_and_clear(control_plane, api, tm
 
     # -- the fleet: four clean cameras, two darker and blurred -------------------------
     shifted_ids = {"cam-shift-0", "cam-shift-1"}
-    devices = []
-    for index, device_id in enumerate(["cam-clean-0", "cam-clean-1", "cam-clean-2", "cam-clean-3", *sorted(shifted_ids)]):
-        token = register_device(plane, device_id)
-        world = World(seed=100 + index, shift=DARK_AND_BLURRED if device_id in shifted_ids else CLEAN)
-        device = SimDevice(device_id=device_id, broker_url=plane.broker_url, topics=plane.topics,
-                           api_url=plane.base_url, token=token, packages_dir=settings.packages_dir, world=world,
-                           window_frames=WINDOW_FRAMES, seed=index)
-        device.install(base_package)
-        devices.append(device)
+    device_ids = ["cam-clean-0", "cam-clean-1", "cam-clean-2", "cam-clean-3", *sorted(shifted_ids)]
+    devices = start_fleet(plane, {device_id: World(seed=100 + index,
+                                                   shift=DARK_AND_BLURRED if device_id in shifted_ids else CLEAN)
+                                  for index, device_id in enumerate(device_ids)},
+                          base_package, window_frames=WINDOW_FRAMES)
     try:
-        for device in devices:
-            device.run_windows(12)
-            device.flush()
-        published = sum(d.published["drift"] for d in devices)
-        wait_for(lambda: len(stored_drift_windows(plane)) >= published, 60, what=f"{published} drift windows stored")
+        run_until_stored(plane, devices, 12)
 
         # -- alerts for exactly the shifted devices, with evidence -----------------------
         alerts = api.get("/api/v1/drift/alerts", params={"state": "open"}).json()
@@ -174,13 +165,7 @@ def test_shifted_devices_alert_retrain_roll_out_and_clear(control_plane, api, tm
         wait_for(all_installed, 90, interval_s=0.5, what="the rollout's deploy commands on the shifted devices")
 
         # -- after the rollout, the shifted devices' alerts clear; clean devices never alerted
-        windows_before = sum(d.published["drift"] for d in devices)
-        for device in devices:
-            device.run_windows(6)
-            device.flush()
-        published = sum(d.published["drift"] for d in devices)
-        assert published == windows_before + 6 * len(devices)
-        wait_for(lambda: len(stored_drift_windows(plane)) >= published, 60, what="post-rollout windows stored")
+        run_until_stored(plane, devices, 6)
         wait_for(lambda: not open_alert_devices(plane), 30, what="alerts to clear")
         cleared = api.get("/api/v1/drift/alerts", params={"state": "cleared"}).json()
         assert {a["device_id"] for a in cleared} == shifted_ids

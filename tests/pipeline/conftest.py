@@ -6,13 +6,11 @@ the suite fast, and exercises the "bring your own model" path on every use.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
 
 from cloud.pipeline.service import PipelinePaths
 
@@ -58,45 +56,13 @@ def good_onnx(shapes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Tr
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    from cloud.core.db import make_engine, migrate
-
-    migrate(database_url)
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
+def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str) -> Path:
+    """The CLI's data directory and database for one test (in the environment its commands read)."""
+    monkeypatch.setenv("EDGEFLEET_DATA_DIR", str(tmp_path / "cloud"))
+    monkeypatch.setenv("EDGEFLEET_DATABASE_URL", database_url)
+    return tmp_path
 
 
 @pytest.fixture
 def paths(tmp_path: Path) -> PipelinePaths:
     return PipelinePaths.under(tmp_path / "cloud")
-
-
-@dataclass(frozen=True)
-class TrainedDetector:
-    """A grid detector trained once per session on synthetic scenes, exported to ONNX (yolo_raw)."""
-
-    data_root: Path
-    onnx_path: Path
-    model: Any  # the trained GridDetector (LiteRT converts from PyTorch)
-    dataset: Any  # the scanned DetectionDataset
-    spec: Any  # its PreprocessSpec (letterbox)
-
-
-@pytest.fixture(scope="session")
-def trained_detector(tmp_path_factory: pytest.TempPathFactory) -> TrainedDetector:
-    """~25 s on one core: 360 scenes, width 16, 12 epochs (mAP@0.5 ~0.8 on its test split)."""
-    from cloud.pipeline.data.detection import scan_detection_dataset
-    from cloud.pipeline.data.synth_detection import write_detection_dataset
-    from cloud.pipeline.train.detector import (
-        DETECTION_SPEC,
-        DetectorConfig,
-        export_detector_onnx,
-        train_detector,
-    )
-
-    root = write_detection_dataset(tmp_path_factory.mktemp("scenes") / "data", images=360, seed=5)
-    dataset = scan_detection_dataset(root)
-    result = train_detector(dataset, DetectorConfig(epochs=12, width=16, seed=0), DETECTION_SPEC)
-    onnx_path = export_detector_onnx(result.model, DETECTION_SPEC, tmp_path_factory.mktemp("detector") / "det.onnx")
-    return TrainedDetector(root, onnx_path, result.model, dataset, DETECTION_SPEC)

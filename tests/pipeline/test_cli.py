@@ -5,18 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from cloud.cli import app
 from cloud.pipeline.data.synth import write_synthetic_dataset
-
-
-@pytest.fixture
-def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str) -> Path:
-    monkeypatch.setenv("EDGEFLEET_DATA_DIR", str(tmp_path / "cloud"))
-    monkeypatch.setenv("EDGEFLEET_DATABASE_URL", database_url)
-    return tmp_path
 
 
 def test_data_commands_and_model_list_emit_json(cli_env: Path) -> None:

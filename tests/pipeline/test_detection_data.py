@@ -151,13 +151,6 @@ def test_malformed_coco_names_the_file(tmp_path: Path) -> None:
         scan_coco_dataset(root)
 
 
-@pytest.fixture
-def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str) -> Path:
-    monkeypatch.setenv("EDGEFLEET_DATA_DIR", str(tmp_path / "cloud"))
-    monkeypatch.setenv("EDGEFLEET_DATABASE_URL", database_url)
-    return tmp_path
-
-
 def test_cli_ingests_coco_with_counts_and_refuses_invalid_yolo(cli_env: Path) -> None:
     runner = CliRunner()
     yolo_id = scan_detection_dataset(write_yolo(cli_env / "yolo")).dataset_id

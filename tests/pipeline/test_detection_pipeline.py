@@ -1,5 +1,5 @@
 """Detection through the cloud pipeline: YOLO-layout data, the grid detector, mAP gates, INT8 builds,
-and the package the agent runs. One detector is trained per session (``trained_detector``)."""
+and the package the agent runs. One detector is trained per session (``trained_detector``, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from cloud.pipeline.package.builder import build_package
 from cloud.pipeline.service import PipelinePaths, build_model, ingest, train_model
 from cloud.pipeline.train.detector import DetectorConfig, detection_block, train_detector
 from cloud.pipeline.train.trainer import TrainConfig
-from tests.pipeline.conftest import TrainedDetector
+from tests.support.models import TrainedDetector
 
 
 def test_dataset_ids_follow_content_and_bad_labels_name_their_line(tmp_path: Path) -> None:

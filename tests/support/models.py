@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -56,3 +57,38 @@ def constant_model(path: Path, num_classes: int, value: float, *, spec=DEFAULT_S
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+@dataclass(frozen=True)
+class TrainedDetector:
+    """A grid detector trained on synthetic scenes, exported to ONNX (yolo_raw)."""
+
+    data_root: Path
+    onnx_path: Path
+    model: Any  # the trained GridDetector (LiteRT converts from PyTorch)
+    dataset: Any  # the scanned DetectionDataset
+    spec: Any  # its PreprocessSpec (letterbox)
+
+    @property
+    def output_name(self) -> str:
+        """The ONNX graph's output, which a package's artifact entry names."""
+        return str(onnx.load(str(self.onnx_path)).graph.output[0].name)
+
+
+def train_scene_detector(data_dir: Path, model_dir: Path) -> TrainedDetector:
+    """The detection tests' fast configuration, ~25 s on one core: 360 scenes, width 16, 12 epochs
+    (mAP@0.5 ~0.8 on its test split)."""
+    from cloud.pipeline.data.detection import scan_detection_dataset
+    from cloud.pipeline.data.synth_detection import write_detection_dataset
+    from cloud.pipeline.train.detector import (
+        DETECTION_SPEC,
+        DetectorConfig,
+        export_detector_onnx,
+        train_detector,
+    )
+
+    root = write_detection_dataset(data_dir / "data", images=360, seed=5)
+    dataset = scan_detection_dataset(root)
+    result = train_detector(dataset, DetectorConfig(epochs=12, width=16, seed=0), DETECTION_SPEC)
+    onnx_path = export_detector_onnx(result.model, DETECTION_SPEC, model_dir / "det.onnx")
+    return TrainedDetector(root, onnx_path, result.model, dataset, DETECTION_SPEC)

@@ -8,6 +8,8 @@ what a device would send.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,30 +48,39 @@ def make_release(plane: ControlPlane, workdir: Path, *, name: str = "shapes", va
     )
 
 
-def publish_reports(plane: ControlPlane, device_id: str, *, model_version: str | None, windows: int = 3,
-                    profile: str = PROFILES[0]) -> None:
-    """Publish an online status and ``windows`` telemetry windows for ``device_id`` (QoS 1, acknowledged)."""
+@contextmanager
+def acknowledged_publisher(plane: ControlPlane, name: str) -> Iterator[Callable[[str, str | bytes], None]]:
+    """``publish(topic, payload)`` at QoS 1 on the plane's broker; leaving the block waits until the broker
+    has acknowledged every message, so a test can then wait for what the plane stores."""
     address = parse_broker_url(plane.broker_url)
-    topics = Topics(plane.settings.topic_prefix)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ef-test-{device_id}-{time.monotonic_ns()}")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ef-test-{name}-{time.monotonic_ns()}")
     client.connect(address.host, address.port)
     client.loop_start()
+    infos: list[mqtt.MQTTMessageInfo] = []
     try:
-        status = StatusReport(device_id=device_id, state=DeviceState.ONLINE, agent_version="test",
-                              hardware_profile=profile, running_model_version=model_version,
-                              runtime="onnxruntime" if model_version else None)
-        infos = [client.publish(topics.status(device_id), status.model_dump_json(), qos=1, retain=False)]
-        for index in range(windows):
-            report = TelemetryReport(device_id=device_id, model_version=model_version, runtime="onnxruntime",
-                                     window_s=1.0, frames=20 + index, fps=20.0 + index, p50_latency_ms=3.0,
-                                     p95_latency_ms=4.0 + index / 10, mean_confidence=0.9,
-                                     class_counts={"circle": 20 + index}, cpu_percent=12.0, memory_mb=150.0)
-            infos.append(client.publish(topics.telemetry(device_id), report.model_dump_json(), qos=1))
+        yield lambda topic, payload: infos.append(client.publish(topic, payload, qos=1))
         for info in infos:
             info.wait_for_publish(timeout=10)
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+def publish_reports(plane: ControlPlane, device_id: str, *, model_version: str | None, windows: int = 3,
+                    profile: str = PROFILES[0]) -> None:
+    """Publish an online status and ``windows`` telemetry windows for ``device_id`` (QoS 1, acknowledged)."""
+    topics = Topics(plane.settings.topic_prefix)
+    with acknowledged_publisher(plane, device_id) as publish:
+        status = StatusReport(device_id=device_id, state=DeviceState.ONLINE, agent_version="test",
+                              hardware_profile=profile, running_model_version=model_version,
+                              runtime="onnxruntime" if model_version else None)
+        publish(topics.status(device_id), status.model_dump_json())
+        for index in range(windows):
+            report = TelemetryReport(device_id=device_id, model_version=model_version, runtime="onnxruntime",
+                                     window_s=1.0, frames=20 + index, fps=20.0 + index, p50_latency_ms=3.0,
+                                     p95_latency_ms=4.0 + index / 10, mean_confidence=0.9,
+                                     class_counts={"circle": 20 + index}, cpu_percent=12.0, memory_mb=150.0)
+            publish(topics.telemetry(device_id), report.model_dump_json())
 
 
 def publish_camera_windows(plane: ControlPlane, device_id: str, *, package_id: str, model_version: str,
@@ -81,19 +92,15 @@ def publish_camera_windows(plane: ControlPlane, device_id: str, *, package_id: s
     from agent.contract import CameraSetStatus, CameraSpec, CameraState, DetectionWindow, FrameTotals
     from agent.contract.messages import CameraReport
 
-    address = parse_broker_url(plane.broker_url)
     topics = Topics(plane.settings.topic_prefix)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ef-test-{device_id}-{time.monotonic_ns()}")
-    client.connect(address.host, address.port)
-    client.loop_start()
-    try:
+    with acknowledged_publisher(plane, device_id) as publish:
         cameras = CameraSetStatus(cameras=[
             CameraState(spec=CameraSpec(name=name, source=f"synthetic:{i}"), frames_processed=100,
                         serving_package_id=package_id) for i, name in enumerate(sorted(windows))])
         status = StatusReport(device_id=device_id, state=DeviceState.ONLINE, agent_version="test",
                               hardware_profile=profile, running_model_version=model_version,
                               running_package_id=package_id, runtime="onnxruntime", cameras=cameras)
-        infos = [client.publish(topics.status(device_id), status.model_dump_json(), qos=1, retain=False)]
+        publish(topics.status(device_id), status.model_dump_json())
         seq = 0
         for offset, (camera, count) in enumerate(sorted(windows.items())):
             for index in range(count):
@@ -111,12 +118,7 @@ def publish_camera_windows(plane: ControlPlane, device_id: str, *, package_id: s
                         captured=100 * (index + 1), processed=90 * (index + 1),
                         camera=CameraReport(stale_frames_dropped=offset * 7 + index,
                                             capture_to_result_p50_ms=8.0, capture_to_result_p95_ms=12.0 + offset)))
-                infos.append(client.publish(topics.telemetry(device_id), report.model_dump_json(), qos=1))
-        for info in infos:
-            info.wait_for_publish(timeout=10)
-    finally:
-        client.loop_stop()
-        client.disconnect()
+                publish(topics.telemetry(device_id), report.model_dump_json())
 
 
 class Fleet:

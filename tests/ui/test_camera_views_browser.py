@@ -4,19 +4,16 @@ last window and state. Reports go through the real ingest path (the broker and t
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 
 from agent.contract import DriftReport, Topics
-from agent.contract.broker_url import parse_broker_url
 from agent.contract.drift import HISTOGRAM_BINS, encode_histograms
 from tests.support.services import wait_for
-from tests.ui.helpers import make_release, publish_camera_windows
+from tests.ui.helpers import acknowledged_publisher, make_release, publish_camera_windows
 
 pytestmark = pytest.mark.integration
 
@@ -24,14 +21,9 @@ DEVICE = "edge-cams"
 
 
 def _publish_drift_windows(plane, package_id: str, model_version: str, cameras: list[str]) -> None:
-    address = parse_broker_url(plane.broker_url)
     topics = Topics(plane.settings.topic_prefix)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ef-test-drift-{time.monotonic_ns()}")
-    client.connect(address.host, address.port)
-    client.loop_start()
-    try:
+    with acknowledged_publisher(plane, "drift") as publish:
         ended = datetime.now(UTC)
-        infos = []
         for seq, camera in enumerate(cameras, start=1):
             counts = np.zeros((1, HISTOGRAM_BINS), dtype=np.int64)
             counts[0, 10 + seq] = 30
@@ -39,12 +31,7 @@ def _publish_drift_windows(plane, package_id: str, model_version: str, cameras: 
                                  pipeline=camera, window_seq=seq, window_started_at=ended - timedelta(minutes=5),
                                  window_ended_at=ended, frames_seen=300, frames=30, features=["luma_mean"],
                                  histograms=encode_histograms(counts), means=[0.4], stds=[0.1])
-            infos.append(client.publish(topics.drift(DEVICE), report.to_bytes(), qos=1))
-        for info in infos:
-            info.wait_for_publish(timeout=10)
-    finally:
-        client.loop_stop()
-        client.disconnect()
+            publish(topics.drift(DEVICE), report.to_bytes())
 
 
 def test_rollout_and_drift_pages_list_two_cameras_under_their_device(control_plane, api, login, tokens, screenshot,

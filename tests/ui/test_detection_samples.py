@@ -5,18 +5,15 @@ lists them; the sample travels the real way (device collector, MQTT, ingest)."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import cv2
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 from playwright.sync_api import expect
 from typer.testing import CliRunner
 
 from agent.contract import Topics
-from agent.contract.broker_url import parse_broker_url
 from agent.infer.detect import Detection
 from agent.telemetry.samples import (
     BudgetLimits,
@@ -27,6 +24,7 @@ from agent.telemetry.samples import (
 )
 from cloud.cli import app
 from tests.support.services import wait_for
+from tests.ui.helpers import acknowledged_publisher
 
 pytestmark = pytest.mark.integration
 
@@ -59,16 +57,8 @@ def _publish_disagreement_sample(plane: Any) -> str:
         detections=active, score_threshold=0.25, candidate_detections=active[:2], unmatched_boxes=1))
     assert captured is not None
     report = captured.to_report(DEVICE, upload="inline", model_version="detector-v1", package_id="pkg-det")
-    address = parse_broker_url(plane.broker_url)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ef-test-{DEVICE}-{time.monotonic_ns()}")
-    client.connect(address.host, address.port)
-    client.loop_start()
-    try:
-        client.publish(Topics(plane.settings.topic_prefix).samples(DEVICE), report.to_bytes(),
-                       qos=1).wait_for_publish(timeout=10)
-    finally:
-        client.loop_stop()
-        client.disconnect()
+    with acknowledged_publisher(plane, DEVICE) as publish:
+        publish(Topics(plane.settings.topic_prefix).samples(DEVICE), report.to_bytes())
     return report.sample_id
 
 

@@ -17,9 +17,10 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -199,6 +200,35 @@ def decode_image(path: Path) -> npt.NDArray[np.uint8] | None:
         return None
     image = cv2.imdecode(raw, cv2.IMREAD_COLOR)
     return None if image is None else np.asarray(image, dtype=np.uint8)
+
+
+# A drift reference needs this many images (cloud/monitor/reference.py); the build takes
+# at most REFERENCE_MAX_IMAGES of them so that large validation splits stay quick.
+REFERENCE_MIN_IMAGES = 64
+REFERENCE_MAX_IMAGES = 1000
+
+
+class _Stored(Protocol):
+    @property
+    def path(self) -> Path: ...
+
+
+class _Split(Protocol):
+    def split(self, name: str) -> Sequence[_Stored]: ...
+
+
+def reference_images(dataset: _Split) -> tuple[list[npt.NDArray[np.uint8]], str]:
+    """The readable held-out images a drift reference is built from, and the splits they came from.
+
+    The validation split, topped up with the test split when it has fewer than
+    ``REFERENCE_MIN_IMAGES``; at most ``REFERENCE_MAX_IMAGES`` are read. The caller checks
+    there are enough (and says why there is no reference when not).
+    """
+    chosen, split_names = list(dataset.split("val")), "val"
+    if len(chosen) < REFERENCE_MIN_IMAGES:
+        chosen, split_names = [*chosen, *dataset.split("test")], "val+test"
+    images = [image for image in (decode_image(s.path) for s in chosen[:REFERENCE_MAX_IMAGES]) if image is not None]
+    return images, split_names
 
 
 def load_tensors(

@@ -20,14 +20,19 @@ Rules:
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
-
-import numpy as np
+from dataclasses import dataclass
 
 from cloud.pipeline.data.dataset import decode_image
 from cloud.pipeline.data.detection import DetectionDataset, DetectionSample
-from cloud.pipeline.data.validate import DatasetIssue, _bits, _difference_hash
+from cloud.pipeline.data.validate import (
+    DatasetIssue,
+    IssueReport,
+    _difference_hash,
+    cross_split_issue,
+    duplicate_issue,
+    same_bytes,
+    train_near_duplicates,
+)
 
 
 @dataclass(frozen=True)
@@ -39,9 +44,7 @@ class DetectionLimits:
 
 
 @dataclass
-class DetectionValidationReport:
-    dataset_id: str
-    issues: list[DatasetIssue] = field(default_factory=list)
+class DetectionValidationReport(IssueReport):
     images: int = 0
     boxes: int = 0
     unlabelled_images: int = 0
@@ -52,9 +55,6 @@ class DetectionValidationReport:
 
     def errors(self) -> list[DatasetIssue]:
         return [issue for issue in self.issues if issue.severity == "error"]
-
-    def counts(self) -> dict[str, int]:
-        return dict(Counter(issue.kind for issue in self.issues))
 
     def summary(self) -> dict[str, object]:
         return {"dataset_id": self.dataset_id, "ok": self.ok, "images": self.images, "boxes": self.boxes,
@@ -103,27 +103,11 @@ def validate_detection_dataset(dataset: DetectionDataset,
             continue
         hashes.append((_difference_hash(image), sample))
 
-    by_sha: dict[str, list[DetectionSample]] = defaultdict(list)
-    for sample in dataset.samples:
-        by_sha[sample.sha256].append(sample)
-    for copies in by_sha.values():
-        for other in copies[1:]:
-            report.issues.append(DatasetIssue("duplicate", "warning", other.relative,
-                                              f"identical to {copies[0].relative} (same split by construction)"))
-
-    train = [(h, s) for h, s in hashes if s.split == "train"]
-    if train:
-        train_bits = _bits([h for h, _ in train])
-        for image_hash, sample in hashes:
-            if sample.split == "train":
-                continue
-            distances = (train_bits != _bits([image_hash])).sum(axis=1)
-            for index in np.flatnonzero(distances <= limits.near_duplicate_bits)[:1]:
-                twin = train[int(index)][1]
-                report.issues.append(DatasetIssue(
-                    "cross_split_duplicate", "warning", sample.relative,
-                    f"near-duplicate of {twin.relative} (train) while this image is in {sample.split}: "
-                    "test results will be optimistic"))
+    for first, other in same_bytes(dataset.samples):
+        report.issues.append(duplicate_issue(first.relative, other.relative))
+    for sample, twin in train_near_duplicates(hashes, limits.near_duplicate_bits):
+        report.issues.append(cross_split_issue(sample.relative, twin.relative, sample.split,
+                                               ": test results will be optimistic"))
     return report
 
 

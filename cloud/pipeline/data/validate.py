@@ -9,7 +9,9 @@ the operator, not a reason to crash or silently drop data.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -39,9 +41,18 @@ class DatasetIssue:
 
 
 @dataclass
-class ValidationReport:
+class IssueReport:
+    """The issues found in one dataset (classification and detection reports add their own counts)."""
+
     dataset_id: str
     issues: list[DatasetIssue] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(issue.kind for issue in self.issues))
+
+
+@dataclass
+class ValidationReport(IssueReport):
     excluded_files: list[str] = field(default_factory=list)
     usable_images: int = 0
 
@@ -49,9 +60,6 @@ class ValidationReport:
     def ok(self) -> bool:
         """No issue that blocks training (corrupt files are excluded, so they do not block)."""
         return not any(i.severity == "error" and i.kind != "corrupt" for i in self.issues)
-
-    def counts(self) -> dict[str, int]:
-        return dict(Counter(issue.kind for issue in self.issues))
 
 
 def _difference_hash(image: npt.NDArray[np.uint8]) -> int:
@@ -68,6 +76,53 @@ _HASH_SIDE = 16
 
 def _bits(hashes: list[int]) -> npt.NDArray[np.bool_]:
     return np.asarray([[(h >> i) & 1 for i in range(_HASH_SIDE * _HASH_SIDE)] for h in hashes], dtype=bool)
+
+
+class _SplitSample(Protocol):
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def split(self) -> str: ...
+
+
+SampleT = TypeVar("SampleT", bound=_SplitSample)
+
+
+def same_bytes(samples: Iterable[SampleT]) -> Iterator[tuple[SampleT, SampleT]]:
+    """(first, copy) for every sample whose bytes an earlier one already has."""
+    by_sha: dict[str, list[SampleT]] = defaultdict(list)
+    for sample in samples:
+        by_sha[sample.sha256].append(sample)
+    for copies in by_sha.values():
+        for other in copies[1:]:
+            yield copies[0], other
+
+
+def train_near_duplicates(hashes: Sequence[tuple[int, SampleT]],
+                          near_duplicate_bits: int) -> Iterator[tuple[SampleT, SampleT]]:
+    """(sample, its first near-duplicate in train) for each val/test sample that has one: test data leaking
+    into training. ``hashes`` pairs each decodable sample with its :func:`_difference_hash`."""
+    train = [(h, s) for h, s in hashes if s.split == "train"]
+    if not train:
+        return
+    train_bits = _bits([h for h, _ in train])
+    for image_hash, sample in hashes:
+        if sample.split == "train":
+            continue
+        distances = (train_bits != _bits([image_hash])).sum(axis=1)
+        for index in np.flatnonzero(distances <= near_duplicate_bits)[:1]:
+            yield sample, train[int(index)][1]
+
+
+def duplicate_issue(first: str, copy: str) -> DatasetIssue:
+    return DatasetIssue("duplicate", "warning", copy, f"identical to {first} (same split by construction)")
+
+
+def cross_split_issue(relative: str, train_twin: str, split: str, consequence: str = "") -> DatasetIssue:
+    """A val/test image near-duplicating a train image; ``consequence`` is appended to the reason."""
+    return DatasetIssue("cross_split_duplicate", "warning", relative,
+                        f"near-duplicate of {train_twin} (train) while this image is in {split}{consequence}")
 
 
 def validate_dataset(dataset: DatasetVersion, limits: ValidationLimits = ValidationLimits()) -> tuple[
@@ -94,36 +149,17 @@ def validate_dataset(dataset: DatasetVersion, limits: ValidationLimits = Validat
         hashes.append((_difference_hash(image), sample))
 
     # Exact duplicates: same bytes. Same label → redundant; different labels → contradictory.
-    by_sha: dict[str, list[Sample]] = defaultdict(list)
-    for sample in usable:
-        by_sha[sample.sha256].append(sample)
-    for copies in by_sha.values():
-        if len(copies) < 2:
-            continue
-        first = copies[0]
-        for other in copies[1:]:
-            if other.label != first.label:
-                report.issues.append(DatasetIssue("label_conflict", "warning", other.relative,
-                                                  f"same bytes as {first.relative} but labelled {other.label!r} vs {first.label!r}"))
-            else:
-                report.issues.append(DatasetIssue("duplicate", "warning", other.relative,
-                                                  f"identical to {first.relative} (same split by construction)"))
+    for first, other in same_bytes(usable):
+        if other.label != first.label:
+            report.issues.append(DatasetIssue("label_conflict", "warning", other.relative,
+                                              f"same bytes as {first.relative} but labelled {other.label!r} vs {first.label!r}"))
+        else:
+            report.issues.append(duplicate_issue(first.relative, other.relative))
 
     # Near-duplicates across splits leak test data into training; exact ones cannot (content-hash split).
-    train_pairs = [(h, s) for h, s in hashes if s.split == "train"]
-    if train_pairs:
-        train_bits = _bits([h for h, _ in train_pairs])
-        for image_hash, sample in hashes:
-            if sample.split == "train":
-                continue
-            distances = (train_bits != _bits([image_hash])).sum(axis=1)
-            for index in np.flatnonzero(distances <= limits.near_duplicate_bits)[:1]:
-                train_sample = train_pairs[int(index)][1]
-                if train_sample.sha256 == sample.sha256:
-                    continue
-                report.issues.append(DatasetIssue(
-                    "cross_split_duplicate", "warning", sample.relative,
-                    f"near-duplicate of {train_sample.relative} (train) while this image is in {sample.split}"))
+    for sample, train_sample in train_near_duplicates(hashes, limits.near_duplicate_bits):
+        if train_sample.sha256 != sample.sha256:
+            report.issues.append(cross_split_issue(sample.relative, train_sample.relative, sample.split))
 
     per_class = Counter(sample.label for sample in usable)
     for label in dataset.labels:
@@ -157,4 +193,15 @@ def validate_dataset(dataset: DatasetVersion, limits: ValidationLimits = Validat
     return cleaned, report
 
 
-__all__ = ["DatasetIssue", "ValidationLimits", "ValidationReport", "dataset_id_for", "validate_dataset"]
+__all__ = [
+    "DatasetIssue",
+    "IssueReport",
+    "ValidationLimits",
+    "ValidationReport",
+    "cross_split_issue",
+    "dataset_id_for",
+    "duplicate_issue",
+    "same_bytes",
+    "train_near_duplicates",
+    "validate_dataset",
+]

@@ -25,7 +25,7 @@ from agent.contract import DetectionSpec, PreprocessSpec
 from agent.infer.detect import Detection, detect
 from cloud.pipeline.data.detection import DetectionTensors
 from cloud.pipeline.evaluate.detection_metrics import DetectionMetrics, ImageBoxes, evaluate_detections
-from cloud.pipeline.evaluate.gates import GateDecision
+from cloud.pipeline.evaluate.gates import GateDecision, check_minimums
 
 
 @dataclass(frozen=True)
@@ -114,16 +114,10 @@ def detection_validation_gate(candidate: DetectionEvaluation, thresholds: Detect
     reasons: list[str] = []
     notes: list[str] = [f"mAP@0.5 {candidate.map_50:.3f}, mAP@0.5:0.95 {candidate.map_50_95:.3f} "
                         f"on {candidate.images} test images"]
-    if candidate.images == 0:
-        reasons.append("the test split is empty: nothing to evaluate on")
-    if candidate.map_50 < thresholds.min_map_50:
-        reasons.append(f"mAP@0.5 {candidate.map_50:.3f} is below the minimum {thresholds.min_map_50:.3f}")
-    for name, result in candidate.slices.items():
-        if result.images < thresholds.min_slice_images:
-            notes.append(f"slice {name} has {result.images} images (< {thresholds.min_slice_images}); not gated")
-        elif result.metrics.map_50 < thresholds.min_slice_map_50:
-            reasons.append(f"slice {name}: mAP@0.5 {result.metrics.map_50:.3f} is below the minimum "
-                           f"{thresholds.min_slice_map_50:.3f} ({result.images} images)")
+    check_minimums(reasons, notes, metric="mAP@0.5", overall=candidate.map_50, minimum=thresholds.min_map_50,
+                   images=candidate.images,
+                   slices={name: (s.images, s.metrics.map_50) for name, s in candidate.slices.items()},
+                   slice_minimum=thresholds.min_slice_map_50, min_slice_images=thresholds.min_slice_images)
     return GateDecision(status="rejected" if reasons else "validated", reasons=reasons, notes=notes)
 
 

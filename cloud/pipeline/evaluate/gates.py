@@ -9,6 +9,7 @@ would reject every artifact that flips a single prediction.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,6 +51,27 @@ class GateDecision:
         return asdict(self)
 
 
+def check_minimums(reasons: list[str], notes: list[str], *, metric: str, overall: float, minimum: float,
+                   images: int, slices: Mapping[str, tuple[int, float]], slice_minimum: float,
+                   min_slice_images: int) -> None:
+    """The minimum checks both validation gates make, appended to ``reasons`` and ``notes``.
+
+    ``overall`` (named ``metric``) must reach ``minimum`` on a non-empty test split, and
+    each slice, ``name -> (images, value)``, must reach ``slice_minimum`` unless it has
+    fewer than ``min_slice_images`` images (then it is only noted: its value is noise).
+    """
+    if images == 0:
+        reasons.append("the test split is empty: nothing to evaluate on")
+    if overall < minimum:
+        reasons.append(f"{metric} {overall:.3f} is below the minimum {minimum:.3f}")
+    for name, (slice_images, value) in slices.items():
+        if slice_images < min_slice_images:
+            notes.append(f"slice {name} has {slice_images} images (< {min_slice_images}); not gated")
+        elif value < slice_minimum:
+            reasons.append(f"slice {name}: {metric} {value:.3f} is below the minimum {slice_minimum:.3f} "
+                           f"({slice_images} images)")
+
+
 def _allowed_drop_pp(limit_pp: float, samples: int) -> float:
     return max(limit_pp, 100.0 / samples) if samples else limit_pp
 
@@ -72,16 +94,10 @@ def validation_gate(
     not worse than ``production`` (evaluated on the same test set) beyond the tolerance."""
     reasons: list[str] = []
     notes: list[str] = []
-    if candidate.samples == 0:
-        reasons.append("the test split is empty: nothing to evaluate on")
-    if candidate.accuracy < thresholds.min_accuracy:
-        reasons.append(f"accuracy {candidate.accuracy:.3f} is below the minimum {thresholds.min_accuracy:.3f}")
-    for name, metrics in candidate.slices.items():
-        if metrics.samples < thresholds.min_slice_samples:
-            notes.append(f"slice {name} has {metrics.samples} images (< {thresholds.min_slice_samples}); not gated")
-        elif metrics.accuracy < thresholds.min_slice_accuracy:
-            reasons.append(f"slice {name}: accuracy {metrics.accuracy:.3f} is below the minimum "
-                           f"{thresholds.min_slice_accuracy:.3f} ({metrics.samples} images)")
+    check_minimums(reasons, notes, metric="accuracy", overall=candidate.accuracy, minimum=thresholds.min_accuracy,
+                   images=candidate.samples,
+                   slices={name: (m.samples, m.accuracy) for name, m in candidate.slices.items()},
+                   slice_minimum=thresholds.min_slice_accuracy, min_slice_images=thresholds.min_slice_samples)
     if production is not None:
         who = production_version or "production"
         drop_pp = _drop_pp(production.correct, candidate.correct, candidate.samples)
