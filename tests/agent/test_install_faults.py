@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.contract import JobStatusReport
 from agent.faults import CRASH_ENV, CRASH_EXIT_CODE, FAIL_WRITE_ENV
 from tests.agent.conftest import ORT_FP32
 from tests.agent.sim import AgentProcess, CloudSim
@@ -70,15 +71,20 @@ CASES = [
 
 
 def _chain(cloud: CloudSim, job_id: str) -> list[str]:
-    """Install states reported for ``job_id``, each message once (QoS 1 may repeat one)."""
+    """Install states reported for ``job_id`` in the order the agent made them, each message once.
+
+    QoS 1 may repeat a message, and the uplink re-sends the unacknowledged tail of a batch,
+    so across a reconnect a report can first arrive after a later one: ``sent_at`` is the
+    agent's order (arrival order breaks ties).
+    """
     seen: set[str] = set()
-    chain: list[str] = []
+    reports: list[JobStatusReport] = []
     for report in cloud.job_reports(job_id):
-        if report.message_id in seen or report.install_state is None:
-            continue
-        seen.add(report.message_id)
-        chain.append(report.install_state)
-    return chain
+        if report.message_id not in seen and report.install_state is not None:
+            seen.add(report.message_id)
+            reports.append(report)
+    reports.sort(key=lambda report: report.sent_at)  # stable: arrival order breaks ties
+    return [str(report.install_state) for report in reports]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
