@@ -127,8 +127,8 @@ def decode_yolo_raw(output: npt.NDArray[np.generic], num_classes: int, *, score_
     columns = (best > score_threshold).nonzero()[0]
     scores = best[columns]
     order = _by_score(scores)
-    picked = (array if not scores_are_logits else np.concatenate((array[:4], class_scores))).take(
-        columns[order], axis=1)
+    # The sigmoid keeps the order of a column's scores, so its class is the raw rows' argmax.
+    picked = array.take(columns[order], axis=1)
     return Candidates(_centre_size_to_corners(picked[:4]), scores[order].astype(np.float32, copy=False),
                       picked[4:].argmax(axis=0).astype(np.int64, copy=False))
 

@@ -57,6 +57,20 @@ def test_yolo_raw_round_trip_through_a_non_square_letterbox() -> None:
         assert [detection.x1, detection.y1, detection.x2, detection.y2] == pytest.approx(box, abs=0.02)
 
 
+def test_yolo_raw_logits_give_the_boxes_classes_and_scores_of_their_probabilities() -> None:
+    probabilities = _yolo_raw_output()
+    logits = probabilities.copy()
+    logits[0, 4:] = np.log(probabilities[0, 4:] / (1 - probabilities[0, 4:]))
+    common = {"labels": LABELS, "preprocessing": SPEC, "source_width": SOURCE_W, "source_height": SOURCE_H}
+
+    from_probabilities = detect(probabilities, detection=_detection("yolo_raw"), **common)
+    from_logits = detect(logits, detection=_detection("yolo_raw", scores="logits"), **common)
+
+    assert [(d.label, d.class_id) for d in from_logits] == [(d.label, d.class_id) for d in from_probabilities]
+    assert [d.score for d in from_logits] == pytest.approx([d.score for d in from_probabilities], abs=1e-5)
+    assert [(d.x1, d.y1, d.x2, d.y2) for d in from_logits] == [(d.x1, d.y1, d.x2, d.y2) for d in from_probabilities]
+
+
 def test_nms_in_graph_round_trip_and_padding_rows() -> None:
     boxes = source_to_input(np.asarray([b for b, _, _ in TRUTH]), SPEC, SOURCE_W, SOURCE_H)
     rows = [[*box, score, cls] for box, (_, cls, score) in zip(boxes.tolist(), TRUTH, strict=True)]
