@@ -23,14 +23,16 @@ def cloud(tmp_path: Path, mqtt_url: str, topic_prefix: str) -> Iterator[CloudSim
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Models with known behaviour: two healthy versions, a NaN one, a 5x slower one."""
+    """Models with known behaviour: two healthy versions, a NaN one, a slow one, a flat one."""
     root = tmp_path_factory.mktemp("agent-models")
     return {
         "v1": scored_model(root / "v1.onnx", [3.0, 0.0, 0.0, 0.0]),
         "v2": scored_model(root / "v2.onnx", [0.0, 3.0, 0.0, 0.0]),
         "v3": scored_model(root / "v3.onnx", [0.0, 0.0, 3.0, 0.0]),
         "nan": scored_model(root / "nan.onnx", [0.0, 3.0, 0.0, 0.0], nan_on_live_frames=True),
-        "slow": scored_model(root / "slow.onnx", [0.0, 3.0, 0.0, 0.0], work_layers=60),
+        # 25x the healthy models' work: the p95 the agent measures also holds ~2 ms of frame
+        # handling, so 5x the work was only ~1.8x the p95 on a loaded machine (below the 2.5x limit).
+        "slow": scored_model(root / "slow.onnx", [0.0, 3.0, 0.0, 0.0], work_layers=300),
         # Finite, right shape, but no opinion: every class at 0.25 (the healthy ones say 0.87).
         "flat": scored_model(root / "flat.onnx", [0.0, 0.0, 0.0, 0.0]),
     }

@@ -1,4 +1,4 @@
-"""Probation on real agents: a NaN model, a 5x slower model and a model whose
+"""Probation on real agents: a NaN model, a model with 25x the work and a model whose
 confidence collapsed are rolled back locally.
 
 All pass their golden self-test (the NaN model is finite on the all-zero golden
