@@ -61,12 +61,7 @@ class Candidates:
     scores: FloatArray
     class_ids: IntArray
 
-    @property
-    def xyxy(self) -> FloatArray:
-        """The boxes as (K, 4) rows of x1, y1, x2, y2."""
-        return np.asarray(self.columns.T)
-
-    def select(self, keep: npt.NDArray[np.intp] | npt.NDArray[np.bool_]) -> Candidates:
+    def select(self, keep: npt.NDArray[np.intp] | slice) -> Candidates:
         return Candidates(self.columns[:, keep], self.scores[keep], self.class_ids[keep])
 
 
@@ -402,7 +397,7 @@ def detect(output: npt.NDArray[np.generic], *, detection: DetectionSpec, labels:
     """
     candidates = decode(output, detection, len(labels))  # sorted by score
     if detection.decoder == "nms_in_graph":
-        kept = candidates.select(np.arange(min(len(candidates.scores), detection.max_detections)))
+        kept = candidates.select(slice(detection.max_detections))  # the graph did NMS; sorted already
     else:
         kept = candidates.select(_nms_sorted(candidates.columns, candidates.class_ids,
                                              iou_threshold=detection.iou_threshold,

@@ -27,7 +27,6 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 from sqlmodel import Session, col, delete
 
-from cloud.core.timestamps import as_utc
 from cloud.security.tables import ApiToken, DashboardSession, Role
 from cloud.security.tokens import Principal, TokenExpired, authenticate, principal_for_row
 
@@ -74,8 +73,6 @@ def new_login_csrf() -> str:
     return secrets.token_urlsafe(24)
 
 
-
-
 def login(engine: Engine, token: str, *, ttl_s: int) -> tuple[str, DashboardUser]:
     """A new session for ``token``: (the session id for the cookie, the user).
 
@@ -100,7 +97,7 @@ def login(engine: Engine, token: str, *, ttl_s: int) -> tuple[str, DashboardUser
         row = session.get(ApiToken, principal.token_id)
         expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s)
         if row is not None and row.expires_at is not None:
-            expires_at = min(expires_at, as_utc(row.expires_at))
+            expires_at = min(expires_at, row.expires_at)
         session_id = secrets.token_urlsafe(32)
         session.add(DashboardSession(id_sha256=_digest(session_id), token_id=principal.token_id, expires_at=expires_at))
         # Expired sessions are dead weight: each login sweeps them.
@@ -115,7 +112,7 @@ def user_for_cookie(engine: Engine, cookie: str | None) -> DashboardUser | None:
         return None
     with Session(engine) as session:
         stored = session.get(DashboardSession, _digest(cookie))
-        if stored is None or as_utc(stored.expires_at) <= datetime.now(UTC):
+        if stored is None or stored.expires_at <= datetime.now(UTC):
             return None
         try:
             principal = principal_for_row(session.get(ApiToken, stored.token_id))

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
-from cloud.core.timestamps import as_utc, utc_now
+from cloud.core.timestamps import utc_now
 from cloud.monitor.tables import SampleRecord
 
 __all__ = ["RATE_WINDOW", "SamplingEstimate", "estimate_random_stream"]
@@ -26,8 +26,6 @@ MIN_RATE_SPAN = timedelta(minutes=1)
 NEED_SETTING = "EDGEFLEET_MONITOR_MIN_REFERENCE_SAMPLES"
 RATE_SETTINGS = ("monitoring.random_probability", "monitoring.per_minute_count", "monitoring.per_hour_count",
                  "monitoring.per_day_count")
-
-
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,6 @@ def estimate_random_stream(session: Session, device_ids: list[str], needed: int,
     recent_by_device: dict[str, list[datetime]] = {device: [] for device in device_ids}
     first_seen: dict[str, datetime] = {}
     for device, received in rows:
-        received = as_utc(received)
         have_by_device[device] = have_by_device.get(device, 0) + 1
         first_seen[device] = min(first_seen.get(device, received), received)
         if received >= now - RATE_WINDOW:

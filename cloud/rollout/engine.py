@@ -34,7 +34,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
 from agent.contract import DeployCommand
-from cloud.core.timestamps import as_utc, utc_now
+from cloud.core.timestamps import utc_now
 from cloud.fleet.crud import short_id
 from cloud.fleet.tables import Deployment, Device, DeviceJob, Package, TelemetryRecord
 from cloud.monitor.tables import DriftWindowRecord
@@ -85,8 +85,6 @@ class EngineConfig:
     command_ttl_s: int = 3600
     # Hard cap per rollout per tick, whatever the rate limit allows (bounds one transaction).
     max_dispatch_per_tick: int = 5000
-
-
 
 
 @dataclass(frozen=True)
@@ -250,7 +248,7 @@ class _Pass:
     def windows_on_target(self, rows: list[RolloutDevice]) -> dict[str, int]:
         if not rows:
             return {}
-        since = min(as_utc(r.dispatched_at or r.state_since) for r in rows)
+        since = min(r.dispatched_at or r.state_since for r in rows)
         by_device = {r.device_id: r for r in rows}
         query = select(TelemetryRecord.device_id, TelemetryRecord.package_id, TelemetryRecord.received_at).where(
             col(TelemetryRecord.device_id).in_(list(by_device)), col(TelemetryRecord.received_at) >= since,
@@ -258,7 +256,7 @@ class _Pass:
         counts: Counter[str] = Counter()
         for device_id, package_id, received_at in self.session.exec(query):
             row = by_device[device_id]
-            if package_id == row.package_id and as_utc(received_at) >= as_utc(row.dispatched_at or row.state_since):
+            if package_id == row.package_id and received_at >= (row.dispatched_at or row.state_since):
                 counts[device_id] += 1
         return counts
 
@@ -288,7 +286,7 @@ class _Pass:
     def observe(self, row: RolloutDevice, job: DeviceJob | None, device: Device | None, *, target: str,
                 windows: int = 0) -> DeviceObservation:
         return DeviceObservation(
-            state=DeviceState(row.state), state_since=as_utc(row.state_since), attempts=row.attempts,
+            state=DeviceState(row.state), state_since=row.state_since, attempts=row.attempts,
             online=bool(device and device.online), job_state=job.state if job else None,
             job_error=(job.error_code or job.error) if job else None,
             running_package_id=device.running_package_id if device else None, target_package_id=target,
@@ -358,7 +356,7 @@ class _Pass:
 
     def budget(self) -> int:
         rate = self.spec.dispatch_rate_per_s
-        elapsed_s = max(0.0, (self.now - as_utc(self.rollout.budget_at)).total_seconds())
+        elapsed_s = max(0.0, (self.now - self.rollout.budget_at).total_seconds())
         # Up to two ticks' worth may accumulate; unused budget beyond that is not saved up.
         cap = max(1.0, rate * 2 * self.engine.config.tick_s)
         self.rollout.dispatch_budget = min(cap, self.rollout.dispatch_budget + rate * elapsed_s)
@@ -481,7 +479,7 @@ class _Pass:
             errors += int(invalid.get(message_id, 0))
             if frames == 0 and errors == 0:
                 continue  # an idle device says nothing about the model
-            windows.append(_Window(message_id, device_id, package_id, as_utc(received_at), TelemetryWindow(
+            windows.append(_Window(message_id, device_id, package_id, received_at, TelemetryWindow(
                 device_id=device_id, frames=frames, inference_errors=errors, p95_latency_ms=p95,
                 mean_confidence=confidence, class_counts=dict(classes or {}), detection=detections.get(message_id))))
         return windows
@@ -495,7 +493,7 @@ class _Pass:
         scores: dict[str, list[tuple[str | None, datetime, float]]] = defaultdict(list)
         for device_id, package_id, received_at, score in self.session.exec(query):
             if score is not None:
-                scores[device_id].append((package_id, as_utc(received_at), float(score)))
+                scores[device_id].append((package_id, received_at, float(score)))
         return scores
 
     def stage_rows(self) -> dict[str, list[RolloutDevice]]:
@@ -505,7 +503,7 @@ class _Pass:
         return by_stratum
 
     def install_verdicts(self) -> dict[str, StratumVerdict]:
-        phase_start = as_utc(self.rollout.phase_started_at)
+        phase_start = self.rollout.phase_started_at
         elapsed_s = (self.now - phase_start).total_seconds()
         since = phase_start - timedelta(seconds=self.spec.gates.control_window_s)
         windows_by_device: dict[str, list[_Window]] = defaultdict(list)
@@ -518,13 +516,13 @@ class _Pass:
             canaries = [r for r in in_stage if r.state in CANARY_STATES]
             untouched = [r for r in rows if r.state in UNTOUCHED_STATES]
             canary_windows = [w.window for r in canaries for w in windows_by_device[r.device_id]
-                              if w.package_id == r.package_id and w.received_at >= as_utc(r.dispatched_at or since)]
+                              if w.package_id == r.package_id and w.received_at >= (r.dispatched_at or since)]
             control_windows = [w.window for r in rows for w in windows_by_device[r.device_id]
                                if w.package_id != r.package_id]
             canary = aggregate(canary_windows, restarts=sum(r.restarts for r in canaries), devices=len(canaries))
             control = aggregate(control_windows, restarts=sum(r.restarts for r in untouched), devices=len(untouched))
             canary.drift_scores = [score for r in canaries for package_id, received_at, score in drift[r.device_id]
-                                   if package_id == r.package_id and received_at >= as_utc(r.dispatched_at or since)]
+                                   if package_id == r.package_id and received_at >= (r.dispatched_at or since)]
             control.drift_scores = [score for r in rows for package_id, _at, score in drift[r.device_id]
                                     if package_id != r.package_id]
             source = "live"
@@ -547,7 +545,7 @@ class _Pass:
 
     def shadow_verdicts(self) -> dict[str, StratumVerdict]:
         assert self.spec.shadow is not None
-        since = as_utc(self.rollout.phase_started_at)
+        since = self.rollout.phase_started_at
         stage_rows = {r.device_id: r for r in self.rows if r.stage == self.rollout.stage}
         stats: dict[str, ShadowStats] = defaultdict(ShadowStats)
         devices: dict[str, set[str]] = defaultdict(set)
@@ -583,7 +581,7 @@ class _Pass:
     def decide(self) -> None:
         shadow = self.rollout.phase == "shadow"
         verdicts = self.shadow_verdicts() if shadow else self.install_verdicts()
-        elapsed_s = (self.now - as_utc(self.rollout.phase_started_at)).total_seconds()
+        elapsed_s = (self.now - self.rollout.phase_started_at).total_seconds()
         decision = decide_stage(self.spec, stage=self.rollout.stage, phase=self.rollout.phase, verdicts=verdicts,
                                 elapsed_s=elapsed_s)
         for stratum, extra in self._numbers.items():
