@@ -61,13 +61,19 @@ class RtspServer:
         argv = [SYSTEM_PYTHON, str(SERVER_SCRIPT), str(self.port), self.path, str(self.width), str(self.height)]
         if self.user is not None and self.password is not None:
             argv += [self.user, self.password]
-        self._process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline().strip()
-        if line != "READY":
+        # A server restarted on its port right after a kill (an outage test) can find the port
+        # still held for a moment: binding is retried for a while, any other failure is not.
+        deadline = time.monotonic() + 30.0
+        while True:
+            self._process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            assert self._process.stdout is not None
+            line = self._process.stdout.readline().strip()
+            if line == "READY":
+                return self
             self.stop()
-            raise RuntimeError(f"RTSP server did not start: {line!r}")
-        return self
+            if line != "FAILED to bind" or time.monotonic() > deadline:
+                raise RuntimeError(f"RTSP server did not start: {line!r}")
+            time.sleep(0.5)
 
     def stop(self) -> None:
         if self._process is not None:
